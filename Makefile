@@ -1,0 +1,57 @@
+# hsmstore: `make run` serves a dev key store, `make test` lints and runs every test.
+# Both install what is missing first: Debian's softhsm2 and opensc, a venv, the package.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint proto bench install system-deps clean
+
+run: install
+	$(BIN)/hsmstore serve
+
+test: install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check hsmstore tests bench
+	$(BIN)/ruff format --check hsmstore tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install
+	$(BIN)/python bench/run.py
+
+install: system-deps $(STAMP)
+
+# softhsm2 (the dev/CI token), opensc (pkcs11-tool, which the tests use to inspect
+# the token), nghttp2-client (h2load, the benchmark's load generator).
+system-deps:
+	@missing=""; \
+	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v pkcs11-tool >/dev/null || missing="$$missing opensc"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Regenerate hsmstore/_proto from proto/ (the generated code is committed).
+proto: install
+	rm -rf hsmstore/_proto/hsmstore
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=hsmstore/_proto \
+	  --pyi_out=hsmstore/_proto --grpc_python_out=hsmstore/_proto proto/hsmstore/v1/*.proto
+	sed -i 's/^from hsmstore\.v1 import/from hsmstore._proto.hsmstore.v1 import/' hsmstore/_proto/hsmstore/v1/*_grpc.py
+	touch hsmstore/_proto/__init__.py hsmstore/_proto/hsmstore/__init__.py hsmstore/_proto/hsmstore/v1/__init__.py
+
+clean:
+	rm -rf $(VENV) .hsmstore build *.egg-info
