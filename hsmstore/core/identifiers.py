@@ -1,0 +1,91 @@
+"""Key identifiers and resource names.
+
+AWS KMS accepts a key in four forms wherever it takes a ``KeyId``: key id,
+key ARN, alias name and alias ARN. The contract fixes the resource names::
+
+    arn:hsmstore:kms:<region>:<tenant>:key/<key-id>
+    arn:hsmstore:kms:<region>:<tenant>:alias/<alias-name-without-prefix>
+
+Errors follow AWS: an empty or over-long identifier is a
+``ValidationException`` (KeyId is 1-2048 characters); a malformed resource name
+is an ``InvalidArnException``; anything well-formed that cannot name a key of
+this region (a non-UUID key id, another region) is ``NotFoundException``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hsmstore.errors import InvalidArnException, NotFoundException, ValidationException
+
+MAX_KEY_IDENTIFIER_LENGTH = 2048
+ALIAS_PREFIX = "alias/"
+# AWS: AliasName "alias/" followed by 1-250 of [a-zA-Z0-9/_-] (256 in all).
+ALIAS_NAME_PATTERN = re.compile(r"^alias/[a-zA-Z0-9/_-]{1,250}$")
+_ARN_PATTERN = re.compile(
+    r"^arn:hsmstore:kms:(?P<region>[a-z0-9-]{1,64}):(?P<tenant>[a-z0-9][a-z0-9_-]{0,62}):"
+    r"(?P<kind>key|alias)/(?P<name>.+)$"
+)
+
+
+class IdentifierKind(StrEnum):
+    KEY_ID = "key_id"
+    ALIAS = "alias"
+
+
+@dataclass(frozen=True)
+class KeyReference:
+    """A parsed identifier: a key id or an alias name, and the tenant if an ARN named one."""
+
+    kind: IdentifierKind
+    value: str
+    tenant: str | None = None
+
+
+def key_arn(region: str, tenant: str, key_id: str) -> str:
+    return f"arn:hsmstore:kms:{region}:{tenant}:key/{key_id}"
+
+
+def alias_arn(region: str, tenant: str, alias_name: str) -> str:
+    return f"arn:hsmstore:kms:{region}:{tenant}:{alias_name}"
+
+
+def parse_key_identifier(identifier: str, region: str, field_name: str = "KeyId") -> KeyReference:
+    """Parse any of the four accepted forms; raise the AWS error for the others."""
+    if not identifier or len(identifier) > MAX_KEY_IDENTIFIER_LENGTH:
+        raise ValidationException(f"{field_name} must be 1 to {MAX_KEY_IDENTIFIER_LENGTH} characters long")
+    if identifier.startswith("arn:"):
+        return _parse_arn(identifier, region)
+    if identifier.startswith(ALIAS_PREFIX):
+        if not ALIAS_NAME_PATTERN.match(identifier):
+            raise NotFoundException(f"Alias {identifier} is not found.")
+        return KeyReference(IdentifierKind.ALIAS, identifier)
+    return KeyReference(IdentifierKind.KEY_ID, _normalise_key_id(identifier))
+
+
+def _parse_arn(arn: str, region: str) -> KeyReference:
+    match = _ARN_PATTERN.match(arn)
+    if match is None:
+        raise InvalidArnException("The resource name is not a valid hsmstore key or alias resource name")
+    if match["region"] != region:
+        raise NotFoundException("Invalid arn: the key is not in this region")
+    if match["kind"] == "key":
+        return KeyReference(IdentifierKind.KEY_ID, _normalise_key_id(match["name"]), match["tenant"])
+    alias_name = ALIAS_PREFIX + match["name"]
+    if not ALIAS_NAME_PATTERN.match(alias_name):
+        raise InvalidArnException("The resource name is not a valid hsmstore key or alias resource name")
+    return KeyReference(IdentifierKind.ALIAS, alias_name, match["tenant"])
+
+
+def _normalise_key_id(text: str) -> str:
+    """Key ids are canonical lower-case UUIDs; anything else names no key."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        raise NotFoundException("Invalid keyId: not a key id, key ARN, alias name or alias ARN") from None
+    if str(parsed) != text.lower():
+        raise NotFoundException("Invalid keyId: not a key id, key ARN, alias name or alias ARN")
+    return str(parsed)

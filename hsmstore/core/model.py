@@ -1,0 +1,128 @@
+"""Domain records: what the metadata store keeps about keys.
+
+Only names, states and version bookkeeping live here; key material lives only
+on the token, addressed by a version's ``token_id`` (the token object's CKA_ID).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+
+class KeyState(StrEnum):
+    """AWS KMS ``KeyState`` values, in the wire spelling of the contract.
+
+    ``CREATING`` is the crash-safety state of CreateKey: the row exists before
+    the token object, and only a finished CreateKey makes it ``ENABLED``.
+    """
+
+    CREATING = "CREATING"
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+    PENDING_DELETION = "PENDING_DELETION"
+
+
+class VersionState(StrEnum):
+    """A key version is PENDING until its token object is known to exist."""
+
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+
+
+class KeyUsage(StrEnum):
+    ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+
+
+class KeySpec(StrEnum):
+    SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+
+
+class Origin(StrEnum):
+    AWS_KMS = "AWS_KMS"
+
+
+class KeyManager(StrEnum):
+    CUSTOMER = "CUSTOMER"
+    SERVICE = "SERVICE"
+
+
+class EncryptionAlgorithm(StrEnum):
+    SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One KMS key as the metadata DB holds it."""
+
+    key_id: str
+    tenant: str
+    description: str
+    state: KeyState
+    key_usage: KeyUsage
+    key_spec: KeySpec
+    origin: Origin
+    key_manager: KeyManager
+    creation_date: datetime
+    current_version: int
+    deletion_date: datetime | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.state is KeyState.ENABLED
+
+    def with_state(self, state: KeyState) -> KeyRecord:
+        return replace(self, state=state)
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One generation of key material: exactly one token object.
+
+    ``token_id`` is the 16-byte CKA_ID of that object; ``version`` counts from 1
+    and is what a ciphertext blob names.
+    """
+
+    key_id: str
+    version: int
+    token_id: bytes
+    state: VersionState
+    creation_date: datetime
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    tenant: str
+    alias_name: str
+    target_key_id: str
+    creation_date: datetime
+    last_updated_date: datetime
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the tenant and the principal's resource name."""
+
+    tenant: str
+    principal: str
+    source_address: str = ""
+
+
+@dataclass(frozen=True)
+class PendingCreation:
+    """A CreateKey that did not finish: the key row and its versions."""
+
+    key: KeyRecord
+    versions: list[KeyVersion] = field(default_factory=list)
+
+
+def new_key_id() -> str:
+    """Key ids are UUIDs, like AWS KMS key ids."""
+    return str(uuid.uuid4())
+
+
+def new_token_id() -> bytes:
+    """A fresh CKA_ID for a token object: 16 random bytes."""
+    return uuid.uuid4().bytes

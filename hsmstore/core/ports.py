@@ -1,0 +1,126 @@
+"""The ports the domain core needs: a key vault, a metadata store, a clock.
+
+The core depends on these Protocols only; ``bootstrap.py`` plugs in the
+PKCS#11 vault (``hsm/``) and the SQL store (``store/``). Unit tests plug in fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from hsmstore.core.model import (
+    AliasRecord,
+    KeyRecord,
+    KeyState,
+    KeyVersion,
+    PendingCreation,
+)
+
+
+class KeyVault(Protocol):
+    """Key material on a token. Nothing here ever returns key bytes.
+
+    ``token_id`` is the token object's CKA_ID (16 bytes). Implementations must
+    be safe to call from many threads at once.
+    """
+
+    def create_key(self, token_id: bytes, label: str) -> None:
+        """Generate a non-extractable AES-256 token object with this CKA_ID."""
+
+    def encrypt(self, token_id: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)``.
+
+        The 12-byte IV comes from the token (its RNG, or the HSM itself).
+        """
+        ...
+
+    def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM decrypt on the token.
+
+        Raises ``errors.CiphertextAuthenticationFailed`` when the tag does not
+        verify, ``errors.KeyUnavailableException`` when no such object exists.
+        """
+        ...
+
+    def generate_random(self, number_of_bytes: int) -> bytes:
+        """Random bytes from the token's RNG."""
+        ...
+
+    def destroy_key(self, token_id: bytes) -> bool:
+        """C_DestroyObject every object with this CKA_ID; True if one existed."""
+        ...
+
+    def key_exists(self, token_id: bytes) -> bool:
+        """Search the token (never on the request path: recovery and tests only)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise if the token does not answer."""
+
+
+class MetadataStore(Protocol):
+    """Names, states and versions of keys; aliases. Each call is one transaction."""
+
+    def insert_creating_key(self, key: KeyRecord, version: KeyVersion) -> None:
+        """Insert a key in state CREATING with its first version PENDING."""
+
+    def finish_creating_key(self, key_id: str) -> None:
+        """CREATING -> ENABLED and its versions PENDING -> ACTIVE, atomically."""
+
+    def list_pending_creations(self, created_before: datetime) -> Sequence[PendingCreation]:
+        """Keys still CREATING whose creation_date is before the given time."""
+        ...
+
+    def delete_key(self, key_id: str) -> None:
+        """Remove a key, its versions and its aliases."""
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        """Any tenant's key by id; the service checks the tenant."""
+        ...
+
+    def get_version(self, key_id: str, version: int) -> KeyVersion | None: ...
+
+    def list_versions(self, key_id: str) -> Sequence[KeyVersion]: ...
+
+    def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
+        """Keys of a tenant ordered by key_id, excluding CREATING ones."""
+        ...
+
+    def update_key_state(self, key_id: str, expected: KeyState, new_state: KeyState) -> bool:
+        """Compare-and-set of the key state; False if it was not ``expected``."""
+        ...
+
+    def update_description(self, key_id: str, description: str) -> None: ...
+
+    def create_alias(self, alias: AliasRecord) -> None:
+        """Raise ``errors.AlreadyExistsException`` if the tenant has that name."""
+
+    def update_alias(self, tenant: str, alias_name: str, target_key_id: str, now: datetime) -> bool:
+        """Point an alias at another key; False if the alias does not exist."""
+        ...
+
+    def delete_alias(self, tenant: str, alias_name: str) -> bool: ...
+
+    def get_alias(self, tenant: str, alias_name: str) -> AliasRecord | None: ...
+
+    def list_aliases(
+        self, tenant: str, limit: int, after_alias_name: str | None, key_id: str | None
+    ) -> Sequence[AliasRecord]:
+        """Aliases of a tenant ordered by name, optionally only those of one key."""
+        ...
+
+    def ping(self) -> None:
+        """Raise if the DB does not answer."""
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real clock, timezone-aware UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,124 @@
+"""One exception hierarchy, named after the AWS KMS exception names.
+
+Every error a caller can see is a :class:`KMSError` whose ``reason`` is the AWS
+exception name; ``server/errors.py`` maps that reason to a gRPC code and a
+``google.rpc.ErrorInfo`` (API-CONTRACT.md, "Errors"). Messages must never hold
+plaintext, key material, PINs or another tenant's resource names, so every
+message here is written by hsmstore code, never copied from a library error.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class KMSError(Exception):
+    """Base of every error that reaches a caller."""
+
+    reason: ClassVar[str] = "KMSInternalException"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundException(KMSError):
+    reason = "NotFoundException"
+
+
+class DisabledException(KMSError):
+    reason = "DisabledException"
+
+
+class KMSInvalidStateException(KMSError):
+    reason = "KMSInvalidStateException"
+
+
+class KeyUnavailableException(KMSError):
+    reason = "KeyUnavailableException"
+
+
+class InvalidCiphertextException(KMSError):
+    reason = "InvalidCiphertextException"
+
+
+class IncorrectKeyException(KMSError):
+    reason = "IncorrectKeyException"
+
+
+class InvalidKeyUsageException(KMSError):
+    reason = "InvalidKeyUsageException"
+
+
+class ValidationException(KMSError):
+    reason = "ValidationException"
+
+
+class InvalidAliasNameException(KMSError):
+    reason = "InvalidAliasNameException"
+
+
+class InvalidArnException(KMSError):
+    reason = "InvalidArnException"
+
+
+class InvalidMarkerException(KMSError):
+    reason = "InvalidMarkerException"
+
+
+class AlreadyExistsException(KMSError):
+    reason = "AlreadyExistsException"
+
+
+class AccessDeniedException(KMSError):
+    reason = "AccessDeniedException"
+
+
+class UnauthenticatedException(KMSError):
+    reason = "UnauthenticatedException"
+
+
+class LimitExceededException(KMSError):
+    reason = "LimitExceededException"
+
+
+class DependencyTimeoutException(KMSError):
+    reason = "DependencyTimeoutException"
+
+
+class KMSInternalException(KMSError):
+    reason = "KMSInternalException"
+
+
+class UnsupportedOperationException(KMSError):
+    reason = "UnsupportedOperationException"
+
+
+class CiphertextAuthenticationFailed(Exception):
+    """Raised by a KeyVault when AES-GCM authentication of a ciphertext fails.
+
+    Not a :class:`KMSError`: the service turns it into the single
+    ``InvalidCiphertextException`` so a caller never learns *why* a blob failed.
+    """
+
+
+ALL_ERRORS: tuple[type[KMSError], ...] = (
+    NotFoundException,
+    DisabledException,
+    KMSInvalidStateException,
+    KeyUnavailableException,
+    InvalidCiphertextException,
+    IncorrectKeyException,
+    InvalidKeyUsageException,
+    ValidationException,
+    InvalidAliasNameException,
+    InvalidArnException,
+    InvalidMarkerException,
+    AlreadyExistsException,
+    AccessDeniedException,
+    UnauthenticatedException,
+    LimitExceededException,
+    DependencyTimeoutException,
+    KMSInternalException,
+    UnsupportedOperationException,
+)
