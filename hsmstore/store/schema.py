@@ -1,0 +1,146 @@
+"""The metadata tables, one definition for SQLite and PostgreSQL.
+
+Why the two custom types exist:
+
+* :class:`UtcDateTime`: SQLite has no timezone-aware timestamp, and
+  PostgreSQL returns ``timestamptz`` in the session's time zone. Every value is
+  normalised to UTC on the way in and comes back as an aware UTC ``datetime``
+  from both engines, exact to the microsecond.
+* :func:`ordered_string`: keyset paging (``WHERE name > :after ORDER BY name``)
+  and the in-memory fake must agree on one order. SQLite compares text
+  bytewise; PostgreSQL uses the database's locale (``en-US`` puts ``a_c``
+  before ``a-b`` before ``aB``), so on PostgreSQL these columns use the "C"
+  collation, which is code point order, like Python's ``str``.
+
+The migration ``migrations/versions/0001_initial.py`` creates exactly these
+tables; a contract test checks that the two never drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+# Explicit constraint names keep migrations stable and readable on both engines.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+KEY_ID_LENGTH = 36  # a UUID in its canonical text form
+NAME_LENGTH = 256  # tenants and alias names (AWS allows 256 characters)
+ENUM_LENGTH = 32  # enum values of hsmstore.core.model, stored by value
+TOKEN_ID_LENGTH = 16  # the token object's CKA_ID
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC ``datetime`` stored exactly on SQLite and PostgreSQL.
+
+    Naive datetimes are refused: a naive value has no defined instant, and
+    silently assuming UTC is how off-by-hours bugs get in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: the metadata store only takes timezone-aware datetimes")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # SQLite's DATETIME text has no offset; UTC is implied by this type.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def ordered_string(length: int) -> TypeEngine[str]:
+    """A VARCHAR compared in code point order on every engine (see module docstring)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+keys = Table(
+    "keys",
+    metadata,
+    Column("key_id", ordered_string(KEY_ID_LENGTH), nullable=False),
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("description", Text(), nullable=False),
+    Column("key_state", String(ENUM_LENGTH), nullable=False),
+    Column("key_usage", String(ENUM_LENGTH), nullable=False),
+    Column("key_spec", String(ENUM_LENGTH), nullable=False),
+    Column("origin", String(ENUM_LENGTH), nullable=False),
+    Column("key_manager", String(ENUM_LENGTH), nullable=False),
+    Column("creation_date", UtcDateTime(), nullable=False),
+    Column("deletion_date", UtcDateTime(), nullable=True),
+    Column("current_version", Integer(), nullable=False),
+    PrimaryKeyConstraint("key_id"),
+    # list_keys: WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?
+    Index(None, "tenant", "key_id"),
+)
+
+key_versions = Table(
+    "key_versions",
+    metadata,
+    Column(
+        "key_id",
+        ordered_string(KEY_ID_LENGTH),
+        ForeignKey(keys.c.key_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("version", Integer(), nullable=False),
+    Column("token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
+    Column("state", String(ENUM_LENGTH), nullable=False),
+    Column("creation_date", UtcDateTime(), nullable=False),
+    # The primary key also serves get_version and list_versions (key_id first).
+    PrimaryKeyConstraint("key_id", "version"),
+    # Two versions must never share one token object.
+    UniqueConstraint("token_id"),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("alias_name", ordered_string(NAME_LENGTH), nullable=False),
+    Column(
+        "target_key_id",
+        ordered_string(KEY_ID_LENGTH),
+        ForeignKey(keys.c.key_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("creation_date", UtcDateTime(), nullable=False),
+    Column("last_updated_date", UtcDateTime(), nullable=False),
+    # Alias names are unique per tenant; the key also orders list_aliases.
+    PrimaryKeyConstraint("tenant", "alias_name"),
+    # delete_key and list_aliases(key_id=...) look aliases up by their key.
+    Index(None, "target_key_id"),
+)

@@ -1,0 +1,510 @@
+"""The SQL metadata store: :class:`SqlMetadataStore` over SQLite or PostgreSQL.
+
+Transactions, and why there are two kinds:
+
+* Every read is one SELECT, run without an explicit transaction (autocommit on
+  PostgreSQL, no ``BEGIN`` on SQLite): a single statement is atomic on its own,
+  and skipping ``BEGIN``/``COMMIT`` saves two round trips on the hot path
+  (``get_key`` and ``get_version`` on every Encrypt/Decrypt).
+* Every write is one transaction. On SQLite it starts with ``BEGIN IMMEDIATE``,
+  which takes the write lock up front and so waits (``busy_timeout``) instead
+  of failing with "database is locked" when two writers meet halfway through.
+
+To get that control on SQLite, :func:`create_engine_for_url` turns off the
+``sqlite3`` module's own implicit transactions and emits ``BEGIN`` itself,
+choosing the kind from the connection's :data:`SQLITE_BEGIN` execution option.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Engine, and_, create_engine, event, exc, select, text
+from sqlalchemy.engine import URL, Connection, RowMapping, make_url
+
+from hsmstore import errors
+from hsmstore.core.model import (
+    AliasRecord,
+    KeyManager,
+    KeyRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+    PendingCreation,
+    VersionState,
+)
+from hsmstore.store.schema import aliases, key_versions, keys
+
+#: Execution option read by the SQLite ``begin`` hook: ``"DEFERRED"`` (the
+#: default), ``"IMMEDIATE"`` (take the write lock at once) or ``None`` (no
+#: transaction: for single statements).
+SQLITE_BEGIN: Final = "hsmstore_sqlite_begin"
+
+_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+_SQLITE_PRAGMAS: Final = (
+    f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA foreign_keys = ON",
+    # FULL, not NORMAL: under WAL, NORMAL may lose the last commits on power loss,
+    # and a lost key row would make every ciphertext under that key undecryptable.
+    "PRAGMA synchronous = FULL",
+)
+
+_log = logging.getLogger(__name__)
+
+
+def create_engine_for_url(
+    url: str, *, pool_size: int = 10, max_overflow: int = 10, pool_timeout: float = 30.0
+) -> Engine:
+    """An engine for a SQLite file or a PostgreSQL database, set up for many threads.
+
+    ``pool_size + max_overflow`` bounds the connections one process opens;
+    size it to the gRPC thread pool. Accepts ``sqlite:///path``,
+    ``postgresql://`` (rewritten to the psycopg 3 driver), ``postgres://`` and
+    ``postgresql+psycopg://``. Raises ``ValueError`` for anything else,
+    including in-memory SQLite, where each pooled connection would see its own
+    empty database.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _create_sqlite_engine(parsed, pool_size, max_overflow, pool_timeout)
+    if backend in ("postgresql", "postgres"):
+        return _create_postgresql_engine(parsed, pool_size, max_overflow, pool_timeout)
+    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql")
+
+
+def _create_sqlite_engine(url: URL, pool_size: int, max_overflow: int, pool_timeout: float) -> Engine:
+    if url.drivername.partition("+")[2] not in ("", "pysqlite"):
+        raise ValueError(f"unsupported SQLite driver {url.drivername!r}: use sqlite:///path")
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise ValueError("in-memory SQLite is one database per connection: give a file path")
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        # Pooled connections move between gRPC worker threads; each is used by
+        # one thread at a time, which is what sqlite3 actually requires.
+        connect_args={"check_same_thread": False},
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
+    """Take transaction control away from sqlite3 and set the pragmas."""
+    # isolation_level = None: sqlite3 never emits BEGIN itself, we do (below).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        _switch_to_wal(cursor)
+    finally:
+        cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``journal_mode = WAL``, retried: SQLite skips the busy handler here.
+
+    WAL lets readers run while one writer writes. It is a property of the file,
+    so only the very first connections to a fresh file actually switch it; if
+    two processes try at once, one gets "database is locked" straight away
+    (SQLite does not wait, to avoid a lock deadlock), so wait and retry here.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    if str(mode).lower() != "wal":
+        # E.g. a network file system without shared memory: still correct, but
+        # readers and the writer will block each other.
+        _log.warning("SQLite refused WAL mode (journal_mode is %s)", mode)
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+    if mode is None:
+        return
+    if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
+        raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _create_postgresql_engine(url: URL, pool_size: int, max_overflow: int, pool_timeout: float) -> Engine:
+    # Parsed by hand: asking SQLAlchemy would load the dialect, and "postgres" has none.
+    driver = url.drivername.partition("+")[2]
+    if driver not in ("", "psycopg"):
+        raise ValueError(f"unsupported PostgreSQL driver {driver!r}: use postgresql:// (psycopg 3)")
+    url = url.set(drivername="postgresql+psycopg")
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        # A server restart or an idle-timeout on a proxy kills pooled
+        # connections silently; test each one on checkout rather than fail a call.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def write_options(dialect_name: str) -> dict[str, Any]:
+    """Execution options for a transaction that will write (see module docstring)."""
+    if dialect_name == "sqlite":
+        return {SQLITE_BEGIN: "IMMEDIATE"}
+    return {}
+
+
+def single_statement_options(dialect_name: str) -> dict[str, Any]:
+    """Execution options for a read that is one statement and needs no BEGIN."""
+    if dialect_name == "sqlite":
+        return {SQLITE_BEGIN: None}
+    if dialect_name == "postgresql":
+        return {"isolation_level": "AUTOCOMMIT"}
+    return {}
+
+
+# The columns a KeyVersion is built from, labelled so that they can share a
+# SELECT with the keys columns (both tables have key_id, creation_date...).
+_VERSION_COLUMNS: Final = (
+    key_versions.c.key_id.label("v_key_id"),
+    key_versions.c.version.label("v_version"),
+    key_versions.c.token_id.label("v_token_id"),
+    key_versions.c.state.label("v_state"),
+    key_versions.c.creation_date.label("v_creation_date"),
+)
+
+
+class SqlMetadataStore:
+    """The ``MetadataStore`` port on SQLAlchemy Core; one transaction per call.
+
+    Safe to share between threads: it holds only the engine, whose pool hands
+    each call its own connection.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect_name = engine.dialect.name
+        self._engine = engine
+        self._writer = engine.execution_options(**write_options(dialect_name))
+        self._reader = engine.execution_options(**single_statement_options(dialect_name))
+
+    # -- creation -------------------------------------------------------
+
+    def insert_creating_key(self, key: KeyRecord, version: KeyVersion) -> None:
+        """Insert the key (CREATING) and its first version (PENDING) together.
+
+        Raises ``AlreadyExistsException`` if the key id or the token id is
+        taken, ``ValueError`` if the records are not a CREATING key and its
+        PENDING version.
+        """
+        _check_new_key(key, version)
+        try:
+            with self._writer.begin() as connection:
+                connection.execute(keys.insert().values(_key_values(key)))
+                connection.execute(key_versions.insert().values(_version_values(version)))
+        except exc.IntegrityError:
+            raise errors.AlreadyExistsException(
+                f"key {key.key_id} or its token object id already exists"
+            ) from None
+
+    def finish_creating_key(self, key_id: str) -> None:
+        """CREATING -> ENABLED and the key's PENDING versions -> ACTIVE, in one transaction.
+
+        Idempotent for a key that is no longer CREATING (recovery may have
+        finished it first); raises ``NotFoundException`` if the key is gone
+        (recovery deleted it), so the caller can clean up its token object.
+        """
+        with self._writer.begin() as connection:
+            flipped = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
+                .values(key_state=KeyState.ENABLED.value)
+            ).rowcount
+            if flipped:
+                connection.execute(
+                    key_versions.update()
+                    .where(
+                        key_versions.c.key_id == key_id,
+                        key_versions.c.state == VersionState.PENDING.value,
+                    )
+                    .values(state=VersionState.ACTIVE.value)
+                )
+                return
+            exists = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first()
+        if exists is None:
+            raise errors.NotFoundException(f"key {key_id} does not exist")
+
+    def list_pending_creations(self, created_before: datetime) -> Sequence[PendingCreation]:
+        """CREATING keys older than ``created_before``, oldest first, with their versions.
+
+        One SELECT (keys LEFT JOIN versions), so a key and its versions come
+        from the same snapshot even without a transaction.
+        """
+        _require_aware(created_before, "created_before")
+        query = (
+            select(*keys.c, *_VERSION_COLUMNS)
+            .select_from(keys.outerjoin(key_versions, key_versions.c.key_id == keys.c.key_id))
+            .where(keys.c.key_state == KeyState.CREATING.value, keys.c.creation_date < created_before)
+            .order_by(keys.c.creation_date, keys.c.key_id, key_versions.c.version)
+        )
+        pending: dict[str, PendingCreation] = {}
+        with self._reader.connect() as connection:
+            for row in connection.execute(query):
+                values = row._mapping
+                creation = pending.get(values["key_id"])
+                if creation is None:
+                    creation = PendingCreation(key=_key_from_row(values))
+                    pending[creation.key.key_id] = creation
+                if values["v_key_id"] is not None:
+                    creation.versions.append(_version_from_row(values, prefix="v_"))
+        return list(pending.values())
+
+    def delete_key(self, key_id: str) -> None:
+        """Delete the key, its versions and its aliases; a missing key is not an error.
+
+        The foreign keys cascade too, but the explicit deletes do not depend on
+        SQLite's per-connection ``foreign_keys`` pragma being on.
+        """
+        with self._writer.begin() as connection:
+            connection.execute(aliases.delete().where(aliases.c.target_key_id == key_id))
+            connection.execute(key_versions.delete().where(key_versions.c.key_id == key_id))
+            connection.execute(keys.delete().where(keys.c.key_id == key_id))
+
+    # -- keys -----------------------------------------------------------
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        """A primary-key lookup: the hot path of every cryptographic call."""
+        with self._reader.connect() as connection:
+            row = connection.execute(select(keys).where(keys.c.key_id == key_id)).first()
+        return None if row is None else _key_from_row(row._mapping)
+
+    def get_version(self, key_id: str, version: int) -> KeyVersion | None:
+        """A primary-key lookup: the hot path of Decrypt."""
+        query = select(key_versions).where(key_versions.c.key_id == key_id, key_versions.c.version == version)
+        with self._reader.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _version_from_row(row._mapping)
+
+    def list_versions(self, key_id: str) -> Sequence[KeyVersion]:
+        query = select(key_versions).where(key_versions.c.key_id == key_id).order_by(key_versions.c.version)
+        with self._reader.connect() as connection:
+            return [_version_from_row(row._mapping) for row in connection.execute(query)]
+
+    def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
+        """One page of a tenant's keys by key_id (keyset paging), CREATING ones left out."""
+        _require_positive_limit(limit)
+        query = select(keys).where(keys.c.tenant == tenant, keys.c.key_state != KeyState.CREATING.value)
+        if after_key_id is not None:
+            query = query.where(keys.c.key_id > after_key_id)
+        query = query.order_by(keys.c.key_id).limit(limit)
+        with self._reader.connect() as connection:
+            return [_key_from_row(row._mapping) for row in connection.execute(query)]
+
+    def update_key_state(self, key_id: str, expected: KeyState, new_state: KeyState) -> bool:
+        """Compare-and-set in one UPDATE, so two racing callers cannot both win."""
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == expected.value)
+                .values(key_state=new_state.value)
+            ).rowcount
+        return changed == 1
+
+    def update_description(self, key_id: str, description: str) -> None:
+        """Raises ``NotFoundException`` if the key does not exist, so no write is lost silently."""
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update().where(keys.c.key_id == key_id).values(description=description)
+            ).rowcount
+        if changed == 0:
+            raise errors.NotFoundException(f"key {key_id} does not exist")
+
+    # -- aliases --------------------------------------------------------
+
+    def create_alias(self, alias: AliasRecord) -> None:
+        """Raises ``NotFoundException`` if the target key does not exist,
+        ``AlreadyExistsException`` if the tenant already has an alias of that name.
+        """
+        _require_aware(alias.creation_date, "creation_date")
+        _require_aware(alias.last_updated_date, "last_updated_date")
+        try:
+            with self._writer.begin() as connection:
+                _lock_existing_key(connection, alias.target_key_id)
+                connection.execute(aliases.insert().values(_alias_values(alias)))
+        except exc.IntegrityError:
+            # The target key is locked above, so the only constraint left to
+            # break is the (tenant, alias_name) primary key.
+            raise errors.AlreadyExistsException(f"alias {alias.alias_name} already exists") from None
+
+    def update_alias(self, tenant: str, alias_name: str, target_key_id: str, now: datetime) -> bool:
+        """Raises ``NotFoundException`` if the new target key does not exist."""
+        _require_aware(now, "now")
+        with self._writer.begin() as connection:
+            _lock_existing_key(connection, target_key_id)
+            changed = connection.execute(
+                aliases.update()
+                .where(aliases.c.tenant == tenant, aliases.c.alias_name == alias_name)
+                .values(target_key_id=target_key_id, last_updated_date=now)
+            ).rowcount
+        return changed == 1
+
+    def delete_alias(self, tenant: str, alias_name: str) -> bool:
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                aliases.delete().where(aliases.c.tenant == tenant, aliases.c.alias_name == alias_name)
+            ).rowcount
+        return changed == 1
+
+    def get_alias(self, tenant: str, alias_name: str) -> AliasRecord | None:
+        query = select(aliases).where(aliases.c.tenant == tenant, aliases.c.alias_name == alias_name)
+        with self._reader.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _alias_from_row(row._mapping)
+
+    def list_aliases(
+        self, tenant: str, limit: int, after_alias_name: str | None, key_id: str | None
+    ) -> Sequence[AliasRecord]:
+        """One page of a tenant's aliases by name (keyset paging), optionally of one key."""
+        _require_positive_limit(limit)
+        conditions = [aliases.c.tenant == tenant]
+        if after_alias_name is not None:
+            conditions.append(aliases.c.alias_name > after_alias_name)
+        if key_id is not None:
+            conditions.append(aliases.c.target_key_id == key_id)
+        query = select(aliases).where(and_(*conditions)).order_by(aliases.c.alias_name).limit(limit)
+        with self._reader.connect() as connection:
+            return [_alias_from_row(row._mapping) for row in connection.execute(query)]
+
+    def ping(self) -> None:
+        with self._reader.connect() as connection:
+            connection.execute(text("SELECT 1")).one()
+
+    def close(self) -> None:
+        """Close the engine's pooled connections (the store is its engine's only user)."""
+        self._engine.dispose()
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+def _lock_existing_key(connection: Connection, key_id: str) -> None:
+    """Raise ``NotFoundException`` unless the key exists; keep it until commit.
+
+    ``FOR KEY SHARE`` (PostgreSQL) stops a concurrent ``delete_key`` from
+    removing it before the alias row is written; SQLite's ``BEGIN IMMEDIATE``
+    already serialises writers, and SQLAlchemy renders no locking clause there.
+    """
+    query = select(keys.c.key_id).where(keys.c.key_id == key_id).with_for_update(read=True, key_share=True)
+    if connection.execute(query).first() is None:
+        raise errors.NotFoundException(f"key {key_id} does not exist")
+
+
+def _check_new_key(key: KeyRecord, version: KeyVersion) -> None:
+    if key.state is not KeyState.CREATING:
+        raise ValueError(f"a new key must be CREATING, not {key.state}")
+    if version.state is not VersionState.PENDING:
+        raise ValueError(f"a new key's first version must be PENDING, not {version.state}")
+    if version.key_id != key.key_id:
+        raise ValueError("the version belongs to another key")
+    _require_aware(key.creation_date, "creation_date")
+    _require_aware(version.creation_date, "version creation_date")
+    if key.deletion_date is not None:
+        _require_aware(key.deletion_date, "deletion_date")
+
+
+def _require_aware(value: datetime, name: str) -> None:
+    """Refuse naive datetimes before SQL sees them (see ``schema.UtcDateTime``)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+def _require_positive_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def _key_values(key: KeyRecord) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "tenant": key.tenant,
+        "description": key.description,
+        "key_state": key.state.value,
+        "key_usage": key.key_usage.value,
+        "key_spec": key.key_spec.value,
+        "origin": key.origin.value,
+        "key_manager": key.key_manager.value,
+        "creation_date": key.creation_date,
+        "deletion_date": key.deletion_date,
+        "current_version": key.current_version,
+    }
+
+
+def _version_values(version: KeyVersion) -> dict[str, Any]:
+    return {
+        "key_id": version.key_id,
+        "version": version.version,
+        "token_id": version.token_id,
+        "state": version.state.value,
+        "creation_date": version.creation_date,
+    }
+
+
+def _alias_values(alias: AliasRecord) -> dict[str, Any]:
+    return {
+        "tenant": alias.tenant,
+        "alias_name": alias.alias_name,
+        "target_key_id": alias.target_key_id,
+        "creation_date": alias.creation_date,
+        "last_updated_date": alias.last_updated_date,
+    }
+
+
+def _key_from_row(row: RowMapping) -> KeyRecord:
+    return KeyRecord(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        description=row["description"],
+        state=KeyState(row["key_state"]),
+        key_usage=KeyUsage(row["key_usage"]),
+        key_spec=KeySpec(row["key_spec"]),
+        origin=Origin(row["origin"]),
+        key_manager=KeyManager(row["key_manager"]),
+        creation_date=row["creation_date"],
+        current_version=row["current_version"],
+        deletion_date=row["deletion_date"],
+    )
+
+
+def _version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
+    return KeyVersion(
+        key_id=row[prefix + "key_id"],
+        version=row[prefix + "version"],
+        token_id=bytes(row[prefix + "token_id"]),
+        state=VersionState(row[prefix + "state"]),
+        creation_date=row[prefix + "creation_date"],
+    )
+
+
+def _alias_from_row(row: RowMapping) -> AliasRecord:
+    return AliasRecord(
+        tenant=row["tenant"],
+        alias_name=row["alias_name"],
+        target_key_id=row["target_key_id"],
+        creation_date=row["creation_date"],
+        last_updated_date=row["last_updated_date"],
+    )

@@ -1,0 +1,579 @@
+"""The MetadataStore contract, run against every implementation (see conftest_store)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, event, inspect, text
+
+from hsmstore import errors
+from hsmstore.core.model import (
+    AliasRecord,
+    KeyManager,
+    KeyRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+    VersionState,
+    new_key_id,
+    new_token_id,
+)
+from hsmstore.core.ports import MetadataStore
+from hsmstore.store import migrate
+from hsmstore.store.schema import metadata
+from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
+    database_url_fixture,
+    sql_engine_fixture,
+    store_fixture,
+)
+
+# Microseconds and a non-UTC offset: both must survive a round trip.
+T0 = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+
+# Orders differently in code point order and in a natural-language collation
+# (en-US sorts "a_c" < "a-b" < "ab" < "aB" < "AB"); the store must use code points.
+TRICKY_SUFFIXES = ["a-b", "aB", "a_c", "AB", "ab", "Z", "0"]
+
+
+def make_key(
+    tenant: str = "tenant-a",
+    key_id: str | None = None,
+    created: datetime = T0,
+    description: str = "",
+) -> tuple[KeyRecord, KeyVersion]:
+    key_id = key_id or new_key_id()
+    key = KeyRecord(
+        key_id=key_id,
+        tenant=tenant,
+        description=description,
+        state=KeyState.CREATING,
+        key_usage=KeyUsage.ENCRYPT_DECRYPT,
+        key_spec=KeySpec.SYMMETRIC_DEFAULT,
+        origin=Origin.AWS_KMS,
+        key_manager=KeyManager.CUSTOMER,
+        creation_date=created,
+        current_version=1,
+    )
+    version = KeyVersion(
+        key_id=key_id,
+        version=1,
+        token_id=new_token_id(),
+        state=VersionState.PENDING,
+        creation_date=created,
+    )
+    return key, version
+
+
+def add_enabled_key(store: MetadataStore, tenant: str = "tenant-a", key_id: str | None = None) -> KeyRecord:
+    key, version = make_key(tenant=tenant, key_id=key_id)
+    store.insert_creating_key(key, version)
+    store.finish_creating_key(key.key_id)
+    return key.with_state(KeyState.ENABLED)
+
+
+def make_alias(tenant: str, alias_name: str, target_key_id: str, when: datetime = T0) -> AliasRecord:
+    return AliasRecord(
+        tenant=tenant,
+        alias_name=alias_name,
+        target_key_id=target_key_id,
+        creation_date=when,
+        last_updated_date=when,
+    )
+
+
+def assert_utc(value: datetime | None) -> None:
+    assert value is not None
+    assert value.utcoffset() == timedelta(0)
+
+
+# -- creating keys ------------------------------------------------------------
+
+
+def test_new_key_is_creating_and_pending_until_finished(store: MetadataStore) -> None:
+    key, version = make_key()
+    store.insert_creating_key(key, version)
+
+    assert store.get_key(key.key_id) == key
+    assert store.get_version(key.key_id, 1) == version
+    assert store.list_keys("tenant-a", 10, None) == []
+
+    store.finish_creating_key(key.key_id)
+
+    assert store.get_key(key.key_id) == key.with_state(KeyState.ENABLED)
+    finished_version = store.get_version(key.key_id, 1)
+    assert finished_version is not None
+    assert finished_version.state is VersionState.ACTIVE
+    assert [listed.key_id for listed in store.list_keys("tenant-a", 10, None)] == [key.key_id]
+
+
+def test_list_pending_creations_by_age_with_versions(store: MetadataStore) -> None:
+    old, old_version = make_key(created=T0)
+    older, older_version = make_key(created=T0 - timedelta(minutes=1))
+    new, new_version = make_key(created=T0 + timedelta(minutes=5))
+    finished, finished_version = make_key(created=T0 - timedelta(minutes=2))
+    for key, version in [(old, old_version), (older, older_version), (new, new_version)]:
+        store.insert_creating_key(key, version)
+    store.insert_creating_key(finished, finished_version)
+    store.finish_creating_key(finished.key_id)
+
+    pending = store.list_pending_creations(T0 + timedelta(microseconds=1))
+
+    assert [creation.key for creation in pending] == [older, old]
+    assert [creation.versions for creation in pending] == [[older_version], [old_version]]
+    # Strictly before: a key created exactly at the cut-off is not pending yet.
+    assert [creation.key for creation in store.list_pending_creations(T0)] == [older]
+
+
+def test_finish_creating_key_is_idempotent_and_refuses_a_missing_key(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.DISABLED)
+
+    store.finish_creating_key(key.key_id)
+
+    assert store.get_key(key.key_id) == key.with_state(KeyState.DISABLED)
+    with pytest.raises(errors.NotFoundException):
+        store.finish_creating_key(new_key_id())
+
+
+def test_duplicate_key_id_or_token_id_is_refused_whole(store: MetadataStore) -> None:
+    key, version = make_key()
+    store.insert_creating_key(key, version)
+
+    same_id, same_id_version = make_key(key_id=key.key_id, tenant="tenant-b")
+    with pytest.raises(errors.AlreadyExistsException):
+        store.insert_creating_key(same_id, same_id_version)
+
+    other, _ = make_key()
+    reused_token = KeyVersion(
+        key_id=other.key_id,
+        version=1,
+        token_id=version.token_id,
+        state=VersionState.PENDING,
+        creation_date=T0,
+    )
+    with pytest.raises(errors.AlreadyExistsException):
+        store.insert_creating_key(other, reused_token)
+    # One transaction: the key row did not stay behind without its version.
+    assert store.get_key(other.key_id) is None
+    assert store.get_key(key.key_id) == key
+
+
+def test_insert_refuses_records_that_are_not_a_new_key(store: MetadataStore) -> None:
+    key, version = make_key()
+    with pytest.raises(ValueError, match="CREATING"):
+        store.insert_creating_key(key.with_state(KeyState.ENABLED), version)
+    with pytest.raises(ValueError, match="PENDING"):
+        store.insert_creating_key(key, KeyVersion(key.key_id, 1, version.token_id, VersionState.ACTIVE, T0))
+    with pytest.raises(ValueError, match="another key"):
+        store.insert_creating_key(key, make_key()[1])
+    naive, naive_version = make_key(created=T0.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.insert_creating_key(naive, naive_version)
+    assert store.get_key(key.key_id) is None
+
+
+# -- reading keys -------------------------------------------------------------
+
+
+def test_key_and_version_round_trip_exactly(store: MetadataStore) -> None:
+    key, version = make_key(description="Schlüssel für die Buchhaltung \U0001f511")
+    key = replace(key, deletion_date=T0 + timedelta(days=7, microseconds=1))
+    store.insert_creating_key(key, version)
+
+    stored_key = store.get_key(key.key_id)
+    stored_version = store.get_version(key.key_id, 1)
+
+    assert stored_key == key
+    assert stored_version == version
+    assert store.list_versions(key.key_id) == [version]
+    assert stored_key is not None
+    assert stored_version is not None
+    assert stored_key.creation_date == T0
+    assert stored_key.creation_date.microsecond == T0.astimezone(UTC).microsecond
+    assert_utc(stored_key.creation_date)
+    assert_utc(stored_key.deletion_date)
+    assert_utc(stored_version.creation_date)
+    assert isinstance(stored_version.token_id, bytes)
+    assert isinstance(stored_key.state, KeyState)
+    assert isinstance(stored_version.state, VersionState)
+
+
+def test_missing_keys_and_versions_read_as_none_or_empty(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    assert store.get_key(new_key_id()) is None
+    assert store.get_version(key.key_id, 2) is None
+    assert store.get_version(new_key_id(), 1) is None
+    assert store.list_versions(new_key_id()) == []
+
+
+def test_list_keys_pages_by_key_id_per_tenant_without_creating_keys(store: MetadataStore) -> None:
+    tenant_a_ids = [f"key-{suffix}" for suffix in TRICKY_SUFFIXES]
+    for key_id in tenant_a_ids:
+        add_enabled_key(store, "tenant-a", key_id)
+    tenant_b_key = add_enabled_key(store, "tenant-b")
+    creating, creating_version = make_key(tenant="tenant-a", key_id="key-aa")
+    store.insert_creating_key(creating, creating_version)
+    expected = sorted(tenant_a_ids)
+
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = [key.key_id for key in store.list_keys("tenant-a", 3, after)]
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1]
+
+    assert pages == [expected[0:3], expected[3:6], expected[6:]]
+    assert [key.key_id for key in store.list_keys("tenant-b", 100, None)] == [tenant_b_key.key_id]
+    assert store.list_keys("tenant-c", 100, None) == []
+    assert [key.key_id for key in store.list_keys("tenant-a", 100, "key-Z")] == [
+        key_id for key_id in expected if key_id > "key-Z"
+    ]
+    with pytest.raises(ValueError, match="limit"):
+        store.list_keys("tenant-a", 0, None)
+
+
+# -- changing keys ------------------------------------------------------------
+
+
+def test_update_key_state_is_compare_and_set(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+
+    assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.DISABLED) is True
+    assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.PENDING_DELETION) is False
+    assert store.get_key(key.key_id) == key.with_state(KeyState.DISABLED)
+    assert store.update_key_state(key.key_id, KeyState.DISABLED, KeyState.PENDING_DELETION) is True
+    assert store.update_key_state(new_key_id(), KeyState.ENABLED, KeyState.DISABLED) is False
+
+
+def test_update_description(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    other = add_enabled_key(store)
+
+    store.update_description(key.key_id, "rotated quarterly")
+
+    stored = store.get_key(key.key_id)
+    assert stored is not None
+    assert stored.description == "rotated quarterly"
+    assert store.get_key(other.key_id) == other
+    with pytest.raises(errors.NotFoundException):
+        store.update_description(new_key_id(), "nobody")
+
+
+def test_delete_key_removes_its_versions_and_aliases_only(store: MetadataStore) -> None:
+    doomed, doomed_version = make_key()
+    store.insert_creating_key(doomed, doomed_version)
+    store.finish_creating_key(doomed.key_id)
+    survivor = add_enabled_key(store)
+    store.create_alias(make_alias("tenant-a", "alias/doomed", doomed.key_id))
+    store.create_alias(make_alias("tenant-a", "alias/survivor", survivor.key_id))
+
+    store.delete_key(doomed.key_id)
+    store.delete_key(doomed.key_id)  # deleting twice is not an error (recovery may retry)
+
+    assert store.get_key(doomed.key_id) is None
+    assert store.get_version(doomed.key_id, 1) is None
+    assert store.list_versions(doomed.key_id) == []
+    assert store.get_alias("tenant-a", "alias/doomed") is None
+    assert [alias.alias_name for alias in store.list_aliases("tenant-a", 10, None, None)] == [
+        "alias/survivor"
+    ]
+    assert store.get_key(survivor.key_id) == survivor
+    # The token id is free again for a new version.
+    reborn, _ = make_key()
+    store.insert_creating_key(
+        reborn, KeyVersion(reborn.key_id, 1, doomed_version.token_id, VersionState.PENDING, T0)
+    )
+
+
+def test_concurrent_compare_and_set_from_threads(store: MetadataStore) -> None:
+    """8 threads race to flip one key; an atomic CAS lets exactly one win each flip."""
+    key = add_enabled_key(store)
+    flips: Counter[tuple[KeyState, KeyState]] = Counter()
+    failures: list[str] = []
+    record = threading.Lock()
+    start = threading.Barrier(8)
+
+    def flip_repeatedly() -> None:
+        try:
+            start.wait()
+            for _ in range(100):
+                current = store.get_key(key.key_id)
+                assert current is not None
+                target = KeyState.DISABLED if current.state is KeyState.ENABLED else KeyState.ENABLED
+                if store.update_key_state(key.key_id, current.state, target):
+                    with record:
+                        flips[(current.state, target)] += 1
+        except BaseException:
+            with record:
+                failures.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=flip_repeatedly) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert failures == []
+    assert not any(thread.is_alive() for thread in threads)
+    disables = flips[(KeyState.ENABLED, KeyState.DISABLED)]
+    enables = flips[(KeyState.DISABLED, KeyState.ENABLED)]
+    assert disables >= 1
+    # Successful flips alternate, so the two counts differ by the final state only.
+    final = store.get_key(key.key_id)
+    assert final is not None
+    assert disables - enables == (1 if final.state is KeyState.DISABLED else 0)
+
+
+# -- aliases ------------------------------------------------------------------
+
+
+def test_alias_create_get_and_duplicate(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    other_tenant_key = add_enabled_key(store, "tenant-b")
+    alias = make_alias("tenant-a", "alias/payments", key.key_id)
+
+    store.create_alias(alias)
+
+    stored = store.get_alias("tenant-a", "alias/payments")
+    assert stored == alias
+    assert stored is not None
+    assert_utc(stored.creation_date)
+    assert_utc(stored.last_updated_date)
+    with pytest.raises(errors.AlreadyExistsException) as raised:
+        store.create_alias(make_alias("tenant-a", "alias/payments", add_enabled_key(store).key_id))
+    assert "alias/payments" in raised.value.message
+    assert key.key_id not in raised.value.message
+    # Alias names are per tenant.
+    store.create_alias(make_alias("tenant-b", "alias/payments", other_tenant_key.key_id))
+    assert store.get_alias("tenant-a", "alias/payments") == alias
+    assert store.get_alias("tenant-c", "alias/payments") is None
+    assert store.get_alias("tenant-a", "alias/other") is None
+
+
+def test_alias_to_a_missing_key_is_refused(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    with pytest.raises(errors.NotFoundException):
+        store.create_alias(make_alias("tenant-a", "alias/nowhere", new_key_id()))
+    assert store.get_alias("tenant-a", "alias/nowhere") is None
+
+    store.create_alias(make_alias("tenant-a", "alias/somewhere", key.key_id))
+    with pytest.raises(errors.NotFoundException):
+        store.update_alias("tenant-a", "alias/somewhere", new_key_id(), T0)
+    assert store.get_alias("tenant-a", "alias/somewhere") == make_alias(
+        "tenant-a", "alias/somewhere", key.key_id
+    )
+
+
+def test_update_alias_points_it_at_another_key(store: MetadataStore) -> None:
+    first = add_enabled_key(store)
+    second = add_enabled_key(store)
+    store.create_alias(make_alias("tenant-a", "alias/current", first.key_id))
+    later = T0 + timedelta(hours=1, microseconds=7)
+
+    assert store.update_alias("tenant-a", "alias/current", second.key_id, later) is True
+
+    updated = store.get_alias("tenant-a", "alias/current")
+    assert updated == AliasRecord("tenant-a", "alias/current", second.key_id, T0, later)
+    assert updated is not None
+    assert_utc(updated.last_updated_date)
+    assert store.update_alias("tenant-a", "alias/missing", second.key_id, later) is False
+    assert store.update_alias("tenant-b", "alias/current", second.key_id, later) is False
+    assert store.get_alias("tenant-b", "alias/current") is None
+
+
+def test_delete_alias(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    store.create_alias(make_alias("tenant-a", "alias/short-lived", key.key_id))
+
+    assert store.delete_alias("tenant-b", "alias/short-lived") is False
+    assert store.delete_alias("tenant-a", "alias/short-lived") is True
+    assert store.delete_alias("tenant-a", "alias/short-lived") is False
+    assert store.get_alias("tenant-a", "alias/short-lived") is None
+    assert store.get_key(key.key_id) == key
+
+
+def test_list_aliases_pages_by_name_with_optional_key_filter(store: MetadataStore) -> None:
+    first = add_enabled_key(store)
+    second = add_enabled_key(store)
+    names = [f"alias/{suffix}" for suffix in TRICKY_SUFFIXES]
+    target_of = {name: (first if index % 2 else second).key_id for index, name in enumerate(names)}
+    for name, key_id in target_of.items():
+        store.create_alias(make_alias("tenant-a", name, key_id))
+    other_tenant_key = add_enabled_key(store, "tenant-b")
+    store.create_alias(make_alias("tenant-b", "alias/a-b", other_tenant_key.key_id))
+    expected = sorted(names)
+
+    def all_pages(key_id: str | None) -> list[list[str]]:
+        pages: list[list[str]] = []
+        after: str | None = None
+        while page := [a.alias_name for a in store.list_aliases("tenant-a", 2, after, key_id)]:
+            pages.append(page)
+            after = page[-1]
+        return pages
+
+    assert all_pages(None) == [expected[0:2], expected[2:4], expected[4:6], expected[6:]]
+    first_names = [name for name in expected if target_of[name] == first.key_id]
+    assert [name for page in all_pages(first.key_id) for name in page] == first_names
+    assert all(len(page) <= 2 for page in all_pages(first.key_id))
+    assert store.list_aliases("tenant-a", 10, None, new_key_id()) == []
+    assert [a.alias_name for a in store.list_aliases("tenant-b", 10, None, None)] == ["alias/a-b"]
+    assert store.list_aliases("tenant-b", 10, None, first.key_id) == []
+    listed = store.list_aliases("tenant-a", 1, None, None)[0]
+    assert listed == make_alias("tenant-a", expected[0], target_of[expected[0]])
+    with pytest.raises(ValueError, match="limit"):
+        store.list_aliases("tenant-a", 0, None, None)
+
+
+def test_ping(store: MetadataStore) -> None:
+    store.ping()
+
+
+# -- SQL only: engine, hot path, migrations -------------------------------------
+
+
+@contextmanager
+def recorded_statements(engine: Engine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_hot_path_reads_are_one_indexed_select(sql_engine: Engine) -> None:
+    sql_store = SqlMetadataStore(sql_engine)
+    key = add_enabled_key(sql_store)
+    sql_store.get_key(key.key_id)  # warm the pool: first-connect queries are not the hot path
+
+    with recorded_statements(sql_engine) as statements:
+        assert sql_store.get_key(key.key_id) == key
+        assert sql_store.get_version(key.key_id, 1) is not None
+
+    assert len(statements) == 2
+    assert all(statement.lstrip().upper().startswith("SELECT") for statement in statements)
+    if sql_engine.dialect.name == "sqlite":
+        with sql_engine.connect() as connection:
+            for statement, parameters in [(statements[0], (key.key_id,)), (statements[1], (key.key_id, 1))]:
+                plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+                details = " ".join(str(row[-1]) for row in plan)
+                assert "SEARCH" in details
+                assert "SCAN" not in details
+
+
+def test_writes_on_sqlite_take_the_write_lock_first(sql_engine: Engine) -> None:
+    if sql_engine.dialect.name != "sqlite":
+        pytest.skip("BEGIN IMMEDIATE is SQLite's")
+    sql_store = SqlMetadataStore(sql_engine)
+    key = add_enabled_key(sql_store)
+
+    with recorded_statements(sql_engine) as statements:
+        sql_store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.DISABLED)
+
+    assert statements[0] == "BEGIN IMMEDIATE"
+
+
+def test_sqlite_connections_get_the_pragmas(sql_engine: Engine) -> None:
+    if sql_engine.dialect.name != "sqlite":
+        pytest.skip("SQLite pragmas")
+    with sql_engine.connect() as connection:
+        pragmas = {
+            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+        }
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000, "synchronous": 2}
+
+
+def test_create_engine_for_url_picks_drivers_and_refuses_the_rest(tmp_path: Path) -> None:
+    for url in ("postgresql://u@db.invalid/hsm", "postgres://u@db.invalid/hsm"):
+        engine = create_engine_for_url(url)  # no connection is made
+        assert engine.url.drivername == "postgresql+psycopg"
+        assert engine.pool.size() == 10  # type: ignore[attr-defined]
+    for url in ("sqlite://", "sqlite:///:memory:", "mysql://u@db.invalid/hsm", "postgresql+psycopg2://u@h/d"):
+        with pytest.raises(ValueError, match=r"SQLite|unsupported"):
+            create_engine_for_url(url)
+    assert create_engine_for_url(f"sqlite:///{tmp_path / 'x.db'}").dialect.name == "sqlite"
+
+
+def test_migrations_create_exactly_the_schema(database_url: str) -> None:
+    assert migrate.current_revision(database_url) is None
+
+    migrate.upgrade(database_url)
+
+    assert migrate.current_revision(database_url) == migrate.head_revision()
+    engine = create_engine_for_url(database_url)
+    try:
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), metadata)
+            tables = set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    assert differences == []
+    assert tables == {"alembic_version", "keys", "key_versions", "aliases"}
+
+
+def test_upgrade_twice_is_a_no_op(database_url: str) -> None:
+    migrate.upgrade(database_url)
+    engine = create_engine_for_url(database_url)
+    try:
+        key = add_enabled_key(SqlMetadataStore(engine))
+        with engine.connect() as connection:
+            versions_before = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+
+        migrate.upgrade(database_url)
+
+        with engine.connect() as connection:
+            versions_after = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert versions_after == versions_before == [(migrate.head_revision(),)]
+        assert SqlMetadataStore(engine).get_key(key.key_id) == key
+    finally:
+        engine.dispose()
+
+
+def upgrade_together(url: str, start: Any) -> None:
+    """Run in a spawned process: wait for the other upgrader, then race it."""
+    start.wait(timeout=60)
+    migrate.upgrade(url)
+
+
+def test_concurrent_upgrades_of_a_fresh_database_both_succeed(database_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    upgraders = [context.Process(target=upgrade_together, args=(database_url, start)) for _ in range(2)]
+    for upgrader in upgraders:
+        upgrader.start()
+    for upgrader in upgraders:
+        upgrader.join(timeout=120)
+
+    assert [upgrader.exitcode for upgrader in upgraders] == [0, 0]
+    assert migrate.current_revision(database_url) == migrate.head_revision()
+    engine = create_engine_for_url(database_url)
+    try:
+        sql_store = SqlMetadataStore(engine)
+        key = add_enabled_key(sql_store)
+        assert sql_store.get_key(key.key_id) == key
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    finally:
+        engine.dispose()
