@@ -1,0 +1,241 @@
+"""HSM profiles: what differs between SoftHSM2 and AWS CloudHSM, as data.
+
+The vault and the session code read a :class:`HsmProfile` instead of testing
+"is this CloudHSM?". Everything here comes from ``shared/notes/pkcs11.md``:
+
+* IV source, §4: "The HSM rejects caller IVs ('Expect IV to be all 0') ...
+  ``pIv`` must point at a zeroed, writable 12-byte buffer; the HSM writes the IV
+  it generated into that buffer." SoftHSM2 instead takes the caller's IV, of
+  any length, even empty (§3): "Enforce 12 random bytes yourself."
+* Login, §4: "PIN = ``<CU_user_name>:<password>`` passed to C_Login".
+* Threading, §2: python-pkcs11 calls ``C_Initialize(NULL)`` and "SoftHSM then
+  turns its own locking off"; "CloudHSM profile: ... use the same re-init
+  [with CKF_OS_LOCKING_OK]. A global lock would serialise network round-trips."
+* Limits, §4: "Max data per GCM call is 16,224 bytes."
+
+This module also builds the GCM mechanism parameter for each IV source. It
+imports ``pkcs11`` (the Python package) but never loads a PKCS#11 library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pkcs11 import GCMParams
+
+GCM_IV_BYTES = 12
+"""NIST SP 800-38D §8.2: 96-bit IVs; the only length we ever produce or accept."""
+
+GCM_TAG_BITS = 128
+"""Full-length tag; SoftHSM accepts any multiple of 8 up to 128 (notes §3)."""
+
+GCM_TAG_BYTES = GCM_TAG_BITS // 8
+
+
+class IvSource(StrEnum):
+    """Who chooses the GCM IV of an encryption."""
+
+    CALLER = "caller"
+    """We draw 12 bytes from the token RNG and pass them in (SoftHSM2)."""
+    HSM = "hsm"
+    """The HSM writes its own IV into a zeroed buffer we hand it (CloudHSM)."""
+
+
+class PinForm(StrEnum):
+    """How the string given to C_Login is built."""
+
+    PLAIN = "plain"
+    """The user PIN itself (SoftHSM2: 4 to 255 characters)."""
+    CRYPTO_USER = "user:password"
+    """``<crypto user name>:<password>`` (CloudHSM SDK 5, ``pkcs11-pin.md``)."""
+
+
+class ThreadingMode(StrEnum):
+    """How concurrent PKCS#11 calls from one process are made safe."""
+
+    GLOBAL_LOCK = "global_lock"
+    """One ``threading.Lock`` around every PKCS#11 call of the process."""
+    OS_LOCKING = "os_locking"
+    """Re-initialise with ``CKF_OS_LOCKING_OK``; one session per concurrent caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class HsmProfile:
+    """The facts about one kind of token that the adapter needs."""
+
+    name: str
+    default_module_path: str
+    iv_source: IvSource
+    pin_form: PinForm
+    threading_mode: ThreadingMode
+    max_gcm_payload: int | None
+    """Largest plaintext of one GCM call, or None when the token sets no limit."""
+
+    def validate_pin(self, pin: str) -> None:
+        """Raise ``ValueError`` if ``pin`` cannot be a login string of this profile.
+
+        The message never contains the PIN.
+        """
+        if self.pin_form is PinForm.PLAIN:
+            # SoftHSM2: "=== User PIN (4-255 characters) ===" (softhsm2-util prompt).
+            if not 4 <= len(pin.encode("utf-8")) <= 255:
+                raise ValueError(f"{self.name}: the user PIN must be 4 to 255 bytes long")
+            return
+        user, sep, password = pin.partition(":")
+        if not sep:
+            raise ValueError(f"{self.name}: the PIN must have the form '<crypto user>:<password>'")
+        _validate_cloudhsm_user(user)
+        _validate_cloudhsm_password(password)
+
+
+SOFTHSM2 = HsmProfile(
+    name="softhsm2",
+    default_module_path="/usr/lib/softhsm/libsofthsm2.so",
+    iv_source=IvSource.CALLER,
+    pin_form=PinForm.PLAIN,
+    threading_mode=ThreadingMode.GLOBAL_LOCK,
+    max_gcm_payload=None,
+)
+
+CLOUDHSM = HsmProfile(
+    name="cloudhsm",
+    default_module_path="/opt/cloudhsm/lib/libcloudhsm_pkcs11.so",
+    iv_source=IvSource.HSM,
+    pin_form=PinForm.CRYPTO_USER,
+    threading_mode=ThreadingMode.OS_LOCKING,
+    max_gcm_payload=16_224,
+)
+
+PROFILES: dict[str, HsmProfile] = {p.name: p for p in (SOFTHSM2, CLOUDHSM)}
+
+
+def profile_by_name(name: str) -> HsmProfile:
+    """The profile called ``name`` (``softhsm2`` or ``cloudhsm``); ``ValueError`` otherwise."""
+    try:
+        return PROFILES[name.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown HSM profile {name!r} (known: {known})") from None
+
+
+# CloudHSM CLI `user create`: "The maximum length is 31 characters. The only
+# special character permitted is an underscore ( _ )."
+_CLOUDHSM_USER = re.compile(r"[A-Za-z0-9_]{1,31}")
+
+
+def _validate_cloudhsm_user(user: str) -> None:
+    if not _CLOUDHSM_USER.fullmatch(user):
+        raise ValueError("cloudhsm: the crypto user name must be 1 to 31 letters, digits or '_'")
+
+
+def _validate_cloudhsm_password(password: str) -> None:
+    # KMS CreateCustomKeyStore, about the CU password: "a string of 7 to 32 characters".
+    if not 7 <= len(password) <= 32:
+        raise ValueError("cloudhsm: the crypto user password must be 7 to 32 characters long")
+
+
+def cloudhsm_pin(user: str, password: str) -> str:
+    """The C_Login string for a CloudHSM crypto user: ``"<user>:<password>"``.
+
+    Notes §4: "PIN = ``<CU_user_name>:<password>`` passed to C_Login". The user
+    name cannot hold ':' (it is alphanumeric and '_'), so the first ':' splits.
+    """
+    _validate_cloudhsm_user(user)
+    _validate_cloudhsm_password(password)
+    return f"{user}:{password}"
+
+
+class CK_GCM_PARAMS(ctypes.Structure):  # noqa: N801 - the PKCS#11 type name
+    """PKCS#11 v2.40-errata ``CK_GCM_PARAMS``, the layout SoftHSM 2.6.1 and
+    python-pkcs11 use (with ``ulIvBits``; 48 bytes on LP64)."""
+
+    _fields_ = (
+        ("pIv", ctypes.c_void_p),
+        ("ulIvLen", ctypes.c_ulong),
+        ("ulIvBits", ctypes.c_ulong),
+        ("pAAD", ctypes.c_void_p),
+        ("ulAADLen", ctypes.c_ulong),
+        ("ulTagBits", ctypes.c_ulong),
+    )
+
+
+class CallerIvGcm:
+    """GCM encrypt parameter for ``IvSource.CALLER``: python-pkcs11's ``GCMParams``."""
+
+    __slots__ = ("_iv", "mechanism_param")
+
+    def __init__(self, iv: bytes, aad: bytes) -> None:
+        if len(iv) != GCM_IV_BYTES:
+            # SoftHSM accepts any IV length, even 0 (notes §3): refuse here.
+            raise ValueError("a GCM IV must be 12 bytes")
+        self._iv = iv
+        self.mechanism_param: GCMParams = GCMParams(iv, aad, GCM_TAG_BITS)
+
+    def iv_after_encrypt(self) -> bytes:
+        return self._iv
+
+
+class HsmIvGcm:
+    """GCM encrypt parameter for ``IvSource.HSM``: a raw ``CK_GCM_PARAMS`` blob.
+
+    Notes §4: "Do not hand it ``GCMParams(bytes(12))``: the HSM would write into
+    an immutable Python ``bytes`` object. Use the raw-struct path instead"; a
+    ``bytes`` ``mechanism_param`` is passed through as the parameter blob
+    (``_pkcs11.pyx:192``). The blob holds raw pointers into ``_iv_buffer`` and
+    ``_aad_buffer``, so this object owns both and must stay alive until the
+    encrypt call has returned; read the IV with :meth:`iv_after_encrypt`.
+    """
+
+    __slots__ = ("_aad_buffer", "_iv_buffer", "mechanism_param", "struct")
+
+    def __init__(self, aad: bytes) -> None:
+        self._iv_buffer = ctypes.create_string_buffer(GCM_IV_BYTES)  # zeroed, writable
+        self._aad_buffer = ctypes.create_string_buffer(aad, len(aad)) if aad else None
+        self.struct = CK_GCM_PARAMS(
+            ctypes.addressof(self._iv_buffer),
+            GCM_IV_BYTES,
+            GCM_IV_BYTES * 8,
+            ctypes.addressof(self._aad_buffer) if self._aad_buffer is not None else None,
+            len(aad),
+            GCM_TAG_BITS,
+        )
+        self.mechanism_param: bytes = bytes(self.struct)
+
+    @property
+    def iv_buffer_address(self) -> int:
+        return ctypes.addressof(self._iv_buffer)
+
+    @property
+    def aad_buffer_address(self) -> int | None:
+        return None if self._aad_buffer is None else ctypes.addressof(self._aad_buffer)
+
+    def iv_after_encrypt(self) -> bytes:
+        """The 12 bytes the HSM wrote into the IV buffer (all zero before the call)."""
+        return self._iv_buffer.raw
+
+
+def gcm_encrypt_param(iv_source: IvSource, aad: bytes, iv: bytes | None = None) -> CallerIvGcm | HsmIvGcm:
+    """What python-pkcs11's ``encrypt(mechanism=AES_GCM, mechanism_param=...)`` needs.
+
+    ``IvSource.CALLER`` needs ``iv`` (12 bytes drawn from the token RNG);
+    ``IvSource.HSM`` must not get one: the HSM writes it. Either way, pass
+    ``.mechanism_param`` to the call and read the IV back with
+    ``.iv_after_encrypt()`` afterwards.
+    """
+    if iv_source is IvSource.CALLER:
+        if iv is None:
+            raise ValueError("IvSource.CALLER needs an IV")
+        return CallerIvGcm(iv, aad)
+    if iv is not None:
+        raise ValueError("IvSource.HSM: the HSM chooses the IV, do not pass one")
+    return HsmIvGcm(aad)
+
+
+def gcm_decrypt_param(iv: bytes, aad: bytes) -> GCMParams:
+    """Decrypt takes the stored IV on both profiles (notes §4: "On decrypt, pass that IV normally")."""
+    if len(iv) != GCM_IV_BYTES:
+        raise ValueError("a GCM IV must be 12 bytes")
+    return GCMParams(iv, aad, GCM_TAG_BITS)

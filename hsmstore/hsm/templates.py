@@ -1,0 +1,78 @@
+"""The attribute template of a KMS key version on the token: every flag explicit.
+
+Why never the library or token defaults (``shared/notes/pkcs11.md`` §1, §3, §4):
+
+* "SoftHSM defaults ``CKA_EXTRACTABLE`` to **False**. CloudHSM SDK 5 defaults
+  it to **True** ... So always set EXTRACTABLE explicitly." A key generated
+  extractable can never be made safe again: "flipping EXTRACTABLE back to True
+  or SENSITIVE to False raises AttributeReadOnly", and the reverse direction
+  leaves ``CKA_NEVER_EXTRACTABLE`` False forever.
+* "``CKA_VALUE`` is encrypted on disk with the PIN-derived token key **only if
+  CKA_PRIVATE=True**. Otherwise it is stored in plaintext" (SoftHSM
+  ``P11Attributes.cpp:942-948``); CloudHSM requires PRIVATE True anyway.
+* python-pkcs11's default AES capabilities "include SIGN/VERIFY" (and WRAP/
+  UNWRAP); ``generate_key`` defaults to ``store=False`` (a session object) and
+  sends ``LABEL: ""`` and ``ID: b""``, and "an empty CKA_LABEL errors" on
+  CloudHSM. So call ``generate_key(..., capabilities=0, template=...)``:
+  ``capabilities=0`` sets every usage flag False, then this template (merged
+  last, ``merge_templates``) decides each one.
+
+A KMS key version only ever encrypts and decrypts (AES-256-GCM), so every other
+usage is off: no wrapping (it could export other keys), no signing, no derive.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+
+KEY_VERSION_BITS: Final = 256
+"""AES-256: ``generate_key`` takes the length in bits, CKA_VALUE_LEN in bytes."""
+
+GENERATE_KEY_CAPABILITIES: Final = MechanismFlag(0)
+"""Pass as ``capabilities=``: no usage from the library, only the template decides."""
+
+TOKEN_ID_BYTES: Final = 16
+"""``KeyVault`` port: "``token_id`` is the token object's CKA_ID (16 bytes)"."""
+
+MAX_LABEL_CHARS: Final = 127
+"""Keep labels short: they are stored (and, for private objects, encrypted) per object."""
+
+KEY_VERSION_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.TOKEN: True,  # a token object, not a session object (library default: False)
+    Attribute.PRIVATE: True,  # only visible after login; SoftHSM encrypts CKA_VALUE on disk
+    Attribute.SENSITIVE: True,  # CKA_VALUE can never be read
+    Attribute.EXTRACTABLE: False,  # cannot be wrapped out (CloudHSM default is True)
+    Attribute.ENCRYPT: True,
+    Attribute.DECRYPT: True,
+    Attribute.WRAP: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+"""The boolean attributes a key version is created with, and read back with."""
+
+
+def key_version_template(token_id: bytes, label: str) -> dict[Attribute, Any]:
+    """The full ``C_GenerateKey`` template of one KMS key version.
+
+    ``token_id`` becomes CKA_ID (how the vault finds the object again) and
+    ``label`` CKA_LABEL (for operators: pkcs11-tool lists it). Both must be
+    non-empty; CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE are not set here:
+    the token derives them (CloudHSM rejects the first, the second is read-only).
+    """
+    if len(token_id) != TOKEN_ID_BYTES:
+        raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
+    if not label or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label must be 1 to {MAX_LABEL_CHARS} characters")
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.VALUE_LEN: KEY_VERSION_BITS // 8,
+        Attribute.LABEL: label,
+        Attribute.ID: token_id,
+    }
+    template.update(KEY_VERSION_FLAGS)
+    return template

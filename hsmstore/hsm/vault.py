@@ -1,0 +1,409 @@
+"""``Pkcs11KeyVault``: the ``KeyVault`` port on a PKCS#11 token (SoftHSM2, AWS CloudHSM).
+
+Each KMS key version is one AES-256 token object, generated on the token from
+the explicit template of :mod:`hsmstore.hsm.templates` and addressed by its
+CKA_ID (the version's ``token_id``). Nothing here returns, logs or formats key
+bytes, plaintext or the PIN.
+
+Finding keys: "SoftHSM2's file store slows down linearly with the number of
+token objects ... finding one key by CKA_ID took 0.9 s. Never search the token
+on the request path: find each key once (one enumeration at start-up, or on
+first use) and keep the handle" (ARCHITECTURE.md). So ``create_key`` caches
+the object it made, :meth:`Pkcs11KeyVault.preload` enumerates the token's
+secret keys once, and a cache miss (a key made by another process) does one
+search by CKA_ID and caches the answer. ``token_searches`` counts those
+single-key searches, so tests and metrics can see when the request path
+searched.
+
+AES-GCM, after NIST SP 800-38D: 96-bit IVs, 128-bit tags, output
+``ciphertext || tag``. The IV comes from the token: its RNG on SoftHSM2
+(``C_GenerateRandom``, "SoftHSM accepts a zero-length IV ... Enforce 12 random
+bytes yourself"), or the HSM itself on CloudHSM (notes §4).
+
+Errors: a GCM decrypt failure of any kind is ``CiphertextAuthenticationFailed``
+("A GCM tag or AAD mismatch raises GeneralError, not EncryptedDataInvalid:
+treat any PKCS11Error from decrypt as 'authentication failed'"); an absent key
+is ``KeyUnavailableException``; every other token failure is
+``KMSInternalException`` with a fixed message (library messages can hold
+attribute values, e.g. python-pkcs11's ``NoSuchKey`` prints the search
+template), raised ``from None`` so the library's exception is not chained.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as pkcs11_errors
+from pkcs11.types import DecryptMixin, EncryptMixin
+
+from hsmstore import errors
+from hsmstore.hsm import templates
+from hsmstore.hsm.profiles import (
+    GCM_IV_BYTES,
+    GCM_TAG_BYTES,
+    HsmProfile,
+    IvSource,
+    gcm_decrypt_param,
+    gcm_encrypt_param,
+)
+from hsmstore.hsm.session import TokenSessions, WorkingSession, fault_kind
+
+if TYPE_CHECKING:
+    from pkcs11.types import Object
+
+T = TypeVar("T")
+
+MAX_RANDOM_BYTES = 1024
+"""AWS KMS GenerateRandom: "NumberOfBytes ... Valid Range: Minimum value of 1. Maximum value of 1024"."""
+
+KEY_ATTRIBUTES_READ_BACK: tuple[Attribute, ...] = (
+    Attribute.TOKEN,
+    Attribute.PRIVATE,
+    Attribute.SENSITIVE,
+    Attribute.ALWAYS_SENSITIVE,
+    Attribute.EXTRACTABLE,
+    Attribute.NEVER_EXTRACTABLE,
+    Attribute.LOCAL,
+    Attribute.ENCRYPT,
+    Attribute.DECRYPT,
+    Attribute.WRAP,
+    Attribute.UNWRAP,
+    Attribute.SIGN,
+    Attribute.VERIFY,
+    Attribute.DERIVE,
+)
+"""Boolean attributes :meth:`Pkcs11KeyVault.key_attributes` reports (never CKA_VALUE)."""
+
+
+class _Counter:
+    """A thread-safe counter (``+=`` on an int is not atomic across threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def increment(self) -> None:
+        with self._lock:
+            self._value += 1
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+
+def _internal(message: str) -> errors.KMSInternalException:
+    return errors.KMSInternalException(message)
+
+
+def _key_unavailable() -> errors.KeyUnavailableException:
+    return errors.KeyUnavailableException("the key material of this key version is not on the HSM")
+
+
+class Pkcs11KeyVault:
+    """AES-256-GCM keys on a PKCS#11 token; safe to call from many threads at once.
+
+    Open with :meth:`open`, close with :meth:`close` (or use as a context manager).
+    """
+
+    def __init__(self, sessions: TokenSessions) -> None:
+        """Use :meth:`open`; this takes an already-open :class:`TokenSessions`."""
+        self._sessions = sessions
+        self.profile: HsmProfile = sessions.profile
+        self._searches = _Counter()
+        self._enumerations = _Counter()
+
+    @classmethod
+    def open(
+        cls,
+        profile: HsmProfile,
+        module_path: str | None,
+        token_label: str,
+        pin: str,
+        *,
+        max_sessions: int | None = None,
+    ) -> Pkcs11KeyVault:
+        """Load the module (``profile.default_module_path`` when None), log in, open a session.
+
+        ``pin`` is the login string of the profile (SoftHSM2: the user PIN;
+        CloudHSM: ``cloudhsm_pin(user, password)``). ``max_sessions`` bounds
+        the session pool in ``os_locking`` mode. Raises ``ValueError`` for a
+        malformed PIN and ``KMSInternalException`` when the module, token or
+        login fails; neither message holds the PIN.
+        """
+        profile.validate_pin(pin)
+        if not token_label:
+            raise ValueError("token_label must not be empty")
+        sessions = TokenSessions.open(
+            profile, module_path or profile.default_module_path, token_label, pin, max_sessions
+        )
+        return cls(sessions)
+
+    def close(self) -> None:
+        """Close this vault's sessions; the last vault on the token logs out. Idempotent."""
+        self._sessions.close()
+
+    def __enter__(self) -> Pkcs11KeyVault:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Pkcs11KeyVault profile={self.profile.name} token={self._sessions.token_label!r}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Pkcs11KeyVault cannot be pickled; open one in each process")
+
+    @property
+    def token_searches(self) -> int:
+        """Single-key searches of the token made by this vault (cache misses,
+        ``key_exists``, ``destroy_key``); stays 0 on a request path served from cache."""
+        return self._searches.value
+
+    @property
+    def token_enumerations(self) -> int:
+        """Enumerations of all secret keys (one per working session after :meth:`preload`)."""
+        return self._enumerations.value
+
+    # -- KeyVault port --
+
+    def create_key(self, token_id: bytes, label: str) -> None:
+        """C_GenerateKey of a non-extractable AES-256 token object with CKA_ID ``token_id``."""
+        try:
+            template = templates.key_version_template(token_id, label)
+        except ValueError:
+            raise _internal("invalid token_id or label for a key version") from None
+
+        attempts = 0
+
+        def generate(ws: WorkingSession) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                # A retry after a token fault: the first C_GenerateKey may have
+                # completed before the fault. Adopt its object, never make a twin.
+                found = self._search(ws, _secret_key_query(token_id))
+                if len(found) == 1:
+                    ws.keys[token_id] = found[0]
+                    return
+                if found:
+                    raise _internal("several HSM objects share the CKA_ID of this key version")
+            with self._sessions.object_store_lock:
+                key = ws.session.generate_key(
+                    KeyType.AES,
+                    templates.KEY_VERSION_BITS,
+                    store=True,
+                    capabilities=templates.GENERATE_KEY_CAPABILITIES,
+                    template=template,
+                )
+            ws.keys[token_id] = key
+
+        self._call(generate, "the HSM failed to generate a key", key_id=None)
+
+    def encrypt(self, token_id: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)`` with a 12-byte IV."""
+        limit = self.profile.max_gcm_payload
+        if limit is not None and len(plaintext) > limit:
+            raise errors.ValidationException(f"plaintext is longer than the HSM accepts ({limit} bytes)")
+        iv_source = self.profile.iv_source
+
+        def encrypt(ws: WorkingSession) -> tuple[bytes, bytes]:
+            key = self._encrypting_key(ws, token_id)
+            if iv_source is IvSource.CALLER:
+                iv = ws.session.generate_random(GCM_IV_BYTES * 8)  # nbits, not bytes
+                param = gcm_encrypt_param(iv_source, aad, iv)
+            else:
+                param = gcm_encrypt_param(iv_source, aad)
+            ciphertext = key.encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=param.mechanism_param
+            )
+            return param.iv_after_encrypt(), _as_bytes(ciphertext)
+
+        iv, ciphertext = self._call(encrypt, "the HSM failed to encrypt", key_id=token_id)
+        if len(iv) != GCM_IV_BYTES or iv == bytes(GCM_IV_BYTES):
+            # HSM-written IV still zero: the token ignored the buffer; never ship a fixed IV.
+            raise _internal("the HSM returned no GCM IV")
+        if len(ciphertext) != len(plaintext) + GCM_TAG_BYTES:
+            raise _internal("the HSM returned a GCM output of the wrong length")
+        return iv, ciphertext
+
+    def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM decrypt on the token of ``ciphertext || tag``.
+
+        A wrong IV length, a ciphertext shorter than the tag, or any token
+        error of the decrypt itself raise ``CiphertextAuthenticationFailed``.
+        """
+        if len(iv) != GCM_IV_BYTES or len(ciphertext) < GCM_TAG_BYTES:
+            raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate")
+        param = gcm_decrypt_param(iv, aad)
+
+        def decrypt(ws: WorkingSession) -> bytes:
+            key = self._decrypting_key(ws, token_id)
+            try:
+                plaintext = key.decrypt(ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=param)
+            except pkcs11_errors.PKCS11Error as exc:
+                if fault_kind(exc) is not None:
+                    raise  # stale handle / lost session: TokenSessions.run retries once
+                raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate") from None
+            return _as_bytes(plaintext)
+
+        return self._call(decrypt, "the HSM failed to decrypt", key_id=token_id)
+
+    def generate_random(self, number_of_bytes: int) -> bytes:
+        """``number_of_bytes`` (1 to 1024) from the token's RNG (C_GenerateRandom)."""
+        if not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
+            raise errors.ValidationException(f"number of random bytes must be 1 to {MAX_RANDOM_BYTES}")
+
+        def draw(ws: WorkingSession) -> bytes:
+            return ws.session.generate_random(number_of_bytes * 8)
+
+        random_bytes = self._call(draw, "the HSM failed to generate random bytes", key_id=None)
+        if len(random_bytes) != number_of_bytes:
+            raise _internal("the HSM returned the wrong number of random bytes")
+        return random_bytes
+
+    def destroy_key(self, token_id: bytes) -> bool:
+        """C_DestroyObject every object with this CKA_ID; True if one existed."""
+
+        def destroy(ws: WorkingSession) -> bool:
+            found = self._search(ws, {Attribute.ID: token_id})
+            with self._sessions.object_store_lock:
+                for obj in found:
+                    obj.destroy()
+            return bool(found)
+
+        try:
+            return self._call(destroy, "the HSM failed to destroy a key", key_id=None)
+        finally:
+            self._sessions.forget_key(token_id)
+
+    def key_exists(self, token_id: bytes) -> bool:
+        """Search the token for a secret key with this CKA_ID (recovery and tests only)."""
+
+        def exists(ws: WorkingSession) -> bool:
+            return bool(self._search(ws, _secret_key_query(token_id)))
+
+        return self._call(exists, "the HSM failed to search for a key", key_id=None)
+
+    def ping(self) -> None:
+        """Raise ``KMSInternalException`` if the token does not answer (one C_GenerateRandom)."""
+        self.generate_random(1)
+
+    # -- beyond the port --
+
+    def preload(self) -> int:
+        """Enumerate the token's AES secret keys once and cache ``CKA_ID -> object``.
+
+        Call at start-up, before serving: one C_FindObjects walk instead of one
+        linear search per key on first use. The enumeration is also redone on
+        each session opened later (a new pool session in ``os_locking`` mode,
+        or after a token reset), since object handles are bound to a session.
+        Returns how many keys the first session now holds.
+        """
+
+        def count(ws: WorkingSession) -> int:
+            return len(ws.keys)
+
+        self._sessions.set_session_initializer(self._enumerate_into)
+        return self._call(count, "the HSM failed to list its keys", key_id=None)
+
+    def key_attributes(self, token_id: bytes) -> dict[str, bool]:
+        """The boolean attributes of the key object (``SENSITIVE``, ``EXTRACTABLE``, ...).
+
+        For audits and tests: shows that a key is what its template promised.
+        Never reads CKA_VALUE.
+        """
+
+        def read(ws: WorkingSession) -> dict[str, bool]:
+            key = self._cached_or_found(ws, token_id)
+            values = key.get_attributes(list(KEY_ATTRIBUTES_READ_BACK))
+            return {Attribute(attr).name: bool(values[attr]) for attr in KEY_ATTRIBUTES_READ_BACK}
+
+        return self._call(read, "the HSM failed to read key attributes", key_id=token_id)
+
+    # -- internals --
+
+    def _call(self, op: Callable[[WorkingSession], T], failure: str, *, key_id: bytes | None) -> T:
+        """Run ``op`` through the session layer; library errors become a fixed internal error."""
+        try:
+            return self._sessions.run(op, key_id=key_id)
+        except (errors.KMSError, errors.CiphertextAuthenticationFailed):
+            raise
+        except pkcs11_errors.PKCS11Error:
+            raise _internal(failure) from None
+
+    def _search(self, ws: WorkingSession, query: dict[Attribute, object]) -> list[Object]:
+        self._searches.increment()
+        # Exhaust the generator: an unfinished C_FindObjects leaves the session's
+        # find operation active (the next one fails with OperationActive).
+        with self._sessions.object_store_lock:
+            return list(ws.session.get_objects(query))
+
+    def _cached_or_found(self, ws: WorkingSession, token_id: bytes) -> Object:
+        key = ws.keys.get(token_id)
+        if key is not None:
+            return key
+        found = self._search(ws, _secret_key_query(token_id))
+        if not found:
+            raise _key_unavailable()
+        if len(found) > 1:
+            # Only a retried creation could make two; which one encrypted what is unknowable.
+            raise _internal("several HSM objects share the CKA_ID of this key version")
+        ws.keys[token_id] = found[0]
+        return found[0]
+
+    def _encrypting_key(self, ws: WorkingSession, token_id: bytes) -> EncryptMixin:
+        key = self._cached_or_found(ws, token_id)
+        if not isinstance(key, EncryptMixin):  # CKA_ENCRYPT is False: not one of our key versions
+            raise _key_unavailable()
+        return key
+
+    def _decrypting_key(self, ws: WorkingSession, token_id: bytes) -> DecryptMixin:
+        key = self._cached_or_found(ws, token_id)
+        if not isinstance(key, DecryptMixin):
+            raise _key_unavailable()
+        return key
+
+    def _enumerate_into(self, ws: WorkingSession) -> None:
+        """Fill ``ws.keys`` from one walk over every AES secret key of the token."""
+        self._enumerations.increment()
+        query: dict[Attribute, object] = {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+        }
+        by_id: dict[bytes, Object] = {}
+        duplicated: set[bytes] = set()
+        with self._sessions.object_store_lock:
+            objects = list(ws.session.get_objects(query))
+        for obj in objects:
+            token_id = bytes(obj[Attribute.ID])
+            if not token_id:
+                continue
+            if token_id in by_id:
+                duplicated.add(token_id)
+            by_id[token_id] = obj
+        for token_id in duplicated:  # left to the search path, which fails closed
+            del by_id[token_id]
+        ws.keys.update(by_id)
+
+
+def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
+    return {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES, Attribute.ID: token_id}
+
+
+def _as_bytes(output: object) -> bytes:
+    """python-pkcs11 returns bytes for bytes input (a generator only for iterables)."""
+    if not isinstance(output, bytes):
+        raise _internal("unexpected output from the PKCS#11 library")
+    return output
+
+
+if TYPE_CHECKING:
+    from hsmstore.core.ports import KeyVault
+
+    def _implements_key_vault_port(vault: Pkcs11KeyVault) -> KeyVault:
+        """mypy checks here that the class matches the ``KeyVault`` Protocol exactly."""
+        return vault

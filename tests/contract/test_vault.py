@@ -1,0 +1,485 @@
+"""The KeyVault contract, run against FakeKeyVault and Pkcs11KeyVault on SoftHSM2.
+
+The first part runs on both (the ``vault`` fixture); the SoftHSM-only part
+checks what only a real token can show: the key object's attributes (read
+back, and as OpenSC's pkcs11-tool sees them), another process finding a key,
+thread safety in both threading modes, preloading, and recovery after token
+faults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import pickle
+import random
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hsmstore import errors
+from hsmstore.hsm.devtoken import DevToken, DevTokenError, activate, ensure_dev_token, softhsm_env
+from hsmstore.hsm.profiles import SOFTHSM2, HsmProfile, IvSource, ThreadingMode
+from hsmstore.hsm.vault import Pkcs11KeyVault
+from tests.fakes.vault import FakeKeyVault
+
+AnyVault = FakeKeyVault | Pkcs11KeyVault
+AAD = b'{"tenant":"t-1","purpose":"contract"}'
+
+
+def new_token_id() -> bytes:
+    return os.urandom(16)
+
+
+def make_key(vault: AnyVault) -> bytes:
+    token_id = new_token_id()
+    vault.create_key(token_id, "kv-" + token_id.hex()[:8])
+    return token_id
+
+
+def flip(data: bytes, index: int) -> bytes:
+    changed = bytearray(data)
+    changed[index] ^= 0x01
+    return bytes(changed)
+
+
+# ---------------------------------------------------------------- both vaults
+
+
+@pytest.mark.parametrize("plaintext", [b"", b"k" * 32, os.urandom(4096)], ids=["empty", "32B", "4KiB"])
+@pytest.mark.parametrize("aad", [b"", AAD], ids=["no-aad", "aad"])
+def test_round_trip(vault: AnyVault, plaintext: bytes, aad: bytes) -> None:
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(token_id, plaintext, aad)
+    assert len(iv) == 12
+    assert len(ciphertext) == len(plaintext) + 16
+    if plaintext:
+        assert plaintext not in ciphertext
+    assert vault.decrypt(token_id, iv, ciphertext, aad) == plaintext
+
+
+def test_ivs_are_12_bytes_and_differ(vault: AnyVault) -> None:
+    token_id = make_key(vault)
+    ivs = [vault.encrypt(token_id, b"same plaintext", AAD)[0] for _ in range(64)]
+    assert all(len(iv) == 12 for iv in ivs)
+    assert len(set(ivs)) == len(ivs)
+
+
+def test_same_plaintext_gives_different_ciphertexts(vault: AnyVault) -> None:
+    token_id = make_key(vault)
+    assert vault.encrypt(token_id, b"p", AAD)[1] != vault.encrypt(token_id, b"p", AAD)[1]
+
+
+Tampering = Callable[[bytes, bytes, bytes], tuple[bytes, bytes, bytes]]
+TAMPERINGS: dict[str, Tampering] = {
+    "wrong-aad": lambda iv, ct, aad: (iv, ct, aad + b"x"),
+    "missing-aad": lambda iv, ct, aad: (iv, ct, b""),
+    "flipped-iv-byte": lambda iv, ct, aad: (flip(iv, 5), ct, aad),
+    "flipped-ciphertext-byte": lambda iv, ct, aad: (iv, flip(ct, 0), aad),
+    "flipped-tag-byte": lambda iv, ct, aad: (iv, flip(ct, len(ct) - 1), aad),
+    "truncated-by-one": lambda iv, ct, aad: (iv, ct[:-1], aad),
+    "truncated-to-tag-length": lambda iv, ct, aad: (iv, ct[-16:], aad),
+    "shorter-than-tag": lambda iv, ct, aad: (iv, ct[:15], aad),
+    "empty-ciphertext": lambda iv, ct, aad: (iv, b"", aad),
+    "short-iv": lambda iv, ct, aad: (iv[:11], ct, aad),
+    "long-iv": lambda iv, ct, aad: (iv + b"\x00", ct, aad),
+    "empty-iv": lambda iv, ct, aad: (b"", ct, aad),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERINGS.values(), ids=TAMPERINGS.keys())
+def test_tampered_input_fails_authentication(vault: AnyVault, tamper: Tampering) -> None:
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(token_id, b"a data key of 32 bytes.........!", AAD)
+    bad_iv, bad_ciphertext, bad_aad = tamper(iv, ciphertext, AAD)
+    with pytest.raises(errors.CiphertextAuthenticationFailed):
+        vault.decrypt(token_id, bad_iv, bad_ciphertext, bad_aad)
+    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"a data key of 32 bytes.........!"
+
+
+def test_ciphertext_of_another_key_fails_authentication(vault: AnyVault) -> None:
+    first, second = make_key(vault), make_key(vault)
+    iv, ciphertext = vault.encrypt(first, b"secret", AAD)
+    with pytest.raises(errors.CiphertextAuthenticationFailed):
+        vault.decrypt(second, iv, ciphertext, AAD)
+
+
+def test_unknown_token_id_is_key_unavailable(vault: AnyVault) -> None:
+    make_key(vault)  # a token that has keys, just not this one
+    unknown = new_token_id()
+    with pytest.raises(errors.KeyUnavailableException) as raised:
+        vault.encrypt(unknown, b"x", AAD)
+    assert unknown.hex() not in raised.value.message
+    with pytest.raises(errors.KeyUnavailableException):
+        vault.decrypt(unknown, os.urandom(12), os.urandom(32), AAD)
+    assert vault.key_exists(unknown) is False
+
+
+def test_destroy_then_use_is_key_unavailable(vault: AnyVault) -> None:
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(token_id, b"x", AAD)
+    assert vault.key_exists(token_id) is True
+    assert vault.destroy_key(token_id) is True
+    assert vault.key_exists(token_id) is False
+    with pytest.raises(errors.KeyUnavailableException):
+        vault.encrypt(token_id, b"x", AAD)
+    with pytest.raises(errors.KeyUnavailableException):
+        vault.decrypt(token_id, iv, ciphertext, AAD)
+    assert vault.destroy_key(token_id) is False
+
+
+def test_destroy_leaves_other_keys_alone(vault: AnyVault) -> None:
+    doomed, kept = make_key(vault), make_key(vault)
+    iv, ciphertext = vault.encrypt(kept, b"still here", AAD)
+    assert vault.destroy_key(doomed) is True
+    assert vault.decrypt(kept, iv, ciphertext, AAD) == b"still here"
+
+
+@pytest.mark.parametrize("size", [1, 32, 1024])
+def test_generate_random_sizes(vault: AnyVault, size: int) -> None:
+    first, second = vault.generate_random(size), vault.generate_random(size)
+    assert len(first) == len(second) == size
+    if size >= 16:
+        assert first != second
+
+
+@pytest.mark.parametrize("size", [0, -1, 1025])
+def test_generate_random_rejects_out_of_range(vault: AnyVault, size: int) -> None:
+    with pytest.raises(errors.ValidationException):
+        vault.generate_random(size)
+
+
+def test_create_rejects_malformed_token_id(vault: AnyVault) -> None:
+    with pytest.raises(errors.KMSInternalException):
+        vault.create_key(b"short", "label")
+    with pytest.raises(errors.KMSInternalException):
+        vault.create_key(new_token_id(), "")
+
+
+def test_ping(vault: AnyVault) -> None:
+    vault.ping()
+
+
+# ---------------------------------------------------------------- SoftHSM2 only
+
+
+def open_vault(
+    token: DevToken, opened: list[Pkcs11KeyVault], profile: HsmProfile = SOFTHSM2, **kwargs: int
+) -> Pkcs11KeyVault:
+    vault = Pkcs11KeyVault.open(profile, token.module_path, token.token_label, token.read_pin(), **kwargs)
+    opened.append(vault)
+    return vault
+
+
+def test_key_object_attributes(softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    flags = vault.key_attributes(token_id)
+    assert flags == {
+        "TOKEN": True,
+        "PRIVATE": True,
+        "SENSITIVE": True,
+        "ALWAYS_SENSITIVE": True,
+        "EXTRACTABLE": False,
+        "NEVER_EXTRACTABLE": True,
+        "LOCAL": True,
+        "ENCRYPT": True,
+        "DECRYPT": True,
+        "WRAP": False,
+        "UNWRAP": False,
+        "SIGN": False,
+        "VERIFY": False,
+        "DERIVE": False,
+    }
+
+
+@pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="OpenSC pkcs11-tool is not installed")
+def test_pkcs11_tool_sees_a_sensitive_unreadable_key(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault], tmp_path: Path
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    base = [
+        "pkcs11-tool",
+        "--module",
+        softhsm_token.module_path,
+        "--token-label",
+        softhsm_token.token_label,
+        "--login",
+        "--pin",
+        softhsm_token.read_pin(),
+    ]
+    env = softhsm_env(softhsm_token.conf_path)
+    listed = subprocess.run(
+        [*base, "--list-objects", "--type", "secrkey"], env=env, capture_output=True, text=True, check=True
+    )
+    blocks = listed.stdout.split("Secret Key Object")
+    ours = [block for block in blocks if f"ID:         {token_id.hex()}" in block]
+    assert len(ours) == 1, listed.stdout
+    assert "AES length 32" in ours[0]
+    assert "Access:     sensitive, always sensitive, never extractable" in ours[0]
+    assert "Usage:      encrypt, decrypt\n" in ours[0]
+
+    out_file = tmp_path / "key.bin"
+    read = subprocess.run(
+        [*base, "--read-object", "--type", "secrkey", "--id", token_id.hex(), "-o", str(out_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert read.returncode != 0
+    assert "CKR_ATTRIBUTE_SENSITIVE" in read.stderr
+    assert not out_file.exists() or out_file.stat().st_size == 0
+
+
+def _encrypt_in_another_process(token: DevToken, token_id: bytes) -> tuple[bytes, bytes, int]:
+    """Runs in a spawned process: open a vault, encrypt with a key it never saw created."""
+    activate(token)
+    vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
+    try:
+        iv, ciphertext = vault.encrypt(token_id, b"from the other process", AAD)
+        return iv, ciphertext, vault.token_searches
+    finally:
+        vault.close()
+
+
+def test_another_process_finds_a_key_made_here(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        iv, ciphertext, searches = pool.apply(_encrypt_in_another_process, (softhsm_token, token_id))
+    assert searches == 1  # the cache-miss path: one search by CKA_ID
+    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"from the other process"
+
+
+@pytest.mark.parametrize("mode", [ThreadingMode.GLOBAL_LOCK, ThreadingMode.OS_LOCKING])
+def test_many_threads_share_one_vault(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault], mode: ThreadingMode
+) -> None:
+    profile = dataclasses.replace(SOFTHSM2, threading_mode=mode)
+    vault = open_vault(softhsm_token, open_softhsm_vault, profile, max_sessions=8)
+    keys = [make_key(vault) for _ in range(4)]
+    sealed: list[tuple[bytes, bytes, bytes, bytes]] = []  # (token_id, iv, ciphertext, plaintext)
+    shared_lock = threading.Lock()
+    failures: list[BaseException] = []
+    counts = {"encrypt": 0, "decrypt": 0, "random": 0, "create": 0}
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(200):
+                roll = rng.random()
+                if roll < 0.03:
+                    new_key = make_key(vault)
+                    with shared_lock:
+                        keys.append(new_key)
+                        counts["create"] += 1
+                elif roll < 0.45 or not sealed:
+                    with shared_lock:
+                        token_id = rng.choice(keys)
+                    plaintext = rng.randbytes(32)
+                    iv, ciphertext = vault.encrypt(token_id, plaintext, AAD)
+                    with shared_lock:
+                        sealed.append((token_id, iv, ciphertext, plaintext))
+                        counts["encrypt"] += 1
+                elif roll < 0.85:
+                    with shared_lock:
+                        token_id, iv, ciphertext, plaintext = rng.choice(sealed)
+                    if vault.decrypt(token_id, iv, ciphertext, AAD) != plaintext:
+                        raise AssertionError("decrypt returned other bytes")
+                    with shared_lock:
+                        counts["decrypt"] += 1
+                else:
+                    if len(vault.generate_random(32)) != 32:
+                        raise AssertionError("wrong random length")
+                    with shared_lock:
+                        counts["random"] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    if mode is ThreadingMode.OS_LOCKING:
+        assert 1 < len(vault._sessions._all) <= 8  # a session per concurrent caller, bounded
+    else:
+        assert len(vault._sessions._all) == 1
+    assert sum(counts.values()) == 16 * 200
+    assert all(count > 0 for count in counts.values()), counts
+    ivs = [iv for _, iv, _, _ in sealed]
+    assert len(set(ivs)) == len(ivs)
+
+
+@pytest.mark.parametrize("mode", [ThreadingMode.GLOBAL_LOCK, ThreadingMode.OS_LOCKING])
+def test_preload_serves_keys_without_searching(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault], mode: ThreadingMode
+) -> None:
+    profile = dataclasses.replace(SOFTHSM2, threading_mode=mode)
+    maker = open_vault(softhsm_token, open_softhsm_vault, profile)
+    created = [make_key(maker) for _ in range(6)]
+
+    preloaded = open_vault(softhsm_token, open_softhsm_vault, profile)
+    assert preloaded.preload() == len(created)
+    assert preloaded.token_enumerations == 1
+    for token_id in created:
+        iv, ciphertext = preloaded.encrypt(token_id, b"x", AAD)
+        assert preloaded.decrypt(token_id, iv, ciphertext, AAD) == b"x"
+    assert preloaded.token_searches == 0
+
+    # Control: without preload, the same work searches once per key (then caches).
+    cold = open_vault(softhsm_token, open_softhsm_vault, profile)
+    for token_id in created:
+        cold.encrypt(token_id, b"x", AAD)
+        cold.encrypt(token_id, b"x", AAD)
+    assert cold.token_searches == len(created)
+
+
+def test_stale_cached_handle_becomes_key_unavailable(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    holder = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(holder)  # cached in holder
+    destroyer = open_vault(softhsm_token, open_softhsm_vault)
+    assert destroyer.destroy_key(token_id) is True
+    with pytest.raises(errors.KeyUnavailableException):
+        holder.encrypt(token_id, b"x", AAD)  # ObjectHandleInvalid -> forget -> search -> absent
+    assert holder.token_searches == 1
+
+
+def test_recovers_from_a_lost_session(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(token_id, b"before", AAD)
+    # Simulate the token dropping our working session (what a CloudHSM reconnect
+    # or an HSM restart looks like): close it behind the vault's back.
+    sessions = vault._sessions
+    epoch_before = sessions._module.epoch
+    for working in sessions._all:
+        working.session.close()
+    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"before"  # SessionHandleInvalid -> reset -> retry
+    assert sessions._module.epoch == epoch_before + 1  # re-initialised exactly once
+    assert vault.encrypt(token_id, b"after", AAD)[1]
+    assert vault.token_searches == 1  # the handle cache died with the reset: found again once
+
+
+def test_hsm_written_iv_that_stays_zero_is_refused(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    # SoftHSM reads the IV buffer instead of writing it: the zeroed IV stays zero.
+    # The vault must refuse to hand out a fixed IV rather than return it.
+    profile = dataclasses.replace(SOFTHSM2, iv_source=IvSource.HSM)
+    vault = open_vault(softhsm_token, open_softhsm_vault, profile)
+    token_id = make_key(vault)
+    with pytest.raises(errors.KMSInternalException):
+        vault.encrypt(token_id, b"x", AAD)
+
+
+def test_max_gcm_payload_is_enforced(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault, dataclasses.replace(SOFTHSM2, max_gcm_payload=64))
+    token_id = make_key(vault)
+    vault.encrypt(token_id, bytes(64), AAD)
+    with pytest.raises(errors.ValidationException):
+        vault.encrypt(token_id, bytes(65), AAD)
+
+
+def test_wrong_pin_and_unknown_token_fail_without_leaking_the_pin(softhsm_token: DevToken) -> None:
+    wrong_pin = "wrong-pin-1234"
+    with pytest.raises(errors.KMSInternalException) as raised:
+        Pkcs11KeyVault.open(SOFTHSM2, softhsm_token.module_path, softhsm_token.token_label, wrong_pin)
+    assert wrong_pin not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    with pytest.raises(errors.KMSInternalException, match="no PKCS#11 token"):
+        Pkcs11KeyVault.open(SOFTHSM2, softhsm_token.module_path, "no-such-token", softhsm_token.read_pin())
+    # A good login still works afterwards in the same process.
+    Pkcs11KeyVault.open(SOFTHSM2, None, softhsm_token.token_label, softhsm_token.read_pin()).close()
+
+
+def test_vault_refuses_to_work_in_a_forked_child(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the parent's PKCS#11 state
+        try:
+            vault.encrypt(token_id, b"x", AAD)
+        except errors.KMSInternalException:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert vault.encrypt(token_id, b"parent still works", AAD)
+
+
+def test_vault_cannot_be_pickled(softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    with pytest.raises(TypeError):
+        pickle.dumps(vault)
+    assert softhsm_token.read_pin() not in repr(vault)
+
+
+# ---------------------------------------------------------------- dev token bootstrap
+
+
+def test_dev_token_is_private_and_idempotent(softhsm_token: DevToken) -> None:
+    softhsm_dir = softhsm_token.conf_path.parent
+    again = ensure_dev_token(softhsm_dir.parent, token_label=softhsm_token.token_label)
+    assert again == softhsm_token
+    assert again.read_pin() == softhsm_token.read_pin()
+    for name in ("user.pin", "so.pin", "softhsm2.conf"):
+        assert stat.S_IMODE((softhsm_dir / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(softhsm_dir.stat().st_mode) == 0o700
+    assert f"directories.tokendir = {softhsm_dir / 'tokens'}\n" in softhsm_token.conf_path.read_text()
+    assert len(softhsm_token.read_pin()) == 32
+    assert softhsm_token.read_pin() != (softhsm_dir / "so.pin").read_text().strip()
+
+
+def test_dev_token_refuses_to_guess_a_lost_pin(softhsm_token: DevToken) -> None:
+    softhsm_token.pin_file.unlink()
+    with pytest.raises(DevTokenError, match="missing"):
+        ensure_dev_token(softhsm_token.conf_path.parent.parent, token_label=softhsm_token.token_label)
+
+
+def test_init_script_makes_a_token_the_vault_can_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Path(__file__).resolve().parents[2] / "softhsm" / "init-dev-token.sh"
+    data_dir = tmp_path / "ops"
+    for _ in range(2):  # the second run finds the token
+        subprocess.run(["bash", str(script), str(data_dir), "ops-token"], check=True, capture_output=True)
+    token = ensure_dev_token(data_dir, token_label="ops-token")  # reuses the script's token and PIN
+    monkeypatch.delenv("SOFTHSM2_CONF", raising=False)
+    activate(token)
+    with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
+        token_id = make_key(vault)
+        iv, ciphertext = vault.encrypt(token_id, b"ops", AAD)
+        assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"ops"
+
+
+def test_fake_counts_its_objects() -> None:
+    fake = FakeKeyVault()
+    assert fake.object_count() == 0
+    token_id = make_key(fake)
+    assert fake.object_count() == 1
+    assert fake.label_of(token_id) == "kv-" + token_id.hex()[:8]
+    fake.destroy_key(token_id)
+    assert fake.object_count() == 0
+    fake.set_available(False)
+    with pytest.raises(errors.KMSInternalException):
+        fake.ping()
