@@ -1,0 +1,320 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class KeyMetadata(_message.Message):
+    __slots__ = ("aws_account_id", "key_id", "arn", "creation_date", "enabled", "description", "key_usage", "key_state", "deletion_date", "origin", "custom_key_store_id", "key_manager", "key_spec", "encryption_algorithms", "multi_region", "pending_deletion_window_in_days")
+    AWS_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ARN_FIELD_NUMBER: _ClassVar[int]
+    CREATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    KEY_USAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_STATE_FIELD_NUMBER: _ClassVar[int]
+    DELETION_DATE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_MANAGER_FIELD_NUMBER: _ClassVar[int]
+    KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    MULTI_REGION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_DELETION_WINDOW_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    aws_account_id: str
+    key_id: str
+    arn: str
+    creation_date: _timestamp_pb2.Timestamp
+    enabled: bool
+    description: str
+    key_usage: str
+    key_state: str
+    deletion_date: _timestamp_pb2.Timestamp
+    origin: str
+    custom_key_store_id: str
+    key_manager: str
+    key_spec: str
+    encryption_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    multi_region: bool
+    pending_deletion_window_in_days: int
+    def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ...) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("description", "key_usage", "key_spec", "origin")
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    KEY_USAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    description: str
+    key_usage: str
+    key_spec: str
+    origin: str
+    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class CreateKeyResponse(_message.Message):
+    __slots__ = ("key_metadata",)
+    KEY_METADATA_FIELD_NUMBER: _ClassVar[int]
+    key_metadata: KeyMetadata
+    def __init__(self, key_metadata: _Optional[_Union[KeyMetadata, _Mapping]] = ...) -> None: ...
+
+class DescribeKeyRequest(_message.Message):
+    __slots__ = ("key_id", "grant_tokens")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DescribeKeyResponse(_message.Message):
+    __slots__ = ("key_metadata",)
+    KEY_METADATA_FIELD_NUMBER: _ClassVar[int]
+    key_metadata: KeyMetadata
+    def __init__(self, key_metadata: _Optional[_Union[KeyMetadata, _Mapping]] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ("limit", "marker")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    marker: str
+    def __init__(self, limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class KeyListEntry(_message.Message):
+    __slots__ = ("key_id", "key_arn")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ARN_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_arn: str
+    def __init__(self, key_id: _Optional[str] = ..., key_arn: _Optional[str] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys", "next_marker", "truncated")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyListEntry]
+    next_marker: str
+    truncated: bool
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyListEntry, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class EnableKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class EnableKeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisableKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class DisableKeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UpdateKeyDescriptionRequest(_message.Message):
+    __slots__ = ("key_id", "description")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    description: str
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class UpdateKeyDescriptionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EncryptRequest(_message.Message):
+    __slots__ = ("key_id", "plaintext", "encryption_context", "grant_tokens", "encryption_algorithm")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    plaintext: bytes
+    encryption_context: _containers.ScalarMap[str, str]
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    encryption_algorithm: str
+    def __init__(self, key_id: _Optional[str] = ..., plaintext: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., grant_tokens: _Optional[_Iterable[str]] = ..., encryption_algorithm: _Optional[str] = ...) -> None: ...
+
+class EncryptResponse(_message.Message):
+    __slots__ = ("ciphertext_blob", "key_id", "encryption_algorithm")
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_blob: bytes
+    key_id: str
+    encryption_algorithm: str
+    def __init__(self, ciphertext_blob: _Optional[bytes] = ..., key_id: _Optional[str] = ..., encryption_algorithm: _Optional[str] = ...) -> None: ...
+
+class DecryptRequest(_message.Message):
+    __slots__ = ("ciphertext_blob", "encryption_context", "grant_tokens", "key_id", "encryption_algorithm")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_blob: bytes
+    encryption_context: _containers.ScalarMap[str, str]
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    key_id: str
+    encryption_algorithm: str
+    def __init__(self, ciphertext_blob: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., grant_tokens: _Optional[_Iterable[str]] = ..., key_id: _Optional[str] = ..., encryption_algorithm: _Optional[str] = ...) -> None: ...
+
+class DecryptResponse(_message.Message):
+    __slots__ = ("key_id", "plaintext", "encryption_algorithm")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    plaintext: bytes
+    encryption_algorithm: str
+    def __init__(self, key_id: _Optional[str] = ..., plaintext: _Optional[bytes] = ..., encryption_algorithm: _Optional[str] = ...) -> None: ...
+
+class ReEncryptRequest(_message.Message):
+    __slots__ = ("ciphertext_blob", "source_encryption_context", "source_key_id", "destination_key_id", "destination_encryption_context", "source_encryption_algorithm", "destination_encryption_algorithm", "grant_tokens")
+    class SourceEncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class DestinationEncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_blob: bytes
+    source_encryption_context: _containers.ScalarMap[str, str]
+    source_key_id: str
+    destination_key_id: str
+    destination_encryption_context: _containers.ScalarMap[str, str]
+    source_encryption_algorithm: str
+    destination_encryption_algorithm: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ciphertext_blob: _Optional[bytes] = ..., source_encryption_context: _Optional[_Mapping[str, str]] = ..., source_key_id: _Optional[str] = ..., destination_key_id: _Optional[str] = ..., destination_encryption_context: _Optional[_Mapping[str, str]] = ..., source_encryption_algorithm: _Optional[str] = ..., destination_encryption_algorithm: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReEncryptResponse(_message.Message):
+    __slots__ = ("ciphertext_blob", "source_key_id", "key_id", "source_encryption_algorithm", "destination_encryption_algorithm")
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_ENCRYPTION_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_blob: bytes
+    source_key_id: str
+    key_id: str
+    source_encryption_algorithm: str
+    destination_encryption_algorithm: str
+    def __init__(self, ciphertext_blob: _Optional[bytes] = ..., source_key_id: _Optional[str] = ..., key_id: _Optional[str] = ..., source_encryption_algorithm: _Optional[str] = ..., destination_encryption_algorithm: _Optional[str] = ...) -> None: ...
+
+class GenerateDataKeyRequest(_message.Message):
+    __slots__ = ("key_id", "encryption_context", "number_of_bytes", "key_spec", "grant_tokens")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_OF_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    encryption_context: _containers.ScalarMap[str, str]
+    number_of_bytes: int
+    key_spec: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., number_of_bytes: _Optional[int] = ..., key_spec: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateDataKeyResponse(_message.Message):
+    __slots__ = ("ciphertext_blob", "plaintext", "key_id")
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_blob: bytes
+    plaintext: bytes
+    key_id: str
+    def __init__(self, ciphertext_blob: _Optional[bytes] = ..., plaintext: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class GenerateDataKeyWithoutPlaintextRequest(_message.Message):
+    __slots__ = ("key_id", "encryption_context", "number_of_bytes", "key_spec", "grant_tokens")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_OF_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    encryption_context: _containers.ScalarMap[str, str]
+    number_of_bytes: int
+    key_spec: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., number_of_bytes: _Optional[int] = ..., key_spec: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateDataKeyWithoutPlaintextResponse(_message.Message):
+    __slots__ = ("ciphertext_blob", "key_id")
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_blob: bytes
+    key_id: str
+    def __init__(self, ciphertext_blob: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class GenerateRandomRequest(_message.Message):
+    __slots__ = ("number_of_bytes", "custom_key_store_id")
+    NUMBER_OF_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    number_of_bytes: int
+    custom_key_store_id: str
+    def __init__(self, number_of_bytes: _Optional[int] = ..., custom_key_store_id: _Optional[str] = ...) -> None: ...
+
+class GenerateRandomResponse(_message.Message):
+    __slots__ = ("plaintext",)
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    plaintext: bytes
+    def __init__(self, plaintext: _Optional[bytes] = ...) -> None: ...

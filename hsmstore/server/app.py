@@ -1,0 +1,112 @@
+"""Build the gRPC server: KeyStore servicer + health + reflection (+ TLS).
+
+Health (``grpc.health.v1.Health``) reports SERVING only once the token and the
+metadata DB both answer, and is re-checked periodically (API-CONTRACT.md,
+"Standard services are always on").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
+from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.core.service import KeyService
+from hsmstore.server.identity import local_admin_caller
+from hsmstore.server.servicer import CallerResolver, KeyStoreServicer
+
+log = logging.getLogger(__name__)
+
+KEY_STORE_SERVICE = pb.DESCRIPTOR.services_by_name["KeyStore"].full_name
+HEALTH_CHECK_INTERVAL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM bytes; ``client_ca`` set means client certificates are required."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    stop_health_checks: threading.Event
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.stop_health_checks.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def start_server(
+    service: KeyService,
+    listen: str,
+    thread_pool_size: int,
+    tls: TlsFiles | None = None,
+    caller_of: CallerResolver = local_admin_caller,
+    reuse_port: bool = False,
+) -> RunningServer:
+    """Start serving on ``listen`` (port 0 picks a free port) and return the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=thread_pool_size, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+    )
+    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, caller_of), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            KEY_STORE_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.private_key, tls.cert_chain)],
+            root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None,
+        )
+        port = server.add_secure_port(listen, credentials)
+    if port == 0:
+        raise OSError(f"could not listen on {listen}")
+    server.start()
+    stop = threading.Event()
+    _check_health(service, health_servicer)
+    threading.Thread(
+        target=_keep_checking_health, args=(service, health_servicer, stop), name="health", daemon=True
+    ).start()
+    return RunningServer(server, port, health_servicer, stop)
+
+
+def _check_health(service: KeyService, health_servicer: health.HealthServicer) -> None:
+    try:
+        service.check_health()
+        status = health_pb2.HealthCheckResponse.SERVING
+    except Exception:
+        log.exception("health check failed")
+        status = health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", KEY_STORE_SERVICE):
+        health_servicer.set(name, status)
+
+
+def _keep_checking_health(
+    service: KeyService, health_servicer: health.HealthServicer, stop: threading.Event
+) -> None:
+    while not stop.wait(HEALTH_CHECK_INTERVAL_SECONDS):
+        _check_health(service, health_servicer)

@@ -1,0 +1,59 @@
+"""The single table: domain error -> gRPC status code + google.rpc.ErrorInfo.
+
+API-CONTRACT.md, "Errors": every failure carries a gRPC status code and a
+``google.rpc.Status`` detail with a ``google.rpc.ErrorInfo`` whose ``reason`` is
+the AWS exception name and whose ``domain`` is ``hsmstore``.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hsmstore import errors
+
+ERROR_DOMAIN = "hsmstore"
+
+STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
+    errors.NotFoundException: grpc.StatusCode.NOT_FOUND,
+    errors.DisabledException: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.KMSInvalidStateException: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.KeyUnavailableException: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidCiphertextException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.IncorrectKeyException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidKeyUsageException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ValidationException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidAliasNameException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidArnException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidMarkerException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.AlreadyExistsException: grpc.StatusCode.ALREADY_EXISTS,
+    errors.AccessDeniedException: grpc.StatusCode.PERMISSION_DENIED,
+    errors.UnauthenticatedException: grpc.StatusCode.UNAUTHENTICATED,
+    errors.LimitExceededException: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DependencyTimeoutException: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.KMSInternalException: grpc.StatusCode.INTERNAL,
+    errors.UnsupportedOperationException: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def status_code_of(error: errors.KMSError) -> grpc.StatusCode:
+    for error_type in type(error).__mro__:
+        code = STATUS_CODES.get(error_type)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def to_grpc_status(error: errors.KMSError) -> grpc.Status:
+    """The rich status a servicer aborts with: code, message, ErrorInfo detail."""
+    code = status_code_of(error)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name),
+        message=f"{error.reason}: {error.message}",
+        details=[detail],
+    )
+    return rpc_status.to_status(status)
