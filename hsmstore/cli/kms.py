@@ -1,0 +1,130 @@
+"""``hsmstore kms <operation>``: a client CLI that mirrors ``aws kms``.
+
+Commands and flags are derived from the proto descriptors, so every RPC of
+``hsmstore.v1.KeyStore`` has a command: ``GenerateDataKey`` is
+``generate-data-key``, field ``key_id`` is ``--key-id``. Blob inputs take
+``fileb://PATH`` (raw bytes) or base64 text, as the AWS CLI v2 does; maps take
+``key=value`` pairs; output is the response as JSON (bytes in base64).
+Service errors print ``{"Error": {"Code": reason, "Message": ...}}`` on stderr
+and exit 254, like the AWS CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
+from google.protobuf.message import Message
+
+from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
+from hsmstore.client.channel import DEFAULT_ENDPOINT, key_store, open_channel
+from hsmstore.client.errors import error_reason
+
+SERVICE = pb.DESCRIPTOR.services_by_name["KeyStore"]
+SERVICE_ERROR_EXIT = 254
+USAGE_ERROR_EXIT = 2
+
+
+def command_name(method_name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", method_name).lower()
+
+
+def add_kms_parser(subparsers: Any) -> None:
+    kms = subparsers.add_parser("kms", help="call the key store, like `aws kms`")
+    kms.add_argument(
+        "--endpoint", default=None, help=f"HOST:PORT (default $HSMSTORE_ENDPOINT or {DEFAULT_ENDPOINT})"
+    )
+    kms.add_argument("--ca", help="CA bundle to verify a TLS server (enables TLS)")
+    kms.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
+    kms.add_argument("--key", help="client private key (PEM) for mutual TLS")
+    operations = kms.add_subparsers(dest="operation", required=True, metavar="OPERATION")
+    for method in SERVICE.methods:
+        parser = operations.add_parser(command_name(method.name), help=method.name)
+        parser.set_defaults(method=method)
+        for field in method.input_type.fields:
+            _add_field_argument(parser, field)
+
+
+def _add_field_argument(parser: argparse.ArgumentParser, field: FieldDescriptor) -> None:
+    flag = "--" + field.name.replace("_", "-")
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        parser.add_argument(flag, dest=field.name, nargs="+", metavar="KEY=VALUE", type=_pair)
+    elif _is_repeated(field):
+        parser.add_argument(flag, dest=field.name, nargs="+")
+    elif field.type == FieldDescriptor.TYPE_BYTES:
+        parser.add_argument(flag, dest=field.name, type=_blob, metavar="fileb://PATH|BASE64")
+    elif field.type == FieldDescriptor.TYPE_BOOL:
+        parser.add_argument(flag, dest=field.name, action="store_true", default=None)
+    elif field.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64):
+        parser.add_argument(flag, dest=field.name, type=int)
+    else:
+        parser.add_argument(flag, dest=field.name)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _blob(text: str) -> bytes:
+    if text.startswith("fileb://"):
+        try:
+            return Path(text.removeprefix("fileb://")).read_bytes()
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror}") from None
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise argparse.ArgumentTypeError("expected fileb://PATH or base64 text") from None
+
+
+def build_request(method: MethodDescriptor, args: argparse.Namespace) -> Message:
+    request_class = getattr(pb, method.input_type.name)
+    request: Message = request_class()
+    for field in method.input_type.fields:
+        value = getattr(args, field.name, None)
+        if value is None:
+            continue
+        target = getattr(request, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            target.update(dict(value))
+        elif _is_repeated(field):
+            target.extend(value)
+        else:
+            setattr(request, field.name, value)
+    return request
+
+
+def run_kms(args: argparse.Namespace) -> int:
+    import os
+
+    endpoint = args.endpoint or os.environ.get("HSMSTORE_ENDPOINT") or DEFAULT_ENDPOINT
+    method: MethodDescriptor = args.method
+    request = build_request(method, args)
+    with open_channel(endpoint, args.ca, args.cert, args.key) as channel:
+        call = getattr(key_store(channel), method.name)
+        try:
+            response = call(request, timeout=30)
+        except grpc.RpcError as error:
+            details = error.details() if hasattr(error, "details") else str(error)
+            code = error_reason(error) or error.code().name
+            print(json.dumps({"Error": {"Code": code, "Message": details}}), file=sys.stderr)
+            return SERVICE_ERROR_EXIT
+    output = json_format.MessageToDict(response, preserving_proto_field_name=True)
+    print(json.dumps(output, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,170 @@
+"""``hsmstore serve``: the embedded default needs no argument at all.
+
+API-CONTRACT.md: data directory ``./.hsmstore`` (or ``$HSMSTORE_DATA_DIR``), a
+SoftHSM2 token created there on first start, SQLite there, listening on
+``127.0.0.1:50051``, plaintext on loopback only. It prints the address it
+listens on (the real port when ``--listen`` gave port 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.queues
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from hsmstore import bootstrap
+from hsmstore.config import Settings, load_settings
+from hsmstore.server.app import TlsFiles, start_server
+
+SETTING_FLAGS = (
+    "listen",
+    "data_dir",
+    "db",
+    "workers",
+    "grpc_threads",
+    "region",
+    "hsm_profile",
+    "pkcs11_module",
+    "token_label",
+    "pin_file",
+    "tls_cert",
+    "tls_key",
+    "client_ca",
+    "log_level",
+)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    return load_settings(flags, config_file=getattr(args, "config", None))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    token = bootstrap.prepare(settings)
+    host = settings.listen.rpartition(":")[0]
+    if settings.workers > 1:
+        return _serve_with_workers(settings, token, host)
+    runtime = bootstrap.open_runtime(settings, token)
+    running = start_server(runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings))
+    print(f"hsmstore listening on {host}:{running.port}", flush=True)
+    _wait_for_stop_signal()
+    running.stop()
+    runtime.close()
+    return 0
+
+
+def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host: str) -> int:
+    """N processes on one port (SO_REUSEPORT); the kernel spreads connections.
+
+    Workers are *spawned*, not forked, and each opens the token itself: no
+    PKCS#11 state may cross a fork (notes/pkcs11.md, "Fork"). If one worker
+    dies the others are stopped too and the exit code is non-zero, so the
+    supervisor restarts the whole server.
+    """
+    context = multiprocessing.get_context("spawn")
+    port = _pick_port(host, int(settings.listen.rpartition(":")[2]))
+    ready = context.Queue()
+    workers = [
+        context.Process(
+            target=_worker_main, args=(settings, token, f"{host}:{port}", ready), name=f"worker-{n}"
+        )
+        for n in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in workers:
+            if ready.get(timeout=120) != "ready":
+                raise RuntimeError("a worker failed to start")
+    except Exception:
+        _stop_workers(workers)
+        raise
+    print(f"hsmstore listening on {host}:{port} ({settings.workers} workers)", flush=True)
+    stop = _stop_event()
+    while not stop.wait(0.5):
+        if any(not worker.is_alive() for worker in workers):
+            logging.getLogger(__name__).error("a worker exited; stopping the server")
+            _stop_workers(workers)
+            return 1
+    _stop_workers(workers)
+    return 0
+
+
+def _worker_main(
+    settings: Settings, token: bootstrap.TokenSettings, listen: str, ready: multiprocessing.queues.Queue[str]
+) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+    )
+    try:
+        bootstrap.activate_token(token)
+        runtime = bootstrap.open_runtime(settings, token)
+        running = start_server(
+            runtime.service, listen, settings.grpc_threads, tls=_tls_files(settings), reuse_port=True
+        )
+    except BaseException:
+        ready.put("failed")
+        raise
+    ready.put("ready")
+    _wait_for_stop_signal()
+    running.stop()
+    runtime.close()
+
+
+def _pick_port(host: str, port: int) -> int:
+    """Port 0 means a free port, chosen once so that every worker binds the same one."""
+    if port:
+        return port
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return int(probe.getsockname()[1])
+
+
+def _stop_workers(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(30)
+        if worker.is_alive():
+            worker.kill()
+
+
+def _tls_files(settings: Settings) -> TlsFiles | None:
+    if not settings.tls_enabled:
+        return None
+    return TlsFiles(
+        cert_chain=Path(settings.tls_cert).read_bytes(),
+        private_key=Path(settings.tls_key).read_bytes(),
+        client_ca=Path(settings.client_ca).read_bytes() if settings.client_ca else None,
+    )
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _wait_for_stop_signal() -> None:
+    _stop_event().wait()

@@ -1,0 +1,75 @@
+"""Settings precedence and the safety rules on listen addresses and PINs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hsmstore.config import ConfigError, Settings, is_loopback, load_settings
+
+
+def test_defaults_are_the_embedded_dev_server() -> None:
+    settings = load_settings({}, environ={})
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.data_dir == ".hsmstore"
+    assert settings.uses_dev_token
+    assert settings.db_url.startswith("sqlite:///") and settings.db_url.endswith("/.hsmstore/hsmstore.db")
+
+
+def test_flag_beats_environment_beats_toml(tmp_path: Path) -> None:
+    config = tmp_path / "hsmstore.toml"
+    config.write_text('listen = "127.0.0.1:1111"\nregion = "toml-region"\ngrpc-threads = 3\n')
+    environ = {"HSMSTORE_LISTEN": "127.0.0.1:2222", "HSMSTORE_REGION": "env-region"}
+    settings = load_settings({"listen": "127.0.0.1:3333", "region": None}, environ, str(config))
+    assert settings.listen == "127.0.0.1:3333"
+    assert settings.region == "env-region"
+    assert settings.grpc_threads == 3
+
+
+def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('data_dir = "/srv/kms"\n')
+    assert load_settings({}, {"HSMSTORE_CONFIG": str(config)}).data_dir == "/srv/kms"
+
+
+def test_unknown_toml_setting_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('pin = "1234"\n')
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings({}, {}, str(config))
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051", "example.com:443"])
+def test_non_loopback_listen_without_tls_is_refused(listen: str) -> None:
+    with pytest.raises(ConfigError, match="without TLS"):
+        load_settings({"listen": listen}, {})
+
+
+def test_non_loopback_listen_with_tls_is_allowed() -> None:
+    settings = load_settings({"listen": "0.0.0.0:50051", "tls_cert": "c.pem", "tls_key": "k.pem"}, {})
+    assert settings.tls_enabled
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_are_recognised(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"listen": "nonsense"},
+        {"workers": 0},
+        {"tls_cert": "c.pem"},
+        {"client_ca": "ca.pem"},
+        {"pkcs11_module": "/opt/cloudhsm/lib/libcloudhsm_pkcs11.so"},
+    ],
+)
+def test_inconsistent_settings_are_refused(flags: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(flags, {})
+
+
+def test_settings_have_no_pin_field() -> None:
+    assert not any(name == "pin" or name.endswith("_pin") for name in Settings.__dataclass_fields__)
