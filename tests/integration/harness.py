@@ -1,0 +1,134 @@
+"""Start real `hsmstore serve` processes for integration tests.
+
+Each server gets its own data directory (so its own SoftHSM2 token and SQLite
+file), listens on a free loopback port (``--listen 127.0.0.1:0``) and is
+driven through a real gRPC channel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.client.errors import error_reason
+
+LISTENING = re.compile(r"hsmstore listening on (?P<address>\S+)")
+START_TIMEOUT_SECONDS = 60.0
+DEV_TOKEN_LABEL = "hsmstore-dev"
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    extra_args: Sequence[str] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[str] | None = None
+    address: str = ""
+    channel: grpc.Channel | None = None
+    output: list[str] = field(default_factory=list)
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, **self.extra_env}
+        command = [
+            sys.executable,
+            "-m",
+            "hsmstore.cli.main",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        found = threading.Event()
+        threading.Thread(target=self._read_output, args=(found,), daemon=True).start()
+        if not found.wait(START_TIMEOUT_SECONDS) or not self.address:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+        self.channel = grpc.insecure_channel(self.address)
+        grpc.channel_ready_future(self.channel).result(timeout=10)
+        return self
+
+    def _read_output(self, found: threading.Event) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = LISTENING.search(line)
+            if match and not found.is_set():
+                self.address = match["address"]
+                found.set()
+        found.set()
+
+    @property
+    def stub(self) -> pb_grpc.KeyStoreStub:
+        assert self.channel is not None
+        return pb_grpc.KeyStoreStub(self.channel)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    # ------------------------------------------------------- token access
+
+    @property
+    def softhsm_conf(self) -> Path:
+        return self.data_dir / "softhsm" / "softhsm2.conf"
+
+    @property
+    def user_pin(self) -> str:
+        return (self.data_dir / "softhsm" / "user.pin").read_text().strip()
+
+    def pkcs11_tool(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run OpenSC's pkcs11-tool against this server's token, logged in."""
+        from hsmstore.hsm.devtoken import find_softhsm_module
+
+        env = {**os.environ, "SOFTHSM2_CONF": str(self.softhsm_conf)}
+        command = [
+            "pkcs11-tool",
+            "--module",
+            find_softhsm_module(),
+            "--token-label",
+            DEV_TOKEN_LABEL,
+            "--login",
+            "--pin",
+            self.user_pin,
+            *args,
+        ]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hsmstore.db"
+
+
+def reason_of(error: grpc.RpcError) -> str | None:
+    return error_reason(error)
