@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -524,12 +524,16 @@ def test_generate_random_in_a_custom_key_store_is_unsupported(stub: pb_grpc.KeyS
 # ------------------------------------------------------------------ secrets
 
 
-def test_no_plaintext_data_key_or_pin_reaches_logs_argv_or_db(server: ServerProcess, key: pb.KeyMetadata) -> None:
+def test_no_plaintext_data_key_or_pin_reaches_logs_argv_or_db(
+    server: ServerProcess, key: pb.KeyMetadata
+) -> None:
     stub = server.stub
     secret = b"TOP-SECRET-PLAINTEXT-4f1c9a"
     blob = stub.Encrypt(pb.EncryptRequest(key_id=key.key_id, plaintext=secret)).ciphertext_blob
     stub.Decrypt(pb.DecryptRequest(ciphertext_blob=blob))
-    data_key = stub.GenerateDataKey(pb.GenerateDataKeyRequest(key_id=key.key_id, number_of_bytes=24)).plaintext
+    data_key = stub.GenerateDataKey(
+        pb.GenerateDataKeyRequest(key_id=key.key_id, number_of_bytes=24)
+    ).plaintext
     with pytest.raises(grpc.RpcError):
         stub.Decrypt(pb.DecryptRequest(ciphertext_blob=blob, encryption_context={"wrong": secret.decode()}))
     pin = server.user_pin.encode()
