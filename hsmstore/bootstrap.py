@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from hsmstore.config import ConfigError, Settings
-from hsmstore.core.ports import SystemClock
+from hsmstore.core.ports import Clock, SystemClock
+from hsmstore.core.scheduler import PeriodicJobs
 from hsmstore.core.service import Failpoint, KeyService
 from hsmstore.hsm import devtoken
 from hsmstore.hsm.profiles import profile_by_name
@@ -27,6 +28,7 @@ from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 log = logging.getLogger(__name__)
 
 FAILPOINT_ENV = "HSMSTORE_FAILPOINT"
+TEST_CLOCK_ENV = "HSMSTORE_TEST_CLOCK_FILE"
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ class Runtime:
     service: KeyService
     vault: Pkcs11KeyVault
     store: SqlMetadataStore
+    jobs: PeriodicJobs
 
     def close(self) -> None:
+        self.jobs.stop()
         self.vault.close()
         self.store.close()
 
@@ -86,9 +90,20 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     except BaseException:
         vault.close()
         raise
-    service = KeyService(vault, store, SystemClock(), region=settings.region, failpoint=failpoint_from_env())
-    service.recover_interrupted_creations(timedelta(seconds=settings.recovery_grace_seconds))
-    return Runtime(service, vault, store)
+    service = KeyService(
+        vault, store, clock_from_env(), region=settings.region, failpoint=failpoint_from_env()
+    )
+    grace = timedelta(seconds=settings.recovery_grace_seconds)
+    service.recover_interrupted_creations(grace)
+    jobs = PeriodicJobs(
+        [
+            ("recovery", lambda: service.recover_interrupted_creations(grace)),
+            ("rotation", service.rotate_due_keys),
+            ("deletion", service.destroy_due_keys),
+        ],
+        settings.jobs_interval_seconds,
+    )
+    return Runtime(service, vault, store, jobs)
 
 
 def read_pin(pin_file: Path) -> str:
@@ -103,6 +118,32 @@ def read_pin(pin_file: Path) -> str:
     if not pin:
         raise ConfigError(f"PIN file {pin_file} is empty")
     return pin
+
+
+class OffsetFileClock:
+    """The system clock moved forward by the seconds written in a file.
+
+    Tests set ``HSMSTORE_TEST_CLOCK_FILE`` so that a real server process lives
+    through a 7-day deletion window or a 90-day rotation period in a second.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def now(self) -> datetime:
+        try:
+            offset = float(self._path.read_text(encoding="utf-8").strip() or 0)
+        except (OSError, ValueError):
+            offset = 0.0
+        return SystemClock().now() + timedelta(seconds=offset)
+
+
+def clock_from_env() -> Clock:
+    path = os.environ.get(TEST_CLOCK_ENV)
+    if path:
+        log.warning("%s is set: this server's clock is under test control", TEST_CLOCK_ENV)
+        return OffsetFileClock(Path(path))
+    return SystemClock()
 
 
 def failpoint_from_env() -> Failpoint:

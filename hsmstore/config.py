@@ -40,6 +40,7 @@ class Settings:
     client_ca: str = ""
     log_level: str = "INFO"
     recovery_grace_seconds: float = 60.0
+    jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
 
     @property
     def data_path(self) -> Path:
@@ -103,6 +104,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("client_ca needs tls_cert and tls_key")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
+    if settings.jobs_interval_seconds <= 0:
+        raise ConfigError("jobs_interval_seconds must be positive")
     if settings.grpc_threads < 1:
         raise ConfigError("grpc_threads must be at least 1")
     if settings.pkcs11_module and not (settings.token_label and settings.pin_file):

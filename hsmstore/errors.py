@@ -94,6 +94,12 @@ class UnsupportedOperationException(KMSError):
     reason = "UnsupportedOperationException"
 
 
+class TagException(KMSError):
+    """AWS TagResource/UntagResource/CreateKey: a tag key or value is not valid."""
+
+    reason = "TagException"
+
+
 class CiphertextAuthenticationFailed(Exception):
     """Raised by a KeyVault when AES-GCM authentication of a ciphertext fails.
 
@@ -121,4 +127,5 @@ ALL_ERRORS: tuple[type[KMSError], ...] = (
     DependencyTimeoutException,
     KMSInternalException,
     UnsupportedOperationException,
+    TagException,
 )

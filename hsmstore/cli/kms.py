@@ -56,7 +56,7 @@ def add_kms_parser(subparsers: Any) -> None:
 
 def _add_field_argument(parser: argparse.ArgumentParser, field: FieldDescriptor) -> None:
     flag = "--" + field.name.replace("_", "-")
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+    if _is_map(field) or _is_pair_message(field):
         parser.add_argument(flag, dest=field.name, nargs="+", metavar="KEY=VALUE", type=_pair)
     elif _is_repeated(field):
         parser.add_argument(flag, dest=field.name, nargs="+")
@@ -68,6 +68,21 @@ def _add_field_argument(parser: argparse.ArgumentParser, field: FieldDescriptor)
         parser.add_argument(flag, dest=field.name, type=int)
     else:
         parser.add_argument(flag, dest=field.name)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and bool(field.message_type.GetOptions().map_entry)
+
+
+def _is_pair_message(field: FieldDescriptor) -> bool:
+    """Repeated two-string messages (``Tag``) are given as KEY=VALUE, like maps."""
+    message = field.message_type
+    return (
+        _is_repeated(field)
+        and message is not None
+        and len(message.fields) == 2
+        and all(f.type == FieldDescriptor.TYPE_STRING for f in message.fields)
+    )
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
@@ -103,6 +118,9 @@ def build_request(method: MethodDescriptor, args: argparse.Namespace) -> Message
         target = getattr(request, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             target.update(dict(value))
+        elif _is_pair_message(field) and field.message_type is not None:
+            first, second = (f.name for f in field.message_type.fields)
+            target.extend(getattr(pb, field.message_type.name)(**{first: k, second: v}) for k, v in value)
         elif _is_repeated(field):
             target.extend(value)
         else:

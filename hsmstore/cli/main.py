@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", dest="tls_key")
     serve.add_argument("--client-ca", dest="client_ca")
     serve.add_argument("--log-level", dest="log_level")
+    serve.add_argument(
+        "--jobs-interval-seconds",
+        dest="jobs_interval_seconds",
+        type=float,
+        help="how often rotation, the deletion reaper and recovery run (default 60)",
+    )
 
     db = commands.add_parser("db", help="metadata DB maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")

@@ -58,6 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _serve_with_workers(settings, token, host)
     runtime = bootstrap.open_runtime(settings, token)
     running = start_server(runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings))
+    runtime.jobs.start()
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
     _wait_for_stop_signal()
     running.stop()
@@ -118,6 +119,7 @@ def _worker_main(
     except BaseException:
         ready.put("failed")
         raise
+    runtime.jobs.start()
     ready.put("ready")
     _wait_for_stop_signal()
     running.stop()

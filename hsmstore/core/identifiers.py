@@ -19,7 +19,12 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hsmstore.errors import InvalidArnException, NotFoundException, ValidationException
+from hsmstore.errors import (
+    InvalidAliasNameException,
+    InvalidArnException,
+    NotFoundException,
+    ValidationException,
+)
 
 MAX_KEY_IDENTIFIER_LENGTH = 2048
 ALIAS_PREFIX = "alias/"
@@ -43,6 +48,25 @@ class KeyReference:
     kind: IdentifierKind
     value: str
     tenant: str | None = None
+
+
+RESERVED_ALIAS_PREFIXES = ("alias/aws/", "alias/service/")
+
+
+def validate_alias_name(alias_name: str) -> str:
+    """AWS CreateAlias: ``alias/`` + 1-250 of ``[a-zA-Z0-9/_-]``; ``alias/aws/`` is AWS's.
+
+    hsmstore also reserves ``alias/service/`` for service-managed keys.
+    """
+    if not ALIAS_NAME_PATTERN.match(alias_name):
+        raise InvalidAliasNameException(
+            "AliasName must be 'alias/' followed by 1 to 250 of the characters a-z A-Z 0-9 / _ -"
+        )
+    if alias_name.startswith(RESERVED_ALIAS_PREFIXES):
+        raise InvalidAliasNameException(
+            f"Alias names beginning with {' or '.join(RESERVED_ALIAS_PREFIXES)} are reserved"
+        )
+    return alias_name
 
 
 def key_arn(region: str, tenant: str, key_id: str) -> str:

@@ -2,16 +2,23 @@
 
 One table, after AWS KMS "Key states of AWS KMS keys" (the "effect on use"
 table): for each (state, operation) it gives the state after the operation, or
-the precise AWS exception. ``CREATING`` is hsmstore's crash-safety state (the
-row exists before its token object): such a key does not exist yet for any
-caller, so every operation answers ``NotFoundException``.
+the precise AWS exception. AWS rules it encodes:
 
-AWS rules quoted by the table:
 - Disabled: "You cannot use a disabled KMS key in cryptographic operations"
-  -> ``DisabledException``; EnableKey/DisableKey/DescribeKey/UpdateKeyDescription
-  work.
-- PendingDeletion: cryptographic use and EnableKey/DisableKey/
-  UpdateKeyDescription -> ``KMSInvalidStateException``; DescribeKey works.
+  (``DisabledException``), nor enable, disable or rotate its rotation
+  (``DisabledException``); it can be enabled, described, tagged, aliased and
+  scheduled for deletion.
+- PendingDeletion: only reads (DescribeKey, GetKeyRotationStatus,
+  ListKeyRotations, ListResourceTags) and CancelKeyDeletion, which returns the
+  key to Disabled; everything else is ``KMSInvalidStateException``.
+- CancelKeyDeletion on a key that is not pending deletion, and
+  ScheduleKeyDeletion on one that is, are ``KMSInvalidStateException``.
+
+Two states are hsmstore's own, for crash safety: ``CREATING`` (the row exists
+before its token object; such a key does not exist yet for any caller, so every
+operation is ``NotFoundException``) and ``DESTROYING`` (the deletion window has
+ended and the reaper is destroying the token objects; callers see
+PENDING_DELETION, but deletion can no longer be cancelled).
 """
 
 from __future__ import annotations
@@ -40,6 +47,19 @@ class Operation(StrEnum):
     ENABLE_KEY = "EnableKey"
     DISABLE_KEY = "DisableKey"
     UPDATE_KEY_DESCRIPTION = "UpdateKeyDescription"
+    SCHEDULE_KEY_DELETION = "ScheduleKeyDeletion"
+    CANCEL_KEY_DELETION = "CancelKeyDeletion"
+    ENABLE_KEY_ROTATION = "EnableKeyRotation"
+    DISABLE_KEY_ROTATION = "DisableKeyRotation"
+    GET_KEY_ROTATION_STATUS = "GetKeyRotationStatus"
+    ROTATE_KEY_ON_DEMAND = "RotateKeyOnDemand"
+    AUTOMATIC_ROTATION = "AutomaticRotation"  # the scheduler's, not an RPC
+    LIST_KEY_ROTATIONS = "ListKeyRotations"
+    CREATE_ALIAS = "CreateAlias"  # on the target key
+    UPDATE_ALIAS = "UpdateAlias"  # on the new target key
+    TAG_RESOURCE = "TagResource"
+    UNTAG_RESOURCE = "UntagResource"
+    LIST_RESOURCE_TAGS = "ListResourceTags"
 
 
 CRYPTOGRAPHIC_OPERATIONS = frozenset(
@@ -52,39 +72,64 @@ CRYPTOGRAPHIC_OPERATIONS = frozenset(
         Operation.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT,
     }
 )
+READ_OPERATIONS = frozenset(
+    {
+        Operation.DESCRIBE_KEY,
+        Operation.GET_KEY_ROTATION_STATUS,
+        Operation.LIST_KEY_ROTATIONS,
+        Operation.LIST_RESOURCE_TAGS,
+    }
+)
+ROTATION_OPERATIONS = frozenset(
+    {
+        Operation.ENABLE_KEY_ROTATION,
+        Operation.DISABLE_KEY_ROTATION,
+        Operation.ROTATE_KEY_ON_DEMAND,
+        Operation.AUTOMATIC_ROTATION,
+    }
+)
 
-_Outcome = KeyState | type[KMSError]
-_SAME = None  # the operation leaves the state as it is
+Outcome = KeyState | type[KMSError] | None  # None: the state stays as it is
 
 
-def _row(
-    crypto: _Outcome | None,
-    describe: _Outcome | None,
-    enable: _Outcome | None,
-    disable: _Outcome | None,
-    update_description: _Outcome | None,
-) -> dict[Operation, _Outcome | None]:
-    row: dict[Operation, _Outcome | None] = dict.fromkeys(CRYPTOGRAPHIC_OPERATIONS, crypto)
-    row[Operation.DESCRIBE_KEY] = describe
-    row[Operation.ENABLE_KEY] = enable
-    row[Operation.DISABLE_KEY] = disable
-    row[Operation.UPDATE_KEY_DESCRIPTION] = update_description
-    return row
+def _enabled(operation: Operation) -> Outcome:
+    special: dict[Operation, Outcome] = {
+        Operation.DISABLE_KEY: KeyState.DISABLED,
+        Operation.SCHEDULE_KEY_DELETION: KeyState.PENDING_DELETION,
+        Operation.CANCEL_KEY_DELETION: KMSInvalidStateException,
+    }
+    return special.get(operation)
 
 
-TRANSITIONS: dict[KeyState, dict[Operation, _Outcome | None]] = {
-    KeyState.ENABLED: _row(_SAME, _SAME, _SAME, KeyState.DISABLED, _SAME),
-    KeyState.DISABLED: _row(DisabledException, _SAME, KeyState.ENABLED, _SAME, _SAME),
-    KeyState.PENDING_DELETION: _row(
-        KMSInvalidStateException,
-        _SAME,
-        KMSInvalidStateException,
-        KMSInvalidStateException,
-        KMSInvalidStateException,
-    ),
-    KeyState.CREATING: _row(
-        NotFoundException, NotFoundException, NotFoundException, NotFoundException, NotFoundException
-    ),
+def _disabled(operation: Operation) -> Outcome:
+    if operation in CRYPTOGRAPHIC_OPERATIONS or operation in ROTATION_OPERATIONS:
+        return DisabledException
+    special: dict[Operation, Outcome] = {
+        Operation.ENABLE_KEY: KeyState.ENABLED,
+        Operation.SCHEDULE_KEY_DELETION: KeyState.PENDING_DELETION,
+        Operation.CANCEL_KEY_DELETION: KMSInvalidStateException,
+    }
+    return special.get(operation)
+
+
+def _pending_deletion(operation: Operation) -> Outcome:
+    if operation in READ_OPERATIONS:
+        return None
+    if operation is Operation.CANCEL_KEY_DELETION:
+        return KeyState.DISABLED
+    return KMSInvalidStateException
+
+
+def _destroying(operation: Operation) -> Outcome:
+    return None if operation in READ_OPERATIONS else KMSInvalidStateException
+
+
+TRANSITIONS: dict[KeyState, dict[Operation, Outcome]] = {
+    KeyState.ENABLED: {operation: _enabled(operation) for operation in Operation},
+    KeyState.DISABLED: {operation: _disabled(operation) for operation in Operation},
+    KeyState.PENDING_DELETION: {operation: _pending_deletion(operation) for operation in Operation},
+    KeyState.DESTROYING: {operation: _destroying(operation) for operation in Operation},
+    KeyState.CREATING: dict.fromkeys(Operation, NotFoundException),
 }
 
 
@@ -107,4 +152,4 @@ def _message(error: type[KMSError], state: KeyState, key_id: str) -> str:
 
 
 def _aws_state_name(state: KeyState) -> str:
-    return "".join(part.capitalize() for part in state.value.split("_"))
+    return "".join(part.capitalize() for part in state.wire_name.split("_"))

@@ -23,6 +23,12 @@ class KeyState(StrEnum):
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"
     PENDING_DELETION = "PENDING_DELETION"
+    DESTROYING = "DESTROYING"
+
+    @property
+    def wire_name(self) -> str:
+        """The AWS state callers see: a key being destroyed is still PENDING_DELETION to them."""
+        return KeyState.PENDING_DELETION.value if self is KeyState.DESTROYING else self.value
 
 
 class VersionState(StrEnum):
@@ -30,6 +36,13 @@ class VersionState(StrEnum):
 
     PENDING = "PENDING"
     ACTIVE = "ACTIVE"
+
+
+class RotationType(StrEnum):
+    """AWS ListKeyRotations ``RotationType``; the first version has none."""
+
+    AUTOMATIC = "AUTOMATIC"
+    ON_DEMAND = "ON_DEMAND"
 
 
 class KeyUsage(StrEnum):
@@ -68,6 +81,13 @@ class KeyRecord:
     creation_date: datetime
     current_version: int
     deletion_date: datetime | None = None
+    pending_window_days: int | None = None
+    rotation_period_days: int | None = None  # None: automatic rotation is off
+    next_rotation_date: datetime | None = None
+
+    @property
+    def rotation_enabled(self) -> bool:
+        return self.rotation_period_days is not None
 
     @property
     def enabled(self) -> bool:
@@ -90,6 +110,19 @@ class KeyVersion:
     token_id: bytes
     state: VersionState
     creation_date: datetime
+    rotation_type: RotationType | None = None
+
+
+@dataclass(frozen=True)
+class DestructionRecord:
+    """Proof of crypto-shredding: which token object of which key version went, and when."""
+
+    key_id: str
+    tenant: str
+    version: int
+    token_id: bytes
+    deletion_date: datetime
+    destroyed_at: datetime | None = None
 
 
 @dataclass(frozen=True)

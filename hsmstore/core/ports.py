@@ -6,12 +6,13 @@ PKCS#11 vault (``hsm/``) and the SQL store (``store/``). Unit tests plug in fake
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from hsmstore.core.model import (
     AliasRecord,
+    DestructionRecord,
     KeyRecord,
     KeyState,
     KeyVersion,
@@ -93,6 +94,75 @@ class MetadataStore(Protocol):
         ...
 
     def update_description(self, key_id: str, description: str) -> None: ...
+
+    # -- scheduled deletion --------------------------------------------
+
+    def schedule_deletion(
+        self, key_id: str, expected: KeyState, deletion_date: datetime, pending_window_days: int
+    ) -> bool:
+        """CAS ``expected`` -> PENDING_DELETION, setting the deletion date and window."""
+        ...
+
+    def cancel_deletion(self, key_id: str) -> bool:
+        """CAS PENDING_DELETION -> DISABLED, clearing the deletion date; False if not pending."""
+        ...
+
+    def list_keys_to_destroy(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
+        """PENDING_DELETION keys whose deletion date has passed, and every DESTROYING key."""
+        ...
+
+    def begin_destruction(self, key_id: str) -> bool:
+        """CAS PENDING_DELETION -> DESTROYING and write one destruction record per version.
+
+        Idempotent for a key already DESTROYING (returns True); False for any
+        other state, so a cancelled deletion is never destroyed.
+        """
+        ...
+
+    def mark_version_destroyed(self, key_id: str, version: int, destroyed_at: datetime) -> None: ...
+
+    def list_destructions(self, key_id: str | None = None) -> Sequence[DestructionRecord]: ...
+
+    # -- rotation ---------------------------------------------------------
+
+    def set_rotation(self, key_id: str, period_days: int | None, next_rotation_date: datetime | None) -> None:
+        """Turn automatic rotation on (a period and a date) or off (None, None)."""
+
+    def insert_pending_version(self, version: KeyVersion, max_on_demand_rotations: int) -> bool:
+        """Insert a PENDING version; False if that version number is taken (a rotation is running).
+
+        Raises ``errors.LimitExceededException`` if an ON_DEMAND version would
+        exceed ``max_on_demand_rotations`` for the key.
+        """
+        ...
+
+    def finish_rotation(self, key_id: str, version: int, next_rotation_date: datetime | None) -> bool:
+        """Version PENDING -> ACTIVE and the key's current version moves to it, atomically.
+
+        ``next_rotation_date`` (automatic rotations) replaces the key's; None keeps it.
+        """
+        ...
+
+    def delete_version(self, key_id: str, version: int) -> None: ...
+
+    def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
+        """PENDING versions of keys that are not CREATING (interrupted rotations)."""
+        ...
+
+    def list_due_rotations(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
+        """ENABLED keys whose next automatic rotation date has passed."""
+        ...
+
+    # -- tags ---------------------------------------------------------------
+
+    def put_tags(self, key_id: str, tags: Mapping[str, str], max_tags: int) -> None:
+        """Add or overwrite tags; ``errors.LimitExceededException`` past ``max_tags``."""
+
+    def remove_tags(self, key_id: str, tag_keys: Sequence[str]) -> None: ...
+
+    def list_tags(self, key_id: str) -> Mapping[str, str]:
+        """The key's tags ordered by tag key."""
+        ...
 
     def create_alias(self, alias: AliasRecord) -> None:
         """Raise ``errors.AlreadyExistsException`` if the tenant has that name."""

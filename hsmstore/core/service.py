@@ -8,12 +8,11 @@ only passes through Encrypt/Decrypt/GenerateDataKey/ReEncrypt in memory.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from hsmstore.core import blob as blob_format
@@ -21,11 +20,14 @@ from hsmstore.core.context import canonical_encryption_context
 from hsmstore.core.identifiers import (
     IdentifierKind,
     KeyReference,
+    alias_arn,
     key_arn,
     parse_key_identifier,
+    validate_alias_name,
 )
 from hsmstore.core.lifecycle import Operation, next_state
 from hsmstore.core.model import (
+    AliasRecord,
     Caller,
     EncryptionAlgorithm,
     KeyManager,
@@ -35,11 +37,14 @@ from hsmstore.core.model import (
     KeyUsage,
     KeyVersion,
     Origin,
+    RotationType,
     VersionState,
     new_key_id,
     new_token_id,
 )
+from hsmstore.core.paging import check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import Clock, KeyVault, MetadataStore
+from hsmstore.core.tags import MAX_TAGS_PER_KEY, validate_tag_keys, validate_tags
 from hsmstore.errors import (
     CiphertextAuthenticationFailed,
     IncorrectKeyException,
@@ -47,6 +52,7 @@ from hsmstore.errors import (
     InvalidMarkerException,
     KMSError,
     KMSInternalException,
+    LimitExceededException,
     NotFoundException,
     UnsupportedOperationException,
     ValidationException,
@@ -58,8 +64,11 @@ MAX_PLAINTEXT_BYTES = 4096  # AWS Encrypt: "Plaintext ... Length Constraints: 1-
 MAX_CIPHERTEXT_BLOB_BYTES = 6144  # AWS Decrypt: "CiphertextBlob ... Length Constraints: 1-6144"
 MAX_RANDOM_BYTES = 1024  # AWS GenerateRandom / GenerateDataKey NumberOfBytes: 1-1024
 MAX_DESCRIPTION_CHARS = 8192  # AWS CreateKey Description: 0-8192 characters
-MAX_LIST_LIMIT = 1000  # AWS ListKeys Limit: 1-1000, default 100
-DEFAULT_LIST_LIMIT = 100
+MAX_ON_DEMAND_ROTATIONS = 25  # AWS RotateKeyOnDemand: "up to 25 on-demand rotations per key"
+ROTATION_PERIOD_DAYS = (90, 2560, 365)  # AWS RotationPeriodInDays: min, max, default
+PENDING_WINDOW_DAYS = (7, 30, 30)  # AWS PendingWindowInDays: min, max, default
+JOB_BATCH_SIZE = 100
+ROTATION_RETRY_SECONDS = 10.0
 DATA_KEY_SPEC_BYTES = {"AES_256": 32, "AES_128": 16}
 
 Failpoint = Callable[[str], None]
@@ -96,6 +105,30 @@ class Page(Generic[T]):
     entries: list[T]
     next_marker: str
     truncated: bool
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    key_arn: str
+    rotation_enabled: bool
+    rotation_period_in_days: int | None
+    next_rotation_date: datetime | None
+
+
+@dataclass(frozen=True)
+class RotationEntry:
+    key_arn: str
+    rotation_date: datetime
+    rotation_type: str
+
+
+@dataclass(frozen=True)
+class AliasEntry:
+    alias_name: str
+    alias_arn: str
+    target_key_id: str
+    creation_date: datetime
+    last_updated_date: datetime
 
 
 @dataclass(frozen=True)
@@ -160,6 +193,7 @@ class KeyService:
         key_usage: str = "",
         key_spec: str = "",
         origin: str = "",
+        tags: Sequence[tuple[str, str]] = (),
     ) -> KeyDescription:
         """CreateKey, crash-safe across the token and the DB.
 
@@ -174,6 +208,9 @@ class KeyService:
         usage = _parse_enum(KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT, "KeyUsage")
         spec = _parse_key_spec(key_spec)
         key_origin = _parse_origin(origin)
+        valid_tags = validate_tags(tags)
+        if len(valid_tags) > MAX_TAGS_PER_KEY:
+            raise LimitExceededException(f"A key can have at most {MAX_TAGS_PER_KEY} tags")
         now = self._clock.now()
         key = KeyRecord(
             key_id=new_key_id(),
@@ -191,6 +228,8 @@ class KeyService:
         self._store.insert_creating_key(key, version)
         self._failpoint("create_key.after_db_insert")
         try:
+            if valid_tags:
+                self._store.put_tags(key.key_id, valid_tags, MAX_TAGS_PER_KEY)
             self._vault.create_key(version.token_id, token_label(key.key_id, 1))
             self._failpoint("create_key.after_token_create")
             self._store.finish_creating_key(key.key_id)
@@ -207,12 +246,20 @@ class KeyService:
         id, so the key must not appear; its token object, if one was made, is
         destroyed before the row goes, so a second crash here is also safe.
         """
-        pending = self._store.list_pending_creations(self._clock.now() - grace)
+        created_before = self._clock.now() - grace
+        pending = self._store.list_pending_creations(created_before)
         for creation in pending:
             self._roll_back_creation(creation.key.key_id, list(creation.versions))
-        if pending:
-            log.warning("rolled back %d interrupted CreateKey call(s)", len(pending))
-        return len(pending)
+        rotations = self._store.list_pending_versions(created_before)
+        for version in rotations:
+            self._roll_back_rotation(version)
+        if pending or rotations:
+            log.warning(
+                "rolled back %d interrupted CreateKey and %d interrupted rotation(s)",
+                len(pending),
+                len(rotations),
+            )
+        return len(pending) + len(rotations)
 
     def _roll_back_creation(self, key_id: str, versions: list[KeyVersion]) -> None:
         try:
@@ -229,13 +276,13 @@ class KeyService:
         return self._describe(key)
 
     def list_keys(self, caller: Caller, limit: int | None, marker: str) -> Page[KeyListEntry]:
-        page_size = _check_limit(limit)
-        after = _decode_marker(marker) if marker else None
+        page_size = check_limit(limit)
+        after = decode_marker("k", marker) if marker else None
         keys = list(self._store.list_keys(caller.tenant, page_size + 1, after))
         truncated = len(keys) > page_size
         keys = keys[:page_size]
         entries = [KeyListEntry(k.key_id, key_arn(self._region, k.tenant, k.key_id)) for k in keys]
-        next_marker = _encode_marker(keys[-1].key_id) if truncated else ""
+        next_marker = encode_marker("k", keys[-1].key_id) if truncated else ""
         return Page(entries, next_marker, truncated)
 
     def enable_key(self, caller: Caller, key_id: str) -> None:
@@ -354,6 +401,243 @@ class KeyService:
             raise ValidationException(f"NumberOfBytes must be between 1 and {MAX_RANDOM_BYTES}")
         return self._vault.generate_random(number_of_bytes)
 
+    # ------------------------------------------------------------ deletion
+
+    def schedule_key_deletion(
+        self, caller: Caller, key_id: str, pending_window_in_days: int | None
+    ) -> KeyDescription:
+        """ScheduleKeyDeletion: "a waiting period of 7-30 days (default 30)", then the reaper."""
+        low, high, default = PENDING_WINDOW_DAYS
+        days = default if pending_window_in_days is None else pending_window_in_days
+        if not low <= days <= high:
+            raise ValidationException(f"PendingWindowInDays must be between {low} and {high}")
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
+        deletion_date = self._clock.now() + timedelta(days=days)
+        if not self._store.schedule_deletion(key.key_id, key.state, deletion_date, days):
+            raise KMSInternalException("The key state changed concurrently; retry the request")
+        return self._describe(self._resolve(caller, key.key_id))
+
+    def cancel_key_deletion(self, caller: Caller, key_id: str) -> str:
+        """CancelKeyDeletion: the key comes back DISABLED, as in AWS."""
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.CANCEL_KEY_DELETION, key.key_id)
+        if not self._store.cancel_deletion(key.key_id):
+            # The reaper claimed it in between: it can no longer be cancelled.
+            next_state(KeyState.DESTROYING, Operation.CANCEL_KEY_DELETION, key.key_id)
+        return self._arn(key)
+
+    def destroy_due_keys(self) -> int:
+        """The reaper: destroy every token object of every version of keys past their window.
+
+        Crash-safe and idempotent: ``begin_destruction`` moves the key to
+        DESTROYING and records its versions in one transaction (a cancelled
+        deletion fails that compare-and-set and is never touched); each token
+        object is destroyed, then marked destroyed; the key row goes last. A
+        reaper killed half-way finds the DESTROYING key on its next run.
+        """
+        destroyed = 0
+        for key in self._store.list_keys_to_destroy(self._clock.now(), JOB_BATCH_SIZE):
+            if not self._store.begin_destruction(key.key_id):
+                continue
+            for record in self._store.list_destructions(key.key_id):
+                if record.destroyed_at is None:
+                    self._vault.destroy_key(record.token_id)
+                    self._failpoint("reaper.after_destroy_object")
+                    self._store.mark_version_destroyed(key.key_id, record.version, self._clock.now())
+            self._store.delete_key(key.key_id)
+            self._forget_token_ids(key.key_id)
+            log.info("destroyed key %s and its token objects", key.key_id)
+            destroyed += 1
+        return destroyed
+
+    # ------------------------------------------------------------ rotation
+
+    def enable_key_rotation(self, caller: Caller, key_id: str, rotation_period_in_days: int | None) -> None:
+        """EnableKeyRotation: the first rotation comes one period after it is enabled."""
+        low, high, default = ROTATION_PERIOD_DAYS
+        period = default if rotation_period_in_days is None else rotation_period_in_days
+        if not low <= period <= high:
+            raise ValidationException(f"RotationPeriodInDays must be between {low} and {high}")
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.ENABLE_KEY_ROTATION, key.key_id)
+        self._store.set_rotation(key.key_id, period, self._clock.now() + timedelta(days=period))
+
+    def disable_key_rotation(self, caller: Caller, key_id: str) -> None:
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.DISABLE_KEY_ROTATION, key.key_id)
+        self._store.set_rotation(key.key_id, None, None)
+
+    def get_key_rotation_status(self, caller: Caller, key_id: str) -> RotationStatus:
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.GET_KEY_ROTATION_STATUS, key.key_id)
+        return RotationStatus(
+            self._arn(key), key.rotation_enabled, key.rotation_period_days, key.next_rotation_date
+        )
+
+    def rotate_key_on_demand(self, caller: Caller, key_id: str) -> str:
+        """RotateKeyOnDemand: a new version now; the automatic schedule is unchanged.
+
+        Every rotation of a key contends for the next version number, so a
+        concurrent rotation makes this one wait and then rotate once more:
+        each answered call is exactly one rotation.
+        """
+        deadline = time.monotonic() + ROTATION_RETRY_SECONDS
+        while True:
+            key = self._resolve(caller, key_id)
+            next_state(key.state, Operation.ROTATE_KEY_ON_DEMAND, key.key_id)
+            if self._rotate(key, RotationType.ON_DEMAND, next_rotation_date=None):
+                return self._arn(key)
+            if time.monotonic() > deadline:
+                raise KMSInternalException("Another rotation of this key is still in progress; retry")
+            time.sleep(0.02)
+
+    def rotate_due_keys(self) -> int:
+        """The scheduler: one automatic rotation per due key, once across every process.
+
+        Disabled and pending-deletion keys are not listed as due, so their
+        rotation is skipped and resumes when they are enabled again (AWS).
+        """
+        rotated = 0
+        now = self._clock.now()
+        for key in self._store.list_due_rotations(now, JOB_BATCH_SIZE):
+            assert key.rotation_period_days is not None
+            next_date = now + timedelta(days=key.rotation_period_days)
+            if self._rotate(key, RotationType.AUTOMATIC, next_rotation_date=next_date):
+                rotated += 1
+        return rotated
+
+    def list_key_rotations(
+        self, caller: Caller, key_id: str, limit: int | None, marker: str
+    ) -> Page[RotationEntry]:
+        """ListKeyRotations: every completed rotation (not the original material), oldest first."""
+        page_size = check_limit(limit)
+        after = _decode_version_marker(marker) if marker else 1
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.LIST_KEY_ROTATIONS, key.key_id)
+        rotations = [
+            v
+            for v in self._store.list_versions(key.key_id)
+            if v.version > after and v.state is VersionState.ACTIVE and v.rotation_type is not None
+        ]
+        truncated = len(rotations) > page_size
+        rotations = rotations[:page_size]
+        entries = [
+            RotationEntry(self._arn(key), v.creation_date, v.rotation_type.value)  # type: ignore[union-attr]
+            for v in rotations
+        ]
+        return Page(entries, encode_marker("r", str(rotations[-1].version)) if truncated else "", truncated)
+
+    def _rotate(
+        self, key: KeyRecord, rotation_type: RotationType, next_rotation_date: datetime | None
+    ) -> bool:
+        """Make version n+1: DB row PENDING, token object, then the key moves to it.
+
+        The same order as CreateKey, so a crash leaves a PENDING version that
+        start-up recovery rolls back. False when another rotation took n+1.
+        """
+        now = self._clock.now()
+        version = KeyVersion(
+            key.key_id, key.current_version + 1, new_token_id(), VersionState.PENDING, now, rotation_type
+        )
+        if not self._store.insert_pending_version(version, MAX_ON_DEMAND_ROTATIONS):
+            return False
+        self._failpoint("rotate.after_db_insert")
+        try:
+            self._vault.create_key(version.token_id, token_label(key.key_id, version.version))
+            self._failpoint("rotate.after_token_create")
+            finished = self._store.finish_rotation(key.key_id, version.version, next_rotation_date)
+        except BaseException:
+            self._roll_back_rotation(version)
+            raise
+        if not finished:
+            self._roll_back_rotation(version)
+        return finished
+
+    def _roll_back_rotation(self, version: KeyVersion) -> None:
+        try:
+            self._vault.destroy_key(version.token_id)
+            self._store.delete_version(version.key_id, version.version)
+        except Exception:
+            log.exception("could not roll back an interrupted rotation; recovery will retry")
+
+    # ------------------------------------------------------------- aliases
+
+    def create_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
+        validate_alias_name(alias_name)
+        key = self._resolve_target(caller, target_key_id)
+        next_state(key.state, Operation.CREATE_ALIAS, key.key_id)
+        now = self._clock.now()
+        self._store.create_alias(AliasRecord(caller.tenant, alias_name, key.key_id, now, now))
+
+    def update_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
+        validate_alias_name(alias_name)
+        key = self._resolve_target(caller, target_key_id)
+        next_state(key.state, Operation.UPDATE_ALIAS, key.key_id)
+        if not self._store.update_alias(caller.tenant, alias_name, key.key_id, self._clock.now()):
+            raise NotFoundException(f"Alias {alias_name} is not found.")
+
+    def delete_alias(self, caller: Caller, alias_name: str) -> None:
+        validate_alias_name(alias_name)
+        if not self._store.delete_alias(caller.tenant, alias_name):
+            raise NotFoundException(f"Alias {alias_name} is not found.")
+
+    def list_aliases(self, caller: Caller, key_id: str, limit: int | None, marker: str) -> Page[AliasEntry]:
+        page_size = check_limit(limit)
+        after = decode_marker("a", marker) if marker else None
+        target = self._resolve(caller, key_id).key_id if key_id else None
+        aliases = list(self._store.list_aliases(caller.tenant, page_size + 1, after, target))
+        truncated = len(aliases) > page_size
+        aliases = aliases[:page_size]
+        entries = [
+            AliasEntry(
+                a.alias_name,
+                alias_arn(self._region, a.tenant, a.alias_name),
+                a.target_key_id,
+                a.creation_date,
+                a.last_updated_date,
+            )
+            for a in aliases
+        ]
+        return Page(entries, encode_marker("a", aliases[-1].alias_name) if truncated else "", truncated)
+
+    def _resolve_target(self, caller: Caller, target_key_id: str) -> KeyRecord:
+        """AWS: "TargetKeyId: Specify the key ID or key ARN" -- an alias cannot point at an alias."""
+        reference = parse_key_identifier(target_key_id, self._region, "TargetKeyId")
+        if reference.kind is IdentifierKind.ALIAS:
+            raise ValidationException("TargetKeyId must be a key ID or key ARN, not an alias")
+        return self._resolve(caller, target_key_id, "TargetKeyId")
+
+    # ---------------------------------------------------------------- tags
+
+    def tag_resource(self, caller: Caller, key_id: str, tags: Sequence[tuple[str, str]]) -> None:
+        valid = validate_tags(tags)
+        if not valid:
+            raise ValidationException("Tags must hold at least one tag")
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.TAG_RESOURCE, key.key_id)
+        self._store.put_tags(key.key_id, valid, MAX_TAGS_PER_KEY)
+
+    def untag_resource(self, caller: Caller, key_id: str, tag_keys: Sequence[str]) -> None:
+        valid = validate_tag_keys(tag_keys)
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.UNTAG_RESOURCE, key.key_id)
+        self._store.remove_tags(key.key_id, valid)
+
+    def list_resource_tags(
+        self, caller: Caller, key_id: str, limit: int | None, marker: str
+    ) -> Page[tuple[str, str]]:
+        page_size = check_limit(limit, maximum=50, default=50)
+        after = decode_marker("t", marker) if marker else None
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.LIST_RESOURCE_TAGS, key.key_id)
+        tags = [
+            item for item in self._store.list_tags(key.key_id).items() if after is None or item[0] > after
+        ]
+        truncated = len(tags) > page_size
+        tags = tags[:page_size]
+        return Page(tags, encode_marker("t", tags[-1][0]) if truncated else "", truncated)
+
     # ------------------------------------------------------------ helpers
 
     def _seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
@@ -399,6 +683,10 @@ class KeyService:
         except CiphertextAuthenticationFailed:
             raise blob_format.invalid_ciphertext() from None
         return key, plaintext
+
+    def _forget_token_ids(self, key_id: str) -> None:
+        for cached in [cached for cached in self._token_ids if cached[0] == key_id]:
+            self._token_ids.pop(cached, None)
 
     def _token_id(self, key_id: str, version: int) -> bytes:
         token_id = self._token_id_or_none(key_id, version)
@@ -466,14 +754,6 @@ def _check_description(description: str) -> None:
         raise ValidationException(f"Description must be at most {MAX_DESCRIPTION_CHARS} characters long")
 
 
-def _check_limit(limit: int | None) -> int:
-    if limit is None:
-        return DEFAULT_LIST_LIMIT
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise ValidationException(f"Limit must be between 1 and {MAX_LIST_LIMIT}")
-    return limit
-
-
 def _check_algorithm(algorithm: str, field_name: str) -> str:
     """Symmetric keys take only SYMMETRIC_DEFAULT (AWS: InvalidKeyUsageException otherwise)."""
     if not algorithm or algorithm == EncryptionAlgorithm.SYMMETRIC_DEFAULT:
@@ -520,6 +800,13 @@ _UNSUPPORTED_KEY_SPECS = frozenset(
 )
 
 
+def _decode_version_marker(marker: str) -> int:
+    value = decode_marker("r", marker)
+    if not value.isdigit():
+        raise InvalidMarkerException("The marker is not valid")
+    return int(value)
+
+
 def _parse_key_spec(key_spec: str) -> KeySpec:
     if key_spec in _UNSUPPORTED_KEY_SPECS:
         raise UnsupportedOperationException(f"KeySpec {key_spec} is not supported by this server yet")
@@ -538,22 +825,6 @@ def _parse_enum(enum: type[EnumT], value: str, field_name: str) -> EnumT:
     except ValueError:
         allowed = ", ".join(member.value for member in enum)
         raise ValidationException(f"{field_name} must be one of: {allowed}") from None
-
-
-def _encode_marker(key_id: str) -> str:
-    return base64.urlsafe_b64encode(f"k1:{key_id}".encode()).decode().rstrip("=")
-
-
-def _decode_marker(marker: str) -> str:
-    """Markers are opaque to callers; a forged or foreign one is InvalidMarkerException."""
-    try:
-        text = base64.urlsafe_b64decode(marker + "=" * (-len(marker) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidMarkerException("The marker is not valid") from None
-    prefix, _, key_id = text.partition(":")
-    if prefix != "k1" or not key_id or len(key_id) > 64:
-        raise InvalidMarkerException("The marker is not valid")
-    return key_id
 
 
 __all__ = [

@@ -35,6 +35,7 @@ STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
     errors.DependencyTimeoutException: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.KMSInternalException: grpc.StatusCode.INTERNAL,
     errors.UnsupportedOperationException: grpc.StatusCode.UNIMPLEMENTED,
+    errors.TagException: grpc.StatusCode.INVALID_ARGUMENT,  # added to the contract's table
 }
 
 

@@ -64,6 +64,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             key_usage=request.key_usage,
             key_spec=request.key_spec,
             origin=request.origin,
+            tags=convert.tag_pairs(request.tags),
         )
         return pb.CreateKeyResponse(key_metadata=convert.key_metadata(description))
 
@@ -191,3 +192,126 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             request.custom_key_store_id,
         )
         return pb.GenerateRandomResponse(plaintext=plaintext)
+
+    # ---------------------------------------------------------- lifecycle
+
+    @handle_errors
+    def ScheduleKeyDeletion(
+        self, request: pb.ScheduleKeyDeletionRequest, context: grpc.ServicerContext
+    ) -> pb.ScheduleKeyDeletionResponse:
+        description = self._service.schedule_key_deletion(
+            self._caller_of(context), request.key_id, convert.optional_int(request, "pending_window_in_days")
+        )
+        key = description.key
+        return pb.ScheduleKeyDeletionResponse(
+            key_id=description.arn,
+            deletion_date=convert.timestamp(key.deletion_date),
+            key_state=key.state.wire_name,
+            pending_window_in_days=key.pending_window_days or 0,
+        )
+
+    @handle_errors
+    def CancelKeyDeletion(
+        self, request: pb.CancelKeyDeletionRequest, context: grpc.ServicerContext
+    ) -> pb.CancelKeyDeletionResponse:
+        return pb.CancelKeyDeletionResponse(
+            key_id=self._service.cancel_key_deletion(self._caller_of(context), request.key_id)
+        )
+
+    @handle_errors
+    def EnableKeyRotation(
+        self, request: pb.EnableKeyRotationRequest, context: grpc.ServicerContext
+    ) -> pb.EnableKeyRotationResponse:
+        self._service.enable_key_rotation(
+            self._caller_of(context), request.key_id, convert.optional_int(request, "rotation_period_in_days")
+        )
+        return pb.EnableKeyRotationResponse()
+
+    @handle_errors
+    def DisableKeyRotation(
+        self, request: pb.DisableKeyRotationRequest, context: grpc.ServicerContext
+    ) -> pb.DisableKeyRotationResponse:
+        self._service.disable_key_rotation(self._caller_of(context), request.key_id)
+        return pb.DisableKeyRotationResponse()
+
+    @handle_errors
+    def GetKeyRotationStatus(
+        self, request: pb.GetKeyRotationStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetKeyRotationStatusResponse:
+        status = self._service.get_key_rotation_status(self._caller_of(context), request.key_id)
+        return pb.GetKeyRotationStatusResponse(
+            key_rotation_enabled=status.rotation_enabled,
+            key_id=status.key_arn,
+            rotation_period_in_days=status.rotation_period_in_days or 0,
+            next_rotation_date=convert.timestamp(status.next_rotation_date),
+        )
+
+    @handle_errors
+    def RotateKeyOnDemand(
+        self, request: pb.RotateKeyOnDemandRequest, context: grpc.ServicerContext
+    ) -> pb.RotateKeyOnDemandResponse:
+        return pb.RotateKeyOnDemandResponse(
+            key_id=self._service.rotate_key_on_demand(self._caller_of(context), request.key_id)
+        )
+
+    @handle_errors
+    def ListKeyRotations(
+        self, request: pb.ListKeyRotationsRequest, context: grpc.ServicerContext
+    ) -> pb.ListKeyRotationsResponse:
+        page = self._service.list_key_rotations(
+            self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
+        )
+        return convert.list_key_rotations_response(page)
+
+    @handle_errors
+    def CreateAlias(
+        self, request: pb.CreateAliasRequest, context: grpc.ServicerContext
+    ) -> pb.CreateAliasResponse:
+        self._service.create_alias(self._caller_of(context), request.alias_name, request.target_key_id)
+        return pb.CreateAliasResponse()
+
+    @handle_errors
+    def UpdateAlias(
+        self, request: pb.UpdateAliasRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateAliasResponse:
+        self._service.update_alias(self._caller_of(context), request.alias_name, request.target_key_id)
+        return pb.UpdateAliasResponse()
+
+    @handle_errors
+    def DeleteAlias(
+        self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteAliasResponse:
+        self._service.delete_alias(self._caller_of(context), request.alias_name)
+        return pb.DeleteAliasResponse()
+
+    @handle_errors
+    def ListAliases(
+        self, request: pb.ListAliasesRequest, context: grpc.ServicerContext
+    ) -> pb.ListAliasesResponse:
+        page = self._service.list_aliases(
+            self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
+        )
+        return convert.list_aliases_response(page)
+
+    @handle_errors
+    def TagResource(
+        self, request: pb.TagResourceRequest, context: grpc.ServicerContext
+    ) -> pb.TagResourceResponse:
+        self._service.tag_resource(self._caller_of(context), request.key_id, convert.tag_pairs(request.tags))
+        return pb.TagResourceResponse()
+
+    @handle_errors
+    def UntagResource(
+        self, request: pb.UntagResourceRequest, context: grpc.ServicerContext
+    ) -> pb.UntagResourceResponse:
+        self._service.untag_resource(self._caller_of(context), request.key_id, list(request.tag_keys))
+        return pb.UntagResourceResponse()
+
+    @handle_errors
+    def ListResourceTags(
+        self, request: pb.ListResourceTagsRequest, context: grpc.ServicerContext
+    ) -> pb.ListResourceTagsResponse:
+        page = self._service.list_resource_tags(
+            self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
+        )
+        return convert.list_resource_tags_response(page)

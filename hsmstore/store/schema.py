@@ -50,6 +50,7 @@ KEY_ID_LENGTH = 36  # a UUID in its canonical text form
 NAME_LENGTH = 256  # tenants and alias names (AWS allows 256 characters)
 ENUM_LENGTH = 32  # enum values of hsmstore.core.model, stored by value
 TOKEN_ID_LENGTH = 16  # the token object's CKA_ID
+TAG_KEY_LENGTH = 128  # AWS TagKey: 1-128 characters
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -102,6 +103,9 @@ keys = Table(
     Column("creation_date", UtcDateTime(), nullable=False),
     Column("deletion_date", UtcDateTime(), nullable=True),
     Column("current_version", Integer(), nullable=False),
+    Column("pending_window_days", Integer(), nullable=True),
+    Column("rotation_period_days", Integer(), nullable=True),
+    Column("next_rotation_date", UtcDateTime(), nullable=True),
     PrimaryKeyConstraint("key_id"),
     # list_keys: WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?
     Index(None, "tenant", "key_id"),
@@ -120,7 +124,10 @@ key_versions = Table(
     Column("token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
     Column("state", String(ENUM_LENGTH), nullable=False),
     Column("creation_date", UtcDateTime(), nullable=False),
+    Column("rotation_type", String(ENUM_LENGTH), nullable=True),
     # The primary key also serves get_version and list_versions (key_id first).
+    # It is also what makes a rotation happen once: two rotators both try to
+    # insert version n+1 and only one can.
     PrimaryKeyConstraint("key_id", "version"),
     # Two versions must never share one token object.
     UniqueConstraint("token_id"),
@@ -143,4 +150,32 @@ aliases = Table(
     PrimaryKeyConstraint("tenant", "alias_name"),
     # delete_key and list_aliases(key_id=...) look aliases up by their key.
     Index(None, "target_key_id"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column(
+        "key_id",
+        ordered_string(KEY_ID_LENGTH),
+        ForeignKey(keys.c.key_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tag_key", ordered_string(TAG_KEY_LENGTH), nullable=False),
+    Column("tag_value", Text(), nullable=False),
+    PrimaryKeyConstraint("key_id", "tag_key"),
+)
+
+# No foreign key: destruction records outlive the key, as the operator's proof
+# that every token object of every version was destroyed (C_DestroyObject).
+key_destructions = Table(
+    "key_destructions",
+    metadata,
+    Column("key_id", ordered_string(KEY_ID_LENGTH), nullable=False),
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("version", Integer(), nullable=False),
+    Column("token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
+    Column("deletion_date", UtcDateTime(), nullable=False),
+    Column("destroyed_at", UtcDateTime(), nullable=True),
+    PrimaryKeyConstraint("key_id", "version"),
 )

@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Engine, and_, create_engine, event, exc, select, text
+from sqlalchemy import Engine, and_, create_engine, event, exc, func, or_, select, text
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
 
 from hsmstore import errors
 from hsmstore.core.model import (
     AliasRecord,
+    DestructionRecord,
     KeyManager,
     KeyRecord,
     KeySpec,
@@ -38,9 +39,10 @@ from hsmstore.core.model import (
     KeyVersion,
     Origin,
     PendingCreation,
+    RotationType,
     VersionState,
 )
-from hsmstore.store.schema import aliases, key_versions, keys
+from hsmstore.store.schema import aliases, key_destructions, key_versions, keys, tags
 
 #: Execution option read by the SQLite ``begin`` hook: ``"DEFERRED"`` (the
 #: default), ``"IMMEDIATE"`` (take the write lock at once) or ``None`` (no
@@ -187,6 +189,7 @@ _VERSION_COLUMNS: Final = (
     key_versions.c.token_id.label("v_token_id"),
     key_versions.c.state.label("v_state"),
     key_versions.c.creation_date.label("v_creation_date"),
+    key_versions.c.rotation_type.label("v_rotation_type"),
 )
 
 
@@ -282,6 +285,7 @@ class SqlMetadataStore:
         """
         with self._writer.begin() as connection:
             connection.execute(aliases.delete().where(aliases.c.target_key_id == key_id))
+            connection.execute(tags.delete().where(tags.c.key_id == key_id))
             connection.execute(key_versions.delete().where(key_versions.c.key_id == key_id))
             connection.execute(keys.delete().where(keys.c.key_id == key_id))
 
@@ -333,6 +337,250 @@ class SqlMetadataStore:
             ).rowcount
         if changed == 0:
             raise errors.NotFoundException(f"key {key_id} does not exist")
+
+    # -- scheduled deletion ---------------------------------------------
+
+    def schedule_deletion(
+        self, key_id: str, expected: KeyState, deletion_date: datetime, pending_window_days: int
+    ) -> bool:
+        _require_aware(deletion_date, "deletion_date")
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == expected.value)
+                .values(
+                    key_state=KeyState.PENDING_DELETION.value,
+                    deletion_date=deletion_date,
+                    pending_window_days=pending_window_days,
+                )
+            ).rowcount
+        return changed == 1
+
+    def cancel_deletion(self, key_id: str) -> bool:
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.PENDING_DELETION.value)
+                .values(key_state=KeyState.DISABLED.value, deletion_date=None, pending_window_days=None)
+            ).rowcount
+        return changed == 1
+
+    def list_keys_to_destroy(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
+        _require_aware(now, "now")
+        _require_positive_limit(limit)
+        due = and_(keys.c.key_state == KeyState.PENDING_DELETION.value, keys.c.deletion_date <= now)
+        query = (
+            select(keys)
+            .where(or_(due, keys.c.key_state == KeyState.DESTROYING.value))
+            .order_by(keys.c.deletion_date, keys.c.key_id)
+            .limit(limit)
+        )
+        with self._reader.connect() as connection:
+            return [_key_from_row(row._mapping) for row in connection.execute(query)]
+
+    def begin_destruction(self, key_id: str) -> bool:
+        """See the port. The records are written in the same transaction as the
+        state change, so a crash leaves either both or neither."""
+        with self._writer.begin() as connection:
+            row = connection.execute(select(keys).where(keys.c.key_id == key_id)).first()
+            if row is None:
+                return False
+            key = _key_from_row(row._mapping)
+            if key.state is KeyState.PENDING_DELETION:
+                connection.execute(
+                    keys.update()
+                    .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.PENDING_DELETION.value)
+                    .values(key_state=KeyState.DESTROYING.value)
+                )
+            elif key.state is not KeyState.DESTROYING:
+                return False
+            recorded = set(
+                connection.execute(
+                    select(key_destructions.c.version).where(key_destructions.c.key_id == key_id)
+                ).scalars()
+            )
+            versions = connection.execute(select(key_versions).where(key_versions.c.key_id == key_id))
+            for version_row in versions:
+                version = _version_from_row(version_row._mapping)
+                if version.version in recorded:
+                    continue
+                connection.execute(
+                    key_destructions.insert().values(
+                        key_id=key_id,
+                        tenant=key.tenant,
+                        version=version.version,
+                        token_id=version.token_id,
+                        deletion_date=key.deletion_date or version.creation_date,
+                        destroyed_at=None,
+                    )
+                )
+        return True
+
+    def mark_version_destroyed(self, key_id: str, version: int, destroyed_at: datetime) -> None:
+        _require_aware(destroyed_at, "destroyed_at")
+        with self._writer.begin() as connection:
+            connection.execute(
+                key_destructions.update()
+                .where(
+                    key_destructions.c.key_id == key_id,
+                    key_destructions.c.version == version,
+                    key_destructions.c.destroyed_at.is_(None),
+                )
+                .values(destroyed_at=destroyed_at)
+            )
+
+    def list_destructions(self, key_id: str | None = None) -> Sequence[DestructionRecord]:
+        query = select(key_destructions).order_by(key_destructions.c.key_id, key_destructions.c.version)
+        if key_id is not None:
+            query = query.where(key_destructions.c.key_id == key_id)
+        with self._reader.connect() as connection:
+            return [_destruction_from_row(row._mapping) for row in connection.execute(query)]
+
+    # -- rotation -----------------------------------------------------------
+
+    def set_rotation(self, key_id: str, period_days: int | None, next_rotation_date: datetime | None) -> None:
+        if next_rotation_date is not None:
+            _require_aware(next_rotation_date, "next_rotation_date")
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id)
+                .values(rotation_period_days=period_days, next_rotation_date=next_rotation_date)
+            ).rowcount
+        if changed == 0:
+            raise errors.NotFoundException(f"key {key_id} does not exist")
+
+    def insert_pending_version(self, version: KeyVersion, max_on_demand_rotations: int) -> bool:
+        """See the port. The on-demand count is read in the transaction that
+        inserts; every rotation of a key contends for the same version number,
+        so two rotations can never both pass the check."""
+        if version.state is not VersionState.PENDING:
+            raise ValueError("a new version must be PENDING")
+        _require_aware(version.creation_date, "creation_date")
+        try:
+            with self._writer.begin() as connection:
+                if version.rotation_type is RotationType.ON_DEMAND:
+                    count = connection.execute(
+                        select(func.count())
+                        .select_from(key_versions)
+                        .where(
+                            key_versions.c.key_id == version.key_id,
+                            key_versions.c.rotation_type == RotationType.ON_DEMAND.value,
+                        )
+                    ).scalar_one()
+                    if count >= max_on_demand_rotations:
+                        raise errors.LimitExceededException(
+                            f"The key has reached the limit of {max_on_demand_rotations} on-demand rotations"
+                        )
+                connection.execute(key_versions.insert().values(_version_values(version)))
+        except exc.IntegrityError:
+            return False
+        return True
+
+    def finish_rotation(self, key_id: str, version: int, next_rotation_date: datetime | None) -> bool:
+        """Both updates or neither: the version must still be PENDING (recovery may have
+        removed it) and the key must still be at ``version - 1``."""
+        values: dict[str, Any] = {"current_version": version}
+        if next_rotation_date is not None:
+            _require_aware(next_rotation_date, "next_rotation_date")
+            values["next_rotation_date"] = next_rotation_date
+        try:
+            with self._writer.begin() as connection:
+                activated = connection.execute(
+                    key_versions.update()
+                    .where(
+                        key_versions.c.key_id == key_id,
+                        key_versions.c.version == version,
+                        key_versions.c.state == VersionState.PENDING.value,
+                    )
+                    .values(state=VersionState.ACTIVE.value)
+                ).rowcount
+                if not activated:
+                    return False
+                moved = connection.execute(
+                    keys.update()
+                    .where(keys.c.key_id == key_id, keys.c.current_version == version - 1)
+                    .values(**values)
+                ).rowcount
+                if not moved:
+                    raise _RollBack
+        except _RollBack:
+            return False
+        return True
+
+    def delete_version(self, key_id: str, version: int) -> None:
+        with self._writer.begin() as connection:
+            connection.execute(
+                key_versions.delete().where(
+                    key_versions.c.key_id == key_id, key_versions.c.version == version
+                )
+            )
+
+    def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
+        _require_aware(created_before, "created_before")
+        query = (
+            select(key_versions)
+            .select_from(key_versions.join(keys, keys.c.key_id == key_versions.c.key_id))
+            .where(
+                key_versions.c.state == VersionState.PENDING.value,
+                key_versions.c.creation_date < created_before,
+                keys.c.key_state != KeyState.CREATING.value,
+            )
+            .order_by(key_versions.c.creation_date)
+        )
+        with self._reader.connect() as connection:
+            return [_version_from_row(row._mapping) for row in connection.execute(query)]
+
+    def list_due_rotations(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
+        _require_aware(now, "now")
+        _require_positive_limit(limit)
+        query = (
+            select(keys)
+            .where(
+                keys.c.key_state == KeyState.ENABLED.value,
+                keys.c.rotation_period_days.is_not(None),
+                keys.c.next_rotation_date <= now,
+            )
+            .order_by(keys.c.next_rotation_date, keys.c.key_id)
+            .limit(limit)
+        )
+        with self._reader.connect() as connection:
+            return [_key_from_row(row._mapping) for row in connection.execute(query)]
+
+    # -- tags -----------------------------------------------------------------
+
+    def put_tags(self, key_id: str, tags_to_put: Mapping[str, str], max_tags: int) -> None:
+        with self._writer.begin() as connection:
+            _lock_existing_key(connection, key_id)
+            existing = set(
+                connection.execute(select(tags.c.tag_key).where(tags.c.key_id == key_id)).scalars()
+            )
+            if len(existing | set(tags_to_put)) > max_tags:
+                raise errors.LimitExceededException(f"A key can have at most {max_tags} tags")
+            for tag_key, tag_value in tags_to_put.items():
+                if tag_key in existing:
+                    connection.execute(
+                        tags.update()
+                        .where(tags.c.key_id == key_id, tags.c.tag_key == tag_key)
+                        .values(tag_value=tag_value)
+                    )
+                else:
+                    connection.execute(
+                        tags.insert().values(key_id=key_id, tag_key=tag_key, tag_value=tag_value)
+                    )
+
+    def remove_tags(self, key_id: str, tag_keys: Sequence[str]) -> None:
+        with self._writer.begin() as connection:
+            connection.execute(
+                tags.delete().where(tags.c.key_id == key_id, tags.c.tag_key.in_(list(tag_keys)))
+            )
+
+    def list_tags(self, key_id: str) -> Mapping[str, str]:
+        query = (
+            select(tags.c.tag_key, tags.c.tag_value).where(tags.c.key_id == key_id).order_by(tags.c.tag_key)
+        )
+        with self._reader.connect() as connection:
+            return {row.tag_key: row.tag_value for row in connection.execute(query)}
 
     # -- aliases --------------------------------------------------------
 
@@ -402,6 +650,10 @@ class SqlMetadataStore:
 # -- helpers ---------------------------------------------------------------
 
 
+class _RollBack(Exception):
+    """Raised inside a transaction to undo it; never escapes the store."""
+
+
 def _lock_existing_key(connection: Connection, key_id: str) -> None:
     """Raise ``NotFoundException`` unless the key exists; keep it until commit.
 
@@ -451,6 +703,9 @@ def _key_values(key: KeyRecord) -> dict[str, Any]:
         "creation_date": key.creation_date,
         "deletion_date": key.deletion_date,
         "current_version": key.current_version,
+        "pending_window_days": key.pending_window_days,
+        "rotation_period_days": key.rotation_period_days,
+        "next_rotation_date": key.next_rotation_date,
     }
 
 
@@ -461,6 +716,7 @@ def _version_values(version: KeyVersion) -> dict[str, Any]:
         "token_id": version.token_id,
         "state": version.state.value,
         "creation_date": version.creation_date,
+        "rotation_type": version.rotation_type.value if version.rotation_type else None,
     }
 
 
@@ -487,6 +743,9 @@ def _key_from_row(row: RowMapping) -> KeyRecord:
         creation_date=row["creation_date"],
         current_version=row["current_version"],
         deletion_date=row["deletion_date"],
+        pending_window_days=row["pending_window_days"],
+        rotation_period_days=row["rotation_period_days"],
+        next_rotation_date=row["next_rotation_date"],
     )
 
 
@@ -497,6 +756,18 @@ def _version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
         token_id=bytes(row[prefix + "token_id"]),
         state=VersionState(row[prefix + "state"]),
         creation_date=row[prefix + "creation_date"],
+        rotation_type=RotationType(row[prefix + "rotation_type"]) if row[prefix + "rotation_type"] else None,
+    )
+
+
+def _destruction_from_row(row: RowMapping) -> DestructionRecord:
+    return DestructionRecord(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        version=row["version"],
+        token_id=bytes(row["token_id"]),
+        deletion_date=row["deletion_date"],
+        destroyed_at=row["destroyed_at"],
     )
 
 

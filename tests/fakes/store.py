@@ -9,17 +9,19 @@ used from several threads like the real one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from hsmstore import errors
 from hsmstore.core.model import (
     AliasRecord,
+    DestructionRecord,
     KeyRecord,
     KeyState,
     KeyVersion,
     PendingCreation,
+    RotationType,
     VersionState,
 )
 
@@ -30,6 +32,8 @@ class FakeMetadataStore:
         self._keys: dict[str, KeyRecord] = {}
         self._versions: dict[tuple[str, int], KeyVersion] = {}
         self._aliases: dict[tuple[str, str], AliasRecord] = {}
+        self._tags: dict[str, dict[str, str]] = {}
+        self._destructions: dict[tuple[str, int], DestructionRecord] = {}
 
     # -- creation -------------------------------------------------------
 
@@ -86,6 +90,7 @@ class FakeMetadataStore:
             for alias_id, alias in list(self._aliases.items()):
                 if alias.target_key_id == key_id:
                     del self._aliases[alias_id]
+            self._tags.pop(key_id, None)
 
     # -- keys -----------------------------------------------------------
 
@@ -130,6 +135,187 @@ class FakeMetadataStore:
             if key is None:
                 raise errors.NotFoundException(f"key {key_id} does not exist")
             self._keys[key_id] = replace(key, description=description)
+
+    # -- scheduled deletion ---------------------------------------------
+
+    def schedule_deletion(
+        self, key_id: str, expected: KeyState, deletion_date: datetime, pending_window_days: int
+    ) -> bool:
+        with self._lock:
+            key = self._keys.get(key_id)
+            if key is None or key.state is not expected:
+                return False
+            self._keys[key_id] = replace(
+                key,
+                state=KeyState.PENDING_DELETION,
+                deletion_date=_utc(deletion_date),
+                pending_window_days=pending_window_days,
+            )
+            return True
+
+    def cancel_deletion(self, key_id: str) -> bool:
+        with self._lock:
+            key = self._keys.get(key_id)
+            if key is None or key.state is not KeyState.PENDING_DELETION:
+                return False
+            self._keys[key_id] = replace(
+                key, state=KeyState.DISABLED, deletion_date=None, pending_window_days=None
+            )
+            return True
+
+    def list_keys_to_destroy(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
+        now = _utc(now)
+        _require_positive_limit(limit)
+        with self._lock:
+            selected = [
+                key
+                for key in self._keys.values()
+                if key.state is KeyState.DESTROYING
+                or (
+                    key.state is KeyState.PENDING_DELETION
+                    and key.deletion_date is not None
+                    and key.deletion_date <= now
+                )
+            ]
+        selected.sort(key=lambda key: (key.deletion_date or now, key.key_id))
+        return selected[:limit]
+
+    def begin_destruction(self, key_id: str) -> bool:
+        with self._lock:
+            key = self._keys.get(key_id)
+            if key is None or key.state not in (KeyState.PENDING_DELETION, KeyState.DESTROYING):
+                return False
+            self._keys[key_id] = key.with_state(KeyState.DESTROYING)
+            for version in self._versions_of(key_id):
+                self._destructions.setdefault(
+                    (key_id, version.version),
+                    DestructionRecord(
+                        key_id,
+                        key.tenant,
+                        version.version,
+                        version.token_id,
+                        key.deletion_date or version.creation_date,
+                    ),
+                )
+            return True
+
+    def mark_version_destroyed(self, key_id: str, version: int, destroyed_at: datetime) -> None:
+        with self._lock:
+            record = self._destructions.get((key_id, version))
+            if record is not None and record.destroyed_at is None:
+                self._destructions[(key_id, version)] = replace(record, destroyed_at=_utc(destroyed_at))
+
+    def list_destructions(self, key_id: str | None = None) -> Sequence[DestructionRecord]:
+        with self._lock:
+            return [
+                record
+                for _, record in sorted(self._destructions.items())
+                if key_id is None or record.key_id == key_id
+            ]
+
+    # -- rotation ---------------------------------------------------------
+
+    def set_rotation(self, key_id: str, period_days: int | None, next_rotation_date: datetime | None) -> None:
+        with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                raise errors.NotFoundException(f"key {key_id} does not exist")
+            self._keys[key_id] = replace(
+                key,
+                rotation_period_days=period_days,
+                next_rotation_date=None if next_rotation_date is None else _utc(next_rotation_date),
+            )
+
+    def insert_pending_version(self, version: KeyVersion, max_on_demand_rotations: int) -> bool:
+        if version.state is not VersionState.PENDING:
+            raise ValueError("a new version must be PENDING")
+        with self._lock:
+            if (version.key_id, version.version) in self._versions:
+                return False
+            if version.rotation_type is RotationType.ON_DEMAND:
+                count = sum(
+                    1 for v in self._versions_of(version.key_id) if v.rotation_type is RotationType.ON_DEMAND
+                )
+                if count >= max_on_demand_rotations:
+                    raise errors.LimitExceededException(
+                        f"The key has reached the limit of {max_on_demand_rotations} on-demand rotations"
+                    )
+            self._versions[(version.key_id, version.version)] = replace(
+                version, creation_date=_utc(version.creation_date)
+            )
+            return True
+
+    def finish_rotation(self, key_id: str, version: int, next_rotation_date: datetime | None) -> bool:
+        with self._lock:
+            key = self._keys.get(key_id)
+            pending = self._versions.get((key_id, version))
+            if key is None or key.current_version != version - 1:
+                return False
+            if pending is None or pending.state is not VersionState.PENDING:
+                return False
+            self._versions[(key_id, version)] = replace(pending, state=VersionState.ACTIVE)
+            self._keys[key_id] = replace(
+                key,
+                current_version=version,
+                next_rotation_date=key.next_rotation_date
+                if next_rotation_date is None
+                else _utc(next_rotation_date),
+            )
+            return True
+
+    def delete_version(self, key_id: str, version: int) -> None:
+        with self._lock:
+            self._versions.pop((key_id, version), None)
+
+    def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
+        created_before = _utc(created_before)
+        with self._lock:
+            return sorted(
+                (
+                    version
+                    for version in self._versions.values()
+                    if version.state is VersionState.PENDING
+                    and version.creation_date < created_before
+                    and version.key_id in self._keys
+                    and self._keys[version.key_id].state is not KeyState.CREATING
+                ),
+                key=lambda version: version.creation_date,
+            )
+
+    def list_due_rotations(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
+        now = _utc(now)
+        _require_positive_limit(limit)
+        with self._lock:
+            due = [
+                key
+                for key in self._keys.values()
+                if key.state is KeyState.ENABLED
+                and key.rotation_period_days is not None
+                and key.next_rotation_date is not None
+                and key.next_rotation_date <= now
+            ]
+        due.sort(key=lambda key: (key.next_rotation_date or now, key.key_id))
+        return due[:limit]
+
+    # -- tags -----------------------------------------------------------------
+
+    def put_tags(self, key_id: str, tags: Mapping[str, str], max_tags: int) -> None:
+        with self._lock:
+            if key_id not in self._keys:
+                raise errors.NotFoundException(f"key {key_id} does not exist")
+            current = self._tags.setdefault(key_id, {})
+            if len(set(current) | set(tags)) > max_tags:
+                raise errors.LimitExceededException(f"A key can have at most {max_tags} tags")
+            current.update(tags)
+
+    def remove_tags(self, key_id: str, tag_keys: Sequence[str]) -> None:
+        with self._lock:
+            for tag_key in tag_keys:
+                self._tags.get(key_id, {}).pop(tag_key, None)
+
+    def list_tags(self, key_id: str) -> Mapping[str, str]:
+        with self._lock:
+            return dict(sorted(self._tags.get(key_id, {}).items()))
 
     # -- aliases --------------------------------------------------------
 

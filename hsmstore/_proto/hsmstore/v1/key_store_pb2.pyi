@@ -46,16 +46,18 @@ class KeyMetadata(_message.Message):
     def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("description", "key_usage", "key_spec", "origin")
+    __slots__ = ("description", "key_usage", "key_spec", "origin", "tags")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     KEY_USAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     description: str
     key_usage: str
     key_spec: str
     origin: str
-    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+    tags: _containers.RepeatedCompositeFieldContainer[Tag]
+    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key_metadata",)
@@ -318,3 +320,239 @@ class GenerateRandomResponse(_message.Message):
     PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     plaintext: bytes
     def __init__(self, plaintext: _Optional[bytes] = ...) -> None: ...
+
+class ScheduleKeyDeletionRequest(_message.Message):
+    __slots__ = ("key_id", "pending_window_in_days")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WINDOW_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    pending_window_in_days: int
+    def __init__(self, key_id: _Optional[str] = ..., pending_window_in_days: _Optional[int] = ...) -> None: ...
+
+class ScheduleKeyDeletionResponse(_message.Message):
+    __slots__ = ("key_id", "deletion_date", "key_state", "pending_window_in_days")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETION_DATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_STATE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WINDOW_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    deletion_date: _timestamp_pb2.Timestamp
+    key_state: str
+    pending_window_in_days: int
+    def __init__(self, key_id: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_state: _Optional[str] = ..., pending_window_in_days: _Optional[int] = ...) -> None: ...
+
+class CancelKeyDeletionRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class CancelKeyDeletionResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class EnableKeyRotationRequest(_message.Message):
+    __slots__ = ("key_id", "rotation_period_in_days")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PERIOD_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    rotation_period_in_days: int
+    def __init__(self, key_id: _Optional[str] = ..., rotation_period_in_days: _Optional[int] = ...) -> None: ...
+
+class EnableKeyRotationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisableKeyRotationRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class DisableKeyRotationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetKeyRotationStatusRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class GetKeyRotationStatusResponse(_message.Message):
+    __slots__ = ("key_rotation_enabled", "key_id", "rotation_period_in_days", "next_rotation_date", "on_demand_rotation_start_date")
+    KEY_ROTATION_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PERIOD_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROTATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    ON_DEMAND_ROTATION_START_DATE_FIELD_NUMBER: _ClassVar[int]
+    key_rotation_enabled: bool
+    key_id: str
+    rotation_period_in_days: int
+    next_rotation_date: _timestamp_pb2.Timestamp
+    on_demand_rotation_start_date: _timestamp_pb2.Timestamp
+    def __init__(self, key_rotation_enabled: _Optional[bool] = ..., key_id: _Optional[str] = ..., rotation_period_in_days: _Optional[int] = ..., next_rotation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., on_demand_rotation_start_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RotateKeyOnDemandRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RotateKeyOnDemandResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class ListKeyRotationsRequest(_message.Message):
+    __slots__ = ("key_id", "limit", "marker")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    limit: int
+    marker: str
+    def __init__(self, key_id: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class RotationsListEntry(_message.Message):
+    __slots__ = ("key_id", "rotation_date", "rotation_type")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    rotation_date: _timestamp_pb2.Timestamp
+    rotation_type: str
+    def __init__(self, key_id: _Optional[str] = ..., rotation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rotation_type: _Optional[str] = ...) -> None: ...
+
+class ListKeyRotationsResponse(_message.Message):
+    __slots__ = ("rotations", "next_marker", "truncated")
+    ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    rotations: _containers.RepeatedCompositeFieldContainer[RotationsListEntry]
+    next_marker: str
+    truncated: bool
+    def __init__(self, rotations: _Optional[_Iterable[_Union[RotationsListEntry, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class CreateAliasRequest(_message.Message):
+    __slots__ = ("alias_name", "target_key_id")
+    ALIAS_NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    alias_name: str
+    target_key_id: str
+    def __init__(self, alias_name: _Optional[str] = ..., target_key_id: _Optional[str] = ...) -> None: ...
+
+class CreateAliasResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UpdateAliasRequest(_message.Message):
+    __slots__ = ("alias_name", "target_key_id")
+    ALIAS_NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    alias_name: str
+    target_key_id: str
+    def __init__(self, alias_name: _Optional[str] = ..., target_key_id: _Optional[str] = ...) -> None: ...
+
+class UpdateAliasResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteAliasRequest(_message.Message):
+    __slots__ = ("alias_name",)
+    ALIAS_NAME_FIELD_NUMBER: _ClassVar[int]
+    alias_name: str
+    def __init__(self, alias_name: _Optional[str] = ...) -> None: ...
+
+class DeleteAliasResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAliasesRequest(_message.Message):
+    __slots__ = ("key_id", "limit", "marker")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    limit: int
+    marker: str
+    def __init__(self, key_id: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class AliasListEntry(_message.Message):
+    __slots__ = ("alias_name", "alias_arn", "target_key_id", "creation_date", "last_updated_date")
+    ALIAS_NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_ARN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATED_DATE_FIELD_NUMBER: _ClassVar[int]
+    alias_name: str
+    alias_arn: str
+    target_key_id: str
+    creation_date: _timestamp_pb2.Timestamp
+    last_updated_date: _timestamp_pb2.Timestamp
+    def __init__(self, alias_name: _Optional[str] = ..., alias_arn: _Optional[str] = ..., target_key_id: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_updated_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAliasesResponse(_message.Message):
+    __slots__ = ("aliases", "next_marker", "truncated")
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    aliases: _containers.RepeatedCompositeFieldContainer[AliasListEntry]
+    next_marker: str
+    truncated: bool
+    def __init__(self, aliases: _Optional[_Iterable[_Union[AliasListEntry, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class Tag(_message.Message):
+    __slots__ = ("tag_key", "tag_value")
+    TAG_KEY_FIELD_NUMBER: _ClassVar[int]
+    TAG_VALUE_FIELD_NUMBER: _ClassVar[int]
+    tag_key: str
+    tag_value: str
+    def __init__(self, tag_key: _Optional[str] = ..., tag_value: _Optional[str] = ...) -> None: ...
+
+class TagResourceRequest(_message.Message):
+    __slots__ = ("key_id", "tags")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    tags: _containers.RepeatedCompositeFieldContainer[Tag]
+    def __init__(self, key_id: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ...) -> None: ...
+
+class TagResourceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UntagResourceRequest(_message.Message):
+    __slots__ = ("key_id", "tag_keys")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TAG_KEYS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    tag_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., tag_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UntagResourceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListResourceTagsRequest(_message.Message):
+    __slots__ = ("key_id", "limit", "marker")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    limit: int
+    marker: str
+    def __init__(self, key_id: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class ListResourceTagsResponse(_message.Message):
+    __slots__ = ("tags", "next_marker", "truncated")
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.RepeatedCompositeFieldContainer[Tag]
+    next_marker: str
+    truncated: bool
+    def __init__(self, tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -94,6 +94,76 @@ class KeyStoreStub:
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomRequest.SerializeToString,
                 response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomResponse.FromString,
                 _registered_method=True)
+        self.ScheduleKeyDeletion = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ScheduleKeyDeletion',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionResponse.FromString,
+                _registered_method=True)
+        self.CancelKeyDeletion = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/CancelKeyDeletion',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.CancelKeyDeletionRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CancelKeyDeletionResponse.FromString,
+                _registered_method=True)
+        self.EnableKeyRotation = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/EnableKeyRotation',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.EnableKeyRotationRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.EnableKeyRotationResponse.FromString,
+                _registered_method=True)
+        self.DisableKeyRotation = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DisableKeyRotation',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DisableKeyRotationRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DisableKeyRotationResponse.FromString,
+                _registered_method=True)
+        self.GetKeyRotationStatus = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GetKeyRotationStatus',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyRotationStatusRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyRotationStatusResponse.FromString,
+                _registered_method=True)
+        self.RotateKeyOnDemand = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/RotateKeyOnDemand',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.RotateKeyOnDemandRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.RotateKeyOnDemandResponse.FromString,
+                _registered_method=True)
+        self.ListKeyRotations = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ListKeyRotations',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyRotationsRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyRotationsResponse.FromString,
+                _registered_method=True)
+        self.CreateAlias = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/CreateAlias',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.CreateAliasRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CreateAliasResponse.FromString,
+                _registered_method=True)
+        self.UpdateAlias = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/UpdateAlias',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateAliasRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DeleteAlias',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ListAliases',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
+        self.TagResource = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/TagResource',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.TagResourceRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.TagResourceResponse.FromString,
+                _registered_method=True)
+        self.UntagResource = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/UntagResource',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.UntagResourceRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.UntagResourceResponse.FromString,
+                _registered_method=True)
+        self.ListResourceTags = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ListResourceTags',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsResponse.FromString,
+                _registered_method=True)
 
 
 class KeyStoreServicer:
@@ -171,6 +241,90 @@ class KeyStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScheduleKeyDeletion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelKeyDeletion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableKeyRotation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableKeyRotation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyRotationStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeyOnDemand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeyRotations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TagResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UntagResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResourceTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +387,76 @@ def add_KeyStoreServicer_to_server(servicer, server):
                     servicer.GenerateRandom,
                     request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomRequest.FromString,
                     response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomResponse.SerializeToString,
+            ),
+            'ScheduleKeyDeletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleKeyDeletion,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionResponse.SerializeToString,
+            ),
+            'CancelKeyDeletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelKeyDeletion,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CancelKeyDeletionRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.CancelKeyDeletionResponse.SerializeToString,
+            ),
+            'EnableKeyRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableKeyRotation,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.EnableKeyRotationRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.EnableKeyRotationResponse.SerializeToString,
+            ),
+            'DisableKeyRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableKeyRotation,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DisableKeyRotationRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DisableKeyRotationResponse.SerializeToString,
+            ),
+            'GetKeyRotationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyRotationStatus,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyRotationStatusRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyRotationStatusResponse.SerializeToString,
+            ),
+            'RotateKeyOnDemand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeyOnDemand,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.RotateKeyOnDemandRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.RotateKeyOnDemandResponse.SerializeToString,
+            ),
+            'ListKeyRotations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeyRotations,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyRotationsRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyRotationsResponse.SerializeToString,
+            ),
+            'CreateAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlias,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CreateAliasRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.CreateAliasResponse.SerializeToString,
+            ),
+            'UpdateAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAlias,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateAliasRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListAliasesRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'TagResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagResource,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.TagResourceRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.TagResourceResponse.SerializeToString,
+            ),
+            'UntagResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.UntagResource,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.UntagResourceRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.UntagResourceResponse.SerializeToString,
+            ),
+            'ListResourceTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourceTags,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +783,384 @@ class KeyStore:
             '/hsmstore.v1.KeyStore/GenerateRandom',
             hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomRequest.SerializeToString,
             hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleKeyDeletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ScheduleKeyDeletion',
+            hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelKeyDeletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/CancelKeyDeletion',
+            hsmstore_dot_v1_dot_key__store__pb2.CancelKeyDeletionRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.CancelKeyDeletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableKeyRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/EnableKeyRotation',
+            hsmstore_dot_v1_dot_key__store__pb2.EnableKeyRotationRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.EnableKeyRotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableKeyRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DisableKeyRotation',
+            hsmstore_dot_v1_dot_key__store__pb2.DisableKeyRotationRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DisableKeyRotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyRotationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GetKeyRotationStatus',
+            hsmstore_dot_v1_dot_key__store__pb2.GetKeyRotationStatusRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GetKeyRotationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeyOnDemand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/RotateKeyOnDemand',
+            hsmstore_dot_v1_dot_key__store__pb2.RotateKeyOnDemandRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.RotateKeyOnDemandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeyRotations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ListKeyRotations',
+            hsmstore_dot_v1_dot_key__store__pb2.ListKeyRotationsRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListKeyRotationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/CreateAlias',
+            hsmstore_dot_v1_dot_key__store__pb2.CreateAliasRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.CreateAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/UpdateAlias',
+            hsmstore_dot_v1_dot_key__store__pb2.UpdateAliasRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.UpdateAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DeleteAlias',
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteAliasRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ListAliases',
+            hsmstore_dot_v1_dot_key__store__pb2.ListAliasesRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/TagResource',
+            hsmstore_dot_v1_dot_key__store__pb2.TagResourceRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.TagResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UntagResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/UntagResource',
+            hsmstore_dot_v1_dot_key__store__pb2.UntagResourceRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.UntagResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourceTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ListResourceTags',
+            hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,
