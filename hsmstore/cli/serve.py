@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 
@@ -24,26 +25,10 @@ from hsmstore import bootstrap
 from hsmstore.config import Settings, load_settings
 from hsmstore.server.app import TlsFiles, start_server
 
-SETTING_FLAGS = (
-    "listen",
-    "data_dir",
-    "db",
-    "workers",
-    "grpc_threads",
-    "region",
-    "hsm_profile",
-    "pkcs11_module",
-    "token_label",
-    "pin_file",
-    "tls_cert",
-    "tls_key",
-    "client_ca",
-    "log_level",
-)
-
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    flags = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    """Every Settings field the command line gave (a flag's dest is the field name)."""
+    flags = {field.name: getattr(args, field.name, None) for field in fields(Settings)}
     return load_settings(flags, config_file=getattr(args, "config", None))
 
 

@@ -14,9 +14,10 @@ the precise AWS exception. AWS rules it encodes:
 - CancelKeyDeletion on a key that is not pending deletion, and
   ScheduleKeyDeletion on one that is, are ``KMSInvalidStateException``.
 
-Two states are hsmstore's own, for crash safety: ``CREATING`` (the row exists
+Three states are hsmstore's own, for crash safety: ``CREATING`` (the row exists
 before its token object; such a key does not exist yet for any caller, so every
-operation is ``NotFoundException``) and ``DESTROYING`` (the deletion window has
+operation is ``NotFoundException``), ``FAILED`` (an interrupted CreateKey that
+recovery is rolling back; likewise invisible) and ``DESTROYING`` (the deletion window has
 ended and the reaper is destroying the token objects; callers see
 PENDING_DELETION, but deletion can no longer be cancelled).
 """
@@ -130,6 +131,7 @@ TRANSITIONS: dict[KeyState, dict[Operation, Outcome]] = {
     KeyState.PENDING_DELETION: {operation: _pending_deletion(operation) for operation in Operation},
     KeyState.DESTROYING: {operation: _destroying(operation) for operation in Operation},
     KeyState.CREATING: dict.fromkeys(Operation, NotFoundException),
+    KeyState.FAILED: dict.fromkeys(Operation, NotFoundException),
 }
 
 

@@ -20,10 +20,16 @@ class KeyState(StrEnum):
     """
 
     CREATING = "CREATING"
+    FAILED = "FAILED"  # an interrupted CreateKey claimed by recovery, being rolled back
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"
     PENDING_DELETION = "PENDING_DELETION"
     DESTROYING = "DESTROYING"
+
+    @property
+    def exists_for_callers(self) -> bool:
+        """CREATING and FAILED keys were never answered to anyone: they do not exist yet."""
+        return self not in (KeyState.CREATING, KeyState.FAILED)
 
     @property
     def wire_name(self) -> str:
@@ -36,6 +42,7 @@ class VersionState(StrEnum):
 
     PENDING = "PENDING"
     ACTIVE = "ACTIVE"
+    ABANDONED = "ABANDONED"  # an interrupted rotation claimed by recovery, being rolled back
 
 
 class RotationType(StrEnum):

@@ -67,11 +67,24 @@ class MetadataStore(Protocol):
     def insert_creating_key(self, key: KeyRecord, version: KeyVersion) -> None:
         """Insert a key in state CREATING with its first version PENDING."""
 
-    def finish_creating_key(self, key_id: str) -> None:
-        """CREATING -> ENABLED and its versions PENDING -> ACTIVE, atomically."""
+    def finish_creating_key(self, key_id: str) -> bool:
+        """CREATING -> ENABLED and its versions PENDING -> ACTIVE, atomically.
+
+        False if the key is not CREATING any more (recovery claimed it): the
+        CreateKey must then fail, never answer a key that is being rolled back.
+        """
+        ...
 
     def list_pending_creations(self, created_before: datetime) -> Sequence[PendingCreation]:
-        """Keys still CREATING whose creation_date is before the given time."""
+        """Keys still CREATING whose creation_date is before the given time, and every FAILED key."""
+        ...
+
+    def claim_failed_creation(self, key_id: str) -> bool:
+        """CAS CREATING -> FAILED, the claim that lets recovery roll a creation back.
+
+        True if this call claimed it or the key was FAILED already (resuming);
+        False if it was finished meanwhile (ENABLED), so it must not be touched.
+        """
         ...
 
     def delete_key(self, key_id: str) -> None:
@@ -86,7 +99,7 @@ class MetadataStore(Protocol):
     def list_versions(self, key_id: str) -> Sequence[KeyVersion]: ...
 
     def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
-        """Keys of a tenant ordered by key_id, excluding CREATING ones."""
+        """Keys of a tenant ordered by key_id, excluding CREATING and FAILED ones."""
         ...
 
     def update_key_state(self, key_id: str, expected: KeyState, new_state: KeyState) -> bool:
@@ -136,17 +149,30 @@ class MetadataStore(Protocol):
         """
         ...
 
-    def finish_rotation(self, key_id: str, version: int, next_rotation_date: datetime | None) -> bool:
+    def finish_rotation(
+        self, key_id: str, version: int, token_id: bytes, next_rotation_date: datetime | None
+    ) -> bool:
         """Version PENDING -> ACTIVE and the key's current version moves to it, atomically.
+
+        Every claim names the token object: a version number can be retried by
+        another rotation after an abandoned attempt, and must not be confused.
 
         ``next_rotation_date`` (automatic rotations) replaces the key's; None keeps it.
         """
         ...
 
-    def delete_version(self, key_id: str, version: int) -> None: ...
+    def abandon_version(self, key_id: str, version: int, token_id: bytes) -> bool:
+        """CAS PENDING -> ABANDONED: recovery's claim on an interrupted rotation.
+
+        True if claimed now or already ABANDONED; False if it became ACTIVE.
+        """
+        ...
+
+    def delete_version(self, key_id: str, version: int, token_id: bytes) -> None:
+        """Remove that version row if it is not ACTIVE (an ACTIVE one is never deleted here)."""
 
     def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
-        """PENDING versions of keys that are not CREATING (interrupted rotations)."""
+        """PENDING versions older than the given time and every ABANDONED one (interrupted rotations)."""
         ...
 
     def list_due_rotations(self, now: datetime, limit: int) -> Sequence[KeyRecord]:

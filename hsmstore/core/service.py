@@ -232,10 +232,13 @@ class KeyService:
                 self._store.put_tags(key.key_id, valid_tags, MAX_TAGS_PER_KEY)
             self._vault.create_key(version.token_id, token_label(key.key_id, 1))
             self._failpoint("create_key.after_token_create")
-            self._store.finish_creating_key(key.key_id)
+            finished = self._store.finish_creating_key(key.key_id)
         except BaseException:
             self._roll_back_creation(key.key_id, [version])
             raise
+        if not finished:
+            self._roll_back_creation(key.key_id, [version])
+            raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
         enabled = key.with_state(KeyState.ENABLED)
         return self._describe(enabled)
 
@@ -262,7 +265,14 @@ class KeyService:
         return len(pending) + len(rotations)
 
     def _roll_back_creation(self, key_id: str, versions: list[KeyVersion]) -> None:
+        """Claim the creation (CREATING -> FAILED), then destroy, then delete.
+
+        The claim is what makes recovery safe against a CreateKey finishing at
+        the same moment on another node: only one of the two compare-and-sets wins.
+        """
         try:
+            if not self._store.claim_failed_creation(key_id):
+                return
             for version in versions:
                 self._vault.destroy_key(version.token_id)
             self._store.delete_key(key_id)
@@ -546,7 +556,9 @@ class KeyService:
         try:
             self._vault.create_key(version.token_id, token_label(key.key_id, version.version))
             self._failpoint("rotate.after_token_create")
-            finished = self._store.finish_rotation(key.key_id, version.version, next_rotation_date)
+            finished = self._store.finish_rotation(
+                key.key_id, version.version, version.token_id, next_rotation_date
+            )
         except BaseException:
             self._roll_back_rotation(version)
             raise
@@ -555,9 +567,12 @@ class KeyService:
         return finished
 
     def _roll_back_rotation(self, version: KeyVersion) -> None:
+        """Claim the version (PENDING -> ABANDONED), then destroy, then delete (see above)."""
         try:
+            if not self._store.abandon_version(version.key_id, version.version, version.token_id):
+                return
             self._vault.destroy_key(version.token_id)
-            self._store.delete_version(version.key_id, version.version)
+            self._store.delete_version(version.key_id, version.version, version.token_id)
         except Exception:
             log.exception("could not roll back an interrupted rotation; recovery will retry")
 
@@ -670,7 +685,7 @@ class KeyService:
                 "The key ID in the request does not identify the key that encrypted the ciphertext."
             )
         key = named_key or self._store.get_key(parsed.key_id)
-        if key is None or key.tenant != caller.tenant or key.state is KeyState.CREATING:
+        if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
             raise blob_format.invalid_ciphertext()
         next_state(key.state, operation, key.key_id)
         token_id = self._token_id_or_none(key.key_id, parsed.key_version)
@@ -713,7 +728,7 @@ class KeyService:
         reference = parse_key_identifier(identifier, self._region, field_name)
         key_id = self._key_id_of(caller, reference)
         key = self._store.get_key(key_id)
-        if key is None or key.tenant != caller.tenant or key.state is KeyState.CREATING:
+        if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
             raise NotFoundException(f"Key '{key_arn(self._region, caller.tenant, key_id)}' does not exist")
         return key
 

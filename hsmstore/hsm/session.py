@@ -62,6 +62,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -85,6 +86,20 @@ CKF_OS_LOCKING_OK = 0x00000002
 
 DEFAULT_OS_LOCKING_SESSIONS = 16
 """Pool size in ``os_locking`` mode when the caller does not say (a gRPC pool's threads)."""
+
+
+# SoftHSM2's file store, opened by several processes at once (``--workers N``
+# starting together), now and then answers GeneralError or "no such token" for
+# a moment (SoftHSM issue #757: "token integrity check failures under heavy
+# parallel multi-process access"; seen here: 2 in 30 simultaneous opens). A
+# wrong PIN or a missing module is not retried.
+TRANSIENT_OPEN_ERRORS: tuple[type[pkcs11_errors.PKCS11Error], ...] = (
+    pkcs11_errors.GeneralError,
+    pkcs11_errors.NoSuchToken,
+    pkcs11_errors.DeviceError,
+    pkcs11_errors.TokenNotPresent,
+)
+TRANSIENT_OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class CK_C_INITIALIZE_ARGS(ctypes.Structure):  # noqa: N801 - the PKCS#11 type name
@@ -484,21 +499,29 @@ class TokenSessions:
             max_sessions = DEFAULT_OS_LOCKING_SESSIONS
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
-        try:
-            module = acquire_module(module_path, profile.threading_mode)
-        except pkcs11_errors.PKCS11Error:
-            raise errors.KMSInternalException("cannot load or initialise the PKCS#11 module") from None
-        sessions = cls(module, token_label, pin, profile, max_sessions)
-        module.hold_login(token_label)
-        try:
-            sessions.run(lambda ws: None)  # login + first working session, now rather than on first use
-        except pkcs11_errors.PKCS11Error as exc:
-            sessions.close()
-            raise errors.KMSInternalException(_open_failure_message(exc, token_label)) from None
-        except BaseException:
-            sessions.close()
-            raise
-        return sessions
+        for delay in (*TRANSIENT_OPEN_RETRY_DELAYS, None):
+            try:
+                module = acquire_module(module_path, profile.threading_mode)
+            except pkcs11_errors.PKCS11Error:
+                raise errors.KMSInternalException("cannot load or initialise the PKCS#11 module") from None
+            sessions = cls(module, token_label, pin, profile, max_sessions)
+            module.hold_login(token_label)
+            try:
+                sessions.run(lambda ws: None)  # login + first working session, now rather than on first use
+            except TRANSIENT_OPEN_ERRORS as exc:
+                sessions.close()  # the last user finalizes: the next attempt re-reads the token directory
+                if delay is None:
+                    raise errors.KMSInternalException(_open_failure_message(exc, token_label)) from None
+                time.sleep(delay)
+                continue
+            except pkcs11_errors.PKCS11Error as exc:
+                sessions.close()
+                raise errors.KMSInternalException(_open_failure_message(exc, token_label)) from None
+            except BaseException:
+                sessions.close()
+                raise
+            return sessions
+        raise AssertionError("unreachable")
 
     def __repr__(self) -> str:  # never the PIN
         return f"<TokenSessions token={self._token_label!r} mode={self._module.mode.value}>"

@@ -225,12 +225,11 @@ class SqlMetadataStore:
                 f"key {key.key_id} or its token object id already exists"
             ) from None
 
-    def finish_creating_key(self, key_id: str) -> None:
+    def finish_creating_key(self, key_id: str) -> bool:
         """CREATING -> ENABLED and the key's PENDING versions -> ACTIVE, in one transaction.
 
-        Idempotent for a key that is no longer CREATING (recovery may have
-        finished it first); raises ``NotFoundException`` if the key is gone
-        (recovery deleted it), so the caller can clean up its token object.
+        False for a key that is no longer CREATING (recovery claimed it);
+        raises ``NotFoundException`` if the key is gone (recovery deleted it).
         """
         with self._writer.begin() as connection:
             flipped = connection.execute(
@@ -247,10 +246,21 @@ class SqlMetadataStore:
                     )
                     .values(state=VersionState.ACTIVE.value)
                 )
-                return
+                return True
             exists = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first()
         if exists is None:
             raise errors.NotFoundException(f"key {key_id} does not exist")
+        return False
+
+    def claim_failed_creation(self, key_id: str) -> bool:
+        with self._writer.begin() as connection:
+            connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
+                .values(key_state=KeyState.FAILED.value)
+            )
+            state = connection.execute(select(keys.c.key_state).where(keys.c.key_id == key_id)).scalar()
+        return state in (KeyState.FAILED.value, None)
 
     def list_pending_creations(self, created_before: datetime) -> Sequence[PendingCreation]:
         """CREATING keys older than ``created_before``, oldest first, with their versions.
@@ -262,7 +272,12 @@ class SqlMetadataStore:
         query = (
             select(*keys.c, *_VERSION_COLUMNS)
             .select_from(keys.outerjoin(key_versions, key_versions.c.key_id == keys.c.key_id))
-            .where(keys.c.key_state == KeyState.CREATING.value, keys.c.creation_date < created_before)
+            .where(
+                or_(
+                    and_(keys.c.key_state == KeyState.CREATING.value, keys.c.creation_date < created_before),
+                    keys.c.key_state == KeyState.FAILED.value,
+                )
+            )
             .order_by(keys.c.creation_date, keys.c.key_id, key_versions.c.version)
         )
         pending: dict[str, PendingCreation] = {}
@@ -312,7 +327,9 @@ class SqlMetadataStore:
     def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
         """One page of a tenant's keys by key_id (keyset paging), CREATING ones left out."""
         _require_positive_limit(limit)
-        query = select(keys).where(keys.c.tenant == tenant, keys.c.key_state != KeyState.CREATING.value)
+        query = select(keys).where(
+            keys.c.tenant == tenant, keys.c.key_state.not_in([KeyState.CREATING.value, KeyState.FAILED.value])
+        )
         if after_key_id is not None:
             query = query.where(keys.c.key_id > after_key_id)
         query = query.order_by(keys.c.key_id).limit(limit)
@@ -477,7 +494,9 @@ class SqlMetadataStore:
             return False
         return True
 
-    def finish_rotation(self, key_id: str, version: int, next_rotation_date: datetime | None) -> bool:
+    def finish_rotation(
+        self, key_id: str, version: int, token_id: bytes, next_rotation_date: datetime | None
+    ) -> bool:
         """Both updates or neither: the version must still be PENDING (recovery may have
         removed it) and the key must still be at ``version - 1``."""
         values: dict[str, Any] = {"current_version": version}
@@ -491,6 +510,7 @@ class SqlMetadataStore:
                     .where(
                         key_versions.c.key_id == key_id,
                         key_versions.c.version == version,
+                        key_versions.c.token_id == token_id,
                         key_versions.c.state == VersionState.PENDING.value,
                     )
                     .values(state=VersionState.ACTIVE.value)
@@ -508,11 +528,29 @@ class SqlMetadataStore:
             return False
         return True
 
-    def delete_version(self, key_id: str, version: int) -> None:
+    def abandon_version(self, key_id: str, version: int, token_id: bytes) -> bool:
+        where = (
+            key_versions.c.key_id == key_id,
+            key_versions.c.version == version,
+            key_versions.c.token_id == token_id,
+        )
+        with self._writer.begin() as connection:
+            connection.execute(
+                key_versions.update()
+                .where(*where, key_versions.c.state == VersionState.PENDING.value)
+                .values(state=VersionState.ABANDONED.value)
+            )
+            state = connection.execute(select(key_versions.c.state).where(*where)).scalar()
+        return state in (VersionState.ABANDONED.value, None)
+
+    def delete_version(self, key_id: str, version: int, token_id: bytes) -> None:
         with self._writer.begin() as connection:
             connection.execute(
                 key_versions.delete().where(
-                    key_versions.c.key_id == key_id, key_versions.c.version == version
+                    key_versions.c.key_id == key_id,
+                    key_versions.c.version == version,
+                    key_versions.c.token_id == token_id,
+                    key_versions.c.state != VersionState.ACTIVE.value,
                 )
             )
 
@@ -522,9 +560,14 @@ class SqlMetadataStore:
             select(key_versions)
             .select_from(key_versions.join(keys, keys.c.key_id == key_versions.c.key_id))
             .where(
-                key_versions.c.state == VersionState.PENDING.value,
-                key_versions.c.creation_date < created_before,
-                keys.c.key_state != KeyState.CREATING.value,
+                or_(
+                    and_(
+                        key_versions.c.state == VersionState.PENDING.value,
+                        key_versions.c.creation_date < created_before,
+                    ),
+                    key_versions.c.state == VersionState.ABANDONED.value,
+                ),
+                keys.c.key_state.not_in([KeyState.CREATING.value, KeyState.FAILED.value]),
             )
             .order_by(key_versions.c.creation_date)
         )

@@ -28,6 +28,7 @@ from hsmstore.core.model import (
     KeyUsage,
     KeyVersion,
     Origin,
+    RotationType,
     VersionState,
     new_key_id,
     new_token_id,
@@ -139,11 +140,11 @@ def test_list_pending_creations_by_age_with_versions(store: MetadataStore) -> No
     assert [creation.key for creation in store.list_pending_creations(T0)] == [older]
 
 
-def test_finish_creating_key_is_idempotent_and_refuses_a_missing_key(store: MetadataStore) -> None:
+def test_finish_creating_key_leaves_a_key_that_is_not_creating_alone(store: MetadataStore) -> None:
     key = add_enabled_key(store)
     assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.DISABLED)
 
-    store.finish_creating_key(key.key_id)
+    assert store.finish_creating_key(key.key_id) is False
 
     assert store.get_key(key.key_id) == key.with_state(KeyState.DISABLED)
     with pytest.raises(errors.NotFoundException):
@@ -577,3 +578,128 @@ def test_concurrent_upgrades_of_a_fresh_database_both_succeed(database_url: str)
             assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     finally:
         engine.dispose()
+
+
+# -- crash-safety claims ----------------------------------------------------
+
+
+def test_recovery_claim_and_finish_exclude_each_other(store: MetadataStore) -> None:
+    claimed, version = make_key()
+    store.insert_creating_key(claimed, version)
+    assert store.claim_failed_creation(claimed.key_id) is True
+    assert store.claim_failed_creation(claimed.key_id) is True  # resuming is allowed
+    assert store.finish_creating_key(claimed.key_id) is False
+    assert store.get_key(claimed.key_id).state is KeyState.FAILED  # type: ignore[union-attr]
+    assert [c.key.key_id for c in store.list_pending_creations(T0 - timedelta(days=1))] == [claimed.key_id]
+    assert store.list_keys(claimed.tenant, 10, None) == []
+
+    finished = add_enabled_key(store)
+    assert store.claim_failed_creation(finished.key_id) is False
+    assert store.get_key(finished.key_id).state is KeyState.ENABLED  # type: ignore[union-attr]
+
+
+def rotation_version(
+    key: KeyRecord, number: int, rotation_type: RotationType = RotationType.ON_DEMAND
+) -> KeyVersion:
+    return KeyVersion(key.key_id, number, new_token_id(), VersionState.PENDING, T0, rotation_type)
+
+
+def test_a_rotation_claims_its_version_number_once(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    first = rotation_version(key, 2)
+    assert store.insert_pending_version(first, 25) is True
+    assert store.insert_pending_version(rotation_version(key, 2), 25) is False
+    assert store.finish_rotation(key.key_id, 2, new_token_id(), None) is False  # not this attempt's object
+    assert store.finish_rotation(key.key_id, 2, first.token_id, None) is True
+    assert store.get_key(key.key_id).current_version == 2  # type: ignore[union-attr]
+    assert store.get_version(key.key_id, 2).state is VersionState.ACTIVE  # type: ignore[union-attr]
+    assert store.finish_rotation(key.key_id, 2, first.token_id, None) is False
+
+
+def test_an_abandoned_rotation_cannot_be_finished_and_a_finished_one_cannot_be_abandoned(
+    store: MetadataStore,
+) -> None:
+    key = add_enabled_key(store)
+    abandoned = rotation_version(key, 2)
+    store.insert_pending_version(abandoned, 25)
+    assert store.abandon_version(key.key_id, 2, abandoned.token_id) is True
+    assert store.finish_rotation(key.key_id, 2, abandoned.token_id, None) is False
+    assert store.get_key(key.key_id).current_version == 1  # type: ignore[union-attr]
+    assert [v.version for v in store.list_pending_versions(T0 - timedelta(days=1))] == [2]
+    store.delete_version(key.key_id, 2, abandoned.token_id)
+    assert store.get_version(key.key_id, 2) is None
+
+    retried = rotation_version(key, 2)
+    store.insert_pending_version(retried, 25)
+    store.abandon_version(key.key_id, 2, abandoned.token_id)  # a late claim on the old attempt
+    store.delete_version(key.key_id, 2, abandoned.token_id)
+    assert store.get_version(key.key_id, 2).state is VersionState.PENDING  # type: ignore[union-attr]
+    assert store.finish_rotation(key.key_id, 2, retried.token_id, None) is True
+    assert store.abandon_version(key.key_id, 2, retried.token_id) is False
+    store.delete_version(key.key_id, 2, retried.token_id)  # an ACTIVE version is never deleted
+    assert store.get_version(key.key_id, 2) is not None
+
+
+def test_on_demand_rotations_stop_at_the_limit(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    for number in (2, 3):
+        version = rotation_version(key, number)
+        store.insert_pending_version(version, 2)
+        store.finish_rotation(key.key_id, number, version.token_id, None)
+    with pytest.raises(errors.LimitExceededException):
+        store.insert_pending_version(rotation_version(key, 4), 2)
+    assert store.insert_pending_version(rotation_version(key, 4, RotationType.AUTOMATIC), 2) is True
+
+
+def test_due_rotations_are_enabled_keys_past_their_date(store: MetadataStore) -> None:
+    due, later, disabled = add_enabled_key(store), add_enabled_key(store), add_enabled_key(store)
+    store.set_rotation(due.key_id, 90, T0)
+    store.set_rotation(later.key_id, 90, T0 + timedelta(days=1))
+    store.set_rotation(disabled.key_id, 90, T0)
+    store.update_key_state(disabled.key_id, KeyState.ENABLED, KeyState.DISABLED)
+    assert [k.key_id for k in store.list_due_rotations(T0, 10)] == [due.key_id]
+    store.set_rotation(due.key_id, None, None)
+    assert store.list_due_rotations(T0, 10) == []
+
+
+def test_deletion_schedule_cancel_and_destruction_claim(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    when = T0 + timedelta(days=7)
+    assert store.schedule_deletion(key.key_id, KeyState.DISABLED, when, 7) is False
+    assert store.schedule_deletion(key.key_id, KeyState.ENABLED, when, 7) is True
+    scheduled = store.get_key(key.key_id)
+    assert scheduled is not None
+    assert (scheduled.state, scheduled.deletion_date, scheduled.pending_window_days) == (
+        KeyState.PENDING_DELETION,
+        when,
+        7,
+    )
+    assert store.list_keys_to_destroy(when - timedelta(seconds=1), 10) == []
+    assert store.cancel_deletion(key.key_id) is True
+    assert store.get_key(key.key_id).state is KeyState.DISABLED  # type: ignore[union-attr]
+    assert store.begin_destruction(key.key_id) is False  # a cancelled deletion is never destroyed
+
+    store.schedule_deletion(key.key_id, KeyState.DISABLED, when, 7)
+    assert [k.key_id for k in store.list_keys_to_destroy(when, 10)] == [key.key_id]
+    assert store.begin_destruction(key.key_id) is True
+    assert store.cancel_deletion(key.key_id) is False
+    assert store.begin_destruction(key.key_id) is True  # resuming is allowed
+    [record] = store.list_destructions(key.key_id)
+    assert (record.version, record.destroyed_at) == (1, None)
+    store.mark_version_destroyed(key.key_id, 1, when)
+    store.delete_key(key.key_id)
+    assert store.get_key(key.key_id) is None
+    assert [r.destroyed_at for r in store.list_destructions(key.key_id)] == [when]
+
+
+def test_tags_put_overwrite_remove_and_limit(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    store.put_tags(key.key_id, {"b": "2", "a": "1"}, 3)
+    store.put_tags(key.key_id, {"a": "one"}, 3)
+    assert list(store.list_tags(key.key_id).items()) == [("a", "one"), ("b", "2")]
+    with pytest.raises(errors.LimitExceededException):
+        store.put_tags(key.key_id, {"c": "3", "d": "4"}, 3)
+    store.remove_tags(key.key_id, ["b", "missing"])
+    assert dict(store.list_tags(key.key_id)) == {"a": "one"}
+    store.delete_key(key.key_id)
+    assert dict(store.list_tags(key.key_id)) == {}

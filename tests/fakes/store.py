@@ -57,17 +57,28 @@ class FakeMetadataStore:
             self._keys[key.key_id] = key
             self._versions[(version.key_id, version.version)] = version
 
-    def finish_creating_key(self, key_id: str) -> None:
+    def finish_creating_key(self, key_id: str) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None:
                 raise errors.NotFoundException(f"key {key_id} does not exist")
             if key.state is not KeyState.CREATING:
-                return
+                return False
             self._keys[key_id] = key.with_state(KeyState.ENABLED)
             for version_id, version in self._versions.items():
                 if version.key_id == key_id and version.state is VersionState.PENDING:
                     self._versions[version_id] = replace(version, state=VersionState.ACTIVE)
+            return True
+
+    def claim_failed_creation(self, key_id: str) -> bool:
+        with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                return True
+            if key.state is KeyState.CREATING:
+                self._keys[key_id] = key.with_state(KeyState.FAILED)
+                return True
+            return key.state is KeyState.FAILED
 
     def list_pending_creations(self, created_before: datetime) -> Sequence[PendingCreation]:
         created_before = _utc(created_before)
@@ -76,7 +87,8 @@ class FakeMetadataStore:
                 (
                     key
                     for key in self._keys.values()
-                    if key.state is KeyState.CREATING and key.creation_date < created_before
+                    if (key.state is KeyState.CREATING and key.creation_date < created_before)
+                    or key.state is KeyState.FAILED
                 ),
                 key=lambda key: (key.creation_date, key.key_id),
             )
@@ -114,7 +126,7 @@ class FakeMetadataStore:
                     key
                     for key in self._keys.values()
                     if key.tenant == tenant
-                    and key.state is not KeyState.CREATING
+                    and key.state.exists_for_callers
                     and (after_key_id is None or key.key_id > after_key_id)
                 ),
                 key=lambda key: key.key_id,
@@ -245,13 +257,15 @@ class FakeMetadataStore:
             )
             return True
 
-    def finish_rotation(self, key_id: str, version: int, next_rotation_date: datetime | None) -> bool:
+    def finish_rotation(
+        self, key_id: str, version: int, token_id: bytes, next_rotation_date: datetime | None
+    ) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             pending = self._versions.get((key_id, version))
             if key is None or key.current_version != version - 1:
                 return False
-            if pending is None or pending.state is not VersionState.PENDING:
+            if pending is None or pending.state is not VersionState.PENDING or pending.token_id != token_id:
                 return False
             self._versions[(key_id, version)] = replace(pending, state=VersionState.ACTIVE)
             self._keys[key_id] = replace(
@@ -263,9 +277,25 @@ class FakeMetadataStore:
             )
             return True
 
-    def delete_version(self, key_id: str, version: int) -> None:
+    def abandon_version(self, key_id: str, version: int, token_id: bytes) -> bool:
         with self._lock:
-            self._versions.pop((key_id, version), None)
+            existing = self._versions.get((key_id, version))
+            if existing is None or existing.token_id != token_id:
+                return True
+            if existing.state is VersionState.PENDING:
+                self._versions[(key_id, version)] = replace(existing, state=VersionState.ABANDONED)
+                return True
+            return existing.state is VersionState.ABANDONED
+
+    def delete_version(self, key_id: str, version: int, token_id: bytes) -> None:
+        with self._lock:
+            existing = self._versions.get((key_id, version))
+            if (
+                existing is not None
+                and existing.token_id == token_id
+                and existing.state is not VersionState.ACTIVE
+            ):
+                del self._versions[(key_id, version)]
 
     def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
         created_before = _utc(created_before)
@@ -274,10 +304,12 @@ class FakeMetadataStore:
                 (
                     version
                     for version in self._versions.values()
-                    if version.state is VersionState.PENDING
-                    and version.creation_date < created_before
+                    if (
+                        (version.state is VersionState.PENDING and version.creation_date < created_before)
+                        or version.state is VersionState.ABANDONED
+                    )
                     and version.key_id in self._keys
-                    and self._keys[version.key_id].state is not KeyState.CREATING
+                    and self._keys[version.key_id].state.exists_for_callers
                 ),
                 key=lambda version: version.creation_date,
             )

@@ -49,7 +49,7 @@ STATES = (ENABLED, DISABLED, PENDING, DESTROYING)
 
 
 def expected(state: KeyState, operation: Operation) -> Expected:
-    if state is CREATING:
+    if state in (CREATING, KeyState.FAILED):
         return NotFoundException
     return ROWS[operation][STATES.index(state)]
 
