@@ -141,6 +141,17 @@ _TOKEN_FAULT_ERRORS: tuple[type[pkcs11_errors.PKCS11Error], ...] = (
 )
 
 
+class TokenViewStale(pkcs11_errors.PKCS11Error):
+    """Raised by us, not the library: the token does not show an object it must hold.
+
+    SoftHSM2 2.6.1's file store: a process that writes an object bumps the
+    token's generation counter without re-reading the directory, so it never
+    sees an object another process wrote just before (observed with two
+    workers and with two nodes on one token). Re-initialising the library
+    rescans the directory, so this is handled like a lost session.
+    """
+
+
 def fault_kind(exc: pkcs11_errors.PKCS11Error) -> FaultKind | None:
     """Classify ``exc``; None means "the operation itself failed", no retry.
 
@@ -152,7 +163,7 @@ def fault_kind(exc: pkcs11_errors.PKCS11Error) -> FaultKind | None:
     """
     if isinstance(exc, _STALE_HANDLE_ERRORS):
         return FaultKind.STALE_HANDLE
-    if isinstance(exc, _TOKEN_FAULT_ERRORS) or type(exc) is pkcs11_errors.PKCS11Error:
+    if isinstance(exc, (*_TOKEN_FAULT_ERRORS, TokenViewStale)) or type(exc) is pkcs11_errors.PKCS11Error:
         return FaultKind.SESSIONS_LOST
     return None
 

@@ -32,6 +32,7 @@ template), raised ``from None`` so the library's exception is not chained.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -49,7 +50,7 @@ from hsmstore.hsm.profiles import (
     gcm_decrypt_param,
     gcm_encrypt_param,
 )
-from hsmstore.hsm.session import TokenSessions, WorkingSession, fault_kind
+from hsmstore.hsm.session import TokenSessions, TokenViewStale, WorkingSession, fault_kind
 
 if TYPE_CHECKING:
     from pkcs11.types import Object
@@ -94,6 +95,9 @@ class _Counter:
         return self._value
 
 
+RESCAN_INTERVAL_SECONDS = 5.0
+
+
 def _internal(message: str) -> errors.KMSInternalException:
     return errors.KMSInternalException(message)
 
@@ -114,6 +118,8 @@ class Pkcs11KeyVault:
         self.profile: HsmProfile = sessions.profile
         self._searches = _Counter()
         self._enumerations = _Counter()
+        # token_id -> when a miss on it last made us rescan the token (see _cached_or_found)
+        self._last_rescan: dict[bytes, float] = {}
 
     @classmethod
     def open(
@@ -332,6 +338,8 @@ class Pkcs11KeyVault:
             return self._sessions.run(op, key_id=key_id)
         except (errors.KMSError, errors.CiphertextAuthenticationFailed):
             raise
+        except TokenViewStale:
+            raise _key_unavailable() from None
         except pkcs11_errors.PKCS11Error:
             raise _internal(failure) from None
 
@@ -348,6 +356,13 @@ class Pkcs11KeyVault:
             return key
         found = self._search(ws, _secret_key_query(token_id))
         if not found:
+            # The caller's DB says this object exists. Rescan the token once
+            # (see TokenViewStale), at most once per key per RESCAN_INTERVAL,
+            # so a key that is really gone cannot make us re-initialise in a loop.
+            now = time.monotonic()
+            if now - self._last_rescan.get(token_id, -RESCAN_INTERVAL_SECONDS) >= RESCAN_INTERVAL_SECONDS:
+                self._last_rescan[token_id] = now
+                raise TokenViewStale()
             raise _key_unavailable()
         if len(found) > 1:
             # Only a retried creation could make two; which one encrypted what is unknowable.
