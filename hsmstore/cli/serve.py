@@ -68,17 +68,19 @@ def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host
         )
         for n in range(settings.workers)
     ]
+    stop = _stop_event()  # before the workers start, so a SIGTERM during start-up stops them too
     for worker in workers:
         worker.start()
     try:
         for _ in workers:
             if ready.get(timeout=120) != "ready":
                 raise RuntimeError("a worker failed to start")
+            if stop.is_set():
+                raise RuntimeError("stopped during start-up")
     except Exception:
         _stop_workers(workers)
         raise
     print(f"hsmstore listening on {host}:{port} ({settings.workers} workers)", flush=True)
-    stop = _stop_event()
     while not stop.wait(0.5):
         if any(not worker.is_alive() for worker in workers):
             logging.getLogger(__name__).error("a worker exited; stopping the server")

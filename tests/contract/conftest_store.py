@@ -5,57 +5,47 @@ part of the suite owns). Backends:
 
 * ``fake``: ``tests.fakes.store.FakeMetadataStore``;
 * ``sqlite``: a real file in ``tmp_path``, migrated with ``migrate.upgrade``;
-* ``postgresql``: only when ``HSMSTORE_TEST_POSTGRESQL_URL`` names a server
-  and a database to connect to as a user that may create databases (e.g.
-  ``postgresql://postgres@127.0.0.1:5432/postgres``); each test gets a fresh
-  database that is dropped afterwards.
+* ``postgresql``: always; the server is the session fixture
+  ``postgresql_url`` (``tests/conftest.py``: ``HSMSTORE_TEST_POSTGRESQL_URL``
+  if set, else a throwaway cluster started on first use). Each test gets a
+  fresh database that is dropped afterwards. No PostgreSQL installed means
+  these tests fail, not skip.
 
 Adding a backend means adding it here; the tests do not change.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from hsmstore.core.ports import MetadataStore
 from hsmstore.store.migrate import upgrade
 from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 from tests.fakes.store import FakeMetadataStore
+from tests.postgres import fresh_database as fresh_postgresql_database
 
-POSTGRESQL_ADMIN_URL = os.environ.get("HSMSTORE_TEST_POSTGRESQL_URL", "")
-
-SQL_BACKENDS = ["sqlite", *(["postgresql"] if POSTGRESQL_ADMIN_URL else [])]
+SQL_BACKENDS = ["sqlite", "postgresql"]
 ALL_BACKENDS = ["fake", *SQL_BACKENDS]
 
 
 @contextmanager
-def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """Yield the URL of a new, empty database; remove it afterwards."""
+def fresh_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a new, empty database; remove it afterwards.
+
+    The PostgreSQL server is asked for only here, so a run of only the fake
+    and SQLite tests never starts one.
+    """
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'metadata.db'}"
         return
     if backend == "postgresql":
-        name = f"hsmstore_test_{uuid.uuid4().hex}"
-        admin_url = make_url(POSTGRESQL_ADMIN_URL).set(drivername="postgresql+psycopg")
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-            try:
-                yield admin_url.set(database=name).render_as_string(hide_password=False)
-            finally:
-                with admin.connect() as connection:
-                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        with fresh_postgresql_database(request.getfixturevalue("postgresql_url")) as url:
+            yield url
         return
     raise ValueError(f"unknown SQL backend {backend!r}")
 
@@ -67,7 +57,7 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(name="database_url", params=SQL_BACKENDS)
 def database_url_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database that has not been migrated yet."""
-    with fresh_database(request.param, tmp_path) as url:
+    with fresh_database(request.param, request, tmp_path) as url:
         yield url
 
 
@@ -88,7 +78,7 @@ def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Me
     if request.param == "fake":
         yield FakeMetadataStore()
         return
-    with fresh_database(request.param, tmp_path) as url:
+    with fresh_database(request.param, request, tmp_path) as url:
         upgrade(url)
         engine = create_engine_for_url(url)
         try:

@@ -1,0 +1,236 @@
+"""``hsmstore serve --workers 2``: two processes on one port, one DB, one token.
+
+Checked from outside, through ``/proc``: the serve process has exactly two
+live worker children; 20 separate connections (one per channel, no shared
+subchannels) are spread by the kernel over both workers, and each connection
+makes data keys and decrypts blobs made on another connection; a key created
+through one connection works through all. SIGTERM to the serve process stops
+it and every process it started, with exit code 0.
+
+Keys are created through every connection, so both workers create token
+objects: this is also the regression test for SoftHSM2 2.6.1's stale token
+view (a process that writes an object does not see objects other processes
+wrote just before; the vault rescans the token on such a miss, see
+``hsmstore.hsm.session.TokenViewStale``).
+
+Linux only (``/proc``, SO_REUSEPORT), like ``--workers`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
+from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from tests.integration.harness import ServerProcess
+from tests.postgres import fresh_database
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 2
+CHANNELS = 20
+CALL_TIMEOUT_SECONDS = 10.0
+TCP_ESTABLISHED = "01"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """``--db`` for a fresh PostgreSQL database, or nothing (the SQLite file in the data dir)."""
+    if request.param == "sqlite":
+        yield []
+        return
+    with fresh_database(request.getfixturevalue("postgresql_url")) as url:
+        yield ["--db", url]
+
+
+# -- /proc ------------------------------------------------------------------
+
+
+def parent_and_state(pid: int) -> tuple[int, str] | None:
+    """(ppid, state letter) of a process, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
+    return int(fields[1]), fields[0]
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; it only waits to be reaped)."""
+    info = parent_and_state(pid)
+    return info is not None and info[1] != "Z"
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            info = parent_and_state(int(entry.name))
+            if info is not None and info[1] != "Z":
+                children.setdefault(info[0], []).append(int(entry.name))
+    found: set[int] = set()
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def worker_pids(serve_pid: int) -> set[int]:
+    """The serve process' children started by multiprocessing's spawn (not its resource tracker)."""
+    workers = set()
+    for pid in descendants(serve_pid):
+        info = parent_and_state(pid)
+        if info is not None and info[0] == serve_pid and "--multiprocessing-fork" in command_line(pid):
+            workers.add(pid)
+    return workers
+
+
+def established_connections(pid: int, port: int) -> int:
+    """TCP connections accepted on ``port`` that process ``pid`` holds open."""
+    inodes: set[str] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    # gRPC's sockets are IPv6 ones with IPv4-mapped addresses: read both tables.
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rpartition(":")[2], 16)
+            if local_port == port and fields[3] == TCP_ESTABLISHED and fields[9] in inodes:
+                count += 1
+    return count
+
+
+# -- the tests --------------------------------------------------------------
+
+
+def open_connections(address: str, stack: ExitStack) -> list[pb_grpc.KeyStoreStub]:
+    """CHANNELS channels, each on its own TCP connection."""
+    channels = [
+        # A local subchannel pool per channel: otherwise gRPC shares one TCP
+        # connection among channels to the same address.
+        stack.enter_context(grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]))
+        for _ in range(CHANNELS)
+    ]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT_SECONDS)
+    return [pb_grpc.KeyStoreStub(channel) for channel in channels]
+
+
+def create_key(stub: pb_grpc.KeyStoreStub) -> str:
+    return str(stub.CreateKey(pb.CreateKeyRequest(), timeout=CALL_TIMEOUT_SECONDS).key_metadata.key_id)
+
+
+def test_two_workers_share_the_load_and_the_keys_and_stop_together(
+    tmp_path: Path, db_args: list[str]
+) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--workers", str(WORKERS), *db_args]).start()
+    assert server.process is not None and server.channel is not None
+    serve_pid = server.process.pid
+    port = int(server.address.rpartition(":")[2])
+    everything = descendants(serve_pid)  # the workers and multiprocessing's resource tracker
+    try:
+        workers = worker_pids(serve_pid)
+        assert len(workers) == WORKERS, f"expected {WORKERS} worker processes, found {workers}"
+        assert all(is_running(pid) for pid in workers)
+
+        with ExitStack() as stack:
+            stubs = open_connections(server.address, stack)
+            # One key per connection, so both workers make keys (P(all on one) = 2**-19);
+            # each key is then used through every connection.
+            key_ids = [create_key(stub) for stub in stubs]
+            assert exercise_every_key_on_every_connection(stubs, key_ids) == []
+
+            per_worker = {pid: established_connections(pid, port) for pid in workers}
+            assert all(count >= 1 for count in per_worker.values()), (
+                f"a worker got no connection: {per_worker}"
+            )
+            # The test's channels plus the harness' own one.
+            assert sum(per_worker.values()) == CHANNELS + 1, per_worker
+
+        server.channel.close()
+        server.channel = None
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(is_running(pid) for pid in everything) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [pid for pid in everything if is_running(pid)] == [], "processes left after SIGTERM"
+    finally:
+        kill_everything(server, everything)
+
+
+def kill_everything(server: ServerProcess, seen: set[int] | None = None) -> None:
+    """Cleanup after a failure: SIGTERM, then SIGKILL whatever the server left behind.
+
+    ``seen``: processes of this server noticed earlier, which may have been
+    orphaned (re-parented) if the serve process died first.
+    """
+    left = set(seen or ())
+    if server.process is not None and server.process.poll() is None:
+        left |= descendants(server.process.pid)
+    server.stop()
+    for pid in left:
+        # Checked first, so that a recycled pid of an unrelated process is left alone.
+        if is_running(pid) and any("multiprocessing" in part for part in command_line(pid)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def exercise_every_key_on_every_connection(
+    stubs: list[pb_grpc.KeyStoreStub], key_ids: list[str]
+) -> list[str]:
+    """From every connection, concurrently: a data key under every key, decrypted on the next connection."""
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        stub, neighbour = stubs[index], stubs[(index + 1) % len(stubs)]
+        for key_id in key_ids:
+            context = {"connection": str(index), "key": key_id}
+            try:
+                data_key = stub.GenerateDataKey(
+                    pb.GenerateDataKeyRequest(key_id=key_id, number_of_bytes=32, encryption_context=context),
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+                plaintext = neighbour.Decrypt(
+                    pb.DecryptRequest(ciphertext_blob=data_key.ciphertext_blob, encryption_context=context),
+                    timeout=CALL_TIMEOUT_SECONDS,
+                ).plaintext
+                if plaintext != data_key.plaintext:
+                    raise AssertionError("Decrypt returned other bytes than GenerateDataKey")
+            except (grpc.RpcError, AssertionError) as error:
+                with lock:
+                    failures.append(f"connection {index}, key {key_id}: {error!r}")
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(len(stubs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return failures
