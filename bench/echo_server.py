@@ -1,0 +1,110 @@
+"""The floor: a gRPC service that returns its request bytes, served like hsmstore.
+
+The server is made exactly as ``hsmstore.server.app.start_server`` makes its
+own (grpcio sync server, ``ThreadPoolExecutor(max_workers=grpc_threads,
+thread_name_prefix="grpc")``, option ``grpc.so_reuseport``), because
+``start_server`` has no separate server factory to import. Keep
+:func:`make_server` in step with it. ``--workers N`` runs N spawned processes on
+one port with SO_REUSEPORT, like ``hsmstore serve --workers N``; the parent
+prints ``echo listening on HOST:PORT`` once every worker is ready.
+
+One method, ``/bench.Echo/Echo``: the request bytes are returned unparsed (no
+protobuf work), so this is the cost of the transport alone.
+
+    PYTHONPATH=. python bench/echo_server.py --listen 127.0.0.1:0 --workers 2 --grpc-threads 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+ECHO_PATH = "/bench.Echo/Echo"
+
+
+def make_server(thread_pool_size: int, reuse_port: bool) -> grpc.Server:
+    """The same construction as ``hsmstore.server.app.start_server``."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=thread_pool_size, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+    )
+
+
+def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+def serve_echo(listen: str, thread_pool_size: int, reuse_port: bool) -> tuple[grpc.Server, int]:
+    server = make_server(thread_pool_size, reuse_port)
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"could not listen on {listen}")
+    server.start()
+    return server, port
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def _worker(listen: str, threads: int, ready: Any) -> None:
+    server, _port = serve_echo(listen, threads, reuse_port=True)
+    ready.put("ready")
+    _wait_for_signal()
+    server.stop(1).wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--grpc-threads", type=int, default=8)
+    args = parser.parse_args()
+    host, _, port_text = args.listen.rpartition(":")
+    if args.workers == 1:
+        server, port = serve_echo(args.listen, args.grpc_threads, reuse_port=False)
+        print(f"echo listening on {host}:{port}", flush=True)
+        _wait_for_signal()
+        server.stop(1).wait()
+        return 0
+    port = int(port_text)
+    if not port:  # one free port for every worker, as hsmstore serve picks it
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
+    workers = [
+        context.Process(target=_worker, args=(f"{host}:{port}", args.grpc_threads, ready))
+        for _ in range(args.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.get(timeout=60)
+    print(f"echo listening on {host}:{port} ({args.workers} workers)", flush=True)
+    _wait_for_signal()
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

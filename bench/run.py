@@ -1,0 +1,556 @@
+"""``make bench``: hsmstore's throughput, latency and CPU per request, against the floor.
+
+Starts its own ``hsmstore serve`` (temp data dir, SoftHSM2 dev token, SQLite)
+with ``--workers`` 1 and 2 and loads it with h2load (gRPC-framed bodies,
+``bench/h2load.py``); after each load the same request is sent ``--sample``
+times through the Python gRPC client and the bench fails unless every one is
+OK. The floor in the same run: an echo service on the same grpcio server
+set-up (``bench/echo_server.py``) and the token operations alone
+(``bench/token_floor.py``). ``--scale`` adds the figures at 10,000 keys.
+
+    PYTHONPATH=. python bench/run.py [--quick] [--scale] [--workers 1 2] [--output bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import h2load
+from echo_server import ECHO_PATH
+from procs import ServerProcess, system_busy_seconds
+from token_floor import TokenFloor, measure_all
+
+from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
+from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+
+SERVICE = "/hsmstore.v1.KeyStore/"
+OPERATIONS = ("GenerateDataKey", "Decrypt", "Encrypt", "ReEncrypt", "DescribeKey", "CreateKey")
+TOKEN_WORK = {  # token_floor operations inside one request of each RPC
+    "GenerateDataKey": ("generate_data_key",),
+    "Decrypt": ("decrypt",),
+    "Encrypt": ("encrypt",),
+    "ReEncrypt": ("decrypt", "encrypt"),
+    "DescribeKey": (),
+    "CreateKey": (),  # a key generation: not in the floor
+}
+CONTEXT = {"app": "bench", "tenant": "t-0001"}
+CREATE_KEY_REQUESTS = 300
+WARM_UP_REQUESTS = 300
+BENCH_DIR = Path(__file__).resolve().parent
+STARTS: list[dict[str, float]] = []  # server start times (spawn to "listening"), for the report
+
+
+class BenchFailure(RuntimeError):
+    """A sampled request failed or h2load saw errors: no figure may be reported."""
+
+
+@dataclass
+class Row:
+    target: str  # hsmstore | echo
+    operation: str
+    workers: int
+    keys: int
+    requests: int
+    clients: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_us: float  # server CPU (all processes) per request
+    other_cpu_pct: float  # CPU used by anything but server, h2load and this script, % of all cores
+    offered_rps: float | None = None  # set for fixed-load runs
+
+
+# ---------------------------------------------------------------- servers
+
+
+def hsmstore_server(data_dir: Path, workers: int, threads: int) -> ServerProcess:
+    return ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "hsmstore.cli.main",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            str(workers),
+            "--grpc-threads",
+            str(threads),
+            "--log-level",
+            "WARNING",
+        ]
+    )
+
+
+def echo_server(workers: int, threads: int) -> ServerProcess:
+    command = [sys.executable, str(BENCH_DIR / "echo_server.py"), "--workers", str(workers)]
+    return ServerProcess([*command, "--grpc-threads", str(threads)])
+
+
+# --------------------------------------------------------------- requests
+
+
+@dataclass
+class Call:
+    """One RPC: the request h2load posts, and a check through the Python client."""
+
+    path: str
+    body: bytes
+    check: Callable[[grpc.Channel], None]
+
+
+def kms_call(method: str, request: Any, expect: Callable[[Any], bool] = lambda _r: True) -> Call:
+    def check(channel: grpc.Channel) -> None:
+        response = getattr(pb_grpc.KeyStoreStub(channel), method)(request, timeout=10)
+        if not expect(response):
+            raise BenchFailure(f"{method}: unexpected response {response}")
+
+    return Call(SERVICE + method, h2load.grpc_frame(request.SerializeToString()), check)
+
+
+def echo_call(payload: bytes) -> Call:
+    def check(channel: grpc.Channel) -> None:
+        if channel.unary_unary(ECHO_PATH)(payload, timeout=10) != payload:
+            raise BenchFailure("echo returned other bytes")
+
+    return Call(ECHO_PATH, h2load.grpc_frame(payload), check)
+
+
+def create_keys(stub: pb_grpc.KeyStoreStub, count: int) -> list[str]:
+    return [
+        stub.CreateKey(pb.CreateKeyRequest(description=f"bench {n}")).key_metadata.key_id
+        for n in range(count)
+    ]
+
+
+def kms_calls(stub: pb_grpc.KeyStoreStub, keys: list[str]) -> dict[str, Call]:
+    """Each operation's request; Decrypt/ReEncrypt get a ciphertext made here first."""
+    data_key = stub.GenerateDataKey(
+        pb.GenerateDataKeyRequest(key_id=keys[0], key_spec="AES_256", encryption_context=CONTEXT)
+    )
+    blob, plaintext = data_key.ciphertext_blob, data_key.plaintext
+    return {
+        "GenerateDataKey": kms_call(
+            "GenerateDataKey",
+            pb.GenerateDataKeyRequest(key_id=keys[0], key_spec="AES_256", encryption_context=CONTEXT),
+            lambda r: len(r.plaintext) == 32 and len(r.ciphertext_blob) > 32,
+        ),
+        "Decrypt": kms_call(
+            "Decrypt",
+            pb.DecryptRequest(ciphertext_blob=blob, encryption_context=CONTEXT),
+            lambda r: r.plaintext == plaintext,
+        ),
+        "Encrypt": kms_call(
+            "Encrypt", pb.EncryptRequest(key_id=keys[0], plaintext=os.urandom(32), encryption_context=CONTEXT)
+        ),
+        "ReEncrypt": kms_call(
+            "ReEncrypt",
+            pb.ReEncryptRequest(
+                ciphertext_blob=blob,
+                source_encryption_context=CONTEXT,
+                destination_key_id=keys[1],
+                destination_encryption_context=CONTEXT,
+            ),
+        ),
+        "DescribeKey": kms_call(
+            "DescribeKey", pb.DescribeKeyRequest(key_id=keys[0]), lambda r: r.key_metadata.enabled
+        ),
+        "CreateKey": kms_call(
+            "CreateKey",
+            pb.CreateKeyRequest(description="bench h2load"),
+            lambda r: bool(r.key_metadata.key_id),
+        ),
+    }
+
+
+# ----------------------------------------------------------- measurement
+
+
+def load(
+    server: ServerProcess,
+    call: Call,
+    requests: int,
+    clients: int,
+    sample: int,
+    rps_per_client: float | None = None,
+) -> tuple[h2load.LoadResult, float, float]:
+    """One h2load run, then ``sample`` checked calls.
+
+    Returns the load, server CPU µs/request, and the CPU share of everything
+    else on the machine meanwhile (other users' work distorts every figure).
+    """
+    cpu0, busy0, mine0 = server.cpu_seconds(), system_busy_seconds(), _own_cpu_seconds()
+    result = h2load.run(
+        server.address,
+        call.path,
+        call.body,
+        requests=requests,
+        clients=clients,
+        rps_per_client=rps_per_client,
+    )
+    server_cpu = server.cpu_seconds() - cpu0
+    other = system_busy_seconds() - busy0 - server_cpu - (_own_cpu_seconds() - mine0)
+    other_pct = max(0.0, other) / (result.seconds * (os.cpu_count() or 1)) * 100
+    cpu_us = server_cpu / requests * 1e6
+    with grpc.insecure_channel(server.address) as channel:
+        for _ in range(sample):
+            try:
+                call.check(channel)
+            except grpc.RpcError as error:
+                raise BenchFailure(f"{call.path}: sampled call failed: {error}") from None
+    return result, cpu_us, other_pct
+
+
+def _own_cpu_seconds() -> float:
+    """This process and its reaped children (h2load, after each run)."""
+    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
+
+
+def row(target: str, operation: str, workers: int, keys: int, clients: int, measured: Any) -> Row:
+    result, cpu_us, other_pct = measured
+    return Row(
+        target,
+        operation,
+        workers,
+        keys,
+        result.requests,
+        clients,
+        result.rps,
+        result.percentile(0.50),
+        result.percentile(0.95),
+        result.percentile(0.99),
+        cpu_us,
+        other_pct,
+    )
+
+
+def bench_hsmstore(
+    server: ServerProcess,
+    calls: dict[str, Call],
+    args: argparse.Namespace,
+    workers: int,
+    keys: int,
+    operations: tuple[str, ...] = OPERATIONS,
+) -> list[Row]:
+    """Full load for each operation, then half of the max offered for GenerateDataKey and Decrypt."""
+    STARTS.append({"workers": workers, "keys": keys, "start_s": round(server.start_seconds, 3)})
+    print(f"hsmstore started in {server.start_seconds:.2f} s (workers={workers}, keys={keys})", flush=True)
+    rows = []
+    for operation in operations:
+        call = calls[operation]
+        requests = min(args.requests, CREATE_KEY_REQUESTS) if operation == "CreateKey" else args.requests
+        if operation != "CreateKey":
+            load(server, call, WARM_UP_REQUESTS, args.clients, 1)
+        rows.append(
+            row(
+                "hsmstore",
+                operation,
+                workers,
+                keys,
+                args.clients,
+                load(server, call, requests, args.clients, args.sample),
+            )
+        )
+        print(_format(rows[-1]), flush=True)
+    for operation in ("GenerateDataKey", "Decrypt") if "Decrypt" in operations else ():
+        full = next(r for r in rows if r.operation == operation)
+        offered = full.rps / 2
+        requests = max(500, min(args.requests, int(offered * 5)))
+        measured = load(server, calls[operation], requests, args.clients, args.sample, offered / args.clients)
+        fixed = row("hsmstore", operation, workers, keys, args.clients, measured)
+        fixed.offered_rps = offered
+        rows.append(fixed)
+        print(_format(fixed), flush=True)
+    return rows
+
+
+def bench_echo(args: argparse.Namespace, workers: int, payload: bytes) -> list[Row]:
+    call = echo_call(payload)
+    with echo_server(workers, args.grpc_threads) as server:
+        load(server, call, WARM_UP_REQUESTS, args.clients, 1)
+        measured = load(server, call, args.requests, args.clients, args.sample)
+    result = row("echo", "Echo", workers, 0, args.clients, measured)
+    print(_format(result), flush=True)
+    return [result]
+
+
+def cold_start(data_dir: Path, args: argparse.Namespace, workers: int, cold_key: str) -> dict[str, float]:
+    """Start time at this many keys, and the first GenerateDataKey on a key unused since start."""
+    with (
+        hsmstore_server(data_dir, workers, args.grpc_threads) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = pb_grpc.KeyStoreStub(channel)
+        request = pb.GenerateDataKeyRequest(key_id=cold_key, key_spec="AES_256", encryption_context=CONTEXT)
+        began = time.perf_counter()
+        stub.GenerateDataKey(request, timeout=60)
+        cold = time.perf_counter() - began
+        began = time.perf_counter()
+        stub.GenerateDataKey(request, timeout=60)
+        warm = time.perf_counter() - began
+    return {
+        "workers": workers,
+        "start_s": server.start_seconds,
+        "cold_first_ms": cold * 1e3,
+        "warm_ms": warm * 1e3,
+    }
+
+
+def bulk_create(data_dir: Path, args: argparse.Namespace, count: int) -> float:
+    """``count`` CreateKey calls through h2load (16 clients x 4 streams); returns seconds."""
+    with hsmstore_server(data_dir, 1, args.grpc_threads) as server:
+        call = kms_call("CreateKey", pb.CreateKeyRequest(description="bench bulk"))
+        began = time.perf_counter()
+        h2load.run(server.address, call.path, call.body, requests=count, clients=16, streams=4, timeout=1800)
+        seconds = time.perf_counter() - began
+        with grpc.insecure_channel(server.address) as channel:
+            call.check(channel)
+    return seconds
+
+
+def list_all_keys(stub: pb_grpc.KeyStoreStub) -> list[str]:
+    keys, marker = [], ""
+    while True:
+        page = stub.ListKeys(pb.ListKeysRequest(limit=1000, marker=marker))
+        keys.extend(k.key_id for k in page.keys)
+        if not page.truncated:
+            return keys
+        marker = page.next_marker
+
+
+# ----------------------------------------------------------------- report
+
+
+def _format(r: Row) -> str:
+    offered = f" @{r.offered_rps:.0f}/s offered" if r.offered_rps else ""
+    return (
+        f"{r.target:<8} {r.operation:<16} w={r.workers} keys={r.keys:<6} n={r.requests:<6} "
+        f"{r.rps:>8.0f} req/s  p50 {r.p50_ms:6.2f}  p95 {r.p95_ms:6.2f}  p99 {r.p99_ms:6.2f} ms  "
+        f"CPU {r.cpu_us:7.0f} µs/req  other {r.other_cpu_pct:3.0f}%{offered}"
+    )
+
+
+def summarize(rows: list[Row], floors: list[TokenFloor], workers_list: list[int]) -> list[str]:
+    """The table of ratios against the floor, and each target met or missed."""
+    token = {(f.operation, f.processes): f.cpu_us_per_op for f in floors}
+    echo = {r.workers: r for r in rows if r.target == "echo"}
+    full = [r for r in rows if r.target == "hsmstore" and r.offered_rps is None]
+    lines = [
+        "| operation | workers | keys | req/s | p50 ms | p95 ms | p99 ms | CPU µs/req "
+        "| floor µs (echo+token) | CPU / floor | req/s / echo | other CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in [*full, *echo.values()]:
+        e = echo.get(r.workers)
+        floor = (e.cpu_us + sum(token[(t, r.workers)] for t in TOKEN_WORK.get(r.operation, ()))) if e else 0
+        cpu_ratio = f"{r.cpu_us / floor:.2f}" if floor and r.operation != "CreateKey" else "-"
+        rps_ratio = f"{r.rps / e.rps:.2f}" if e else "-"
+        lines.append(
+            f"| {r.operation} | {r.workers} | {r.keys} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.cpu_us:.0f} | {floor:.0f} | {cpu_ratio} | {rps_ratio} "
+            f"| {r.other_cpu_pct:.0f} |"
+        )
+    lines += [
+        "",
+        "| operation | workers | keys | offered req/s | achieved req/s | p99 ms | full-load p99 ms |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.offered_rps:
+            at_max = next(
+                f for f in full if (f.operation, f.workers, f.keys) == (r.operation, r.workers, r.keys)
+            )
+            lines.append(
+                f"| {r.operation} | {r.workers} | {r.keys} | {r.offered_rps:.0f} | {r.rps:.0f} "
+                f"| {r.p99_ms:.2f} | {at_max.p99_ms:.2f} |"
+            )
+    lines += ["", *targets(full, rows, echo, token, workers_list)]
+    return lines
+
+
+def targets(
+    full: list[Row],
+    rows: list[Row],
+    echo: dict[int, Row],
+    token: dict[tuple[str, int], float],
+    workers: list[int],
+) -> list[str]:
+    def verdict(ok: bool) -> str:
+        return "MET" if ok else "MISSED"
+
+    base_keys = min(r.keys for r in full)
+    out = ["Targets:"]
+    for r in full:
+        if r.operation in ("GenerateDataKey", "Decrypt") and r.keys == base_keys:
+            floor = echo[r.workers].cpu_us + sum(token[(t, r.workers)] for t in TOKEN_WORK[r.operation])
+            ratio = r.cpu_us / floor
+            out.append(
+                f"- {r.operation} w={r.workers}: CPU {r.cpu_us:.0f} µs = {ratio:.2f} x floor "
+                f"{floor:.0f} µs (target <= 1.6): {verdict(ratio <= 1.6)}"
+            )
+    gdk2 = [r for r in full if (r.operation, r.workers, r.keys) == ("GenerateDataKey", 2, base_keys)]
+    if gdk2 and 2 in echo:
+        share = gdk2[0].rps / echo[2].rps
+        out.append(
+            f"- GenerateDataKey w=2 throughput {gdk2[0].rps:.0f}/s = {share:.0%} of echo "
+            f"{echo[2].rps:.0f}/s (target >= 60%): {verdict(share >= 0.6)}"
+        )
+    for r in rows:
+        if r.offered_rps:
+            out.append(
+                f"- {r.operation} w={r.workers} keys={r.keys} p99 at {r.offered_rps:.0f}/s offered: "
+                f"{r.p99_ms:.2f} ms (target <= 10 ms): {verdict(r.p99_ms <= 10)}"
+            )
+    big = [r for r in full if r.keys > base_keys and r.operation in ("DescribeKey", "Encrypt", "Decrypt")]
+    for r in big:
+        small = next(
+            s for s in full if (s.operation, s.workers, s.keys) == (r.operation, r.workers, base_keys)
+        )
+        change = r.rps / small.rps - 1
+        out.append(
+            f"- {r.operation} w={r.workers} at {r.keys} keys: {r.rps:.0f}/s vs {small.rps:.0f}/s at "
+            f"{base_keys} keys ({change:+.0%}; p99 {r.p99_ms:.2f} vs {small.p99_ms:.2f} ms; "
+            f"CPU {r.cpu_us:.0f} vs {small.cpu_us:.0f} µs) (target: at most 20% slower): "
+            f"{verdict(change >= -0.2)}"
+        )
+    return out
+
+
+def bench_scale(
+    data_dir: Path, args: argparse.Namespace, keys: list[str]
+) -> tuple[list[Row], dict[str, Any]]:
+    """Grow the token and DB to ``--scale-keys`` keys, then start times and the figures again."""
+    rows: list[Row] = []
+    scale: dict[str, Any] = {}
+    with (
+        hsmstore_server(data_dir, 1, args.grpc_threads) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        existing = len(list_all_keys(pb_grpc.KeyStoreStub(channel)))
+    to_create = args.scale_keys - existing
+    print(f"creating {to_create} keys ...", flush=True)
+    scale["create_seconds"] = bulk_create(data_dir, args, to_create) if to_create > 0 else 0.0
+    scale["create_count"] = to_create
+    with (
+        hsmstore_server(data_dir, 1, args.grpc_threads) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        all_keys = list_all_keys(pb_grpc.KeyStoreStub(channel))
+    scale["keys"] = len(all_keys)
+    print(f"{to_create} keys in {scale['create_seconds']:.0f} s; {len(all_keys)} keys", flush=True)
+    cold = [k for k in all_keys if k not in keys]
+    scale["cold_start"] = [cold_start(data_dir, args, w, cold[-1 - i]) for i, w in enumerate(args.workers)]
+    for entry in scale["cold_start"]:
+        print(f"start at {len(all_keys)} keys: {entry}", flush=True)
+    for workers in args.workers:
+        with (
+            hsmstore_server(data_dir, workers, args.grpc_threads) as server,
+            grpc.insecure_channel(server.address) as channel,
+        ):
+            calls = kms_calls(pb_grpc.KeyStoreStub(channel), keys)
+            rows += bench_hsmstore(server, calls, args, workers, len(all_keys), OPERATIONS[:-1])
+    return rows, scale
+
+
+# ------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests, shorter token floor")
+    parser.add_argument("--scale", action="store_true", help="also measure at 10,000 keys (~several min)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--requests", type=int, default=None, help="requests per h2load run (default 5000)")
+    parser.add_argument("--clients", type=int, default=8, help="h2load connections, 1 stream each")
+    parser.add_argument("--grpc-threads", type=int, default=8, help="thread pool of hsmstore and echo")
+    parser.add_argument("--sample", type=int, default=20, help="checked calls after each load")
+    parser.add_argument("--scale-keys", type=int, default=10_000)
+    parser.add_argument("--output", type=Path, help="write every figure as JSON here")
+    args = parser.parse_args()
+    args.requests = args.requests or (1000 if args.quick else 5000)
+    args.base_keys = 10
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    print(f"hsmstore bench {started}, {os.cpu_count()} CPUs, h2load -c {args.clients} -m 1", flush=True)
+
+    rows: list[Row] = []
+    scale: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="hsmstore-bench-") as tmp:
+        data_dir = Path(tmp)
+        with (
+            hsmstore_server(data_dir, 1, args.grpc_threads) as server,
+            grpc.insecure_channel(server.address) as channel,
+        ):
+            stub = pb_grpc.KeyStoreStub(channel)
+            keys = create_keys(stub, args.base_keys)
+        for workers in args.workers:
+            with (
+                hsmstore_server(data_dir, workers, args.grpc_threads) as server,
+                grpc.insecure_channel(server.address) as channel,
+            ):
+                calls = kms_calls(pb_grpc.KeyStoreStub(channel), keys)
+                echo_payload = calls["GenerateDataKey"].body[5:]
+                rows += bench_hsmstore(server, calls, args, workers, args.base_keys, OPERATIONS[:-1])
+            rows += bench_echo(args, workers, echo_payload)  # right after: same machine state
+        for workers in args.workers:  # last: CreateKey adds keys
+            with (
+                hsmstore_server(data_dir, workers, args.grpc_threads) as server,
+                grpc.insecure_channel(server.address) as channel,
+            ):
+                calls = kms_calls(pb_grpc.KeyStoreStub(channel), keys)
+                rows += bench_hsmstore(server, calls, args, workers, args.base_keys, ("CreateKey",))
+        print("token floor ...", flush=True)
+        floors = measure_all(0.5 if args.quick else 1.0, tuple(args.workers))
+        for f in floors:
+            print(f"token    {f.operation:<18} procs={f.processes} {f.cpu_us_per_op:6.1f} µs/op", flush=True)
+        if args.scale:
+            scale_rows, scale = bench_scale(data_dir, args, keys)
+            rows += scale_rows
+
+    lines = summarize(rows, floors, args.workers)
+    print("\n".join(lines))
+    if args.output:
+        report = {
+            "date": started,
+            "cpus": os.cpu_count(),
+            "h2load": subprocess.run(
+                ["h2load", "--version"], check=False, capture_output=True, text=True
+            ).stdout.strip(),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "rows": [asdict(r) for r in rows],
+            "token_floor": [asdict(f) for f in floors],
+            "scale": scale,
+            "starts": STARTS,
+            "summary": lines,
+        }
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (BenchFailure, h2load.LoadError) as failure:
+        print(f"BENCH FAILED: {failure}", file=sys.stderr)
+        sys.exit(1)
