@@ -91,7 +91,12 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         vault.close()
         raise
     service = KeyService(
-        vault, store, clock_from_env(), region=settings.region, failpoint=failpoint_from_env()
+        vault,
+        store,
+        clock_from_env(),
+        region=settings.region,
+        failpoint=failpoint_from_env(),
+        metadata_ttl_seconds=settings.metadata_cache_seconds,
     )
     grace = timedelta(seconds=settings.recovery_grace_seconds)
     service.recover_interrupted_creations(grace)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "HSMSTORE_"
+# docs/deployment.md: a change on one node takes effect on every node within 1 s.
+MAX_METADATA_STALENESS_SECONDS = 1.0
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,7 @@ class Settings:
     log_level: str = "INFO"
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
+    metadata_cache_seconds: float = 0.5  # how stale key metadata may be in one process (at most 1)
 
     @property
     def data_path(self) -> Path:
@@ -104,6 +107,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("client_ca needs tls_cert and tls_key")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
+    if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
+        raise ConfigError(f"metadata_cache_seconds must be between 0 and {MAX_METADATA_STALENESS_SECONDS}")
     if settings.jobs_interval_seconds <= 0:
         raise ConfigError("jobs_interval_seconds must be positive")
     if settings.grpc_threads < 1:

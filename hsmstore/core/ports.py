@@ -37,6 +37,15 @@ class KeyVault(Protocol):
         """
         ...
 
+    def generate_data_key(
+        self, token_id: bytes, number_of_bytes: int, aad: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """Random bytes from the token sealed under the key: ``(data_key, iv, ciphertext || tag)``.
+
+        The same as ``generate_random`` then ``encrypt``, in one token round.
+        """
+        ...
+
     def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """AES-256-GCM decrypt on the token.
 

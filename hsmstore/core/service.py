@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from hsmstore.core import blob as blob_format
+from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
 from hsmstore.core.context import canonical_encryption_context
 from hsmstore.core.identifiers import (
     IdentifierKind,
@@ -171,6 +172,7 @@ class KeyService:
         clock: Clock,
         region: str = "local",
         failpoint: Failpoint = _no_failpoint,
+        metadata_ttl_seconds: float = DEFAULT_TTL_SECONDS,
     ) -> None:
         self._vault = vault
         self._store = store
@@ -179,6 +181,9 @@ class KeyService:
         self._failpoint = failpoint
         # Versions never change once ACTIVE, so their token ids can be cached forever.
         self._token_ids: dict[tuple[str, int], bytes] = {}
+        # Key records and alias targets: at most metadata_ttl_seconds old (cache.py).
+        self._keys: TtlCache[str, KeyRecord] = TtlCache(metadata_ttl_seconds)
+        self._alias_targets: TtlCache[tuple[str, str], str] = TtlCache(metadata_ttl_seconds)
 
     @property
     def region(self) -> str:
@@ -276,6 +281,7 @@ class KeyService:
             for version in versions:
                 self._vault.destroy_key(version.token_id)
             self._store.delete_key(key_id)
+            self._keys.invalidate(key_id)
         except Exception:
             # Left as CREATING: start-up recovery finishes the job.
             log.exception("could not roll back an interrupted CreateKey; recovery will retry")
@@ -303,16 +309,18 @@ class KeyService:
 
     def update_key_description(self, caller: Caller, key_id: str, description: str) -> None:
         _check_description(description)
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.UPDATE_KEY_DESCRIPTION, key.key_id)
         self._store.update_description(key.key_id, description)
+        self._keys.invalidate(key.key_id)
 
     def _change_state(self, caller: Caller, key_id: str, operation: Operation) -> None:
         """Compare-and-set so a concurrent change is never overwritten blindly."""
         for _attempt in range(5):
-            key = self._resolve(caller, key_id)
+            key = self._resolve(caller, key_id, fresh=True)
             target = next_state(key.state, operation, key.key_id)
             if target is key.state or self._store.update_key_state(key.key_id, key.state, target):
+                self._keys.invalidate(key.key_id)
                 return
         raise KMSInternalException("The key state changed concurrently; retry the request")
 
@@ -398,8 +406,12 @@ class KeyService:
             Operation.GENERATE_DATA_KEY if with_plaintext else Operation.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT
         )
         next_state(key.state, operation, key.key_id)
-        data_key = self._vault.generate_random(size)
-        ciphertext_blob = self._seal(key, data_key, context)
+        version = key.current_version
+        aad = blob_format.aad_for(key.key_id, version, context)
+        data_key, iv, ciphertext_and_tag = self._vault.generate_data_key(
+            self._token_id(key.key_id, version), size, aad
+        )
+        ciphertext_blob = blob_format.BlobV1(key.key_id, version, iv, ciphertext_and_tag).to_bytes()
         return DataKeyResult(ciphertext_blob, data_key if with_plaintext else None, self._arn(key))
 
     def generate_random(
@@ -421,18 +433,22 @@ class KeyService:
         days = default if pending_window_in_days is None else pending_window_in_days
         if not low <= days <= high:
             raise ValidationException(f"PendingWindowInDays must be between {low} and {high}")
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
         deletion_date = self._clock.now() + timedelta(days=days)
-        if not self._store.schedule_deletion(key.key_id, key.state, deletion_date, days):
+        changed = self._store.schedule_deletion(key.key_id, key.state, deletion_date, days)
+        self._keys.invalidate(key.key_id)
+        if not changed:
             raise KMSInternalException("The key state changed concurrently; retry the request")
-        return self._describe(self._resolve(caller, key.key_id))
+        return self._describe(self._resolve(caller, key.key_id, fresh=True))
 
     def cancel_key_deletion(self, caller: Caller, key_id: str) -> str:
         """CancelKeyDeletion: the key comes back DISABLED, as in AWS."""
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.CANCEL_KEY_DELETION, key.key_id)
-        if not self._store.cancel_deletion(key.key_id):
+        cancelled = self._store.cancel_deletion(key.key_id)
+        self._keys.invalidate(key.key_id)
+        if not cancelled:
             # The reaper claimed it in between: it can no longer be cancelled.
             next_state(KeyState.DESTROYING, Operation.CANCEL_KEY_DELETION, key.key_id)
         return self._arn(key)
@@ -456,6 +472,7 @@ class KeyService:
                     self._failpoint("reaper.after_destroy_object")
                     self._store.mark_version_destroyed(key.key_id, record.version, self._clock.now())
             self._store.delete_key(key.key_id)
+            self._keys.invalidate(key.key_id)
             self._forget_token_ids(key.key_id)
             log.info("destroyed key %s and its token objects", key.key_id)
             destroyed += 1
@@ -469,14 +486,16 @@ class KeyService:
         period = default if rotation_period_in_days is None else rotation_period_in_days
         if not low <= period <= high:
             raise ValidationException(f"RotationPeriodInDays must be between {low} and {high}")
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.ENABLE_KEY_ROTATION, key.key_id)
         self._store.set_rotation(key.key_id, period, self._clock.now() + timedelta(days=period))
+        self._keys.invalidate(key.key_id)
 
     def disable_key_rotation(self, caller: Caller, key_id: str) -> None:
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.DISABLE_KEY_ROTATION, key.key_id)
         self._store.set_rotation(key.key_id, None, None)
+        self._keys.invalidate(key.key_id)
 
     def get_key_rotation_status(self, caller: Caller, key_id: str) -> RotationStatus:
         key = self._resolve(caller, key_id)
@@ -494,7 +513,7 @@ class KeyService:
         """
         deadline = time.monotonic() + ROTATION_RETRY_SECONDS
         while True:
-            key = self._resolve(caller, key_id)
+            key = self._resolve(caller, key_id, fresh=True)
             next_state(key.state, Operation.ROTATE_KEY_ON_DEMAND, key.key_id)
             if self._rotate(key, RotationType.ON_DEMAND, next_rotation_date=None):
                 return self._arn(key)
@@ -559,6 +578,7 @@ class KeyService:
             finished = self._store.finish_rotation(
                 key.key_id, version.version, version.token_id, next_rotation_date
             )
+            self._keys.invalidate(key.key_id)
         except BaseException:
             self._roll_back_rotation(version)
             raise
@@ -584,17 +604,22 @@ class KeyService:
         next_state(key.state, Operation.CREATE_ALIAS, key.key_id)
         now = self._clock.now()
         self._store.create_alias(AliasRecord(caller.tenant, alias_name, key.key_id, now, now))
+        self._alias_targets.invalidate((caller.tenant, alias_name))
 
     def update_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
         validate_alias_name(alias_name)
         key = self._resolve_target(caller, target_key_id)
         next_state(key.state, Operation.UPDATE_ALIAS, key.key_id)
-        if not self._store.update_alias(caller.tenant, alias_name, key.key_id, self._clock.now()):
+        updated = self._store.update_alias(caller.tenant, alias_name, key.key_id, self._clock.now())
+        self._alias_targets.invalidate((caller.tenant, alias_name))
+        if not updated:
             raise NotFoundException(f"Alias {alias_name} is not found.")
 
     def delete_alias(self, caller: Caller, alias_name: str) -> None:
         validate_alias_name(alias_name)
-        if not self._store.delete_alias(caller.tenant, alias_name):
+        deleted = self._store.delete_alias(caller.tenant, alias_name)
+        self._alias_targets.invalidate((caller.tenant, alias_name))
+        if not deleted:
             raise NotFoundException(f"Alias {alias_name} is not found.")
 
     def list_aliases(self, caller: Caller, key_id: str, limit: int | None, marker: str) -> Page[AliasEntry]:
@@ -621,7 +646,7 @@ class KeyService:
         reference = parse_key_identifier(target_key_id, self._region, "TargetKeyId")
         if reference.kind is IdentifierKind.ALIAS:
             raise ValidationException("TargetKeyId must be a key ID or key ARN, not an alias")
-        return self._resolve(caller, target_key_id, "TargetKeyId")
+        return self._resolve(caller, target_key_id, "TargetKeyId", fresh=True)
 
     # ---------------------------------------------------------------- tags
 
@@ -629,13 +654,13 @@ class KeyService:
         valid = validate_tags(tags)
         if not valid:
             raise ValidationException("Tags must hold at least one tag")
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.TAG_RESOURCE, key.key_id)
         self._store.put_tags(key.key_id, valid, MAX_TAGS_PER_KEY)
 
     def untag_resource(self, caller: Caller, key_id: str, tag_keys: Sequence[str]) -> None:
         valid = validate_tag_keys(tag_keys)
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.UNTAG_RESOURCE, key.key_id)
         self._store.remove_tags(key.key_id, valid)
 
@@ -684,7 +709,7 @@ class KeyService:
             raise IncorrectKeyException(
                 "The key ID in the request does not identify the key that encrypted the ciphertext."
             )
-        key = named_key or self._store.get_key(parsed.key_id)
+        key = named_key or self._cached_key(parsed.key_id)
         if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
             raise blob_format.invalid_ciphertext()
         next_state(key.state, operation, key.key_id)
@@ -719,28 +744,42 @@ class KeyService:
         self._token_ids[(key_id, version)] = record.token_id
         return record.token_id
 
-    def _resolve(self, caller: Caller, identifier: str, field_name: str = "KeyId") -> KeyRecord:
+    def _resolve(
+        self, caller: Caller, identifier: str, field_name: str = "KeyId", *, fresh: bool = False
+    ) -> KeyRecord:
         """Find the caller's key from any of the four identifier forms.
 
         Another tenant's key, and a key still CREATING, look exactly like a
         missing key (contract: "otherwise the answer is NotFoundException").
         """
         reference = parse_key_identifier(identifier, self._region, field_name)
-        key_id = self._key_id_of(caller, reference)
-        key = self._store.get_key(key_id)
+        key_id = self._key_id_of(caller, reference, fresh)
+        key = self._store.get_key(key_id) if fresh else self._cached_key(key_id)
         if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
             raise NotFoundException(f"Key '{key_arn(self._region, caller.tenant, key_id)}' does not exist")
         return key
 
-    def _key_id_of(self, caller: Caller, reference: KeyReference) -> str:
+    def _key_id_of(self, caller: Caller, reference: KeyReference, fresh: bool) -> str:
         if reference.tenant is not None and reference.tenant != caller.tenant:
             raise NotFoundException("The key does not exist")
         if reference.kind is IdentifierKind.KEY_ID:
             return reference.value
-        alias = self._store.get_alias(caller.tenant, reference.value)
-        if alias is None:
+        alias_key = (caller.tenant, reference.value)
+        target = (
+            self._load_alias_target(alias_key)
+            if fresh
+            else self._alias_targets.get(alias_key, lambda: self._load_alias_target(alias_key))
+        )
+        if target is None:
             raise NotFoundException(f"Alias {reference.value} is not found.")
-        return alias.target_key_id
+        return target
+
+    def _load_alias_target(self, alias_key: tuple[str, str]) -> str | None:
+        alias = self._store.get_alias(*alias_key)
+        return None if alias is None else alias.target_key_id
+
+    def _cached_key(self, key_id: str) -> KeyRecord | None:
+        return self._keys.get(key_id, lambda: self._store.get_key(key_id))
 
     def _arn(self, key: KeyRecord) -> str:
         return key_arn(self._region, key.tenant, key.key_id)

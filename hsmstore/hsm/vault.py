@@ -211,28 +211,71 @@ class Pkcs11KeyVault:
 
     def encrypt(self, token_id: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
         """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)`` with a 12-byte IV."""
-        limit = self.profile.max_gcm_payload
-        if limit is not None and len(plaintext) > limit:
-            raise errors.ValidationException(f"plaintext is longer than the HSM accepts ({limit} bytes)")
-        iv_source = self.profile.iv_source
+        self._check_payload(len(plaintext))
 
         def encrypt(ws: WorkingSession) -> tuple[bytes, bytes]:
-            key = self._encrypting_key(ws, token_id)
-            if iv_source is IvSource.CALLER:
-                iv = ws.session.generate_random(GCM_IV_BYTES * 8)  # nbits, not bytes
-                param = gcm_encrypt_param(iv_source, aad, iv)
-            else:
-                param = gcm_encrypt_param(iv_source, aad)
-            ciphertext = key.encrypt(
-                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=param.mechanism_param
-            )
-            return param.iv_after_encrypt(), _as_bytes(ciphertext)
+            iv = self._caller_iv(ws, b"")
+            return self._seal(ws, token_id, plaintext, aad, iv)
 
         iv, ciphertext = self._call(encrypt, "the HSM failed to encrypt", key_id=token_id)
+        return self._checked(iv, ciphertext, len(plaintext))
+
+    def generate_data_key(
+        self, token_id: bytes, number_of_bytes: int, aad: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """Random bytes from the token, sealed under the key in the same token round.
+
+        GenerateDataKey's hot path: one C_GenerateRandom draws the data key and
+        (SoftHSM2) the IV together, and the GCM encrypt follows under the same
+        session checkout, so the process-wide lock is taken once, not three times.
+        Returns ``(data_key, iv, ciphertext || tag)``.
+        """
+        if not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
+            raise errors.ValidationException(f"number_of_bytes must be between 1 and {MAX_RANDOM_BYTES}")
+        self._check_payload(number_of_bytes)
+
+        def generate(ws: WorkingSession) -> tuple[bytes, bytes, bytes]:
+            drawn = _as_bytes(
+                ws.session.generate_random(
+                    (number_of_bytes + (GCM_IV_BYTES if self.profile.iv_source is IvSource.CALLER else 0)) * 8
+                )
+            )
+            data_key, iv_bytes = drawn[:number_of_bytes], drawn[number_of_bytes:]
+            iv, ciphertext = self._seal(ws, token_id, data_key, aad, iv_bytes or None)
+            return data_key, iv, ciphertext
+
+        data_key, iv, ciphertext = self._call(generate, "the HSM failed to make a data key", key_id=token_id)
+        return data_key, *self._checked(iv, ciphertext, number_of_bytes)
+
+    def _check_payload(self, size: int) -> None:
+        limit = self.profile.max_gcm_payload
+        if limit is not None and size > limit:
+            raise errors.ValidationException(f"plaintext is longer than the HSM accepts ({limit} bytes)")
+
+    def _caller_iv(self, ws: WorkingSession, drawn: bytes) -> bytes | None:
+        """SoftHSM2: the IV is ours to draw from the token RNG; CloudHSM writes its own (None)."""
+        if self.profile.iv_source is not IvSource.CALLER:
+            return None
+        return drawn or _as_bytes(ws.session.generate_random(GCM_IV_BYTES * 8))  # nbits, not bytes
+
+    def _seal(
+        self, ws: WorkingSession, token_id: bytes, plaintext: bytes, aad: bytes, iv: bytes | None
+    ) -> tuple[bytes, bytes]:
+        key = self._encrypting_key(ws, token_id)
+        if iv is None and self.profile.iv_source is IvSource.CALLER:
+            iv = self._caller_iv(ws, b"")
+        param = gcm_encrypt_param(self.profile.iv_source, aad, iv)
+        ciphertext = key.encrypt(
+            plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=param.mechanism_param
+        )
+        return param.iv_after_encrypt(), _as_bytes(ciphertext)
+
+    @staticmethod
+    def _checked(iv: bytes, ciphertext: bytes, plaintext_size: int) -> tuple[bytes, bytes]:
         if len(iv) != GCM_IV_BYTES or iv == bytes(GCM_IV_BYTES):
             # HSM-written IV still zero: the token ignored the buffer; never ship a fixed IV.
             raise _internal("the HSM returned no GCM IV")
-        if len(ciphertext) != len(plaintext) + GCM_TAG_BYTES:
+        if len(ciphertext) != plaintext_size + GCM_TAG_BYTES:
             raise _internal("the HSM returned a GCM output of the wrong length")
         return iv, ciphertext
 

@@ -14,5 +14,9 @@ LOCAL_TENANT = "local"
 LOCAL_ADMIN = f"arn:hsmstore:iam::{LOCAL_TENANT}:role/admin"
 
 
+_LOCAL_ADMIN_CALLER = Caller(tenant=LOCAL_TENANT, principal=LOCAL_ADMIN)
+
+
 def local_admin_caller(context: grpc.ServicerContext) -> Caller:
-    return Caller(tenant=LOCAL_TENANT, principal=LOCAL_ADMIN, source_address=context.peer())
+    """One shared Caller: nothing per request to build on the hot path."""
+    return _LOCAL_ADMIN_CALLER

@@ -64,6 +64,25 @@ def test_round_trip(vault: AnyVault, plaintext: bytes, aad: bytes) -> None:
     assert vault.decrypt(token_id, iv, ciphertext, aad) == plaintext
 
 
+@pytest.mark.parametrize("size", [1, 32, 1024])
+def test_generate_data_key_round_trips_with_a_fresh_key_and_iv(vault: AnyVault, size: int) -> None:
+    token_id = make_key(vault)
+    results = [vault.generate_data_key(token_id, size, AAD) for _ in range(8)]
+    for data_key, iv, ciphertext in results:
+        assert (len(data_key), len(iv), len(ciphertext)) == (size, 12, size + 16)
+        assert vault.decrypt(token_id, iv, ciphertext, AAD) == data_key
+    assert len({iv for _, iv, _ in results}) == len(results)
+    if size >= 32:
+        assert len({data_key for data_key, _, _ in results}) == len(results)
+        assert all(data_key[:12] != iv for data_key, iv, _ in results)
+
+
+@pytest.mark.parametrize("size", [0, 1025])
+def test_generate_data_key_rejects_out_of_range_sizes(vault: AnyVault, size: int) -> None:
+    with pytest.raises(errors.ValidationException):
+        vault.generate_data_key(make_key(vault), size, AAD)
+
+
 def test_ivs_are_12_bytes_and_differ(vault: AnyVault) -> None:
     token_id = make_key(vault)
     ivs = [vault.encrypt(token_id, b"same plaintext", AAD)[0] for _ in range(64)]

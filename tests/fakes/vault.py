@@ -61,6 +61,13 @@ class FakeKeyVault:
         iv = os.urandom(IV_BYTES)
         return iv, key.encrypt(iv, plaintext, aad)
 
+    def generate_data_key(
+        self, token_id: bytes, number_of_bytes: int, aad: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        data_key = self.generate_random(number_of_bytes)
+        iv, ciphertext = self.encrypt(token_id, data_key, aad)
+        return data_key, iv, ciphertext
+
     def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         self._check_available()
         if len(iv) != IV_BYTES or len(ciphertext) < TAG_BYTES:

@@ -7,8 +7,8 @@ dev token with ``--pkcs11-module``, ``--token-label``, ``--pin-file`` and
 ``SOFTHSM2_CONF``). Everything is checked through the wire.
 
 The staleness bound (docs/deployment.md): a node may act on key metadata at
-most ``STALENESS_BOUND_SECONDS`` older than the DB. Today no node caches
-metadata, so the observed staleness is zero; the tests assert the bound.
+most ``STALENESS_BOUND_SECONDS`` older than the DB. Nodes cache key metadata
+for at most 0.5 s (``metadata_cache_seconds``); the tests assert the 1 s bound.
 
 The last test is the regression test for SoftHSM2 2.6.1's stale token view
 across processes (``hsmstore.hsm.session.TokenViewStale``).
