@@ -1,17 +1,15 @@
 """The floor: a gRPC service that returns its request bytes, served like hsmstore.
 
-The server is made exactly as ``hsmstore.server.app.start_server`` makes its
-own (grpcio sync server, ``ThreadPoolExecutor(max_workers=grpc_threads,
-thread_name_prefix="grpc")``, option ``grpc.so_reuseport``), because
-``start_server`` has no separate server factory to import. Keep
-:func:`make_server` in step with it. ``--workers N`` runs N spawned processes on
+The server is made by ``hsmstore.server.app.make_grpc_server``, the very
+function hsmstore's own server is made with (grpcio sync server, the same
+thread pool and options). ``--workers N`` runs N spawned processes on
 one port with SO_REUSEPORT, like ``hsmstore serve --workers N``; the parent
 prints ``echo listening on HOST:PORT`` once every worker is ready.
 
 One method, ``/bench.Echo/Echo``: the request bytes are returned unparsed (no
 protobuf work), so this is the cost of the transport alone.
 
-    PYTHONPATH=. python bench/echo_server.py --listen 127.0.0.1:0 --workers 2 --grpc-threads 8
+    PYTHONPATH=. python bench/echo_server.py --listen 127.0.0.1:0 --workers 2 --grpc-threads 2
 """
 
 from __future__ import annotations
@@ -22,20 +20,17 @@ import signal
 import socket
 import sys
 import threading
-from concurrent import futures
 from typing import Any
 
 import grpc
 
+from hsmstore.config import Settings
+from hsmstore.server.app import make_grpc_server
+
 ECHO_PATH = "/bench.Echo/Echo"
 
 
-def make_server(thread_pool_size: int, reuse_port: bool) -> grpc.Server:
-    """The same construction as ``hsmstore.server.app.start_server``."""
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=thread_pool_size, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
-    )
+make_server = make_grpc_server
 
 
 def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
@@ -73,7 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--grpc-threads", type=int, default=8)
+    parser.add_argument("--grpc-threads", type=int, default=Settings.grpc_threads)
     args = parser.parse_args()
     host, _, port_text = args.listen.rpartition(":")
     if args.workers == 1:

@@ -37,6 +37,7 @@ from token_floor import TokenFloor, measure_all
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.config import Settings
 
 SERVICE = "/hsmstore.v1.KeyStore/"
 OPERATIONS = ("GenerateDataKey", "Decrypt", "Encrypt", "ReEncrypt", "DescribeKey", "CreateKey")
@@ -484,7 +485,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--requests", type=int, default=None, help="requests per h2load run (default 5000)")
     parser.add_argument("--clients", type=int, default=8, help="h2load connections, 1 stream each")
-    parser.add_argument("--grpc-threads", type=int, default=8, help="thread pool of hsmstore and echo")
+    parser.add_argument(
+        "--grpc-threads", type=int, default=Settings.grpc_threads, help="thread pool of hsmstore and echo"
+    )
     parser.add_argument("--sample", type=int, default=20, help="checked calls after each load")
     parser.add_argument("--scale-keys", type=int, default=10_000)
     parser.add_argument("--output", type=Path, help="write every figure as JSON here")

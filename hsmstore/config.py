@@ -31,7 +31,7 @@ class Settings:
     data_dir: str = ".hsmstore"
     db: str = ""  # default: sqlite:///<data_dir>/hsmstore.db
     workers: int = 1
-    grpc_threads: int = 8
+    grpc_threads: int = 2  # measured best on 2 cores (docs/performance.md); raise it for a remote DB
     region: str = "local"
     hsm_profile: str = "softhsm2"
     pkcs11_module: str = ""  # empty: the dev SoftHSM2 token under data_dir

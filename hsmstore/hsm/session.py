@@ -182,15 +182,12 @@ class _GlobalLockGate:
     def __init__(self) -> None:
         self.lock = threading.Lock()
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self.lock:
-            yield
+    # The lock itself is the context manager: no generator frame on every PKCS#11 call.
+    def shared(self) -> AbstractContextManager[None]:
+        return self.lock  # type: ignore[return-value]
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self.lock:
-            yield
+    def exclusive(self) -> AbstractContextManager[None]:
+        return self.lock  # type: ignore[return-value]
 
 
 class _SharedExclusiveGate:

@@ -50,6 +50,18 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
+def make_grpc_server(thread_pool_size: int, reuse_port: bool) -> grpc.Server:
+    """The grpcio server set-up; ``bench/echo_server.py`` builds its floor with this very function.
+
+    A sync server with a small thread pool: on this 2-core machine 2 threads
+    cost less CPU per call and served more than 4 or 8 (docs/performance.md).
+    """
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=thread_pool_size, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+    )
+
+
 def start_server(
     service: KeyService,
     listen: str,
@@ -59,10 +71,7 @@ def start_server(
     reuse_port: bool = False,
 ) -> RunningServer:
     """Start serving on ``listen`` (port 0 picks a free port) and return the bound port."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=thread_pool_size, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
-    )
+    server = make_grpc_server(thread_pool_size, reuse_port)
     pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, caller_of), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
