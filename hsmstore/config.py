@@ -30,7 +30,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     data_dir: str = ".hsmstore"
     db: str = ""  # default: sqlite:///<data_dir>/hsmstore.db
-    workers: int = 1
+    workers: int = 0  # 0: one per core with a server DB, one with SQLite (see worker_count)
     grpc_threads: int = 2  # measured best on 2 cores (docs/performance.md); raise it for a remote DB
     region: str = "local"
     hsm_profile: str = "softhsm2"
@@ -52,6 +52,16 @@ class Settings:
     @property
     def db_url(self) -> str:
         return self.db or f"sqlite:///{self.data_path.resolve() / 'hsmstore.db'}"
+
+    @property
+    def worker_count(self) -> int:
+        """Issue 6: "Default N = number of cores when the DB is not SQLite".
+
+        SQLite keeps one process by default: its writers serialise on one file.
+        """
+        if self.workers:
+            return self.workers
+        return 1 if self.db_url.startswith("sqlite") else max(1, os.cpu_count() or 1)
 
     @property
     def uses_dev_token(self) -> bool:
@@ -105,8 +115,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("tls_cert and tls_key go together")
     if settings.client_ca and not settings.tls_enabled:
         raise ConfigError("client_ca needs tls_cert and tls_key")
-    if settings.workers < 1:
-        raise ConfigError("workers must be at least 1")
+    if settings.workers < 0:
+        raise ConfigError("workers must be at least 1 (or 0 for the default)")
     if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
         raise ConfigError(f"metadata_cache_seconds must be between 0 and {MAX_METADATA_STALENESS_SECONDS}")
     if settings.jobs_interval_seconds <= 0:

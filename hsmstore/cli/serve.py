@@ -39,7 +39,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     token = bootstrap.prepare(settings)
     host = settings.listen.rpartition(":")[0]
-    if settings.workers > 1:
+    if settings.worker_count > 1:
         return _serve_with_workers(settings, token, host)
     runtime = bootstrap.open_runtime(settings, token)
     running = start_server(runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings))
@@ -66,7 +66,7 @@ def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host
         context.Process(
             target=_worker_main, args=(settings, token, f"{host}:{port}", ready), name=f"worker-{n}"
         )
-        for n in range(settings.workers)
+        for n in range(settings.worker_count)
     ]
     stop = _stop_event()  # before the workers start, so a SIGTERM during start-up stops them too
     for worker in workers:
@@ -80,7 +80,7 @@ def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host
     except Exception:
         _stop_workers(workers)
         raise
-    print(f"hsmstore listening on {host}:{port} ({settings.workers} workers)", flush=True)
+    print(f"hsmstore listening on {host}:{port} ({settings.worker_count} workers)", flush=True)
     while not stop.wait(0.5):
         if any(not worker.is_alive() for worker in workers):
             logging.getLogger(__name__).error("a worker exited; stopping the server")

@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +129,29 @@ class ServerProcess:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hsmstore.db"
+
+
+class ControlledClock:
+    """The offset, in seconds, that every server started with it adds to its clock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.set(0)
+
+    def set(self, offset_seconds: float) -> None:
+        self.path.write_text(str(offset_seconds))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"HSMSTORE_TEST_CLOCK_FILE": str(self.path)}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
 
 
 def reason_of(error: grpc.RpcError) -> str | None:

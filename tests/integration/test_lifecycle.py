@@ -19,36 +19,13 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.core.blob import parse_blob
 from hsmstore.hsm.devtoken import find_softhsm_module
-from tests.integration.harness import DEV_TOKEN_LABEL, ServerProcess, reason_of
+from tests.integration.harness import DEV_TOKEN_LABEL, ControlledClock, ServerProcess, reason_of, wait_until
 from tests.integration.test_token_objects import secret_key_objects
 
 pytestmark = pytest.mark.integration
 
 DAY = 86400
 JOB_ARGS = ["--jobs-interval-seconds", "0.2"]
-
-
-class ControlledClock:
-    """The offset, in seconds, that every server started with it adds to its clock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.set(0)
-
-    def set(self, offset_seconds: float) -> None:
-        self.path.write_text(str(offset_seconds))
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"HSMSTORE_TEST_CLOCK_FILE": str(self.path)}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def reason(call: Callable[[], object]) -> str | None:

@@ -60,7 +60,7 @@ def test_loopback_hosts_are_recognised(host: str) -> None:
     "flags",
     [
         {"listen": "nonsense"},
-        {"workers": 0},
+        {"workers": -1},
         {"tls_cert": "c.pem"},
         {"client_ca": "ca.pem"},
         {"pkcs11_module": "/opt/cloudhsm/lib/libcloudhsm_pkcs11.so"},
@@ -73,3 +73,11 @@ def test_inconsistent_settings_are_refused(flags: dict[str, object]) -> None:
 
 def test_settings_have_no_pin_field() -> None:
     assert not any(name == "pin" or name.endswith("_pin") for name in Settings.__dataclass_fields__)
+
+
+def test_workers_default_to_one_with_sqlite_and_one_per_core_with_postgresql() -> None:
+    import os
+
+    assert load_settings({}, {}).worker_count == 1
+    assert load_settings({"db": "postgresql://kms@db/kms"}, {}).worker_count == (os.cpu_count() or 1)
+    assert load_settings({"db": "postgresql://kms@db/kms", "workers": 3}, {}).worker_count == 3
