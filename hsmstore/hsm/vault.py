@@ -315,10 +315,21 @@ class Pkcs11KeyVault:
         return random_bytes
 
     def destroy_key(self, token_id: bytes) -> bool:
-        """C_DestroyObject every object with this CKA_ID; True if one existed."""
+        """C_DestroyObject every object with this CKA_ID; True if one existed.
+
+        "Not there" is only concluded after a rescan of the token: with several
+        processes on one SoftHSM2 store this process may not see an object
+        another made (TokenViewStale), and a reaper that skipped it would leave
+        key material behind after reporting the key destroyed.
+        """
+        rescanned = False
 
         def destroy(ws: WorkingSession) -> bool:
+            nonlocal rescanned
             found = self._search(ws, {Attribute.ID: token_id})
+            if not found and not rescanned:
+                rescanned = True
+                raise TokenViewStale()
             with self._sessions.object_store_lock:
                 for obj in found:
                     obj.destroy()
@@ -332,8 +343,15 @@ class Pkcs11KeyVault:
     def key_exists(self, token_id: bytes) -> bool:
         """Search the token for a secret key with this CKA_ID (recovery and tests only)."""
 
+        rescanned = False
+
         def exists(ws: WorkingSession) -> bool:
-            return bool(self._search(ws, _secret_key_query(token_id)))
+            nonlocal rescanned
+            found = bool(self._search(ws, _secret_key_query(token_id)))
+            if not found and not rescanned:
+                rescanned = True
+                raise TokenViewStale()  # rescan before answering "absent" (see destroy_key)
+            return found
 
         return self._call(exists, "the HSM failed to search for a key", key_id=None)
 

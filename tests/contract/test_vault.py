@@ -280,6 +280,35 @@ def test_another_process_finds_a_key_made_here(
     assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"from the other process"
 
 
+def _create_key_in_another_process(token: DevToken) -> bytes:
+    """Runs in a spawned process: make one key and leave."""
+    activate(token)
+    vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
+    try:
+        return make_key(vault)
+    finally:
+        vault.close()
+
+
+def test_a_process_whose_own_write_hid_a_new_key_still_uses_and_destroys_it(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    """SoftHSM2 2.6.1: after this process writes, it stops seeing objects others made
+    just before (TokenViewStale); encrypt and destroy must rescan, not fail or skip."""
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    make_key(vault)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        for _ in range(3):
+            theirs = pool.apply(_create_key_in_another_process, (softhsm_token,))
+            make_key(vault)  # our own write: the step that hides their key from us
+            iv, ciphertext = vault.encrypt(theirs, b"x", AAD)
+            assert vault.decrypt(theirs, iv, ciphertext, AAD) == b"x"
+            gone = pool.apply(_create_key_in_another_process, (softhsm_token,))
+            make_key(vault)
+            assert vault.destroy_key(gone) is True
+            assert vault.key_exists(gone) is False
+
+
 @pytest.mark.parametrize("mode", [ThreadingMode.GLOBAL_LOCK, ThreadingMode.OS_LOCKING])
 def test_many_threads_share_one_vault(
     softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault], mode: ThreadingMode
