@@ -72,6 +72,18 @@ def sql_engine_fixture(database_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+@pytest.fixture(name="sqlite_engine")
+def sqlite_engine_fixture(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite file, for the few checks that are about SQLite itself."""
+    url = f"sqlite:///{tmp_path / 'sqlite-only.db'}"
+    upgrade(url)
+    engine = create_engine_for_url(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(name="store", params=ALL_BACKENDS)
 def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
     """An empty MetadataStore of each implementation."""

@@ -40,6 +40,7 @@ from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
     sql_engine_fixture,
+    sqlite_engine_fixture,
     store_fixture,
 )
 
@@ -483,9 +484,8 @@ def test_hot_path_reads_are_one_indexed_select(sql_engine: Engine) -> None:
                 assert "SCAN" not in details
 
 
-def test_writes_on_sqlite_take_the_write_lock_first(sql_engine: Engine) -> None:
-    if sql_engine.dialect.name != "sqlite":
-        pytest.skip("BEGIN IMMEDIATE is SQLite's")
+def test_writes_on_sqlite_take_the_write_lock_first(sqlite_engine: Engine) -> None:
+    sql_engine = sqlite_engine
     sql_store = SqlMetadataStore(sql_engine)
     key = add_enabled_key(sql_store)
 
@@ -495,9 +495,8 @@ def test_writes_on_sqlite_take_the_write_lock_first(sql_engine: Engine) -> None:
     assert statements[0] == "BEGIN IMMEDIATE"
 
 
-def test_sqlite_connections_get_the_pragmas(sql_engine: Engine) -> None:
-    if sql_engine.dialect.name != "sqlite":
-        pytest.skip("SQLite pragmas")
+def test_sqlite_connections_get_the_pragmas(sqlite_engine: Engine) -> None:
+    sql_engine = sqlite_engine
     with sql_engine.connect() as connection:
         pragmas = {
             name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
