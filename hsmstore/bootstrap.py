@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 FAILPOINT_ENV = "HSMSTORE_FAILPOINT"
 TEST_CLOCK_ENV = "HSMSTORE_TEST_CLOCK_FILE"
+# A moved clock brings deletion dates forward: test hooks need this second opt-in.
+TEST_HOOKS_ENV = "HSMSTORE_ENABLE_TEST_HOOKS"
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,10 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         metadata_ttl_seconds=settings.metadata_cache_seconds,
     )
     grace = timedelta(seconds=settings.recovery_grace_seconds)
-    service.recover_interrupted_creations(grace)
+    service.recover_interrupted_work(grace)
     jobs = PeriodicJobs(
         [
-            ("recovery", lambda: service.recover_interrupted_creations(grace)),
+            ("recovery", lambda: service.recover_interrupted_work(grace)),
             ("rotation", service.rotate_due_keys),
             ("deletion", service.destroy_due_keys),
         ],
@@ -145,10 +147,13 @@ class OffsetFileClock:
 
 def clock_from_env() -> Clock:
     path = os.environ.get(TEST_CLOCK_ENV)
-    if path:
-        log.warning("%s is set: this server's clock is under test control", TEST_CLOCK_ENV)
-        return OffsetFileClock(Path(path))
-    return SystemClock()
+    if not path:
+        return SystemClock()
+    if os.environ.get(TEST_HOOKS_ENV) != "1":
+        log.error("%s is ignored: test hooks need %s=1", TEST_CLOCK_ENV, TEST_HOOKS_ENV)
+        return SystemClock()
+    log.warning("%s is set: this server's clock is under test control", TEST_CLOCK_ENV)
+    return OffsetFileClock(Path(path))
 
 
 def failpoint_from_env() -> Failpoint:
@@ -156,7 +161,7 @@ def failpoint_from_env() -> Failpoint:
 
     Tests use it to prove CreateKey's crash safety on a real server process.
     """
-    armed = os.environ.get(FAILPOINT_ENV, "")
+    armed = os.environ.get(FAILPOINT_ENV, "") if os.environ.get(TEST_HOOKS_ENV) == "1" else ""
 
     def failpoint(name: str) -> None:
         if armed and name == armed:

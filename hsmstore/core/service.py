@@ -205,7 +205,7 @@ class KeyService:
         Order: (1) the key row is committed as CREATING with a PENDING version;
         (2) the token object is generated with that version's CKA_ID; (3) the
         row becomes ENABLED. A process killed after (1) or (2) leaves a CREATING
-        row that ``recover_interrupted_creations`` rolls back (destroying the
+        row that ``recover_interrupted_work`` rolls back (destroying the
         token object if it was made), so there is never an orphan token object
         nor a usable row without key material.
         """
@@ -247,7 +247,7 @@ class KeyService:
         enabled = key.with_state(KeyState.ENABLED)
         return self._describe(enabled)
 
-    def recover_interrupted_creations(self, grace: timedelta) -> int:
+    def recover_interrupted_work(self, grace: timedelta) -> int:
         """Roll back every CreateKey that has been CREATING for longer than ``grace``.
 
         Run at start-up: the caller of an interrupted CreateKey never got a key

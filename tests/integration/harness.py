@@ -25,6 +25,7 @@ from hsmstore.client.errors import error_reason
 
 LISTENING = re.compile(r"hsmstore listening on (?P<address>\S+)")
 START_TIMEOUT_SECONDS = 60.0
+TEST_HOOKS = {"HSMSTORE_ENABLE_TEST_HOOKS": "1"}  # lets a server honour the clock file and failpoints
 DEV_TOKEN_LABEL = "hsmstore-dev"
 
 
@@ -143,7 +144,7 @@ class ControlledClock:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"HSMSTORE_TEST_CLOCK_FILE": str(self.path)}
+        return {"HSMSTORE_TEST_CLOCK_FILE": str(self.path), **TEST_HOOKS}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
-from tests.integration.harness import ServerProcess
+from tests.integration.harness import TEST_HOOKS, ServerProcess
 from tests.integration.test_token_objects import secret_key_objects
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def test_create_key_killed_midway_leaves_no_orphan_and_no_keyless_row(
     first.stop()
 
     crashing = ServerProcess(
-        fresh_data_dir, extra_env={**IMMEDIATE_RECOVERY, "HSMSTORE_FAILPOINT": failpoint}
+        fresh_data_dir, extra_env={**IMMEDIATE_RECOVERY, **TEST_HOOKS, "HSMSTORE_FAILPOINT": failpoint}
     ).start()
     with pytest.raises(grpc.RpcError) as raised:
         crashing.stub.CreateKey(pb.CreateKeyRequest(description="interrupted"))

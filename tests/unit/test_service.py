@@ -80,9 +80,9 @@ def test_recovery_destroys_the_token_object_of_an_interrupted_creation() -> None
     key = service.create_key(ALICE).key
     [version] = store.list_versions(key.key_id)
     assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.CREATING)
-    assert service.recover_interrupted_creations(timedelta(seconds=60)) == 0, "too young to roll back"
+    assert service.recover_interrupted_work(timedelta(seconds=60)) == 0, "too young to roll back"
     clock.current += timedelta(seconds=61)
-    assert service.recover_interrupted_creations(timedelta(seconds=60)) == 1
+    assert service.recover_interrupted_work(timedelta(seconds=60)) == 1
     assert store.get_key(key.key_id) is None
     assert not vault.key_exists(version.token_id)
 
