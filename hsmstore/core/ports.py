@@ -6,10 +6,12 @@ PKCS#11 vault (``hsm/``) and the SQL store (``store/``). Unit tests plug in fake
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from hsmstore.core.audit import StoredAuditEvent
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
@@ -69,6 +71,15 @@ class KeyVault(Protocol):
     def ping(self) -> None:
         """Raise if the token does not answer."""
 
+    def audit_seal(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` with the token's audit seal key (made on first use,
+        non-extractable, SIGN/VERIFY only), for sealing the audit chain head."""
+        ...
+
+    def verify_audit_seal(self, data: bytes, mac: bytes) -> bool:
+        """Check an audit seal on the token (C_Verify with the same key)."""
+        ...
+
 
 class MetadataStore(Protocol):
     """Names, states and versions of keys; aliases. Each call is one transaction."""
@@ -76,8 +87,12 @@ class MetadataStore(Protocol):
     def insert_creating_key(self, key: KeyRecord, version: KeyVersion) -> None:
         """Insert a key in state CREATING with its first version PENDING."""
 
-    def finish_creating_key(self, key_id: str) -> bool:
+    def finish_creating_key(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
         """CREATING -> ENABLED and its versions PENDING -> ACTIVE, atomically.
+
+        ``audit`` (on every write that completes a management change): the
+        call's audit record, appended to the chain in the same transaction as
+        the change and only if the change happened.
 
         False if the key is not CREATING any more (recovery claimed it): the
         CreateKey must then fail, never answer a key that is being rolled back.
@@ -111,21 +126,31 @@ class MetadataStore(Protocol):
         """Keys of a tenant ordered by key_id, excluding CREATING and FAILED ones."""
         ...
 
-    def update_key_state(self, key_id: str, expected: KeyState, new_state: KeyState) -> bool:
+    def update_key_state(
+        self, key_id: str, expected: KeyState, new_state: KeyState, *, audit: Mapping[str, Any] | None = None
+    ) -> bool:
         """Compare-and-set of the key state; False if it was not ``expected``."""
         ...
 
-    def update_description(self, key_id: str, description: str) -> None: ...
+    def update_description(
+        self, key_id: str, description: str, *, audit: Mapping[str, Any] | None = None
+    ) -> None: ...
 
     # -- scheduled deletion --------------------------------------------
 
     def schedule_deletion(
-        self, key_id: str, expected: KeyState, deletion_date: datetime, pending_window_days: int
+        self,
+        key_id: str,
+        expected: KeyState,
+        deletion_date: datetime,
+        pending_window_days: int,
+        *,
+        audit: Mapping[str, Any] | None = None,
     ) -> bool:
         """CAS ``expected`` -> PENDING_DELETION, setting the deletion date and window."""
         ...
 
-    def cancel_deletion(self, key_id: str) -> bool:
+    def cancel_deletion(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
         """CAS PENDING_DELETION -> DISABLED, clearing the deletion date; False if not pending."""
         ...
 
@@ -147,7 +172,14 @@ class MetadataStore(Protocol):
 
     # -- rotation ---------------------------------------------------------
 
-    def set_rotation(self, key_id: str, period_days: int | None, next_rotation_date: datetime | None) -> None:
+    def set_rotation(
+        self,
+        key_id: str,
+        period_days: int | None,
+        next_rotation_date: datetime | None,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> None:
         """Turn automatic rotation on (a period and a date) or off (None, None)."""
 
     def insert_pending_version(self, version: KeyVersion, max_on_demand_rotations: int) -> bool:
@@ -159,7 +191,13 @@ class MetadataStore(Protocol):
         ...
 
     def finish_rotation(
-        self, key_id: str, version: int, token_id: bytes, next_rotation_date: datetime | None
+        self,
+        key_id: str,
+        version: int,
+        token_id: bytes,
+        next_rotation_date: datetime | None,
+        *,
+        audit: Mapping[str, Any] | None = None,
     ) -> bool:
         """Version PENDING -> ACTIVE and the key's current version moves to it, atomically.
 
@@ -190,23 +228,37 @@ class MetadataStore(Protocol):
 
     # -- tags ---------------------------------------------------------------
 
-    def put_tags(self, key_id: str, tags: Mapping[str, str], max_tags: int) -> None:
+    def put_tags(
+        self, key_id: str, tags: Mapping[str, str], max_tags: int, *, audit: Mapping[str, Any] | None = None
+    ) -> None:
         """Add or overwrite tags; ``errors.LimitExceededException`` past ``max_tags``."""
 
-    def remove_tags(self, key_id: str, tag_keys: Sequence[str]) -> None: ...
+    def remove_tags(
+        self, key_id: str, tag_keys: Sequence[str], *, audit: Mapping[str, Any] | None = None
+    ) -> None: ...
 
     def list_tags(self, key_id: str) -> Mapping[str, str]:
         """The key's tags ordered by tag key."""
         ...
 
-    def create_alias(self, alias: AliasRecord) -> None:
+    def create_alias(self, alias: AliasRecord, *, audit: Mapping[str, Any] | None = None) -> None:
         """Raise ``errors.AlreadyExistsException`` if the tenant has that name."""
 
-    def update_alias(self, tenant: str, alias_name: str, target_key_id: str, now: datetime) -> bool:
+    def update_alias(
+        self,
+        tenant: str,
+        alias_name: str,
+        target_key_id: str,
+        now: datetime,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Point an alias at another key; False if the alias does not exist."""
         ...
 
-    def delete_alias(self, tenant: str, alias_name: str) -> bool: ...
+    def delete_alias(
+        self, tenant: str, alias_name: str, *, audit: Mapping[str, Any] | None = None
+    ) -> bool: ...
 
     def get_alias(self, tenant: str, alias_name: str) -> AliasRecord | None: ...
 
@@ -220,6 +272,30 @@ class MetadataStore(Protocol):
         """Raise if the DB does not answer."""
 
 
+@dataclass(frozen=True)
+class AuditQuery:
+    """LookupEvents filters (CloudTrail's lookup attributes), always within one tenant."""
+
+    tenant: str
+    limit: int
+    before: tuple[datetime, int] | None = None  # (event_time, seq) of the last event already seen
+    event_name: str | None = None
+    principal: str | None = None
+    key_id: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditSeal:
+    """An HMAC, made on the token, over the chain head (seq, hash) at a moment."""
+
+    seq: int
+    hash: bytes
+    sealed_at: datetime
+    mac: bytes
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
@@ -229,3 +305,62 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+class AuditSink(Protocol):
+    """Where the transport puts a call's record before it answers (core/audit.py)."""
+
+    def record(self, record: Mapping[str, Any]) -> None:
+        """Return only once the record is durable or queued so that it survives a crash
+        of this process; raise if it cannot be."""
+
+
+class AuditLog(Protocol):
+    """The audit trail in the metadata DB: one hash chain for every process (core/audit.py).
+
+    Appending takes the chain head under a lock (SQLite: BEGIN IMMEDIATE;
+    PostgreSQL: SELECT ... FOR UPDATE of the head row), so several processes and
+    nodes appending at once still make one verifiable chain.
+    """
+
+    def append_audit_records(
+        self, records: Sequence[Mapping[str, Any]], spool_position: tuple[str, int] | None = None
+    ) -> list[int]:
+        """Append records in order, in one transaction; returns their seq numbers.
+
+        ``spool_position`` (spool name, byte offset after these records) is
+        stored in the same transaction, so a spool line is ingested exactly once.
+        """
+        ...
+
+    def spool_offset(self, spool_name: str) -> int:
+        """How far a spool has been ingested (0 for a new one)."""
+        ...
+
+    def lookup_audit_events(self, query: AuditQuery) -> Sequence[StoredAuditEvent]:
+        """Newest first by event time, then seq (CloudTrail's order); at most ``query.limit``,
+        strictly after ``query.before`` in that order."""
+        ...
+
+    def iter_audit_events(self, after_seq: int = 0) -> Iterator[StoredAuditEvent]:
+        """Every event with seq > after_seq in seq order (verify, export); reads in batches."""
+        ...
+
+    def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
+        """The newest successful cryptographic event of the key overall (version None) and per version."""
+        ...
+
+    def audit_anchor(self) -> tuple[int, bytes]:
+        """(seq, hash) the chain continues from: (0, genesis) until retention purged a prefix."""
+        ...
+
+    def add_audit_seal(self, seal: AuditSeal) -> None: ...
+
+    def list_audit_seals(self) -> Sequence[AuditSeal]: ...
+
+    def purge_audit_before(self, cutoff: datetime) -> int:
+        """Delete events older than ``cutoff`` and move the anchor to the last one deleted.
+
+        The remaining chain still verifies from the anchor. Returns how many went.
+        """
+        ...

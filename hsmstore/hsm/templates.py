@@ -76,3 +76,43 @@ def key_version_template(token_id: bytes, label: str) -> dict[Attribute, Any]:
     }
     template.update(KEY_VERSION_FLAGS)
     return template
+
+
+# -- the audit seal key ------------------------------------------------------
+
+AUDIT_SEAL_ID: Final = b"hsmstore:audit-seal:v1"
+"""CKA_ID of the token's one HMAC key for sealing the audit chain head. Not 16
+bytes on purpose: it can never collide with a key version's ``token_id``."""
+
+AUDIT_SEAL_LABEL: Final = "hsmstore/audit-seal"
+
+AUDIT_SEAL_BITS: Final = 256
+"""A 256-bit generic secret for HMAC-SHA256 (RFC 2104: a key as long as the hash output)."""
+
+AUDIT_SEAL_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,  # whoever could export it could forge seals
+    Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: True,  # C_Sign with CKM_SHA256_HMAC makes a seal
+    Attribute.VERIFY: True,  # C_Verify checks one (``hsmstore audit verify``)
+    Attribute.DERIVE: False,
+}
+"""The audit seal key only MACs: every other usage is off, for the same reasons as above."""
+
+
+def audit_seal_template() -> dict[Attribute, Any]:
+    """The full ``C_GenerateKey`` template of the audit seal key (CKK_GENERIC_SECRET)."""
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+        Attribute.VALUE_LEN: AUDIT_SEAL_BITS // 8,
+        Attribute.LABEL: AUDIT_SEAL_LABEL,
+        Attribute.ID: AUDIT_SEAL_ID,
+    }
+    template.update(AUDIT_SEAL_FLAGS)
+    return template

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as pkcs11_errors
-from pkcs11.types import DecryptMixin, EncryptMixin
+from pkcs11.types import DecryptMixin, EncryptMixin, SignMixin, VerifyMixin
 
 from hsmstore import errors
 from hsmstore.hsm import templates
@@ -97,6 +97,9 @@ class _Counter:
 
 RESCAN_INTERVAL_SECONDS = 5.0
 
+AUDIT_SEAL_PROBE = b"hsmstore:audit-seal:choose"
+"""Signed with each audit seal key found, to choose one the same way in every process."""
+
 
 def _internal(message: str) -> errors.KMSInternalException:
     return errors.KMSInternalException(message)
@@ -120,6 +123,9 @@ class Pkcs11KeyVault:
         self._enumerations = _Counter()
         # token_id -> when a miss on it last made us rescan the token (see _cached_or_found)
         self._last_rescan: dict[bytes, float] = {}
+        # One finder/generator of the audit seal key per process (os_locking has many sessions).
+        self._seal_key_lock = threading.Lock()
+        self._seal_verify_rescanned = False
 
     @classmethod
     def open(
@@ -359,6 +365,56 @@ class Pkcs11KeyVault:
         """Raise ``KMSInternalException`` if the token does not answer (one C_GenerateRandom)."""
         self.generate_random(1)
 
+    def audit_seal(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` on the token (C_Sign, CKM_SHA256_HMAC) with the seal key.
+
+        The key is found, or generated on first use, once per session and cached
+        like a key version's handle (see :meth:`_audit_seal_key` for two
+        processes generating it at once).
+        """
+
+        def sign(ws: WorkingSession) -> bytes:
+            key = self._audit_seal_key(ws)
+            return _as_bytes(key.sign(data, mechanism=Mechanism.SHA256_HMAC))
+
+        return self._call(sign, "the HSM failed to seal the audit trail", key_id=templates.AUDIT_SEAL_ID)
+
+    def verify_audit_seal(self, data: bytes, mac: bytes) -> bool:
+        """C_Verify of ``mac`` over ``data`` with the token's audit seal key(s).
+
+        Any seal key on the token is accepted: after a first-use race each
+        racer may have sealed with its own key (see :meth:`_audit_seal_key`).
+        "No key verifies" is only concluded after one rescan of the token (a
+        SoftHSM2 process may not see a key another process made, TokenViewStale).
+        No seal key at all on the token is False, never a new key.
+        """
+
+        def verify(ws: WorkingSession) -> bool:
+            cached = ws.keys.get(templates.AUDIT_SEAL_ID)
+            if isinstance(cached, VerifyMixin) and cached.verify(data, mac, mechanism=Mechanism.SHA256_HMAC):
+                return True
+            for key in self._search(ws, _audit_seal_query()):
+                if isinstance(key, VerifyMixin) and key.verify(data, mac, mechanism=Mechanism.SHA256_HMAC):
+                    return True
+            if not self._seal_verify_rescanned:
+                self._seal_verify_rescanned = True
+                raise TokenViewStale()
+            return False
+
+        return self._call(verify, "the HSM failed to verify an audit seal", key_id=templates.AUDIT_SEAL_ID)
+
+    def audit_seal_key_attributes(self) -> list[dict[str, bool]]:
+        """The boolean attributes of every audit seal key on the token (tests, audits)."""
+
+        def read(ws: WorkingSession) -> list[dict[str, bool]]:
+            found = self._search(ws, _audit_seal_query())
+            return [
+                {Attribute(attr).name: bool(value) for attr, value in _read_flags(key).items()}
+                for key in found
+            ]
+
+        return self._call(read, "the HSM failed to read key attributes", key_id=None)
+
     # -- beyond the port --
 
     def preload(self) -> int:
@@ -392,6 +448,43 @@ class Pkcs11KeyVault:
         return self._call(read, "the HSM failed to read key attributes", key_id=token_id)
 
     # -- internals --
+
+    def _audit_seal_key(self, ws: WorkingSession) -> SignMixin:
+        """The seal key for this session: cached, found, or generated (once per process).
+
+        Two processes may both find none and both generate one. There is no
+        lock shared by every process on a token (CloudHSM's are other hosts),
+        so: after generating, search again, and if several exist choose the one
+        whose HMAC of :data:`AUDIT_SEAL_PROBE` is smallest -- the same choice
+        in every process that sees them all. The others are NOT destroyed: a
+        racer may already have sealed with the one it made before it saw the
+        other, and destroying it would make that seal unverifiable. So several
+        seal keys can exist after a race; :meth:`verify_audit_seal` accepts any.
+        """
+        cached = ws.keys.get(templates.AUDIT_SEAL_ID)
+        if isinstance(cached, SignMixin):
+            return cached
+        with self._seal_key_lock:
+            found = self._search(ws, _audit_seal_query())
+            if not found:
+                with self._sessions.object_store_lock:
+                    ws.session.generate_key(
+                        KeyType.GENERIC_SECRET,
+                        templates.AUDIT_SEAL_BITS,
+                        store=True,
+                        capabilities=templates.GENERATE_KEY_CAPABILITIES,
+                        template=templates.audit_seal_template(),
+                    )
+                found = self._search(ws, _audit_seal_query())  # ours, and a racer's if visible
+            signers = [key for key in found if isinstance(key, SignMixin)]
+            if not signers:
+                raise _internal("the HSM holds no usable audit seal key")
+            chosen = min(
+                signers,
+                key=lambda key: _as_bytes(key.sign(AUDIT_SEAL_PROBE, mechanism=Mechanism.SHA256_HMAC)),
+            )
+            ws.keys[templates.AUDIT_SEAL_ID] = chosen
+            return chosen
 
     def _call(self, op: Callable[[WorkingSession], T], failure: str, *, key_id: bytes | None) -> T:
         """Run ``op`` through the session layer; library errors become a fixed internal error."""
@@ -428,6 +521,9 @@ class Pkcs11KeyVault:
         if len(found) > 1:
             # Only a retried creation could make two; which one encrypted what is unknowable.
             raise _internal("several HSM objects share the CKA_ID of this key version")
+        # Found: give the key its rescan back. A later re-initialisation drops every
+        # cached handle, and this process's next write can hide the key once more.
+        self._last_rescan.pop(token_id, None)
         ws.keys[token_id] = found[0]
         return found[0]
 
@@ -464,6 +560,19 @@ class Pkcs11KeyVault:
         for token_id in duplicated:  # left to the search path, which fails closed
             del by_id[token_id]
         ws.keys.update(by_id)
+
+
+def _audit_seal_query() -> dict[Attribute, object]:
+    return {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+        Attribute.ID: templates.AUDIT_SEAL_ID,
+    }
+
+
+def _read_flags(key: Object) -> dict[Attribute, object]:
+    values: dict[Attribute, object] = key.get_attributes(list(KEY_ATTRIBUTES_READ_BACK))
+    return values
 
 
 def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:

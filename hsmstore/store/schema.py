@@ -12,8 +12,8 @@ Why the two custom types exist:
   before ``a-b`` before ``aB``), so on PostgreSQL these columns use the "C"
   collation, which is code point order, like Python's ``str``.
 
-The migration ``migrations/versions/0001_initial.py`` creates exactly these
-tables; a contract test checks that the two never drift apart.
+The migrations under ``migrations/versions/`` create exactly these tables; a
+contract test checks that the two never drift apart.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -178,4 +179,91 @@ key_destructions = Table(
     Column("deletion_date", UtcDateTime(), nullable=False),
     Column("destroyed_at", UtcDateTime(), nullable=True),
     PrimaryKeyConstraint("key_id", "version"),
+)
+
+
+# -- the audit trail (core/audit.py; migration 0003) -------------------------
+
+HASH_LENGTH = 32  # SHA-256
+EVENT_NAME_LENGTH = 64
+EVENT_ID_LENGTH = 64  # a UUID, with room to spare
+ERROR_CODE_LENGTH = 128
+SPOOL_NAME_LENGTH = 255  # a file name
+
+# One row per call, in the order of the hash chain. ``seq`` is assigned by the
+# appender under the chain head's lock (never autoincrement: a sequence can
+# leave gaps, and a gap is exactly what ``audit verify`` reports as a removal).
+# ``record_json`` is the canonical JSON the hash covers; the other columns are
+# copies of fields of it, for LookupEvents' filters.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger(), autoincrement=False, nullable=False),
+    Column("event_id", String(EVENT_ID_LENGTH), nullable=False),
+    Column("event_time", UtcDateTime(), nullable=False),
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("principal", Text(), nullable=False),
+    Column("event_name", String(EVENT_NAME_LENGTH), nullable=False),
+    Column("key_id", ordered_string(KEY_ID_LENGTH), nullable=True),
+    Column("key_version", Integer(), nullable=True),
+    Column("error_code", String(ERROR_CODE_LENGTH), nullable=True),
+    Column("record_json", Text(), nullable=False),
+    Column("previous_hash", LargeBinary(HASH_LENGTH), nullable=False),
+    Column("hash", LargeBinary(HASH_LENGTH), nullable=False),
+    PrimaryKeyConstraint("seq"),
+    UniqueConstraint("event_id"),
+    # LookupEvents: WHERE tenant = ? [AND event_name | key_id = ?] AND (event_time, seq) < (?, ?)
+    # ORDER BY event_time DESC, seq DESC -- time order, as CloudTrail answers; the chain order
+    # differs because management records commit with their change and others come via the spool.
+    Index(None, "tenant", "event_time", "seq"),
+    Index(None, "tenant", "event_name", "event_time", "seq"),
+    Index(None, "tenant", "key_id", "event_time", "seq"),
+    # Retention: WHERE event_time < cutoff
+    Index(None, "event_time"),
+    # GetKeyLastUsage: the newest event of a key (and of one of its versions)
+    Index(None, "key_id", "key_version", "seq"),
+)
+
+# Exactly one row: the newest (seq, hash) of the chain. Appenders lock it
+# (PostgreSQL: SELECT ... FOR UPDATE; SQLite: BEGIN IMMEDIATE) to serialise.
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("id", Integer(), autoincrement=False, nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("hash", LargeBinary(HASH_LENGTH), nullable=False),
+    PrimaryKeyConstraint("id"),
+)
+
+# Exactly one row: the (seq, hash) the stored chain continues from, moved
+# forward by retention purges; (0, genesis) until the first purge.
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("id", Integer(), autoincrement=False, nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("hash", LargeBinary(HASH_LENGTH), nullable=False),
+    PrimaryKeyConstraint("id"),
+)
+
+# HMACs made on the token over the chain head at a moment: a cut tail (rows
+# deleted from the end, which leaves a chain that still verifies) shows as a
+# seal whose seq no longer exists.
+audit_seals = Table(
+    "audit_seals",
+    metadata,
+    Column("seq", BigInteger(), autoincrement=False, nullable=False),
+    Column("hash", LargeBinary(HASH_LENGTH), nullable=False),
+    Column("sealed_at", UtcDateTime(), nullable=False),
+    Column("mac", LargeBinary(HASH_LENGTH), nullable=False),
+    PrimaryKeyConstraint("seq"),
+)
+
+# How far each spool file has been ingested, stored with the records it moved.
+audit_spool_offsets = Table(
+    "audit_spool_offsets",
+    metadata,
+    Column("spool_name", String(SPOOL_NAME_LENGTH), nullable=False),
+    Column("offset", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("spool_name"),
 )

@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Engine, and_, create_engine, event, exc, func, or_, select, text
@@ -42,6 +43,7 @@ from hsmstore.core.model import (
     RotationType,
     VersionState,
 )
+from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.schema import aliases, key_destructions, key_versions, keys, tags
 
 #: Execution option read by the SQLite ``begin`` hook: ``"DEFERRED"`` (the
@@ -80,6 +82,14 @@ def create_engine_for_url(
     if backend in ("postgresql", "postgres"):
         return _create_postgresql_engine(parsed, pool_size, max_overflow, pool_timeout)
     raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql")
+
+
+def sqlite_file_of(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL; None for any other kind of database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
 
 
 def _create_sqlite_engine(url: URL, pool_size: int, max_overflow: int, pool_timeout: float) -> Engine:
@@ -193,11 +203,17 @@ _VERSION_COLUMNS: Final = (
 )
 
 
-class SqlMetadataStore:
-    """The ``MetadataStore`` port on SQLAlchemy Core; one transaction per call.
+class SqlMetadataStore(SqlAuditLog):
+    """The ``MetadataStore`` and ``AuditLog`` ports on SQLAlchemy Core; one transaction per call.
 
     Safe to share between threads: it holds only the engine, whose pool hands
     each call its own connection.
+
+    ``audit=``: every write that completes a management change takes the call's
+    audit record and appends it to the chain in the same transaction as the
+    change, and only if the change happened (a lost compare-and-set writes no
+    record), so the trail never shows a change that did not commit, nor misses
+    one that did.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -225,7 +241,7 @@ class SqlMetadataStore:
                 f"key {key.key_id} or its token object id already exists"
             ) from None
 
-    def finish_creating_key(self, key_id: str) -> bool:
+    def finish_creating_key(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
         """CREATING -> ENABLED and the key's PENDING versions -> ACTIVE, in one transaction.
 
         False for a key that is no longer CREATING (recovery claimed it);
@@ -246,6 +262,7 @@ class SqlMetadataStore:
                     )
                     .values(state=VersionState.ACTIVE.value)
                 )
+                self._audit_change(connection, audit)
                 return True
             exists = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first()
         if exists is None:
@@ -336,7 +353,9 @@ class SqlMetadataStore:
         with self._reader.connect() as connection:
             return [_key_from_row(row._mapping) for row in connection.execute(query)]
 
-    def update_key_state(self, key_id: str, expected: KeyState, new_state: KeyState) -> bool:
+    def update_key_state(
+        self, key_id: str, expected: KeyState, new_state: KeyState, *, audit: Mapping[str, Any] | None = None
+    ) -> bool:
         """Compare-and-set in one UPDATE, so two racing callers cannot both win."""
         with self._writer.begin() as connection:
             changed = connection.execute(
@@ -344,21 +363,33 @@ class SqlMetadataStore:
                 .where(keys.c.key_id == key_id, keys.c.key_state == expected.value)
                 .values(key_state=new_state.value)
             ).rowcount
+            if changed == 1:
+                self._audit_change(connection, audit)
         return changed == 1
 
-    def update_description(self, key_id: str, description: str) -> None:
+    def update_description(
+        self, key_id: str, description: str, *, audit: Mapping[str, Any] | None = None
+    ) -> None:
         """Raises ``NotFoundException`` if the key does not exist, so no write is lost silently."""
         with self._writer.begin() as connection:
             changed = connection.execute(
                 keys.update().where(keys.c.key_id == key_id).values(description=description)
             ).rowcount
+            if changed:
+                self._audit_change(connection, audit)
         if changed == 0:
             raise errors.NotFoundException(f"key {key_id} does not exist")
 
     # -- scheduled deletion ---------------------------------------------
 
     def schedule_deletion(
-        self, key_id: str, expected: KeyState, deletion_date: datetime, pending_window_days: int
+        self,
+        key_id: str,
+        expected: KeyState,
+        deletion_date: datetime,
+        pending_window_days: int,
+        *,
+        audit: Mapping[str, Any] | None = None,
     ) -> bool:
         _require_aware(deletion_date, "deletion_date")
         with self._writer.begin() as connection:
@@ -371,15 +402,19 @@ class SqlMetadataStore:
                     pending_window_days=pending_window_days,
                 )
             ).rowcount
+            if changed == 1:
+                self._audit_change(connection, audit)
         return changed == 1
 
-    def cancel_deletion(self, key_id: str) -> bool:
+    def cancel_deletion(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
         with self._writer.begin() as connection:
             changed = connection.execute(
                 keys.update()
                 .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.PENDING_DELETION.value)
                 .values(key_state=KeyState.DISABLED.value, deletion_date=None, pending_window_days=None)
             ).rowcount
+            if changed == 1:
+                self._audit_change(connection, audit)
         return changed == 1
 
     def list_keys_to_destroy(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
@@ -455,7 +490,14 @@ class SqlMetadataStore:
 
     # -- rotation -----------------------------------------------------------
 
-    def set_rotation(self, key_id: str, period_days: int | None, next_rotation_date: datetime | None) -> None:
+    def set_rotation(
+        self,
+        key_id: str,
+        period_days: int | None,
+        next_rotation_date: datetime | None,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> None:
         if next_rotation_date is not None:
             _require_aware(next_rotation_date, "next_rotation_date")
         with self._writer.begin() as connection:
@@ -464,6 +506,8 @@ class SqlMetadataStore:
                 .where(keys.c.key_id == key_id)
                 .values(rotation_period_days=period_days, next_rotation_date=next_rotation_date)
             ).rowcount
+            if changed:
+                self._audit_change(connection, audit)
         if changed == 0:
             raise errors.NotFoundException(f"key {key_id} does not exist")
 
@@ -495,7 +539,13 @@ class SqlMetadataStore:
         return True
 
     def finish_rotation(
-        self, key_id: str, version: int, token_id: bytes, next_rotation_date: datetime | None
+        self,
+        key_id: str,
+        version: int,
+        token_id: bytes,
+        next_rotation_date: datetime | None,
+        *,
+        audit: Mapping[str, Any] | None = None,
     ) -> bool:
         """Both updates or neither: the version must still be PENDING (recovery may have
         removed it) and the key must still be at ``version - 1``."""
@@ -524,6 +574,7 @@ class SqlMetadataStore:
                 ).rowcount
                 if not moved:
                     raise _RollBack
+                self._audit_change(connection, audit)
         except _RollBack:
             return False
         return True
@@ -592,7 +643,14 @@ class SqlMetadataStore:
 
     # -- tags -----------------------------------------------------------------
 
-    def put_tags(self, key_id: str, tags_to_put: Mapping[str, str], max_tags: int) -> None:
+    def put_tags(
+        self,
+        key_id: str,
+        tags_to_put: Mapping[str, str],
+        max_tags: int,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> None:
         with self._writer.begin() as connection:
             _lock_existing_key(connection, key_id)
             existing = set(
@@ -611,12 +669,17 @@ class SqlMetadataStore:
                     connection.execute(
                         tags.insert().values(key_id=key_id, tag_key=tag_key, tag_value=tag_value)
                     )
+            self._audit_change(connection, audit)
 
-    def remove_tags(self, key_id: str, tag_keys: Sequence[str]) -> None:
+    def remove_tags(
+        self, key_id: str, tag_keys: Sequence[str], *, audit: Mapping[str, Any] | None = None
+    ) -> None:
+        """Removing absent tags is not an error (UntagResource), and is still recorded."""
         with self._writer.begin() as connection:
             connection.execute(
                 tags.delete().where(tags.c.key_id == key_id, tags.c.tag_key.in_(list(tag_keys)))
             )
+            self._audit_change(connection, audit)
 
     def list_tags(self, key_id: str) -> Mapping[str, str]:
         query = (
@@ -627,7 +690,7 @@ class SqlMetadataStore:
 
     # -- aliases --------------------------------------------------------
 
-    def create_alias(self, alias: AliasRecord) -> None:
+    def create_alias(self, alias: AliasRecord, *, audit: Mapping[str, Any] | None = None) -> None:
         """Raises ``NotFoundException`` if the target key does not exist,
         ``AlreadyExistsException`` if the tenant already has an alias of that name.
         """
@@ -637,12 +700,21 @@ class SqlMetadataStore:
             with self._writer.begin() as connection:
                 _lock_existing_key(connection, alias.target_key_id)
                 connection.execute(aliases.insert().values(_alias_values(alias)))
+                self._audit_change(connection, audit)
         except exc.IntegrityError:
             # The target key is locked above, so the only constraint left to
             # break is the (tenant, alias_name) primary key.
             raise errors.AlreadyExistsException(f"alias {alias.alias_name} already exists") from None
 
-    def update_alias(self, tenant: str, alias_name: str, target_key_id: str, now: datetime) -> bool:
+    def update_alias(
+        self,
+        tenant: str,
+        alias_name: str,
+        target_key_id: str,
+        now: datetime,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Raises ``NotFoundException`` if the new target key does not exist."""
         _require_aware(now, "now")
         with self._writer.begin() as connection:
@@ -652,13 +724,17 @@ class SqlMetadataStore:
                 .where(aliases.c.tenant == tenant, aliases.c.alias_name == alias_name)
                 .values(target_key_id=target_key_id, last_updated_date=now)
             ).rowcount
+            if changed == 1:
+                self._audit_change(connection, audit)
         return changed == 1
 
-    def delete_alias(self, tenant: str, alias_name: str) -> bool:
+    def delete_alias(self, tenant: str, alias_name: str, *, audit: Mapping[str, Any] | None = None) -> bool:
         with self._writer.begin() as connection:
             changed = connection.execute(
                 aliases.delete().where(aliases.c.tenant == tenant, aliases.c.alias_name == alias_name)
             ).rowcount
+            if changed == 1:
+                self._audit_change(connection, audit)
         return changed == 1
 
     def get_alias(self, tenant: str, alias_name: str) -> AliasRecord | None:
@@ -680,6 +756,11 @@ class SqlMetadataStore:
         query = select(aliases).where(and_(*conditions)).order_by(aliases.c.alias_name).limit(limit)
         with self._reader.connect() as connection:
             return [_alias_from_row(row._mapping) for row in connection.execute(query)]
+
+    def _audit_change(self, connection: Connection, audit: Mapping[str, Any] | None) -> None:
+        """Append the change's record, if the caller gave one, in the change's transaction."""
+        if audit is not None:
+            self._append_audit(connection, [audit])
 
     def ping(self) -> None:
         with self._reader.connect() as connection:

@@ -1,19 +1,27 @@
-"""An in-memory ``MetadataStore`` for unit tests.
+"""An in-memory ``MetadataStore`` and ``AuditLog`` for unit tests.
 
 It behaves like ``hsmstore.store.sql.SqlMetadataStore`` (the contract tests in
 ``tests/contract/test_metadata_store.py`` run against both): the same errors,
 the same orders, datetimes normalised to UTC, and one lock so that it can be
 used from several threads like the real one.
+
+The audit trail is the same hash chain as the SQL store's (core/audit.py),
+indexed by the same fields (``core/audit_fields.py``). ``audit=`` on a
+management write appends the record under the same lock as the change, and
+only if the change happened: the in-memory version of "one transaction".
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from hsmstore import errors
+from hsmstore.core.audit import GENESIS_HASH, StoredAuditEvent, canonical_record_bytes, chain_hash
+from hsmstore.core.audit_fields import AuditFields, audit_fields
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
@@ -24,6 +32,17 @@ from hsmstore.core.model import (
     RotationType,
     VersionState,
 )
+from hsmstore.core.ports import AuditQuery, AuditSeal
+
+ITER_BATCH = 1000
+
+Audit = Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Row:
+    fields: AuditFields
+    event: StoredAuditEvent
 
 
 class FakeMetadataStore:
@@ -34,6 +53,11 @@ class FakeMetadataStore:
         self._aliases: dict[tuple[str, str], AliasRecord] = {}
         self._tags: dict[str, dict[str, str]] = {}
         self._destructions: dict[tuple[str, int], DestructionRecord] = {}
+        self._events: dict[int, _Row] = {}  # seq -> row; dicts keep insertion (= seq) order
+        self._head: tuple[int, bytes] = (0, GENESIS_HASH)
+        self._anchor: tuple[int, bytes] = (0, GENESIS_HASH)
+        self._seals: dict[int, AuditSeal] = {}
+        self._spool_offsets: dict[str, int] = {}
 
     # -- creation -------------------------------------------------------
 
@@ -57,7 +81,7 @@ class FakeMetadataStore:
             self._keys[key.key_id] = key
             self._versions[(version.key_id, version.version)] = version
 
-    def finish_creating_key(self, key_id: str) -> bool:
+    def finish_creating_key(self, key_id: str, *, audit: Audit = None) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None:
@@ -68,6 +92,7 @@ class FakeMetadataStore:
             for version_id, version in self._versions.items():
                 if version.key_id == key_id and version.state is VersionState.PENDING:
                     self._versions[version_id] = replace(version, state=VersionState.ACTIVE)
+            self._audit_change(audit)
             return True
 
     def claim_failed_creation(self, key_id: str) -> bool:
@@ -133,25 +158,35 @@ class FakeMetadataStore:
             )
         return selected[:limit]
 
-    def update_key_state(self, key_id: str, expected: KeyState, new_state: KeyState) -> bool:
+    def update_key_state(
+        self, key_id: str, expected: KeyState, new_state: KeyState, *, audit: Audit = None
+    ) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None or key.state is not expected:
                 return False
             self._keys[key_id] = key.with_state(new_state)
+            self._audit_change(audit)
             return True
 
-    def update_description(self, key_id: str, description: str) -> None:
+    def update_description(self, key_id: str, description: str, *, audit: Audit = None) -> None:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None:
                 raise errors.NotFoundException(f"key {key_id} does not exist")
             self._keys[key_id] = replace(key, description=description)
+            self._audit_change(audit)
 
     # -- scheduled deletion ---------------------------------------------
 
     def schedule_deletion(
-        self, key_id: str, expected: KeyState, deletion_date: datetime, pending_window_days: int
+        self,
+        key_id: str,
+        expected: KeyState,
+        deletion_date: datetime,
+        pending_window_days: int,
+        *,
+        audit: Audit = None,
     ) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
@@ -163,9 +198,10 @@ class FakeMetadataStore:
                 deletion_date=_utc(deletion_date),
                 pending_window_days=pending_window_days,
             )
+            self._audit_change(audit)
             return True
 
-    def cancel_deletion(self, key_id: str) -> bool:
+    def cancel_deletion(self, key_id: str, *, audit: Audit = None) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None or key.state is not KeyState.PENDING_DELETION:
@@ -173,6 +209,7 @@ class FakeMetadataStore:
             self._keys[key_id] = replace(
                 key, state=KeyState.DISABLED, deletion_date=None, pending_window_days=None
             )
+            self._audit_change(audit)
             return True
 
     def list_keys_to_destroy(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
@@ -227,7 +264,14 @@ class FakeMetadataStore:
 
     # -- rotation ---------------------------------------------------------
 
-    def set_rotation(self, key_id: str, period_days: int | None, next_rotation_date: datetime | None) -> None:
+    def set_rotation(
+        self,
+        key_id: str,
+        period_days: int | None,
+        next_rotation_date: datetime | None,
+        *,
+        audit: Audit = None,
+    ) -> None:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None:
@@ -237,6 +281,7 @@ class FakeMetadataStore:
                 rotation_period_days=period_days,
                 next_rotation_date=None if next_rotation_date is None else _utc(next_rotation_date),
             )
+            self._audit_change(audit)
 
     def insert_pending_version(self, version: KeyVersion, max_on_demand_rotations: int) -> bool:
         if version.state is not VersionState.PENDING:
@@ -258,7 +303,13 @@ class FakeMetadataStore:
             return True
 
     def finish_rotation(
-        self, key_id: str, version: int, token_id: bytes, next_rotation_date: datetime | None
+        self,
+        key_id: str,
+        version: int,
+        token_id: bytes,
+        next_rotation_date: datetime | None,
+        *,
+        audit: Audit = None,
     ) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
@@ -275,6 +326,7 @@ class FakeMetadataStore:
                 if next_rotation_date is None
                 else _utc(next_rotation_date),
             )
+            self._audit_change(audit)
             return True
 
     def abandon_version(self, key_id: str, version: int, token_id: bytes) -> bool:
@@ -331,7 +383,7 @@ class FakeMetadataStore:
 
     # -- tags -----------------------------------------------------------------
 
-    def put_tags(self, key_id: str, tags: Mapping[str, str], max_tags: int) -> None:
+    def put_tags(self, key_id: str, tags: Mapping[str, str], max_tags: int, *, audit: Audit = None) -> None:
         with self._lock:
             if key_id not in self._keys:
                 raise errors.NotFoundException(f"key {key_id} does not exist")
@@ -339,11 +391,13 @@ class FakeMetadataStore:
             if len(set(current) | set(tags)) > max_tags:
                 raise errors.LimitExceededException(f"A key can have at most {max_tags} tags")
             current.update(tags)
+            self._audit_change(audit)
 
-    def remove_tags(self, key_id: str, tag_keys: Sequence[str]) -> None:
+    def remove_tags(self, key_id: str, tag_keys: Sequence[str], *, audit: Audit = None) -> None:
         with self._lock:
             for tag_key in tag_keys:
                 self._tags.get(key_id, {}).pop(tag_key, None)
+            self._audit_change(audit)
 
     def list_tags(self, key_id: str) -> Mapping[str, str]:
         with self._lock:
@@ -351,7 +405,7 @@ class FakeMetadataStore:
 
     # -- aliases --------------------------------------------------------
 
-    def create_alias(self, alias: AliasRecord) -> None:
+    def create_alias(self, alias: AliasRecord, *, audit: Audit = None) -> None:
         alias = replace(
             alias,
             creation_date=_utc(alias.creation_date),
@@ -364,8 +418,11 @@ class FakeMetadataStore:
             if alias_id in self._aliases:
                 raise errors.AlreadyExistsException(f"alias {alias.alias_name} already exists")
             self._aliases[alias_id] = alias
+            self._audit_change(audit)
 
-    def update_alias(self, tenant: str, alias_name: str, target_key_id: str, now: datetime) -> bool:
+    def update_alias(
+        self, tenant: str, alias_name: str, target_key_id: str, now: datetime, *, audit: Audit = None
+    ) -> bool:
         now = _utc(now)
         with self._lock:
             if target_key_id not in self._keys:
@@ -376,11 +433,15 @@ class FakeMetadataStore:
             self._aliases[(tenant, alias_name)] = replace(
                 alias, target_key_id=target_key_id, last_updated_date=now
             )
+            self._audit_change(audit)
             return True
 
-    def delete_alias(self, tenant: str, alias_name: str) -> bool:
+    def delete_alias(self, tenant: str, alias_name: str, *, audit: Audit = None) -> bool:
         with self._lock:
-            return self._aliases.pop((tenant, alias_name), None) is not None
+            deleted = self._aliases.pop((tenant, alias_name), None) is not None
+            if deleted:
+                self._audit_change(audit)
+            return deleted
 
     def get_alias(self, tenant: str, alias_name: str) -> AliasRecord | None:
         with self._lock:
@@ -405,6 +466,161 @@ class FakeMetadataStore:
 
     def ping(self) -> None:
         """Memory always answers."""
+
+    # -- audit trail (AuditLog) -------------------------------------------
+
+    def append_audit_records(
+        self, records: Sequence[Mapping[str, Any]], spool_position: tuple[str, int] | None = None
+    ) -> list[int]:
+        with self._lock:
+            if spool_position is not None:
+                name, offset = spool_position
+                current = self._spool_offsets.get(name)
+                if current is not None and current >= offset:
+                    raise errors.AlreadyExistsException(
+                        f"audit spool {name} was ingested to {current} already"
+                    )
+            seqs = self._append_audit(records)
+            if spool_position is not None:
+                self._spool_offsets[spool_position[0]] = spool_position[1]
+            return seqs
+
+    def spool_offset(self, spool_name: str) -> int:
+        with self._lock:
+            return self._spool_offsets.get(spool_name, 0)
+
+    def lookup_audit_events(self, query: AuditQuery) -> Sequence[StoredAuditEvent]:
+        if query.limit < 1:
+            raise ValueError(f"limit must be at least 1, not {query.limit}")
+        start = None if query.start_time is None else _utc(query.start_time)
+        end = None if query.end_time is None else _utc(query.end_time)
+        found: list[StoredAuditEvent] = []
+        with self._lock:
+            order = sorted(self._events, key=lambda s: (self._events[s].fields.event_time, s), reverse=True)
+            before = None if query.before is None else (_utc(query.before[0]), query.before[1])
+            for seq in order:
+                fields = self._events[seq].fields
+                if (
+                    fields.tenant == query.tenant
+                    and (before is None or (fields.event_time, seq) < before)
+                    and (query.event_name is None or fields.event_name == query.event_name)
+                    and (query.principal is None or fields.principal == query.principal)
+                    and (query.key_id is None or fields.key_id == query.key_id)
+                    and (start is None or fields.event_time >= start)
+                    and (end is None or fields.event_time < end)
+                ):
+                    found.append(self._events[seq].event)
+                    if len(found) == query.limit:
+                        break
+        return found
+
+    def iter_audit_events(self, after_seq: int = 0) -> Iterator[StoredAuditEvent]:
+        last = after_seq
+        while True:
+            with self._lock:
+                batch = [row.event for seq, row in sorted(self._events.items()) if seq > last][:ITER_BATCH]
+            yield from batch
+            if len(batch) < ITER_BATCH:
+                return
+            last = batch[-1].seq
+
+    def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
+        with self._lock:
+            used = [
+                row
+                for _, row in sorted(self._events.items())
+                if row.fields.is_key_usage and row.fields.key_id == key_id
+            ]
+        if not used:
+            return []
+        by_version = {row.fields.key_version: row.event for row in used if row.fields.key_version is not None}
+        newest: list[tuple[int | None, StoredAuditEvent]] = [(None, used[-1].event)]
+        newest.extend((version, by_version[version]) for version in sorted(by_version))
+        return newest
+
+    def audit_anchor(self) -> tuple[int, bytes]:
+        with self._lock:
+            return self._anchor
+
+    def add_audit_seal(self, seal: AuditSeal) -> None:
+        with self._lock:
+            if seal.seq in self._seals:
+                raise errors.AlreadyExistsException(f"the audit chain at {seal.seq} is sealed already")
+            self._seals[seal.seq] = replace(seal, sealed_at=_utc(seal.sealed_at))
+
+    def list_audit_seals(self) -> Sequence[AuditSeal]:
+        with self._lock:
+            return [self._seals[seq] for seq in sorted(self._seals)]
+
+    def purge_audit_before(self, cutoff: datetime) -> int:
+        """Only a prefix goes, up to the first event at or after ``cutoff`` (as the SQL store)."""
+        cutoff = _utc(cutoff)
+        with self._lock:
+            gone: list[int] = []
+            for seq in sorted(self._events):
+                if self._events[seq].fields.event_time >= cutoff:
+                    break
+                gone.append(seq)
+            if not gone:
+                return 0
+            last = self._events[gone[-1]].event
+            for seq in gone:
+                del self._events[seq]
+            self._anchor = (last.seq, last.hash)
+            for seq in [seq for seq in self._seals if seq <= last.seq]:
+                del self._seals[seq]
+            return len(gone)
+
+    def tamper_with_audit_event(self, seq: int, record_json: str) -> None:
+        """Test hook: overwrite a stored record as an attacker with DB access would."""
+        with self._lock:
+            row = self._events[seq]
+            self._events[seq] = replace(row, event=replace(row.event, record_json=record_json))
+
+    def delete_audit_events(self, seqs: Sequence[int]) -> None:
+        """Test hook: remove rows without moving the head or the anchor (a deletion, not a purge)."""
+        with self._lock:
+            for seq in seqs:
+                del self._events[seq]
+
+    def replace_audit_seal(self, seal: AuditSeal) -> None:
+        """Test hook: overwrite a stored seal."""
+        with self._lock:
+            self._seals[seal.seq] = seal
+
+    def _audit_change(self, audit: Audit) -> None:
+        """Caller holds the lock and has made the change."""
+        if audit is not None:
+            self._append_audit([audit])
+
+    def _append_audit(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Caller holds the lock. All or nothing, like the SQL transaction."""
+        rows = [(audit_fields(record), canonical_record_bytes(record)) for record in records]
+        known = {row.fields.event_id for row in self._events.values()}
+        new_ids = [fields.event_id for fields, _ in rows]
+        if known.intersection(new_ids) or len(set(new_ids)) != len(new_ids):
+            raise errors.AlreadyExistsException("an audit record with that eventID is in the trail")
+        seq, previous = self._head
+        seqs: list[int] = []
+        for fields, record_bytes in rows:
+            seq += 1
+            digest = chain_hash(previous, seq, record_bytes)
+            event = StoredAuditEvent(
+                seq=seq,
+                event_id=fields.event_id,
+                event_time=fields.event_time,
+                tenant=fields.tenant,
+                event_name=fields.event_name,
+                key_id=fields.key_id,
+                record_json=record_bytes.decode("utf-8"),
+                previous_hash=previous,
+                hash=digest,
+            )
+            self._events[seq] = _Row(fields, event)
+            seqs.append(seq)
+            previous = digest
+        self._head = (seq, previous)
+        return seqs
 
     def _versions_of(self, key_id: str) -> list[KeyVersion]:
         """Caller holds the lock."""

@@ -12,6 +12,8 @@ this object and are never returned.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 
@@ -35,6 +37,7 @@ class FakeKeyVault:
         self._lock = threading.Lock()
         self._available = True
         self.max_gcm_payload = max_gcm_payload
+        self._seal_key = os.urandom(32)  # the token's audit seal key: never leaves this object
 
     def __repr__(self) -> str:
         return f"<FakeKeyVault keys={len(self._keys)}>"
@@ -97,6 +100,15 @@ class FakeKeyVault:
 
     def ping(self) -> None:
         self._check_available()
+
+    def audit_seal(self, data: bytes) -> bytes:
+        """HMAC-SHA256 with this fake token's seal key (the real one is CKM_SHA256_HMAC)."""
+        self._check_available()
+        return hmac.new(self._seal_key, data, hashlib.sha256).digest()
+
+    def verify_audit_seal(self, data: bytes, mac: bytes) -> bool:
+        self._check_available()
+        return hmac.compare_digest(hmac.new(self._seal_key, data, hashlib.sha256).digest(), mac)
 
     def object_count(self) -> int:
         """How many key objects the fake token holds (a real token would need an enumeration)."""

@@ -1,0 +1,231 @@
+"""The audit trail: one CloudTrail-shaped record per call, chained by hashes.
+
+AWS KMS records every call, cryptographic ones included, in CloudTrail; the
+contract ("Audit events") fixes the shape: ``eventVersion``, ``eventTime``,
+``eventSource`` = ``kms.hsmstore``, ``eventName``, ``userIdentity``,
+``sourceIPAddress``, ``requestParameters`` (with ``keyId`` and
+``encryptionContext``), ``resources``, ``requestID``, ``eventID``,
+``readOnly``, ``errorCode``, ``errorMessage`` -- never plaintext or key material.
+
+How a call is captured: the transport opens a :class:`CallAudit` for the call
+(``begin_call``), the service notes what it resolved (``note_key``,
+``note_alias``) through a context variable, and the transport closes it with
+the outcome. Nothing here does I/O.
+
+Hash chain (what ``hsmstore audit verify`` checks)::
+
+    record_bytes = canonical JSON of the record (sorted keys, no spaces, UTF-8)
+    hash(seq)    = SHA-256( hash(seq-1) || u64be(seq) || record_bytes )
+    hash(0)      = 32 zero bytes (the genesis)
+
+so changing, removing, inserting or reordering a row breaks every later hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hsmstore.core.model import Caller
+
+EVENT_SOURCE = "kms.hsmstore"
+EVENT_VERSION = "1.08"
+GENESIS_HASH = bytes(32)
+
+# Read-only operations, after CloudTrail's readOnly flag for KMS.
+READ_ONLY_EVENTS = frozenset(
+    {
+        "DescribeKey", "ListKeys", "ListAliases", "ListResourceTags", "ListKeyRotations",
+        "GetKeyRotationStatus", "GetKeyLastUsage", "LookupEvents",
+    }
+)  # fmt: skip
+# Cryptographic operations: recorded through the spool, off the DB write path.
+CRYPTOGRAPHIC_EVENTS = frozenset(
+    {
+        "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext", "GenerateRandom",
+    }
+)  # fmt: skip
+
+
+@dataclass
+class CallAudit:
+    """What one call did, filled in while it runs."""
+
+    event_name: str
+    caller: Caller
+    request_parameters: dict[str, Any]
+    event_time: datetime
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.monotonic)
+    key_ids: list[str] = field(default_factory=list)  # ARNs, in the order resolved
+    key_versions: dict[str, int] = field(default_factory=dict)  # key ARN -> version used
+    alias_name: str | None = None
+    source_address: str = ""
+    error_code: str | None = None
+    error_message: str | None = None
+    recorded: bool = False  # True once the record was written with the call's own DB change
+
+    @property
+    def cryptographic(self) -> bool:
+        return self.event_name in CRYPTOGRAPHIC_EVENTS
+
+    def to_record(self, latency_ms: float | None = None) -> dict[str, Any]:
+        """The CloudTrail-shaped record. ``requestParameters`` never holds bytes fields."""
+        latency = latency_ms if latency_ms is not None else (time.monotonic() - self.started) * 1000
+        record: dict[str, Any] = {
+            "eventVersion": EVENT_VERSION,
+            "eventTime": self.event_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "eventSource": EVENT_SOURCE,
+            "eventName": self.event_name,
+            "userIdentity": {
+                "type": "HSMStorePrincipal",
+                "arn": self.caller.principal,
+                "accountId": self.caller.tenant,
+            },
+            "sourceIPAddress": self.source_address,
+            "requestParameters": self.request_parameters,
+            "resources": [
+                {"ARN": arn, "accountId": _tenant_of(arn), "type": "AWS::KMS::Key"} for arn in self.key_ids
+            ],
+            "requestID": self.request_id,
+            "eventID": self.event_id,
+            "readOnly": self.event_name in READ_ONLY_EVENTS,
+            "eventCategory": "Management",
+            "additionalEventData": {
+                "keyVersions": dict(self.key_versions),
+                "latencyMs": round(latency, 3),
+            },
+        }
+        if self.alias_name:
+            record["additionalEventData"]["aliasName"] = self.alias_name
+        if self.error_code:
+            record["errorCode"] = self.error_code
+            record["errorMessage"] = self.error_message or ""
+        return record
+
+    @property
+    def tenant(self) -> str:
+        return self.caller.tenant
+
+
+def _tenant_of(arn: str) -> str:
+    parts = arn.split(":")
+    return parts[4] if len(parts) > 5 else ""
+
+
+_current: ContextVar[CallAudit | None] = ContextVar("hsmstore_call_audit", default=None)
+
+
+@contextmanager
+def begin_call(call: CallAudit) -> Iterator[CallAudit]:
+    """Make ``call`` the current call of this thread (the gRPC thread pool runs one at a time)."""
+    token = _current.set(call)
+    try:
+        yield call
+    finally:
+        _current.reset(token)
+
+
+def current_call() -> CallAudit | None:
+    return _current.get()
+
+
+def note_key(key_arn: str, version: int | None = None) -> None:
+    """The service resolved (and maybe used a version of) this key during the current call."""
+    call = _current.get()
+    if call is None:
+        return
+    if key_arn not in call.key_ids:
+        call.key_ids.append(key_arn)
+    if version is not None:
+        call.key_versions[key_arn] = version
+
+
+def record_for_change() -> dict[str, Any] | None:
+    """The current call's record, to commit in the same transaction as its change."""
+    call = _current.get()
+    return None if call is None else call.to_record()
+
+
+def change_recorded() -> None:
+    """The change, and with it the call's record, committed: nothing left to spool."""
+    call = _current.get()
+    if call is not None:
+        call.recorded = True
+
+
+def note_alias(alias_name: str) -> None:
+    call = _current.get()
+    if call is not None and call.alias_name is None:
+        call.alias_name = alias_name
+
+
+# ---------------------------------------------------------------- the chain
+
+
+def canonical_record_bytes(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def chain_hash(previous_hash: bytes, seq: int, record_bytes: bytes) -> bytes:
+    """hash(seq) = SHA-256(hash(seq-1) || u64be(seq) || record_bytes); see the module docstring."""
+    return hashlib.sha256(previous_hash + struct.pack(">Q", seq) + record_bytes).digest()
+
+
+@dataclass(frozen=True)
+class StoredAuditEvent:
+    """One row of the trail as the store returns it."""
+
+    seq: int
+    event_id: str
+    event_time: datetime
+    tenant: str
+    event_name: str
+    key_id: str | None  # the first resource's key id, for lookups by key
+    record_json: str  # canonical JSON: exactly the bytes the hash covers
+    previous_hash: bytes
+    hash: bytes
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return json.loads(self.record_json)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int
+    what: str
+
+
+def first_chain_problem(
+    events: Iterator[StoredAuditEvent] | list[StoredAuditEvent],
+    anchor_seq: int = 0,
+    anchor_hash: bytes = GENESIS_HASH,
+) -> ChainProblem | None:
+    """Walk the rows in seq order from the anchor; the first row that breaks the chain, or None.
+
+    A removed row shows as a gap in seq, a changed row as a hash mismatch, an
+    inserted or reordered row as a link (previous hash) that does not match.
+    """
+    expected_seq, expected_previous = anchor_seq + 1, anchor_hash
+    for event in events:
+        if event.seq != expected_seq:
+            return ChainProblem(expected_seq, f"record {expected_seq} is missing (next is {event.seq})")
+        if event.previous_hash != expected_previous:
+            return ChainProblem(event.seq, f"record {event.seq} does not link to record {event.seq - 1}")
+        computed = chain_hash(expected_previous, event.seq, event.record_json.encode("utf-8"))
+        if computed != event.hash:
+            return ChainProblem(event.seq, f"record {event.seq} was changed (its hash does not match)")
+        expected_seq, expected_previous = event.seq + 1, event.hash
+    return None

@@ -1,0 +1,306 @@
+"""The ``AuditLog`` port on SQL: one hash chain shared by every process and node.
+
+Appending (core/audit.py, "Hash chain")::
+
+    lock the head row          PostgreSQL: SELECT ... FOR UPDATE; SQLite: BEGIN IMMEDIATE
+    seq  = head.seq + 1, ...   assigned here, never by a sequence (a gap means a removal)
+    hash = SHA-256(previous || u64be(seq) || canonical record bytes)
+    insert the rows, move the head, store the spool offset      -- one transaction
+
+The head row is the single point of serialisation, so two appenders can never
+take the same seq or link to the same predecessor, and a rolled-back append
+leaves no trace (no gap). ``_append_audit`` takes an open write transaction so
+that a management change and its record commit together ("recorded with the
+call's own DB change", core/audit.py).
+
+:class:`SqlAuditLog` is mixed into ``SqlMetadataStore``; it needs only the
+store's two engines (``_writer``: one transaction per call, ``_reader``: one
+statement, no BEGIN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Engine, and_, exc, func, or_, select
+from sqlalchemy.engine import Connection, RowMapping
+
+from hsmstore import errors
+from hsmstore.core.audit import CRYPTOGRAPHIC_EVENTS, StoredAuditEvent, canonical_record_bytes, chain_hash
+from hsmstore.core.audit_fields import audit_fields
+from hsmstore.core.ports import AuditQuery, AuditSeal
+from hsmstore.store.schema import (
+    audit_anchor,
+    audit_chain_head,
+    audit_events,
+    audit_seals,
+    audit_spool_offsets,
+)
+
+ITER_BATCH: Final = 1000
+_SINGLE_ROW: Final = 1  # the id of the one row of audit_chain_head and audit_anchor
+
+
+class SqlAuditLog:
+    """``AuditLog`` on the store's engines (see the module docstring)."""
+
+    _writer: Engine
+    _reader: Engine
+
+    # -- appending --------------------------------------------------------
+
+    def append_audit_records(
+        self, records: Sequence[Mapping[str, Any]], spool_position: tuple[str, int] | None = None
+    ) -> list[int]:
+        """See the port. With ``spool_position``, the offset moves in the same transaction.
+
+        Raises ``AlreadyExistsException`` (and writes nothing) if the spool has
+        already been ingested to that offset or further, or a record's eventID
+        is in the trail already: a spool line is ingested exactly once.
+        """
+        try:
+            with self._writer.begin() as connection:
+                seqs = self._append_audit(connection, records)
+                if spool_position is not None:
+                    _move_spool_offset(connection, *spool_position)
+        except exc.IntegrityError:
+            raise errors.AlreadyExistsException("an audit record with that eventID is in the trail") from None
+        return seqs
+
+    def _append_audit(self, connection: Connection, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Append ``records`` inside the caller's write transaction; returns their seqs.
+
+        Call it last in the transaction: the head row stays locked until commit,
+        so every other appender waits for this transaction.
+        """
+        if not records:
+            return []
+        rows = [(audit_fields(record), canonical_record_bytes(record)) for record in records]
+        head = connection.execute(
+            select(audit_chain_head.c.seq, audit_chain_head.c.hash)
+            .where(audit_chain_head.c.id == _SINGLE_ROW)
+            .with_for_update()
+        ).one()
+        seq, previous = int(head.seq), bytes(head.hash)
+        values: list[dict[str, Any]] = []
+        for fields, record_bytes in rows:
+            seq += 1
+            digest = chain_hash(previous, seq, record_bytes)
+            values.append(
+                {
+                    "seq": seq,
+                    "event_id": fields.event_id,
+                    "event_time": fields.event_time,
+                    "tenant": fields.tenant,
+                    "principal": fields.principal,
+                    "event_name": fields.event_name,
+                    "key_id": fields.key_id,
+                    "key_version": fields.key_version,
+                    "error_code": fields.error_code,
+                    "record_json": record_bytes.decode("utf-8"),
+                    "previous_hash": previous,
+                    "hash": digest,
+                }
+            )
+            previous = digest
+        connection.execute(audit_events.insert(), values)
+        connection.execute(
+            audit_chain_head.update()
+            .where(audit_chain_head.c.id == _SINGLE_ROW)
+            .values(seq=seq, hash=previous)
+        )
+        return [row["seq"] for row in values]
+
+    def spool_offset(self, spool_name: str) -> int:
+        query = select(audit_spool_offsets.c.offset).where(audit_spool_offsets.c.spool_name == spool_name)
+        with self._reader.connect() as connection:
+            offset = connection.execute(query).scalar()
+        return int(offset or 0)
+
+    # -- reading ----------------------------------------------------------
+
+    def lookup_audit_events(self, query: AuditQuery) -> Sequence[StoredAuditEvent]:
+        """CloudTrail's LookupEvents order (newest event time first), keyset paged, one tenant only.
+
+        The time range is ``start_time <= eventTime < end_time``.
+        """
+        if query.limit < 1:
+            raise ValueError(f"limit must be at least 1, not {query.limit}")
+        conditions = [audit_events.c.tenant == query.tenant]
+        if query.before is not None:
+            before_time, before_seq = query.before
+            conditions.append(
+                or_(
+                    audit_events.c.event_time < before_time,
+                    and_(audit_events.c.event_time == before_time, audit_events.c.seq < before_seq),
+                )
+            )
+        if query.event_name is not None:
+            conditions.append(audit_events.c.event_name == query.event_name)
+        if query.principal is not None:
+            conditions.append(audit_events.c.principal == query.principal)
+        if query.key_id is not None:
+            conditions.append(audit_events.c.key_id == query.key_id)
+        if query.start_time is not None:
+            conditions.append(audit_events.c.event_time >= query.start_time)
+        if query.end_time is not None:
+            conditions.append(audit_events.c.event_time < query.end_time)
+        statement = (
+            select(audit_events)
+            .where(and_(*conditions))
+            .order_by(audit_events.c.event_time.desc(), audit_events.c.seq.desc())
+            .limit(query.limit)
+        )
+        with self._reader.connect() as connection:
+            return [_event_from_row(row._mapping) for row in connection.execute(statement)]
+
+    def iter_audit_events(self, after_seq: int = 0) -> Iterator[StoredAuditEvent]:
+        """Seq order, :data:`ITER_BATCH` rows per SELECT (no connection held between batches)."""
+        last = after_seq
+        while True:
+            statement = (
+                select(audit_events)
+                .where(audit_events.c.seq > last)
+                .order_by(audit_events.c.seq)
+                .limit(ITER_BATCH)
+            )
+            with self._reader.connect() as connection:
+                batch = [_event_from_row(row._mapping) for row in connection.execute(statement)]
+            yield from batch
+            if len(batch) < ITER_BATCH:
+                return
+            last = batch[-1].seq
+
+    def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
+        """The newest successful cryptographic event of the key (None) and of each version.
+
+        Versions in ascending order after the overall one. One statement: the
+        newest seq per version (the (key_id, key_version, seq) index) and the
+        newest overall, then those rows.
+        """
+        used = and_(
+            audit_events.c.key_id == key_id,
+            audit_events.c.error_code.is_(None),
+            audit_events.c.event_name.in_(sorted(CRYPTOGRAPHIC_EVENTS)),
+        )
+        per_version = (
+            select(func.max(audit_events.c.seq))
+            .where(used, audit_events.c.key_version.is_not(None))
+            .group_by(audit_events.c.key_version)
+        )
+        overall = select(func.max(audit_events.c.seq)).where(used).scalar_subquery()
+        statement = (
+            select(audit_events)
+            .where(audit_events.c.seq.in_(per_version) | (audit_events.c.seq == overall))
+            .order_by(audit_events.c.seq)
+        )
+        with self._reader.connect() as connection:
+            rows = [(row.key_version, _event_from_row(row._mapping)) for row in connection.execute(statement)]
+        if not rows:
+            return []
+        newest: list[tuple[int | None, StoredAuditEvent]] = [(None, rows[-1][1])]  # rows are in seq order
+        by_version: dict[int, StoredAuditEvent] = {}
+        for version, event in rows:
+            if version is not None:
+                by_version[version] = event  # later rows win: the newest of each version
+        newest.extend((version, by_version[version]) for version in sorted(by_version))
+        return newest
+
+    # -- anchor, seals, retention ----------------------------------------
+
+    def audit_anchor(self) -> tuple[int, bytes]:
+        query = select(audit_anchor.c.seq, audit_anchor.c.hash).where(audit_anchor.c.id == _SINGLE_ROW)
+        with self._reader.connect() as connection:
+            row = connection.execute(query).one()
+        return int(row.seq), bytes(row.hash)
+
+    def add_audit_seal(self, seal: AuditSeal) -> None:
+        """Store a seal; ``AlreadyExistsException`` if that seq was sealed already."""
+        try:
+            with self._writer.begin() as connection:
+                connection.execute(
+                    audit_seals.insert().values(
+                        seq=seal.seq, hash=seal.hash, sealed_at=seal.sealed_at, mac=seal.mac
+                    )
+                )
+        except exc.IntegrityError:
+            raise errors.AlreadyExistsException(f"the audit chain at {seal.seq} is sealed already") from None
+
+    def list_audit_seals(self) -> Sequence[AuditSeal]:
+        """Every seal, oldest (lowest seq) first."""
+        with self._reader.connect() as connection:
+            rows = connection.execute(select(audit_seals).order_by(audit_seals.c.seq))
+            return [AuditSeal(row.seq, bytes(row.hash), row.sealed_at, bytes(row.mac)) for row in rows]
+
+    def purge_audit_before(self, cutoff: datetime) -> int:
+        """Delete the oldest events, up to the first one at or after ``cutoff``.
+
+        Only a prefix of the chain can go (a hole in the middle would read as a
+        removal), so an event older than ``cutoff`` that follows a newer one
+        (a spooled record ingested late) waits for the next purge. The anchor
+        moves to the last deleted row and seals at or below it go, in the same
+        transaction, so the rest still verifies from the anchor.
+        """
+        if cutoff.tzinfo is None or cutoff.utcoffset() is None:
+            raise ValueError("cutoff must be a timezone-aware datetime")
+        with self._writer.begin() as connection:
+            anchor_seq = connection.execute(
+                select(audit_anchor.c.seq).where(audit_anchor.c.id == _SINGLE_ROW).with_for_update()
+            ).scalar_one()
+            first_kept = connection.execute(
+                select(func.min(audit_events.c.seq)).where(audit_events.c.event_time >= cutoff)
+            ).scalar()
+            if first_kept is None:
+                last_gone = connection.execute(select(func.max(audit_events.c.seq))).scalar()
+            else:
+                last_gone = connection.execute(
+                    select(func.max(audit_events.c.seq)).where(audit_events.c.seq < first_kept)
+                ).scalar()
+            if last_gone is None or last_gone <= anchor_seq:
+                return 0
+            last_hash = connection.execute(
+                select(audit_events.c.hash).where(audit_events.c.seq == last_gone)
+            ).scalar_one()
+            deleted = connection.execute(
+                audit_events.delete().where(audit_events.c.seq <= last_gone)
+            ).rowcount
+            connection.execute(
+                audit_anchor.update()
+                .where(audit_anchor.c.id == _SINGLE_ROW)
+                .values(seq=last_gone, hash=bytes(last_hash))
+            )
+            connection.execute(audit_seals.delete().where(audit_seals.c.seq <= last_gone))
+        return int(deleted)
+
+
+def _move_spool_offset(connection: Connection, spool_name: str, offset: int) -> None:
+    """Upsert under the head lock the caller holds; never backwards (see append_audit_records)."""
+    current = connection.execute(
+        select(audit_spool_offsets.c.offset).where(audit_spool_offsets.c.spool_name == spool_name)
+    ).scalar()
+    if current is None:
+        connection.execute(audit_spool_offsets.insert().values(spool_name=spool_name, offset=offset))
+        return
+    if current >= offset:
+        raise errors.AlreadyExistsException(f"audit spool {spool_name} was ingested to {current} already")
+    connection.execute(
+        audit_spool_offsets.update()
+        .where(audit_spool_offsets.c.spool_name == spool_name)
+        .values(offset=offset)
+    )
+
+
+def _event_from_row(row: RowMapping) -> StoredAuditEvent:
+    return StoredAuditEvent(
+        seq=int(row["seq"]),
+        event_id=row["event_id"],
+        event_time=row["event_time"],
+        tenant=row["tenant"],
+        event_name=row["event_name"],
+        key_id=row["key_id"],
+        record_json=row["record_json"],
+        previous_hash=bytes(row["previous_hash"]),
+        hash=bytes(row["hash"]),
+    )
