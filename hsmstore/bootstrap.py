@@ -14,16 +14,21 @@ import signal
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from hsmstore.config import ConfigError, Settings
-from hsmstore.core.ports import Clock, SystemClock
-from hsmstore.core.scheduler import PeriodicJobs
+from hsmstore.core.audit_jobs import purge_expired, seal_chain_head
+from hsmstore.core.audit_service import AuditQueries
+from hsmstore.core.ports import AuditLog, Clock, KeyVault, SystemClock
+from hsmstore.core.scheduler import Job, PeriodicJobs
 from hsmstore.core.service import Failpoint, KeyService
 from hsmstore.hsm import devtoken
 from hsmstore.hsm.profiles import profile_by_name
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from hsmstore.server.app import AuditWiring
 from hsmstore.store import migrate
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.spool import SpoolAuditSink
+from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url, sqlite_file_of
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +52,17 @@ class Runtime:
     vault: Pkcs11KeyVault
     store: SqlMetadataStore
     jobs: PeriodicJobs
+    audit: AuditWiring | None
+
+    def start_background_work(self) -> None:
+        self.jobs.start()
+        if self.audit is not None:
+            cast(SpoolAuditSink, self.audit.sink).start()
 
     def close(self) -> None:
         self.jobs.stop()
+        if self.audit is not None:
+            cast(SpoolAuditSink, self.audit.sink).close()
         self.vault.close()
         self.store.close()
 
@@ -92,13 +105,19 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     except BaseException:
         vault.close()
         raise
+    clock = clock_from_env()
+    audit: AuditWiring | None = None
+    if settings.audit:
+        sink = SpoolAuditSink(settings.data_path / "audit-spool", store)
+        audit = AuditWiring(sink, AuditQueries(store, settings.region), settings.audit_fail_open)
     service = KeyService(
         vault,
         store,
-        clock_from_env(),
+        clock,
         region=settings.region,
         failpoint=failpoint_from_env(),
         metadata_ttl_seconds=settings.metadata_cache_seconds,
+        audit_log=store if settings.audit else None,
     )
     grace = timedelta(seconds=settings.recovery_grace_seconds)
     service.recover_interrupted_work(grace)
@@ -107,10 +126,11 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
             ("recovery", lambda: service.recover_interrupted_work(grace)),
             ("rotation", service.rotate_due_keys),
             ("deletion", service.destroy_due_keys),
+            *(audit_maintenance_jobs(store, vault, clock, settings.audit_retention_days) if audit else []),
         ],
         settings.jobs_interval_seconds,
     )
-    return Runtime(service, vault, store, jobs)
+    return Runtime(service, vault, store, jobs, audit)
 
 
 def read_pin(pin_file: Path) -> str:
@@ -179,3 +199,73 @@ def upgrade_db(settings: Settings) -> None:
 
 def db_revision(settings: Settings) -> str | None:
     return migrate.current_revision(settings.db_url)
+
+
+# -- offline audit tools (``hsmstore audit ...``) -----------------------------
+
+
+@dataclass
+class OfflineAudit:
+    """The audit trail of a metadata DB, opened without the server (verify, lookup, export)."""
+
+    log: AuditLog
+    _store: SqlMetadataStore
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def open_audit_log(settings: Settings) -> OfflineAudit:
+    """Open the metadata DB read as it is: no migration (an audit check must not change it).
+
+    Refuses a SQLite file that does not exist rather than create an empty one,
+    which would "verify" as a trail of zero records.
+    """
+    sqlite_file = sqlite_file_of(settings.db_url)
+    if sqlite_file is not None and not sqlite_file.is_file():
+        raise ConfigError(f"no metadata DB at {sqlite_file} (give --db or --data-dir)")
+    store = SqlMetadataStore(create_engine_for_url(settings.db_url, pool_size=1, max_overflow=1))
+    return OfflineAudit(store, store)
+
+
+@dataclass
+class OpenVault:
+    """A token opened only to check audit seals; close it when done."""
+
+    vault: KeyVault
+    _vault: Pkcs11KeyVault
+
+    def close(self) -> None:
+        self._vault.close()
+
+
+def open_vault_only(settings: Settings) -> OpenVault:
+    """Open the token of ``settings`` (the dev token under the data dir by default), no DB.
+
+    Never creates a dev token: a new token has no audit seal key, so every seal
+    would fail to verify for the wrong reason.
+    """
+    if settings.uses_dev_token:
+        if not (settings.data_path / "softhsm" / "softhsm2.conf").is_file():
+            raise ConfigError(f"no dev token under {settings.data_path} (give --pkcs11-module or --no-token)")
+        token = devtoken.ensure_dev_token(settings.data_path)
+        token_settings = TokenSettings(token.module_path, token.token_label, token.pin_file, token.conf_path)
+        activate_token(token_settings)
+    else:
+        token_settings = TokenSettings(settings.pkcs11_module, settings.token_label, Path(settings.pin_file))
+    pin = read_pin(token_settings.pin_file)
+    vault = Pkcs11KeyVault.open(
+        profile_by_name(settings.hsm_profile), token_settings.module_path, token_settings.token_label, pin
+    )
+    del pin
+    return OpenVault(vault, vault)
+
+
+def audit_maintenance_jobs(log: AuditLog, vault: KeyVault, clock: Clock, retention_days: int) -> list[Job]:
+    """The periodic audit jobs for a server's ``PeriodicJobs``: seal the chain head on the
+    token, and purge records past ``audit_retention_days``. Safe in every worker and node
+    at once (a head sealed twice is stored once; a purge is idempotent)."""
+    return [
+        ("audit-seal", lambda: 0 if seal_chain_head(log, vault, clock) is None else 1),
+        ("audit-retention", lambda: purge_expired(log, clock, retention_days)),
+    ]

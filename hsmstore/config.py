@@ -44,6 +44,9 @@ class Settings:
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
     metadata_cache_seconds: float = 0.5  # how stale key metadata may be in one process (at most 1)
+    audit: bool = True  # record every call (issue 5); off only to measure its cost
+    audit_fail_open: bool = False  # default closed: a call whose record cannot be kept is refused
+    audit_retention_days: int = 90
 
     @property
     def data_path(self) -> Path:
@@ -119,6 +122,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("workers must be at least 1 (or 0 for the default)")
     if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
         raise ConfigError(f"metadata_cache_seconds must be between 0 and {MAX_METADATA_STALENESS_SECONDS}")
+    if settings.audit_retention_days < 1:
+        raise ConfigError("audit_retention_days must be at least 1")
     if settings.jobs_interval_seconds <= 0:
         raise ConfigError("jobs_interval_seconds must be positive")
     if settings.grpc_threads < 1:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from hsmstore.cli.audit import add_audit_parser
 from hsmstore.cli.kms import USAGE_ERROR_EXIT, add_kms_parser
 
 
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-ca", dest="client_ca")
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument(
+        "--no-audit",
+        dest="audit",
+        action="store_false",
+        default=None,
+        help="do not record calls (only to measure what the audit trail costs)",
+    )
+    serve.add_argument(
         "--jobs-interval-seconds",
         dest="jobs_interval_seconds",
         type=float,
@@ -59,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", dest="data_dir")
 
     add_kms_parser(commands)
+    add_audit_parser(commands)
     return parser
 
 
@@ -71,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hsmstore.cli.serve import run_serve
 
             return run_serve(args)
+        if args.command == "audit":
+            from hsmstore.cli.audit import run_audit
+
+            return run_audit(args)
         if args.command == "db":
             from hsmstore.cli.db import run_db
 

@@ -42,8 +42,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.worker_count > 1:
         return _serve_with_workers(settings, token, host)
     runtime = bootstrap.open_runtime(settings, token)
-    running = start_server(runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings))
-    runtime.jobs.start()
+    running = start_server(
+        runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings), audit=runtime.audit
+    )
+    runtime.start_background_work()
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
     _wait_for_stop_signal()
     running.stop()
@@ -101,12 +103,17 @@ def _worker_main(
         bootstrap.activate_token(token)
         runtime = bootstrap.open_runtime(settings, token)
         running = start_server(
-            runtime.service, listen, settings.grpc_threads, tls=_tls_files(settings), reuse_port=True
+            runtime.service,
+            listen,
+            settings.grpc_threads,
+            tls=_tls_files(settings),
+            reuse_port=True,
+            audit=runtime.audit,
         )
     except BaseException:
         ready.put("failed")
         raise
-    runtime.jobs.start()
+    runtime.start_background_work()
     ready.put("ready")
     _wait_for_stop_signal()
     running.stop()

@@ -61,6 +61,7 @@ class Operation(StrEnum):
     TAG_RESOURCE = "TagResource"
     UNTAG_RESOURCE = "UntagResource"
     LIST_RESOURCE_TAGS = "ListResourceTags"
+    GET_KEY_LAST_USAGE = "GetKeyLastUsage"
 
 
 CRYPTOGRAPHIC_OPERATIONS = frozenset(
@@ -79,6 +80,7 @@ READ_OPERATIONS = frozenset(
         Operation.GET_KEY_ROTATION_STATUS,
         Operation.LIST_KEY_ROTATIONS,
         Operation.LIST_RESOURCE_TAGS,
+        Operation.GET_KEY_LAST_USAGE,
     }
 )
 ROTATION_OPERATIONS = frozenset(

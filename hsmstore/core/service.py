@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
+from hsmstore.core import audit
 from hsmstore.core import blob as blob_format
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
 from hsmstore.core.context import canonical_encryption_context
@@ -44,7 +45,7 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
-from hsmstore.core.ports import Clock, KeyVault, MetadataStore
+from hsmstore.core.ports import AuditLog, Clock, KeyVault, MetadataStore
 from hsmstore.core.tags import MAX_TAGS_PER_KEY, validate_tag_keys, validate_tags
 from hsmstore.errors import (
     CiphertextAuthenticationFailed,
@@ -133,6 +134,21 @@ class AliasEntry:
 
 
 @dataclass(frozen=True)
+class KeyUsageRecord:
+    key_version: int  # 0: the key as a whole
+    last_used_date: datetime
+    event_id: str
+    operation: str
+
+
+@dataclass(frozen=True)
+class KeyLastUsage:
+    key_arn: str
+    overall: KeyUsageRecord | None
+    versions: list[KeyUsageRecord]
+
+
+@dataclass(frozen=True)
 class EncryptResult:
     ciphertext_blob: bytes
     key_arn: str
@@ -173,12 +189,14 @@ class KeyService:
         region: str = "local",
         failpoint: Failpoint = _no_failpoint,
         metadata_ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self._vault = vault
         self._store = store
         self._clock = clock
         self._region = region
         self._failpoint = failpoint
+        self._audit_log = audit_log
         # Versions never change once ACTIVE, so their token ids can be cached forever.
         self._token_ids: dict[tuple[str, int], bytes] = {}
         # Key records and alias targets: at most metadata_ttl_seconds old (cache.py).
@@ -230,6 +248,7 @@ class KeyService:
             current_version=1,
         )
         version = KeyVersion(key.key_id, 1, new_token_id(), VersionState.PENDING, now)
+        audit.note_key(self._arn(key), 1)
         self._store.insert_creating_key(key, version)
         self._failpoint("create_key.after_db_insert")
         try:
@@ -237,13 +256,14 @@ class KeyService:
                 self._store.put_tags(key.key_id, valid_tags, MAX_TAGS_PER_KEY)
             self._vault.create_key(version.token_id, token_label(key.key_id, 1))
             self._failpoint("create_key.after_token_create")
-            finished = self._store.finish_creating_key(key.key_id)
+            finished = self._store.finish_creating_key(key.key_id, audit=audit.record_for_change())
         except BaseException:
             self._roll_back_creation(key.key_id, [version])
             raise
         if not finished:
             self._roll_back_creation(key.key_id, [version])
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
+        audit.change_recorded()
         enabled = key.with_state(KeyState.ENABLED)
         return self._describe(enabled)
 
@@ -311,7 +331,8 @@ class KeyService:
         _check_description(description)
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.UPDATE_KEY_DESCRIPTION, key.key_id)
-        self._store.update_description(key.key_id, description)
+        self._store.update_description(key.key_id, description, audit=audit.record_for_change())
+        audit.change_recorded()
         self._keys.invalidate(key.key_id)
 
     def _change_state(self, caller: Caller, key_id: str, operation: Operation) -> None:
@@ -319,7 +340,10 @@ class KeyService:
         for _attempt in range(5):
             key = self._resolve(caller, key_id, fresh=True)
             target = next_state(key.state, operation, key.key_id)
-            if target is key.state or self._store.update_key_state(key.key_id, key.state, target):
+            if target is key.state:
+                return
+            if self._store.update_key_state(key.key_id, key.state, target, audit=audit.record_for_change()):
+                audit.change_recorded()
                 self._keys.invalidate(key.key_id)
                 return
         raise KMSInternalException("The key state changed concurrently; retry the request")
@@ -407,6 +431,7 @@ class KeyService:
         )
         next_state(key.state, operation, key.key_id)
         version = key.current_version
+        audit.note_key(self._arn(key), version)
         aad = blob_format.aad_for(key.key_id, version, context)
         data_key, iv, ciphertext_and_tag = self._vault.generate_data_key(
             self._token_id(key.key_id, version), size, aad
@@ -436,7 +461,11 @@ class KeyService:
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
         deletion_date = self._clock.now() + timedelta(days=days)
-        changed = self._store.schedule_deletion(key.key_id, key.state, deletion_date, days)
+        changed = self._store.schedule_deletion(
+            key.key_id, key.state, deletion_date, days, audit=audit.record_for_change()
+        )
+        if changed:
+            audit.change_recorded()
         self._keys.invalidate(key.key_id)
         if not changed:
             raise KMSInternalException("The key state changed concurrently; retry the request")
@@ -446,7 +475,9 @@ class KeyService:
         """CancelKeyDeletion: the key comes back DISABLED, as in AWS."""
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.CANCEL_KEY_DELETION, key.key_id)
-        cancelled = self._store.cancel_deletion(key.key_id)
+        cancelled = self._store.cancel_deletion(key.key_id, audit=audit.record_for_change())
+        if cancelled:
+            audit.change_recorded()
         self._keys.invalidate(key.key_id)
         if not cancelled:
             # The reaper claimed it in between: it can no longer be cancelled.
@@ -488,13 +519,17 @@ class KeyService:
             raise ValidationException(f"RotationPeriodInDays must be between {low} and {high}")
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.ENABLE_KEY_ROTATION, key.key_id)
-        self._store.set_rotation(key.key_id, period, self._clock.now() + timedelta(days=period))
+        self._store.set_rotation(
+            key.key_id, period, self._clock.now() + timedelta(days=period), audit=audit.record_for_change()
+        )
+        audit.change_recorded()
         self._keys.invalidate(key.key_id)
 
     def disable_key_rotation(self, caller: Caller, key_id: str) -> None:
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.DISABLE_KEY_ROTATION, key.key_id)
-        self._store.set_rotation(key.key_id, None, None)
+        self._store.set_rotation(key.key_id, None, None, audit=audit.record_for_change())
+        audit.change_recorded()
         self._keys.invalidate(key.key_id)
 
     def get_key_rotation_status(self, caller: Caller, key_id: str) -> RotationStatus:
@@ -575,8 +610,13 @@ class KeyService:
         try:
             self._vault.create_key(version.token_id, token_label(key.key_id, version.version))
             self._failpoint("rotate.after_token_create")
+            audit.note_key(self._arn(key), version.version)
             finished = self._store.finish_rotation(
-                key.key_id, version.version, version.token_id, next_rotation_date
+                key.key_id,
+                version.version,
+                version.token_id,
+                next_rotation_date,
+                audit=audit.record_for_change(),
             )
             self._keys.invalidate(key.key_id)
         except BaseException:
@@ -584,6 +624,8 @@ class KeyService:
             raise
         if not finished:
             self._roll_back_rotation(version)
+        else:
+            audit.change_recorded()
         return finished
 
     def _roll_back_rotation(self, version: KeyVersion) -> None:
@@ -603,21 +645,33 @@ class KeyService:
         key = self._resolve_target(caller, target_key_id)
         next_state(key.state, Operation.CREATE_ALIAS, key.key_id)
         now = self._clock.now()
-        self._store.create_alias(AliasRecord(caller.tenant, alias_name, key.key_id, now, now))
+        audit.note_alias(alias_name)
+        self._store.create_alias(
+            AliasRecord(caller.tenant, alias_name, key.key_id, now, now), audit=audit.record_for_change()
+        )
+        audit.change_recorded()
         self._alias_targets.invalidate((caller.tenant, alias_name))
 
     def update_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
         validate_alias_name(alias_name)
         key = self._resolve_target(caller, target_key_id)
         next_state(key.state, Operation.UPDATE_ALIAS, key.key_id)
-        updated = self._store.update_alias(caller.tenant, alias_name, key.key_id, self._clock.now())
+        audit.note_alias(alias_name)
+        updated = self._store.update_alias(
+            caller.tenant, alias_name, key.key_id, self._clock.now(), audit=audit.record_for_change()
+        )
+        if updated:
+            audit.change_recorded()
         self._alias_targets.invalidate((caller.tenant, alias_name))
         if not updated:
             raise NotFoundException(f"Alias {alias_name} is not found.")
 
     def delete_alias(self, caller: Caller, alias_name: str) -> None:
         validate_alias_name(alias_name)
-        deleted = self._store.delete_alias(caller.tenant, alias_name)
+        audit.note_alias(alias_name)
+        deleted = self._store.delete_alias(caller.tenant, alias_name, audit=audit.record_for_change())
+        if deleted:
+            audit.change_recorded()
         self._alias_targets.invalidate((caller.tenant, alias_name))
         if not deleted:
             raise NotFoundException(f"Alias {alias_name} is not found.")
@@ -656,13 +710,15 @@ class KeyService:
             raise ValidationException("Tags must hold at least one tag")
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.TAG_RESOURCE, key.key_id)
-        self._store.put_tags(key.key_id, valid, MAX_TAGS_PER_KEY)
+        self._store.put_tags(key.key_id, valid, MAX_TAGS_PER_KEY, audit=audit.record_for_change())
+        audit.change_recorded()
 
     def untag_resource(self, caller: Caller, key_id: str, tag_keys: Sequence[str]) -> None:
         valid = validate_tag_keys(tag_keys)
         key = self._resolve(caller, key_id, fresh=True)
         next_state(key.state, Operation.UNTAG_RESOURCE, key.key_id)
-        self._store.remove_tags(key.key_id, valid)
+        self._store.remove_tags(key.key_id, valid, audit=audit.record_for_change())
+        audit.change_recorded()
 
     def list_resource_tags(
         self, caller: Caller, key_id: str, limit: int | None, marker: str
@@ -678,11 +734,34 @@ class KeyService:
         tags = tags[:page_size]
         return Page(tags, encode_marker("t", tags[-1][0]) if truncated else "", truncated)
 
+    # --------------------------------------------------------- last usage
+
+    def get_key_last_usage(self, caller: Caller, key_id: str) -> KeyLastUsage:
+        """GetKeyLastUsage: the newest cryptographic use of the key and of each version.
+
+        Read from the audit trail, so it is what an operator checks before
+        retiring or deleting a key: the event id points at the record.
+        """
+        key = self._resolve(caller, key_id)
+        next_state(key.state, Operation.GET_KEY_LAST_USAGE, key.key_id)
+        if self._audit_log is None:
+            raise UnsupportedOperationException("GetKeyLastUsage needs the audit trail, which is off")
+        overall: KeyUsageRecord | None = None
+        versions: list[KeyUsageRecord] = []
+        for version, event in self._audit_log.last_key_usage(key.key_id):
+            usage = KeyUsageRecord(version or 0, event.event_time, event.event_id, event.event_name)
+            if version is None:
+                overall = usage
+            else:
+                versions.append(usage)
+        return KeyLastUsage(self._arn(key), overall, sorted(versions, key=lambda usage: usage.key_version))
+
     # ------------------------------------------------------------ helpers
 
     def _seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
         version = key.current_version
         aad = blob_format.aad_for(key.key_id, version, canonical_context)
+        audit.note_key(self._arn(key), version)
         iv, ciphertext_and_tag = self._vault.encrypt(self._token_id(key.key_id, version), plaintext, aad)
         return blob_format.BlobV1(key.key_id, version, iv, ciphertext_and_tag).to_bytes()
 
@@ -712,6 +791,7 @@ class KeyService:
         key = named_key or self._cached_key(parsed.key_id)
         if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
             raise blob_format.invalid_ciphertext()
+        audit.note_key(self._arn(key), parsed.key_version)
         next_state(key.state, operation, key.key_id)
         token_id = self._token_id_or_none(key.key_id, parsed.key_version)
         if token_id is None:
@@ -757,6 +837,7 @@ class KeyService:
         key = self._store.get_key(key_id) if fresh else self._cached_key(key_id)
         if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
             raise NotFoundException(f"Key '{key_arn(self._region, caller.tenant, key_id)}' does not exist")
+        audit.note_key(self._arn(key))
         return key
 
     def _key_id_of(self, caller: Caller, reference: KeyReference, fresh: bool) -> str:
@@ -764,6 +845,7 @@ class KeyService:
             raise NotFoundException("The key does not exist")
         if reference.kind is IdentifierKind.KEY_ID:
             return reference.value
+        audit.note_alias(reference.value)
         alias_key = (caller.tenant, reference.value)
         target = (
             self._load_alias_target(alias_key)

@@ -18,14 +18,26 @@ from grpc_reflection.v1alpha import reflection
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.core.audit_service import AuditQueries
+from hsmstore.core.ports import AuditSink
 from hsmstore.core.service import KeyService
 from hsmstore.server.identity import local_admin_caller
-from hsmstore.server.servicer import CallerResolver, KeyStoreServicer
+from hsmstore.server.servicer import AuditServicer, CallerResolver, CallRunner, KeyStoreServicer
 
 log = logging.getLogger(__name__)
 
 KEY_STORE_SERVICE = pb.DESCRIPTOR.services_by_name["KeyStore"].full_name
+AUDIT_SERVICE = pb.DESCRIPTOR.services_by_name["Audit"].full_name
 HEALTH_CHECK_INTERVAL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class AuditWiring:
+    """The audit trail's two ends: where records go, and LookupEvents."""
+
+    sink: AuditSink
+    queries: AuditQueries
+    fail_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,10 +81,16 @@ def start_server(
     tls: TlsFiles | None = None,
     caller_of: CallerResolver = local_admin_caller,
     reuse_port: bool = False,
+    audit: AuditWiring | None = None,
 ) -> RunningServer:
     """Start serving on ``listen`` (port 0 picks a free port) and return the bound port."""
     server = make_grpc_server(thread_pool_size, reuse_port)
-    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, caller_of), server)
+    runner = CallRunner(caller_of, audit.sink if audit else None, audit.fail_open if audit else False)
+    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, runner), server)
+    services = [KEY_STORE_SERVICE]
+    if audit is not None:
+        pb_grpc.add_AuditServicer_to_server(AuditServicer(audit.queries, runner), server)
+        services.append(AUDIT_SERVICE)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
-from hsmstore.core.service import AliasEntry, KeyDescription, KeyListEntry, Page, RotationEntry
+from hsmstore.core.audit_service import EventsPage
+from hsmstore.core.service import (
+    AliasEntry,
+    KeyDescription,
+    KeyLastUsage,
+    KeyListEntry,
+    KeyUsageRecord,
+    Page,
+    RotationEntry,
+)
 
 
 def key_metadata(description: KeyDescription) -> pb.KeyMetadata:
@@ -98,3 +111,68 @@ def list_resource_tags_response(page: Page[tuple[str, str]]) -> pb.ListResourceT
         next_marker=page.next_marker,
         truncated=page.truncated,
     )
+
+
+def request_parameters(request: Message) -> dict[str, Any]:
+    """CloudTrail's ``requestParameters``: every field the caller set, except bytes.
+
+    Bytes fields are plaintext, ciphertext blobs or key material: CloudTrail
+    leaves them out and so does hsmstore (contract: "never plaintext or key
+    material"). Names are the JSON (camelCase) names, as in CloudTrail.
+    """
+    parameters: dict[str, Any] = {}
+    for field, value in request.ListFields():
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            parameters[field.json_name] = dict(value)
+        elif field.message_type is not None:
+            parameters[field.json_name] = (
+                [json_format.MessageToDict(item) for item in value]
+                if field.is_repeated
+                else json_format.MessageToDict(value)
+            )
+        elif field.is_repeated:
+            parameters[field.json_name] = list(value)
+        else:
+            parameters[field.json_name] = value
+    return parameters
+
+
+def key_last_usage_response(usage: KeyLastUsage) -> pb.GetKeyLastUsageResponse:
+    def one(record: KeyUsageRecord) -> pb.KeyUsage:
+        return pb.KeyUsage(
+            key_version=record.key_version,
+            last_used_date=timestamp(record.last_used_date),
+            event_id=record.event_id,
+            operation=record.operation,
+        )
+
+    response = pb.GetKeyLastUsageResponse(
+        key_id=usage.key_arn, version_usages=[one(v) for v in usage.versions]
+    )
+    if usage.overall is not None:
+        response.last_usage.CopyFrom(one(usage.overall))
+    return response
+
+
+def lookup_events_response(page: EventsPage) -> pb.LookupEventsResponse:
+    events = []
+    for event in page.events:
+        record = event.record
+        events.append(
+            pb.AuditEvent(
+                event_id=event.event_id,
+                event_name=event.event_name,
+                event_time=timestamp(event.event_time),
+                username=record.get("userIdentity", {}).get("arn", ""),
+                resources=[
+                    pb.AuditResource(resource_type=r.get("type", ""), resource_name=r.get("ARN", ""))
+                    for r in record.get("resources", [])
+                ],
+                cloud_trail_event=event.record_json,
+                read_only=bool(record.get("readOnly")),
+                event_source=record.get("eventSource", ""),
+            )
+        )
+    return pb.LookupEventsResponse(events=events, next_token=page.next_token)

@@ -10,17 +10,24 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.core.audit import CallAudit, begin_call
+from hsmstore.core.audit_service import AuditQueries
 from hsmstore.core.model import Caller
+from hsmstore.core.ports import AuditSink
 from hsmstore.core.service import KeyService
 from hsmstore.errors import KMSError, KMSInternalException
 from hsmstore.server import convert
 from hsmstore.server.errors import to_grpc_status
+
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +36,90 @@ CallerResolver = Callable[[grpc.ServicerContext], Caller]
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-def handle_errors(method: Method) -> Method:
-    """Abort with the contract's status for a KMSError; hide anything else.
+class CallRunner:
+    """Runs one RPC: the audit record, the error table, failing closed on audit.
 
-    An unexpected exception is logged by type and traceback only (no request
-    data) and answered as KMSInternalException with a fixed message.
+    Every call gets one record (issue 5: "management and cryptographic, allowed
+    and denied, successful and failed"). A management change commits its
+    record with the change itself (the service does that); any other call's
+    record goes to the audit sink before the answer leaves: if the sink cannot
+    take it and ``audit_fail_open`` is off (the default), the call is answered
+    with KMSInternalException instead, so nothing is answered unrecorded.
     """
 
-    @functools.wraps(method)
-    def wrapper(self: object, request: object, context: grpc.ServicerContext) -> object:
+    def __init__(
+        self, caller_of: CallerResolver, audit_sink: AuditSink | None, audit_fail_open: bool
+    ) -> None:
+        self.caller_of = caller_of
+        self._sink = audit_sink
+        self._fail_open = audit_fail_open
+
+    def run(self, name: str, body: Callable[[], R], request: Message, context: grpc.ServicerContext) -> R:
+        if self._sink is None:
+            return self._answer(body, context)
+        call = CallAudit(
+            name,
+            self.caller_of(context),
+            convert.request_parameters(request),
+            datetime.now(UTC),
+            source_address=context.peer(),
+        )
+        with begin_call(call):
+            outcome: R | KMSError = self._outcome(body)
+            if isinstance(outcome, KMSError):
+                call.error_code, call.error_message = outcome.reason, outcome.message
+            self._record(call, context)
+        if isinstance(outcome, KMSError):
+            context.abort_with_status(to_grpc_status(outcome))
+        return outcome  # type: ignore[return-value]
+
+    def _answer(self, body: Callable[[], R], context: grpc.ServicerContext) -> R:
+        outcome = self._outcome(body)
+        if isinstance(outcome, KMSError):
+            context.abort_with_status(to_grpc_status(outcome))
+        return outcome  # type: ignore[return-value]
+
+    @staticmethod
+    def _outcome(body: Callable[[], R]) -> R | KMSError:
         try:
-            return method(self, request, context)
+            return body()
         except KMSError as error:
-            context.abort_with_status(to_grpc_status(error))
-            raise  # abort_with_status raises; never reached
+            return error
         except Exception:
-            log.exception("internal error in %s", method.__name__)
-            context.abort_with_status(to_grpc_status(KMSInternalException("An internal error occurred")))
-            raise
+            log.exception("internal error")  # type and traceback only: no request data
+            return KMSInternalException("An internal error occurred")
+
+    def _record(self, call: CallAudit, context: grpc.ServicerContext) -> None:
+        if call.recorded or self._sink is None:
+            return
+        try:
+            self._sink.record(call.to_record())
+        except Exception:
+            log.exception("the audit record of a %s call could not be written", call.event_name)
+            if not self._fail_open:
+                context.abort_with_status(
+                    to_grpc_status(
+                        KMSInternalException("The audit trail cannot be written; the call was refused")
+                    )
+                )
+
+
+def handle_errors(method: Method) -> Method:
+    """Run the RPC through the servicer's CallRunner (audit record + error table)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Message, context: grpc.ServicerContext) -> object:
+        runner: CallRunner = self._runner
+        return runner.run(method.__name__, lambda: method(self, request, context), request, context)
 
     return cast(Method, wrapper)
 
 
 class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
-    def __init__(self, service: KeyService, caller_of: CallerResolver) -> None:
+    def __init__(self, service: KeyService, runner: CallRunner) -> None:
         self._service = service
-        self._caller_of = caller_of
+        self._runner = runner
+        self._caller_of = runner.caller_of
 
     @handle_errors
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
@@ -315,3 +380,32 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_resource_tags_response(page)
+
+    @handle_errors
+    def GetKeyLastUsage(
+        self, request: pb.GetKeyLastUsageRequest, context: grpc.ServicerContext
+    ) -> pb.GetKeyLastUsageResponse:
+        usage = self._service.get_key_last_usage(self._caller_of(context), request.key_id)
+        return convert.key_last_usage_response(usage)
+
+
+class AuditServicer(pb_grpc.AuditServicer):  # type: ignore[misc]
+    """``hsmstore.v1.Audit``: LookupEvents, tenant-scoped."""
+
+    def __init__(self, queries: AuditQueries, runner: CallRunner) -> None:
+        self._queries = queries
+        self._runner = runner
+
+    @handle_errors
+    def LookupEvents(
+        self, request: pb.LookupEventsRequest, context: grpc.ServicerContext
+    ) -> pb.LookupEventsResponse:
+        page = self._queries.lookup_events(
+            self._runner.caller_of(context),
+            [(a.attribute_key, a.attribute_value) for a in request.lookup_attributes],
+            request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
+            request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+            convert.optional_int(request, "max_results"),
+            request.next_token,
+        )
+        return convert.lookup_events_response(page)

@@ -44,6 +44,7 @@ ROWS: dict[Operation, tuple[Expected, Expected, Expected, Expected]] = {
     Op.TAG_RESOURCE:                        (ENABLED, DISABLED, INVALID, INVALID),
     Op.UNTAG_RESOURCE:                      (ENABLED, DISABLED, INVALID, INVALID),
     Op.LIST_RESOURCE_TAGS:                  (ENABLED, DISABLED, PENDING, DESTROYING),
+    Op.GET_KEY_LAST_USAGE:                  (ENABLED, DISABLED, PENDING, DESTROYING),
 }  # fmt: skip
 STATES = (ENABLED, DISABLED, PENDING, DESTROYING)
 

@@ -556,3 +556,89 @@ class ListResourceTagsResponse(_message.Message):
     next_marker: str
     truncated: bool
     def __init__(self, tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class GetKeyLastUsageRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class KeyUsage(_message.Message):
+    __slots__ = ("key_version", "last_used_date", "event_id", "operation")
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_DATE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    key_version: int
+    last_used_date: _timestamp_pb2.Timestamp
+    event_id: str
+    operation: str
+    def __init__(self, key_version: _Optional[int] = ..., last_used_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_id: _Optional[str] = ..., operation: _Optional[str] = ...) -> None: ...
+
+class GetKeyLastUsageResponse(_message.Message):
+    __slots__ = ("key_id", "last_usage", "version_usages")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_USAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_USAGES_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    last_usage: KeyUsage
+    version_usages: _containers.RepeatedCompositeFieldContainer[KeyUsage]
+    def __init__(self, key_id: _Optional[str] = ..., last_usage: _Optional[_Union[KeyUsage, _Mapping]] = ..., version_usages: _Optional[_Iterable[_Union[KeyUsage, _Mapping]]] = ...) -> None: ...
+
+class LookupAttribute(_message.Message):
+    __slots__ = ("attribute_key", "attribute_value")
+    ATTRIBUTE_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    attribute_key: str
+    attribute_value: str
+    def __init__(self, attribute_key: _Optional[str] = ..., attribute_value: _Optional[str] = ...) -> None: ...
+
+class LookupEventsRequest(_message.Message):
+    __slots__ = ("lookup_attributes", "start_time", "end_time", "max_results", "next_token")
+    LOOKUP_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    lookup_attributes: _containers.RepeatedCompositeFieldContainer[LookupAttribute]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    max_results: int
+    next_token: str
+    def __init__(self, lookup_attributes: _Optional[_Iterable[_Union[LookupAttribute, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_results: _Optional[int] = ..., next_token: _Optional[str] = ...) -> None: ...
+
+class AuditResource(_message.Message):
+    __slots__ = ("resource_type", "resource_name")
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    resource_type: str
+    resource_name: str
+    def __init__(self, resource_type: _Optional[str] = ..., resource_name: _Optional[str] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("event_id", "event_name", "event_time", "username", "resources", "cloud_trail_event", "read_only", "event_source")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_TRAIL_EVENT_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    event_name: str
+    event_time: _timestamp_pb2.Timestamp
+    username: str
+    resources: _containers.RepeatedCompositeFieldContainer[AuditResource]
+    cloud_trail_event: str
+    read_only: bool
+    event_source: str
+    def __init__(self, event_id: _Optional[str] = ..., event_name: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., username: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[AuditResource, _Mapping]]] = ..., cloud_trail_event: _Optional[str] = ..., read_only: _Optional[bool] = ..., event_source: _Optional[str] = ...) -> None: ...
+
+class LookupEventsResponse(_message.Message):
+    __slots__ = ("events", "next_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_token: _Optional[str] = ...) -> None: ...

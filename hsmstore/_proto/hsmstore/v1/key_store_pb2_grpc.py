@@ -164,6 +164,11 @@ class KeyStoreStub:
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsRequest.SerializeToString,
                 response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsResponse.FromString,
                 _registered_method=True)
+        self.GetKeyLastUsage = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GetKeyLastUsage',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageResponse.FromString,
+                _registered_method=True)
 
 
 class KeyStoreServicer:
@@ -325,6 +330,12 @@ class KeyStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetKeyLastUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +468,11 @@ def add_KeyStoreServicer_to_server(servicer, server):
                     servicer.ListResourceTags,
                     request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsRequest.FromString,
                     response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsResponse.SerializeToString,
+            ),
+            'GetKeyLastUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyLastUsage,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1161,6 +1177,108 @@ class KeyStore:
             '/hsmstore.v1.KeyStore/ListResourceTags',
             hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsRequest.SerializeToString,
             hsmstore_dot_v1_dot_key__store__pb2.ListResourceTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyLastUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GetKeyLastUsage',
+            hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuditStub:
+    """The audit trail, after CloudTrail's LookupEvents (API-CONTRACT.md, "Audit events").
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LookupEvents = channel.unary_unary(
+                '/hsmstore.v1.Audit/LookupEvents',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.LookupEventsRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.LookupEventsResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServicer:
+    """The audit trail, after CloudTrail's LookupEvents (API-CONTRACT.md, "Audit events").
+    """
+
+    def LookupEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LookupEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupEvents,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.LookupEventsRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.LookupEventsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'hsmstore.v1.Audit', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('hsmstore.v1.Audit', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Audit:
+    """The audit trail, after CloudTrail's LookupEvents (API-CONTRACT.md, "Audit events").
+    """
+
+    @staticmethod
+    def LookupEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.Audit/LookupEvents',
+            hsmstore_dot_v1_dot_key__store__pb2.LookupEventsRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.LookupEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

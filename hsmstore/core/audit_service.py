@@ -1,0 +1,101 @@
+"""LookupEvents: the audit trail as a tenant sees it, after CloudTrail's LookupEvents.
+
+CloudTrail: "You can look up events [...] by one attribute at a time"; results
+newest first; ``MaxResults`` 1-50 (default 50); an opaque ``NextToken``. A
+tenant sees only its own events (API-CONTRACT.md: "A tenant sees only its own
+keys, aliases, grants and audit events").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from hsmstore.core.audit import StoredAuditEvent
+from hsmstore.core.identifiers import IdentifierKind, parse_key_identifier
+from hsmstore.core.model import Caller
+from hsmstore.core.paging import check_limit, decode_marker, encode_marker
+from hsmstore.core.ports import AuditLog, AuditQuery
+from hsmstore.errors import InvalidMarkerException, NotFoundException, ValidationException
+
+MAX_RESULTS = 50
+LOOKUP_ATTRIBUTES = ("EventName", "Username", "ResourceName")
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    events: list[StoredAuditEvent]
+    next_token: str
+
+
+class AuditQueries:
+    def __init__(self, log: AuditLog, region: str) -> None:
+        self._log = log
+        self._region = region
+
+    def lookup_events(
+        self,
+        caller: Caller,
+        attributes: Sequence[tuple[str, str]],
+        start_time: datetime | None,
+        end_time: datetime | None,
+        max_results: int | None,
+        next_token: str,
+    ) -> EventsPage:
+        limit = check_limit(max_results, maximum=MAX_RESULTS, default=MAX_RESULTS)
+        if len(attributes) > 1:
+            raise ValidationException("LookupAttributes takes at most one attribute")
+        if start_time and end_time and start_time > end_time:
+            raise ValidationException("StartTime must not be after EndTime")
+        before = _decode_token(next_token) if next_token else None
+        filters: dict[str, str] = {}
+        for key, value in attributes:
+            if key not in LOOKUP_ATTRIBUTES:
+                raise ValidationException(f"AttributeKey must be one of: {', '.join(LOOKUP_ATTRIBUTES)}")
+            if not value:
+                raise ValidationException("AttributeValue must not be empty")
+            filters[key] = value
+        key_id = self._key_id_filter(caller, filters.get("ResourceName"))
+        query = AuditQuery(
+            tenant=caller.tenant,
+            limit=limit + 1,
+            before=before,
+            event_name=filters.get("EventName"),
+            principal=filters.get("Username"),
+            key_id=key_id,
+            start_time=start_time,
+            end_time=end_time,
+        )
+        events = list(self._log.lookup_audit_events(query))
+        more = len(events) > limit
+        events = events[:limit]
+        last = events[-1] if events else None
+        token = encode_marker("e", f"{last.event_time.isoformat()}|{last.seq}") if more and last else ""
+        return EventsPage(events, token)
+
+    def _key_id_filter(self, caller: Caller, resource_name: str | None) -> str | None:
+        """ResourceName: a key id or key ARN of the caller's tenant (another tenant's finds nothing)."""
+        if resource_name is None:
+            return None
+        try:
+            reference = parse_key_identifier(resource_name, self._region, "ResourceName")
+        except NotFoundException:
+            return resource_name  # not a key id: matches nothing, like an unknown name in CloudTrail
+        if reference.kind is not IdentifierKind.KEY_ID:
+            raise ValidationException("ResourceName must be a key id or key ARN")
+        if reference.tenant not in (None, caller.tenant):
+            return "-"
+        return reference.value
+
+
+def _decode_token(token: str) -> tuple[datetime, int]:
+    """NextToken: the (event time, seq) of the last event of the page, opaque to callers."""
+    event_time, _, seq = decode_marker("e", token).partition("|")
+    try:
+        parsed = datetime.fromisoformat(event_time)
+    except ValueError:
+        raise InvalidMarkerException("The NextToken is not valid") from None
+    if not seq.isdigit() or parsed.tzinfo is None:
+        raise InvalidMarkerException("The NextToken is not valid")
+    return parsed, int(seq)
