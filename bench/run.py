@@ -80,9 +80,10 @@ class Row:
 # ---------------------------------------------------------------- servers
 
 
-def hsmstore_server(data_dir: Path, workers: int, threads: int) -> ServerProcess:
+def hsmstore_server(data_dir: Path, workers: int, threads: int, audit: bool = True) -> ServerProcess:
     return ServerProcess(
         [
+            *([] if audit else ["--no-audit"]),
             sys.executable,
             "-m",
             "hsmstore.cli.main",
@@ -284,6 +285,20 @@ def bench_hsmstore(
     return rows
 
 
+def bench_audit_off(data_dir: Path, args: argparse.Namespace, workers: int, keys: list[str]) -> list[Row]:
+    """GenerateDataKey with ``--no-audit``: the audit trail's cost, against the audited run above."""
+    with (
+        hsmstore_server(data_dir, workers, args.grpc_threads, audit=False) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        call = kms_calls(pb_grpc.KeyStoreStub(channel), keys)["GenerateDataKey"]
+        load(server, call, WARM_UP_REQUESTS, args.clients, 1)
+        measured = load(server, call, args.requests, args.clients, args.sample)
+    result = row("hsmstore-no-audit", "GenerateDataKey", workers, args.base_keys, args.clients, measured)
+    print(_format(result), flush=True)
+    return [result]
+
+
 def bench_echo(args: argparse.Namespace, workers: int, payload: bytes) -> list[Row]:
     call = echo_call(payload)
     with echo_server(workers, args.grpc_threads) as server:
@@ -409,6 +424,15 @@ def targets(
                 f"- {r.operation} w={r.workers}: CPU {r.cpu_us:.0f} µs = {ratio:.2f} x floor "
                 f"{floor:.0f} µs (target <= 1.6): {verdict(ratio <= 1.6)}"
             )
+    for off in (r for r in rows if r.target == "hsmstore-no-audit"):
+        on = next(
+            r for r in full if (r.operation, r.workers, r.keys) == ("GenerateDataKey", off.workers, base_keys)
+        )
+        share = on.rps / off.rps
+        out.append(
+            f"- GenerateDataKey w={off.workers} audit on {on.rps:.0f}/s ({on.cpu_us:.0f} µs) vs off "
+            f"{off.rps:.0f}/s ({off.cpu_us:.0f} µs) = {share:.0%} (target >= 85%): {verdict(share >= 0.85)}"
+        )
     gdk2 = [r for r in full if (r.operation, r.workers, r.keys) == ("GenerateDataKey", 2, base_keys)]
     if gdk2 and 2 in echo:
         share = gdk2[0].rps / echo[2].rps
@@ -516,6 +540,7 @@ def main() -> int:
                 echo_payload = calls["GenerateDataKey"].body[5:]
                 rows += bench_hsmstore(server, calls, args, workers, args.base_keys, OPERATIONS[:-1])
             rows += bench_echo(args, workers, echo_payload)  # right after: same machine state
+            rows += bench_audit_off(data_dir, args, workers, keys)
         for workers in args.workers:  # last: CreateKey adds keys
             with (
                 hsmstore_server(data_dir, workers, args.grpc_threads) as server,
