@@ -178,6 +178,21 @@ def canonical_record_bytes(record: Mapping[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+@dataclass(frozen=True)
+class SerializedRecord:
+    """A record with its canonical bytes already made (a spool line), so appending
+    does not serialise it a second time."""
+
+    record: Mapping[str, Any]
+    canonical: bytes
+
+
+def serialized(item: Mapping[str, Any] | SerializedRecord) -> SerializedRecord:
+    if isinstance(item, SerializedRecord):
+        return item
+    return SerializedRecord(item, canonical_record_bytes(item))
+
+
 def chain_hash(previous_hash: bytes, seq: int, record_bytes: bytes) -> bytes:
     """hash(seq) = SHA-256(hash(seq-1) || u64be(seq) || record_bytes); see the module docstring."""
     return hashlib.sha256(previous_hash + struct.pack(">Q", seq) + record_bytes).digest()

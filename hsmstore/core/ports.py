@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from hsmstore.core.audit import StoredAuditEvent
+from hsmstore.core.audit import SerializedRecord, StoredAuditEvent
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
@@ -324,7 +324,9 @@ class AuditLog(Protocol):
     """
 
     def append_audit_records(
-        self, records: Sequence[Mapping[str, Any]], spool_position: tuple[str, int] | None = None
+        self,
+        records: Sequence[Mapping[str, Any] | SerializedRecord],
+        spool_position: tuple[str, int] | None = None,
     ) -> list[int]:
         """Append records in order, in one transaction; returns their seq numbers.
 

@@ -30,19 +30,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hsmstore.core.audit import canonical_record_bytes
+from hsmstore.core.audit import SerializedRecord, canonical_record_bytes
 from hsmstore.core.ports import AuditLog
 
 log = logging.getLogger(__name__)
 
 SPOOL_SUFFIX = ".jsonl"
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+RECORDS_PER_TRANSACTION = 4096
 
 
 class SpoolAuditSink:
     """The AuditSink of a server process (see the module docstring)."""
 
-    def __init__(self, directory: Path, audit_log: AuditLog, ingest_interval_seconds: float = 0.2) -> None:
+    def __init__(self, directory: Path, audit_log: AuditLog, ingest_interval_seconds: float = 2.0) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._directory = directory
         self._log = audit_log
@@ -116,25 +117,38 @@ class SpoolAuditSink:
             os.close(fd)
 
     def _ingest(self, path: Path, name: str) -> int:
+        """Move complete lines into the chain, up to ``RECORDS_PER_TRANSACTION`` at a time.
+
+        Measured (docs/performance.md): ingesting often in small transactions
+        cost the request threads far more than the work itself (GIL hand-offs,
+        one commit per batch): audited GenerateDataKey reached 47 % of the
+        unaudited throughput at 0.2 s / 128 records, 74 % at 2 s / 4,096.
+        """
         moved = 0
+        offset = self._log.spool_offset(name)
         while True:
-            offset = self._log.spool_offset(name)
             with path.open("rb") as spool:
                 spool.seek(offset)
                 data = spool.read(MAX_BATCH_BYTES)
-            complete = data.rfind(b"\n") + 1  # a torn last line waits for its end
-            if complete == 0:
+            lines = data.splitlines(keepends=True)
+            if lines and not lines[-1].endswith(b"\n"):
+                lines.pop()  # a torn last line waits for its end
+            if not lines:
                 return moved
-            records = [_parse(line, name) for line in data[:complete].splitlines() if line]
-            self._log.append_audit_records(records, (name, offset + complete))
-            moved += len(records)
+            for start in range(0, len(lines), RECORDS_PER_TRANSACTION):
+                chunk = lines[start : start + RECORDS_PER_TRANSACTION]
+                offset += sum(len(line) for line in chunk)
+                records = [_parse(line.rstrip(b"\n"), name) for line in chunk if line.strip()]
+                self._log.append_audit_records(records, (name, offset))
+                moved += len(records)
 
 
-def _parse(line: bytes, spool_name: str) -> dict[str, Any]:
+def _parse(line: bytes, spool_name: str) -> SerializedRecord | dict[str, Any]:
+    """A spool line is canonical JSON already: keep its bytes, so they are not made twice."""
     try:
         record = json.loads(line)
         if isinstance(record, dict):
-            return record
+            return SerializedRecord(record, line)
     except ValueError:
         pass
     # Never drop a line silently: the chain records that one was unreadable.

@@ -231,3 +231,31 @@ def test_lookup_events_validates_its_input(server: ServerProcess) -> None:
     expect_reason(
         lambda: audit.LookupEvents(pb.LookupEventsRequest(lookup_attributes=odd)), "ValidationException"
     )
+
+
+def test_a_running_server_seals_its_trail_and_the_trail_verifies(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, extra_args=["--jobs-interval-seconds", "0.2"]).start()
+    try:
+        key = server.stub.CreateKey(pb.CreateKeyRequest()).key_metadata.key_id
+        for _ in range(20):
+            server.stub.GenerateDataKey(pb.GenerateDataKeyRequest(key_id=key, key_spec="AES_256"))
+        wait_until(lambda: len(all_events(server, EventName="GenerateDataKey")) == 20)
+    finally:
+        server.stop()  # a clean stop ingests the rest of the spool
+    env = {**os.environ, "SOFTHSM2_CONF": str(server.softhsm_conf)}
+    verified = subprocess.run(
+        [sys.executable, "-m", "hsmstore.cli.main", "audit", "verify", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "verified" in verified.stdout
+    seals = int(verified.stdout.split(" records, ")[1].split(" seal")[0])
+    assert seals >= 1, verified.stdout
