@@ -122,7 +122,7 @@ class Pkcs11KeyVault:
         self._searches = _Counter()
         self._enumerations = _Counter()
         # token_id -> when a miss on it last made us rescan the token (see _cached_or_found)
-        self._last_rescan: dict[bytes, float] = {}
+        self._last_rescan: dict[bytes, tuple[float, int]] = {}  # token_id -> (when, epoch)
         # One finder/generator of the audit seal key per process (os_locking has many sessions).
         self._seal_key_lock = threading.Lock()
         self._seal_verify_rescanned = False
@@ -513,9 +513,12 @@ class Pkcs11KeyVault:
             # The caller's DB says this object exists. Rescan the token once
             # (see TokenViewStale), at most once per key per RESCAN_INTERVAL,
             # so a key that is really gone cannot make us re-initialise in a loop.
+            # A miss in the epoch a rescan was asked in waits for that rescan too:
+            # another thread may have asked and not yet re-initialised.
             now = time.monotonic()
-            if now - self._last_rescan.get(token_id, -RESCAN_INTERVAL_SECONDS) >= RESCAN_INTERVAL_SECONDS:
-                self._last_rescan[token_id] = now
+            asked_at, asked_in_epoch = self._last_rescan.get(token_id, (-RESCAN_INTERVAL_SECONDS, -1))
+            if ws.epoch <= asked_in_epoch or now - asked_at >= RESCAN_INTERVAL_SECONDS:
+                self._last_rescan[token_id] = (now, ws.epoch)
                 raise TokenViewStale()
             raise _key_unavailable()
         if len(found) > 1:
