@@ -83,7 +83,6 @@ class Row:
 def hsmstore_server(data_dir: Path, workers: int, threads: int, audit: bool = True) -> ServerProcess:
     return ServerProcess(
         [
-            *([] if audit else ["--no-audit"]),
             sys.executable,
             "-m",
             "hsmstore.cli.main",
@@ -98,6 +97,7 @@ def hsmstore_server(data_dir: Path, workers: int, threads: int, audit: bool = Tr
             str(threads),
             "--log-level",
             "WARNING",
+            *([] if audit else ["--no-audit"]),
         ]
     )
 

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import multiprocessing.process
 import multiprocessing.queues
+import os
 import signal
 import socket
 import threading
@@ -41,16 +42,59 @@ def run_serve(args: argparse.Namespace) -> int:
     host = settings.listen.rpartition(":")[0]
     if settings.worker_count > 1:
         return _serve_with_workers(settings, token, host)
+    ingester = AuditIngester(settings)
+    ingester.start()
     runtime = bootstrap.open_runtime(settings, token)
     running = start_server(
         runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings), audit=runtime.audit
     )
     runtime.start_background_work()
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
-    _wait_for_stop_signal()
+    stop = _stop_event()
+    while not stop.wait(1.0):
+        ingester.keep_alive()
     running.stop()
     runtime.close()
+    ingester.stop()
     return 0
+
+
+class AuditIngester:
+    """The audit ingester process next to the server (store/spool.py), restarted if it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    def start(self) -> None:
+        if not self._settings.audit:
+            return
+        context = multiprocessing.get_context("spawn")
+        self._process = context.Process(
+            target=_ingester_main, args=(self._settings, os.getpid()), name="audit-ingester", daemon=False
+        )
+        self._process.start()
+
+    def keep_alive(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            logging.getLogger(__name__).error("the audit ingester exited; starting it again")
+            self.start()
+
+    def stop(self) -> None:
+        """SIGTERM: it ingests what the stopped server left, then exits."""
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(60)
+            if self._process.is_alive():
+                self._process.kill()
+
+
+def _ingester_main(settings: Settings, parent_pid: int) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+    )
+    bootstrap.run_audit_ingester(settings, _stop_event(), parent_pid)
 
 
 def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host: str) -> int:
@@ -82,13 +126,18 @@ def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host
     except Exception:
         _stop_workers(workers)
         raise
+    ingester = AuditIngester(settings)
+    ingester.start()
     print(f"hsmstore listening on {host}:{port} ({settings.worker_count} workers)", flush=True)
     while not stop.wait(0.5):
+        ingester.keep_alive()
         if any(not worker.is_alive() for worker in workers):
             logging.getLogger(__name__).error("a worker exited; stopping the server")
             _stop_workers(workers)
+            ingester.stop()
             return 1
     _stop_workers(workers)
+    ingester.stop()
     return 0
 
 

@@ -8,12 +8,13 @@ returns, the bytes are in the kernel and survive a crash (even SIGKILL) of the
 process. (They do not survive a crash of the machine; that needs fsync per
 call, which the DB path pays for management calls.)
 
-A background ingester moves complete lines into the DB chain in batches,
-storing the spool's byte offset in the same transaction as the records, so a
-line is ingested exactly once. Each process holds an exclusive ``flock`` on its
-own spool for its whole life; a spool nobody holds belongs to a process that
-died, and any live process sharing the data directory ingests it and then
-removes it. Spool format: one canonical JSON record per line (core/audit.py).
+An ingester process (one per data directory, started by ``hsmstore serve``)
+moves complete lines into the DB chain in batches, storing each spool's byte
+offset in the same transaction as its records, so a line is ingested exactly
+once. Each writer holds an exclusive ``flock`` on its spool for its whole
+life; a spool nobody holds belongs to a process that stopped or died, and is
+removed once fully ingested. Spool format: one canonical JSON record per line
+(core/audit.py).
 """
 
 from __future__ import annotations
@@ -41,21 +42,15 @@ RECORDS_PER_TRANSACTION = 4096
 
 
 class SpoolAuditSink:
-    """The AuditSink of a server process (see the module docstring)."""
+    """The AuditSink of a server process: appends only (see the module docstring)."""
 
-    def __init__(self, directory: Path, audit_log: AuditLog, ingest_interval_seconds: float = 2.0) -> None:
+    def __init__(self, directory: Path) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._directory = directory
-        self._log = audit_log
-        self._interval = ingest_interval_seconds
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SPOOL_SUFFIX}"
-        self._path = directory / self.name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.path = directory / self.name
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours for life: "this spool is live"
         self._write_lock = threading.Lock()
-        self._ingest_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="audit-ingest", daemon=True)
 
     def record(self, record: Mapping[str, Any]) -> None:
         """Append the record; raise OSError if the kernel did not take all of it."""
@@ -65,65 +60,64 @@ class SpoolAuditSink:
         if written != len(line):
             raise OSError("short write to the audit spool")
 
-    def start(self) -> None:
-        self._thread.start()
-
     def close(self) -> None:
-        """Stop the ingester, ingest what is left, and remove the spool if it was all ingested."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        try:
-            self.ingest_once()
-            if self._log.spool_offset(self.name) >= os.fstat(self._fd).st_size:
-                self._path.unlink(missing_ok=True)
-        except Exception:
-            log.exception("audit spool %s kept for the next start to ingest", self.name)
-        finally:
-            os.close(self._fd)
+        """Release the spool: from now on the ingester may finish and remove it."""
+        os.close(self._fd)
+
+
+class SpoolIngester:
+    """Moves every spool of a data directory into the chain; runs in its own process.
+
+    Why its own process: ingesting inside the serving process cost its request
+    threads several times the work itself (GIL hand-offs; docs/performance.md).
+    A live spool is read without its lock (only complete lines are taken); a
+    spool whose writer is gone (its lock is free) is removed once fully ingested.
+    """
+
+    def __init__(self, directory: Path, audit_log: AuditLog) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._directory = directory
+        self._log = audit_log
 
     def ingest_once(self) -> int:
-        """Ingest this process's spool, then any spool whose process is gone. Returns records moved."""
-        with self._ingest_lock:
-            moved = self._ingest(self._path, self.name)
-            for path in sorted(self._directory.glob(f"*{SPOOL_SUFFIX}")):
-                if path != self._path:
-                    moved += self._ingest_orphan(path)
-            return moved
+        """Ingest every spool once; returns how many records moved."""
+        moved = 0
+        for path in sorted(self._directory.glob(f"*{SPOOL_SUFFIX}")):
+            try:
+                moved += self._ingest_spool(path)
+            except FileNotFoundError:
+                continue  # removed by another ingester meanwhile
+        return moved
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+    def run(self, stop: threading.Event, interval_seconds: float, parent_pid: int | None = None) -> None:
+        """Ingest every ``interval_seconds`` until ``stop`` is set or the parent process is gone,
+        then once more, so that a stopping server leaves its last records in the chain."""
+        while not stop.wait(interval_seconds):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                break
             try:
                 self.ingest_once()
             except Exception:
-                log.exception("audit ingestion failed; the spool keeps the records and it is retried")
+                log.exception("audit ingestion failed; the spools keep the records and it is retried")
+        self.ingest_once()
 
-    def _ingest_orphan(self, path: Path) -> int:
+    def _ingest_spool(self, path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return 0
-        try:
+            moved = self._ingest(path, path.name)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return 0  # its process is alive and ingests it itself
-            moved = self._ingest(path, path.name)
+                return moved  # its writer is alive
+            moved += self._ingest(path, path.name)  # anything written just before it stopped
             if self._log.spool_offset(path.name) >= os.fstat(fd).st_size:
                 path.unlink(missing_ok=True)
-                log.info("ingested and removed the audit spool %s of a stopped process", path.name)
             return moved
         finally:
             os.close(fd)
 
     def _ingest(self, path: Path, name: str) -> int:
-        """Move complete lines into the chain, up to ``RECORDS_PER_TRANSACTION`` at a time.
-
-        Measured (docs/performance.md): ingesting often in small transactions
-        cost the request threads far more than the work itself (GIL hand-offs,
-        one commit per batch): audited GenerateDataKey reached 47 % of the
-        unaudited throughput at 0.2 s / 128 records, 74 % at 2 s / 4,096.
-        """
+        """Move complete lines into the chain, up to ``RECORDS_PER_TRANSACTION`` at a time."""
         moved = 0
         offset = self._log.spool_offset(name)
         while True:

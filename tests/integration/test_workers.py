@@ -40,6 +40,7 @@ WORKERS = 2
 CHANNELS = 20
 CALL_TIMEOUT_SECONDS = 10.0
 TCP_ESTABLISHED = "01"
+TCP_LISTEN = "0A"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -96,18 +97,29 @@ def command_line(pid: int) -> list[str]:
         return []
 
 
-def worker_pids(serve_pid: int) -> set[int]:
-    """The serve process' children started by multiprocessing's spawn (not its resource tracker)."""
+def worker_pids(serve_pid: int, port: int) -> set[int]:
+    """The serve process' spawned children that listen on the port: the workers, not the
+    audit ingester (spawned too, but with no socket) nor multiprocessing's resource tracker."""
     workers = set()
     for pid in descendants(serve_pid):
         info = parent_and_state(pid)
-        if info is not None and info[0] == serve_pid and "--multiprocessing-fork" in command_line(pid):
+        if (
+            info is not None
+            and info[0] == serve_pid
+            and "--multiprocessing-fork" in command_line(pid)
+            and sockets_on(pid, port, TCP_LISTEN)
+        ):
             workers.add(pid)
     return workers
 
 
 def established_connections(pid: int, port: int) -> int:
     """TCP connections accepted on ``port`` that process ``pid`` holds open."""
+    return sockets_on(pid, port, TCP_ESTABLISHED)
+
+
+def sockets_on(pid: int, port: int, state: str) -> int:
+    """Sockets of process ``pid`` on local ``port`` in TCP ``state`` (hex, as in /proc/net/tcp)."""
     inodes: set[str] = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -122,7 +134,7 @@ def established_connections(pid: int, port: int) -> int:
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].rpartition(":")[2], 16)
-            if local_port == port and fields[3] == TCP_ESTABLISHED and fields[9] in inodes:
+            if local_port == port and fields[3] == state and fields[9] in inodes:
                 count += 1
     return count
 
@@ -156,7 +168,7 @@ def test_two_workers_share_the_load_and_the_keys_and_stop_together(
     port = int(server.address.rpartition(":")[2])
     everything = descendants(serve_pid)  # the workers and multiprocessing's resource tracker
     try:
-        workers = worker_pids(serve_pid)
+        workers = worker_pids(serve_pid, port)
         assert len(workers) == WORKERS, f"expected {WORKERS} worker processes, found {workers}"
         assert all(is_running(pid) for pid in workers)
 
