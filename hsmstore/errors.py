@@ -106,26 +106,3 @@ class CiphertextAuthenticationFailed(Exception):
     Not a :class:`KMSError`: the service turns it into the single
     ``InvalidCiphertextException`` so a caller never learns *why* a blob failed.
     """
-
-
-ALL_ERRORS: tuple[type[KMSError], ...] = (
-    NotFoundException,
-    DisabledException,
-    KMSInvalidStateException,
-    KeyUnavailableException,
-    InvalidCiphertextException,
-    IncorrectKeyException,
-    InvalidKeyUsageException,
-    ValidationException,
-    InvalidAliasNameException,
-    InvalidArnException,
-    InvalidMarkerException,
-    AlreadyExistsException,
-    AccessDeniedException,
-    UnauthenticatedException,
-    LimitExceededException,
-    DependencyTimeoutException,
-    KMSInternalException,
-    UnsupportedOperationException,
-    TagException,
-)

@@ -48,7 +48,7 @@ READ_ONLY_EVENTS = frozenset(
         "GetKeyRotationStatus", "GetKeyLastUsage", "LookupEvents",
     }
 )  # fmt: skip
-# Cryptographic operations: recorded through the spool, off the DB write path.
+# Cryptographic operations: what GetKeyLastUsage counts as a use of a key.
 CRYPTOGRAPHIC_EVENTS = frozenset(
     {
         "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
@@ -75,10 +75,6 @@ class CallAudit:
     error_code: str | None = None
     error_message: str | None = None
     recorded: bool = False  # True once the record was written with the call's own DB change
-
-    @property
-    def cryptographic(self) -> bool:
-        return self.event_name in CRYPTOGRAPHIC_EVENTS
 
     def to_record(self, latency_ms: float | None = None) -> dict[str, Any]:
         """The CloudTrail-shaped record. ``requestParameters`` never holds bytes fields."""
@@ -135,10 +131,6 @@ def begin_call(call: CallAudit) -> Iterator[CallAudit]:
         yield call
     finally:
         _current.reset(token)
-
-
-def current_call() -> CallAudit | None:
-    return _current.get()
 
 
 def note_key(key_arn: str, version: int | None = None) -> None:

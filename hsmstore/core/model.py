@@ -147,7 +147,6 @@ class Caller:
 
     tenant: str
     principal: str
-    source_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,6 @@ from hsmstore.errors import (
     IncorrectKeyException,
     InvalidKeyUsageException,
     InvalidMarkerException,
-    KMSError,
     KMSInternalException,
     LimitExceededException,
     NotFoundException,
@@ -961,16 +960,3 @@ def _parse_enum(enum: type[EnumT], value: str, field_name: str) -> EnumT:
     except ValueError:
         allowed = ", ".join(member.value for member in enum)
         raise ValidationException(f"{field_name} must be one of: {allowed}") from None
-
-
-__all__ = [
-    "DataKeyResult",
-    "DecryptResult",
-    "EncryptResult",
-    "KMSError",
-    "KeyDescription",
-    "KeyListEntry",
-    "KeyService",
-    "Page",
-    "ReEncryptResult",
-]

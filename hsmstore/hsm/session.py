@@ -477,7 +477,6 @@ class TokenSessions:
         self.profile = profile
         self._pid = os.getpid()
         self._closed = False
-        self._max_sessions = max_sessions
         # A pool slot per concurrent call; in global_lock mode the gate already
         # admits one call at a time, and a second lock would only add a handoff.
         self._slots: AbstractContextManager[object] = (
