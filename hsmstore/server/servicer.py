@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -50,16 +51,39 @@ class CallRunner:
     def __init__(
         self, caller_of: CallerResolver, audit_sink: AuditSink | None, audit_fail_open: bool
     ) -> None:
-        self.caller_of = caller_of
+        self._caller_of = caller_of
         self._sink = audit_sink
         self._fail_open = audit_fail_open
 
     def run(self, name: str, body: Callable[[], R], request: Message, context: grpc.ServicerContext) -> R:
+        """Resolve the caller once, then run ``body`` with it as ``current_caller()``.
+
+        The caller is resolved inside the guard, so an identity error is
+        answered with its own reason like any other KMSError.
+        """
+        resolved = self._outcome(lambda: self._caller_of(context))
+        if isinstance(resolved, KMSError):
+            context.abort_with_status(to_grpc_status(resolved))  # raises
+        caller = cast(Caller, resolved)
+        token = _current_caller.set(caller)
+        try:
+            return self._run_as(caller, name, body, request, context)
+        finally:
+            _current_caller.reset(token)
+
+    def _run_as(
+        self,
+        caller: Caller,
+        name: str,
+        body: Callable[[], R],
+        request: Message,
+        context: grpc.ServicerContext,
+    ) -> R:
         if self._sink is None:
             return self._answer(body, context)
         call = CallAudit(
             name,
-            self.caller_of(context),
+            caller,
             convert.request_parameters(request),
             datetime.now(UTC),
             source_address=context.peer(),
@@ -104,6 +128,14 @@ class CallRunner:
                 )
 
 
+_current_caller: ContextVar[Caller] = ContextVar("hsmstore_caller")
+
+
+def current_caller() -> Caller:
+    """The caller of the RPC this thread is running (set by CallRunner.run)."""
+    return _current_caller.get()
+
+
 def handle_errors(method: Method) -> Method:
     """Run the RPC through the servicer's CallRunner (audit record + error table)."""
 
@@ -119,12 +151,11 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def __init__(self, service: KeyService, runner: CallRunner) -> None:
         self._service = service
         self._runner = runner
-        self._caller_of = runner.caller_of
 
     @handle_errors
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
         description = self._service.create_key(
-            self._caller_of(context),
+            current_caller(),
             description=request.description,
             key_usage=request.key_usage,
             key_spec=request.key_spec,
@@ -137,39 +168,39 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def DescribeKey(
         self, request: pb.DescribeKeyRequest, context: grpc.ServicerContext
     ) -> pb.DescribeKeyResponse:
-        description = self._service.describe_key(self._caller_of(context), request.key_id)
+        description = self._service.describe_key(current_caller(), request.key_id)
         return pb.DescribeKeyResponse(key_metadata=convert.key_metadata(description))
 
     @handle_errors
     def ListKeys(self, request: pb.ListKeysRequest, context: grpc.ServicerContext) -> pb.ListKeysResponse:
         page = self._service.list_keys(
-            self._caller_of(context), convert.optional_int(request, "limit"), request.marker
+            current_caller(), convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_keys_response(page)
 
     @handle_errors
     def EnableKey(self, request: pb.EnableKeyRequest, context: grpc.ServicerContext) -> pb.EnableKeyResponse:
-        self._service.enable_key(self._caller_of(context), request.key_id)
+        self._service.enable_key(current_caller(), request.key_id)
         return pb.EnableKeyResponse()
 
     @handle_errors
     def DisableKey(
         self, request: pb.DisableKeyRequest, context: grpc.ServicerContext
     ) -> pb.DisableKeyResponse:
-        self._service.disable_key(self._caller_of(context), request.key_id)
+        self._service.disable_key(current_caller(), request.key_id)
         return pb.DisableKeyResponse()
 
     @handle_errors
     def UpdateKeyDescription(
         self, request: pb.UpdateKeyDescriptionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateKeyDescriptionResponse:
-        self._service.update_key_description(self._caller_of(context), request.key_id, request.description)
+        self._service.update_key_description(current_caller(), request.key_id, request.description)
         return pb.UpdateKeyDescriptionResponse()
 
     @handle_errors
     def Encrypt(self, request: pb.EncryptRequest, context: grpc.ServicerContext) -> pb.EncryptResponse:
         result = self._service.encrypt(
-            self._caller_of(context),
+            current_caller(),
             request.key_id,
             request.plaintext,
             request.encryption_context,
@@ -184,7 +215,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     @handle_errors
     def Decrypt(self, request: pb.DecryptRequest, context: grpc.ServicerContext) -> pb.DecryptResponse:
         result = self._service.decrypt(
-            self._caller_of(context),
+            current_caller(),
             request.ciphertext_blob,
             request.encryption_context,
             request.key_id,
@@ -199,7 +230,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     @handle_errors
     def ReEncrypt(self, request: pb.ReEncryptRequest, context: grpc.ServicerContext) -> pb.ReEncryptResponse:
         result = self._service.re_encrypt(
-            self._caller_of(context),
+            current_caller(),
             request.ciphertext_blob,
             destination_key_id=request.destination_key_id,
             source_encryption_context=request.source_encryption_context,
@@ -221,7 +252,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.GenerateDataKeyRequest, context: grpc.ServicerContext
     ) -> pb.GenerateDataKeyResponse:
         result = self._service.generate_data_key(
-            self._caller_of(context),
+            current_caller(),
             request.key_id,
             request.encryption_context,
             convert.optional_int(request, "number_of_bytes"),
@@ -236,7 +267,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.GenerateDataKeyWithoutPlaintextRequest, context: grpc.ServicerContext
     ) -> pb.GenerateDataKeyWithoutPlaintextResponse:
         result = self._service.generate_data_key(
-            self._caller_of(context),
+            current_caller(),
             request.key_id,
             request.encryption_context,
             convert.optional_int(request, "number_of_bytes"),
@@ -252,7 +283,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.GenerateRandomRequest, context: grpc.ServicerContext
     ) -> pb.GenerateRandomResponse:
         plaintext = self._service.generate_random(
-            self._caller_of(context),
+            current_caller(),
             convert.optional_int(request, "number_of_bytes"),
             request.custom_key_store_id,
         )
@@ -265,7 +296,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.ScheduleKeyDeletionRequest, context: grpc.ServicerContext
     ) -> pb.ScheduleKeyDeletionResponse:
         description = self._service.schedule_key_deletion(
-            self._caller_of(context), request.key_id, convert.optional_int(request, "pending_window_in_days")
+            current_caller(), request.key_id, convert.optional_int(request, "pending_window_in_days")
         )
         key = description.key
         return pb.ScheduleKeyDeletionResponse(
@@ -280,7 +311,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.CancelKeyDeletionRequest, context: grpc.ServicerContext
     ) -> pb.CancelKeyDeletionResponse:
         return pb.CancelKeyDeletionResponse(
-            key_id=self._service.cancel_key_deletion(self._caller_of(context), request.key_id)
+            key_id=self._service.cancel_key_deletion(current_caller(), request.key_id)
         )
 
     @handle_errors
@@ -288,7 +319,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.EnableKeyRotationRequest, context: grpc.ServicerContext
     ) -> pb.EnableKeyRotationResponse:
         self._service.enable_key_rotation(
-            self._caller_of(context), request.key_id, convert.optional_int(request, "rotation_period_in_days")
+            current_caller(), request.key_id, convert.optional_int(request, "rotation_period_in_days")
         )
         return pb.EnableKeyRotationResponse()
 
@@ -296,14 +327,14 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def DisableKeyRotation(
         self, request: pb.DisableKeyRotationRequest, context: grpc.ServicerContext
     ) -> pb.DisableKeyRotationResponse:
-        self._service.disable_key_rotation(self._caller_of(context), request.key_id)
+        self._service.disable_key_rotation(current_caller(), request.key_id)
         return pb.DisableKeyRotationResponse()
 
     @handle_errors
     def GetKeyRotationStatus(
         self, request: pb.GetKeyRotationStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetKeyRotationStatusResponse:
-        status = self._service.get_key_rotation_status(self._caller_of(context), request.key_id)
+        status = self._service.get_key_rotation_status(current_caller(), request.key_id)
         return pb.GetKeyRotationStatusResponse(
             key_rotation_enabled=status.rotation_enabled,
             key_id=status.key_arn,
@@ -316,7 +347,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.RotateKeyOnDemandRequest, context: grpc.ServicerContext
     ) -> pb.RotateKeyOnDemandResponse:
         return pb.RotateKeyOnDemandResponse(
-            key_id=self._service.rotate_key_on_demand(self._caller_of(context), request.key_id)
+            key_id=self._service.rotate_key_on_demand(current_caller(), request.key_id)
         )
 
     @handle_errors
@@ -324,7 +355,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.ListKeyRotationsRequest, context: grpc.ServicerContext
     ) -> pb.ListKeyRotationsResponse:
         page = self._service.list_key_rotations(
-            self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
+            current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_key_rotations_response(page)
 
@@ -332,21 +363,21 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def CreateAlias(
         self, request: pb.CreateAliasRequest, context: grpc.ServicerContext
     ) -> pb.CreateAliasResponse:
-        self._service.create_alias(self._caller_of(context), request.alias_name, request.target_key_id)
+        self._service.create_alias(current_caller(), request.alias_name, request.target_key_id)
         return pb.CreateAliasResponse()
 
     @handle_errors
     def UpdateAlias(
         self, request: pb.UpdateAliasRequest, context: grpc.ServicerContext
     ) -> pb.UpdateAliasResponse:
-        self._service.update_alias(self._caller_of(context), request.alias_name, request.target_key_id)
+        self._service.update_alias(current_caller(), request.alias_name, request.target_key_id)
         return pb.UpdateAliasResponse()
 
     @handle_errors
     def DeleteAlias(
         self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext
     ) -> pb.DeleteAliasResponse:
-        self._service.delete_alias(self._caller_of(context), request.alias_name)
+        self._service.delete_alias(current_caller(), request.alias_name)
         return pb.DeleteAliasResponse()
 
     @handle_errors
@@ -354,7 +385,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.ListAliasesRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasesResponse:
         page = self._service.list_aliases(
-            self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
+            current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_aliases_response(page)
 
@@ -362,14 +393,14 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def TagResource(
         self, request: pb.TagResourceRequest, context: grpc.ServicerContext
     ) -> pb.TagResourceResponse:
-        self._service.tag_resource(self._caller_of(context), request.key_id, convert.tag_pairs(request.tags))
+        self._service.tag_resource(current_caller(), request.key_id, convert.tag_pairs(request.tags))
         return pb.TagResourceResponse()
 
     @handle_errors
     def UntagResource(
         self, request: pb.UntagResourceRequest, context: grpc.ServicerContext
     ) -> pb.UntagResourceResponse:
-        self._service.untag_resource(self._caller_of(context), request.key_id, list(request.tag_keys))
+        self._service.untag_resource(current_caller(), request.key_id, list(request.tag_keys))
         return pb.UntagResourceResponse()
 
     @handle_errors
@@ -377,7 +408,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self, request: pb.ListResourceTagsRequest, context: grpc.ServicerContext
     ) -> pb.ListResourceTagsResponse:
         page = self._service.list_resource_tags(
-            self._caller_of(context), request.key_id, convert.optional_int(request, "limit"), request.marker
+            current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_resource_tags_response(page)
 
@@ -385,7 +416,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def GetKeyLastUsage(
         self, request: pb.GetKeyLastUsageRequest, context: grpc.ServicerContext
     ) -> pb.GetKeyLastUsageResponse:
-        usage = self._service.get_key_last_usage(self._caller_of(context), request.key_id)
+        usage = self._service.get_key_last_usage(current_caller(), request.key_id)
         return convert.key_last_usage_response(usage)
 
 
@@ -401,7 +432,7 @@ class AuditServicer(pb_grpc.AuditServicer):  # type: ignore[misc]
         self, request: pb.LookupEventsRequest, context: grpc.ServicerContext
     ) -> pb.LookupEventsResponse:
         page = self._queries.lookup_events(
-            self._runner.caller_of(context),
+            current_caller(),
             [(a.attribute_key, a.attribute_value) for a in request.lookup_attributes],
             request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
             request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,

@@ -11,8 +11,8 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore.core import audit
 from hsmstore.core.model import Caller
-from hsmstore.errors import NotFoundException
-from hsmstore.server.servicer import CallRunner
+from hsmstore.errors import NotFoundException, UnauthenticatedException
+from hsmstore.server.servicer import CallRunner, current_caller
 
 CALLER = Caller("acme", "arn:hsmstore:iam::acme:role/admin")
 
@@ -103,3 +103,35 @@ def test_a_change_recorded_with_its_transaction_is_not_spooled_again() -> None:
 
     runner(sink).run("DisableKey", management_change, pb.DisableKeyRequest(key_id="k"), FakeContext())  # type: ignore[arg-type]
     assert sink.records == []
+
+
+def test_the_caller_is_resolved_once_and_seen_by_the_method() -> None:
+    resolutions: list[object] = []
+
+    def caller_of(context: object) -> Caller:
+        resolutions.append(context)
+        return CALLER
+
+    seen = CallRunner(caller_of, ListSink(), False).run(
+        "DescribeKey",
+        current_caller,
+        pb.DescribeKeyRequest(key_id="k"),
+        FakeContext(),  # type: ignore[arg-type]
+    )
+    assert seen is CALLER
+    assert len(resolutions) == 1
+
+
+def test_an_identity_error_is_answered_with_its_own_reason() -> None:
+    def no_identity(_context: object) -> Caller:
+        raise UnauthenticatedException("no client certificate")
+
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        CallRunner(no_identity, ListSink(), False).run(
+            "Encrypt",
+            lambda: "never",
+            pb.EncryptRequest(),
+            context,  # type: ignore[arg-type]
+        )
+    assert context.status is not None and context.status.code == grpc.StatusCode.UNAUTHENTICATED
