@@ -15,7 +15,6 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import cast
 
 from hsmstore.config import ConfigError, Settings
 from hsmstore.core.audit_jobs import purge_expired, seal_chain_head
@@ -55,14 +54,15 @@ class Runtime:
     store: SqlMetadataStore
     jobs: PeriodicJobs
     audit: AuditWiring | None
+    spool: SpoolAuditSink | None
 
     def start_background_work(self) -> None:
         self.jobs.start()
 
     def close(self) -> None:
         self.jobs.stop()
-        if self.audit is not None:
-            cast(SpoolAuditSink, self.audit.sink).close()
+        if self.spool is not None:
+            self.spool.close()
         self.vault.close()
         self.store.close()
 
@@ -125,6 +125,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         raise
     clock = clock_from_env()
     audit: AuditWiring | None = None
+    sink: SpoolAuditSink | None = None
     if settings.audit:
         sink = SpoolAuditSink(audit_spool_directory(settings))
         audit = AuditWiring(sink, AuditQueries(store, settings.region), settings.audit_fail_open)
@@ -148,7 +149,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         ],
         settings.jobs_interval_seconds,
     )
-    return Runtime(service, vault, store, jobs, audit)
+    return Runtime(service, vault, store, jobs, audit, sink)
 
 
 def read_pin(pin_file: Path) -> str:

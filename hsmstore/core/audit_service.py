@@ -56,7 +56,11 @@ class AuditQueries:
             if not value:
                 raise ValidationException("AttributeValue must not be empty")
             filters[key] = value
-        key_id = self._key_id_filter(caller, filters.get("ResourceName"))
+        key_id = None
+        if "ResourceName" in filters:
+            key_id = self._key_id_of_resource(caller, filters["ResourceName"])
+            if key_id is None:
+                return EventsPage([], "")  # it names no key of this tenant: nothing can match
         query = AuditQuery(
             tenant=caller.tenant,
             limit=limit + 1,
@@ -74,18 +78,17 @@ class AuditQueries:
         token = encode_marker("e", f"{last.event_time.isoformat()}|{last.seq}") if more and last else ""
         return EventsPage(events, token)
 
-    def _key_id_filter(self, caller: Caller, resource_name: str | None) -> str | None:
-        """ResourceName: a key id or key ARN of the caller's tenant (another tenant's finds nothing)."""
-        if resource_name is None:
-            return None
+    def _key_id_of_resource(self, caller: Caller, resource_name: str) -> str | None:
+        """ResourceName: a key id or key ARN; None when it can name no key of the caller's tenant
+        (not a key id at all, like an unknown name in CloudTrail, or another tenant's ARN)."""
         try:
             reference = parse_key_identifier(resource_name, self._region, "ResourceName")
         except NotFoundException:
-            return resource_name  # not a key id: matches nothing, like an unknown name in CloudTrail
+            return None
         if reference.kind is not IdentifierKind.KEY_ID:
             raise ValidationException("ResourceName must be a key id or key ARN")
         if reference.tenant not in (None, caller.tenant):
-            return "-"
+            return None
         return reference.value
 
 

@@ -1,0 +1,45 @@
+"""LookupEvents' ResourceName filter: only the caller's own keys can match."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from hsmstore.core.audit import CallAudit
+from hsmstore.core.audit_service import AuditQueries
+from hsmstore.core.model import Caller
+from hsmstore.errors import ValidationException
+from tests.fakes.store import FakeMetadataStore
+
+ACME = Caller("acme", "arn:hsmstore:iam::acme:role/admin")
+KEY_ID = "0f6a4c8e-3b1d-4e0a-9c2f-5d7e8a9b0c1d"
+
+
+@pytest.fixture
+def queries() -> AuditQueries:
+    log = FakeMetadataStore()
+    call = CallAudit("Encrypt", ACME, {"keyId": KEY_ID}, datetime.now(UTC))
+    call.key_ids.append(f"arn:hsmstore:kms:local:acme:key/{KEY_ID}")
+    log.append_audit_records([call.to_record()])
+    return AuditQueries(log, "local")
+
+
+def names(queries: AuditQueries, resource_name: str) -> list[str]:
+    page = queries.lookup_events(ACME, [("ResourceName", resource_name)], None, None, None, "")
+    return [event.event_name for event in page.events]
+
+
+def test_the_callers_key_by_id_or_arn_matches(queries: AuditQueries) -> None:
+    assert names(queries, KEY_ID) == ["Encrypt"]
+    assert names(queries, f"arn:hsmstore:kms:local:acme:key/{KEY_ID}") == ["Encrypt"]
+
+
+def test_another_tenants_arn_and_a_non_key_name_match_nothing(queries: AuditQueries) -> None:
+    assert names(queries, f"arn:hsmstore:kms:local:other:key/{KEY_ID}") == []
+    assert names(queries, "not-a-key-id") == []
+
+
+def test_an_alias_is_not_a_resource_name(queries: AuditQueries) -> None:
+    with pytest.raises(ValidationException):
+        names(queries, "alias/orders")
