@@ -15,6 +15,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -129,8 +130,6 @@ def build_request(method: MethodDescriptor, args: argparse.Namespace) -> Message
 
 
 def run_kms(args: argparse.Namespace) -> int:
-    import os
-
     endpoint = args.endpoint or os.environ.get("HSMSTORE_ENDPOINT") or DEFAULT_ENDPOINT
     method: MethodDescriptor = args.method
     request = build_request(method, args)
