@@ -476,13 +476,21 @@ class Pkcs11KeyVault:
                         template=templates.audit_seal_template(),
                     )
                 found = self._search(ws, _audit_seal_query())  # ours, and a racer's if visible
-            signers = [key for key in found if isinstance(key, SignMixin)]
-            if not signers:
+            probes: list[tuple[bytes, SignMixin]] = []
+            for key in found:
+                if not isinstance(key, SignMixin):
+                    continue
+                try:
+                    probes.append(
+                        (_as_bytes(key.sign(AUDIT_SEAL_PROBE, mechanism=Mechanism.SHA256_HMAC)), key)
+                    )
+                except pkcs11_errors.PKCS11Error:
+                    # A racer's key still being written (SoftHSM2 answers KeySizeRange
+                    # for it): not a candidate now; verify_audit_seal still accepts it.
+                    continue
+            if not probes:
                 raise _internal("the HSM holds no usable audit seal key")
-            chosen = min(
-                signers,
-                key=lambda key: _as_bytes(key.sign(AUDIT_SEAL_PROBE, mechanism=Mechanism.SHA256_HMAC)),
-            )
+            chosen = min(probes, key=lambda probe: probe[0])[1]
             ws.keys[templates.AUDIT_SEAL_ID] = chosen
             return chosen
 
