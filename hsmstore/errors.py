@@ -66,6 +66,20 @@ class InvalidMarkerException(KMSError):
     reason = "InvalidMarkerException"
 
 
+class MalformedPolicyDocumentException(KMSError):
+    """AWS PutKeyPolicy/CreateKey: the policy is not syntactically or semantically correct."""
+
+    reason = "MalformedPolicyDocumentException"
+
+
+class InvalidGrantTokenException(KMSError):
+    reason = "InvalidGrantTokenException"
+
+
+class InvalidGrantIdException(KMSError):
+    reason = "InvalidGrantIdException"
+
+
 class AlreadyExistsException(KMSError):
     reason = "AlreadyExistsException"
 
