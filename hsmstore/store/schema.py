@@ -267,3 +267,67 @@ audit_spool_offsets = Table(
     Column("offset", BigInteger(), nullable=False),
     PrimaryKeyConstraint("spool_name"),
 )
+
+
+# -- authorization (core/authorization.py; migration 0004) -------------------
+
+GRANT_ID_LENGTH = 64  # 64 hex characters, like AWS grant ids
+PRINCIPAL_LENGTH = 512  # arn:hsmstore:iam::<tenant>:<kind>/<name>
+POLICY_NAME_LENGTH = 128  # AWS PolicyName: 1-128 characters
+
+# The key policy: exactly one per key ("default", the only name AWS allows).
+# Written with the key (insert_creating_key), so a key never exists without one.
+key_policies = Table(
+    "key_policies",
+    metadata,
+    Column(
+        "key_id",
+        ordered_string(KEY_ID_LENGTH),
+        ForeignKey(keys.c.key_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("policy_name", String(POLICY_NAME_LENGTH), nullable=False),
+    Column("document", Text(), nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("key_id"),
+)
+
+# Grants die with their key (AWS: "grants ... are deleted when the KMS key is deleted").
+grants = Table(
+    "grants",
+    metadata,
+    Column("grant_id", ordered_string(GRANT_ID_LENGTH), nullable=False),
+    Column(
+        "key_id",
+        ordered_string(KEY_ID_LENGTH),
+        ForeignKey(keys.c.key_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("key_tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("grantee_principal", String(PRINCIPAL_LENGTH), nullable=False),
+    Column("retiring_principal", String(PRINCIPAL_LENGTH), nullable=False),
+    Column("issuing_principal", String(PRINCIPAL_LENGTH), nullable=False),
+    Column("operations", Text(), nullable=False),  # comma-separated, sorted
+    Column("constraints", Text(), nullable=True),  # GrantConstraints.to_json()
+    Column("creation_date", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("grant_id"),
+    # ListGrants and the per-key grant cache: WHERE key_id = ? ORDER BY grant_id
+    Index(None, "key_id", "grant_id"),
+    # ListRetirableGrants: WHERE retiring_principal = ? ORDER BY grant_id
+    Index(None, "retiring_principal", "grant_id"),
+)
+
+# Identity policies (the IAM analogue): named documents attached to one
+# principal of a tenant. A tenant's role/admin with none stored gets the
+# default (core/default_policies.py).
+identity_policies = Table(
+    "identity_policies",
+    metadata,
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("principal", ordered_string(PRINCIPAL_LENGTH), nullable=False),
+    Column("policy_name", ordered_string(POLICY_NAME_LENGTH), nullable=False),
+    Column("document", Text(), nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("tenant", "principal", "policy_name"),
+)

@@ -44,7 +44,16 @@ from hsmstore.core.model import (
     VersionState,
 )
 from hsmstore.store.audit_sql import SqlAuditLog
-from hsmstore.store.schema import aliases, key_destructions, key_versions, keys, tags
+from hsmstore.store.authz_sql import SqlAuthorizationStore
+from hsmstore.store.schema import (
+    aliases,
+    grants,
+    key_destructions,
+    key_policies,
+    key_versions,
+    keys,
+    tags,
+)
 
 #: Execution option read by the SQLite ``begin`` hook: ``"DEFERRED"`` (the
 #: default), ``"IMMEDIATE"`` (take the write lock at once) or ``None`` (no
@@ -203,8 +212,9 @@ _VERSION_COLUMNS: Final = (
 )
 
 
-class SqlMetadataStore(SqlAuditLog):
-    """The ``MetadataStore`` and ``AuditLog`` ports on SQLAlchemy Core; one transaction per call.
+class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
+    """The ``MetadataStore``, ``AuditLog`` and ``AuthorizationStore`` ports on SQLAlchemy Core;
+    one transaction per call.
 
     Safe to share between threads: it holds only the engine, whose pool hands
     each call its own connection.
@@ -224,8 +234,8 @@ class SqlMetadataStore(SqlAuditLog):
 
     # -- creation -------------------------------------------------------
 
-    def insert_creating_key(self, key: KeyRecord, version: KeyVersion) -> None:
-        """Insert the key (CREATING) and its first version (PENDING) together.
+    def insert_creating_key(self, key: KeyRecord, version: KeyVersion, policy: str | None = None) -> None:
+        """Insert the key (CREATING), its first version (PENDING) and its key policy together.
 
         Raises ``AlreadyExistsException`` if the key id or the token id is
         taken, ``ValueError`` if the records are not a CREATING key and its
@@ -236,6 +246,15 @@ class SqlMetadataStore(SqlAuditLog):
             with self._writer.begin() as connection:
                 connection.execute(keys.insert().values(_key_values(key)))
                 connection.execute(key_versions.insert().values(_version_values(version)))
+                if policy is not None:
+                    connection.execute(
+                        key_policies.insert().values(
+                            key_id=key.key_id,
+                            policy_name="default",
+                            document=policy,
+                            last_updated=key.creation_date,
+                        )
+                    )
         except exc.IntegrityError:
             raise errors.AlreadyExistsException(
                 f"key {key.key_id} or its token object id already exists"
@@ -310,7 +329,7 @@ class SqlMetadataStore(SqlAuditLog):
         return list(pending.values())
 
     def delete_key(self, key_id: str) -> None:
-        """Delete the key, its versions and its aliases; a missing key is not an error.
+        """Delete the key, its versions, aliases, tags, policy and grants; a missing key is not an error.
 
         The foreign keys cascade too, but the explicit deletes do not depend on
         SQLite's per-connection ``foreign_keys`` pragma being on.
@@ -318,6 +337,8 @@ class SqlMetadataStore(SqlAuditLog):
         with self._writer.begin() as connection:
             connection.execute(aliases.delete().where(aliases.c.target_key_id == key_id))
             connection.execute(tags.delete().where(tags.c.key_id == key_id))
+            connection.execute(grants.delete().where(grants.c.key_id == key_id))
+            connection.execute(key_policies.delete().where(key_policies.c.key_id == key_id))
             connection.execute(key_versions.delete().where(key_versions.c.key_id == key_id))
             connection.execute(keys.delete().where(keys.c.key_id == key_id))
 

@@ -22,6 +22,7 @@ from typing import Any
 from hsmstore import errors
 from hsmstore.core.audit import GENESIS_HASH, StoredAuditEvent, canonical_record_bytes, chain_hash
 from hsmstore.core.audit_fields import AuditFields, audit_fields
+from hsmstore.core.grants import GrantRecord
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
@@ -32,7 +33,7 @@ from hsmstore.core.model import (
     RotationType,
     VersionState,
 )
-from hsmstore.core.ports import AuditQuery, AuditSeal
+from hsmstore.core.ports import AuditQuery, AuditSeal, IdentityPolicyRecord
 
 ITER_BATCH = 1000
 
@@ -58,10 +59,13 @@ class FakeMetadataStore:
         self._anchor: tuple[int, bytes] = (0, GENESIS_HASH)
         self._seals: dict[int, AuditSeal] = {}
         self._spool_offsets: dict[str, int] = {}
+        self._key_policies: dict[str, str] = {}
+        self._grants: dict[str, GrantRecord] = {}
+        self._identity_policies: dict[tuple[str, str, str], IdentityPolicyRecord] = {}
 
     # -- creation -------------------------------------------------------
 
-    def insert_creating_key(self, key: KeyRecord, version: KeyVersion) -> None:
+    def insert_creating_key(self, key: KeyRecord, version: KeyVersion, policy: str | None = None) -> None:
         if key.state is not KeyState.CREATING:
             raise ValueError(f"a new key must be CREATING, not {key.state}")
         if version.state is not VersionState.PENDING:
@@ -80,6 +84,8 @@ class FakeMetadataStore:
                 raise errors.AlreadyExistsException(f"key {key.key_id} or its token object id already exists")
             self._keys[key.key_id] = key
             self._versions[(version.key_id, version.version)] = version
+            if policy is not None:
+                self._key_policies[key.key_id] = policy
 
     def finish_creating_key(self, key_id: str, *, audit: Audit = None) -> bool:
         with self._lock:
@@ -128,6 +134,9 @@ class FakeMetadataStore:
                 if alias.target_key_id == key_id:
                     del self._aliases[alias_id]
             self._tags.pop(key_id, None)
+            self._key_policies.pop(key_id, None)
+            for grant_id in [g.grant_id for g in self._grants.values() if g.key_id == key_id]:
+                del self._grants[grant_id]
 
     # -- keys -----------------------------------------------------------
 
@@ -464,6 +473,117 @@ class FakeMetadataStore:
             )
         return selected[:limit]
 
+    # -- authorization ------------------------------------------------------
+
+    def get_key_policy(self, key_id: str) -> str | None:
+        with self._lock:
+            return self._key_policies.get(key_id)
+
+    def put_key_policy(
+        self, key_id: str, policy_name: str, document: str, now: datetime, *, audit: Audit = None
+    ) -> None:
+        with self._lock:
+            if key_id not in self._keys:
+                raise errors.NotFoundException(f"key {key_id} does not exist")
+            self._key_policies[key_id] = document
+            self._audit_change(audit)
+
+    def create_grant(self, grant: GrantRecord, *, audit: Audit = None) -> GrantRecord:
+        grant = replace(
+            grant, operations=tuple(sorted(grant.operations)), creation_date=_utc(grant.creation_date)
+        )
+        with self._lock:
+            if grant.key_id not in self._keys:
+                raise errors.NotFoundException(f"key {grant.key_id} does not exist")
+            if grant.name:
+                for existing in self._grants.values():
+                    if _same_grant(existing, grant):
+                        return existing
+            if grant.grant_id in self._grants:
+                raise errors.AlreadyExistsException(f"grant {grant.grant_id} already exists")
+            self._grants[grant.grant_id] = grant
+            self._audit_change(audit)
+            return grant
+
+    def get_grant(self, grant_id: str) -> GrantRecord | None:
+        with self._lock:
+            return self._grants.get(grant_id)
+
+    def list_grants(
+        self,
+        key_id: str,
+        limit: int,
+        after_grant_id: str | None,
+        grant_id: str | None = None,
+        grantee_principal: str | None = None,
+    ) -> Sequence[GrantRecord]:
+        with self._lock:
+            found = [
+                grant
+                for grant in self._grants.values()
+                if grant.key_id == key_id
+                and (after_grant_id is None or grant.grant_id > after_grant_id)
+                and (grant_id is None or grant.grant_id == grant_id)
+                and (grantee_principal is None or grant.grantee_principal == grantee_principal)
+            ]
+        return sorted(found, key=lambda grant: grant.grant_id)[:limit]
+
+    def list_retirable_grants(
+        self, retiring_principal: str, limit: int, after_grant_id: str | None
+    ) -> Sequence[GrantRecord]:
+        with self._lock:
+            found = [
+                grant
+                for grant in self._grants.values()
+                if grant.retiring_principal == retiring_principal
+                and (after_grant_id is None or grant.grant_id > after_grant_id)
+            ]
+        return sorted(found, key=lambda grant: grant.grant_id)[:limit]
+
+    def delete_grant(self, grant_id: str, *, audit: Audit = None) -> bool:
+        with self._lock:
+            if self._grants.pop(grant_id, None) is None:
+                return False
+            self._audit_change(audit)
+            return True
+
+    def identity_policies_of(self, tenant: str, principal: str) -> Sequence[IdentityPolicyRecord]:
+        with self._lock:
+            found = [
+                record
+                for (t, p, _name), record in self._identity_policies.items()
+                if t == tenant and p == principal
+            ]
+        return sorted(found, key=lambda record: record.policy_name)
+
+    def put_identity_policy(self, record: IdentityPolicyRecord, *, audit: Audit = None) -> None:
+        record = replace(record, last_updated=_utc(record.last_updated))
+        with self._lock:
+            self._identity_policies[(record.tenant, record.principal, record.policy_name)] = record
+            self._audit_change(audit)
+
+    def delete_identity_policy(
+        self, tenant: str, principal: str, policy_name: str, *, audit: Audit = None
+    ) -> bool:
+        with self._lock:
+            if self._identity_policies.pop((tenant, principal, policy_name), None) is None:
+                return False
+            self._audit_change(audit)
+            return True
+
+    def list_identity_policies(
+        self, tenant: str, limit: int, after: tuple[str, str] | None, principal: str | None = None
+    ) -> Sequence[IdentityPolicyRecord]:
+        with self._lock:
+            found = [
+                record
+                for record in self._identity_policies.values()
+                if record.tenant == tenant
+                and (principal is None or record.principal == principal)
+                and (after is None or (record.principal, record.policy_name) > after)
+            ]
+        return sorted(found, key=lambda record: (record.principal, record.policy_name))[:limit]
+
     def ping(self) -> None:
         """Memory always answers."""
 
@@ -628,6 +748,18 @@ class FakeMetadataStore:
             (version for version in self._versions.values() if version.key_id == key_id),
             key=lambda version: version.version,
         )
+
+
+def _same_grant(existing: GrantRecord, new: GrantRecord) -> bool:
+    """Idempotent named CreateGrant: the same key, name and parameters."""
+    return (
+        existing.key_id == new.key_id
+        and existing.name == new.name
+        and existing.grantee_principal == new.grantee_principal
+        and existing.retiring_principal == new.retiring_principal
+        and existing.operations == new.operations
+        and existing.constraints == new.constraints
+    )
 
 
 def _utc(value: datetime) -> datetime:
