@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from typing import Any
 ENV_PREFIX = "HSMSTORE_"
 # docs/deployment.md: a change on one node takes effect on every node within 1 s.
 MAX_METADATA_STALENESS_SECONDS = 1.0
+TRUST_DOMAIN_PATTERN = re.compile(r"[a-z0-9._-]{1,255}")  # the SPIFFE-ID spec's trust domain name
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,9 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
+    trust_domain: str = (
+        ""  # the only SPIFFE trust domain accepted from clients; empty: any the client CA issued
+    )
     log_level: str = "INFO"
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
@@ -114,10 +119,7 @@ def validate(settings: Settings) -> None:
             f"refusing to listen on {host} without TLS: plaintext gRPC is served on loopback only "
             "(set tls_cert, tls_key and client_ca)"
         )
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise ConfigError("tls_cert and tls_key go together")
-    if settings.client_ca and not settings.tls_enabled:
-        raise ConfigError("client_ca needs tls_cert and tls_key")
+    _validate_tls(settings)
     if settings.workers < 0:
         raise ConfigError("workers must be at least 1 (or 0 for the default)")
     if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
@@ -130,6 +132,26 @@ def validate(settings: Settings) -> None:
         raise ConfigError("grpc_threads must be at least 1")
     if settings.pkcs11_module and not (settings.token_label and settings.pin_file):
         raise ConfigError("pkcs11_module needs token_label and pin_file")
+
+
+def _validate_tls(settings: Settings) -> None:
+    """TLS is always mutual: the callers are the SPIFFE IDs of their client certificates."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key go together")
+    if settings.client_ca and not settings.tls_enabled:
+        raise ConfigError("client_ca needs tls_cert and tls_key")
+    if settings.tls_enabled and not settings.client_ca:
+        raise ConfigError(
+            "tls_cert and tls_key need client_ca: TLS is mutual, every caller is identified by "
+            "the SPIFFE ID of a client certificate issued by that CA"
+        )
+    if settings.trust_domain and not settings.tls_enabled:
+        raise ConfigError("trust_domain needs tls_cert, tls_key and client_ca")
+    if settings.trust_domain and not TRUST_DOMAIN_PATTERN.fullmatch(settings.trust_domain):
+        raise ConfigError(
+            "trust_domain must be a SPIFFE trust domain name such as example.org "
+            "(lowercase letters, digits, '.', '-' and '_'; no spiffe:// prefix)"
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -1,4 +1,10 @@
-"""Open a channel to an hsmstore server and get a typed KeyStore stub."""
+"""Open a channel to an hsmstore server and get a typed KeyStore stub.
+
+A server that is not the loopback dev server serves mutual TLS only: the client
+verifies the server against ``ca_file`` and presents ``cert_file``/``key_file``,
+a certificate whose URI SAN is the caller's SPIFFE ID
+(``spiffe://<trust-domain>/tenant/<tenant>/<kind>/<name>``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.config import ConfigError
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 
@@ -17,15 +24,34 @@ def open_channel(
     cert_file: str | None = None,
     key_file: str | None = None,
 ) -> grpc.Channel:
-    """Plaintext for a loopback dev server; TLS (and a client certificate) when files are given."""
-    if ca_file is None:
+    """Plaintext for a loopback dev server; TLS as soon as any file is given.
+
+    ``ca_file`` verifies the server (without it: the system's CAs);
+    ``cert_file`` and ``key_file`` go together and make the TLS mutual.
+    Raises ConfigError if a file is missing or only one of the pair is given.
+    """
+    if ca_file is None and cert_file is None and key_file is None:
         return grpc.insecure_channel(endpoint)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(ca_file).read_bytes(),
-        private_key=Path(key_file).read_bytes() if key_file else None,
-        certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
+    return grpc.secure_channel(endpoint, channel_credentials(ca_file, cert_file, key_file))
+
+
+def channel_credentials(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> grpc.ChannelCredentials:
+    if (cert_file is None) != (key_file is None):
+        raise ConfigError("a client certificate and its key go together (--cert and --key)")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file, "CA bundle") if ca_file else None,
+        private_key=_read(key_file, "client key") if key_file else None,
+        certificate_chain=_read(cert_file, "client certificate") if cert_file else None,
     )
-    return grpc.secure_channel(endpoint, credentials)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
 
 
 def key_store(channel: grpc.Channel) -> pb_grpc.KeyStoreStub:

@@ -143,10 +143,32 @@ class AliasRecord:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the tenant and the principal's resource name."""
+    """Who is calling: the tenant and the principal's resource name.
+
+    API-CONTRACT.md: the SPIFFE ID ``spiffe://<td>/tenant/<tenant>/<kind>/<name>``
+    becomes the principal ``arn:hsmstore:iam::<tenant>:<kind>/<name>``, kind
+    ``user``, ``service`` or ``role``.
+    """
 
     tenant: str
     principal: str
+    kind: str = "role"
+    name: str = "admin"
+
+    @property
+    def via_service(self) -> str | None:
+        """``kms:ViaService``: set only for a service principal, from its authenticated identity."""
+        return self.name if self.kind == "service" else None
+
+
+def principal_arn(tenant: str, kind: str, name: str) -> str:
+    """``arn:hsmstore:iam::<tenant>:<kind>/<name>`` (API-CONTRACT.md)."""
+    return f"arn:hsmstore:iam::{tenant}:{kind}/{name}"
+
+
+def tenant_root_arn(tenant: str) -> str:
+    """``arn:hsmstore:iam::<tenant>:root``: the tenant itself, which key policies delegate to."""
+    return f"arn:hsmstore:iam::{tenant}:root"
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,41 @@ def test_non_loopback_listen_without_tls_is_refused(listen: str) -> None:
 
 
 def test_non_loopback_listen_with_tls_is_allowed() -> None:
-    settings = load_settings({"listen": "0.0.0.0:50051", "tls_cert": "c.pem", "tls_key": "k.pem"}, {})
+    settings = load_settings(
+        {"listen": "0.0.0.0:50051", "tls_cert": "c.pem", "tls_key": "k.pem", "client_ca": "ca.pem"}, {}
+    )
     assert settings.tls_enabled
+    assert settings.trust_domain == ""
+
+
+def test_tls_is_always_mutual() -> None:
+    with pytest.raises(ConfigError, match="need client_ca"):
+        load_settings({"listen": "0.0.0.0:50051", "tls_cert": "c.pem", "tls_key": "k.pem"}, {})
+
+
+TLS = {"tls_cert": "c.pem", "tls_key": "k.pem", "client_ca": "ca.pem"}
+
+
+def test_trust_domain_from_flag_environment_or_toml(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('trust-domain = "toml.example"\n')
+    assert load_settings({**TLS, "trust_domain": "example.org"}, {}).trust_domain == "example.org"
+    assert load_settings(TLS, {"HSMSTORE_TRUST_DOMAIN": "env.example"}).trust_domain == "env.example"
+    assert load_settings(TLS, {}, str(config)).trust_domain == "toml.example"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {**TLS, "trust_domain": "spiffe://example.org"},
+        {**TLS, "trust_domain": "Example.org"},
+        {**TLS, "trust_domain": "example.org:443"},
+        {"trust_domain": "example.org"},
+    ],
+)
+def test_bad_or_useless_trust_domain_is_refused(flags: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="trust_domain"):
+        load_settings(flags, {})
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost"])
@@ -63,6 +96,7 @@ def test_loopback_hosts_are_recognised(host: str) -> None:
         {"workers": -1},
         {"tls_cert": "c.pem"},
         {"client_ca": "ca.pem"},
+        {"tls_cert": "c.pem", "tls_key": "k.pem"},
         {"pkcs11_module": "/opt/cloudhsm/lib/libcloudhsm_pkcs11.so"},
     ],
 )
