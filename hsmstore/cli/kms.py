@@ -1,10 +1,13 @@
-"""``hsmstore kms <operation>``: a client CLI that mirrors ``aws kms``.
+"""``hsmstore kms <operation>``: a client CLI that mirrors ``aws kms``; ``hsmstore admin``.
 
 Commands and flags are derived from the proto descriptors, so every RPC of
-``hsmstore.v1.KeyStore`` has a command: ``GenerateDataKey`` is
-``generate-data-key``, field ``key_id`` is ``--key-id``. Blob inputs take
-``fileb://PATH`` (raw bytes) or base64 text, as the AWS CLI v2 does; maps take
-``key=value`` pairs; output is the response as JSON (bytes in base64).
+``hsmstore.v1.KeyStore`` (and of ``hsmstore.v1.Admin``, under ``hsmstore admin``)
+has a command: ``GenerateDataKey`` is ``generate-data-key``, field ``key_id``
+is ``--key-id``. Blob inputs take ``fileb://PATH`` (raw bytes) or base64 text,
+as the AWS CLI v2 does; text inputs take ``file://PATH`` too (policies); maps
+take ``key=value`` pairs; other messages (grant constraints) take JSON; output
+is the response as JSON (bytes in base64), except ``simulate``, which prints
+ALLOW or DENY and what decided, as the question is asked by a person.
 Service errors print ``{"Error": {"Code": reason, "Message": ...}}`` on stderr
 and exit 254, like the AWS CLI.
 """
@@ -27,10 +30,12 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
+from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.channel import DEFAULT_ENDPOINT, key_store, open_channel
 from hsmstore.client.errors import error_reason
 
 SERVICE = pb.DESCRIPTOR.services_by_name["KeyStore"]
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"]
 SERVICE_ERROR_EXIT = 254
 USAGE_ERROR_EXIT = 2
 
@@ -40,7 +45,13 @@ def command_name(method_name: str) -> str:
 
 
 def add_kms_parser(subparsers: Any) -> None:
-    kms = subparsers.add_parser("kms", help="call the key store, like `aws kms`")
+    _add_service_parser(subparsers, "kms", SERVICE, "call the key store, like `aws kms`")
+    _add_service_parser(subparsers, "admin", ADMIN_SERVICE, "manage identity policies (the IAM analogue)")
+
+
+def _add_service_parser(subparsers: Any, command: str, service: Any, help_text: str) -> None:
+    kms = subparsers.add_parser(command, help=help_text)
+    kms.set_defaults(service=service)
     kms.add_argument(
         "--endpoint", default=None, help=f"HOST:PORT (default $HSMSTORE_ENDPOINT or {DEFAULT_ENDPOINT})"
     )
@@ -48,7 +59,7 @@ def add_kms_parser(subparsers: Any) -> None:
     kms.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
     kms.add_argument("--key", help="client private key (PEM) for mutual TLS")
     operations = kms.add_subparsers(dest="operation", required=True, metavar="OPERATION")
-    for method in SERVICE.methods:
+    for method in service.methods:
         parser = operations.add_parser(command_name(method.name), help=method.name)
         parser.set_defaults(method=method)
         for field in method.input_type.fields:
@@ -63,12 +74,34 @@ def _add_field_argument(parser: argparse.ArgumentParser, field: FieldDescriptor)
         parser.add_argument(flag, dest=field.name, nargs="+")
     elif field.type == FieldDescriptor.TYPE_BYTES:
         parser.add_argument(flag, dest=field.name, type=_blob, metavar="fileb://PATH|BASE64")
+    elif field.message_type is not None and field.message_type.name != "Timestamp":
+        parser.add_argument(flag, dest=field.name, type=_json_object, metavar="JSON")
     elif field.type == FieldDescriptor.TYPE_BOOL:
         parser.add_argument(flag, dest=field.name, action="store_true", default=None)
     elif field.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64):
         parser.add_argument(flag, dest=field.name, type=int)
     else:
-        parser.add_argument(flag, dest=field.name)
+        parser.add_argument(flag, dest=field.name, type=_text)
+
+
+def _text(text: str) -> str:
+    """``file://PATH`` reads the file (policies), as the AWS CLI does; anything else is itself."""
+    if text.startswith("file://"):
+        try:
+            return Path(text.removeprefix("file://")).read_text(encoding="utf-8")
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror}") from None
+    return text
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_text(text))
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -124,6 +157,11 @@ def build_request(method: MethodDescriptor, args: argparse.Namespace) -> Message
             target.extend(getattr(pb, field.message_type.name)(**{first: k, second: v}) for k, v in value)
         elif _is_repeated(field):
             target.extend(value)
+        elif field.message_type is not None:
+            try:
+                json_format.ParseDict(value, target)
+            except json_format.ParseError as error:
+                raise SystemExit(f"--{field.name.replace('_', '-')}: {error}") from None
         else:
             setattr(request, field.name, value)
     return request
@@ -134,7 +172,8 @@ def run_kms(args: argparse.Namespace) -> int:
     method: MethodDescriptor = args.method
     request = build_request(method, args)
     with open_channel(endpoint, args.ca, args.cert, args.key) as channel:
-        call = getattr(key_store(channel), method.name)
+        stub = key_store(channel) if args.service is SERVICE else pb_grpc.AdminStub(channel)
+        call = getattr(stub, method.name)
         try:
             response = call(request, timeout=30)
         except grpc.RpcError as error:
@@ -142,6 +181,12 @@ def run_kms(args: argparse.Namespace) -> int:
             code = error_reason(error) or error.code().name
             print(json.dumps({"Error": {"Code": code, "Message": details}}), file=sys.stderr)
             return SERVICE_ERROR_EXIT
+    if method.name == "Simulate":
+        print(response.decision)
+        print(f"decided by: {response.decided_by}")
+        if response.grant_id:
+            print(f"grant: {response.grant_id}")
+        return 0
     output = json_format.MessageToDict(response, preserving_proto_field_name=True)
     print(json.dumps(output, indent=2, sort_keys=True))
     return 0

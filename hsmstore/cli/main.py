@@ -2,7 +2,9 @@
 
 hsmstore serve [--listen HOST:PORT] [--data-dir DIR] [--db URL] ...
 hsmstore db upgrade [--db URL | --data-dir DIR]
-hsmstore kms <operation> [--endpoint HOST:PORT] ...
+hsmstore kms <operation> [--endpoint HOST:PORT] [--ca CA --cert CERT --key KEY] ...
+hsmstore admin <operation> ...   (identity policies)
+hsmstore certs --out DIR [--client SPIFFE_ID ...]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from hsmstore.cli.audit import add_audit_parser
+from hsmstore.cli.certs import add_certs_parser
 from hsmstore.cli.kms import USAGE_ERROR_EXIT, add_kms_parser
 
 
@@ -39,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", dest="tls_cert")
     serve.add_argument("--tls-key", dest="tls_key")
-    serve.add_argument("--client-ca", dest="client_ca")
+    serve.add_argument(
+        "--client-ca", dest="client_ca", help="CA that issues client certificates (TLS is always mutual)"
+    )
+    serve.add_argument(
+        "--trust-domain",
+        dest="trust_domain",
+        help="the only SPIFFE trust domain accepted in client certificates (default: any)",
+    )
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument(
         "--no-audit",
@@ -68,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_kms_parser(commands)
     add_audit_parser(commands)
+    add_certs_parser(commands)
     return parser
 
 
@@ -84,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hsmstore.cli.audit import run_audit
 
             return run_audit(args)
+        if args.command == "certs":
+            from hsmstore.cli.certs import run_certs
+
+            return run_certs(args)
         if args.command == "db":
             from hsmstore.cli.db import run_db
 

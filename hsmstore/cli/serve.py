@@ -196,6 +196,7 @@ def _tls_files(settings: Settings) -> TlsFiles | None:
         cert_chain=Path(settings.tls_cert).read_bytes(),
         private_key=Path(settings.tls_key).read_bytes(),
         client_ca=Path(settings.client_ca).read_bytes() if settings.client_ca else None,
+        trust_domain=settings.trust_domain,
     )
 
 

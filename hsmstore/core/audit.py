@@ -71,6 +71,7 @@ class CallAudit:
     key_ids: list[str] = field(default_factory=list)  # ARNs, in the order resolved
     key_versions: dict[str, int] = field(default_factory=dict)  # key ARN -> version used
     alias_name: str | None = None
+    grant_id: str | None = None  # the grant that allowed the call, if one decided
     source_address: str = ""
     error_code: str | None = None
     error_message: str | None = None
@@ -105,6 +106,8 @@ class CallAudit:
         }
         if self.alias_name:
             record["additionalEventData"]["aliasName"] = self.alias_name
+        if self.grant_id:
+            record["additionalEventData"]["grantId"] = self.grant_id
         if self.error_code:
             record["errorCode"] = self.error_code
             record["errorMessage"] = self.error_message or ""
@@ -155,6 +158,13 @@ def change_recorded() -> None:
     call = _current.get()
     if call is not None:
         call.recorded = True
+
+
+def note_grant(grant_id: str) -> None:
+    """A grant, not a policy, allowed the current call (issue 5: "grant id if one decided")."""
+    call = _current.get()
+    if call is not None:
+        call.grant_id = grant_id
 
 
 def note_alias(alias_name: str) -> None:

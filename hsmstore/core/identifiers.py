@@ -69,6 +69,33 @@ def validate_alias_name(alias_name: str) -> str:
     return alias_name
 
 
+# arn:hsmstore:iam::<tenant>:root | arn:hsmstore:iam::<tenant>:<user|service|role>/<name>
+_PRINCIPAL_PATTERN = re.compile(
+    r"^arn:hsmstore:iam::(?P<tenant>[a-z0-9][a-z0-9_-]{0,62}):"
+    r"(?:(?P<root>root)|(?P<kind>user|service|role)/(?P<name>[A-Za-z0-9._-]{1,128}))$"
+)
+
+
+@dataclass(frozen=True)
+class PrincipalName:
+    tenant: str
+    kind: str  # "root", "user", "service" or "role"
+    name: str  # "" for root
+
+
+def parse_principal_arn(arn: str, field_name: str) -> PrincipalName:
+    """A principal's resource name (API-CONTRACT.md); ValidationException otherwise."""
+    match = _PRINCIPAL_PATTERN.match(arn)
+    if match is None:
+        raise ValidationException(
+            f"{field_name} must be arn:hsmstore:iam::<tenant>:root or "
+            "arn:hsmstore:iam::<tenant>:<user|service|role>/<name>"
+        )
+    if match["root"]:
+        return PrincipalName(match["tenant"], "root", "")
+    return PrincipalName(match["tenant"], match["kind"], match["name"])
+
+
 def key_arn(region: str, tenant: str, key_id: str) -> str:
     return f"arn:hsmstore:kms:{region}:{tenant}:key/{key_id}"
 

@@ -13,12 +13,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from hsmstore.core import audit
 from hsmstore.core import blob as blob_format
+from hsmstore.core.access import (
+    CROSS_TENANT_ACTIONS,
+    AccessControl,
+    GrantRequestFacts,
+    access_denied,
+    cross_tenant_not_found,
+)
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
 from hsmstore.core.context import canonical_encryption_context
+from hsmstore.core.default_policies import default_key_policy, service_managed_key_policy
 from hsmstore.core.identifiers import (
     IdentifierKind,
     KeyReference,
@@ -45,15 +53,19 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
-from hsmstore.core.ports import AuditLog, Clock, KeyVault, MetadataStore
+from hsmstore.core.policy import MAX_POLICY_BYTES, parse_policy
+from hsmstore.core.ports import AuditLog, AuthorizationStore, Clock, KeyVault, MetadataStore
 from hsmstore.core.tags import MAX_TAGS_PER_KEY, validate_tag_keys, validate_tags
 from hsmstore.errors import (
+    AccessDeniedException,
+    AlreadyExistsException,
     CiphertextAuthenticationFailed,
     IncorrectKeyException,
     InvalidKeyUsageException,
     InvalidMarkerException,
     KMSInternalException,
     LimitExceededException,
+    MalformedPolicyDocumentException,
     NotFoundException,
     UnsupportedOperationException,
     ValidationException,
@@ -73,6 +85,33 @@ ROTATION_RETRY_SECONDS = 10.0
 DATA_KEY_SPEC_BYTES = {"AES_256": 32, "AES_128": 16}
 
 Failpoint = Callable[[str], None]
+
+# Management a tenant cannot do to its service-managed keys, whatever a policy
+# says (AWS: "You cannot ... change the key policy, enable or disable rotation,
+# or schedule deletion of AWS managed keys").
+SERVICE_KEY_FIXED_ACTIONS = frozenset(
+    {
+        "kms:PutKeyPolicy",
+        "kms:EnableKey",
+        "kms:DisableKey",
+        "kms:ScheduleKeyDeletion",
+        "kms:CancelKeyDeletion",
+        "kms:EnableKeyRotation",
+        "kms:DisableKeyRotation",
+        "kms:RotateKeyOnDemand",
+        "kms:UpdateKeyDescription",
+        "kms:TagResource",
+        "kms:UntagResource",
+        "kms:CreateAlias",
+        "kms:UpdateAlias",
+    }
+)
+SERVICE_ALIAS_PREFIX = "alias/service/"
+SERVICE_KEY_ROTATION_DAYS = 365  # AWS managed keys rotate "every year (approximately 365 days)"
+
+
+class Store(MetadataStore, AuthorizationStore, Protocol):
+    """The store KeyService needs: key metadata and authorization data in one DB."""
 
 
 def _no_failpoint(_name: str) -> None:
@@ -183,7 +222,7 @@ class KeyService:
     def __init__(
         self,
         vault: KeyVault,
-        store: MetadataStore,
+        store: Store,
         clock: Clock,
         region: str = "local",
         failpoint: Failpoint = _no_failpoint,
@@ -201,10 +240,19 @@ class KeyService:
         # Key records and alias targets: at most metadata_ttl_seconds old (cache.py).
         self._keys: TtlCache[str, KeyRecord] = TtlCache(metadata_ttl_seconds)
         self._alias_targets: TtlCache[tuple[str, str], str] = TtlCache(metadata_ttl_seconds)
+        self.access = AccessControl(store, region, metadata_ttl_seconds)
 
     @property
     def region(self) -> str:
         return self._region
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # ----------------------------------------------------------------- keys
 
@@ -216,6 +264,8 @@ class KeyService:
         key_spec: str = "",
         origin: str = "",
         tags: Sequence[tuple[str, str]] = (),
+        policy: str = "",
+        bypass_policy_lockout_safety_check: bool = False,
     ) -> KeyDescription:
         """CreateKey, crash-safe across the token and the DB.
 
@@ -227,6 +277,7 @@ class KeyService:
         nor a usable row without key material.
         """
         _check_description(description)
+        self.access.check(caller, "kms:CreateKey", None)
         usage = _parse_enum(KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT, "KeyUsage")
         spec = _parse_key_spec(key_spec)
         key_origin = _parse_origin(origin)
@@ -246,23 +297,48 @@ class KeyService:
             creation_date=now,
             current_version=1,
         )
-        version = KeyVersion(key.key_id, 1, new_token_id(), VersionState.PENDING, now)
-        audit.note_key(self._arn(key), 1)
-        self._store.insert_creating_key(key, version)
+        policy_text = policy or default_key_policy(caller.tenant)
+        if policy:
+            self.check_new_key_policy(caller, key, policy, bypass_policy_lockout_safety_check)
+        return self._create(key, policy_text, valid_tags)
+
+    def _create(
+        self,
+        key: KeyRecord,
+        policy_text: str,
+        valid_tags: Mapping[str, str] | None = None,
+        *,
+        alias: AliasRecord | None = None,
+    ) -> KeyDescription:
+        """The crash-safe creation of ``create_key``; with ``alias``, a service-managed key.
+
+        The alias is inserted while the key is still CREATING, so a crash
+        leaves nothing half-made: recovery deletes the key and its alias with it.
+        A service-managed key is made inside another call, so that call's
+        audit record is not committed here.
+        """
+        version = KeyVersion(key.key_id, 1, new_token_id(), VersionState.PENDING, key.creation_date)
+        if alias is None:
+            audit.note_key(self._arn(key), 1)
+        self._store.insert_creating_key(key, version, policy=policy_text)
         self._failpoint("create_key.after_db_insert")
         try:
             if valid_tags:
                 self._store.put_tags(key.key_id, valid_tags, MAX_TAGS_PER_KEY)
+            if alias is not None:
+                self._store.create_alias(alias)
             self._vault.create_key(version.token_id, token_label(key.key_id, 1))
             self._failpoint("create_key.after_token_create")
-            finished = self._store.finish_creating_key(key.key_id, audit=audit.record_for_change())
+            record = audit.record_for_change() if alias is None else None
+            finished = self._store.finish_creating_key(key.key_id, audit=record)
         except BaseException:
             self._roll_back_creation(key.key_id, [version])
             raise
         if not finished:
             self._roll_back_creation(key.key_id, [version])
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
-        audit.change_recorded()
+        if alias is None:
+            audit.change_recorded()
         enabled = key.with_state(KeyState.ENABLED)
         return self._describe(enabled)
 
@@ -305,14 +381,33 @@ class KeyService:
             # Left as CREATING: start-up recovery finishes the job.
             log.exception("could not roll back an interrupted CreateKey; recovery will retry")
 
-    def describe_key(self, caller: Caller, key_id: str) -> KeyDescription:
-        key = self._resolve(caller, key_id)
+    def check_new_key_policy(self, caller: Caller, key: KeyRecord, policy: str, bypass: bool) -> None:
+        """Validate a key policy, and refuse one that locks the caller out.
+
+        AWS PutKeyPolicy: "the principal that is making the PutKeyPolicy request
+        must be allowed to make a subsequent PutKeyPolicy request on the KMS key"
+        unless BypassPolicyLockoutSafetyCheck is set; the refusal is a
+        MalformedPolicyDocumentException.
+        """
+        if len(policy.encode("utf-8")) > MAX_POLICY_BYTES:
+            raise ValidationException(f"Policy must be at most {MAX_POLICY_BYTES} bytes")
+        document = parse_policy(policy, kind="key")
+        if bypass:
+            return
+        if not self.access.decide(caller, "kms:PutKeyPolicy", key, key_policy=document).allowed:
+            raise MalformedPolicyDocumentException(
+                "The new key policy will not allow you to update the key policy in the future."
+            )
+
+    def describe_key(self, caller: Caller, key_id: str, grant_tokens: Sequence[str] = ()) -> KeyDescription:
+        key = self._resolve(caller, key_id, "kms:DescribeKey", grant_tokens=grant_tokens)
         next_state(key.state, Operation.DESCRIBE_KEY, key.key_id)
         return self._describe(key)
 
     def list_keys(self, caller: Caller, limit: int | None, marker: str) -> Page[KeyListEntry]:
         page_size = check_limit(limit)
         after = decode_marker("k", marker) if marker else None
+        self.access.check(caller, "kms:ListKeys", None)
         keys = list(self._store.list_keys(caller.tenant, page_size + 1, after))
         truncated = len(keys) > page_size
         keys = keys[:page_size]
@@ -328,7 +423,7 @@ class KeyService:
 
     def update_key_description(self, caller: Caller, key_id: str, description: str) -> None:
         _check_description(description)
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:UpdateKeyDescription", fresh=True)
         next_state(key.state, Operation.UPDATE_KEY_DESCRIPTION, key.key_id)
         self._store.update_description(key.key_id, description, audit=audit.record_for_change())
         audit.change_recorded()
@@ -337,7 +432,7 @@ class KeyService:
     def _change_state(self, caller: Caller, key_id: str, operation: Operation) -> None:
         """Compare-and-set so a concurrent change is never overwritten blindly."""
         for _attempt in range(5):
-            key = self._resolve(caller, key_id, fresh=True)
+            key = self._resolve(caller, key_id, f"kms:{operation.value}", fresh=True)
             target = next_state(key.state, operation, key.key_id)
             if target is key.state:
                 return
@@ -356,11 +451,18 @@ class KeyService:
         plaintext: bytes,
         encryption_context: Mapping[str, str],
         encryption_algorithm: str = "",
+        grant_tokens: Sequence[str] = (),
     ) -> EncryptResult:
         _check_plaintext(plaintext)
         context = canonical_encryption_context(encryption_context)
         algorithm = _check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
-        key = self._resolve(caller, key_id)
+        key = self._resolve(
+            caller,
+            key_id,
+            "kms:Encrypt",
+            encryption_context=encryption_context,
+            grant_tokens=grant_tokens,
+        )
         next_state(key.state, Operation.ENCRYPT, key.key_id)
         ciphertext_blob = self._seal(key, plaintext, context)
         return EncryptResult(ciphertext_blob, self._arn(key), algorithm)
@@ -372,9 +474,12 @@ class KeyService:
         encryption_context: Mapping[str, str],
         key_id: str = "",
         encryption_algorithm: str = "",
+        grant_tokens: Sequence[str] = (),
     ) -> DecryptResult:
         algorithm = _check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
-        key, plaintext = self._open(caller, ciphertext_blob, encryption_context, key_id, Operation.DECRYPT)
+        key, plaintext = self._open(
+            caller, ciphertext_blob, encryption_context, key_id, Operation.DECRYPT, grant_tokens
+        )
         return DecryptResult(plaintext, self._arn(key), algorithm)
 
     def re_encrypt(
@@ -387,6 +492,7 @@ class KeyService:
         source_key_id: str = "",
         source_encryption_algorithm: str = "",
         destination_encryption_algorithm: str = "",
+        grant_tokens: Sequence[str] = (),
     ) -> ReEncryptResult:
         """ReEncrypt: decrypt under the source key and encrypt under the destination.
 
@@ -398,9 +504,21 @@ class KeyService:
             destination_encryption_algorithm, "DestinationEncryptionAlgorithm"
         )
         destination_context = canonical_encryption_context(destination_encryption_context)
-        destination = self._resolve(caller, destination_key_id, "DestinationKeyId")
+        destination = self._resolve(
+            caller,
+            destination_key_id,
+            "kms:ReEncryptTo",
+            "DestinationKeyId",
+            encryption_context=destination_encryption_context,
+            grant_tokens=grant_tokens,
+        )
         source, plaintext = self._open(
-            caller, ciphertext_blob, source_encryption_context, source_key_id, Operation.RE_ENCRYPT_FROM
+            caller,
+            ciphertext_blob,
+            source_encryption_context,
+            source_key_id,
+            Operation.RE_ENCRYPT_FROM,
+            grant_tokens,
         )
         next_state(destination.state, Operation.RE_ENCRYPT_TO, destination.key_id)
         new_blob = self._seal(destination, plaintext, destination_context)
@@ -416,6 +534,7 @@ class KeyService:
         number_of_bytes: int | None,
         key_spec: str,
         with_plaintext: bool = True,
+        grant_tokens: Sequence[str] = (),
     ) -> DataKeyResult:
         """GenerateDataKey[WithoutPlaintext]: random bytes from the token, sealed on the token.
 
@@ -424,9 +543,15 @@ class KeyService:
         """
         size = _data_key_size(number_of_bytes, key_spec)
         context = canonical_encryption_context(encryption_context)
-        key = self._resolve(caller, key_id)
         operation = (
             Operation.GENERATE_DATA_KEY if with_plaintext else Operation.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT
+        )
+        key = self._resolve(
+            caller,
+            key_id,
+            f"kms:{operation.value}",
+            encryption_context=encryption_context,
+            grant_tokens=grant_tokens,
         )
         next_state(key.state, operation, key.key_id)
         version = key.current_version
@@ -445,6 +570,7 @@ class KeyService:
             raise UnsupportedOperationException("Custom key stores are not supported by this server yet")
         if number_of_bytes is None or not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
             raise ValidationException(f"NumberOfBytes must be between 1 and {MAX_RANDOM_BYTES}")
+        self.access.check(caller, "kms:GenerateRandom", None)
         return self._vault.generate_random(number_of_bytes)
 
     # ------------------------------------------------------------ deletion
@@ -457,7 +583,7 @@ class KeyService:
         days = default if pending_window_in_days is None else pending_window_in_days
         if not low <= days <= high:
             raise ValidationException(f"PendingWindowInDays must be between {low} and {high}")
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:ScheduleKeyDeletion", fresh=True)
         next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
         deletion_date = self._clock.now() + timedelta(days=days)
         changed = self._store.schedule_deletion(
@@ -468,11 +594,11 @@ class KeyService:
         self._keys.invalidate(key.key_id)
         if not changed:
             raise KMSInternalException("The key state changed concurrently; retry the request")
-        return self._describe(self._resolve(caller, key.key_id, fresh=True))
+        return self._describe(self._resolve(caller, key.key_id, "kms:ScheduleKeyDeletion", fresh=True))
 
     def cancel_key_deletion(self, caller: Caller, key_id: str) -> str:
         """CancelKeyDeletion: the key comes back DISABLED, as in AWS."""
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:CancelKeyDeletion", fresh=True)
         next_state(key.state, Operation.CANCEL_KEY_DELETION, key.key_id)
         cancelled = self._store.cancel_deletion(key.key_id, audit=audit.record_for_change())
         if cancelled:
@@ -516,7 +642,7 @@ class KeyService:
         period = default if rotation_period_in_days is None else rotation_period_in_days
         if not low <= period <= high:
             raise ValidationException(f"RotationPeriodInDays must be between {low} and {high}")
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:EnableKeyRotation", fresh=True)
         next_state(key.state, Operation.ENABLE_KEY_ROTATION, key.key_id)
         self._store.set_rotation(
             key.key_id, period, self._clock.now() + timedelta(days=period), audit=audit.record_for_change()
@@ -525,14 +651,14 @@ class KeyService:
         self._keys.invalidate(key.key_id)
 
     def disable_key_rotation(self, caller: Caller, key_id: str) -> None:
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:DisableKeyRotation", fresh=True)
         next_state(key.state, Operation.DISABLE_KEY_ROTATION, key.key_id)
         self._store.set_rotation(key.key_id, None, None, audit=audit.record_for_change())
         audit.change_recorded()
         self._keys.invalidate(key.key_id)
 
     def get_key_rotation_status(self, caller: Caller, key_id: str) -> RotationStatus:
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, "kms:GetKeyRotationStatus")
         next_state(key.state, Operation.GET_KEY_ROTATION_STATUS, key.key_id)
         return RotationStatus(
             self._arn(key), key.rotation_enabled, key.rotation_period_days, key.next_rotation_date
@@ -547,7 +673,7 @@ class KeyService:
         """
         deadline = time.monotonic() + ROTATION_RETRY_SECONDS
         while True:
-            key = self._resolve(caller, key_id, fresh=True)
+            key = self._resolve(caller, key_id, "kms:RotateKeyOnDemand", fresh=True)
             next_state(key.state, Operation.ROTATE_KEY_ON_DEMAND, key.key_id)
             if self._rotate(key, RotationType.ON_DEMAND, next_rotation_date=None):
                 return self._arn(key)
@@ -576,7 +702,7 @@ class KeyService:
         """ListKeyRotations: every completed rotation (not the original material), oldest first."""
         page_size = check_limit(limit)
         after = _decode_version_marker(marker) if marker else 1
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, "kms:ListKeyRotations")
         next_state(key.state, Operation.LIST_KEY_ROTATIONS, key.key_id)
         rotations = [
             v
@@ -641,7 +767,7 @@ class KeyService:
 
     def create_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
         validate_alias_name(alias_name)
-        key = self._resolve_target(caller, target_key_id)
+        key = self._resolve_target(caller, target_key_id, "kms:CreateAlias")
         next_state(key.state, Operation.CREATE_ALIAS, key.key_id)
         now = self._clock.now()
         audit.note_alias(alias_name)
@@ -653,7 +779,7 @@ class KeyService:
 
     def update_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
         validate_alias_name(alias_name)
-        key = self._resolve_target(caller, target_key_id)
+        key = self._resolve_target(caller, target_key_id, "kms:UpdateAlias")
         next_state(key.state, Operation.UPDATE_ALIAS, key.key_id)
         audit.note_alias(alias_name)
         updated = self._store.update_alias(
@@ -668,6 +794,11 @@ class KeyService:
     def delete_alias(self, caller: Caller, alias_name: str) -> None:
         validate_alias_name(alias_name)
         audit.note_alias(alias_name)
+        # AWS DeleteAlias: permission on the key the alias points at.
+        current = self._store.get_alias(caller.tenant, alias_name)
+        if current is None:
+            raise NotFoundException(f"Alias {alias_name} is not found.")
+        self._resolve(caller, current.target_key_id, "kms:DeleteAlias", fresh=True)
         deleted = self._store.delete_alias(caller.tenant, alias_name, audit=audit.record_for_change())
         if deleted:
             audit.change_recorded()
@@ -678,7 +809,11 @@ class KeyService:
     def list_aliases(self, caller: Caller, key_id: str, limit: int | None, marker: str) -> Page[AliasEntry]:
         page_size = check_limit(limit)
         after = decode_marker("a", marker) if marker else None
-        target = self._resolve(caller, key_id).key_id if key_id else None
+        if key_id:
+            target: str | None = self._resolve(caller, key_id, "kms:ListAliases").key_id
+        else:
+            self.access.check(caller, "kms:ListAliases", None)
+            target = None
         aliases = list(self._store.list_aliases(caller.tenant, page_size + 1, after, target))
         truncated = len(aliases) > page_size
         aliases = aliases[:page_size]
@@ -694,12 +829,12 @@ class KeyService:
         ]
         return Page(entries, encode_marker("a", aliases[-1].alias_name) if truncated else "", truncated)
 
-    def _resolve_target(self, caller: Caller, target_key_id: str) -> KeyRecord:
+    def _resolve_target(self, caller: Caller, target_key_id: str, action: str) -> KeyRecord:
         """AWS: "TargetKeyId: Specify the key ID or key ARN" -- an alias cannot point at an alias."""
         reference = parse_key_identifier(target_key_id, self._region, "TargetKeyId")
         if reference.kind is IdentifierKind.ALIAS:
             raise ValidationException("TargetKeyId must be a key ID or key ARN, not an alias")
-        return self._resolve(caller, target_key_id, "TargetKeyId", fresh=True)
+        return self._resolve(caller, target_key_id, action, "TargetKeyId", fresh=True)
 
     # ---------------------------------------------------------------- tags
 
@@ -707,14 +842,14 @@ class KeyService:
         valid = validate_tags(tags)
         if not valid:
             raise ValidationException("Tags must hold at least one tag")
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:TagResource", fresh=True)
         next_state(key.state, Operation.TAG_RESOURCE, key.key_id)
         self._store.put_tags(key.key_id, valid, MAX_TAGS_PER_KEY, audit=audit.record_for_change())
         audit.change_recorded()
 
     def untag_resource(self, caller: Caller, key_id: str, tag_keys: Sequence[str]) -> None:
         valid = validate_tag_keys(tag_keys)
-        key = self._resolve(caller, key_id, fresh=True)
+        key = self._resolve(caller, key_id, "kms:UntagResource", fresh=True)
         next_state(key.state, Operation.UNTAG_RESOURCE, key.key_id)
         self._store.remove_tags(key.key_id, valid, audit=audit.record_for_change())
         audit.change_recorded()
@@ -724,7 +859,7 @@ class KeyService:
     ) -> Page[tuple[str, str]]:
         page_size = check_limit(limit, maximum=50, default=50)
         after = decode_marker("t", marker) if marker else None
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, "kms:ListResourceTags")
         next_state(key.state, Operation.LIST_RESOURCE_TAGS, key.key_id)
         tags = [
             item for item in self._store.list_tags(key.key_id).items() if after is None or item[0] > after
@@ -741,7 +876,7 @@ class KeyService:
         Read from the audit trail, so it is what an operator checks before
         retiring or deleting a key: the event id points at the record.
         """
-        key = self._resolve(caller, key_id)
+        key = self._resolve(caller, key_id, "kms:GetKeyLastUsage")
         next_state(key.state, Operation.GET_KEY_LAST_USAGE, key.key_id)
         if self._audit_log is None:
             raise UnsupportedOperationException("GetKeyLastUsage needs the audit trail, which is off")
@@ -771,6 +906,7 @@ class KeyService:
         encryption_context: Mapping[str, str],
         key_id: str,
         operation: Operation,
+        grant_tokens: Sequence[str] = (),
     ) -> tuple[KeyRecord, bytes]:
         """Decrypt a blob; every ciphertext/context defect is the one InvalidCiphertextException.
 
@@ -781,15 +917,45 @@ class KeyService:
         if not 1 <= len(ciphertext_blob) <= MAX_CIPHERTEXT_BLOB_BYTES:
             raise ValidationException(f"CiphertextBlob must be 1 to {MAX_CIPHERTEXT_BLOB_BYTES} bytes long")
         context = canonical_encryption_context(encryption_context)
-        named_key = self._resolve(caller, key_id, "KeyId") if key_id else None
+        action = f"kms:{operation.value}"
+        named_key = (
+            self._resolve(
+                caller,
+                key_id,
+                action,
+                "KeyId",
+                encryption_context=encryption_context,
+                grant_tokens=grant_tokens,
+            )
+            if key_id
+            else None
+        )
         parsed = blob_format.parse_blob(ciphertext_blob)
         if named_key is not None and named_key.key_id != parsed.key_id:
             raise IncorrectKeyException(
                 "The key ID in the request does not identify the key that encrypted the ciphertext."
             )
-        key = named_key or self._cached_key(parsed.key_id)
-        if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
-            raise blob_format.invalid_ciphertext()
+        key = named_key
+        if key is None:
+            # The blob names the key: another tenant's key is usable only where
+            # its policy allows, and otherwise looks like a key that does not exist.
+            key = self._cached_key(parsed.key_id)
+            if key is None or not key.state.exists_for_callers:
+                raise blob_format.invalid_ciphertext()
+            cross_tenant = key.tenant != caller.tenant
+            if cross_tenant and action not in CROSS_TENANT_ACTIONS:
+                raise blob_format.invalid_ciphertext()
+            if not cross_tenant:
+                audit.note_key(self._arn(key))
+            decision = self.access.decide(
+                caller, action, key, encryption_context=encryption_context, grant_tokens=grant_tokens
+            )
+            if not decision.allowed:
+                if cross_tenant:
+                    raise blob_format.invalid_ciphertext()
+                raise access_denied(caller.principal, action, self._arn(key), decision)
+            if decision.grant_id is not None:
+                audit.note_grant(decision.grant_id)
         audit.note_key(self._arn(key), parsed.key_version)
         next_state(key.state, operation, key.key_id)
         token_id = self._token_id_or_none(key.key_id, parsed.key_version)
@@ -823,37 +989,145 @@ class KeyService:
         self._token_ids[(key_id, version)] = record.token_id
         return record.token_id
 
-    def _resolve(
-        self, caller: Caller, identifier: str, field_name: str = "KeyId", *, fresh: bool = False
+    def resolve_key(
+        self,
+        caller: Caller,
+        identifier: str,
+        action: str,
+        field_name: str = "KeyId",
+        *,
+        fresh: bool = False,
+        encryption_context: Mapping[str, str] | None = None,
+        grant_tokens: Sequence[str] = (),
+        grant_request: GrantRequestFacts | None = None,
     ) -> KeyRecord:
-        """Find the caller's key from any of the four identifier forms.
-
-        Another tenant's key, and a key still CREATING, look exactly like a
-        missing key (contract: "otherwise the answer is NotFoundException").
-        """
-        reference = parse_key_identifier(identifier, self._region, field_name)
-        key_id = self._key_id_of(caller, reference, fresh)
-        key = self._store.get_key(key_id) if fresh else self._cached_key(key_id)
-        if key is None or key.tenant != caller.tenant or not key.state.exists_for_callers:
-            raise NotFoundException(f"Key '{key_arn(self._region, caller.tenant, key_id)}' does not exist")
+        """Find a key (``find_key``) and authorize ``action`` on it; the request path's one gate."""
+        key, request_alias = self.find_key(caller, identifier, action, field_name, fresh=fresh)
+        self.access.check(
+            caller,
+            action,
+            key,
+            encryption_context=encryption_context,
+            request_alias=request_alias,
+            grant_tokens=grant_tokens,
+            grant_request=grant_request,
+        )
+        self.check_service_key_action(caller, action, key)
         audit.note_key(self._arn(key))
         return key
 
-    def _key_id_of(self, caller: Caller, reference: KeyReference, fresh: bool) -> str:
-        if reference.tenant is not None and reference.tenant != caller.tenant:
-            raise NotFoundException("The key does not exist")
+    def find_key(
+        self,
+        caller: Caller,
+        identifier: str,
+        action: str,
+        field_name: str = "KeyId",
+        *,
+        fresh: bool = False,
+        create_service_key: bool = True,
+    ) -> tuple[KeyRecord, str | None]:
+        """The key any of the four identifier forms names, and the alias if one was named.
+
+        Another tenant's key is reachable only by its full resource name and
+        only for the actions AWS allows across accounts; whether its policy
+        allows the caller is ``access.check``'s question, and a "no" there
+        looks exactly like a missing key (contract: "otherwise the answer is
+        NotFoundException"), as does a key still CREATING.
+        """
+        reference = parse_key_identifier(identifier, self._region, field_name)
+        tenant = reference.tenant if reference.tenant is not None else caller.tenant
+        cross_tenant = tenant != caller.tenant
+        if cross_tenant and action not in CROSS_TENANT_ACTIONS:
+            raise cross_tenant_not_found()
+        key_id = self._key_id_of(caller, tenant, reference, fresh, create_service_key)
+        key = self._store.get_key(key_id) if fresh else self._cached_key(key_id)
+        if key is None or key.tenant != tenant or not key.state.exists_for_callers:
+            if cross_tenant:
+                raise cross_tenant_not_found()
+            raise NotFoundException(f"Key '{key_arn(self._region, caller.tenant, key_id)}' does not exist")
+        if not cross_tenant:
+            audit.note_key(self._arn(key))
+        return key, reference.value if reference.kind is IdentifierKind.ALIAS else None
+
+    def check_service_key_action(self, caller: Caller, action: str, key: KeyRecord) -> None:
+        if key.key_manager is KeyManager.SERVICE and action in SERVICE_KEY_FIXED_ACTIONS:
+            raise AccessDeniedException(
+                f"User: {caller.principal} is not authorized to perform: {action} on resource: "
+                f"{self._arn(key)} because it is a service-managed key"
+            )
+
+    _resolve = resolve_key
+
+    def _key_id_of(
+        self, caller: Caller, tenant: str, reference: KeyReference, fresh: bool, create_service_key: bool
+    ) -> str:
         if reference.kind is IdentifierKind.KEY_ID:
             return reference.value
-        audit.note_alias(reference.value)
-        alias_key = (caller.tenant, reference.value)
+        if tenant == caller.tenant:
+            audit.note_alias(reference.value)
+        alias_key = (tenant, reference.value)
         target = (
             self._load_alias_target(alias_key)
             if fresh
             else self._alias_targets.get(alias_key, lambda: self._load_alias_target(alias_key))
         )
+        if (
+            target is None
+            and create_service_key
+            and tenant == caller.tenant
+            and reference.value == _service_alias_of(caller)
+        ):
+            target = self._service_managed_key(caller)
         if target is None:
+            if tenant != caller.tenant:
+                raise cross_tenant_not_found()
             raise NotFoundException(f"Alias {reference.value} is not found.")
         return target
+
+    def _service_managed_key(self, caller: Caller) -> str:
+        """The service's key in the caller's tenant, made on first use (AWS managed keys:
+        "created ... when you first use ... the service").
+
+        Two first uses at once both make a key; the alias decides which one is
+        kept, and the other, never answered to anyone, is rolled back.
+        """
+        service = caller.via_service
+        assert service is not None
+        alias_name = f"{SERVICE_ALIAS_PREFIX}{service}"
+        now = self._clock.now()
+        key = KeyRecord(
+            key_id=new_key_id(),
+            tenant=caller.tenant,
+            description=f"Default key that protects my {service} data when no other key is defined",
+            state=KeyState.CREATING,
+            key_usage=KeyUsage.ENCRYPT_DECRYPT,
+            key_spec=KeySpec.SYMMETRIC_DEFAULT,
+            origin=Origin.AWS_KMS,
+            key_manager=KeyManager.SERVICE,
+            creation_date=now,
+            current_version=1,
+            rotation_period_days=SERVICE_KEY_ROTATION_DAYS,
+            next_rotation_date=now + timedelta(days=SERVICE_KEY_ROTATION_DAYS),
+        )
+        alias = AliasRecord(caller.tenant, alias_name, key.key_id, now, now)
+        try:
+            self._create(key, service_managed_key_policy(caller.tenant, service), alias=alias)
+        except AlreadyExistsException:
+            return self._wait_for_service_key(caller.tenant, alias_name)
+        log.info("created the service-managed key of %s in tenant %s", service, caller.tenant)
+        return key.key_id
+
+    def _wait_for_service_key(self, tenant: str, alias_name: str) -> str:
+        """Another call is making this service-managed key: answer it once it exists."""
+        deadline = time.monotonic() + ROTATION_RETRY_SECONDS
+        while time.monotonic() < deadline:
+            winner = self._store.get_alias(tenant, alias_name)
+            if winner is not None:
+                key = self._store.get_key(winner.target_key_id)
+                if key is not None and key.state.exists_for_callers:
+                    return key.key_id
+            time.sleep(0.02)
+        raise KMSInternalException("The service-managed key is still being created; retry")
 
     def _load_alias_target(self, alias_key: tuple[str, str]) -> str | None:
         alias = self._store.get_alias(*alias_key)
@@ -872,6 +1146,12 @@ class KeyService:
         """Raise unless both the token and the metadata DB answer."""
         self._vault.ping()
         self._store.ping()
+
+
+def _service_alias_of(caller: Caller) -> str | None:
+    """``alias/service/<name>`` of a service principal; None for anyone else."""
+    service = caller.via_service
+    return None if service is None else f"{SERVICE_ALIAS_PREFIX}{service}"
 
 
 def token_label(key_id: str, version: int) -> str:

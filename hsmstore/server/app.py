@@ -19,15 +19,23 @@ from grpc_reflection.v1alpha import reflection
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.core.audit_service import AuditQueries
+from hsmstore.core.authorization_service import AuthorizationService
 from hsmstore.core.ports import AuditSink
 from hsmstore.core.service import KeyService
-from hsmstore.server.identity import local_admin_caller
-from hsmstore.server.servicer import AuditServicer, CallerResolver, CallRunner, KeyStoreServicer
+from hsmstore.server.servicer import (
+    AdminServicer,
+    AuditServicer,
+    CallerResolver,
+    CallRunner,
+    KeyStoreServicer,
+)
+from hsmstore.server.tls import caller_resolver, server_credentials
 
 log = logging.getLogger(__name__)
 
 KEY_STORE_SERVICE = pb.DESCRIPTOR.services_by_name["KeyStore"].full_name
 AUDIT_SERVICE = pb.DESCRIPTOR.services_by_name["Audit"].full_name
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 HEALTH_CHECK_INTERVAL_SECONDS = 10.0
 
 
@@ -42,11 +50,15 @@ class AuditWiring:
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM bytes; ``client_ca`` set means client certificates are required."""
+    """PEM bytes; TLS is mutual: ``client_ca`` is required, and callers are their certificates' SPIFFE IDs.
+
+    ``trust_domain``: the only SPIFFE trust domain accepted (empty: any the client CA issued).
+    """
 
     cert_chain: bytes
     private_key: bytes
     client_ca: bytes | None = None
+    trust_domain: str = ""
 
 
 @dataclass
@@ -79,15 +91,22 @@ def start_server(
     listen: str,
     thread_pool_size: int,
     tls: TlsFiles | None = None,
-    caller_of: CallerResolver = local_admin_caller,
+    caller_of: CallerResolver | None = None,
     reuse_port: bool = False,
     audit: AuditWiring | None = None,
 ) -> RunningServer:
-    """Start serving on ``listen`` (port 0 picks a free port) and return the bound port."""
+    """Start serving on ``listen`` (port 0 picks a free port) and return the bound port.
+
+    Callers are the client certificates' SPIFFE IDs with TLS, the local admin without, unless ``caller_of``.
+    """
+    if caller_of is None:
+        caller_of = caller_resolver(tls is not None, tls.trust_domain if tls is not None else None)
     server = make_grpc_server(thread_pool_size, reuse_port)
     runner = CallRunner(caller_of, audit.sink if audit else None, audit.fail_open if audit else False)
-    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, runner), server)
-    services = [KEY_STORE_SERVICE]
+    authorization = AuthorizationService(service)
+    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, runner, authorization), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(authorization, runner), server)
+    services = [KEY_STORE_SERVICE, ADMIN_SERVICE]
     if audit is not None:
         pb_grpc.add_AuditServicer_to_server(AuditServicer(audit.queries, runner), server)
         services.append(AUDIT_SERVICE)
@@ -95,7 +114,7 @@ def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            KEY_STORE_SERVICE,
+            *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -104,12 +123,9 @@ def start_server(
     if tls is None:
         port = server.add_insecure_port(listen)
     else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.private_key, tls.cert_chain)],
-            root_certificates=tls.client_ca,
-            require_client_auth=tls.client_ca is not None,
+        port = server.add_secure_port(
+            listen, server_credentials(tls.cert_chain, tls.private_key, tls.client_ca)
         )
-        port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     server.start()

@@ -13,6 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore.core.audit_service import EventsPage
+from hsmstore.core.authorization_service import GrantEntry
+from hsmstore.core.grants import GrantConstraints
 from hsmstore.core.service import (
     AliasEntry,
     KeyDescription,
@@ -176,3 +178,45 @@ def lookup_events_response(page: EventsPage) -> pb.LookupEventsResponse:
             )
         )
     return pb.LookupEventsResponse(events=events, next_token=page.next_token)
+
+
+def grant_constraints(request: pb.CreateGrantRequest) -> GrantConstraints | None:
+    """Absent, or with neither map set: no constraints (AWS: Constraints is optional)."""
+    if not request.HasField("constraints"):
+        return None
+    given = request.constraints
+    if not given.encryption_context_subset and not given.encryption_context_equals:
+        return None
+    return GrantConstraints(
+        encryption_context_equals=dict(given.encryption_context_equals) or None,
+        encryption_context_subset=dict(given.encryption_context_subset) or None,
+    )
+
+
+def list_grants_response(page: Page[GrantEntry]) -> pb.ListGrantsResponse:
+    return pb.ListGrantsResponse(
+        grants=[_grant_entry(entry) for entry in page.entries],
+        next_marker=page.next_marker,
+        truncated=page.truncated,
+    )
+
+
+def _grant_entry(entry: GrantEntry) -> pb.GrantListEntry:
+    grant = entry.grant
+    constraints = None
+    if grant.constraints is not None:
+        constraints = pb.GrantConstraints(
+            encryption_context_equals=grant.constraints.encryption_context_equals or {},
+            encryption_context_subset=grant.constraints.encryption_context_subset or {},
+        )
+    return pb.GrantListEntry(
+        key_id=entry.key_arn,
+        grant_id=grant.grant_id,
+        name=grant.name,
+        creation_date=timestamp(grant.creation_date),
+        grantee_principal=grant.grantee_principal,
+        retiring_principal=grant.retiring_principal,
+        issuing_account=entry.issuing_account,
+        operations=list(grant.operations),
+        constraints=constraints,
+    )

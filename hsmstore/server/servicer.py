@@ -21,6 +21,7 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.core.audit import CallAudit, begin_call
 from hsmstore.core.audit_service import AuditQueries
+from hsmstore.core.authorization_service import AuthorizationService
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import AuditSink
 from hsmstore.core.service import KeyService
@@ -63,13 +64,34 @@ class CallRunner:
         """
         resolved = self._outcome(lambda: self._caller_of(context))
         if isinstance(resolved, KMSError):
-            context.abort_with_status(to_grpc_status(resolved))  # raises
+            self._refuse_unidentified(name, resolved, request, context)
         caller = cast(Caller, resolved)
         token = _current_caller.set(caller)
         try:
             return self._run_as(caller, name, body, request, context)
         finally:
             _current_caller.reset(token)
+
+    def _refuse_unidentified(
+        self, name: str, error: KMSError, request: Message, context: grpc.ServicerContext
+    ) -> None:
+        """Answer an identity failure, recorded first (issue 4: a malformed identity "is audited").
+
+        The record names no tenant and no principal: nothing the caller
+        presented is trusted, so the event is seen only offline (``hsmstore
+        audit export``/``verify``), never through a tenant's LookupEvents.
+        """
+        if self._sink is not None:
+            call = CallAudit(
+                name,
+                UNIDENTIFIED,
+                convert.request_parameters(request),
+                datetime.now(UTC),
+                source_address=context.peer(),
+            )
+            call.error_code, call.error_message = error.reason, error.message
+            self._record(call, context)
+        context.abort_with_status(to_grpc_status(error))  # raises
 
     def _run_as(
         self,
@@ -130,6 +152,8 @@ class CallRunner:
 
 _current_caller: ContextVar[Caller] = ContextVar("hsmstore_caller")
 
+UNIDENTIFIED = Caller(tenant="", principal="", kind="", name="")
+
 
 def current_caller() -> Caller:
     """The caller of the RPC this thread is running (set by CallRunner.run)."""
@@ -147,9 +171,185 @@ def handle_errors(method: Method) -> Method:
     return cast(Method, wrapper)
 
 
-class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
-    def __init__(self, service: KeyService, runner: CallRunner) -> None:
+class AuthorizationServicer:
+    """The KeyStore RPCs of key policies, grants and Simulate (mixed into KeyStoreServicer)."""
+
+    _authorization: AuthorizationService
+
+    @handle_errors
+    def PutKeyPolicy(
+        self, request: pb.PutKeyPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.PutKeyPolicyResponse:
+        self._authorization.put_key_policy(
+            current_caller(),
+            request.key_id,
+            request.policy_name,
+            request.policy,
+            request.bypass_policy_lockout_safety_check,
+        )
+        return pb.PutKeyPolicyResponse()
+
+    @handle_errors
+    def GetKeyPolicy(
+        self, request: pb.GetKeyPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.GetKeyPolicyResponse:
+        policy, name = self._authorization.get_key_policy(
+            current_caller(), request.key_id, request.policy_name
+        )
+        return pb.GetKeyPolicyResponse(policy=policy, policy_name=name)
+
+    @handle_errors
+    def ListKeyPolicies(
+        self, request: pb.ListKeyPoliciesRequest, context: grpc.ServicerContext
+    ) -> pb.ListKeyPoliciesResponse:
+        page = self._authorization.list_key_policies(
+            current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
+        )
+        return pb.ListKeyPoliciesResponse(
+            policy_names=page.entries, next_marker=page.next_marker, truncated=page.truncated
+        )
+
+    @handle_errors
+    def CreateGrant(
+        self, request: pb.CreateGrantRequest, context: grpc.ServicerContext
+    ) -> pb.CreateGrantResponse:
+        grant_id, grant_token = self._authorization.create_grant(
+            current_caller(),
+            request.key_id,
+            request.grantee_principal,
+            request.retiring_principal,
+            list(request.operations),
+            convert.grant_constraints(request),
+            request.grant_tokens,
+            request.name,
+        )
+        return pb.CreateGrantResponse(grant_id=grant_id, grant_token=grant_token)
+
+    @handle_errors
+    def ListGrants(
+        self, request: pb.ListGrantsRequest, context: grpc.ServicerContext
+    ) -> pb.ListGrantsResponse:
+        page = self._authorization.list_grants(
+            current_caller(),
+            request.key_id,
+            convert.optional_int(request, "limit"),
+            request.marker,
+            request.grant_id,
+            request.grantee_principal,
+        )
+        return convert.list_grants_response(page)
+
+    @handle_errors
+    def ListRetirableGrants(
+        self, request: pb.ListRetirableGrantsRequest, context: grpc.ServicerContext
+    ) -> pb.ListGrantsResponse:
+        page = self._authorization.list_retirable_grants(
+            current_caller(),
+            request.retiring_principal,
+            convert.optional_int(request, "limit"),
+            request.marker,
+        )
+        return convert.list_grants_response(page)
+
+    @handle_errors
+    def RetireGrant(
+        self, request: pb.RetireGrantRequest, context: grpc.ServicerContext
+    ) -> pb.RetireGrantResponse:
+        self._authorization.retire_grant(
+            current_caller(), request.grant_token, request.key_id, request.grant_id
+        )
+        return pb.RetireGrantResponse()
+
+    @handle_errors
+    def RevokeGrant(
+        self, request: pb.RevokeGrantRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeGrantResponse:
+        self._authorization.revoke_grant(current_caller(), request.key_id, request.grant_id)
+        return pb.RevokeGrantResponse()
+
+    @handle_errors
+    def Simulate(self, request: pb.SimulateRequest, context: grpc.ServicerContext) -> pb.SimulateResponse:
+        result = self._authorization.simulate(
+            current_caller(),
+            request.principal,
+            request.operation,
+            request.key_id,
+            request.encryption_context,
+            request.via_service,
+            request.grant_tokens,
+        )
+        return pb.SimulateResponse(
+            decision="ALLOW" if result.allowed else "DENY",
+            decided_by=result.decided_by,
+            grant_id=result.grant_id or "",
+            key_id=result.key_arn,
+        )
+
+
+class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
+    """``hsmstore.v1.Admin``: identity policies, the IAM analogue."""
+
+    def __init__(self, authorization: AuthorizationService, runner: CallRunner) -> None:
+        self._authorization = authorization
+        self._runner = runner
+
+    @handle_errors
+    def PutIdentityPolicy(
+        self, request: pb.PutIdentityPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.PutIdentityPolicyResponse:
+        self._authorization.put_identity_policy(
+            current_caller(), request.principal, request.policy_name, request.policy
+        )
+        return pb.PutIdentityPolicyResponse()
+
+    @handle_errors
+    def GetIdentityPolicy(
+        self, request: pb.GetIdentityPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.GetIdentityPolicyResponse:
+        found = self._authorization.get_identity_policy(
+            current_caller(), request.principal, request.policy_name
+        )
+        return pb.GetIdentityPolicyResponse(
+            principal=found.principal,
+            policy_name=found.policy_name,
+            policy=found.document,
+            is_default=found.is_default,
+        )
+
+    @handle_errors
+    def ListIdentityPolicies(
+        self, request: pb.ListIdentityPoliciesRequest, context: grpc.ServicerContext
+    ) -> pb.ListIdentityPoliciesResponse:
+        page = self._authorization.list_identity_policies(
+            current_caller(), request.principal, convert.optional_int(request, "limit"), request.marker
+        )
+        return pb.ListIdentityPoliciesResponse(
+            policies=[
+                pb.IdentityPolicyEntry(
+                    principal=entry.principal,
+                    policy_name=entry.policy_name,
+                    last_updated=convert.timestamp(entry.last_updated),
+                )
+                for entry in page.entries
+            ],
+            next_marker=page.next_marker,
+            truncated=page.truncated,
+        )
+
+    @handle_errors
+    def DeleteIdentityPolicy(
+        self, request: pb.DeleteIdentityPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteIdentityPolicyResponse:
+        self._authorization.delete_identity_policy(current_caller(), request.principal, request.policy_name)
+        return pb.DeleteIdentityPolicyResponse()
+
+
+class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type: ignore[misc]
+    def __init__(
+        self, service: KeyService, runner: CallRunner, authorization: AuthorizationService | None = None
+    ) -> None:
         self._service = service
+        self._authorization = authorization or AuthorizationService(service)
         self._runner = runner
 
     @handle_errors
@@ -161,6 +361,8 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             key_spec=request.key_spec,
             origin=request.origin,
             tags=convert.tag_pairs(request.tags),
+            policy=request.policy,
+            bypass_policy_lockout_safety_check=request.bypass_policy_lockout_safety_check,
         )
         return pb.CreateKeyResponse(key_metadata=convert.key_metadata(description))
 
@@ -168,7 +370,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     def DescribeKey(
         self, request: pb.DescribeKeyRequest, context: grpc.ServicerContext
     ) -> pb.DescribeKeyResponse:
-        description = self._service.describe_key(current_caller(), request.key_id)
+        description = self._service.describe_key(current_caller(), request.key_id, request.grant_tokens)
         return pb.DescribeKeyResponse(key_metadata=convert.key_metadata(description))
 
     @handle_errors
@@ -205,6 +407,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             request.plaintext,
             request.encryption_context,
             request.encryption_algorithm,
+            request.grant_tokens,
         )
         return pb.EncryptResponse(
             ciphertext_blob=result.ciphertext_blob,
@@ -220,6 +423,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             request.encryption_context,
             request.key_id,
             request.encryption_algorithm,
+            request.grant_tokens,
         )
         return pb.DecryptResponse(
             key_id=result.key_arn,
@@ -238,6 +442,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             source_key_id=request.source_key_id,
             source_encryption_algorithm=request.source_encryption_algorithm,
             destination_encryption_algorithm=request.destination_encryption_algorithm,
+            grant_tokens=request.grant_tokens,
         )
         return pb.ReEncryptResponse(
             ciphertext_blob=result.ciphertext_blob,
@@ -257,6 +462,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             request.encryption_context,
             convert.optional_int(request, "number_of_bytes"),
             request.key_spec,
+            grant_tokens=request.grant_tokens,
         )
         return pb.GenerateDataKeyResponse(
             ciphertext_blob=result.ciphertext_blob, plaintext=result.plaintext, key_id=result.key_arn
@@ -273,6 +479,7 @@ class KeyStoreServicer(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             convert.optional_int(request, "number_of_bytes"),
             request.key_spec,
             with_plaintext=False,
+            grant_tokens=request.grant_tokens,
         )
         return pb.GenerateDataKeyWithoutPlaintextResponse(
             ciphertext_blob=result.ciphertext_blob, key_id=result.key_arn

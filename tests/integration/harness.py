@@ -38,6 +38,8 @@ class ServerProcess:
     address: str = ""
     channel: grpc.Channel | None = None
     output: list[str] = field(default_factory=list)
+    # TLS servers (tests/integration/mtls.py): the credentials of ``channel``; None: plaintext.
+    credentials: grpc.ChannelCredentials | None = None
 
     def start(self) -> ServerProcess:
         env = {**os.environ, **self.extra_env}
@@ -60,7 +62,11 @@ class ServerProcess:
         if not found.wait(START_TIMEOUT_SECONDS) or not self.address:
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.output))
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = (
+            grpc.insecure_channel(self.address)
+            if self.credentials is None
+            else grpc.secure_channel(self.address, self.credentials)
+        )
         grpc.channel_ready_future(self.channel).result(timeout=10)
         return self
 

@@ -16,6 +16,7 @@ across processes (``hsmstore.hsm.session.TokenViewStale``).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -249,3 +250,68 @@ def test_a_key_made_on_b_works_on_a_right_after_a_made_one_too(nodes: Nodes) -> 
 
     assert decrypt(nodes.b.stub, encrypt(nodes.a.stub, made_on_b, b"b on a", context), context) == b"b on a"
     assert decrypt(nodes.a.stub, encrypt(nodes.b.stub, made_on_a, b"a on b", context), context) == b"a on b"
+
+
+LOCAL_ADMIN = "arn:hsmstore:iam::local:role/admin"
+
+
+def key_policy_denying_encrypt() -> str:
+    root = {"Sid": "Root", "Effect": "Allow", "Principal": {"HSM": "arn:hsmstore:iam::local:root"}}
+    deny = {"Sid": "NoEncrypt", "Effect": "Deny", "Principal": {"HSM": LOCAL_ADMIN}, "Action": "kms:Encrypt"}
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{**root, "Action": "kms:*", "Resource": "*"}, {**deny, "Resource": "*"}],
+        }
+    )
+
+
+def test_a_key_policy_change_on_a_is_enforced_on_b_within_the_bound(nodes: Nodes) -> None:
+    key_id = create_key(nodes.a.stub)
+    encrypt(nodes.b.stub, key_id, b"cached on B", {})
+    nodes.a.stub.PutKeyPolicy(
+        pb.PutKeyPolicyRequest(key_id=key_id, policy=key_policy_denying_encrypt()),
+        timeout=CALL_TIMEOUT_SECONDS,
+    )
+
+    def b_refuses() -> bool:
+        return error_of(lambda: encrypt(nodes.b.stub, key_id, b"x", {})) == "AccessDeniedException"
+
+    assert seconds_until(b_refuses, timeout=STALENESS_BOUND_SECONDS) <= STALENESS_BOUND_SECONDS
+    stored = nodes.b.stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key_id), timeout=CALL_TIMEOUT_SECONDS)
+    assert "NoEncrypt" in stored.policy
+
+
+def test_an_identity_policy_change_on_b_is_enforced_on_a_within_the_bound(nodes: Nodes) -> None:
+    key_id = create_key(nodes.a.stub)
+    encrypt(nodes.a.stub, key_id, b"cached on A", {})
+    admin = pb_grpc.AdminStub(nodes.b.channel)
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["kms:*", "iam:*"], "Resource": "*"},
+            {"Effect": "Deny", "Action": "kms:Encrypt", "Resource": "*"},
+        ],
+    }
+    admin.PutIdentityPolicy(
+        pb.PutIdentityPolicyRequest(
+            principal=LOCAL_ADMIN, policy_name="no-encrypt", policy=json.dumps(document)
+        ),
+        timeout=CALL_TIMEOUT_SECONDS,
+    )
+    try:
+
+        def a_refuses() -> bool:
+            return error_of(lambda: encrypt(nodes.a.stub, key_id, b"x", {})) == "AccessDeniedException"
+
+        assert seconds_until(a_refuses, timeout=STALENESS_BOUND_SECONDS) <= STALENESS_BOUND_SECONDS
+    finally:
+        admin.DeleteIdentityPolicy(
+            pb.DeleteIdentityPolicyRequest(principal=LOCAL_ADMIN, policy_name="no-encrypt"),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+
+    def a_works_again() -> bool:
+        return error_of(lambda: encrypt(nodes.a.stub, key_id, b"x", {})) is None
+
+    assert seconds_until(a_works_again, timeout=STALENESS_BOUND_SECONDS) <= STALENESS_BOUND_SECONDS

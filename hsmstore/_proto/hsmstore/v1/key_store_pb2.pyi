@@ -46,18 +46,22 @@ class KeyMetadata(_message.Message):
     def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("description", "key_usage", "key_spec", "origin", "tags")
+    __slots__ = ("description", "key_usage", "key_spec", "origin", "tags", "policy", "bypass_policy_lockout_safety_check")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     KEY_USAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_POLICY_LOCKOUT_SAFETY_CHECK_FIELD_NUMBER: _ClassVar[int]
     description: str
     key_usage: str
     key_spec: str
     origin: str
     tags: _containers.RepeatedCompositeFieldContainer[Tag]
-    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ...) -> None: ...
+    policy: str
+    bypass_policy_lockout_safety_check: bool
+    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., policy: _Optional[str] = ..., bypass_policy_lockout_safety_check: _Optional[bool] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key_metadata",)
@@ -642,3 +646,296 @@ class LookupEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     next_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_token: _Optional[str] = ...) -> None: ...
+
+class PutKeyPolicyRequest(_message.Message):
+    __slots__ = ("key_id", "policy_name", "policy", "bypass_policy_lockout_safety_check")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_POLICY_LOCKOUT_SAFETY_CHECK_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    policy_name: str
+    policy: str
+    bypass_policy_lockout_safety_check: bool
+    def __init__(self, key_id: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy: _Optional[str] = ..., bypass_policy_lockout_safety_check: _Optional[bool] = ...) -> None: ...
+
+class PutKeyPolicyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetKeyPolicyRequest(_message.Message):
+    __slots__ = ("key_id", "policy_name")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    policy_name: str
+    def __init__(self, key_id: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+
+class GetKeyPolicyResponse(_message.Message):
+    __slots__ = ("policy", "policy_name")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    policy_name: str
+    def __init__(self, policy: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+
+class ListKeyPoliciesRequest(_message.Message):
+    __slots__ = ("key_id", "limit", "marker")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    limit: int
+    marker: str
+    def __init__(self, key_id: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class ListKeyPoliciesResponse(_message.Message):
+    __slots__ = ("policy_names", "next_marker", "truncated")
+    POLICY_NAMES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    policy_names: _containers.RepeatedScalarFieldContainer[str]
+    next_marker: str
+    truncated: bool
+    def __init__(self, policy_names: _Optional[_Iterable[str]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class GrantConstraints(_message.Message):
+    __slots__ = ("encryption_context_subset", "encryption_context_equals")
+    class EncryptionContextSubsetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EncryptionContextEqualsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENCRYPTION_CONTEXT_SUBSET_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_EQUALS_FIELD_NUMBER: _ClassVar[int]
+    encryption_context_subset: _containers.ScalarMap[str, str]
+    encryption_context_equals: _containers.ScalarMap[str, str]
+    def __init__(self, encryption_context_subset: _Optional[_Mapping[str, str]] = ..., encryption_context_equals: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateGrantRequest(_message.Message):
+    __slots__ = ("key_id", "grantee_principal", "retiring_principal", "operations", "constraints", "grant_tokens", "name")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RETIRING_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    grantee_principal: str
+    retiring_principal: str
+    operations: _containers.RepeatedScalarFieldContainer[str]
+    constraints: GrantConstraints
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    def __init__(self, key_id: _Optional[str] = ..., grantee_principal: _Optional[str] = ..., retiring_principal: _Optional[str] = ..., operations: _Optional[_Iterable[str]] = ..., constraints: _Optional[_Union[GrantConstraints, _Mapping]] = ..., grant_tokens: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CreateGrantResponse(_message.Message):
+    __slots__ = ("grant_token", "grant_id")
+    GRANT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    grant_token: str
+    grant_id: str
+    def __init__(self, grant_token: _Optional[str] = ..., grant_id: _Optional[str] = ...) -> None: ...
+
+class GrantListEntry(_message.Message):
+    __slots__ = ("key_id", "grant_id", "name", "creation_date", "grantee_principal", "retiring_principal", "issuing_account", "operations", "constraints")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RETIRING_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ISSUING_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    grant_id: str
+    name: str
+    creation_date: _timestamp_pb2.Timestamp
+    grantee_principal: str
+    retiring_principal: str
+    issuing_account: str
+    operations: _containers.RepeatedScalarFieldContainer[str]
+    constraints: GrantConstraints
+    def __init__(self, key_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., name: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grantee_principal: _Optional[str] = ..., retiring_principal: _Optional[str] = ..., issuing_account: _Optional[str] = ..., operations: _Optional[_Iterable[str]] = ..., constraints: _Optional[_Union[GrantConstraints, _Mapping]] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ("key_id", "limit", "marker", "grant_id", "grantee_principal")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    limit: int
+    marker: str
+    grant_id: str
+    grantee_principal: str
+    def __init__(self, key_id: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ..., grant_id: _Optional[str] = ..., grantee_principal: _Optional[str] = ...) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants", "next_marker", "truncated")
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[GrantListEntry]
+    next_marker: str
+    truncated: bool
+    def __init__(self, grants: _Optional[_Iterable[_Union[GrantListEntry, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ListRetirableGrantsRequest(_message.Message):
+    __slots__ = ("retiring_principal", "limit", "marker")
+    RETIRING_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    retiring_principal: str
+    limit: int
+    marker: str
+    def __init__(self, retiring_principal: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class RetireGrantRequest(_message.Message):
+    __slots__ = ("grant_token", "key_id", "grant_id")
+    GRANT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    grant_token: str
+    key_id: str
+    grant_id: str
+    def __init__(self, grant_token: _Optional[str] = ..., key_id: _Optional[str] = ..., grant_id: _Optional[str] = ...) -> None: ...
+
+class RetireGrantResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RevokeGrantRequest(_message.Message):
+    __slots__ = ("key_id", "grant_id")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    grant_id: str
+    def __init__(self, key_id: _Optional[str] = ..., grant_id: _Optional[str] = ...) -> None: ...
+
+class RevokeGrantResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SimulateRequest(_message.Message):
+    __slots__ = ("principal", "operation", "key_id", "encryption_context", "via_service", "grant_tokens")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    VIA_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    operation: str
+    key_id: str
+    encryption_context: _containers.ScalarMap[str, str]
+    via_service: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principal: _Optional[str] = ..., operation: _Optional[str] = ..., key_id: _Optional[str] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., via_service: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SimulateResponse(_message.Message):
+    __slots__ = ("decision", "decided_by", "grant_id", "key_id")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    decision: str
+    decided_by: str
+    grant_id: str
+    key_id: str
+    def __init__(self, decision: _Optional[str] = ..., decided_by: _Optional[str] = ..., grant_id: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class PutIdentityPolicyRequest(_message.Message):
+    __slots__ = ("principal", "policy_name", "policy")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    policy_name: str
+    policy: str
+    def __init__(self, principal: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class PutIdentityPolicyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetIdentityPolicyRequest(_message.Message):
+    __slots__ = ("principal", "policy_name")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    policy_name: str
+    def __init__(self, principal: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+
+class GetIdentityPolicyResponse(_message.Message):
+    __slots__ = ("principal", "policy_name", "policy", "is_default")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    policy_name: str
+    policy: str
+    is_default: bool
+    def __init__(self, principal: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+
+class ListIdentityPoliciesRequest(_message.Message):
+    __slots__ = ("principal", "limit", "marker")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    limit: int
+    marker: str
+    def __init__(self, principal: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class IdentityPolicyEntry(_message.Message):
+    __slots__ = ("principal", "policy_name", "last_updated")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    policy_name: str
+    last_updated: _timestamp_pb2.Timestamp
+    def __init__(self, principal: _Optional[str] = ..., policy_name: _Optional[str] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListIdentityPoliciesResponse(_message.Message):
+    __slots__ = ("policies", "next_marker", "truncated")
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[IdentityPolicyEntry]
+    next_marker: str
+    truncated: bool
+    def __init__(self, policies: _Optional[_Iterable[_Union[IdentityPolicyEntry, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class DeleteIdentityPolicyRequest(_message.Message):
+    __slots__ = ("principal", "policy_name")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    policy_name: str
+    def __init__(self, principal: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+
+class DeleteIdentityPolicyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

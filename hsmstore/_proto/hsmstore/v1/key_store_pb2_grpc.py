@@ -169,6 +169,51 @@ class KeyStoreStub:
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageRequest.SerializeToString,
                 response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageResponse.FromString,
                 _registered_method=True)
+        self.PutKeyPolicy = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/PutKeyPolicy',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.PutKeyPolicyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.PutKeyPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetKeyPolicy = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GetKeyPolicy',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyPolicyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListKeyPolicies = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ListKeyPolicies',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyPoliciesRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyPoliciesResponse.FromString,
+                _registered_method=True)
+        self.CreateGrant = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/CreateGrant',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.CreateGrantRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CreateGrantResponse.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ListGrants',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.ListRetirableGrants = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ListRetirableGrants',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListRetirableGrantsRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.RetireGrant = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/RetireGrant',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.RetireGrantRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.RetireGrantResponse.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/RevokeGrant',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.RevokeGrantResponse.FromString,
+                _registered_method=True)
+        self.Simulate = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/Simulate',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateResponse.FromString,
+                _registered_method=True)
 
 
 class KeyStoreServicer:
@@ -336,6 +381,61 @@ class KeyStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutKeyPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeyPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRetirableGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Simulate(self, request, context):
+        """hsmstore's own: would this principal be allowed this operation on this key, and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -473,6 +573,51 @@ def add_KeyStoreServicer_to_server(servicer, server):
                     servicer.GetKeyLastUsage,
                     request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageRequest.FromString,
                     response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageResponse.SerializeToString,
+            ),
+            'PutKeyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutKeyPolicy,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.PutKeyPolicyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.PutKeyPolicyResponse.SerializeToString,
+            ),
+            'GetKeyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyPolicy,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyPolicyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetKeyPolicyResponse.SerializeToString,
+            ),
+            'ListKeyPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeyPolicies,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyPoliciesRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListKeyPoliciesResponse.SerializeToString,
+            ),
+            'CreateGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGrant,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CreateGrantRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.CreateGrantResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListGrantsRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'ListRetirableGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRetirableGrants,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListRetirableGrantsRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'RetireGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireGrant,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.RetireGrantRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.RetireGrantResponse.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.RevokeGrantResponse.SerializeToString,
+            ),
+            'Simulate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Simulate,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1204,6 +1349,456 @@ class KeyStore:
             '/hsmstore.v1.KeyStore/GetKeyLastUsage',
             hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageRequest.SerializeToString,
             hsmstore_dot_v1_dot_key__store__pb2.GetKeyLastUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutKeyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/PutKeyPolicy',
+            hsmstore_dot_v1_dot_key__store__pb2.PutKeyPolicyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.PutKeyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GetKeyPolicy',
+            hsmstore_dot_v1_dot_key__store__pb2.GetKeyPolicyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GetKeyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeyPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ListKeyPolicies',
+            hsmstore_dot_v1_dot_key__store__pb2.ListKeyPoliciesRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListKeyPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/CreateGrant',
+            hsmstore_dot_v1_dot_key__store__pb2.CreateGrantRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.CreateGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ListGrants',
+            hsmstore_dot_v1_dot_key__store__pb2.ListGrantsRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRetirableGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ListRetirableGrants',
+            hsmstore_dot_v1_dot_key__store__pb2.ListRetirableGrantsRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/RetireGrant',
+            hsmstore_dot_v1_dot_key__store__pb2.RetireGrantRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.RetireGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/RevokeGrant',
+            hsmstore_dot_v1_dot_key__store__pb2.RevokeGrantRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.RevokeGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Simulate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/Simulate',
+            hsmstore_dot_v1_dot_key__store__pb2.SimulateRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.SimulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Identity policies, the IAM analogue (API-CONTRACT.md, "Identity, tenants and
+    resource names"): per tenant, attached to one principal of that tenant.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutIdentityPolicy = channel.unary_unary(
+                '/hsmstore.v1.Admin/PutIdentityPolicy',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.PutIdentityPolicyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.PutIdentityPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetIdentityPolicy = channel.unary_unary(
+                '/hsmstore.v1.Admin/GetIdentityPolicy',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetIdentityPolicyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetIdentityPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListIdentityPolicies = channel.unary_unary(
+                '/hsmstore.v1.Admin/ListIdentityPolicies',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListIdentityPoliciesRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListIdentityPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeleteIdentityPolicy = channel.unary_unary(
+                '/hsmstore.v1.Admin/DeleteIdentityPolicy',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteIdentityPolicyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteIdentityPolicyResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Identity policies, the IAM analogue (API-CONTRACT.md, "Identity, tenants and
+    resource names"): per tenant, attached to one principal of that tenant.
+    """
+
+    def PutIdentityPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIdentityPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdentityPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteIdentityPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutIdentityPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutIdentityPolicy,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.PutIdentityPolicyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.PutIdentityPolicyResponse.SerializeToString,
+            ),
+            'GetIdentityPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIdentityPolicy,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetIdentityPolicyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetIdentityPolicyResponse.SerializeToString,
+            ),
+            'ListIdentityPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdentityPolicies,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ListIdentityPoliciesRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ListIdentityPoliciesResponse.SerializeToString,
+            ),
+            'DeleteIdentityPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteIdentityPolicy,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteIdentityPolicyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteIdentityPolicyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'hsmstore.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('hsmstore.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Identity policies, the IAM analogue (API-CONTRACT.md, "Identity, tenants and
+    resource names"): per tenant, attached to one principal of that tenant.
+    """
+
+    @staticmethod
+    def PutIdentityPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.Admin/PutIdentityPolicy',
+            hsmstore_dot_v1_dot_key__store__pb2.PutIdentityPolicyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.PutIdentityPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIdentityPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.Admin/GetIdentityPolicy',
+            hsmstore_dot_v1_dot_key__store__pb2.GetIdentityPolicyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GetIdentityPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdentityPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.Admin/ListIdentityPolicies',
+            hsmstore_dot_v1_dot_key__store__pb2.ListIdentityPoliciesRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ListIdentityPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteIdentityPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.Admin/DeleteIdentityPolicy',
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteIdentityPolicyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteIdentityPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

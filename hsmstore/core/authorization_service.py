@@ -1,0 +1,430 @@
+"""Use cases for key policies, grants, identity policies and Simulate.
+
+Key lookup and the request-path gate are ``KeyService.resolve_key`` (every
+operation, these included, is authorized there); this module adds what AWS's
+PutKeyPolicy, GetKeyPolicy, ListKeyPolicies, CreateGrant, ListGrants,
+ListRetirableGrants, RetireGrant and RevokeGrant do, hsmstore's identity
+policies (the IAM analogue, per tenant, attached to one principal), and
+``simulate``, which answers what a call would be answered and why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from hsmstore.core import audit
+from hsmstore.core.access import (
+    DEFAULT_IDENTITY_POLICY_NAME,
+    GrantRequestFacts,
+    access_denied,
+    cross_tenant_not_found,
+    is_admin_role,
+)
+from hsmstore.core.authorization import Decision
+from hsmstore.core.default_policies import default_admin_identity_policy
+from hsmstore.core.grants import (
+    GrantConstraints,
+    GrantRecord,
+    grant_id_from_token,
+    grant_token_for,
+    new_grant_id,
+    validate_grant_request,
+)
+from hsmstore.core.identifiers import key_arn, parse_principal_arn
+from hsmstore.core.model import Caller, KeyRecord, KeyState
+from hsmstore.core.paging import check_limit, decode_marker, encode_marker
+from hsmstore.core.policy import IAM_ACTIONS, KMS_ACTIONS, MAX_POLICY_BYTES, parse_policy
+from hsmstore.core.ports import Clock, IdentityPolicyRecord
+from hsmstore.core.service import KeyService, Page, Store
+from hsmstore.errors import (
+    InvalidGrantIdException,
+    KMSInvalidStateException,
+    NotFoundException,
+    ValidationException,
+)
+
+KEY_POLICY_NAME = "default"  # AWS: "The only valid policy name is default"
+GRANT_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+GRANT_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9:/_-]{1,256}$")  # AWS CreateGrant Name
+IDENTITY_POLICY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,128}$")  # IAM PolicyName
+MAX_GRANTS_LIMIT, DEFAULT_GRANTS_LIMIT = 100, 50  # AWS ListGrants Limit: 1-100, default 50
+
+
+@dataclass(frozen=True)
+class GrantEntry:
+    grant: GrantRecord
+    key_arn: str
+
+    @property
+    def issuing_account(self) -> str:
+        return f"arn:hsmstore:iam::{self.grant.key_tenant}:root"
+
+
+@dataclass(frozen=True)
+class Simulation:
+    allowed: bool
+    decided_by: str
+    grant_id: str | None
+    key_arn: str
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    principal: str
+    policy_name: str
+    document: str
+    last_updated: datetime | None
+    is_default: bool
+
+
+class AuthorizationService:
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+        self._store: Store = keys.store
+        self._clock: Clock = keys.clock
+        self._access = keys.access
+
+    # ------------------------------------------------------------ key policies
+
+    def put_key_policy(
+        self, caller: Caller, key_id: str, policy_name: str, policy: str, bypass_lockout_check: bool
+    ) -> None:
+        _check_key_policy_name(policy_name)
+        key = self._keys.resolve_key(caller, key_id, "kms:PutKeyPolicy", fresh=True)
+        _refuse_pending_deletion(key)
+        self._keys.check_new_key_policy(caller, key, policy, bypass_lockout_check)
+        self._store.put_key_policy(
+            key.key_id, KEY_POLICY_NAME, policy, self._clock.now(), audit=audit.record_for_change()
+        )
+        audit.change_recorded()
+        self._access.forget_key_policy(key.key_id)
+
+    def get_key_policy(self, caller: Caller, key_id: str, policy_name: str) -> tuple[str, str]:
+        _check_key_policy_name(policy_name)
+        key = self._keys.resolve_key(caller, key_id, "kms:GetKeyPolicy")
+        return self._access.key_policy_text(key), KEY_POLICY_NAME
+
+    def list_key_policies(self, caller: Caller, key_id: str, limit: int | None, marker: str) -> Page[str]:
+        """AWS ListKeyPolicies: "The only valid policy name is default"."""
+        check_limit(limit)
+        if marker:
+            decode_marker("p", marker)  # there is never a second page
+            return Page([], "", False)
+        self._keys.resolve_key(caller, key_id, "kms:ListKeyPolicies")
+        return Page([KEY_POLICY_NAME], "", False)
+
+    # ------------------------------------------------------------------ grants
+
+    def create_grant(
+        self,
+        caller: Caller,
+        key_id: str,
+        grantee_principal: str,
+        retiring_principal: str,
+        operations: Sequence[str],
+        constraints: GrantConstraints | None,
+        grant_tokens: Sequence[str],
+        name: str,
+    ) -> tuple[str, str]:
+        """AWS CreateGrant. A grantee allowed CreateGrant by a grant of its own may pass on
+        only a subset of that grant's operations under constraints at least as strict
+        (AWS: "the grant ... cannot be more permissive than the grant that allowed it")."""
+        parse_principal_arn(grantee_principal, "GranteePrincipal")
+        if retiring_principal:
+            parse_principal_arn(retiring_principal, "RetiringPrincipal")
+        if name and not GRANT_NAME_PATTERN.match(name):
+            raise ValidationException("Name must be 1 to 256 of the characters a-z A-Z 0-9 : / _ -")
+        validate_grant_request(operations, constraints)
+        facts = GrantRequestFacts(
+            tuple(operations), grantee_principal, retiring_principal or None, constraints
+        )
+        key, request_alias = self._keys.find_key(caller, key_id, "kms:CreateGrant", fresh=True)
+        decision = self._access.check(
+            caller,
+            "kms:CreateGrant",
+            key,
+            request_alias=request_alias,
+            grant_tokens=grant_tokens,
+            grant_request=facts,
+        )
+        audit.note_key(self._keys_arn(key))
+        _refuse_pending_deletion(key)
+        if decision.grant_id is not None:
+            self._check_within_parent_grant(decision.grant_id, operations, constraints)
+        grant = GrantRecord(
+            grant_id=new_grant_id(),
+            key_id=key.key_id,
+            key_tenant=key.tenant,
+            name=name,
+            grantee_principal=grantee_principal,
+            retiring_principal=retiring_principal,
+            issuing_principal=caller.principal,
+            operations=tuple(sorted(set(operations))),
+            constraints=constraints,
+            creation_date=self._clock.now(),
+        )
+        stored = self._store.create_grant(grant, audit=audit.record_for_change())
+        if stored.grant_id == grant.grant_id:
+            audit.change_recorded()
+        self._access.forget_grants(key.key_id)
+        return stored.grant_id, grant_token_for(stored.grant_id)
+
+    def _check_within_parent_grant(
+        self, parent_id: str, operations: Sequence[str], constraints: GrantConstraints | None
+    ) -> None:
+        parent = self._store.get_grant(parent_id)
+        if parent is None:
+            raise cross_tenant_not_found()
+        if not set(operations) <= set(parent.operations):
+            raise ValidationException(
+                "A grant made through a grant can only give operations that grant gives"
+            )
+        if parent.constraints is not None and not parent.constraints.admits(constraints):
+            raise ValidationException(
+                "A grant made through a grant must have constraints at least as strict as that grant's"
+            )
+
+    def list_grants(
+        self,
+        caller: Caller,
+        key_id: str,
+        limit: int | None,
+        marker: str,
+        grant_id: str,
+        grantee_principal: str,
+    ) -> Page[GrantEntry]:
+        page_size = check_limit(limit, maximum=MAX_GRANTS_LIMIT, default=DEFAULT_GRANTS_LIMIT)
+        after = decode_marker("g", marker) if marker else None
+        if grant_id:
+            _check_grant_id(grant_id)
+        if grantee_principal:
+            parse_principal_arn(grantee_principal, "GranteePrincipal")
+        key = self._keys.resolve_key(caller, key_id, "kms:ListGrants")
+        grants = list(
+            self._store.list_grants(
+                key.key_id, page_size + 1, after, grant_id or None, grantee_principal or None
+            )
+        )
+        return self._grant_page(grants, page_size)
+
+    def list_retirable_grants(
+        self, caller: Caller, retiring_principal: str, limit: int | None, marker: str
+    ) -> Page[GrantEntry]:
+        page_size = check_limit(limit, maximum=MAX_GRANTS_LIMIT, default=DEFAULT_GRANTS_LIMIT)
+        after = decode_marker("g", marker) if marker else None
+        parse_principal_arn(retiring_principal, "RetiringPrincipal")
+        self._access.check(caller, "kms:ListRetirableGrants", None)
+        grants = list(self._store.list_retirable_grants(retiring_principal, page_size + 1, after))
+        return self._grant_page(grants, page_size)
+
+    def _grant_page(self, grants: list[GrantRecord], page_size: int) -> Page[GrantEntry]:
+        truncated = len(grants) > page_size
+        grants = grants[:page_size]
+        entries = [
+            GrantEntry(grant, key_arn(self._keys.region, grant.key_tenant, grant.key_id)) for grant in grants
+        ]
+        return Page(entries, encode_marker("g", grants[-1].grant_id) if truncated else "", truncated)
+
+    def retire_grant(self, caller: Caller, grant_token: str, key_id: str, grant_id: str) -> None:
+        """AWS RetireGrant: by token, or by key and grant id. Who may: the retiring
+        principal, the grantee if the grant includes RetireGrant, and principals of
+        the key's tenant whose policies allow kms:RetireGrant on the key."""
+        if grant_token:
+            grant = self._store.get_grant(grant_id_from_token(grant_token))
+        elif key_id and grant_id:
+            _check_grant_id(grant_id)
+            key, _alias = self._keys.find_key(caller, key_id, "kms:RetireGrant", fresh=True)
+            grant = self._store.get_grant(grant_id)
+            if grant is not None and grant.key_id != key.key_id:
+                grant = None
+        else:
+            raise ValidationException("RetireGrant needs GrantToken, or KeyId and GrantId")
+        if grant is None:
+            raise NotFoundException("The grant does not exist")
+        if not self._may_retire(caller, grant):
+            grant_key = self._store.get_key(grant.key_id)
+            if grant_key is None or grant_key.tenant != caller.tenant:
+                raise NotFoundException("The grant does not exist")
+            raise access_denied(
+                caller.principal,
+                "kms:RetireGrant",
+                self._keys_arn(grant_key),
+                Decision.implicit_deny("kms:RetireGrant"),
+            )
+        self._delete_grant(grant)
+
+    def _may_retire(self, caller: Caller, grant: GrantRecord) -> bool:
+        if caller.principal == grant.retiring_principal:
+            return True
+        if caller.principal == grant.grantee_principal and "RetireGrant" in grant.operations:
+            return True
+        key = self._store.get_key(grant.key_id)
+        return (
+            key is not None
+            and key.tenant == caller.tenant
+            and self._access.decide(caller, "kms:RetireGrant", key).allowed
+        )
+
+    def revoke_grant(self, caller: Caller, key_id: str, grant_id: str) -> None:
+        _check_grant_id(grant_id)
+        key = self._keys.resolve_key(caller, key_id, "kms:RevokeGrant", fresh=True)
+        grant = self._store.get_grant(grant_id)
+        if grant is None or grant.key_id != key.key_id:
+            raise NotFoundException("The grant does not exist")
+        self._delete_grant(grant)
+
+    def _delete_grant(self, grant: GrantRecord) -> None:
+        if self._store.delete_grant(grant.grant_id, audit=audit.record_for_change()):
+            audit.change_recorded()
+        self._access.forget_grants(grant.key_id)
+
+    # --------------------------------------------------------------- simulate
+
+    def simulate(
+        self,
+        caller: Caller,
+        principal: str,
+        operation: str,
+        key_id: str,
+        encryption_context: Mapping[str, str],
+        via_service: str,
+        grant_tokens: Sequence[str],
+    ) -> Simulation:
+        """What ``principal`` would be answered for ``operation`` on ``key_id``, and why.
+
+        Only principals of the caller's own tenant; a caller may always ask
+        about itself, and about others with ``iam:SimulatePrincipalPolicy``.
+        An unshared key of another tenant is NotFound here too, as it would be
+        for the real call.
+        """
+        name = parse_principal_arn(principal, "Principal")
+        if name.kind == "root" or name.tenant != caller.tenant:
+            raise ValidationException("Principal must be a user, service or role of your own tenant")
+        action = operation if operation.startswith(("kms:", "iam:")) else f"kms:{operation}"
+        if action not in KMS_ACTIONS and action not in IAM_ACTIONS:
+            raise ValidationException(f"Operation {operation} is not a KMS or identity operation")
+        if principal != caller.principal:
+            self._access.check(caller, "iam:SimulatePrincipalPolicy", None)
+        subject = Caller(name.tenant, principal, name.kind, name.name)
+        key: KeyRecord | None = None
+        request_alias: str | None = None
+        if key_id:
+            key, request_alias = self._keys.find_key(subject, key_id, action, create_service_key=False)
+        decision = self._access.decide(
+            subject,
+            action,
+            key,
+            encryption_context=encryption_context or None,
+            request_alias=request_alias,
+            grant_tokens=grant_tokens,
+            via_service=via_service or None,
+        )
+        if key is not None and key.tenant != caller.tenant and not decision.allowed:
+            raise cross_tenant_not_found()
+        arn = "" if key is None else self._keys_arn(key)
+        if decision.allowed and key is not None:
+            try:
+                self._keys.check_service_key_action(subject, action, key)
+            except Exception as refused:
+                return Simulation(False, f"hsmstore rule: {refused}", None, arn)
+        return Simulation(decision.allowed, decision.decided_by, decision.grant_id, arn)
+
+    # -------------------------------------------------------- identity policies
+
+    def put_identity_policy(self, caller: Caller, principal: str, policy_name: str, policy: str) -> None:
+        self._own_principal(caller, principal)
+        _check_identity_policy_name(policy_name)
+        if len(policy.encode("utf-8")) > MAX_POLICY_BYTES:
+            raise ValidationException(f"Policy must be at most {MAX_POLICY_BYTES} bytes")
+        parse_policy(policy, kind="identity")
+        self._access.check(caller, "iam:PutIdentityPolicy", None)
+        record = IdentityPolicyRecord(caller.tenant, principal, policy_name, policy, self._clock.now())
+        self._store.put_identity_policy(record, audit=audit.record_for_change())
+        audit.change_recorded()
+        self._access.forget_identity_policies(caller.tenant, principal)
+
+    def get_identity_policy(self, caller: Caller, principal: str, policy_name: str) -> IdentityPolicy:
+        self._own_principal(caller, principal)
+        _check_identity_policy_name(policy_name)
+        self._access.check(caller, "iam:GetIdentityPolicy", None)
+        stored = self._store.identity_policies_of(caller.tenant, principal)
+        for record in stored:
+            if record.policy_name == policy_name:
+                return IdentityPolicy(principal, policy_name, record.document, record.last_updated, False)
+        if (
+            not stored
+            and is_admin_role(caller.tenant, principal)
+            and policy_name == DEFAULT_IDENTITY_POLICY_NAME
+        ):
+            return IdentityPolicy(principal, policy_name, default_admin_identity_policy(), None, True)
+        raise NotFoundException(f"No identity policy {policy_name} is attached to {principal}")
+
+    def list_identity_policies(
+        self, caller: Caller, principal: str, limit: int | None, marker: str
+    ) -> Page[IdentityPolicy]:
+        if principal:
+            self._own_principal(caller, principal)
+        page_size = check_limit(limit)
+        after = _decode_identity_marker(marker) if marker else None
+        self._access.check(caller, "iam:ListIdentityPolicies", None)
+        records = list(
+            self._store.list_identity_policies(caller.tenant, page_size + 1, after, principal or None)
+        )
+        truncated = len(records) > page_size
+        records = records[:page_size]
+        entries = [
+            IdentityPolicy(r.principal, r.policy_name, r.document, r.last_updated, False) for r in records
+        ]
+        next_marker = (
+            encode_marker("i", f"{records[-1].policy_name} {records[-1].principal}") if truncated else ""
+        )
+        return Page(entries, next_marker, truncated)
+
+    def delete_identity_policy(self, caller: Caller, principal: str, policy_name: str) -> None:
+        self._own_principal(caller, principal)
+        _check_identity_policy_name(policy_name)
+        self._access.check(caller, "iam:DeleteIdentityPolicy", None)
+        deleted = self._store.delete_identity_policy(
+            caller.tenant, principal, policy_name, audit=audit.record_for_change()
+        )
+        self._access.forget_identity_policies(caller.tenant, principal)
+        if not deleted:
+            raise NotFoundException(f"No identity policy {policy_name} is attached to {principal}")
+        audit.change_recorded()
+
+    @staticmethod
+    def _own_principal(caller: Caller, principal: str) -> None:
+        name = parse_principal_arn(principal, "Principal")
+        if name.kind == "root" or name.tenant != caller.tenant:
+            raise ValidationException("Principal must be a user, service or role of your own tenant")
+
+    def _keys_arn(self, key: KeyRecord) -> str:
+        return key_arn(self._keys.region, key.tenant, key.key_id)
+
+
+def _refuse_pending_deletion(key: KeyRecord) -> None:
+    if key.state in (KeyState.PENDING_DELETION, KeyState.DESTROYING):
+        raise KMSInvalidStateException(f"{key.key_id} is pending deletion")
+
+
+def _check_key_policy_name(policy_name: str) -> None:
+    if policy_name and policy_name != KEY_POLICY_NAME:
+        raise NotFoundException(f"The only key policy name is {KEY_POLICY_NAME}")
+
+
+def _check_identity_policy_name(policy_name: str) -> None:
+    if not IDENTITY_POLICY_NAME_PATTERN.match(policy_name):
+        raise ValidationException("PolicyName must be 1 to 128 of the characters A-Z a-z 0-9 + = , . @ _ -")
+
+
+def _check_grant_id(grant_id: str) -> None:
+    if not GRANT_ID_PATTERN.match(grant_id):
+        raise InvalidGrantIdException("GrantId is not a valid grant id")
+
+
+def _decode_identity_marker(marker: str) -> tuple[str, str]:
+    policy_name, _, principal = decode_marker("i", marker).partition(" ")
+    return principal, policy_name
