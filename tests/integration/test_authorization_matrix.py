@@ -80,7 +80,7 @@ def shared_key_policy() -> str:
             "Condition": {"StringLike": {"kms:EncryptionContext:app": "billing-*"}},
         },
         {
-            "Sid": "AliceDescribesOnlyWithKnownContextKeys",
+            "Sid": "AliceReEncryptsOnlyWithKnownContextKeys",
             "Effect": "Allow",
             "Principal": {"HSM": arn("acme", "user", "alice")},
             "Action": "kms:ReEncrypt*",
@@ -138,6 +138,25 @@ def shared_key_policy() -> str:
                 "StringEquals": {"kms:CallerAccount": "acme"},
                 "StringNotEquals": {"kms:EncryptionContext:app": "secret"},
                 "StringNotLike": {"kms:EncryptionContext:dept": "hr*"},
+            },
+        },
+        {
+            "Sid": "ErinDecryptsProjectData",
+            "Effect": "Allow",
+            "Principal": {"HSM": arn("acme", "user", "erin")},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"ForAnyValue:StringEquals": {"kms:EncryptionContextKeys": ["project", "program"]}},
+        },
+        {
+            "Sid": "GrantsOfServicesAreListable",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "kms:ListGrants",
+            "Resource": "*",
+            "Condition": {
+                "Bool": {"kms:GrantIsForAWSResource": "true"},
+                "StringEquals": {"kms:CallerAccount": "acme"},
             },
         },
         {
@@ -294,6 +313,26 @@ CASES = [
     Case("alice-generate-with-context", "alice", "GenerateDataKey", "shared", ALLOW, {"dept": "ops"}),
     Case("alice-request-alias-matches", "alice", "DescribeKey", "alias/shared", ALLOW),
     Case("alice-request-alias-missing", "alice", "DescribeKey", "shared", DENIED),
+    Case(
+        "alice-for-all-values-known-keys",
+        "alice",
+        "ReEncrypt",
+        "shared",
+        ALLOW,
+        {"dept": "ops", "app": "billing-eu"},
+    ),
+    Case(
+        "alice-for-all-values-unknown-key",
+        "alice",
+        "ReEncrypt",
+        "shared",
+        DENIED,
+        {"dept": "ops", "zone": "z"},
+    ),
+    Case("erin-for-any-value-matches", "erin", "Decrypt", "shared", ALLOW, {"project": "p", "x": "y"}),
+    Case("erin-for-any-value-no-match", "erin", "Decrypt", "shared", DENIED, {"team": "t"}),
+    Case("bool-grant-is-for-resource-via-service", "backup", "ListGrants", "shared", ALLOW),
+    Case("bool-grant-is-for-resource-direct", "erin", "ListGrants", "shared", DENIED),
     Case("alice-not-on-default-key", "alice", "Encrypt", "default", DENIED, {"dept": "ops"}),
     Case(
         "alice-grant-operations-within",
@@ -425,8 +464,32 @@ def call(world: World, case: Case) -> None:
         getattr(stub, case.operation)(
             request_type(key_id=key_id, key_spec="AES_256", encryption_context=context, grant_tokens=tokens)
         )
+    elif case.operation == "ReEncrypt":
+        blob = (
+            owner_stub(world, case.key)
+            .Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"p", encryption_context=context))
+            .ciphertext_blob
+        )
+        stub.ReEncrypt(
+            pb.ReEncryptRequest(
+                ciphertext_blob=blob,
+                source_key_id=key_id,
+                source_encryption_context=context,
+                destination_key_id=key_id,
+                destination_encryption_context=context,
+                grant_tokens=tokens,
+            )
+        )
     elif case.operation == "DescribeKey":
         stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id, grant_tokens=tokens))
+    else:
+        management_call(stub, key_id, case)
+
+
+def management_call(stub: pb_grpc.KeyStoreStub, key_id: str, case: Case) -> None:
+    """The case's management RPC (no ciphertext, no grant tokens)."""
+    if case.operation == "ListGrants":
+        stub.ListGrants(pb.ListGrantsRequest(key_id=key_id))
     elif case.operation == "GetKeyPolicy":
         stub.GetKeyPolicy(pb.GetKeyPolicyRequest(key_id=key_id, policy_name="default"))
     elif case.operation == "PutKeyPolicy":
@@ -462,7 +525,7 @@ def simulated(world: World, case: Case) -> str:
     """The same question through Simulate, asked by the principal itself."""
     tenant = PRINCIPALS[case.who].split("/")[4]
     kind, name = PRINCIPALS[case.who].split("/")[5:7]
-    operation = case.operation
+    operation = "ReEncryptFrom" if case.operation == "ReEncrypt" else case.operation
     try:
         answer = world.stub(case.who).Simulate(
             pb.SimulateRequest(
