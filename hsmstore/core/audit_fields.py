@@ -11,7 +11,7 @@ index a record identically.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,12 @@ def audit_fields(record: Mapping[str, Any]) -> AuditFields:
     A record without a time, name or tenant could not be looked up, so it is
     refused before it enters the chain.
     """
+    return fields_from_strings(index_strings(record))
+
+
+def index_strings(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The indexed fields as text, in :data:`INDEX_FIELDS` order ("" for none), without
+    parsing anything: what a spool line carries before the record (store/spool.py)."""
     try:
         identity = record["userIdentity"]
         tenant = str(identity["accountId"])
@@ -50,29 +56,57 @@ def audit_fields(record: Mapping[str, Any]) -> AuditFields:
         # The spool's placeholder for an unreadable line has no eventID; the
         # column is unique, so it gets a fresh one (the record stays as written).
         event_id = str(record.get("eventID") or uuid.uuid4())
-        event_time = _parse_time(str(record["eventTime"]))
+        event_time = str(record["eventTime"])
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"audit record lacks a required field: {error}") from None
-    key_id: str | None = None
-    key_version: int | None = None
+    key_id = key_version = ""
     resources = record.get("resources") or []
     if resources:
         arn = str(resources[0].get("ARN", ""))
         _, found, bare = arn.rpartition("key/")
-        key_id = bare if found and bare else None
+        key_id = bare if found else ""
         versions = (record.get("additionalEventData") or {}).get("keyVersions") or {}
         version = versions.get(arn)
-        key_version = int(version) if isinstance(version, int) else None
+        key_version = str(version) if isinstance(version, int) else ""
     error_code = record.get("errorCode")
+    return (
+        event_id,
+        event_time,
+        tenant,
+        principal,
+        event_name,
+        key_id,
+        key_version,
+        str(error_code) if error_code else "",
+    )
+
+
+INDEX_FIELDS = (
+    "eventID",
+    "eventTime",
+    "tenant",
+    "principal",
+    "eventName",
+    "keyId",
+    "keyVersion",
+    "errorCode",
+)
+
+
+def fields_from_strings(values: Sequence[str]) -> AuditFields:
+    """The inverse of :func:`index_strings`; ``ValueError`` for text it did not make."""
+    if len(values) != len(INDEX_FIELDS):
+        raise ValueError("audit index fields: wrong count")
+    event_id, event_time, tenant, principal, event_name, key_id, key_version, error_code = values
     return AuditFields(
         event_id=event_id,
-        event_time=event_time,
+        event_time=_parse_time(event_time),
         tenant=tenant,
         principal=principal,
         event_name=event_name,
-        key_id=key_id,
-        key_version=key_version,
-        error_code=str(error_code) if error_code else None,
+        key_id=key_id or None,
+        key_version=int(key_version) if key_version else None,
+        error_code=error_code or None,
     )
 
 

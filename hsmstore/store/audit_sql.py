@@ -87,32 +87,40 @@ class SqlAuditLog:
         """
         if not records:
             return []
-        rows = [(audit_fields(item.record), item.canonical) for item in map(serialized, records)]
+        rows = [
+            (item.fields or audit_fields(item.record), item.canonical) for item in map(serialized, records)
+        ]
         head = connection.execute(
             select(audit_chain_head.c.seq, audit_chain_head.c.hash)
             .where(audit_chain_head.c.id == _SINGLE_ROW)
             .with_for_update()
         ).one()
-        seq, previous = int(head.seq), bytes(head.hash)
-        values: list[dict[str, Any]] = []
+        first = seq = int(head.seq)
+        previous = bytes(head.hash)
+        on_sqlite = connection.dialect.name == "sqlite"
+        values: list[tuple[Any, ...]] = []
         for fields, record_bytes in rows:
             seq += 1
             digest = chain_hash(previous, seq, record_bytes)
+            event_time = fields.event_time.astimezone(UTC)
             values.append(
-                {
-                    "seq": seq,
-                    "event_id": fields.event_id,
-                    "event_time": fields.event_time,
-                    "tenant": fields.tenant,
-                    "principal": fields.principal,
-                    "event_name": fields.event_name,
-                    "key_id": fields.key_id,
-                    "key_version": fields.key_version,
-                    "error_code": fields.error_code,
-                    "record_json": record_bytes.decode("utf-8"),
-                    "previous_hash": previous,
-                    "hash": digest,
-                }
+                (
+                    seq,
+                    fields.event_id,
+                    # schema.UtcDateTime's stored form: SQLite naive UTC text, PostgreSQL aware
+                    event_time.replace(tzinfo=None).isoformat(" ", "microseconds")
+                    if on_sqlite
+                    else event_time,
+                    fields.tenant,
+                    fields.principal,
+                    fields.event_name,
+                    fields.key_id,
+                    fields.key_version,
+                    fields.error_code,
+                    record_bytes.decode("utf-8"),
+                    previous,
+                    digest,
+                )
             )
             previous = digest
         _insert_events(connection, values)
@@ -121,7 +129,7 @@ class SqlAuditLog:
             .where(audit_chain_head.c.id == _SINGLE_ROW)
             .values(seq=seq, hash=previous)
         )
-        return [row["seq"] for row in values]
+        return list(range(first + 1, seq + 1))
 
     def spool_offset(self, spool_name: str) -> int:
         query = select(audit_spool_offsets.c.offset).where(audit_spool_offsets.c.spool_name == spool_name)
@@ -320,32 +328,19 @@ _EVENT_COLUMNS: Final = (
     "seq", "event_id", "event_time", "tenant", "principal", "event_name", "key_id",
     "key_version", "error_code", "record_json", "previous_hash", "hash",
 )  # fmt: skip
-# SQLAlchemy's own storage format for DATETIME on SQLite (what UtcDateTime reads back).
-_SQLITE_DATETIME: Final = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def _insert_events(connection: Connection, values: list[dict[str, Any]]) -> None:
-    """One driver-level executemany: the spool ingester's hot loop.
+def _insert_events(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """One driver-level executemany of rows in ``_EVENT_COLUMNS`` order: the ingester's hot loop.
 
     SQLAlchemy Core's per-row parameter processing was a third of the cost of
-    ingesting a record (docs/performance.md); the rows here are already plain
-    values, so they go to the driver as they are, with the timestamp in the
-    form ``schema.UtcDateTime`` stores (SQLite: naive UTC text; PostgreSQL:
-    an aware datetime).
+    ingesting a record (docs/performance.md); the rows are plain values
+    already, with the timestamp in the form ``schema.UtcDateTime`` stores.
     """
-    on_sqlite = connection.dialect.name == "sqlite"
-    marker = "?" if on_sqlite else "%s"
+    marker = "?" if connection.dialect.name == "sqlite" else "%s"
     # Only fixed column names and placeholders are formatted in; every value is a bound parameter.
     statement = (
         f"INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
         f"VALUES ({', '.join([marker] * len(_EVENT_COLUMNS))})"
     )
-    rows = []
-    for values_of_row in values:
-        event_time = values_of_row["event_time"].astimezone(UTC)
-        bound = {
-            **values_of_row,
-            "event_time": event_time.strftime(_SQLITE_DATETIME) if on_sqlite else event_time,
-        }
-        rows.append(tuple(bound[column] for column in _EVENT_COLUMNS))
     connection.exec_driver_sql(statement, rows)

@@ -13,8 +13,19 @@ moves complete lines into the DB chain in batches, storing each spool's byte
 offset in the same transaction as its records, so a line is ingested exactly
 once. Each writer holds an exclusive ``flock`` on its spool for its whole
 life; a spool nobody holds belongs to a process that stopped or died, and is
-removed once fully ingested. Spool format: one canonical JSON record per line
-(core/audit.py).
+removed once fully ingested.
+
+Spool format, one record per line::
+
+    H <TAB> eventID <TAB> eventTime <TAB> tenant <TAB> principal <TAB> eventName
+      <TAB> keyId <TAB> keyVersion <TAB> errorCode <TAB> canonical JSON record <LF>
+
+The eight index fields (core/audit_fields.py ``index_strings``, "" for none)
+come first so that the ingester fills the DB's index columns without parsing
+the JSON (parsing was a quarter of a record's ingestion cost). The chain hash
+covers the canonical JSON only. A record whose index fields would hold a tab or
+a line break is written as its canonical JSON alone (a line starting with
+``{``), and the ingester parses that one; it reads both forms.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hsmstore.core.audit import SerializedRecord, canonical_record_bytes
+from hsmstore.core.audit_fields import INDEX_FIELDS, fields_from_strings, index_strings
 from hsmstore.core.ports import AuditLog
 
 log = logging.getLogger(__name__)
@@ -54,7 +66,7 @@ class SpoolAuditSink:
 
     def record(self, record: Mapping[str, Any]) -> None:
         """Append the record; raise OSError if the kernel did not take all of it."""
-        line = canonical_record_bytes(record) + b"\n"
+        line = spool_line(record)
         with self._write_lock:
             written = os.write(self._fd, line)
         if written != len(line):
@@ -137,8 +149,29 @@ class SpoolIngester:
                 moved += len(records)
 
 
+def spool_line(record: Mapping[str, Any]) -> bytes:
+    """The record's spool line (see the module docstring)."""
+    canonical = canonical_record_bytes(record)
+    fields = index_strings(record)
+    if any("\t" in value or "\n" in value or "\r" in value for value in fields):
+        return canonical + b"\n"
+    return b"\t".join([INDEXED_LINE_MARK, *(value.encode("utf-8") for value in fields), canonical]) + b"\n"
+
+
+INDEXED_LINE_MARK = b"H"
+
+
 def _parse(line: bytes, spool_name: str) -> SerializedRecord | dict[str, Any]:
-    """A spool line is canonical JSON already: keep its bytes, so they are not made twice."""
+    """Keep the canonical bytes as written (they are not made twice); take the index
+    fields from the line's head when it has one."""
+    if line.startswith(INDEXED_LINE_MARK + b"\t"):
+        parts = line.split(b"\t", len(INDEX_FIELDS) + 1)
+        try:
+            fields = fields_from_strings([part.decode("utf-8") for part in parts[1:-1]])
+            return SerializedRecord({}, parts[-1], fields)
+        except (ValueError, IndexError):
+            log.error("an unreadable line in audit spool %s is recorded as such", spool_name)
+            return _unreadable(spool_name)
     try:
         record = json.loads(line)
         if isinstance(record, dict):
@@ -147,6 +180,10 @@ def _parse(line: bytes, spool_name: str) -> SerializedRecord | dict[str, Any]:
         pass
     # Never drop a line silently: the chain records that one was unreadable.
     log.error("an unreadable line in audit spool %s is recorded as such", spool_name)
+    return _unreadable(spool_name)
+
+
+def _unreadable(spool_name: str) -> dict[str, Any]:
     return {
         "eventVersion": "1.08",
         "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -28,6 +28,7 @@ from hsmstore.core.audit import (
     chain_hash,
     first_chain_problem,
 )
+from hsmstore.core.audit_fields import audit_fields
 from hsmstore.core.model import (
     AliasRecord,
     Caller,
@@ -39,6 +40,7 @@ from hsmstore.core.model import (
 )
 from hsmstore.core.ports import AuditLog, AuditQuery, AuditSeal, MetadataStore
 from hsmstore.store.migrate import upgrade
+from hsmstore.store.spool import SpoolAuditSink, SpoolIngester
 from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
@@ -489,3 +491,53 @@ def test_two_processes_append_one_chain(database_url: str, tmp_path: Path) -> No
         assert_one_gap_free_chain(SqlMetadataStore(engine), writers)
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------- spool lines
+
+
+def test_spool_lines_ingest_with_the_same_index_fields_as_the_records(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    """The indexed line's head (store/spool.py) must index a record exactly as the record would."""
+    key_id = make_key()[0].key_id
+    records = [
+        record("Decrypt", key_id=key_id, version=3),
+        record("Encrypt", key_id=key_id, error_code="DisabledException"),
+        record("ListKeys", tenant="", principal=""),  # an unidentified caller's record
+        record("DescribeKey", principal="arn:hsmstore:iam::111122223333:user/tab\there"),  # JSON-only line
+    ]
+    sink = SpoolAuditSink(tmp_path / "spool")
+    for item in records:
+        sink.record(item)
+    lines = sink.path.read_bytes().splitlines()
+    assert [line[:2] for line in lines] == [b"H\t", b"H\t", b"H\t", b'{"']
+    sink.close()
+    assert SpoolIngester(tmp_path / "spool", log_of(store)).ingest_once() == len(records)
+    stored = list(log_of(store).iter_audit_events())
+    assert [event.record for event in stored] == records
+    for event, item in zip(stored, records, strict=True):
+        expected = audit_fields(item)
+        assert (event.event_id, event.event_time, event.tenant, event.event_name, event.key_id) == (
+            expected.event_id,
+            expected.event_time,
+            expected.tenant,
+            expected.event_name,
+            expected.key_id,
+        )
+    assert verify(log_of(store)) == len(records)
+    usage = log_of(store).last_key_usage(key_id)
+    assert [(version, event.event_name) for version, event in usage] == [(None, "Decrypt"), (3, "Decrypt")]
+
+
+def test_an_indexed_spool_line_that_cannot_be_read_is_recorded_as_unreadable(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    sink = SpoolAuditSink(tmp_path / "spool")
+    sink.record(record("Decrypt"))
+    sink.close()
+    with sink.path.open("ab") as spool:
+        spool.write(b"H\tonly\ttwo fields\n")
+    assert SpoolIngester(tmp_path / "spool", log_of(store)).ingest_once() == 2
+    names = [event.event_name for event in log_of(store).iter_audit_events()]
+    assert names == ["Decrypt", "UnreadableSpoolLine"]

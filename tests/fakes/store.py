@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hsmstore import errors
-from hsmstore.core.audit import GENESIS_HASH, StoredAuditEvent, canonical_record_bytes, chain_hash
+from hsmstore.core.audit import (
+    GENESIS_HASH,
+    SerializedRecord,
+    StoredAuditEvent,
+    chain_hash,
+    serialized,
+)
 from hsmstore.core.audit_fields import AuditFields, audit_fields
 from hsmstore.core.grants import GrantRecord
 from hsmstore.core.model import (
@@ -590,7 +596,9 @@ class FakeMetadataStore:
     # -- audit trail (AuditLog) -------------------------------------------
 
     def append_audit_records(
-        self, records: Sequence[Mapping[str, Any]], spool_position: tuple[str, int] | None = None
+        self,
+        records: Sequence[Mapping[str, Any] | SerializedRecord],
+        spool_position: tuple[str, int] | None = None,
     ) -> list[int]:
         with self._lock:
             if spool_position is not None:
@@ -713,9 +721,11 @@ class FakeMetadataStore:
         if audit is not None:
             self._append_audit([audit])
 
-    def _append_audit(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+    def _append_audit(self, records: Sequence[Mapping[str, Any] | SerializedRecord]) -> list[int]:
         """Caller holds the lock. All or nothing, like the SQL transaction."""
-        rows = [(audit_fields(record), canonical_record_bytes(record)) for record in records]
+        rows = [
+            (item.fields or audit_fields(item.record), item.canonical) for item in map(serialized, records)
+        ]
         known = {row.fields.event_id for row in self._events.values()}
         new_ids = [fields.event_id for fields, _ in rows]
         if known.intersection(new_ids) or len(set(new_ids)) != len(new_ids):
