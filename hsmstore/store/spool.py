@@ -31,7 +31,6 @@ a line break is written as its canonical JSON alone (a line starting with
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -41,6 +40,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from hsmstore.core.audit import SerializedRecord, canonical_record_bytes
 from hsmstore.core.audit_fields import INDEX_FIELDS, fields_from_strings, index_strings
@@ -173,7 +174,7 @@ def _parse(line: bytes, spool_name: str) -> SerializedRecord | dict[str, Any]:
             log.error("an unreadable line in audit spool %s is recorded as such", spool_name)
             return _unreadable(spool_name)
     try:
-        record = json.loads(line)
+        record = orjson.loads(line)
         if isinstance(record, dict):
             return SerializedRecord(record, line)
     except ValueError:
