@@ -131,8 +131,13 @@ def _parse_arn(arn: str, region: str) -> KeyReference:
     return KeyReference(IdentifierKind.ALIAS, alias_name, match["tenant"])
 
 
+_CANONICAL_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _normalise_key_id(text: str) -> str:
     """Key ids are canonical lower-case UUIDs; anything else names no key."""
+    if _CANONICAL_KEY_ID.fullmatch(text):
+        return text  # the common case, without building a uuid.UUID
     try:
         parsed = uuid.UUID(text)
     except ValueError:

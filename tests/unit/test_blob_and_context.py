@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmstore.core import blob
 from hsmstore.core.context import MAX_CANONICAL_BYTES, canonical_encryption_context
-from hsmstore.errors import InvalidCiphertextException, ValidationException
+from hsmstore.core.identifiers import parse_key_identifier
+from hsmstore.errors import InvalidCiphertextException, NotFoundException, ValidationException
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 
@@ -93,3 +95,18 @@ def test_invalid_blob_is_the_one_invalid_ciphertext_error(vector: dict[str, Any]
 def test_header_refuses_version_zero() -> None:
     with pytest.raises(ValueError, match="counts from 1"):
         blob.encode_header("0f6a4c8e-3b1d-4e0a-9c2f-5d7e8a9b0c1d", 0)
+
+
+def test_key_id_bytes_and_text_are_the_uuid_forms() -> None:
+    for _ in range(1000):
+        made = uuid.uuid4()
+        assert blob.key_id_bytes(str(made)) == made.bytes
+        assert blob.key_id_text(made.bytes) == str(made)
+    for bad in ("", "6f1c0d5e8d8e4c479a3c0d2b5f3a1e11", "6f1c0d5e-8d8e-4c47-9a3c-0d2b5f3a1e1", "zz" * 18):
+        with pytest.raises(ValueError, match="not a canonical key id"):
+            blob.key_id_bytes(bad)
+
+
+def test_a_key_id_with_a_trailing_newline_names_no_key() -> None:
+    with pytest.raises(NotFoundException):
+        parse_key_identifier(str(uuid.uuid4()) + "\n", "local")
