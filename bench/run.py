@@ -277,8 +277,9 @@ def bench_hsmstore(
         full = next(r for r in rows if r.operation == operation)
         offered = full.rps / 2
         requests = max(500, min(args.requests, int(offered * 5)))
-        measured = load(server, calls[operation], requests, args.clients, args.sample, offered / args.clients)
-        fixed = row("hsmstore", operation, workers, keys, args.clients, measured)
+        clients = args.latency_clients
+        measured = load(server, calls[operation], requests, clients, args.sample, offered / clients)
+        fixed = row("hsmstore", operation, workers, keys, clients, measured)
         fixed.offered_rps = offered
         rows.append(fixed)
         print(_format(fixed), flush=True)
@@ -539,7 +540,14 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true", help="also measure at 10,000 keys (~several min)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--requests", type=int, default=None, help="requests per h2load run (default 5000)")
-    parser.add_argument("--clients", type=int, default=8, help="h2load connections, 1 stream each")
+    # SO_REUSEPORT spreads connections, not requests: with 8 connections one of two
+    # workers often got 6 or 7 of them (per-process CPU split 63/475 µs per request).
+    parser.add_argument(
+        "--clients", type=int, default=32, help="h2load connections for throughput runs, 1 stream each"
+    )
+    parser.add_argument(
+        "--latency-clients", type=int, default=8, help="h2load connections for the fixed-rate p99 runs"
+    )
     parser.add_argument(
         "--grpc-threads", type=int, default=Settings.grpc_threads, help="thread pool of hsmstore and echo"
     )
