@@ -322,15 +322,20 @@ class AuthorizationService:
             grant_tokens=grant_tokens,
             via_service=via_service or None,
         )
-        if key is not None and key.tenant != caller.tenant and not decision.allowed:
-            raise cross_tenant_not_found()
+        decided_by = decision.decided_by
+        if key is not None and key.tenant != caller.tenant:
+            if not decision.allowed:
+                raise cross_tenant_not_found()
+            if decision.grant_id is None:
+                # Never show another tenant's statements or Sids (core/authorization.py).
+                decided_by = "the owning tenant's key policy, with your identity policies"
         arn = "" if key is None else self._keys_arn(key)
         if decision.allowed and key is not None:
             try:
                 self._keys.check_service_key_action(subject, action, key)
             except Exception as refused:
                 return Simulation(False, f"hsmstore rule: {refused}", None, arn)
-        return Simulation(decision.allowed, decision.decided_by, decision.grant_id, arn)
+        return Simulation(decision.allowed, decided_by, decision.grant_id, arn)
 
     # -------------------------------------------------------- identity policies
 

@@ -308,3 +308,23 @@ def test_simulate_explains_allow_and_deny() -> None:
         authz.simulate(ADMIN, ALICE.principal, "kms:Frobnicate", key_id, {}, "", [])
     with pytest.raises(ValidationException):
         authz.simulate(ADMIN, GLOBEX.principal, "Encrypt", key_id, {}, "", [])
+
+
+def test_simulate_never_shows_another_tenants_statements() -> None:
+    authz, _store, _ = services()
+    shared = policy(
+        ROOT_STATEMENT,
+        {
+            "Sid": "SecretSidOfAcme",
+            "Effect": "Allow",
+            "Principal": {"HSM": "arn:hsmstore:iam::globex:root"},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+        },
+    )
+    key_arn = authz._keys.create_key(ADMIN, policy=shared).arn
+    answer = authz.simulate(GLOBEX, GLOBEX.principal, "Decrypt", key_arn, {}, "", [])
+    assert answer.allowed
+    assert "SecretSidOfAcme" not in answer.decided_by and "statement" not in answer.decided_by
+    with pytest.raises(NotFoundException):
+        authz.simulate(GLOBEX, GLOBEX.principal, "Encrypt", key_arn, {}, "", [])
