@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hsmstore.core import audit
-from hsmstore.core.authorization import AccessRequest, Decision, decide
+from hsmstore.core.authorization import AccessRequest, Decision, DecisionKind, decide
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
 from hsmstore.core.default_policies import default_admin_identity_policy, default_key_policy
 from hsmstore.core.grants import GrantConstraints, GrantRecord, grant_id_from_token
@@ -241,7 +241,7 @@ def access_denied(principal: str, action: str, resource: str, decision: Decision
     """AWS's wording: names the principal, the action and the resource, never the policy text."""
     why = (
         "with an explicit deny in a policy"
-        if decision.kind.value == "EXPLICIT_DENY"
+        if decision.kind is DecisionKind.EXPLICIT_DENY
         else f"because no key policy, identity policy or grant allows the {action} action"
     )
     return AccessDeniedException(
