@@ -232,6 +232,8 @@ class AuthorizationService:
         """AWS RetireGrant: by token, or by key and grant id. Who may: the retiring
         principal, the grantee if the grant includes RetireGrant, and principals of
         the key's tenant whose policies allow kms:RetireGrant on the key."""
+        # For a caller of another tenant, every failure is the same NotFound as a
+        # missing key: RetireGrant must not tell which keys or grants exist there.
         if grant_token:
             grant = self._store.get_grant(grant_id_from_token(grant_token))
         elif key_id and grant_id:
@@ -240,6 +242,8 @@ class AuthorizationService:
             grant = self._store.get_grant(grant_id)
             if grant is not None and grant.key_id != key.key_id:
                 grant = None
+            if grant is None and key.tenant != caller.tenant:
+                raise cross_tenant_not_found()
         else:
             raise ValidationException("RetireGrant needs GrantToken, or KeyId and GrantId")
         if grant is None:
@@ -247,7 +251,7 @@ class AuthorizationService:
         if not self._may_retire(caller, grant):
             grant_key = self._store.get_key(grant.key_id)
             if grant_key is None or grant_key.tenant != caller.tenant:
-                raise NotFoundException("The grant does not exist")
+                raise cross_tenant_not_found()
             raise access_denied(
                 caller.principal,
                 "kms:RetireGrant",

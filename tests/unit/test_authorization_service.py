@@ -328,3 +328,16 @@ def test_simulate_never_shows_another_tenants_statements() -> None:
     assert "SecretSidOfAcme" not in answer.decided_by and "statement" not in answer.decided_by
     with pytest.raises(NotFoundException):
         authz.simulate(GLOBEX, GLOBEX.principal, "Encrypt", key_arn, {}, "", [])
+
+
+def test_retire_grant_by_key_and_id_tells_another_tenant_nothing() -> None:
+    authz, _store, _ = services()
+    key_arn = authz._keys.create_key(ADMIN).arn
+    grant_id, _ = make_grant(authz, key_arn)
+    missing_key = key_arn.rsplit("/", 1)[0] + "/00000000-0000-4000-8000-000000000000"
+    answers = []
+    for key, grant in ((key_arn, grant_id), (key_arn, "0" * 64), (missing_key, grant_id)):
+        with pytest.raises(NotFoundException) as refused:
+            authz.retire_grant(GLOBEX, "", key, grant)
+        answers.append(refused.value.message)
+    assert len(set(answers)) == 1
