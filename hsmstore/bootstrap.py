@@ -124,11 +124,6 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         vault.close()
         raise
     clock = clock_from_env()
-    audit: AuditWiring | None = None
-    sink: SpoolAuditSink | None = None
-    if settings.audit:
-        sink = SpoolAuditSink(audit_spool_directory(settings))
-        audit = AuditWiring(sink, AuditQueries(store, settings.region), settings.audit_fail_open)
     service = KeyService(
         vault,
         store,
@@ -138,6 +133,12 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         metadata_ttl_seconds=settings.metadata_cache_seconds,
         audit_log=store if settings.audit else None,
     )
+    audit: AuditWiring | None = None
+    sink: SpoolAuditSink | None = None
+    if settings.audit:
+        sink = SpoolAuditSink(audit_spool_directory(settings))
+        queries = AuditQueries(store, settings.region, service.access.check_identity_action)
+        audit = AuditWiring(sink, queries, settings.audit_fail_open)
     grace = timedelta(seconds=settings.recovery_grace_seconds)
     service.recover_interrupted_work(grace)
     jobs = PeriodicJobs(

@@ -121,6 +121,10 @@ class AccessControl:
             raise cross_tenant_not_found()
         raise access_denied(caller.principal, action, self.resource_of(key), decision)
 
+    def check_identity_action(self, caller: Caller, action: str) -> None:
+        """``check`` for an action on no key (identity policies alone decide)."""
+        self.check(caller, action, None)
+
     def decide(
         self,
         caller: Caller,

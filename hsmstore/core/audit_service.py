@@ -8,7 +8,7 @@ keys, aliases, grants and audit events").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,10 +29,18 @@ class EventsPage:
     next_token: str
 
 
+Authorize = Callable[[Caller, str], object]
+
+
 class AuditQueries:
-    def __init__(self, log: AuditLog, region: str) -> None:
+    """``authorize(caller, "cloudtrail:LookupEvents")`` raises unless the caller's identity
+    policies allow reading the trail (CloudTrail: LookupEvents needs its own permission;
+    a tenant's role/admin has it by default)."""
+
+    def __init__(self, log: AuditLog, region: str, authorize: Authorize) -> None:
         self._log = log
         self._region = region
+        self._authorize = authorize
 
     def lookup_events(
         self,
@@ -44,6 +52,7 @@ class AuditQueries:
         next_token: str,
     ) -> EventsPage:
         limit = check_limit(max_results, maximum=MAX_RESULTS, default=MAX_RESULTS)
+        self._authorize(caller, "cloudtrail:LookupEvents")
         if len(attributes) > 1:
             raise ValidationException("LookupAttributes takes at most one attribute")
         if start_time and end_time and start_time > end_time:

@@ -107,7 +107,12 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "iam:SimulatePrincipalPolicy",
     }
 )
-_ACTIONS_BY_FOLDED: dict[str, str] = {action.lower(): action for action in KMS_ACTIONS | IAM_ACTIONS}
+# Reading the audit trail (hsmstore.v1.Audit), after CloudTrail's permission; identity policies only.
+AUDIT_ACTIONS: frozenset[str] = frozenset({"cloudtrail:LookupEvents"})
+_IDENTITY_ONLY_PREFIXES = ("iam", "cloudtrail")
+_ACTIONS_BY_FOLDED: dict[str, str] = {
+    action.lower(): action for action in KMS_ACTIONS | IAM_ACTIONS | AUDIT_ACTIONS
+}
 
 _VERSIONS = ("2012-10-17", "2008-10-17")
 _DOCUMENT_MEMBERS = frozenset({"Version", "Id", "Statement"})
@@ -594,13 +599,13 @@ def _check_action(action: str, kind: PolicyKind) -> None:
         return
     prefix, _, operation = action.partition(":")
     folded_prefix = prefix.lower()
-    if not operation or folded_prefix not in ("kms", "iam"):
+    if not operation or folded_prefix not in ("kms", *_IDENTITY_ONLY_PREFIXES):
         _fail(
             f'Action "{action}" must be "kms:<Operation>"'
-            + (' or "iam:<Operation>"' if kind == "identity" else "")
+            + (' or "iam:<Operation>" or "cloudtrail:LookupEvents"' if kind == "identity" else "")
         )
-    if folded_prefix == "iam" and kind == "key":
-        _fail(f'Action "{action}": iam actions are not allowed in a key policy')
+    if folded_prefix in _IDENTITY_ONLY_PREFIXES and kind == "key":
+        _fail(f'Action "{action}": {folded_prefix} actions are not allowed in a key policy')
     if _has_wildcard(action):
         pattern = _wildcard_regex([action], ignore_case=True)
         if not any(pattern.fullmatch(known) for known in _ACTIONS_BY_FOLDED.values()):

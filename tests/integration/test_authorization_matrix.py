@@ -661,3 +661,17 @@ def test_decided_grant_is_in_the_audit_record(world: World, tmp_path: Path) -> N
     from tests.integration.harness import wait_until
 
     wait_until(lambda: any(r.get("additionalEventData", {}).get("grantId") for r in carol_decrypts()))  # type: ignore[union-attr]
+
+
+def test_reading_the_audit_trail_needs_cloudtrail_lookup_events(world: World) -> None:
+    def lookup(who: str) -> str:
+        audit = pb_grpc.AuditStub(world.pki.channel(world.server.address, PRINCIPALS[who]))
+        try:
+            audit.LookupEvents(pb.LookupEventsRequest(max_results=1))
+        except grpc.RpcError as error:
+            return error_reason(error) or error.code().name
+        return ALLOW
+
+    assert lookup("acme-admin") == ALLOW
+    assert lookup("erin") == DENIED
+    assert lookup("dave") == DENIED  # kms actions only in dave's identity policy

@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from hsmstore.core.access import AccessControl
 from hsmstore.core.audit import CallAudit
 from hsmstore.core.audit_service import AuditQueries
 from hsmstore.core.model import Caller
-from hsmstore.errors import ValidationException
+from hsmstore.errors import AccessDeniedException, ValidationException
 from tests.fakes.store import FakeMetadataStore
 
 ACME = Caller("acme", "arn:hsmstore:iam::acme:role/admin")
@@ -22,7 +23,7 @@ def queries() -> AuditQueries:
     call = CallAudit("Encrypt", ACME, {"keyId": KEY_ID}, datetime.now(UTC))
     call.key_ids.append(f"arn:hsmstore:kms:local:acme:key/{KEY_ID}")
     log.append_audit_records([call.to_record()])
-    return AuditQueries(log, "local")
+    return AuditQueries(log, "local", AccessControl(log, "local").check_identity_action)
 
 
 def names(queries: AuditQueries, resource_name: str) -> list[str]:
@@ -43,3 +44,10 @@ def test_another_tenants_arn_and_a_non_key_name_match_nothing(queries: AuditQuer
 def test_an_alias_is_not_a_resource_name(queries: AuditQueries) -> None:
     with pytest.raises(ValidationException):
         names(queries, "alias/orders")
+
+
+def test_reading_the_trail_needs_the_lookup_events_permission(queries: AuditQueries) -> None:
+    """A tenant's user with no identity policy may not read the tenant's trail (CloudTrail)."""
+    user = Caller("acme", "arn:hsmstore:iam::acme:user/erin", "user", "erin")
+    with pytest.raises(AccessDeniedException, match="cloudtrail:LookupEvents"):
+        queries.lookup_events(user, [], None, None, None, "")

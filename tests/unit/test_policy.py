@@ -710,3 +710,15 @@ def test_condition_values_keep_what_the_author_wrote() -> None:
     assert _values(found) == ("1", "b")
     assert found.conditions[0].operator == "StringEquals"
     assert found.conditions[0].key == "kms:CallerAccount"
+
+
+def test_cloudtrail_lookup_events_is_an_identity_policy_action_only() -> None:
+    identity = {"Statement": [{"Effect": "Allow", "Action": "cloudtrail:LookupEvents", "Resource": "*"}]}
+    (statement,) = parse_policy(json.dumps(identity), kind="identity").statements
+    assert statement.matches_action("cloudtrail:LookupEvents")
+    key = {"Statement": [{**identity["Statement"][0], "Principal": "*"}]}
+    with pytest.raises(MalformedPolicyDocumentException, match="not allowed in a key policy"):
+        parse_policy(json.dumps(key), kind="key")
+    unknown = {"Statement": [{"Effect": "Allow", "Action": "cloudtrail:DeleteTrail", "Resource": "*"}]}
+    with pytest.raises(MalformedPolicyDocumentException, match="unknown action"):
+        parse_policy(json.dumps(unknown), kind="identity")
