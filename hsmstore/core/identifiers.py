@@ -31,7 +31,7 @@ ALIAS_PREFIX = "alias/"
 # AWS: AliasName "alias/" followed by 1-250 of [a-zA-Z0-9/_-] (256 in all).
 ALIAS_NAME_PATTERN = re.compile(r"^alias/[a-zA-Z0-9/_-]{1,250}$")
 _ARN_PATTERN = re.compile(
-    r"^arn:hsmstore:kms:(?P<region>[a-z0-9-]{1,64}):(?P<tenant>[a-z0-9][a-z0-9_-]{0,62}):"
+    r"^arn:hsmstore:kms:(?P<region>[a-z0-9-]{1,64}):(?P<tenant>[a-z0-9][a-z0-9_-]{0,62}):"  # TENANT_PATTERN
     r"(?P<kind>key|alias)/(?P<name>.+)$"
 )
 
@@ -69,10 +69,16 @@ def validate_alias_name(alias_name: str) -> str:
     return alias_name
 
 
+# The one grammar of tenants and principal names, shared by resource names, key
+# policies and SPIFFE identities (server/identity.py): a tenant appears in every
+# key and alias resource name, a principal name must be one a certificate can carry.
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+PRINCIPAL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+PRINCIPAL_KINDS = ("user", "service", "role")
 # arn:hsmstore:iam::<tenant>:root | arn:hsmstore:iam::<tenant>:<user|service|role>/<name>
-_PRINCIPAL_PATTERN = re.compile(
-    r"^arn:hsmstore:iam::(?P<tenant>[a-z0-9][a-z0-9_-]{0,62}):"
-    r"(?:(?P<root>root)|(?P<kind>user|service|role)/(?P<name>[A-Za-z0-9._-]{1,128}))$"
+PRINCIPAL_ARN_PATTERN = re.compile(
+    rf"arn:hsmstore:iam::(?P<tenant>{TENANT_PATTERN.pattern}):"
+    rf"(?:(?P<root>root)|(?P<kind>{'|'.join(PRINCIPAL_KINDS)})/(?P<name>{PRINCIPAL_NAME_PATTERN.pattern}))"
 )
 
 
@@ -85,7 +91,7 @@ class PrincipalName:
 
 def parse_principal_arn(arn: str, field_name: str) -> PrincipalName:
     """A principal's resource name (API-CONTRACT.md); ValidationException otherwise."""
-    match = _PRINCIPAL_PATTERN.match(arn)
+    match = PRINCIPAL_ARN_PATTERN.fullmatch(arn)
     if match is None:
         raise ValidationException(
             f"{field_name} must be arn:hsmstore:iam::<tenant>:root or "

@@ -30,6 +30,7 @@ from enum import Enum, StrEnum
 from functools import cached_property
 from typing import Literal, NoReturn
 
+from hsmstore.core.identifiers import PRINCIPAL_ARN_PATTERN
 from hsmstore.errors import MalformedPolicyDocumentException, ValidationException
 
 # AWS PutKeyPolicy: "Maximum length of 32768"; counted here in UTF-8 bytes.
@@ -123,10 +124,6 @@ _UNSUPPORTED_MEMBERS = frozenset({"NotPrincipal", "NotAction", "NotResource"})
 # character set [...], the tab, line feed, and carriage return special characters".
 _POLICY_CHARACTERS = re.compile(r"[^\t\n\r\x20-\x7e\xa1-\xff]")
 _IDENTITY_SID = re.compile(r"^[A-Za-z0-9]*$")  # IAM: Sid "supports ASCII uppercase, lowercase and digits"
-_TENANT = r"[a-z0-9][a-z0-9_-]{0,62}"
-_PRINCIPAL_ARN = re.compile(
-    rf"^arn:hsmstore:iam::{_TENANT}:(?:root|(?:user|service|role)/[A-Za-z0-9+=,.@_-]+(?:/[A-Za-z0-9+=,.@_-]+)*)$"
-)
 _RESOURCE_ARN = re.compile(r"^arn:[^:]*:[^:]*:[^:]*:[^:]*:.+$")
 PRINCIPAL_TYPE = "HSM"
 
@@ -586,7 +583,7 @@ def _parse_principal(raw: dict[str, object], kind: PolicyKind) -> frozenset[str]
     if not isinstance(arn_list, list) or not arn_list or not all(isinstance(a, str) for a in arn_list):
         _fail(f'Principal "{PRINCIPAL_TYPE}" must be a principal ARN or a non-empty list of them')
     for arn in arn_list:
-        if arn != "*" and not _PRINCIPAL_ARN.match(arn):
+        if arn != "*" and not PRINCIPAL_ARN_PATTERN.fullmatch(arn):
             _fail(
                 f'invalid principal "{arn}": expected "*", arn:hsmstore:iam::<tenant>:root or '
                 "arn:hsmstore:iam::<tenant>:<user|service|role>/<name>"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from hsmstore.core.identifiers import PRINCIPAL_KINDS, PRINCIPAL_NAME_PATTERN, TENANT_PATTERN
 from hsmstore.core.model import Caller, principal_arn
 from hsmstore.errors import UnauthenticatedException
 
@@ -40,11 +41,6 @@ LOCAL_ADMIN = principal_arn(LOCAL_TENANT, "role", "admin")
 SPIFFE_SCHEME = "spiffe://"
 MAX_SPIFFE_ID_BYTES = 2048  # SPIFFE-ID spec: "URIs ... MUST NOT exceed 2048 bytes"
 MAX_TRUST_DOMAIN_LENGTH = 255
-KINDS = frozenset({"user", "service", "role"})
-# The tenant appears in every key and alias resource name, so it takes the
-# tenant syntax of those names (core/identifiers.py, _ARN_PATTERN).
-TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TRUST_DOMAIN_PATTERN = re.compile(r"[a-z0-9._-]+")
 _PATH_SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 _SHOWN_LENGTH = 300  # an error message echoes at most this much of the offending identity
@@ -80,7 +76,7 @@ def caller_from_spiffe_id(uri: str, trust_domain: str | None = None) -> Caller:
             f"The client certificate's SPIFFE ID {_shown(uri)} is not in the trust domain this server accepts"
         )
     segments = path.split("/")
-    if len(segments) != 4 or segments[0] != "tenant" or segments[2] not in KINDS:
+    if len(segments) != 4 or segments[0] != "tenant" or segments[2] not in PRINCIPAL_KINDS:
         raise UnauthenticatedException(
             f"The client certificate's SPIFFE ID {_shown(uri)} is not of the form "
             "spiffe://<trust-domain>/tenant/<tenant>/<user|service|role>/<name>"
@@ -91,7 +87,7 @@ def caller_from_spiffe_id(uri: str, trust_domain: str | None = None) -> Caller:
             f"The client certificate's SPIFFE ID {_shown(uri)} names an invalid tenant: a tenant is 1 to 63 "
             "lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )
-    if NAME_PATTERN.fullmatch(name) is None:
+    if PRINCIPAL_NAME_PATTERN.fullmatch(name) is None:
         raise UnauthenticatedException(
             f"The client certificate's SPIFFE ID {_shown(uri)} names an invalid {kind} name: a name is 1 to "
             "128 letters, digits, '.', '-' or '_', starting with a letter or digit"

@@ -207,6 +207,8 @@ KEY_MALFORMED: list[tuple[list[dict[str, Any]], str]] = [
         'invalid principal "arn:hsmstore:iam::acme:user/*"',
     ),
     ([statement(Principal={"HSM": "arn:hsmstore:iam::acme:group/x"})], "invalid principal"),
+    # No SPIFFE identity can be this principal (core/identifiers.py: one name segment).
+    ([statement(Principal={"HSM": "arn:hsmstore:iam::acme:role/team/admin"})], "invalid principal"),
     ([statement(Principal={"HSM": "arn:aws:iam::111122223333:root"})], "invalid principal"),
     ([statement(Principal={"HSM": "arn:hsmstore:iam::Acme:root"})], "invalid principal"),
     ([statement(Action=_DROP)], "Statement 0: Action is required"),
@@ -319,7 +321,6 @@ def test_malformed_identity_policy_statement_names_the_statement_and_reason(
         {"Action": "*"},
         {"Principal": {"HSM": "*"}},
         {"Principal": {"HSM": ["arn:hsmstore:iam::acme:root", "arn:hsmstore:iam::other:service/billing"]}},
-        {"Principal": {"HSM": "arn:hsmstore:iam::acme:role/team/admin"}},
         {"Resource": ["arn:hsmstore:kms:*:acme:key/*"]},
         {"Sid": "Allow use of the key"},  # key policies take any Sid text
         {"Sid": ""},
