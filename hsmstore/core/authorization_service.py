@@ -31,6 +31,7 @@ from hsmstore.core.grants import (
     grant_id_from_token,
     grant_token_for,
     new_grant_id,
+    validate_grant_id,
     validate_grant_request,
 )
 from hsmstore.core.identifiers import key_arn, parse_principal_arn
@@ -40,14 +41,12 @@ from hsmstore.core.policy import IAM_ACTIONS, KMS_ACTIONS, MAX_POLICY_BYTES, par
 from hsmstore.core.ports import Clock, IdentityPolicyRecord
 from hsmstore.core.service import KeyService, Page, Store
 from hsmstore.errors import (
-    InvalidGrantIdException,
     KMSInvalidStateException,
     NotFoundException,
     ValidationException,
 )
 
 KEY_POLICY_NAME = "default"  # AWS: "The only valid policy name is default"
-GRANT_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 GRANT_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9:/_-]{1,256}$")  # AWS CreateGrant Name
 IDENTITY_POLICY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,128}$")  # IAM PolicyName
 MAX_GRANTS_LIMIT, DEFAULT_GRANTS_LIMIT = 100, 50  # AWS ListGrants Limit: 1-100, default 50
@@ -129,9 +128,10 @@ class AuthorizationService:
         grant_tokens: Sequence[str],
         name: str,
     ) -> tuple[str, str]:
-        """AWS CreateGrant. A grantee allowed CreateGrant by a grant of its own may pass on
-        only a subset of that grant's operations under constraints at least as strict
-        (AWS: "the grant ... cannot be more permissive than the grant that allowed it")."""
+        """AWS CreateGrant. The request's operations and constraints go into the decision
+        (kms:GrantOperations, ...), so a grantee allowed CreateGrant by a grant of its own
+        may pass on only a subset of that grant's operations under constraints at least as
+        strict (authorization.decide, ``_narrower_grant``)."""
         parse_principal_arn(grantee_principal, "GranteePrincipal")
         if retiring_principal:
             parse_principal_arn(retiring_principal, "RetiringPrincipal")
@@ -142,7 +142,7 @@ class AuthorizationService:
             tuple(operations), grantee_principal, retiring_principal or None, constraints
         )
         key, request_alias = self._keys.find_key(caller, key_id, "kms:CreateGrant", fresh=True)
-        decision = self._access.check(
+        self._access.check(
             caller,
             "kms:CreateGrant",
             key,
@@ -152,8 +152,6 @@ class AuthorizationService:
         )
         audit.note_key(self._keys_arn(key))
         _refuse_pending_deletion(key)
-        if decision.grant_id is not None:
-            self._check_within_parent_grant(decision.grant_id, operations, constraints)
         grant = GrantRecord(
             grant_id=new_grant_id(),
             key_id=key.key_id,
@@ -172,21 +170,6 @@ class AuthorizationService:
         self._access.forget_grants(key.key_id)
         return stored.grant_id, grant_token_for(stored.grant_id)
 
-    def _check_within_parent_grant(
-        self, parent_id: str, operations: Sequence[str], constraints: GrantConstraints | None
-    ) -> None:
-        parent = self._store.get_grant(parent_id)
-        if parent is None:
-            raise cross_tenant_not_found()
-        if not set(operations) <= set(parent.operations):
-            raise ValidationException(
-                "A grant made through a grant can only give operations that grant gives"
-            )
-        if parent.constraints is not None and not parent.constraints.admits(constraints):
-            raise ValidationException(
-                "A grant made through a grant must have constraints at least as strict as that grant's"
-            )
-
     def list_grants(
         self,
         caller: Caller,
@@ -199,7 +182,7 @@ class AuthorizationService:
         page_size = check_limit(limit, maximum=MAX_GRANTS_LIMIT, default=DEFAULT_GRANTS_LIMIT)
         after = decode_marker("g", marker) if marker else None
         if grant_id:
-            _check_grant_id(grant_id)
+            validate_grant_id(grant_id)
         if grantee_principal:
             parse_principal_arn(grantee_principal, "GranteePrincipal")
         key = self._keys.resolve_key(caller, key_id, "kms:ListGrants")
@@ -237,7 +220,7 @@ class AuthorizationService:
         if grant_token:
             grant = self._store.get_grant(grant_id_from_token(grant_token))
         elif key_id and grant_id:
-            _check_grant_id(grant_id)
+            validate_grant_id(grant_id)
             key, _alias = self._keys.find_key(caller, key_id, "kms:RetireGrant", fresh=True)
             grant = self._store.get_grant(grant_id)
             if grant is not None and grant.key_id != key.key_id:
@@ -261,9 +244,7 @@ class AuthorizationService:
         self._delete_grant(grant)
 
     def _may_retire(self, caller: Caller, grant: GrantRecord) -> bool:
-        if caller.principal == grant.retiring_principal:
-            return True
-        if caller.principal == grant.grantee_principal and "RetireGrant" in grant.operations:
+        if grant.retirable_by(caller.principal):
             return True
         key = self._store.get_key(grant.key_id)
         return (
@@ -273,7 +254,7 @@ class AuthorizationService:
         )
 
     def revoke_grant(self, caller: Caller, key_id: str, grant_id: str) -> None:
-        _check_grant_id(grant_id)
+        validate_grant_id(grant_id)
         key = self._keys.resolve_key(caller, key_id, "kms:RevokeGrant", fresh=True)
         grant = self._store.get_grant(grant_id)
         if grant is None or grant.key_id != key.key_id:
@@ -427,11 +408,6 @@ def _check_key_policy_name(policy_name: str) -> None:
 def _check_identity_policy_name(policy_name: str) -> None:
     if not IDENTITY_POLICY_NAME_PATTERN.match(policy_name):
         raise ValidationException("PolicyName must be 1 to 128 of the characters A-Z a-z 0-9 + = , . @ _ -")
-
-
-def _check_grant_id(grant_id: str) -> None:
-    if not GRANT_ID_PATTERN.match(grant_id):
-        raise InvalidGrantIdException("GrantId is not a valid grant id")
 
 
 def _decode_identity_marker(marker: str) -> tuple[str, str]:
