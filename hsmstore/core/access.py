@@ -23,7 +23,7 @@ the very answer a missing key gets, so no one learns what exists elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hsmstore.core import audit
@@ -35,7 +35,7 @@ from hsmstore.core.identifiers import key_arn
 from hsmstore.core.model import Caller, KeyRecord
 from hsmstore.core.policy import PolicyDocument, parse_policy
 from hsmstore.core.ports import AuthorizationStore
-from hsmstore.errors import AccessDeniedException, NotFoundException, ValidationException
+from hsmstore.errors import AccessDeniedException, KMSError, NotFoundException, ValidationException
 
 # Enough for any real key (AWS allows 50,000 grants per key; hsmstore reads them all per TTL).
 MAX_GRANTS_READ_PER_KEY = 50_000
@@ -74,6 +74,27 @@ class GrantRequestFacts:
     constraints: GrantConstraints | None = None
 
 
+def is_admin_role(tenant: str, principal: str) -> bool:
+    return principal == f"arn:hsmstore:iam::{tenant}:{ADMIN_ROLE}"
+
+
+def cross_tenant_not_found() -> NotFoundException:
+    """One message for every cross-tenant miss: a missing key and an unshared one look alike."""
+    return NotFoundException("The key does not exist")
+
+
+def access_denied(principal: str, action: str, resource: str, decision: Decision) -> AccessDeniedException:
+    """AWS's wording: names the principal, the action and the resource, never the policy text."""
+    why = (
+        "with an explicit deny in a policy"
+        if decision.kind is DecisionKind.EXPLICIT_DENY
+        else f"because no key policy, identity policy or grant allows the {action} action"
+    )
+    return AccessDeniedException(
+        f"User: {principal} is not authorized to perform: {action} on resource: {resource} {why}"
+    )
+
+
 class AccessControl:
     def __init__(
         self, store: AuthorizationStore, region: str, ttl_seconds: float = DEFAULT_TTL_SECONDS
@@ -99,11 +120,19 @@ class AccessControl:
         request_alias: str | None = None,
         grant_tokens: Sequence[str] = (),
         grant_request: GrantRequestFacts | None = None,
+        hidden: Callable[[], KMSError] = cross_tenant_not_found,
     ) -> Decision:
-        """Allow, or raise: ``AccessDeniedException`` in the caller's tenant, else NotFound.
+        """Allow, or raise: ``AccessDeniedException`` in the caller's tenant; for another
+        tenant's key, ``hidden()`` -- what a missing key answers on that path (NotFound
+        for a key identifier, the one InvalidCiphertext for a blob), so a refusal never
+        tells that the key exists. Only AWS's cross-account actions can reach another
+        tenant's key at all.
 
         A grant that decided is noted on the call's audit record.
         """
+        cross_tenant = key is not None and key.tenant != caller.tenant
+        if cross_tenant and action not in CROSS_TENANT_ACTIONS:
+            raise hidden()
         decision = self.decide(
             caller,
             action,
@@ -117,8 +146,8 @@ class AccessControl:
             if decision.grant_id is not None:
                 audit.note_grant(decision.grant_id)
             return decision
-        if key is not None and key.tenant != caller.tenant:
-            raise cross_tenant_not_found()
+        if cross_tenant:
+            raise hidden()
         raise access_denied(caller.principal, action, self.resource_of(key), decision)
 
     def check_identity_action(self, caller: Caller, action: str) -> None:
@@ -143,8 +172,6 @@ class AccessControl:
         ``key_policy`` overrides the stored one: the lock-out safety check asks
         what a *new* policy would decide.
         """
-        if key is not None and key.tenant != caller.tenant and action not in CROSS_TENANT_ACTIONS:
-            raise cross_tenant_not_found()
         request = AccessRequest(
             principal=caller.principal,
             caller_tenant=caller.tenant,
@@ -230,24 +257,3 @@ class AccessControl:
 
     def resource_of(self, key: KeyRecord | None) -> str:
         return "*" if key is None else key_arn(self._region, key.tenant, key.key_id)
-
-
-def is_admin_role(tenant: str, principal: str) -> bool:
-    return principal == f"arn:hsmstore:iam::{tenant}:{ADMIN_ROLE}"
-
-
-def cross_tenant_not_found() -> NotFoundException:
-    """One message for every cross-tenant miss: a missing key and an unshared one look alike."""
-    return NotFoundException("The key does not exist")
-
-
-def access_denied(principal: str, action: str, resource: str, decision: Decision) -> AccessDeniedException:
-    """AWS's wording: names the principal, the action and the resource, never the policy text."""
-    why = (
-        "with an explicit deny in a policy"
-        if decision.kind is DecisionKind.EXPLICIT_DENY
-        else f"because no key policy, identity policy or grant allows the {action} action"
-    )
-    return AccessDeniedException(
-        f"User: {principal} is not authorized to perform: {action} on resource: {resource} {why}"
-    )

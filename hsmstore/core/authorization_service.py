@@ -315,11 +315,6 @@ class AuthorizationService:
                 # Never show another tenant's statements or Sids (core/authorization.py).
                 decided_by = "the owning tenant's key policy, with your identity policies"
         arn = "" if key is None else self._keys_arn(key)
-        if decision.allowed and key is not None:
-            try:
-                self._keys.check_service_key_action(subject, action, key)
-            except Exception as refused:
-                return Simulation(False, f"hsmstore rule: {refused}", None, arn)
         return Simulation(decision.allowed, decided_by, decision.grant_id, arn)
 
     # -------------------------------------------------------- identity policies

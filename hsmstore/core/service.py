@@ -21,7 +21,6 @@ from hsmstore.core.access import (
     CROSS_TENANT_ACTIONS,
     AccessControl,
     GrantRequestFacts,
-    access_denied,
     cross_tenant_not_found,
 )
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
@@ -57,7 +56,6 @@ from hsmstore.core.policy import MAX_POLICY_BYTES, parse_policy
 from hsmstore.core.ports import AuditLog, AuthorizationStore, Clock, KeyVault, MetadataStore
 from hsmstore.core.tags import MAX_TAGS_PER_KEY, validate_tag_keys, validate_tags
 from hsmstore.errors import (
-    AccessDeniedException,
     AlreadyExistsException,
     CiphertextAuthenticationFailed,
     IncorrectKeyException,
@@ -86,26 +84,6 @@ DATA_KEY_SPEC_BYTES = {"AES_256": 32, "AES_128": 16}
 
 Failpoint = Callable[[str], None]
 
-# Management a tenant cannot do to its service-managed keys, whatever a policy
-# says (AWS: "You cannot ... change the key policy, enable or disable rotation,
-# or schedule deletion of AWS managed keys").
-SERVICE_KEY_FIXED_ACTIONS = frozenset(
-    {
-        "kms:PutKeyPolicy",
-        "kms:EnableKey",
-        "kms:DisableKey",
-        "kms:ScheduleKeyDeletion",
-        "kms:CancelKeyDeletion",
-        "kms:EnableKeyRotation",
-        "kms:DisableKeyRotation",
-        "kms:RotateKeyOnDemand",
-        "kms:UpdateKeyDescription",
-        "kms:TagResource",
-        "kms:UntagResource",
-        "kms:CreateAlias",
-        "kms:UpdateAlias",
-    }
-)
 SERVICE_ALIAS_PREFIX = "alias/service/"
 SERVICE_KEY_ROTATION_DAYS = 365  # AWS managed keys rotate "every year (approximately 365 days)"
 
@@ -400,7 +378,7 @@ class KeyService:
             )
 
     def describe_key(self, caller: Caller, key_id: str, grant_tokens: Sequence[str] = ()) -> KeyDescription:
-        key = self._resolve(caller, key_id, "kms:DescribeKey", grant_tokens=grant_tokens)
+        key = self.resolve_key(caller, key_id, "kms:DescribeKey", grant_tokens=grant_tokens)
         next_state(key.state, Operation.DESCRIBE_KEY, key.key_id)
         return self._describe(key)
 
@@ -423,7 +401,7 @@ class KeyService:
 
     def update_key_description(self, caller: Caller, key_id: str, description: str) -> None:
         _check_description(description)
-        key = self._resolve(caller, key_id, "kms:UpdateKeyDescription", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:UpdateKeyDescription", fresh=True)
         next_state(key.state, Operation.UPDATE_KEY_DESCRIPTION, key.key_id)
         self._store.update_description(key.key_id, description, audit=audit.record_for_change())
         audit.change_recorded()
@@ -432,7 +410,7 @@ class KeyService:
     def _change_state(self, caller: Caller, key_id: str, operation: Operation) -> None:
         """Compare-and-set so a concurrent change is never overwritten blindly."""
         for _attempt in range(5):
-            key = self._resolve(caller, key_id, f"kms:{operation.value}", fresh=True)
+            key = self.resolve_key(caller, key_id, f"kms:{operation.value}", fresh=True)
             target = next_state(key.state, operation, key.key_id)
             if target is key.state:
                 return
@@ -456,7 +434,7 @@ class KeyService:
         _check_plaintext(plaintext)
         context = canonical_encryption_context(encryption_context)
         algorithm = _check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
-        key = self._resolve(
+        key = self.resolve_key(
             caller,
             key_id,
             "kms:Encrypt",
@@ -504,7 +482,7 @@ class KeyService:
             destination_encryption_algorithm, "DestinationEncryptionAlgorithm"
         )
         destination_context = canonical_encryption_context(destination_encryption_context)
-        destination = self._resolve(
+        destination = self.resolve_key(
             caller,
             destination_key_id,
             "kms:ReEncryptTo",
@@ -546,7 +524,7 @@ class KeyService:
         operation = (
             Operation.GENERATE_DATA_KEY if with_plaintext else Operation.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT
         )
-        key = self._resolve(
+        key = self.resolve_key(
             caller,
             key_id,
             f"kms:{operation.value}",
@@ -583,7 +561,7 @@ class KeyService:
         days = default if pending_window_in_days is None else pending_window_in_days
         if not low <= days <= high:
             raise ValidationException(f"PendingWindowInDays must be between {low} and {high}")
-        key = self._resolve(caller, key_id, "kms:ScheduleKeyDeletion", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:ScheduleKeyDeletion", fresh=True)
         next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
         deletion_date = self._clock.now() + timedelta(days=days)
         changed = self._store.schedule_deletion(
@@ -594,11 +572,11 @@ class KeyService:
         self._keys.invalidate(key.key_id)
         if not changed:
             raise KMSInternalException("The key state changed concurrently; retry the request")
-        return self._describe(self._resolve(caller, key.key_id, "kms:ScheduleKeyDeletion", fresh=True))
+        return self._describe(self.resolve_key(caller, key.key_id, "kms:ScheduleKeyDeletion", fresh=True))
 
     def cancel_key_deletion(self, caller: Caller, key_id: str) -> str:
         """CancelKeyDeletion: the key comes back DISABLED, as in AWS."""
-        key = self._resolve(caller, key_id, "kms:CancelKeyDeletion", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:CancelKeyDeletion", fresh=True)
         next_state(key.state, Operation.CANCEL_KEY_DELETION, key.key_id)
         cancelled = self._store.cancel_deletion(key.key_id, audit=audit.record_for_change())
         if cancelled:
@@ -642,7 +620,7 @@ class KeyService:
         period = default if rotation_period_in_days is None else rotation_period_in_days
         if not low <= period <= high:
             raise ValidationException(f"RotationPeriodInDays must be between {low} and {high}")
-        key = self._resolve(caller, key_id, "kms:EnableKeyRotation", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:EnableKeyRotation", fresh=True)
         next_state(key.state, Operation.ENABLE_KEY_ROTATION, key.key_id)
         self._store.set_rotation(
             key.key_id, period, self._clock.now() + timedelta(days=period), audit=audit.record_for_change()
@@ -651,14 +629,14 @@ class KeyService:
         self._keys.invalidate(key.key_id)
 
     def disable_key_rotation(self, caller: Caller, key_id: str) -> None:
-        key = self._resolve(caller, key_id, "kms:DisableKeyRotation", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:DisableKeyRotation", fresh=True)
         next_state(key.state, Operation.DISABLE_KEY_ROTATION, key.key_id)
         self._store.set_rotation(key.key_id, None, None, audit=audit.record_for_change())
         audit.change_recorded()
         self._keys.invalidate(key.key_id)
 
     def get_key_rotation_status(self, caller: Caller, key_id: str) -> RotationStatus:
-        key = self._resolve(caller, key_id, "kms:GetKeyRotationStatus")
+        key = self.resolve_key(caller, key_id, "kms:GetKeyRotationStatus")
         next_state(key.state, Operation.GET_KEY_ROTATION_STATUS, key.key_id)
         return RotationStatus(
             self._arn(key), key.rotation_enabled, key.rotation_period_days, key.next_rotation_date
@@ -673,7 +651,7 @@ class KeyService:
         """
         deadline = time.monotonic() + ROTATION_RETRY_SECONDS
         while True:
-            key = self._resolve(caller, key_id, "kms:RotateKeyOnDemand", fresh=True)
+            key = self.resolve_key(caller, key_id, "kms:RotateKeyOnDemand", fresh=True)
             next_state(key.state, Operation.ROTATE_KEY_ON_DEMAND, key.key_id)
             if self._rotate(key, RotationType.ON_DEMAND, next_rotation_date=None):
                 return self._arn(key)
@@ -702,7 +680,7 @@ class KeyService:
         """ListKeyRotations: every completed rotation (not the original material), oldest first."""
         page_size = check_limit(limit)
         after = _decode_version_marker(marker) if marker else 1
-        key = self._resolve(caller, key_id, "kms:ListKeyRotations")
+        key = self.resolve_key(caller, key_id, "kms:ListKeyRotations")
         next_state(key.state, Operation.LIST_KEY_ROTATIONS, key.key_id)
         rotations = [
             v
@@ -798,7 +776,7 @@ class KeyService:
         current = self._store.get_alias(caller.tenant, alias_name)
         if current is None:
             raise NotFoundException(f"Alias {alias_name} is not found.")
-        self._resolve(caller, current.target_key_id, "kms:DeleteAlias", fresh=True)
+        self.resolve_key(caller, current.target_key_id, "kms:DeleteAlias", fresh=True)
         deleted = self._store.delete_alias(caller.tenant, alias_name, audit=audit.record_for_change())
         if deleted:
             audit.change_recorded()
@@ -810,7 +788,7 @@ class KeyService:
         page_size = check_limit(limit)
         after = decode_marker("a", marker) if marker else None
         if key_id:
-            target: str | None = self._resolve(caller, key_id, "kms:ListAliases").key_id
+            target: str | None = self.resolve_key(caller, key_id, "kms:ListAliases").key_id
         else:
             self.access.check(caller, "kms:ListAliases", None)
             target = None
@@ -834,7 +812,7 @@ class KeyService:
         reference = parse_key_identifier(target_key_id, self._region, "TargetKeyId")
         if reference.kind is IdentifierKind.ALIAS:
             raise ValidationException("TargetKeyId must be a key ID or key ARN, not an alias")
-        return self._resolve(caller, target_key_id, action, "TargetKeyId", fresh=True)
+        return self.resolve_key(caller, target_key_id, action, "TargetKeyId", fresh=True)
 
     # ---------------------------------------------------------------- tags
 
@@ -842,14 +820,14 @@ class KeyService:
         valid = validate_tags(tags)
         if not valid:
             raise ValidationException("Tags must hold at least one tag")
-        key = self._resolve(caller, key_id, "kms:TagResource", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:TagResource", fresh=True)
         next_state(key.state, Operation.TAG_RESOURCE, key.key_id)
         self._store.put_tags(key.key_id, valid, MAX_TAGS_PER_KEY, audit=audit.record_for_change())
         audit.change_recorded()
 
     def untag_resource(self, caller: Caller, key_id: str, tag_keys: Sequence[str]) -> None:
         valid = validate_tag_keys(tag_keys)
-        key = self._resolve(caller, key_id, "kms:UntagResource", fresh=True)
+        key = self.resolve_key(caller, key_id, "kms:UntagResource", fresh=True)
         next_state(key.state, Operation.UNTAG_RESOURCE, key.key_id)
         self._store.remove_tags(key.key_id, valid, audit=audit.record_for_change())
         audit.change_recorded()
@@ -859,7 +837,7 @@ class KeyService:
     ) -> Page[tuple[str, str]]:
         page_size = check_limit(limit, maximum=50, default=50)
         after = decode_marker("t", marker) if marker else None
-        key = self._resolve(caller, key_id, "kms:ListResourceTags")
+        key = self.resolve_key(caller, key_id, "kms:ListResourceTags")
         next_state(key.state, Operation.LIST_RESOURCE_TAGS, key.key_id)
         tags = [
             item for item in self._store.list_tags(key.key_id).items() if after is None or item[0] > after
@@ -876,7 +854,7 @@ class KeyService:
         Read from the audit trail, so it is what an operator checks before
         retiring or deleting a key: the event id points at the record.
         """
-        key = self._resolve(caller, key_id, "kms:GetKeyLastUsage")
+        key = self.resolve_key(caller, key_id, "kms:GetKeyLastUsage")
         next_state(key.state, Operation.GET_KEY_LAST_USAGE, key.key_id)
         if self._audit_log is None:
             raise UnsupportedOperationException("GetKeyLastUsage needs the audit trail, which is off")
@@ -919,7 +897,7 @@ class KeyService:
         context = canonical_encryption_context(encryption_context)
         action = f"kms:{operation.value}"
         named_key = (
-            self._resolve(
+            self.resolve_key(
                 caller,
                 key_id,
                 action,
@@ -942,20 +920,16 @@ class KeyService:
             key = self._cached_key(parsed.key_id)
             if key is None or not key.state.exists_for_callers:
                 raise blob_format.invalid_ciphertext()
-            cross_tenant = key.tenant != caller.tenant
-            if cross_tenant and action not in CROSS_TENANT_ACTIONS:
-                raise blob_format.invalid_ciphertext()
-            if not cross_tenant:
+            if key.tenant == caller.tenant:
                 audit.note_key(self._arn(key))
-            decision = self.access.decide(
-                caller, action, key, encryption_context=encryption_context, grant_tokens=grant_tokens
+            self.access.check(
+                caller,
+                action,
+                key,
+                encryption_context=encryption_context,
+                grant_tokens=grant_tokens,
+                hidden=blob_format.invalid_ciphertext,
             )
-            if not decision.allowed:
-                if cross_tenant:
-                    raise blob_format.invalid_ciphertext()
-                raise access_denied(caller.principal, action, self._arn(key), decision)
-            if decision.grant_id is not None:
-                audit.note_grant(decision.grant_id)
         audit.note_key(self._arn(key), parsed.key_version)
         next_state(key.state, operation, key.key_id)
         token_id = self._token_id_or_none(key.key_id, parsed.key_version)
@@ -1012,7 +986,6 @@ class KeyService:
             grant_tokens=grant_tokens,
             grant_request=grant_request,
         )
-        self.check_service_key_action(caller, action, key)
         audit.note_key(self._arn(key))
         return key
 
@@ -1048,15 +1021,6 @@ class KeyService:
         if not cross_tenant:
             audit.note_key(self._arn(key))
         return key, reference.value if reference.kind is IdentifierKind.ALIAS else None
-
-    def check_service_key_action(self, caller: Caller, action: str, key: KeyRecord) -> None:
-        if key.key_manager is KeyManager.SERVICE and action in SERVICE_KEY_FIXED_ACTIONS:
-            raise AccessDeniedException(
-                f"User: {caller.principal} is not authorized to perform: {action} on resource: "
-                f"{self._arn(key)} because it is a service-managed key"
-            )
-
-    _resolve = resolve_key
 
     def _key_id_of(
         self, caller: Caller, tenant: str, reference: KeyReference, fresh: bool, create_service_key: bool
