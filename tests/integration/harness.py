@@ -111,6 +111,24 @@ class ServerProcess:
     def softhsm_conf(self) -> Path:
         return self.data_dir / "softhsm" / "softhsm2.conf"
 
+    def shared_token_args(self) -> list[str]:
+        """Flags that make another server use this server's dev token (a second node)."""
+        from hsmstore.hsm.devtoken import find_softhsm_module
+
+        return [
+            "--pkcs11-module",
+            find_softhsm_module(),
+            "--token-label",
+            DEV_TOKEN_LABEL,
+            "--pin-file",
+            str(self.data_dir / "softhsm" / "user.pin"),
+        ]
+
+    @property
+    def shared_token_env(self) -> dict[str, str]:
+        """The environment that goes with :meth:`shared_token_args` (SoftHSM2 finds the token by it)."""
+        return {"SOFTHSM2_CONF": str(self.softhsm_conf)}
+
     @property
     def user_pin(self) -> str:
         return (self.data_dir / "softhsm" / "user.pin").read_text().strip()

@@ -18,8 +18,7 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.core.blob import parse_blob
-from hsmstore.hsm.devtoken import find_softhsm_module
-from tests.integration.harness import DEV_TOKEN_LABEL, ControlledClock, ServerProcess, reason_of, wait_until
+from tests.integration.harness import ControlledClock, ServerProcess, reason_of, wait_until
 from tests.integration.test_token_objects import secret_key_objects
 
 pytestmark = pytest.mark.integration
@@ -170,16 +169,10 @@ def test_automatic_rotation_skips_a_disabled_key_and_resumes_when_enabled(
 
 def test_two_servers_on_one_db_rotate_a_due_key_once(tmp_path: Path, clock: ControlledClock) -> None:
     first = ServerProcess(tmp_path / "a", extra_args=JOB_ARGS, extra_env=clock.env).start()
-    shared = [
-        "--db", f"sqlite:///{first.db_path}",
-        "--pkcs11-module", find_softhsm_module(),
-        "--token-label", DEV_TOKEN_LABEL,
-        "--pin-file", str(first.data_dir / "softhsm" / "user.pin"),
-    ]  # fmt: skip
     second = ServerProcess(
         tmp_path / "b",
-        extra_args=[*JOB_ARGS, *shared],
-        extra_env={**clock.env, "SOFTHSM2_CONF": str(first.softhsm_conf)},
+        extra_args=[*JOB_ARGS, "--db", f"sqlite:///{first.db_path}", *first.shared_token_args()],
+        extra_env={**clock.env, **first.shared_token_env},
     ).start()
     try:
         key_ids = [create_key(first.stub) for _ in range(3)]

@@ -27,8 +27,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.hsm.devtoken import find_softhsm_module
-from tests.integration.harness import DEV_TOKEN_LABEL, ServerProcess, reason_of
+from tests.integration.harness import ServerProcess, reason_of
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -50,17 +49,8 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, postgresql_url: str) -> Iter
         a = ServerProcess(tmp_path_factory.mktemp("node-a"), extra_args=["--db", database_url])
         b = ServerProcess(
             tmp_path_factory.mktemp("node-b"),
-            extra_args=[
-                "--db",
-                database_url,
-                "--pkcs11-module",
-                find_softhsm_module(),
-                "--token-label",
-                DEV_TOKEN_LABEL,
-                "--pin-file",
-                str(a.data_dir / "softhsm" / "user.pin"),
-            ],
-            extra_env={"SOFTHSM2_CONF": str(a.softhsm_conf)},
+            extra_args=["--db", database_url, *a.shared_token_args()],
+            extra_env=a.shared_token_env,
         )
         try:
             a.start()

@@ -17,8 +17,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.hsm.devtoken import find_softhsm_module
-from tests.integration.harness import DEV_TOKEN_LABEL, ControlledClock, ServerProcess, reason_of, wait_until
+from tests.integration.harness import ControlledClock, ServerProcess, reason_of, wait_until
 from tests.integration.test_lifecycle import labels_of
 from tests.postgres import fresh_database
 
@@ -48,15 +47,9 @@ def nodes(tmp_path: Path, postgresql_url: str) -> Iterator[Nodes]:
         a = ServerProcess(tmp_path / "a", extra_args=[*JOB_ARGS, "--db", database_url], extra_env=clock.env)
         b = ServerProcess(
             tmp_path / "b",
-            extra_args=[
-                *JOB_ARGS,
-                "--db", database_url,
-                "--pkcs11-module", find_softhsm_module(),
-                "--token-label", DEV_TOKEN_LABEL,
-                "--pin-file", str(a.data_dir / "softhsm" / "user.pin"),
-            ],
-            extra_env={**clock.env, "SOFTHSM2_CONF": str(a.softhsm_conf)},
-        )  # fmt: skip
+            extra_args=[*JOB_ARGS, "--db", database_url, *a.shared_token_args()],
+            extra_env={**clock.env, **a.shared_token_env},
+        )
         try:
             a.start()
             b.start()
