@@ -22,7 +22,8 @@ from sqlalchemy.engine import Connection, RowMapping
 from hsmstore import errors
 from hsmstore.core.grants import GrantConstraints, GrantRecord
 from hsmstore.core.ports import IdentityPolicyRecord
-from hsmstore.store.schema import grants, identity_policies, key_policies, keys
+from hsmstore.store.locks import lock_existing_key
+from hsmstore.store.schema import grants, identity_policies, key_policies
 
 
 class SqlAuthorizationStore:
@@ -49,7 +50,7 @@ class SqlAuthorizationStore:
         audit: Mapping[str, Any] | None = None,
     ) -> None:
         with self._writer.begin() as connection:
-            _require_key(connection, key_id)
+            lock_existing_key(connection, key_id)
             changed = connection.execute(
                 key_policies.update()
                 .where(key_policies.c.key_id == key_id)
@@ -68,7 +69,7 @@ class SqlAuthorizationStore:
     def create_grant(self, grant: GrantRecord, *, audit: Mapping[str, Any] | None = None) -> GrantRecord:
         values = _grant_values(grant)
         with self._writer.begin() as connection:
-            _require_key(connection, grant.key_id)
+            lock_existing_key(connection, grant.key_id)
             if grant.name:
                 same = connection.execute(
                     select(grants).where(
@@ -204,11 +205,6 @@ _IDENTITY_COLUMNS = (
     "operations",
     "constraints",
 )
-
-
-def _require_key(connection: Connection, key_id: str) -> None:
-    if connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first() is None:
-        raise errors.NotFoundException(f"key {key_id} does not exist")
 
 
 def _grant_values(grant: GrantRecord) -> dict[str, Any]:

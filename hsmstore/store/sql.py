@@ -45,6 +45,7 @@ from hsmstore.core.model import (
 )
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.authz_sql import SqlAuthorizationStore
+from hsmstore.store.locks import lock_existing_key
 from hsmstore.store.schema import (
     aliases,
     grants,
@@ -673,7 +674,7 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
         audit: Mapping[str, Any] | None = None,
     ) -> None:
         with self._writer.begin() as connection:
-            _lock_existing_key(connection, key_id)
+            lock_existing_key(connection, key_id)
             existing = set(
                 connection.execute(select(tags.c.tag_key).where(tags.c.key_id == key_id)).scalars()
             )
@@ -719,7 +720,7 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
         _require_aware(alias.last_updated_date, "last_updated_date")
         try:
             with self._writer.begin() as connection:
-                _lock_existing_key(connection, alias.target_key_id)
+                lock_existing_key(connection, alias.target_key_id)
                 connection.execute(aliases.insert().values(_alias_values(alias)))
                 self._audit_change(connection, audit)
         except exc.IntegrityError:
@@ -739,7 +740,7 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
         """Raises ``NotFoundException`` if the new target key does not exist."""
         _require_aware(now, "now")
         with self._writer.begin() as connection:
-            _lock_existing_key(connection, target_key_id)
+            lock_existing_key(connection, target_key_id)
             changed = connection.execute(
                 aliases.update()
                 .where(aliases.c.tenant == tenant, aliases.c.alias_name == alias_name)
@@ -797,18 +798,6 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
 
 class _RollBack(Exception):
     """Raised inside a transaction to undo it; never escapes the store."""
-
-
-def _lock_existing_key(connection: Connection, key_id: str) -> None:
-    """Raise ``NotFoundException`` unless the key exists; keep it until commit.
-
-    ``FOR KEY SHARE`` (PostgreSQL) stops a concurrent ``delete_key`` from
-    removing it before the alias row is written; SQLite's ``BEGIN IMMEDIATE``
-    already serialises writers, and SQLAlchemy renders no locking clause there.
-    """
-    query = select(keys.c.key_id).where(keys.c.key_id == key_id).with_for_update(read=True, key_share=True)
-    if connection.execute(query).first() is None:
-        raise errors.NotFoundException(f"key {key_id} does not exist")
 
 
 def _check_new_key(key: KeyRecord, version: KeyVersion) -> None:
