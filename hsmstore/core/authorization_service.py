@@ -109,10 +109,10 @@ class AuthorizationService:
     def list_key_policies(self, caller: Caller, key_id: str, limit: int | None, marker: str) -> Page[str]:
         """AWS ListKeyPolicies: "The only valid policy name is default"."""
         check_limit(limit)
-        if marker:
-            decode_marker("p", marker)  # there is never a second page
-            return Page([], "", False)
         self._keys.resolve_key(caller, key_id, "kms:ListKeyPolicies")
+        if marker:
+            decode_marker("p", marker)  # a well-formed marker is past the one page there is
+            return Page([], "", False)
         return Page([KEY_POLICY_NAME], "", False)
 
     # ------------------------------------------------------------------ grants

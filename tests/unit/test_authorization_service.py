@@ -11,6 +11,7 @@ import pytest
 from hsmstore.core.authorization_service import AuthorizationService
 from hsmstore.core.grants import GrantConstraints
 from hsmstore.core.model import Caller, KeyManager
+from hsmstore.core.paging import encode_marker
 from hsmstore.errors import (
     AccessDeniedException,
     InvalidGrantTokenException,
@@ -338,3 +339,12 @@ def test_retire_grant_by_key_and_id_tells_another_tenant_nothing() -> None:
             authz.retire_grant(GLOBEX, "", key, grant)
         answers.append(refused.value.message)
     assert len(set(answers)) == 1
+
+
+def test_list_key_policies_is_authorized_with_a_marker_too() -> None:
+    authz, _store, _ = services()
+    key_id = authz._keys.create_key(ADMIN).key.key_id
+    marker = encode_marker("p", "default")
+    assert authz.list_key_policies(ADMIN, key_id, None, marker).entries == []
+    with pytest.raises(AccessDeniedException):
+        authz.list_key_policies(ALICE, key_id, None, marker)
