@@ -13,7 +13,6 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +20,8 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.errors import error_reason
-from tests.integration.harness import ServerProcess
+from hsmstore.core.grants import grant_id_from_token
+from tests.integration.harness import ServerProcess, wait_until
 from tests.integration.mtls import TRUST_DOMAIN, Pki
 
 
@@ -633,7 +633,7 @@ def test_simulating_another_principal_needs_the_identity_permission(world: World
     assert error_reason(refused.value) == DENIED
 
 
-def test_decided_grant_is_in_the_audit_record(world: World, tmp_path: Path) -> None:
+def test_decided_grant_is_in_the_audit_record(world: World) -> None:
     world.stub("carol").Decrypt(
         pb.DecryptRequest(
             ciphertext_blob=world.stub("acme-admin")
@@ -658,9 +658,12 @@ def test_decided_grant_is_in_the_audit_record(world: World, tmp_path: Path) -> N
         ).events
         return [json.loads(e.cloud_trail_event) for e in events if e.event_name == "Decrypt"]
 
-    from tests.integration.harness import wait_until
+    grant_id = grant_id_from_token(world.grant_tokens["carol-equals"])
 
-    wait_until(lambda: any(r.get("additionalEventData", {}).get("grantId") for r in carol_decrypts()))  # type: ignore[union-attr]
+    def recorded_grants() -> set[object]:
+        return {record.get("additionalEventData", {}).get("grantId") for record in carol_decrypts()}  # type: ignore[union-attr]
+
+    wait_until(lambda: grant_id in recorded_grants())
 
 
 def test_reading_the_audit_trail_needs_cloudtrail_lookup_events(world: World) -> None:
