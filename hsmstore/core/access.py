@@ -32,7 +32,7 @@ from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
 from hsmstore.core.default_policies import default_admin_identity_policy, default_key_policy
 from hsmstore.core.grants import GrantConstraints, GrantRecord, grant_id_from_token
 from hsmstore.core.identifiers import key_arn
-from hsmstore.core.model import Caller, KeyRecord
+from hsmstore.core.model import Caller, KeyRecord, principal_arn
 from hsmstore.core.policy import PolicyDocument, parse_policy
 from hsmstore.core.ports import AuthorizationStore
 from hsmstore.errors import AccessDeniedException, KMSError, NotFoundException, ValidationException
@@ -41,7 +41,6 @@ from hsmstore.errors import AccessDeniedException, KMSError, NotFoundException, 
 MAX_GRANTS_READ_PER_KEY = 50_000
 MAX_GRANT_TOKENS = 10  # AWS GrantTokens: 0-10 items
 
-ADMIN_ROLE = "role/admin"
 DEFAULT_IDENTITY_POLICY_NAME = "hsmstore-default-admin"
 
 # AWS "Cross-account use" column of the KMS permissions table: only these can
@@ -75,7 +74,8 @@ class GrantRequestFacts:
 
 
 def is_admin_role(tenant: str, principal: str) -> bool:
-    return principal == f"arn:hsmstore:iam::{tenant}:{ADMIN_ROLE}"
+    """The tenant's ``role/admin``: the principals the default identity policy is for."""
+    return principal == principal_arn(tenant, "role", "admin")
 
 
 def cross_tenant_not_found() -> NotFoundException:
