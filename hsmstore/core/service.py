@@ -80,6 +80,7 @@ ROTATION_PERIOD_DAYS = (90, 2560, 365)  # AWS RotationPeriodInDays: min, max, de
 PENDING_WINDOW_DAYS = (7, 30, 30)  # AWS PendingWindowInDays: min, max, default
 JOB_BATCH_SIZE = 100
 ROTATION_RETRY_SECONDS = 10.0
+SERVICE_KEY_WAIT_SECONDS = 10.0  # another call making the same service-managed key
 DATA_KEY_SPEC_BYTES = {"AES_256": 32, "AES_128": 16}
 
 Failpoint = Callable[[str], None]
@@ -1083,7 +1084,7 @@ class KeyService:
 
     def _wait_for_service_key(self, tenant: str, alias_name: str) -> str:
         """Another call is making this service-managed key: answer it once it exists."""
-        deadline = time.monotonic() + ROTATION_RETRY_SECONDS
+        deadline = time.monotonic() + SERVICE_KEY_WAIT_SECONDS
         while time.monotonic() < deadline:
             winner = self._store.get_alias(tenant, alias_name)
             if winner is not None:
