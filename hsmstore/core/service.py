@@ -987,7 +987,8 @@ class KeyService:
             grant_tokens=grant_tokens,
             grant_request=grant_request,
         )
-        audit.note_key(self._arn(key))
+        if key.tenant != caller.tenant:
+            audit.note_key(self._arn(key))  # only once allowed (find_key noted the caller's own)
         return key
 
     def find_key(
