@@ -141,16 +141,9 @@ class AuthorizationService:
         facts = GrantRequestFacts(
             tuple(operations), grantee_principal, retiring_principal or None, constraints
         )
-        key, request_alias = self._keys.find_key(caller, key_id, "kms:CreateGrant", fresh=True)
-        self._access.check(
-            caller,
-            "kms:CreateGrant",
-            key,
-            request_alias=request_alias,
-            grant_tokens=grant_tokens,
-            grant_request=facts,
+        key = self._keys.resolve_key(
+            caller, key_id, "kms:CreateGrant", fresh=True, grant_tokens=grant_tokens, grant_request=facts
         )
-        audit.note_key(self._keys_arn(key))
         _refuse_pending_deletion(key)
         grant = GrantRecord(
             grant_id=new_grant_id(),
