@@ -179,5 +179,27 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def error_of(call: Callable[[], object]) -> str | None:
+    """The call's ErrorInfo reason, or None if it succeeded; other failures propagate."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        reason = reason_of(error)
+        if reason is None:
+            raise
+        return reason
+    return None
+
+
+def seconds_until(predicate: Callable[[], bool], timeout: float) -> float:
+    """Poll ``predicate`` until it holds; return how long that took (fail after ``timeout``)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
 def reason_of(error: grpc.RpcError) -> str | None:
     return error_reason(error)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -27,7 +27,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from tests.integration.harness import ServerProcess, reason_of
+from tests.integration.harness import ServerProcess, error_of, seconds_until
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -74,28 +74,6 @@ def encrypt(stub: pb_grpc.KeyStoreStub, key_id: str, plaintext: bytes, context: 
 def decrypt(stub: pb_grpc.KeyStoreStub, blob: bytes, context: dict[str, str]) -> bytes:
     request = pb.DecryptRequest(ciphertext_blob=blob, encryption_context=context)
     return bytes(stub.Decrypt(request, timeout=CALL_TIMEOUT_SECONDS).plaintext)
-
-
-def error_of(call: Callable[[], object]) -> str | None:
-    """The call's ErrorInfo reason, or None if it succeeded; other failures propagate."""
-    try:
-        call()
-    except grpc.RpcError as error:
-        reason = reason_of(error)
-        if reason is None:
-            raise
-        return reason
-    return None
-
-
-def seconds_until(predicate: Callable[[], bool], timeout: float) -> float:
-    """Poll ``predicate`` until it holds; return how long that took (fail after ``timeout``)."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def list_all_keys(stub: pb_grpc.KeyStoreStub, page_size: int) -> list[str]:

@@ -8,16 +8,14 @@ that, hence mTLS identities rather than the dev mode's single admin.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import grpc
 import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from tests.integration.harness import ServerProcess, reason_of
+from tests.integration.harness import ServerProcess, error_of, seconds_until
 from tests.integration.mtls import TRUST_DOMAIN, Pki
 from tests.postgres import fresh_database
 
@@ -57,23 +55,6 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, postgresql_url: str) -> Iter
             a.stop()
 
 
-def reason(call: Callable[[], object]) -> str | None:
-    try:
-        call()
-    except grpc.RpcError as error:
-        return reason_of(error) or error.code().name
-    return None
-
-
-def seconds_until(predicate: Callable[[], bool], timeout: float) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-    return time.monotonic() - start
-
-
 def test_a_grant_made_on_a_works_on_b_and_its_revocation_reaches_b_within_the_bound(nodes: Nodes) -> None:
     key_arn = nodes.a.stub.CreateKey(pb.CreateKeyRequest()).key_metadata.arn
     carol = nodes.carol_on_b()
@@ -81,16 +62,17 @@ def test_a_grant_made_on_a_works_on_b_and_its_revocation_reaches_b_within_the_bo
     def encrypt(tokens: list[str]) -> Callable[[], object]:
         return lambda: carol.Encrypt(pb.EncryptRequest(key_id=key_arn, plaintext=b"p", grant_tokens=tokens))
 
-    assert reason(encrypt([])) == "AccessDeniedException"  # B now caches "no grants" for the key
+    assert error_of(encrypt([])) == "AccessDeniedException"  # B now caches "no grants" for the key
     made = nodes.a.stub.CreateGrant(
         pb.CreateGrantRequest(key_id=key_arn, grantee_principal=CAROL_ARN, operations=["Encrypt"])
     )
-    assert reason(encrypt([made.grant_token])) is None  # the token: at once, cache or not
+    assert error_of(encrypt([made.grant_token])) is None  # the token: at once, cache or not
     assert (
-        seconds_until(lambda: reason(encrypt([])) is None, STALENESS_BOUND_SECONDS) <= STALENESS_BOUND_SECONDS
+        seconds_until(lambda: error_of(encrypt([])) is None, STALENESS_BOUND_SECONDS)
+        <= STALENESS_BOUND_SECONDS
     )
 
     nodes.a.stub.RevokeGrant(pb.RevokeGrantRequest(key_id=key_arn, grant_id=made.grant_id))
-    denied = seconds_until(lambda: reason(encrypt([])) == "AccessDeniedException", STALENESS_BOUND_SECONDS)
+    denied = seconds_until(lambda: error_of(encrypt([])) == "AccessDeniedException", STALENESS_BOUND_SECONDS)
     assert denied <= STALENESS_BOUND_SECONDS
-    assert reason(encrypt([made.grant_token])) == "AccessDeniedException"
+    assert error_of(encrypt([made.grant_token])) == "AccessDeniedException"
