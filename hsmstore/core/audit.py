@@ -72,6 +72,25 @@ def random_uuid() -> str:
     return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
+def time_ordered_uuid() -> str:
+    """A version 7 UUID (RFC 9562, section 5.7) in its text form: the event IDs.
+
+    "UUIDv7 features a time-ordered value field derived from the widely
+    implemented and well-known Unix Epoch timestamp source, the number of
+    milliseconds since midnight 1 Jan 1970 UTC" (48 bits), then the version,
+    12 random bits, the variant and 62 random bits. CloudTrail's eventID is an
+    opaque GUID, so callers see no difference; the audit trail's unique index
+    on it does: random (version 4) IDs land on random pages of that B-tree,
+    which cost ~15 us more per ingested record than appending at its right
+    edge, and more as the table grows (docs/performance.md). The time it
+    reveals is the record's own ``eventTime``.
+    """
+    millis = f"{time.time_ns() // 1_000_000:012x}"
+    digits = os.urandom(10).hex()
+    variant = "89ab"[int(digits[3], 16) & 3]
+    return f"{millis[:8]}-{millis[8:]}-7{digits[:3]}-{variant}{digits[4:7]}-{digits[7:19]}"
+
+
 @dataclass
 class CallAudit:
     """What one call did, filled in while it runs."""
@@ -81,7 +100,7 @@ class CallAudit:
     request_parameters: dict[str, Any]
     event_time: datetime
     request_id: str = field(default_factory=random_uuid)
-    event_id: str = field(default_factory=random_uuid)
+    event_id: str = field(default_factory=time_ordered_uuid)  # indexed: see time_ordered_uuid
     started: float = field(default_factory=time.monotonic)
     key_ids: list[str] = field(default_factory=list)  # ARNs, in the order resolved
     key_versions: dict[str, int] = field(default_factory=dict)  # key ARN -> version used

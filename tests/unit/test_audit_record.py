@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import UTC, datetime
 
-from hsmstore.core.audit import canonical_record_bytes, random_uuid
+from hsmstore.core.audit import CallAudit, canonical_record_bytes, random_uuid, time_ordered_uuid
+from hsmstore.core.model import Caller
 
 
 def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
@@ -16,6 +19,33 @@ def test_random_uuid_is_a_version_4_uuid_in_canonical_text() -> None:
         assert str(parsed) == text
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_time_ordered_uuid_is_a_version_7_uuid_with_the_unix_milliseconds_first() -> None:
+    before = time.time_ns() // 1_000_000
+    made = [time_ordered_uuid() for _ in range(5000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(made)) == 5000
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after  # RFC 9562 5.7: unix_ts_ms, the top 48 bits
+
+
+def test_time_ordered_uuids_of_later_milliseconds_sort_after_earlier_ones() -> None:
+    first = time_ordered_uuid()
+    time.sleep(0.002)
+    second = time_ordered_uuid()
+    assert first < second  # text order is time order: the index on eventID is appended to
+
+
+def test_a_call_record_has_a_version_7_event_id_and_a_version_4_request_id() -> None:
+    caller = Caller(tenant="t1", principal="arn:hsmstore:iam::t1:role/admin", kind="role", name="admin")
+    record = CallAudit("Decrypt", caller, {}, datetime.now(UTC)).to_record()
+    assert uuid.UUID(record["eventID"]).version == 7
+    assert uuid.UUID(record["requestID"]).version == 4
 
 
 def test_canonical_record_bytes_are_json_dumps_sorted_compact_utf8() -> None:
