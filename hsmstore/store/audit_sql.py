@@ -267,8 +267,12 @@ class SqlAuditLog:
             anchor_seq = connection.execute(
                 select(audit_anchor.c.seq).where(audit_anchor.c.id == _SINGLE_ROW).with_for_update()
             ).scalar_one()
+            # Along the primary key from the start: reads the rows it deletes and one more.
             first_kept = connection.execute(
-                select(func.min(audit_events.c.seq)).where(audit_events.c.event_time >= cutoff)
+                select(audit_events.c.seq)
+                .where(audit_events.c.event_time >= cutoff)
+                .order_by(audit_events.c.seq)
+                .limit(1)
             ).scalar()
             if first_kept is None:
                 last_gone = connection.execute(select(func.max(audit_events.c.seq))).scalar()
