@@ -75,15 +75,15 @@ def random_uuid() -> str:
 def time_ordered_uuid() -> str:
     """A version 7 UUID (RFC 9562, section 5.7) in its text form: the event IDs.
 
-    "UUIDv7 features a time-ordered value field derived from the widely
-    implemented and well-known Unix Epoch timestamp source, the number of
-    milliseconds since midnight 1 Jan 1970 UTC" (48 bits), then the version,
-    12 random bits, the variant and 62 random bits. CloudTrail's eventID is an
-    opaque GUID, so callers see no difference; the audit trail's unique index
-    on it does: random (version 4) IDs land on random pages of that B-tree,
-    which cost ~15 us more per ingested record than appending at its right
-    edge, and more as the table grows (docs/performance.md). The time it
-    reveals is the record's own ``eventTime``.
+    First "unix_ts_ms: 48-bit big-endian unsigned number of the Unix Epoch
+    timestamp in milliseconds", then the version (0b0111), 12 random bits
+    (rand_a), the variant (0b10) and 62 random bits (rand_b). CloudTrail's
+    eventID is an opaque GUID, so callers see no difference; the audit
+    trail's unique index on it does: random (version 4) IDs land on random
+    pages of that B-tree, which cost ~15 us more per ingested record than
+    appending at its right edge, and more as the table grows
+    (docs/performance.md). The time it reveals is the record's own
+    ``eventTime``.
     """
     millis = f"{time.time_ns() // 1_000_000:012x}"
     digits = os.urandom(10).hex()
