@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2load
 from echo_server import ECHO_PATH
 from procs import ServerProcess, descendants
-from run import create_keys, echo_server, hsmstore_server, kms_calls
+from run import START_WARM_UP_REQUESTS, create_keys, echo_server, hsmstore_server, kms_calls
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 
@@ -110,7 +110,7 @@ def profile(
     server: ServerProcess, path: str, body: bytes, requests: int, data: Path
 ) -> dict[str, Counter[str]]:
     """µs of CPU per request by role ("serving", "ingester") and layer, over one h2load run."""
-    h2load.run(server.address, path, body, requests=2000, clients=32)  # warm up
+    h2load.run(server.address, path, body, requests=START_WARM_UP_REQUESTS, clients=32)  # past start-up
     assert server.process is not None
     pids = [pid for pid in descendants(server.process.pid) if Path(f"/proc/{pid}/task").exists()]
     roles = {pid: server_role(pid) for pid in pids}
