@@ -6,6 +6,9 @@ every 0.2 s, so both schedulers and both reapers race for every due job.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +20,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 from tests.integration.harness import ControlledClock, ServerProcess, reason_of, wait_until
 from tests.integration.test_lifecycle import labels_of
 from tests.postgres import fresh_database
@@ -175,3 +179,44 @@ def test_due_rotations_and_deletions_run_once_across_nodes(nodes: Nodes) -> None
         assert labels_of(nodes.a, key_id) == [f"hsmstore/{key_id}/v1", f"hsmstore/{key_id}/v2"]
     for key_id in doomed:
         assert labels_of(nodes.a, key_id) == []
+
+
+def test_both_nodes_seal_one_chain_each_head_once_and_it_verifies(nodes: Nodes) -> None:
+    """Issue 6: audit sealing runs once across nodes. Both nodes' sealers race for
+    every head (every 0.2 s); each head is stored sealed once, and ``audit verify``
+    checks every seal against the token."""
+    store = SqlMetadataStore(create_engine_for_url(nodes.database_url))
+    try:
+        for stub in nodes.both:
+            key_id = create_key(stub)
+            for _ in range(10):
+                stub.GenerateDataKey(pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256"))
+
+        def head_seq() -> int:
+            return max((event.seq for event in store.iter_audit_events()), default=0)
+
+        def head_is_sealed() -> bool:
+            seals = store.list_audit_seals()
+            head = head_seq()
+            return head >= 22 and bool(seals) and seals[-1].seq == head  # 2 CreateKey + 20 GenerateDataKey
+
+        wait_until(head_is_sealed)
+        time.sleep(1.0)  # both sealers run about five more times on the same head
+        seals = store.list_audit_seals()
+        assert seals[-1].seq == head_seq()
+        assert len({seal.seq for seal in seals}) == len(seals)
+    finally:
+        store.close()
+    verified = subprocess.run(
+        [
+            *(sys.executable, "-m", "hsmstore.cli.main", "audit", "verify"),
+            *("--db", nodes.database_url, *nodes.a.shared_token_args()),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **nodes.a.shared_token_env},
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert int(verified.stdout.split(" records, ")[1].split(" seal")[0]) == len(seals), verified.stdout
