@@ -78,6 +78,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         raw = Path(tmp) / "raw.txt"
+        assert server.process is not None  # started by the with statement
         spy = ["py-spy", "record", "--pid", str(server.process.pid), "--duration", str(args.seconds)]
         spy += ["--rate", "250", *(["--native"] if args.native else ["--nonblocking"])]
         spy += ["--gil"] if args.gil else []

@@ -379,7 +379,8 @@ def bulk_create(data_dir: Path, args: argparse.Namespace, count: int) -> float:
 
 
 def list_all_keys(stub: pb_grpc.KeyStoreStub) -> list[str]:
-    keys, marker = [], ""
+    keys: list[str] = []
+    marker = ""
     while True:
         page = stub.ListKeys(pb.ListKeysRequest(limit=1000, marker=marker))
         keys.extend(k.key_id for k in page.keys)
