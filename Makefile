@@ -20,6 +20,7 @@ lint: install
 	$(BIN)/ruff check hsmstore tests bench
 	$(BIN)/ruff format --check hsmstore tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench/*.py
 	$(BIN)/lint-imports
 
 bench: install
