@@ -34,6 +34,7 @@ class Settings:
     db: str = ""  # default: sqlite:///<data_dir>/hsmstore.db
     workers: int = 0  # 0: one per core with a server DB, one with SQLite (see worker_count)
     grpc_threads: int = 2  # measured best on 2 cores (docs/performance.md); raise it for a remote DB
+    cpu_affinity: bool = False  # pin each serving process to one CPU (docs/performance.md)
     region: str = "local"
     hsm_profile: str = "softhsm2"
     pkcs11_module: str = ""  # empty: the dev SoftHSM2 token under data_dir

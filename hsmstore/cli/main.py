@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
     serve.add_argument("--workers", type=int, help="processes sharing the port")
     serve.add_argument("--grpc-threads", dest="grpc_threads", type=int, help="gRPC thread-pool size")
+    serve.add_argument(
+        "--cpu-affinity",
+        dest="cpu_affinity",
+        action="store_true",
+        default=None,
+        help="pin each serving process (each worker) to its own CPU; the audit ingester stays free",
+    )
     serve.add_argument("--region", help="region in resource names (default local)")
     serve.add_argument("--hsm-profile", dest="hsm_profile", choices=["softhsm2", "cloudhsm"])
     serve.add_argument(

@@ -246,3 +246,65 @@ def exercise_every_key_on_every_connection(
     for thread in threads:
         thread.join(120)
     return failures
+
+
+def ingester_pids(serve_pid: int, port: int) -> set[int]:
+    """The audit ingester: a spawned child of the serve process with no listening socket."""
+    return {
+        pid
+        for pid in descendants(serve_pid)
+        if (info := parent_and_state(pid)) is not None
+        and info[0] == serve_pid
+        and "--multiprocessing-fork" in command_line(pid)
+        and not sockets_on(pid, port, TCP_LISTEN)
+    }
+
+
+def serves(server: ServerProcess) -> bool:
+    key_id = create_key(server.stub)
+    data_key = server.stub.GenerateDataKey(pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256"))
+    decrypted = server.stub.Decrypt(pb.DecryptRequest(ciphertext_blob=data_key.ciphertext_blob))
+    return decrypted.plaintext == data_key.plaintext
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cpu_affinity_pins_each_serving_process_to_its_own_cpu_and_leaves_the_ingester_free(
+    tmp_path: Path, workers: int
+) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    server = ServerProcess(
+        tmp_path / "data", extra_args=["--workers", str(workers), "--cpu-affinity"]
+    ).start()
+    assert server.process is not None
+    serve_pid = server.process.pid
+    port = int(server.address.rpartition(":")[2])
+    try:
+        serving = worker_pids(serve_pid, port) if workers > 1 else {serve_pid}
+        assert len(serving) == workers
+        pinned = sorted(os.sched_getaffinity(pid) for pid in serving)
+        assert all(len(cpus) == 1 for cpus in pinned), pinned
+        expected = sorted({allowed[index % len(allowed)]} for index in range(workers))
+        assert pinned == expected
+        for pid in serving:  # every thread of it (grpc's, the pool's), not only its main thread
+            threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+            assert {frozenset(os.sched_getaffinity(tid)) for tid in threads} == {
+                frozenset(os.sched_getaffinity(pid))
+            }
+        ingesters = ingester_pids(serve_pid, port)
+        assert len(ingesters) == 1
+        assert os.sched_getaffinity(next(iter(ingesters))) == set(allowed)
+        if workers == 1:  # a restarted ingester is spawned by the pinned process: still free
+            os.kill(next(iter(ingesters)), signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while not (ingester_pids(serve_pid, port) - ingesters) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            restarted = ingester_pids(serve_pid, port) - ingesters
+            assert len(restarted) == 1
+            ingester = next(iter(restarted))
+            # The spawned child inherits the pin until its main sets the CPUs back (after imports).
+            while os.sched_getaffinity(ingester) != set(allowed) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert os.sched_getaffinity(ingester) == set(allowed)
+        assert serves(server)
+    finally:
+        server.stop()
