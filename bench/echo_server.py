@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from hsmstore.cli.serve import pin_to_one_cpu
 from hsmstore.config import Settings
 from hsmstore.server.app import make_grpc_server
 
@@ -57,7 +58,9 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-def _worker(listen: str, threads: int, ready: Any) -> None:
+def _worker(listen: str, threads: int, ready: Any, pin_index: int | None) -> None:
+    if pin_index is not None:
+        pin_to_one_cpu(pin_index)
     server, _port = serve_echo(listen, threads, reuse_port=True)
     ready.put("ready")
     _wait_for_signal()
@@ -69,9 +72,12 @@ def main() -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--grpc-threads", type=int, default=Settings.grpc_threads)
+    parser.add_argument("--cpu-affinity", action="store_true", help="as hsmstore serve --cpu-affinity")
     args = parser.parse_args()
     host, _, port_text = args.listen.rpartition(":")
     if args.workers == 1:
+        if args.cpu_affinity:
+            pin_to_one_cpu(0)
         server, port = serve_echo(args.listen, args.grpc_threads, reuse_port=False)
         print(f"echo listening on {host}:{port}", flush=True)
         _wait_for_signal()
@@ -85,8 +91,11 @@ def main() -> int:
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
     workers = [
-        context.Process(target=_worker, args=(f"{host}:{port}", args.grpc_threads, ready))
-        for _ in range(args.workers)
+        context.Process(
+            target=_worker,
+            args=(f"{host}:{port}", args.grpc_threads, ready, index if args.cpu_affinity else None),
+        )
+        for index in range(args.workers)
     ]
     for worker in workers:
         worker.start()

@@ -88,6 +88,10 @@ class Row:
 # ---------------------------------------------------------------- servers
 
 
+# Flags every server of this run gets (hsmstore and echo): ``--cpu-affinity`` when asked for.
+SERVER_FLAGS: list[str] = []
+
+
 def hsmstore_server(data_dir: Path, workers: int, threads: int, audit: bool = True) -> ServerProcess:
     return ServerProcess(
         [
@@ -106,13 +110,14 @@ def hsmstore_server(data_dir: Path, workers: int, threads: int, audit: bool = Tr
             "--log-level",
             "WARNING",
             *([] if audit else ["--no-audit"]),
+            *SERVER_FLAGS,
         ]
     )
 
 
 def echo_server(workers: int, threads: int) -> ServerProcess:
     command = [sys.executable, str(BENCH_DIR / "echo_server.py"), "--workers", str(workers)]
-    return ServerProcess([*command, "--grpc-threads", str(threads)])
+    return ServerProcess([*command, "--grpc-threads", str(threads), *SERVER_FLAGS])
 
 
 # --------------------------------------------------------------- requests
@@ -588,14 +593,25 @@ def main() -> int:
         default=None,
         help=f"requests on every fresh server before its figures (default {START_WARM_UP_REQUESTS})",
     )
+    parser.add_argument(
+        "--cpu-affinity",
+        action="store_true",
+        help="serve with --cpu-affinity (hsmstore and the echo floor alike)",
+    )
     parser.add_argument("--output", type=Path, help="write every figure as JSON here")
     args = parser.parse_args()
+    if args.cpu_affinity:
+        SERVER_FLAGS.append("--cpu-affinity")
     args.requests = args.requests or (1000 if args.quick else 5000)
     if args.start_warm_up is None:
         args.start_warm_up = 2000 if args.quick else START_WARM_UP_REQUESTS
     args.base_keys = 10
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    print(f"hsmstore bench {started}, {os.cpu_count()} CPUs, h2load -c {args.clients} -m 1", flush=True)
+    print(
+        f"hsmstore bench {started}, {os.cpu_count()} CPUs, h2load -c {args.clients} -m 1",
+        *SERVER_FLAGS,
+        flush=True,
+    )
 
     rows: list[Row] = []
     scale: dict[str, Any] = {}
