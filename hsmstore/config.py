@@ -131,6 +131,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("jobs_interval_seconds must be positive")
     if settings.grpc_threads < 1:
         raise ConfigError("grpc_threads must be at least 1")
+    if settings.cpu_affinity and not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("cpu_affinity needs Linux (sched_setaffinity)")
     if settings.pkcs11_module and not (settings.token_label and settings.pin_file):
         raise ConfigError("pkcs11_module needs token_label and pin_file")
 

@@ -68,7 +68,8 @@ class AuditIngester:
         self._settings = settings
         self._process: multiprocessing.process.BaseProcess | None = None
         # Taken before the server pins itself (--cpu-affinity): a restarted ingester stays free.
-        self._cpus = frozenset(os.sched_getaffinity(0))
+        # (No CPU affinity outside Linux: an empty set leaves the ingester as it starts.)
+        self._cpus = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
 
     def start(self) -> None:
         if not self._settings.audit:
@@ -105,7 +106,8 @@ INGESTER_NICENESS = 5
 
 def _ingester_main(settings: Settings, parent_pid: int, cpus: frozenset[int]) -> None:
     os.nice(INGESTER_NICENESS)
-    os.sched_setaffinity(0, cpus)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",

@@ -115,3 +115,19 @@ def test_workers_default_to_one_with_sqlite_and_one_per_core_with_postgresql() -
     assert load_settings({}, {}).worker_count == 1
     assert load_settings({"db": "postgresql://kms@db/kms"}, {}).worker_count == (os.cpu_count() or 1)
     assert load_settings({"db": "postgresql://kms@db/kms", "workers": 3}, {}).worker_count == 3
+
+
+def test_cpu_affinity_is_off_by_default_and_on_from_the_environment_or_toml(tmp_path: Path) -> None:
+    assert load_settings({}, environ={}).cpu_affinity is False
+    assert load_settings({}, environ={"HSMSTORE_CPU_AFFINITY": "true"}).cpu_affinity is True
+    config = tmp_path / "c.toml"
+    config.write_text("cpu_affinity = true\n")
+    assert load_settings({}, {}, str(config)).cpu_affinity is True
+
+
+def test_cpu_affinity_without_sched_setaffinity_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delattr(os, "sched_setaffinity")
+    with pytest.raises(ConfigError, match="cpu_affinity needs Linux"):
+        load_settings({"cpu_affinity": True}, environ={})
