@@ -67,9 +67,7 @@ def random_uuid() -> str:
     Two per call are made on the request path; building a ``uuid.UUID`` object
     for each cost 4.5 us, formatting 16 random bytes directly 1.8 us.
     """
-    digits = os.urandom(16).hex()
-    variant = "89ab"[int(digits[16], 16) & 3]
-    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+    return _uuid_text(os.urandom(16).hex(), version=4)
 
 
 def time_ordered_uuid() -> str:
@@ -85,10 +83,14 @@ def time_ordered_uuid() -> str:
     (docs/performance.md). The time it reveals is the record's own
     ``eventTime``.
     """
-    millis = f"{time.time_ns() // 1_000_000:012x}"
-    digits = os.urandom(10).hex()
-    variant = "89ab"[int(digits[3], 16) & 3]
-    return f"{millis[:8]}-{millis[8:]}-7{digits[:3]}-{variant}{digits[4:7]}-{digits[7:19]}"
+    return _uuid_text(f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}", version=7)
+
+
+def _uuid_text(digits: str, version: int) -> str:
+    """32 hex digits as a UUID's 8-4-4-4-12 text, with ``version`` in digit 12 and the
+    RFC variant (0b10) in the top bits of digit 16; the other 122 bits are ``digits``'."""
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-{version:x}{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:32]}"
 
 
 @dataclass
