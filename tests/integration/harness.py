@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,35 @@ class ServerProcess:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hsmstore.db"
+
+
+NodeFactory = Callable[[Path, Sequence[str], Mapping[str, str]], ServerProcess]
+
+
+def plain_node(data_dir: Path, extra_args: Sequence[str], extra_env: Mapping[str, str]) -> ServerProcess:
+    return ServerProcess(data_dir, extra_args=extra_args, extra_env=extra_env)
+
+
+@contextmanager
+def two_nodes(
+    dir_a: Path,
+    dir_b: Path,
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    make: NodeFactory = plain_node,
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two nodes of one service: A (its dev token made on its first start) and B on
+    A's token, both with ``args`` (the shared ``--db``, say); B stops first."""
+    env = dict(env or {})
+    a = make(dir_a, [*args], env)
+    b = make(dir_b, [*args, *a.shared_token_args()], {**env, **a.shared_token_env})
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
 
 
 class ControlledClock:

@@ -18,7 +18,7 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.core.blob import parse_blob
-from tests.integration.harness import ControlledClock, ServerProcess, reason_of, wait_until
+from tests.integration.harness import ControlledClock, ServerProcess, reason_of, two_nodes, wait_until
 from tests.integration.test_token_objects import secret_key_objects
 
 pytestmark = pytest.mark.integration
@@ -168,13 +168,9 @@ def test_automatic_rotation_skips_a_disabled_key_and_resumes_when_enabled(
 
 
 def test_two_servers_on_one_db_rotate_a_due_key_once(tmp_path: Path, clock: ControlledClock) -> None:
-    first = ServerProcess(tmp_path / "a", extra_args=JOB_ARGS, extra_env=clock.env).start()
-    second = ServerProcess(
-        tmp_path / "b",
-        extra_args=[*JOB_ARGS, "--db", f"sqlite:///{first.db_path}", *first.shared_token_args()],
-        extra_env={**clock.env, **first.shared_token_env},
-    ).start()
-    try:
+    shared_db = f"sqlite:///{tmp_path / 'a' / 'hsmstore.db'}"  # the first server's own default
+    args = [*JOB_ARGS, "--db", shared_db]
+    with two_nodes(tmp_path / "a", tmp_path / "b", args, clock.env) as (first, second):
         key_ids = [create_key(first.stub) for _ in range(3)]
         for key_id in key_ids:
             second.stub.EnableKeyRotation(
@@ -193,9 +189,6 @@ def test_two_servers_on_one_db_rotate_a_due_key_once(tmp_path: Path, clock: Cont
             blob = second.stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"x")).ciphertext_blob
             assert parse_blob(blob).key_version == 2
             assert first.stub.Decrypt(pb.DecryptRequest(ciphertext_blob=blob)).plaintext == b"x"
-    finally:
-        second.stop()
-        first.stop()
 
 
 # ------------------------------------------------------------------ deletion

@@ -27,7 +27,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from tests.integration.harness import ServerProcess, error_of, seconds_until
+from tests.integration.harness import ServerProcess, error_of, seconds_until, two_nodes
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -45,20 +45,13 @@ class Nodes:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory, postgresql_url: str) -> Iterator[Nodes]:
     """Node A (dev token created on its first start) and node B on A's token; one fresh DB."""
-    with fresh_database(postgresql_url) as database_url:
-        a = ServerProcess(tmp_path_factory.mktemp("node-a"), extra_args=["--db", database_url])
-        b = ServerProcess(
-            tmp_path_factory.mktemp("node-b"),
-            extra_args=["--db", database_url, *a.shared_token_args()],
-            extra_env=a.shared_token_env,
-        )
-        try:
-            a.start()
-            b.start()
-            yield Nodes(a, b)
-        finally:
-            b.stop()
-            a.stop()
+    with (
+        fresh_database(postgresql_url) as database_url,
+        two_nodes(
+            tmp_path_factory.mktemp("node-a"), tmp_path_factory.mktemp("node-b"), ["--db", database_url]
+        ) as (a, b),
+    ):
+        yield Nodes(a, b)
 
 
 def create_key(stub: pb_grpc.KeyStoreStub, description: str = "") -> str:

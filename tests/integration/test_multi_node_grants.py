@@ -15,7 +15,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from tests.integration.harness import ServerProcess, error_of, seconds_until
+from tests.integration.harness import ServerProcess, error_of, seconds_until, two_nodes
 from tests.integration.mtls import TRUST_DOMAIN, Pki
 from tests.postgres import fresh_database
 
@@ -39,20 +39,16 @@ class Nodes:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory, postgresql_url: str) -> Iterator[Nodes]:
     pki = Pki(tmp_path_factory.mktemp("pki"))
-    with fresh_database(postgresql_url) as database_url:
-        a = pki.server(tmp_path_factory.mktemp("node-a"), extra_args=["--db", database_url])
-        b = pki.server(
+    with (
+        fresh_database(postgresql_url) as database_url,
+        two_nodes(
+            tmp_path_factory.mktemp("node-a"),
             tmp_path_factory.mktemp("node-b"),
-            extra_args=["--db", database_url, *a.shared_token_args()],
-            extra_env=a.shared_token_env,
-        )
-        try:
-            a.start()
-            b.start()
-            yield Nodes(a, b, pki)
-        finally:
-            b.stop()
-            a.stop()
+            ["--db", database_url],
+            make=lambda data_dir, args, env: pki.server(data_dir, extra_args=args, extra_env=env),
+        ) as (a, b),
+    ):
+        yield Nodes(a, b, pki)
 
 
 def test_a_grant_made_on_a_works_on_b_and_its_revocation_reaches_b_within_the_bound(nodes: Nodes) -> None:

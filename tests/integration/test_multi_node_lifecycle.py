@@ -21,7 +21,7 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
-from tests.integration.harness import ControlledClock, ServerProcess, reason_of, wait_until
+from tests.integration.harness import ControlledClock, ServerProcess, reason_of, two_nodes, wait_until
 from tests.integration.test_lifecycle import labels_of
 from tests.postgres import fresh_database
 
@@ -47,20 +47,11 @@ class Nodes:
 @pytest.fixture
 def nodes(tmp_path: Path, postgresql_url: str) -> Iterator[Nodes]:
     clock = ControlledClock(tmp_path / "clock-offset")
-    with fresh_database(postgresql_url) as database_url:
-        a = ServerProcess(tmp_path / "a", extra_args=[*JOB_ARGS, "--db", database_url], extra_env=clock.env)
-        b = ServerProcess(
-            tmp_path / "b",
-            extra_args=[*JOB_ARGS, "--db", database_url, *a.shared_token_args()],
-            extra_env={**clock.env, **a.shared_token_env},
-        )
-        try:
-            a.start()
-            b.start()
-            yield Nodes(a, b, clock, database_url)
-        finally:
-            b.stop()
-            a.stop()
+    with (
+        fresh_database(postgresql_url) as database_url,
+        two_nodes(tmp_path / "a", tmp_path / "b", [*JOB_ARGS, "--db", database_url], clock.env) as (a, b),
+    ):
+        yield Nodes(a, b, clock, database_url)
 
 
 def outcome(call: Callable[[], object]) -> str:
