@@ -28,15 +28,12 @@ error message of a caller from another tenant.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from hsmstore.core.grants import GRANT_OPERATIONS, GrantConstraints, GrantRecord
 from hsmstore.core.policy import ConditionContext, PolicyDocument, PrincipalMatch, Statement
-
-_KEY_ARN_TENANT = re.compile(r"^arn:hsmstore:kms:[^:]*:([^:]+):key/")
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class AccessRequest:
     caller_tenant: str  # kms:CallerAccount
     action: str  # "kms:Encrypt", "iam:PutIdentityPolicy", ...
     key_arn: str | None = None  # None for actions not on a key
-    key_tenant: str | None = None  # None: read from key_arn
+    key_tenant: str | None = None  # the key's tenant; given whenever key_arn is
     encryption_context: Mapping[str, str] | None = None  # kms:EncryptionContext:*, grant constraints
     via_service: str | None = None  # kms:ViaService
     request_alias: str | None = None  # kms:RequestAlias
@@ -55,6 +52,10 @@ class AccessRequest:
     grantee_principal: str | None = None  # kms:GranteePrincipal (CreateGrant)
     retiring_principal: str | None = None  # kms:RetiringPrincipal
     grant_constraints: GrantConstraints | None = None  # the constraints a CreateGrant asks for
+
+    def __post_init__(self) -> None:
+        if (self.key_arn is None) != (self.key_tenant is None):
+            raise ValueError("key_arn and key_tenant come together: the key's tenant is not parsed again")
 
     def condition_context(self) -> ConditionContext:
         return ConditionContext(
@@ -162,7 +163,7 @@ def _policy_allow(
         return _identity_only_allow(request, identity_policies, context)
     if key_policy is None:
         return None
-    same_tenant = _key_tenant(request) == request.caller_tenant
+    same_tenant = request.key_tenant == request.caller_tenant
     delegating: Statement | None = None
     _, allows = key_policy.statements_for(request.action)
     for statement in allows:
@@ -206,13 +207,6 @@ def _resource(request: AccessRequest) -> str:
     return request.key_arn if request.key_arn is not None else "*"
 
 
-def _key_tenant(request: AccessRequest) -> str | None:
-    if request.key_tenant is not None:
-        return request.key_tenant
-    match = _KEY_ARN_TENANT.match(request.key_arn or "")
-    return match.group(1) if match else None
-
-
 def _key_statement_applies(
     statement: Statement, request: AccessRequest, resource: str, context: ConditionContext
 ) -> PrincipalMatch:
@@ -251,7 +245,7 @@ def _allowing_grant(request: AccessRequest, grants: Sequence[GrantRecord]) -> Gr
     operation = request.action[4:]
     if operation not in GRANT_OPERATIONS or operation == "RetireGrant":
         return None
-    key_tenant = _key_tenant(request)
+    key_tenant = request.key_tenant
     for grant in grants:
         if grant.grantee_principal != request.principal or grant.key_tenant != key_tenant:
             continue

@@ -193,10 +193,11 @@ def test_cross_tenant_allow_names_both_statements() -> None:
     )
 
 
-def test_key_tenant_is_read_from_the_key_arn_when_not_given() -> None:
-    kp = key_policy(allow(hsm(ALICE)))
-    assert run(request(key_tenant=None), kp).allowed
-    assert not run(request(EVE, key_tenant=None), key_policy(allow(hsm(EVE)))).allowed
+def test_a_key_arn_without_its_tenant_or_a_tenant_without_a_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="come together"):
+        request(key_tenant=None)
+    with pytest.raises(ValueError, match="come together"):
+        request(key_arn=None, key_tenant="acme")
 
 
 def test_caller_account_condition_limits_a_star_principal_to_one_tenant() -> None:
