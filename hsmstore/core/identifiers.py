@@ -30,8 +30,13 @@ MAX_KEY_IDENTIFIER_LENGTH = 2048
 ALIAS_PREFIX = "alias/"
 # AWS: AliasName "alias/" followed by 1-250 of [a-zA-Z0-9/_-] (256 in all).
 ALIAS_NAME_PATTERN = re.compile(r"^alias/[a-zA-Z0-9/_-]{1,250}$")
+# The one grammar of tenants and principal names, shared by resource names, key
+# policies and SPIFFE identities (server/identity.py): a tenant appears in every
+# key and alias resource name, a principal name must be one a certificate can carry.
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+PRINCIPAL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ARN_PATTERN = re.compile(
-    r"^arn:hsmstore:kms:(?P<region>[a-z0-9-]{1,64}):(?P<tenant>[a-z0-9][a-z0-9_-]{0,62}):"  # TENANT_PATTERN
+    rf"^arn:hsmstore:kms:(?P<region>[a-z0-9-]{{1,64}}):(?P<tenant>{TENANT_PATTERN.pattern}):"
     r"(?P<kind>key|alias)/(?P<name>.+)$"
 )
 
@@ -69,11 +74,6 @@ def validate_alias_name(alias_name: str) -> str:
     return alias_name
 
 
-# The one grammar of tenants and principal names, shared by resource names, key
-# policies and SPIFFE identities (server/identity.py): a tenant appears in every
-# key and alias resource name, a principal name must be one a certificate can carry.
-TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-PRINCIPAL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PRINCIPAL_KINDS = ("user", "service", "role")
 # arn:hsmstore:iam::<tenant>:root | arn:hsmstore:iam::<tenant>:<user|service|role>/<name>
 PRINCIPAL_ARN_PATTERN = re.compile(
