@@ -35,7 +35,7 @@ from hsmstore.core.grants import (
     validate_grant_request,
 )
 from hsmstore.core.identifiers import key_arn, parse_principal_arn
-from hsmstore.core.model import Caller, KeyRecord, KeyState
+from hsmstore.core.model import Caller, KeyRecord, KeyState, tenant_root_arn
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
 from hsmstore.core.policy import IAM_ACTIONS, KMS_ACTIONS, MAX_POLICY_BYTES, parse_policy
 from hsmstore.core.ports import Clock, IdentityPolicyRecord
@@ -59,7 +59,7 @@ class GrantEntry:
 
     @property
     def issuing_account(self) -> str:
-        return f"arn:hsmstore:iam::{self.grant.key_tenant}:root"
+        return tenant_root_arn(self.grant.key_tenant)
 
 
 @dataclass(frozen=True)

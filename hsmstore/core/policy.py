@@ -31,6 +31,7 @@ from functools import cached_property
 from typing import Literal, NoReturn
 
 from hsmstore.core.identifiers import PRINCIPAL_ARN_PATTERN
+from hsmstore.core.model import tenant_root_arn
 from hsmstore.errors import MalformedPolicyDocumentException, ValidationException
 
 # AWS PutKeyPolicy: "Maximum length of 32768"; counted here in UTF-8 bytes.
@@ -394,7 +395,7 @@ class Statement:
         principals = self.principals
         if principals is None or "*" in principals or principal in principals:
             return PrincipalMatch.DIRECT
-        if f"arn:hsmstore:iam::{caller_tenant}:root" in principals:
+        if tenant_root_arn(caller_tenant) in principals:
             return PrincipalMatch.ROOT
         return PrincipalMatch.NONE
 
