@@ -150,13 +150,17 @@ def cloudhsm_pin(user: str, password: str) -> str:
 
 class CK_GCM_PARAMS(ctypes.Structure):  # noqa: N801 - the PKCS#11 type name
     """PKCS#11 v2.40-errata ``CK_GCM_PARAMS``, the layout SoftHSM 2.6.1 and
-    python-pkcs11 use (with ``ulIvBits``; 48 bytes on LP64)."""
+    python-pkcs11 use (with ``ulIvBits``; 48 bytes on LP64).
+
+    The pointers are ``c_char_p``, which take an address (a buffer the HSM
+    writes its IV into) or a ``bytes`` object (read-only IV and AAD).
+    """
 
     _fields_ = (
-        ("pIv", ctypes.c_void_p),
+        ("pIv", ctypes.c_char_p),
         ("ulIvLen", ctypes.c_ulong),
         ("ulIvBits", ctypes.c_ulong),
-        ("pAAD", ctypes.c_void_p),
+        ("pAAD", ctypes.c_char_p),
         ("ulAADLen", ctypes.c_ulong),
         ("ulTagBits", ctypes.c_ulong),
     )

@@ -73,6 +73,7 @@ import pkcs11
 from pkcs11 import exceptions as pkcs11_errors
 
 from hsmstore import errors
+from hsmstore.hsm.held_calls import GilHeldCalls
 from hsmstore.hsm.profiles import HsmProfile, ThreadingMode
 
 if TYPE_CHECKING:
@@ -266,6 +267,17 @@ class Pkcs11Module:
         self._login_holders: dict[str, int] = {}
         self._cdll: ctypes.CDLL | None = None
         self._init_args: CK_C_INITIALIZE_ARGS | None = None
+        self._held_calls: GilHeldCalls | None = None
+
+    @property
+    def held_calls(self) -> GilHeldCalls | None:
+        """The request-path calls that keep the GIL, in ``global_lock`` mode only
+        (see :mod:`hsmstore.hsm.held_calls`); None in ``os_locking`` mode."""
+        if self.mode is not ThreadingMode.GLOBAL_LOCK:
+            return None
+        if self._held_calls is None:
+            self._held_calls = GilHeldCalls(self.path)
+        return self._held_calls
 
     # -- initialisation (caller holds the gate exclusively, or is the only user) --
 
@@ -459,6 +471,12 @@ class WorkingSession:
     keys: dict[bytes, Object] = field(default_factory=dict, repr=False)
     needs_initializer: bool = True
 
+    @property
+    def handle(self) -> int:
+        """The PKCS#11 session handle, for :mod:`hsmstore.hsm.held_calls`."""
+        handle: int = self.session.handle  # type: ignore[attr-defined]  # python-pkcs11's types omit it
+        return handle
+
 
 class TokenSessions:
     """The sessions one vault uses on one token, and the retry-once policy.
@@ -543,6 +561,11 @@ class TokenSessions:
     @property
     def threading_mode(self) -> ThreadingMode:
         return self._module.mode
+
+    @property
+    def held_calls(self) -> GilHeldCalls | None:
+        """See :attr:`Pkcs11Module.held_calls`; use only inside :meth:`run`."""
+        return self._module.held_calls
 
     @property
     def object_store_lock(self) -> threading.Lock:

@@ -109,6 +109,15 @@ def _key_unavailable() -> errors.KeyUnavailableException:
     return errors.KeyUnavailableException("the key material of this key version is not on the HSM")
 
 
+def _object_handle(key: Object) -> int:
+    """A found token object's handle (python-pkcs11 types it ``int | None``: None is
+    only for domain parameters never stored on a token)."""
+    handle = key.handle
+    if handle is None:
+        raise _key_unavailable()
+    return handle
+
+
 class Pkcs11KeyVault:
     """AES-256-GCM keys on a PKCS#11 token; safe to call from many threads at once.
 
@@ -126,6 +135,8 @@ class Pkcs11KeyVault:
         # One finder/generator of the audit seal key per process (os_locking has many sessions).
         self._seal_key_lock = threading.Lock()
         self._seal_verify_rescanned = False
+        # GIL-keeping calls for the request path (global_lock mode; the IV is ours to pass).
+        self._held = sessions.held_calls if self.profile.iv_source is IvSource.CALLER else None
 
     @classmethod
     def open(
@@ -241,10 +252,8 @@ class Pkcs11KeyVault:
         self._check_payload(number_of_bytes)
 
         def generate(ws: WorkingSession) -> tuple[bytes, bytes, bytes]:
-            drawn = _as_bytes(
-                ws.session.generate_random(
-                    (number_of_bytes + (GCM_IV_BYTES if self.profile.iv_source is IvSource.CALLER else 0)) * 8
-                )
+            drawn = self._random(
+                ws, number_of_bytes + (GCM_IV_BYTES if self.profile.iv_source is IvSource.CALLER else 0)
             )
             data_key, iv_bytes = drawn[:number_of_bytes], drawn[number_of_bytes:]
             iv, ciphertext = self._seal(ws, token_id, data_key, aad, iv_bytes or None)
@@ -262,7 +271,12 @@ class Pkcs11KeyVault:
         """SoftHSM2: the IV is ours to draw from the token RNG; CloudHSM writes its own (None)."""
         if self.profile.iv_source is not IvSource.CALLER:
             return None
-        return drawn or _as_bytes(ws.session.generate_random(GCM_IV_BYTES * 8))  # nbits, not bytes
+        return drawn or self._random(ws, GCM_IV_BYTES)
+
+    def _random(self, ws: WorkingSession, number_of_bytes: int) -> bytes:
+        if self._held is not None:
+            return self._held.generate_random(ws.handle, number_of_bytes)
+        return _as_bytes(ws.session.generate_random(number_of_bytes * 8))  # nbits, not bytes
 
     def _seal(
         self, ws: WorkingSession, token_id: bytes, plaintext: bytes, aad: bytes, iv: bytes | None
@@ -270,6 +284,8 @@ class Pkcs11KeyVault:
         key = self._encrypting_key(ws, token_id)
         if iv is None and self.profile.iv_source is IvSource.CALLER:
             iv = self._caller_iv(ws, b"")
+        if self._held is not None and iv is not None:
+            return iv, self._held.gcm_encrypt(ws.handle, _object_handle(key), iv, aad, plaintext)
         param = gcm_encrypt_param(self.profile.iv_source, aad, iv)
         ciphertext = key.encrypt(
             plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=param.mechanism_param
@@ -293,11 +309,13 @@ class Pkcs11KeyVault:
         """
         if len(iv) != GCM_IV_BYTES or len(ciphertext) < GCM_TAG_BYTES:
             raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate")
-        param = gcm_decrypt_param(iv, aad)
+        param = gcm_decrypt_param(iv, aad) if self._held is None else None
 
         def decrypt(ws: WorkingSession) -> bytes:
             key = self._decrypting_key(ws, token_id)
             try:
+                if self._held is not None:
+                    return self._held.gcm_decrypt(ws.handle, _object_handle(key), iv, aad, ciphertext)
                 plaintext = key.decrypt(ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=param)
             except pkcs11_errors.PKCS11Error as exc:
                 if fault_kind(exc) is not None:
@@ -313,7 +331,7 @@ class Pkcs11KeyVault:
             raise errors.ValidationException(f"number of random bytes must be 1 to {MAX_RANDOM_BYTES}")
 
         def draw(ws: WorkingSession) -> bytes:
-            return ws.session.generate_random(number_of_bytes * 8)
+            return self._random(ws, number_of_bytes)
 
         random_bytes = self._call(draw, "the HSM failed to generate random bytes", key_id=None)
         if len(random_bytes) != number_of_bytes:
