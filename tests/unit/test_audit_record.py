@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime
 
-from hsmstore.core.audit import CallAudit, canonical_record_bytes, random_uuid, time_ordered_uuid
+from hsmstore.core.audit import (
+    CallAudit,
+    _UrandomPool,
+    canonical_record_bytes,
+    random_uuid,
+    time_ordered_uuid,
+)
 from hsmstore.core.model import Caller
 
 
@@ -58,3 +65,24 @@ def test_canonical_record_bytes_are_json_dumps_sorted_compact_utf8() -> None:
     for record in records:
         expected = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         assert canonical_record_bytes(record) == expected
+
+
+def test_the_urandom_pool_hands_out_each_drawn_byte_once_and_draws_again_when_empty() -> None:
+    pool = _UrandomPool(draw_bytes=64)
+    taken = [pool.take(10) for _ in range(20)]  # 200 bytes: four draws of 64
+    assert all(len(chunk) == 10 for chunk in taken)
+    assert len(set(taken)) == len(taken)
+
+
+def test_a_forked_child_never_hands_out_the_parents_undrawn_bytes() -> None:
+    random_uuid()  # the pool holds undrawn bytes now
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write_end, random_uuid().encode())
+        os._exit(0)
+    os.close(write_end)
+    in_child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    os.waitpid(child, 0)
+    assert in_child != random_uuid()  # the parent's next one, from the same undrawn bytes
