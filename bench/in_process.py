@@ -1,0 +1,105 @@
+"""hsmstore's own code for one call, with no gRPC transport around it: CPU per call and Python calls.
+
+Opens the runtime ``hsmstore serve`` opens (a fresh SoftHSM2 dev token, SQLite,
+the audit spool) in this process and calls ``KeyStoreServicer`` methods
+directly, with a stand-in for grpc's ServicerContext (peer, abort) and the
+local admin as caller. One thread, so no GIL hand-offs: the difference to
+``bench/run.py``'s CPU per request, less the echo floor, is what the live
+server adds around the same code (docs/performance.md, "Where the CPU goes").
+
+Prints CPU µs per call (``time.process_time`` over ``--calls``) and the Python
+function calls per call counted by ``cProfile`` (``--top`` heaviest functions
+by own time, which cProfile inflates: compare calls, not times, between them).
+
+    PYTHONPATH=. python bench/in_process.py [--calls 20000] [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hsmstore import bootstrap
+from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
+from hsmstore.config import Settings
+from hsmstore.server.identity import local_admin_caller
+from hsmstore.server.servicer import CallRunner, KeyStoreServicer
+
+CONTEXT = {"app": "bench", "tenant": "t-0001"}  # as bench/run.py's requests
+
+
+class StandInContext:
+    """What the servicer path asks of grpc's ServicerContext on a successful call."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
+    def abort_with_status(self, status: Any) -> NoReturn:
+        raise RuntimeError(f"the call failed: {status}")
+
+
+def measure(name: str, call: Callable[[], object], calls: int, top: int) -> None:
+    for _ in range(calls // 10):
+        call()
+    started = time.process_time()
+    for _ in range(calls):
+        call()
+    cpu_us = (time.process_time() - started) / calls * 1e6
+    profiled = min(calls, 2000)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(profiled):
+        call()
+    profile.disable()
+    report = io.StringIO()
+    stats = pstats.Stats(profile, stream=report)
+    python_calls = stats.total_calls / profiled  # type: ignore[attr-defined]
+    print(f"{name:<16} {cpu_us:7.1f} µs CPU per call, {python_calls:5.0f} Python function calls per call")
+    if top:
+        stats.sort_stats("tottime").print_stats(top)
+        print(report.getvalue())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--top", type=int, default=0, help="also print the N heaviest functions")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hsmstore-in-process-") as data_dir:
+        settings = Settings(data_dir=str(Path(data_dir)), log_level="WARNING")
+        runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))
+        try:
+            assert runtime.audit is not None  # the default: audit on
+            servicer = KeyStoreServicer(
+                runtime.service, CallRunner(local_admin_caller, runtime.audit.sink, False)
+            )
+            context: Any = StandInContext()
+            key_id = servicer.CreateKey(pb.CreateKeyRequest(), context).key_metadata.key_id
+            generate = pb.GenerateDataKeyRequest(
+                key_id=key_id, key_spec="AES_256", encryption_context=CONTEXT
+            )
+            blob = servicer.GenerateDataKey(generate, context).ciphertext_blob
+            decrypt = pb.DecryptRequest(ciphertext_blob=blob, encryption_context=CONTEXT)
+            measure(
+                "GenerateDataKey", lambda: servicer.GenerateDataKey(generate, context), args.calls, args.top
+            )
+            measure("Decrypt", lambda: servicer.Decrypt(decrypt, context), args.calls, args.top)
+            describe = pb.DescribeKeyRequest(key_id=key_id)
+            measure("DescribeKey", lambda: servicer.DescribeKey(describe, context), args.calls, args.top)
+        finally:
+            runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
