@@ -15,8 +15,10 @@ The rules, from ``shared/notes/pkcs11.md`` §2 (all verified on SoftHSM 2.6.1):
   modes (:class:`~hsmstore.hsm.profiles.ThreadingMode`):
 
   - ``global_lock``: every PKCS#11 call of the process for that module goes
-    through one ``threading.Lock`` (the GIL is released inside each C call,
-    so other request threads keep running Python); one working session.
+    through one ``threading.Lock``; one working session. python-pkcs11
+    releases the GIL inside each C call; the request path's random, encrypt
+    and decrypt calls keep it instead (:mod:`hsmstore.hsm.held_calls`), as a
+    release there only hands the GIL to another thread and back.
   - ``os_locking``: finalize python-pkcs11's NULL initialisation and call
     ``C_Initialize`` again with ``CKF_OS_LOCKING_OK`` through ctypes (same
     dlopen handle, same module instance), then give each concurrent caller
