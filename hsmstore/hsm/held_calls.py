@@ -34,11 +34,10 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
+from pkcs11 import Mechanism
+
 from hsmstore.hsm.profiles import CK_GCM_PARAMS, GCM_IV_BYTES, GCM_TAG_BITS, GCM_TAG_BYTES
 from hsmstore.hsm.return_values import CKR_BUFFER_TOO_SMALL, CKR_OK, error_for
-
-CKM_AES_GCM = 0x1087
-"""PKCS#11 v2.40 ``CKM_AES_GCM``."""
 
 _CK_ULONG = ctypes.c_ulong
 
@@ -95,7 +94,7 @@ class GilHeldCalls:
         if len(iv) != GCM_IV_BYTES:
             raise ValueError("a GCM IV must be 12 bytes")
         params = CK_GCM_PARAMS(iv, GCM_IV_BYTES, GCM_IV_BYTES * 8, aad, len(aad), GCM_TAG_BITS)
-        mechanism = CK_MECHANISM(CKM_AES_GCM, ctypes.addressof(params), ctypes.sizeof(params))
+        mechanism = CK_MECHANISM(Mechanism.AES_GCM, ctypes.addressof(params), ctypes.sizeof(params))
         return_value = self._encrypt_init(session, mechanism, key)
         if return_value != CKR_OK:
             raise error_for(return_value)
@@ -104,7 +103,7 @@ class GilHeldCalls:
     def gcm_decrypt(self, session: int, key: int, iv: bytes, aad: bytes, ciphertext: bytes) -> bytes:
         """Decrypt and verify ``ciphertext || tag``; a tag or AAD mismatch raises the token's error."""
         params = CK_GCM_PARAMS(iv, len(iv), len(iv) * 8, aad, len(aad), GCM_TAG_BITS)
-        mechanism = CK_MECHANISM(CKM_AES_GCM, ctypes.addressof(params), ctypes.sizeof(params))
+        mechanism = CK_MECHANISM(Mechanism.AES_GCM, ctypes.addressof(params), ctypes.sizeof(params))
         return_value = self._decrypt_init(session, mechanism, key)
         if return_value != CKR_OK:
             raise error_for(return_value)
