@@ -91,23 +91,24 @@ class GilHeldCalls:
 
     def gcm_encrypt(self, session: int, key: int, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
         """AES-GCM with the caller's 12-byte IV and a 128-bit tag; returns ``ciphertext || tag``."""
-        if len(iv) != GCM_IV_BYTES:
-            raise ValueError("a GCM IV must be 12 bytes")
-        params = CK_GCM_PARAMS(iv, GCM_IV_BYTES, GCM_IV_BYTES * 8, aad, len(aad), GCM_TAG_BITS)
-        mechanism = CK_MECHANISM(Mechanism.AES_GCM, ctypes.addressof(params), ctypes.sizeof(params))
-        return_value = self._encrypt_init(session, mechanism, key)
-        if return_value != CKR_OK:
-            raise error_for(return_value)
+        self._start(self._encrypt_init, session, key, iv, aad)
         return self._finish(self._encrypt, session, plaintext, len(plaintext) + GCM_TAG_BYTES)
 
     def gcm_decrypt(self, session: int, key: int, iv: bytes, aad: bytes, ciphertext: bytes) -> bytes:
         """Decrypt and verify ``ciphertext || tag``; a tag or AAD mismatch raises the token's error."""
-        params = CK_GCM_PARAMS(iv, len(iv), len(iv) * 8, aad, len(aad), GCM_TAG_BITS)
+        self._start(self._decrypt_init, session, key, iv, aad)
+        return self._finish(self._decrypt, session, ciphertext, len(ciphertext))
+
+    @staticmethod
+    def _start(init: Callable[..., Any], session: int, key: int, iv: bytes, aad: bytes) -> None:
+        """``C_EncryptInit``/``C_DecryptInit`` with CKM_AES_GCM, a 12-byte IV and a 128-bit tag."""
+        if len(iv) != GCM_IV_BYTES:
+            raise ValueError("a GCM IV must be 12 bytes")
+        params = CK_GCM_PARAMS(iv, GCM_IV_BYTES, GCM_IV_BYTES * 8, aad, len(aad), GCM_TAG_BITS)
         mechanism = CK_MECHANISM(Mechanism.AES_GCM, ctypes.addressof(params), ctypes.sizeof(params))
-        return_value = self._decrypt_init(session, mechanism, key)
+        return_value = init(session, mechanism, key)
         if return_value != CKR_OK:
             raise error_for(return_value)
-        return self._finish(self._decrypt, session, ciphertext, len(ciphertext))
 
     @staticmethod
     def _finish(call: Callable[..., Any], session: int, data: bytes, output_size: int) -> bytes:
