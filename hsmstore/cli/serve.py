@@ -199,8 +199,8 @@ def pin_to_one_cpu(index: int) -> int:
     Call it before any thread starts: Linux applies ``sched_setaffinity`` to
     the calling thread, and threads made later inherit it. A serving process
     is GIL-bound, and its pool and poller threads hand the GIL over several
-    times per call (around every PKCS#11 call); on one CPU those hand-offs
-    stay in one cache. Measured on 2 cores (docs/performance.md): about 25 %
+    times per call (grpc's own hand-offs, the spool ``write``); on one CPU
+    those hand-offs stay in one cache. Measured on 2 cores (docs/performance.md): about 25 %
     less CPU per GenerateDataKey with one worker, about 10 % with two.
     """
     allowed = sorted(os.sched_getaffinity(0))

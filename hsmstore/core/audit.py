@@ -74,11 +74,13 @@ class _UrandomPool:
     inherited, so two processes never hand out the same bytes.
     """
 
+    _lock: threading.Lock
+    _buffer: bytes
+    _offset: int
+
     def __init__(self, draw_bytes: int = 4096) -> None:
         self._draw_bytes = draw_bytes
-        self._lock = threading.Lock()
-        self._buffer = b""
-        self._offset = 0
+        self.forget()
 
     def take(self, number_of_bytes: int) -> bytes:
         with self._lock:
@@ -90,9 +92,11 @@ class _UrandomPool:
         return taken
 
     def forget(self) -> None:
-        """Drop the undrawn bytes (in a forked child: they are the parent's too)."""
+        """Start empty, with a fresh lock (in a forked child the bytes are the parent's
+        too, and a parent thread may have held the lock at the fork)."""
         self._lock = threading.Lock()
-        self._buffer, self._offset = b"", 0
+        self._buffer = b""
+        self._offset = 0
 
 
 _urandom_pool = _UrandomPool()
