@@ -422,6 +422,15 @@ def _format(r: Row) -> str:
     )
 
 
+def floor_us(echo_cpu_us: float, token: dict[tuple[str, int], float], operation: str, workers: int) -> float:
+    """An operation's floor: the echo's CPU per call plus its token work (TOKEN_WORK)."""
+    return echo_cpu_us + sum(token[(t, workers)] for t in TOKEN_WORK.get(operation, ()))
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
 def summarize(rows: list[Row], floors: list[TokenFloor], workers_list: list[int]) -> list[str]:
     """The table of ratios against the floor, and each target met or missed."""
     token = {(f.operation, f.processes): f.cpu_us_per_op for f in floors}
@@ -434,7 +443,7 @@ def summarize(rows: list[Row], floors: list[TokenFloor], workers_list: list[int]
     ]
     for r in [*full, *echo.values()]:
         e = echo.get(r.workers)
-        floor = (e.cpu_us + sum(token[(t, r.workers)] for t in TOKEN_WORK.get(r.operation, ()))) if e else 0
+        floor = floor_us(e.cpu_us, token, r.operation, r.workers) if e else 0
         cpu_ratio = f"{r.cpu_us / floor:.2f}" if floor and r.operation != "CreateKey" else "-"
         rps_ratio = f"{r.rps / e.rps:.2f}" if e else "-"
         lines.append(
@@ -467,14 +476,11 @@ def targets(
     token: dict[tuple[str, int], float],
     workers: list[int],
 ) -> list[str]:
-    def verdict(ok: bool) -> str:
-        return "MET" if ok else "MISSED"
-
     base_keys = min(r.keys for r in full)
     out = ["Targets:"]
     for r in full:
         if r.operation in ("GenerateDataKey", "Decrypt") and r.keys == base_keys:
-            floor = echo[r.workers].cpu_us + sum(token[(t, r.workers)] for t in TOKEN_WORK[r.operation])
+            floor = floor_us(echo[r.workers].cpu_us, token, r.operation, r.workers)
             ratio = r.cpu_us / floor
             out.append(
                 f"- {r.operation} w={r.workers}, one run: CPU {r.cpu_us:.0f} µs = {ratio:.2f} x floor "
@@ -565,20 +571,20 @@ def _floor_targets_from_rounds(
             ]
             if not audited:
                 continue
-            floor = echo_cpu + sum(token[(t, n)] for t in TOKEN_WORK[operation])
+            floor = floor_us(echo_cpu, token, operation, n)
             ratio = median_cpu(audited) / floor
             out.append(
                 f"- {operation} w={n}, medians of {len(audited)} alternated rounds: CPU "
                 f"{median_cpu(audited):.0f} µs = {ratio:.2f} x floor {floor:.0f} µs (echo {echo_cpu:.0f}, "
                 f"runs {', '.join(f'{r.cpu_us:.0f}' for r in echoes)}) (target <= 1.6): "
-                f"{'MET' if ratio <= 1.6 else 'MISSED'}"
+                f"{verdict(ratio <= 1.6)}"
             )
             if operation == "GenerateDataKey" and n == 2:
                 share = statistics.median(r.rps for r in audited) / echo_rps
                 out.append(
                     f"- GenerateDataKey w=2 throughput, medians of {len(audited)} alternated rounds: "
                     f"{statistics.median(r.rps for r in audited):.0f}/s = {share:.0%} of echo "
-                    f"{echo_rps:.0f}/s (target >= 60%): {'MET' if share >= 0.6 else 'MISSED'}"
+                    f"{echo_rps:.0f}/s (target >= 60%): {verdict(share >= 0.6)}"
                 )
     return out
 
