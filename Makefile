@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint proto bench install system-deps clean
+.PHONY: run test lint proto bench bench-ceiling install system-deps clean
 
 run: install
 	$(BIN)/hsmstore serve
@@ -25,6 +25,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# Live CPU of servers that do ever more of a call: what the floor of issue 7 leaves out.
+bench-ceiling: install
+	$(BIN)/python bench/ceiling.py
 
 install: system-deps $(STAMP)
 
