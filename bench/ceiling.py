@@ -16,8 +16,8 @@ with ``--start-warm-up`` requests, CPU from /proc over the server's processes):
 
 The servers run in rounds, in an order that rotates every round, one process
 each (``--workers 1``), and the medians are printed. Each row's "/ floor" is
-its CPU over (the echo's median + ``bench/token_floor.py``'s CPU for that
-operation, one process): 1.6 is issue 7's target.
+its CPU over ``run.floor_us`` (the echo's median + ``bench/token_floor.py``'s
+CPU for that operation, one process): 1.6 is issue 7's target.
 
     PYTHONPATH=. python bench/ceiling.py [--rounds 5] [--requests 5000]
 """
@@ -45,7 +45,6 @@ from hsmstore.config import Settings
 
 SERVERS = ("echo", "typed", "token", "no-audit", "hsmstore")
 OPERATIONS = ("GenerateDataKey", "Decrypt")
-TOKEN_OPERATION = {"GenerateDataKey": "generate_data_key", "Decrypt": "decrypt"}
 TARGET_RATIO = 1.6
 KEY_LINE = re.compile(r"KEY (?P<key_id>\S+)")
 
@@ -100,19 +99,14 @@ def main() -> int:
     parser.add_argument("--grpc-threads", type=int, default=Settings.grpc_threads)
     parser.add_argument("--token-seconds", type=float, default=1.0)
     args = parser.parse_args()
-    floors = measure_all(args.token_seconds, (1,))
-    token_us = {f.operation: f.cpu_us_per_op for f in floors}
-    print(
-        "token alone (1 process): "
-        + ", ".join(f"{TOKEN_OPERATION[o]} {token_us[TOKEN_OPERATION[o]]:.0f} µs" for o in OPERATIONS),
-        flush=True,
-    )
+    token = {(f.operation, f.processes): f.cpu_us_per_op for f in measure_all(args.token_seconds, (1,))}
+    alone = ", ".join(f"{op} {run.floor_us(0.0, token, op, 1):.0f} µs" for op in OPERATIONS)
+    print(f"token alone (1 process): {alone}", flush=True)
     cpu: dict[tuple[str, str], list[float]] = {(s, o): [] for s in SERVERS for o in OPERATIONS}
     rps: dict[tuple[str, str], list[float]] = {(s, o): [] for s in SERVERS for o in OPERATIONS}
     with tempfile.TemporaryDirectory(prefix="hsmstore-ceiling-") as data_dir:
         for round_number in range(args.rounds):
-            shift = round_number % len(SERVERS)
-            for name in SERVERS[shift:] + SERVERS[:shift]:
+            for name in run.in_rotated_order(SERVERS, round_number):
                 with start(name, Path(data_dir), args.grpc_threads) as server:
                     calls = calls_for(name, server)
                     run.warm_up_after_start(server, calls["GenerateDataKey"], args)
@@ -132,7 +126,7 @@ def main() -> int:
     print(f"(issue 7's target: at most {TARGET_RATIO} times the floor)")
     for operation in OPERATIONS:
         echo = statistics.median(cpu["echo", operation])
-        floor = echo + token_us[TOKEN_OPERATION[operation]]
+        floor = run.floor_us(echo, token, operation, 1)
         print(f"{operation} (floor = echo {echo:.0f} + token {floor - echo:.0f} = {floor:.0f} µs)")
         for name in SERVERS:
             median = statistics.median(cpu[name, operation])

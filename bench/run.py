@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -41,6 +41,8 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
 from hsmstore.hsm.devtoken import render_conf
+
+T = TypeVar("T")
 
 SERVICE = "/hsmstore.v1.KeyStore/"
 OPERATIONS = ("GenerateDataKey", "Decrypt", "Encrypt", "ReEncrypt", "DescribeKey", "CreateKey")
@@ -321,8 +323,7 @@ def bench_audit_ab(
     rows: list[Row] = []
     settings = ("audit-on", "audit-off", "echo")
     for round_number in range(args.ab_rounds):
-        shift = round_number % len(settings)
-        for setting in settings[shift:] + settings[:shift]:
+        for setting in in_rotated_order(settings, round_number):
             if setting == "echo":
                 with echo_server(workers, args.grpc_threads) as server:
                     call = echo_call(echo_payload)
@@ -349,6 +350,13 @@ def bench_audit_ab(
 def warm_up_after_start(server: ServerProcess, call: Call, args: argparse.Namespace) -> None:
     """Load a freshly started server past its start-up transient (see START_WARM_UP_REQUESTS)."""
     load(server, call, args.start_warm_up, args.clients, 1)
+
+
+def in_rotated_order(items: tuple[T, ...], round_number: int) -> tuple[T, ...]:
+    """``items`` starting at ``round_number`` (mod len): each one leads a round in turn,
+    so no setting always runs first or last in an alternated comparison."""
+    shift = round_number % len(items)
+    return items[shift:] + items[:shift]
 
 
 def median_row(rows: list[Row]) -> Row:
@@ -674,13 +682,13 @@ def bench_scale_ab(
     requests go to both. Per worker count, ``--scale-rounds`` rounds each start
     a fresh server on either dir, in an order that swaps every round: one run
     of each minutes apart compared the machine's drift (-22 % and +24 % on
-    the same code in one run at 20:10 UTC on 2026-11-24).
+    the same code in the run of 20:01 UTC on 2026-11-24).
     """
     rows: list[Row] = []
     sides = ((small_dir, args.base_keys), (large_dir, large_keys))
     for workers in args.workers:
         for round_number in range(args.scale_rounds):
-            for data_dir, key_count in sides if round_number % 2 == 0 else sides[::-1]:
+            for data_dir, key_count in in_rotated_order(sides, round_number):
                 with (
                     hsmstore_server(data_dir, workers, args.grpc_threads) as server,
                     grpc.insecure_channel(server.address) as channel,
