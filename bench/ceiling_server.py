@@ -9,7 +9,8 @@ Built like hsmstore's own server (``make_grpc_server``, the generated
   canonical encryption context, the AAD, the blob, and the token calls through
   ``Pkcs11KeyVault`` (session checkout, cached handle, C_GenerateRandom and
   AES-GCM). No key lookup, no authorization, no audit. Its own key on a fresh
-  dev token.
+  dev token, in a vault opened as ``bench/token_floor.py`` opens its own (no
+  metadata DB, no audit spool: this server uses neither).
 
 Prints ``KEY <key id>`` (the id its blobs name) and then ``listening on HOST:PORT``.
 
@@ -19,20 +20,21 @@ Prints ``KEY <key id>`` (the id its blobs name) and then ``listening on HOST:POR
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-from hsmstore import bootstrap
+from echo_server import wait_for_signal
+
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
 from hsmstore.core import blob as blob_format
 from hsmstore.core.context import canonical_encryption_context
+from hsmstore.hsm.devtoken import activate, ensure_dev_token
+from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
 from hsmstore.server.app import make_grpc_server
 
@@ -79,25 +81,20 @@ def main() -> int:
     parser.add_argument("--grpc-threads", type=int, default=Settings.grpc_threads)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hsmstore-ceiling-") as data_dir:
-        settings = Settings(data_dir=str(Path(data_dir)), log_level="WARNING")
-        runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))
-        try:
+        token = ensure_dev_token(Path(data_dir), token_label="ceiling")  # noqa: S106 - a label
+        activate(token)
+        with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
             key_id, token_id = str(uuid.uuid4()), uuid.uuid4().bytes
-            runtime.vault.create_key(token_id, f"ceiling/{key_id}/v1")
+            vault.create_key(token_id, f"ceiling/{key_id}/v1")
             server = make_grpc_server(args.grpc_threads, reuse_port=False)
-            servicer = PartialKeyStore(args.level, runtime.vault, key_id, token_id)
+            servicer = PartialKeyStore(args.level, vault, key_id, token_id)
             pb_grpc.add_KeyStoreServicer_to_server(servicer, server)
             port = server.add_insecure_port(args.listen)
             server.start()
             print(f"KEY {key_id}", flush=True)
             print(f"listening on {args.listen.rpartition(':')[0]}:{port}", flush=True)
-            stop = threading.Event()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: stop.set())
-            stop.wait()
+            wait_for_signal()
             server.stop(1).wait()
-        finally:
-            runtime.close()
     return 0
 
 

@@ -51,7 +51,8 @@ def serve_echo(listen: str, thread_pool_size: int, reuse_port: bool) -> tuple[gr
     return server, port
 
 
-def _wait_for_signal() -> None:
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (how ``bench/procs.py`` stops a server)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -63,7 +64,7 @@ def _worker(listen: str, threads: int, ready: Any, pin_index: int | None) -> Non
         pin_to_one_cpu(pin_index)
     server, _port = serve_echo(listen, threads, reuse_port=True)
     ready.put("ready")
-    _wait_for_signal()
+    wait_for_signal()
     server.stop(1).wait()
 
 
@@ -80,7 +81,7 @@ def main() -> int:
             pin_to_one_cpu(0)
         server, port = serve_echo(args.listen, args.grpc_threads, reuse_port=False)
         print(f"echo listening on {host}:{port}", flush=True)
-        _wait_for_signal()
+        wait_for_signal()
         server.stop(1).wait()
         return 0
     port = int(port_text)
@@ -102,7 +103,7 @@ def main() -> int:
     for _ in workers:
         ready.get(timeout=60)
     print(f"echo listening on {host}:{port} ({args.workers} workers)", flush=True)
-    _wait_for_signal()
+    wait_for_signal()
     for worker in workers:
         worker.terminate()
     for worker in workers:
