@@ -8,6 +8,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from hsmstore.core.audit import (
     CallAudit,
     _UrandomPool,
@@ -67,11 +69,22 @@ def test_canonical_record_bytes_are_json_dumps_sorted_compact_utf8() -> None:
         assert canonical_record_bytes(record) == expected
 
 
-def test_the_urandom_pool_hands_out_each_drawn_byte_once_and_draws_again_when_empty() -> None:
+def test_the_urandom_pool_hands_out_each_drawn_byte_once_and_draws_again_when_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws: list[bytes] = []
+
+    def numbered_draw(size: int) -> bytes:  # draw n is bytes n*64 .. n*64+63 (mod 256)
+        drawn = bytes((len(draws) * size + i) % 256 for i in range(size))
+        draws.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(os, "urandom", numbered_draw)
     pool = _UrandomPool(draw_bytes=64)
-    taken = [pool.take(10) for _ in range(20)]  # 200 bytes: four draws of 64
-    assert all(len(chunk) == 10 for chunk in taken)
-    assert len(set(taken)) == len(taken)
+    taken = [pool.take(10) for _ in range(20)]
+    # Six takes per draw (60 bytes); the 4 left over are too few for the next take.
+    assert len(draws) == 4
+    assert taken == [draws[n // 6][(n % 6) * 10 : (n % 6) * 10 + 10] for n in range(20)]
 
 
 def test_a_forked_child_never_hands_out_the_parents_undrawn_bytes() -> None:
