@@ -72,8 +72,9 @@ def prepare(settings: Settings) -> TokenSettings:
 
     Creates the data directory and the dev token on first start, and migrates
     the DB. It never loads the PKCS#11 library itself, so worker processes
-    started afterwards each initialise their own (notes/pkcs11.md: "do not
-    touch PKCS#11 before forking").
+    started afterwards each initialise their own: a forked child is a new
+    PKCS#11 application that must ``C_Initialize`` and log in again (PKCS#11
+    v2.20, "Applications and processes"), so nothing touches PKCS#11 before a fork.
     """
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.uses_dev_token:

@@ -1,6 +1,6 @@
 """Frozen server settings from flags, a TOML file and ``HSMSTORE_*`` variables.
 
-API-CONTRACT.md, "Command line": every flag has a key in the TOML file and an
+docs/api.md, "Command line": every flag has a key in the TOML file and an
 ``HSMSTORE_*`` environment variable. Precedence, highest first: command-line
 flag, environment variable, TOML file, default. A PIN is never a setting: only
 the path of a file holding it is (``pin_file``). No I/O happens at import.

@@ -2,7 +2,7 @@
 
 Every error a caller can see is a :class:`KMSError` whose ``reason`` is the AWS
 exception name; ``server/errors.py`` maps that reason to a gRPC code and a
-``google.rpc.ErrorInfo`` (API-CONTRACT.md, "Errors"). Messages must never hold
+``google.rpc.ErrorInfo`` (docs/api.md, "Errors"). Messages must never hold
 plaintext, key material, PINs or another tenant's resource names, so every
 message here is written by hsmstore code, never copied from a library error.
 """
@@ -102,6 +102,15 @@ class DependencyTimeoutException(KMSError):
 
 class KMSInternalException(KMSError):
     reason = "KMSInternalException"
+
+
+class DependencyUnavailableException(KMSInternalException):
+    """A dependency the call needs (the token, the metadata DB, the audit spool) is unreachable.
+
+    The reason stays ``KMSInternalException``, which AWS SDKs retry; the
+    transport answers it with a retryable status (docs/api.md, "Additions":
+    ``UNAVAILABLE``), unlike a defect, which stays ``INTERNAL``.
+    """
 
 
 class UnsupportedOperationException(KMSError):

@@ -4,7 +4,7 @@ hsmstore audit verify [--db URL | --data-dir DIR] [--no-token]
 hsmstore audit lookup [--tenant T] [--event-name N] [--key-id K] [--max-results N]
 hsmstore audit export --format jsonl [--output FILE]
 
-API-CONTRACT.md: "``hsmstore audit verify`` checks, offline against the metadata
+docs/api.md: "``hsmstore audit verify`` checks, offline against the metadata
 DB, that no audit record was changed, removed or reordered, and exits non-zero
 if one was." Exit codes: 0 verified, 1 a problem (the first one is printed with
 its seq), 2 a usage or configuration error. Unless ``--no-token``, the seals are

@@ -1,6 +1,6 @@
 """``hsmstore serve``: the embedded default needs no argument at all.
 
-API-CONTRACT.md: data directory ``./.hsmstore`` (or ``$HSMSTORE_DATA_DIR``), a
+docs/api.md: data directory ``./.hsmstore`` (or ``$HSMSTORE_DATA_DIR``), a
 SoftHSM2 token created there on first start, SQLite there, listening on
 ``127.0.0.1:50051``, plaintext on loopback only. It prints the address it
 listens on (the real port when ``--listen`` gave port 0).
@@ -119,7 +119,7 @@ def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host
     """N processes on one port (SO_REUSEPORT); the kernel spreads connections.
 
     Workers are *spawned*, not forked, and each opens the token itself: no
-    PKCS#11 state may cross a fork (notes/pkcs11.md, "Fork"). If one worker
+    PKCS#11 state may cross a fork (PKCS#11 v2.20, "Applications and processes"). If one worker
     dies the others are stopped too and the exit code is non-zero, so the
     supervisor restarts the whole server.
     """

@@ -6,7 +6,7 @@ What a decision needs (core/authorization.py decides; this module fetches):
   made before policies were stored),
 * the identity policies attached to the caller (a tenant's ``role/admin``
   with none stored gets the default: everything on the tenant's keys,
-  API-CONTRACT.md "In the default configuration a tenant's role/admin
+  docs/api.md "In the default configuration a tenant's role/admin
   principals are allowed every operation on the tenant's keys"),
 * the grants of the key, plus those named by the request's grant tokens,
   read fresh from the store (AWS: "a grant token ... works at once").

@@ -106,7 +106,7 @@ class _Walk:
 
 
 def verify_trail(log: AuditLog, vault: KeyVault | None) -> VerifyReport:
-    """Check that no record was changed, removed or reordered (API-CONTRACT.md, "Audit events").
+    """Check that no record was changed, removed or reordered (docs/api.md, "Audit events").
 
     1. The chain, from the anchor, with :func:`first_chain_problem`.
     2. Every seal: its seq must exist with the same hash (a seal beyond the

@@ -2,7 +2,7 @@
 
 CloudTrail: "You can look up events [...] by one attribute at a time"; results
 newest first; ``MaxResults`` 1-50 (default 50); an opaque ``NextToken``. A
-tenant sees only its own events (API-CONTRACT.md: "A tenant sees only its own
+tenant sees only its own events (docs/api.md: "A tenant sees only its own
 keys, aliases, grants and audit events").
 """
 

@@ -45,7 +45,7 @@ def default_key_policy(tenant: str) -> str:
 
 def default_admin_identity_policy() -> str:
     """What a tenant's ``role/admin`` principals get when no identity policy is stored
-    for them (API-CONTRACT.md: "allowed every operation on the tenant's keys
+    for them (docs/api.md: "allowed every operation on the tenant's keys
     through the tenant's own identity policy"): every kms and iam action, and
     reading the tenant's audit trail.
     Through the default key policy that covers the tenant's own keys only: another

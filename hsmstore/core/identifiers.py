@@ -90,7 +90,7 @@ class PrincipalName:
 
 
 def parse_principal_arn(arn: str, field_name: str) -> PrincipalName:
-    """A principal's resource name (API-CONTRACT.md); ValidationException otherwise."""
+    """A principal's resource name (docs/api.md); ValidationException otherwise."""
     match = PRINCIPAL_ARN_PATTERN.fullmatch(arn)
     if match is None:
         raise ValidationException(

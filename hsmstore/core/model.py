@@ -145,7 +145,7 @@ class AliasRecord:
 class Caller:
     """Who is calling: the tenant and the principal's resource name.
 
-    API-CONTRACT.md: the SPIFFE ID ``spiffe://<td>/tenant/<tenant>/<kind>/<name>``
+    docs/api.md: the SPIFFE ID ``spiffe://<td>/tenant/<tenant>/<kind>/<name>``
     becomes the principal ``arn:hsmstore:iam::<tenant>:<kind>/<name>``, kind
     ``user``, ``service`` or ``role``.
     """
@@ -162,7 +162,7 @@ class Caller:
 
 
 def principal_arn(tenant: str, kind: str, name: str) -> str:
-    """``arn:hsmstore:iam::<tenant>:<kind>/<name>`` (API-CONTRACT.md)."""
+    """``arn:hsmstore:iam::<tenant>:<kind>/<name>`` (docs/api.md)."""
     return f"arn:hsmstore:iam::{tenant}:{kind}/{name}"
 
 

@@ -3,7 +3,7 @@
 A policy is parsed once, when it is stored or loaded, into a
 :class:`PolicyDocument` whose statements carry precompiled matchers, because
 evaluation runs on every request. The grammar is the AWS key policy grammar
-(API-CONTRACT.md, "Key policies and grants"), with hsmstore's principal type
+(docs/api.md, "Key policies and grants"), with hsmstore's principal type
 ``HSM`` in place of ``AWS``. Everything outside it is refused with
 ``MalformedPolicyDocumentException`` naming the statement and the reason, so a
 policy never silently means less than its author thought.

@@ -1,7 +1,7 @@
 """Build the gRPC server: KeyStore servicer + health + reflection (+ TLS).
 
 Health (``grpc.health.v1.Health``) reports SERVING only once the token and the
-metadata DB both answer, and is re-checked periodically (API-CONTRACT.md,
+metadata DB both answer, and is re-checked periodically (docs/api.md,
 "Standard services are always on").
 """
 

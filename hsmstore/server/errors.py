@@ -1,6 +1,6 @@
 """The single table: domain error -> gRPC status code + google.rpc.ErrorInfo.
 
-API-CONTRACT.md, "Errors": every failure carries a gRPC status code and a
+docs/api.md, "Errors": every failure carries a gRPC status code and a
 ``google.rpc.Status`` detail with a ``google.rpc.ErrorInfo`` whose ``reason`` is
 the AWS exception name and whose ``domain`` is ``hsmstore``.
 """
@@ -37,6 +37,7 @@ STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
     errors.LimitExceededException: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DependencyTimeoutException: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.KMSInternalException: grpc.StatusCode.INTERNAL,
+    errors.DependencyUnavailableException: grpc.StatusCode.UNAVAILABLE,  # docs/api.md, "Additions"
     errors.UnsupportedOperationException: grpc.StatusCode.UNIMPLEMENTED,
     errors.TagException: grpc.StatusCode.INVALID_ARGUMENT,  # added to the contract's table
 }

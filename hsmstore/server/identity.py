@@ -1,6 +1,6 @@
 """Who is calling: the SPIFFE ID of the TLS client certificate, or the loopback dev admin.
 
-API-CONTRACT.md, "Identity, tenants and resource names": a caller is identified
+docs/api.md, "Identity, tenants and resource names": a caller is identified
 by the SPIFFE ID in the URI SAN of its TLS client certificate,
 ``spiffe://<trust-domain>/tenant/<tenant>/<kind>/<name>`` with kind ``user``,
 ``service`` or ``role``; its principal is ``arn:hsmstore:iam::<tenant>:<kind>/<name>``.

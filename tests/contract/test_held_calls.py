@@ -102,7 +102,7 @@ def test_held_decrypt_with_the_wrong_aad_fails_like_python_pkcs11(vault: Pkcs11K
     sealed = held.gcm_encrypt(session, key, iv, AAD, b"secret")
     with pytest.raises(pkcs11_errors.PKCS11Error) as failure:
         held.gcm_decrypt(session, key, iv, b'{"purpose":"other"}', sealed)
-    # notes/pkcs11.md: "A GCM tag or AAD mismatch raises GeneralError"; not a token fault.
+    # SoftHSM2 answers a GCM tag or AAD mismatch with CKR_GENERAL_ERROR: not a token fault.
     assert type(failure.value) is pkcs11_errors.GeneralError
     assert fault_kind(failure.value) is None
     # The failed call ended the operation: the session takes the next one.

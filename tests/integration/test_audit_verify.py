@@ -1,6 +1,6 @@
 """``hsmstore audit verify`` against a real SQLite trail tampered with by hand (sqlite3).
 
-API-CONTRACT.md: "``hsmstore audit verify`` checks, offline against the metadata
+docs/api.md: "``hsmstore audit verify`` checks, offline against the metadata
 DB, that no audit record was changed, removed or reordered, and exits non-zero
 if one was." The trail is written by the real ``SqlMetadataStore`` on a
 migrated DB and sealed with a real SoftHSM2 dev token; each test tampers with a

@@ -1,6 +1,6 @@
 """One server process under 16 concurrent clients: the PKCS#11 path must hold.
 
-python-pkcs11 on SoftHSM2 is not thread-safe as loaded (notes/pkcs11.md: two
+python-pkcs11 on SoftHSM2 is not thread-safe as loaded (docs/hsm.md: two
 threads crash it), so this is the test that the vault serialises correctly
 under the gRPC thread pool.
 """

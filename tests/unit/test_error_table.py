@@ -8,7 +8,7 @@ import pytest
 from hsmstore import errors
 from hsmstore.server.errors import STATUS_CODES, to_grpc_status
 
-# API-CONTRACT.md, "Errors" (TagException added by the lifecycle work).
+# docs/api.md, "Errors" (TagException added by the lifecycle work).
 CONTRACT = {
     "NotFoundException": grpc.StatusCode.NOT_FOUND,
     "DisabledException": grpc.StatusCode.FAILED_PRECONDITION,
@@ -34,11 +34,13 @@ CONTRACT = {
     "UnsupportedOperationException": grpc.StatusCode.UNIMPLEMENTED,
 }
 ERROR_CLASSES = errors.KMSError.__subclasses__()
+# docs/api.md, "Additions": the same reason with a retryable code.
+REFINEMENTS = {errors.DependencyUnavailableException: grpc.StatusCode.UNAVAILABLE}
 
 
 def test_every_error_class_has_its_own_row() -> None:
     """A missing row would silently fall back to INTERNAL."""
-    assert set(ERROR_CLASSES) == set(STATUS_CODES)
+    assert set(ERROR_CLASSES) | set(REFINEMENTS) == set(STATUS_CODES)
     assert {cls.reason for cls in ERROR_CLASSES} == set(CONTRACT)
 
 
@@ -47,3 +49,9 @@ def test_error_travels_with_the_contract_code_and_reason(error_class: type[error
     status = to_grpc_status(error_class("a message"))
     assert status.code == CONTRACT[error_class.reason]
     assert status.details == f"{error_class.reason}: a message"
+
+
+def test_an_unreachable_dependency_is_unavailable_with_the_internal_reason() -> None:
+    status = to_grpc_status(errors.DependencyUnavailableException("the token is unreachable"))
+    assert status.code == grpc.StatusCode.UNAVAILABLE
+    assert status.details == "KMSInternalException: the token is unreachable"

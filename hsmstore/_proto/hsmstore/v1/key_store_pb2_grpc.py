@@ -1604,7 +1604,7 @@ class KeyStore:
 
 
 class AdminStub:
-    """Identity policies, the IAM analogue (API-CONTRACT.md, "Identity, tenants and
+    """Identity policies, the IAM analogue (docs/api.md, "Identity, tenants and
     resource names"): per tenant, attached to one principal of that tenant.
     """
 
@@ -1637,7 +1637,7 @@ class AdminStub:
 
 
 class AdminServicer:
-    """Identity policies, the IAM analogue (API-CONTRACT.md, "Identity, tenants and
+    """Identity policies, the IAM analogue (docs/api.md, "Identity, tenants and
     resource names"): per tenant, attached to one principal of that tenant.
     """
 
@@ -1697,7 +1697,7 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Identity policies, the IAM analogue (API-CONTRACT.md, "Identity, tenants and
+    """Identity policies, the IAM analogue (docs/api.md, "Identity, tenants and
     resource names"): per tenant, attached to one principal of that tenant.
     """
 
@@ -1811,7 +1811,7 @@ class Admin:
 
 
 class AuditStub:
-    """The audit trail, after CloudTrail's LookupEvents (API-CONTRACT.md, "Audit events").
+    """The audit trail, after CloudTrail's LookupEvents (docs/api.md, "Audit events").
     """
 
     def __init__(self, channel):
@@ -1828,7 +1828,7 @@ class AuditStub:
 
 
 class AuditServicer:
-    """The audit trail, after CloudTrail's LookupEvents (API-CONTRACT.md, "Audit events").
+    """The audit trail, after CloudTrail's LookupEvents (docs/api.md, "Audit events").
     """
 
     def LookupEvents(self, request, context):
@@ -1854,7 +1854,7 @@ def add_AuditServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Audit:
-    """The audit trail, after CloudTrail's LookupEvents (API-CONTRACT.md, "Audit events").
+    """The audit trail, after CloudTrail's LookupEvents (docs/api.md, "Audit events").
     """
 
     @staticmethod
