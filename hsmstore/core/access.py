@@ -35,11 +35,11 @@ from hsmstore.core.identifiers import key_arn
 from hsmstore.core.model import Caller, KeyRecord, principal_arn
 from hsmstore.core.policy import PolicyDocument, parse_policy
 from hsmstore.core.ports import AuthorizationStore
-from hsmstore.errors import AccessDeniedException, KMSError, NotFoundException, ValidationException
+from hsmstore.core.validation import check_grant_tokens
+from hsmstore.errors import AccessDeniedException, KMSError, NotFoundException
 
 # Enough for any real key (AWS allows 50,000 grants per key; hsmstore reads them all per TTL).
 MAX_GRANTS_READ_PER_KEY = 50_000
-MAX_GRANT_TOKENS = 10  # AWS GrantTokens: 0-10 items
 
 DEFAULT_IDENTITY_POLICY_NAME = "hsmstore-default-admin"
 
@@ -83,13 +83,19 @@ def cross_tenant_not_found() -> NotFoundException:
     return NotFoundException("The key does not exist")
 
 
-def access_denied(principal: str, action: str, resource: str, decision: Decision) -> AccessDeniedException:
-    """AWS's wording: names the principal, the action and the resource, never the policy text."""
-    why = (
-        "with an explicit deny in a policy"
-        if decision.kind is DecisionKind.EXPLICIT_DENY
-        else f"because no key policy, identity policy or grant allows the {action} action"
-    )
+def access_denied(
+    principal: str, action: str, resource: str, decision: Decision, *, because: str | None = None
+) -> AccessDeniedException:
+    """AWS's wording: names the principal, the action and the resource, never the policy text.
+
+    ``because`` replaces the policy reason when the request itself is what no policy can allow.
+    """
+    if because is not None:
+        why = f"because {because}"
+    elif decision.kind is DecisionKind.EXPLICIT_DENY:
+        why = "with an explicit deny in a policy"
+    else:
+        why = f"because no key policy, identity policy or grant allows the {action} action"
     return AccessDeniedException(
         f"User: {principal} is not authorized to perform: {action} on resource: {resource} {why}"
     )
@@ -128,8 +134,10 @@ class AccessControl:
         tells that the key exists. Only AWS's cross-account actions can reach another
         tenant's key at all.
 
-        A grant that decided is noted on the call's audit record.
+        A grant that decided is noted on the call's audit record. The grant tokens are
+        checked against AWS's limits first, on every path that takes them.
         """
+        check_grant_tokens(grant_tokens)
         cross_tenant = key is not None and key.tenant != caller.tenant
         if cross_tenant and action not in CROSS_TENANT_ACTIONS:
             raise hidden()
@@ -230,8 +238,6 @@ class AccessControl:
         found = grants or ()
         if not grant_tokens:
             return found
-        if len(grant_tokens) > MAX_GRANT_TOKENS:
-            raise ValidationException(f"GrantTokens can have at most {MAX_GRANT_TOKENS} items")
         known = {grant.grant_id for grant in found}
         fresh = []
         for token in grant_tokens:

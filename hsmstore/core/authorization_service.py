@@ -24,6 +24,7 @@ from hsmstore.core.access import (
     is_admin_role,
 )
 from hsmstore.core.authorization import Decision
+from hsmstore.core.context import check_encryption_context
 from hsmstore.core.default_policies import default_admin_identity_policy
 from hsmstore.core.grants import (
     GrantConstraints,
@@ -32,14 +33,22 @@ from hsmstore.core.grants import (
     grant_token_for,
     new_grant_id,
     validate_grant_id,
+    validate_grant_name,
     validate_grant_request,
 )
-from hsmstore.core.identifiers import key_arn, parse_principal_arn
+from hsmstore.core.identifiers import PRINCIPAL_NAME_PATTERN, PrincipalName, key_arn, parse_principal_arn
 from hsmstore.core.model import Caller, KeyRecord, KeyState, tenant_root_arn
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
-from hsmstore.core.policy import IAM_ACTIONS, KMS_ACTIONS, MAX_POLICY_BYTES, parse_policy
+from hsmstore.core.policy import IAM_ACTIONS, KMS_ACTIONS, parse_policy
 from hsmstore.core.ports import Clock, IdentityPolicyRecord
 from hsmstore.core.service import KeyService, Page, Store
+from hsmstore.core.validation import (
+    MAX_GRANT_TOKEN_CHARS,
+    check_grant_tokens,
+    check_pattern,
+    check_text,
+    echo,
+)
 from hsmstore.errors import (
     KMSInvalidStateException,
     NotFoundException,
@@ -47,9 +56,10 @@ from hsmstore.errors import (
 )
 
 KEY_POLICY_NAME = "default"  # AWS: "The only valid policy name is default"
-GRANT_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9:/_-]{1,256}$")  # AWS CreateGrant Name
-IDENTITY_POLICY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,128}$")  # IAM PolicyName
+MAX_KEY_POLICY_NAME_LENGTH = 128  # AWS PolicyName: 1-128 characters
+IDENTITY_POLICY_NAME_PATTERN = re.compile(r"[A-Za-z0-9+=,.@_-]{1,128}")  # IAM PolicyName
 MAX_GRANTS_LIMIT, DEFAULT_GRANTS_LIMIT = 100, 50  # AWS ListGrants Limit: 1-100, default 50
+MAX_OPERATION_NAME_LENGTH = 64  # Simulate Operation: "kms:" or "iam:" and an action name
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,7 @@ class AuthorizationService:
         parse_principal_arn(grantee_principal, "GranteePrincipal")
         if retiring_principal:
             parse_principal_arn(retiring_principal, "RetiringPrincipal")
-        if name and not GRANT_NAME_PATTERN.match(name):
-            raise ValidationException("Name must be 1 to 256 of the characters a-z A-Z 0-9 : / _ -")
+        validate_grant_name(name)
         validate_grant_request(operations, constraints)
         facts = GrantRequestFacts(
             tuple(operations), grantee_principal, retiring_principal or None, constraints
@@ -189,10 +198,25 @@ class AuthorizationService:
     def list_retirable_grants(
         self, caller: Caller, retiring_principal: str, limit: int | None, marker: str
     ) -> Page[GrantEntry]:
+        """AWS ListRetirableGrants: "You must specify a principal in your [...] account. This
+        operation returns a list of grants where the retiring principal specified [...] is the
+        same retiring principal on the grant", whichever tenant's key a grant is on.
+
+        Another tenant's principal is refused before the store is read: its grants are that
+        tenant's to list (a grant on the caller's key naming it is listed by ListGrants).
+        """
         page_size = check_limit(limit, maximum=MAX_GRANTS_LIMIT, default=DEFAULT_GRANTS_LIMIT)
         after = decode_marker("g", marker) if marker else None
-        parse_principal_arn(retiring_principal, "RetiringPrincipal")
+        name = parse_principal_arn(retiring_principal, "RetiringPrincipal")
         self._access.check(caller, "kms:ListRetirableGrants", None)
+        if name.tenant != caller.tenant:
+            raise access_denied(
+                caller.principal,
+                "kms:ListRetirableGrants",
+                retiring_principal,
+                Decision.implicit_deny("kms:ListRetirableGrants"),
+                because="RetiringPrincipal must be a principal of your own tenant",
+            )
         grants = list(self._store.list_retirable_grants(retiring_principal, page_size + 1, after))
         return self._grant_page(grants, page_size)
 
@@ -209,9 +233,13 @@ class AuthorizationService:
         principal, the grantee if the grant includes RetireGrant, and principals of
         the key's tenant whose policies allow kms:RetireGrant on the key."""
         # For a caller of another tenant, every failure is the same NotFound as a
-        # missing key: RetireGrant must not tell which keys or grants exist there.
+        # missing grant (by token) or key (by key id): RetireGrant must not tell
+        # which keys or grants exist there.
+        hidden = cross_tenant_not_found
         if grant_token:
+            check_text(grant_token, "GrantToken", max_length=MAX_GRANT_TOKEN_CHARS)
             grant = self._store.get_grant(grant_id_from_token(grant_token))
+            hidden = _grant_not_found
         elif key_id and grant_id:
             validate_grant_id(grant_id)
             key, _alias = self._keys.find_key(caller, key_id, "kms:RetireGrant", fresh=True)
@@ -223,11 +251,11 @@ class AuthorizationService:
         else:
             raise ValidationException("RetireGrant needs GrantToken, or KeyId and GrantId")
         if grant is None:
-            raise NotFoundException("The grant does not exist")
+            raise _grant_not_found()
         if not self._may_retire(caller, grant):
             grant_key = self._store.get_key(grant.key_id)
             if grant_key is None or grant_key.tenant != caller.tenant:
-                raise cross_tenant_not_found()
+                raise hidden()
             raise access_denied(
                 caller.principal,
                 "kms:RetireGrant",
@@ -251,7 +279,7 @@ class AuthorizationService:
         key = self._keys.resolve_key(caller, key_id, "kms:RevokeGrant", fresh=True)
         grant = self._store.get_grant(grant_id)
         if grant is None or grant.key_id != key.key_id:
-            raise NotFoundException("The grant does not exist")
+            raise _grant_not_found()
         self._delete_grant(grant)
 
     def _delete_grant(self, grant: GrantRecord) -> None:
@@ -281,9 +309,20 @@ class AuthorizationService:
         name = parse_principal_arn(principal, "Principal")
         if name.kind == "root" or name.tenant != caller.tenant:
             raise ValidationException("Principal must be a user, service or role of your own tenant")
+        check_text(operation, "Operation", min_length=1, max_length=MAX_OPERATION_NAME_LENGTH)
         action = operation if operation.startswith(("kms:", "iam:")) else f"kms:{operation}"
         if action not in KMS_ACTIONS and action not in IAM_ACTIONS:
-            raise ValidationException(f"Operation {operation} is not a KMS or identity operation")
+            raise ValidationException(f"Operation {echo(operation)} is not a KMS or identity operation")
+        check_encryption_context(encryption_context)
+        if via_service:
+            check_pattern(
+                via_service,
+                "ViaService",
+                PRINCIPAL_NAME_PATTERN,
+                "a service name: a letter or digit, then letters, digits . _ -",
+                max_length=128,
+            )
+        check_grant_tokens(grant_tokens)
         if principal != caller.principal:
             self._access.check(caller, "iam:SimulatePrincipalPolicy", None)
         subject = Caller(name.tenant, principal, name.kind, name.name)
@@ -315,8 +354,6 @@ class AuthorizationService:
     def put_identity_policy(self, caller: Caller, principal: str, policy_name: str, policy: str) -> None:
         self._own_principal(caller, principal)
         _check_identity_policy_name(policy_name)
-        if len(policy.encode("utf-8")) > MAX_POLICY_BYTES:
-            raise ValidationException(f"Policy must be at most {MAX_POLICY_BYTES} bytes")
         parse_policy(policy, kind="identity")
         self._access.check(caller, "iam:PutIdentityPolicy", None)
         record = IdentityPolicyRecord(caller.tenant, principal, policy_name, policy, self._clock.now())
@@ -325,9 +362,13 @@ class AuthorizationService:
         self._access.forget_identity_policies(caller.tenant, principal)
 
     def get_identity_policy(self, caller: Caller, principal: str, policy_name: str) -> IdentityPolicy:
-        self._own_principal(caller, principal)
+        """Another tenant's principal has, as this tenant sees it, no policy: NotFound, as IAM
+        answers a name it does not know, so the answer says nothing about that tenant."""
+        name = self._own_principal(caller, principal, reading=True)
         _check_identity_policy_name(policy_name)
         self._access.check(caller, "iam:GetIdentityPolicy", None)
+        if name.tenant != caller.tenant:
+            raise NotFoundException(f"No identity policy {policy_name} is attached to {principal}")
         stored = self._store.identity_policies_of(caller.tenant, principal)
         for record in stored:
             if record.policy_name == policy_name:
@@ -343,11 +384,13 @@ class AuthorizationService:
     def list_identity_policies(
         self, caller: Caller, principal: str, limit: int | None, marker: str
     ) -> Page[IdentityPolicy]:
-        if principal:
-            self._own_principal(caller, principal)
+        """The tenant's identity policies, or one principal's; another tenant's principal: an empty page."""
+        name = self._own_principal(caller, principal, reading=True) if principal else None
         page_size = check_limit(limit)
         after = _decode_identity_marker(marker) if marker else None
         self._access.check(caller, "iam:ListIdentityPolicies", None)
+        if name is not None and name.tenant != caller.tenant:
+            return Page([], "", False)
         records = list(
             self._store.list_identity_policies(caller.tenant, page_size + 1, after, principal or None)
         )
@@ -374,13 +417,19 @@ class AuthorizationService:
         audit.change_recorded()
 
     @staticmethod
-    def _own_principal(caller: Caller, principal: str) -> None:
+    def _own_principal(caller: Caller, principal: str, *, reading: bool = False) -> PrincipalName:
+        """A user, service or role; of the caller's tenant, unless ``reading`` (see the readers)."""
         name = parse_principal_arn(principal, "Principal")
-        if name.kind == "root" or name.tenant != caller.tenant:
+        if name.kind == "root" or (name.tenant != caller.tenant and not reading):
             raise ValidationException("Principal must be a user, service or role of your own tenant")
+        return name
 
     def _keys_arn(self, key: KeyRecord) -> str:
         return key_arn(self._keys.region, key.tenant, key.key_id)
+
+
+def _grant_not_found() -> NotFoundException:
+    return NotFoundException("The grant does not exist")
 
 
 def _refuse_pending_deletion(key: KeyRecord) -> None:
@@ -389,13 +438,21 @@ def _refuse_pending_deletion(key: KeyRecord) -> None:
 
 
 def _check_key_policy_name(policy_name: str) -> None:
+    """AWS PolicyName: 1-128 characters; "The only valid policy name is default"."""
+    if policy_name:
+        check_text(policy_name, "PolicyName", max_length=MAX_KEY_POLICY_NAME_LENGTH)
     if policy_name and policy_name != KEY_POLICY_NAME:
         raise NotFoundException(f"The only key policy name is {KEY_POLICY_NAME}")
 
 
 def _check_identity_policy_name(policy_name: str) -> None:
-    if not IDENTITY_POLICY_NAME_PATTERN.match(policy_name):
-        raise ValidationException("PolicyName must be 1 to 128 of the characters A-Z a-z 0-9 + = , . @ _ -")
+    check_pattern(
+        policy_name,
+        "PolicyName",
+        IDENTITY_POLICY_NAME_PATTERN,
+        "1 to 128 of the characters A-Z a-z 0-9 + = , . @ _ -",
+        max_length=128,
+    )
 
 
 def _decode_identity_marker(marker: str) -> tuple[str, str]:

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hsmstore.core.context import check_encryption_context
+from hsmstore.core.validation import MAX_GRANT_TOKEN_CHARS, MAX_OPERATIONS, check_count, check_pattern, echo
 from hsmstore.errors import InvalidGrantIdException, InvalidGrantTokenException, ValidationException
 
 # AWS CreateGrant "Operations" enum values.
@@ -73,10 +75,14 @@ _CONSTRAINT_EXEMPT_OPERATIONS: frozenset[str] = frozenset({"DescribeKey", "Retir
 MAX_CONSTRAINT_PAIRS = 8
 MAX_CONSTRAINT_VALUE_LENGTH = 384
 
-_GRANT_ID = re.compile(r"^[0-9a-f]{64}$")
+_GRANT_ID = re.compile(r"[0-9a-f]{64}")
+MAX_GRANT_ID_LENGTH = 128  # AWS GrantId: 1-128 characters
+# AWS CreateGrant Name: 1-256 characters of [a-zA-Z0-9:/_-]
+GRANT_NAME_PATTERN = re.compile(r"[a-zA-Z0-9:/_-]+")
+MAX_GRANT_NAME_LENGTH = 256
 GRANT_TOKEN_PREFIX = "HSMGT1"  # noqa: S105 (a format marker, not a secret)
 _GRANT_TOKEN_BODY_BYTES = 32 + 4  # grant id bytes + CRC-32
-MAX_GRANT_TOKEN_LENGTH = 8192  # AWS GrantTokenType: 1-8192 characters
+MAX_GRANT_TOKEN_LENGTH = MAX_GRANT_TOKEN_CHARS  # AWS GrantTokenType: 1-8192 characters
 
 
 def _lower_keys(context: Mapping[str, str]) -> dict[str, str] | None:
@@ -253,10 +259,11 @@ def validate_grant_request(operations: Sequence[str], constraints: GrantConstrai
     """
     if not operations:
         raise ValidationException("Operations must name at least one grant operation")
+    check_count(operations, "Operations", max_items=MAX_OPERATIONS, min_items=1)
     for operation in operations:
         if operation not in GRANT_OPERATIONS:
             raise ValidationException(
-                f"Operations member {operation!r} is not one of: {', '.join(sorted(GRANT_OPERATIONS))}"
+                f"Operations member {echo(operation)} is not one of: {', '.join(sorted(GRANT_OPERATIONS))}"
             )
     if constraints is None or constraints.empty:
         return
@@ -275,8 +282,7 @@ def validate_grant_request(operations: Sequence[str], constraints: GrantConstrai
             continue
         if len(pairs) > MAX_CONSTRAINT_PAIRS:
             raise ValidationException(f"{member} may hold at most {MAX_CONSTRAINT_PAIRS} pairs")
-        if any(not key for key in pairs):
-            raise ValidationException(f"{member} keys must be at least 1 character long")
+        check_encryption_context(pairs, member)  # keys not empty, 8,192 bytes in all
         if any(len(value) > MAX_CONSTRAINT_VALUE_LENGTH for value in pairs.values()):
             raise ValidationException(
                 f"{member} values must be at most {MAX_CONSTRAINT_VALUE_LENGTH} characters long"
@@ -297,10 +303,28 @@ def new_grant_id() -> str:
 
 
 def validate_grant_id(grant_id: str) -> str:
-    """A grant id as :func:`new_grant_id` makes it; ``InvalidGrantIdException`` otherwise."""
-    if not _GRANT_ID.match(grant_id):
+    """A grant id as :func:`new_grant_id` makes it; ``InvalidGrantIdException`` otherwise.
+
+    AWS GrantId is 1-128 characters: a longer one is a ValidationException, refused unread.
+    """
+    if len(grant_id) > MAX_GRANT_ID_LENGTH:
+        raise ValidationException(f"GrantId must be 1 to {MAX_GRANT_ID_LENGTH} characters long")
+    if not _GRANT_ID.fullmatch(grant_id):
         raise InvalidGrantIdException("GrantId is not a valid grant id")
     return grant_id
+
+
+def validate_grant_name(name: str) -> str:
+    """AWS CreateGrant Name: 1-256 of ``[a-zA-Z0-9:/_-]``; empty means no name."""
+    if name:
+        check_pattern(
+            name,
+            "Name",
+            GRANT_NAME_PATTERN,
+            "1 to 256 of the characters a-z A-Z 0-9 : / _ -",
+            max_length=MAX_GRANT_NAME_LENGTH,
+        )
+    return name
 
 
 def grant_token_for(grant_id: str) -> str:

@@ -32,10 +32,18 @@ from typing import Literal, NoReturn
 
 from hsmstore.core.identifiers import PRINCIPAL_ARN_PATTERN
 from hsmstore.core.model import tenant_root_arn
+from hsmstore.core.validation import echo
 from hsmstore.errors import MalformedPolicyDocumentException, ValidationException
 
 # AWS PutKeyPolicy: "Maximum length of 32768"; counted here in UTF-8 bytes.
 MAX_POLICY_BYTES = 32768
+# The grammar nests at most 6 deep (document, Statement list, statement, Condition,
+# operator block, value list); deeper is malformed, and refused before json sees it,
+# whose recursion would otherwise end in RecursionError.
+MAX_POLICY_DEPTH = 10
+# Condition values may be JSON numbers (IAM reads them as strings); none needs more
+# characters than this, and Python refuses to parse integers above 4,300 digits at all.
+MAX_POLICY_NUMBER_DIGITS = 32
 
 PolicyKind = Literal["key", "identity"]
 
@@ -377,7 +385,7 @@ class Statement:
     @property
     def label(self) -> str:
         """``statement 0 (Sid "Enable IAM policies")``: how decisions and errors name it."""
-        return f'statement {self.index} (Sid "{self.sid}")' if self.sid else f"statement {self.index}"
+        return f"statement {self.index} (Sid {echo(self.sid)})" if self.sid else f"statement {self.index}"
 
     def matches_action(self, action: str) -> bool:
         return self._actions(action)
@@ -446,9 +454,42 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     document: dict[str, object] = {}
     for key, value in pairs:
         if key in document:
-            raise MalformedPolicyDocumentException(f'Policy has a duplicate member "{key}"')
+            raise MalformedPolicyDocumentException(f"Policy has a duplicate member {echo(key)}")
         document[key] = value
     return document
+
+
+def _number(text: str) -> int | float:
+    """``parse_int``/``parse_float`` hook: a bounded number, never Python's int-size ValueError."""
+    if len(text) > MAX_POLICY_NUMBER_DIGITS:
+        raise MalformedPolicyDocumentException(
+            f"Policy holds a number of {len(text)} characters: at most {MAX_POLICY_NUMBER_DIGITS} are allowed"
+        )
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _no_constant(name: str) -> NoReturn:
+    """``parse_constant`` hook: NaN and Infinity are not JSON (RFC 8259), so not policy text either."""
+    raise MalformedPolicyDocumentException(f"Policy is not valid JSON: {name} is not a JSON value")
+
+
+# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
+_JSON_NESTING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_POLICY_DEPTH before ``json.loads`` recurses into it."""
+    depth = 0
+    for token in _JSON_NESTING_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_POLICY_DEPTH:
+                raise MalformedPolicyDocumentException(
+                    f"Policy nests JSON arrays and objects more than {MAX_POLICY_DEPTH} levels deep"
+                )
+        elif bracket in "]}":
+            depth -= 1
 
 
 def parse_policy(text: str, *, kind: PolicyKind) -> PolicyDocument:
@@ -456,7 +497,10 @@ def parse_policy(text: str, *, kind: PolicyKind) -> PolicyDocument:
 
     Raises ``ValidationException`` for an empty or over-long text (AWS length
     constraint, 1-32768) and ``MalformedPolicyDocumentException`` for anything
-    else wrong; statement errors read ``Statement 1 (Sid "AllowUse"): <reason>``.
+    else wrong, including JSON nested deeper than ``MAX_POLICY_DEPTH`` or a
+    number longer than ``MAX_POLICY_NUMBER_DIGITS`` digits (both would otherwise
+    fail inside ``json`` as an untyped error); statement errors read
+    ``Statement 1 (Sid "AllowUse"): <reason>``.
     """
     if not text:
         raise ValidationException("Policy must be at least 1 character long")
@@ -468,8 +512,15 @@ def parse_policy(text: str, *, kind: PolicyKind) -> PolicyDocument:
             f"Policy contains a character that is not allowed (U+{ord(bad.group()):04X}) "
             f"at position {bad.start()}: only printable ASCII and Latin-1, tab, LF and CR are"
         )
+    _check_depth(text)
     try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicates)
+        document = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_int=_number,
+            parse_float=_number,
+            parse_constant=_no_constant,
+        )
     except json.JSONDecodeError as error:
         raise MalformedPolicyDocumentException(
             f"Policy is not valid JSON: {error.msg} "
@@ -480,12 +531,14 @@ def parse_policy(text: str, *, kind: PolicyKind) -> PolicyDocument:
     sids: dict[str, int] = {}
     for index, raw in enumerate(raw_statements):
         sid = raw.get("Sid") if isinstance(raw, dict) else None
-        label = f'Statement {index} (Sid "{sid}")' if isinstance(sid, str) and sid else f"Statement {index}"
+        label = (
+            f"Statement {index} (Sid {echo(sid)})" if isinstance(sid, str) and sid else f"Statement {index}"
+        )
         try:
             statement = _parse_statement(index, raw, kind)
             if statement.sid:
                 if statement.sid in sids:
-                    _fail(f'Sid "{statement.sid}" is already used by statement {sids[statement.sid]}')
+                    _fail(f"Sid {echo(statement.sid)} is already used by statement {sids[statement.sid]}")
                 sids[statement.sid] = index
         except _Invalid as error:
             raise MalformedPolicyDocumentException(f"{label}: {error}") from None
@@ -499,7 +552,7 @@ def _document_members(document: object) -> tuple[str | None, str | None, list[ob
         raise MalformedPolicyDocumentException("Policy must be a JSON object")
     unknown = sorted(set(document) - _DOCUMENT_MEMBERS)
     if unknown:
-        raise MalformedPolicyDocumentException(f'Policy has an unknown member "{unknown[0]}"')
+        raise MalformedPolicyDocumentException(f"Policy has an unknown member {echo(unknown[0])}")
     version = document.get("Version")
     if version is not None and version not in _VERSIONS:
         raise MalformedPolicyDocumentException('Version must be "2012-10-17" or "2008-10-17"')
@@ -521,7 +574,7 @@ def _parse_statement(index: int, raw: object, kind: PolicyKind) -> Statement:
         if member in _UNSUPPORTED_MEMBERS:
             _fail(f"{member} is not supported")
         if member not in _STATEMENT_MEMBERS:
-            _fail(f'unknown statement member "{member}"')
+            _fail(f"unknown statement member {echo(member)}")
     sid = raw.get("Sid")
     if sid is not None:
         if not isinstance(sid, str):
@@ -539,7 +592,7 @@ def _parse_statement(index: int, raw: object, kind: PolicyKind) -> Statement:
     resources = _string_list(raw, "Resource")
     for resource in resources:
         if resource != "*" and not _RESOURCE_ARN.match(resource):
-            _fail(f'Resource "{resource}" must be "*" or a resource name (arn:...)')
+            _fail(f'Resource {echo(resource)} must be "*" or a resource name (arn:...)')
     conditions = _parse_conditions(raw.get("Condition"), effect)
     return Statement(
         index=index,
@@ -578,7 +631,7 @@ def _parse_principal(raw: dict[str, object], kind: PolicyKind) -> frozenset[str]
         _fail(f'Principal must be "*" or {{"{PRINCIPAL_TYPE}": principal ARN or list of principal ARNs}}')
     for principal_type in value:
         if principal_type != PRINCIPAL_TYPE:
-            _fail(f'principal type "{principal_type}" is not supported; use "{PRINCIPAL_TYPE}"')
+            _fail(f'principal type {echo(principal_type)} is not supported; use "{PRINCIPAL_TYPE}"')
     arns = value[PRINCIPAL_TYPE]
     arn_list = [arns] if isinstance(arns, str) else arns
     if not isinstance(arn_list, list) or not arn_list or not all(isinstance(a, str) for a in arn_list):
@@ -586,7 +639,7 @@ def _parse_principal(raw: dict[str, object], kind: PolicyKind) -> frozenset[str]
     for arn in arn_list:
         if arn != "*" and not PRINCIPAL_ARN_PATTERN.fullmatch(arn):
             _fail(
-                f'invalid principal "{arn}": expected "*", arn:hsmstore:iam::<tenant>:root or '
+                f'invalid principal {echo(arn)}: expected "*", arn:hsmstore:iam::<tenant>:root or '
                 "arn:hsmstore:iam::<tenant>:<user|service|role>/<name>"
             )
     return frozenset(str(a) for a in arn_list)
@@ -599,17 +652,17 @@ def _check_action(action: str, kind: PolicyKind) -> None:
     folded_prefix = prefix.lower()
     if not operation or folded_prefix not in ("kms", *_IDENTITY_ONLY_PREFIXES):
         _fail(
-            f'Action "{action}" must be "kms:<Operation>"'
+            f'Action {echo(action)} must be "kms:<Operation>"'
             + (' or "iam:<Operation>" or "cloudtrail:LookupEvents"' if kind == "identity" else "")
         )
     if folded_prefix in _IDENTITY_ONLY_PREFIXES and kind == "key":
-        _fail(f'Action "{action}": {folded_prefix} actions are not allowed in a key policy')
+        _fail(f"Action {echo(action)}: {folded_prefix} actions are not allowed in a key policy")
     if _has_wildcard(action):
         pattern = _wildcard_regex([action], ignore_case=True)
         if not any(pattern.fullmatch(known) for known in _ACTIONS_BY_FOLDED.values()):
-            _fail(f'Action "{action}" matches no known action')
+            _fail(f"Action {echo(action)} matches no known action")
     elif action.lower() not in _ACTIONS_BY_FOLDED:
-        _fail(f'unknown action "{action}"')
+        _fail(f"unknown action {echo(action)}")
 
 
 def _parse_operator(operator: str) -> tuple[_Base, bool, _Quantifier, bool]:
@@ -623,9 +676,11 @@ def _parse_operator(operator: str) -> tuple[_Base, bool, _Quantifier, bool]:
         name = name[: -len("IfExists")]
     base = _BASE_OPERATORS.get(name)
     if base is None:
-        _fail(f'unknown condition operator "{operator}"')
+        _fail(f"unknown condition operator {echo(operator)}")
     if base[0] is _Base.NULL and (if_exists or quantifier is not _Quantifier.NONE):
-        _fail(f'condition operator "{operator}": Null takes neither IfExists nor ForAllValues:/ForAnyValue:')
+        _fail(
+            f"condition operator {echo(operator)}: Null takes neither IfExists nor ForAllValues:/ForAnyValue:"
+        )
     return base[0], base[1], quantifier, if_exists
 
 
@@ -633,22 +688,24 @@ def _check_condition_key(operator: str, key: str, base: _Base, quantifier: _Quan
     folded = key.lower()
     if folded.startswith(_ENCRYPTION_CONTEXT_PREFIX):
         if len(folded) == len(_ENCRYPTION_CONTEXT_PREFIX):
-            _fail(f'condition key "{key}" needs an encryption context key after "kms:EncryptionContext:"')
+            _fail(f'condition key {echo(key)} needs an encryption context key after "kms:EncryptionContext:"')
     elif folded not in _KNOWN_KEYS:
-        _fail(f'unknown condition key "{key}"')
+        _fail(f"unknown condition key {echo(key)}")
     if folded in _MULTIVALUED_KEYS and base is not _Base.NULL and quantifier is _Quantifier.NONE:
-        _fail(f'condition key "{key}" is multivalued: use ForAllValues:{operator} or ForAnyValue:{operator}')
+        _fail(
+            f"condition key {echo(key)} is multivalued: use ForAllValues:{operator} or ForAnyValue:{operator}"
+        )
     if (base is _Base.BOOL) != (folded in _BOOLEAN_KEYS) and base is not _Base.NULL:
         if base is _Base.BOOL:
-            _fail(f'condition operator "{operator}" needs a boolean condition key, not "{key}"')
-        _fail(f'condition key "{key}" is boolean: use "Bool"')
+            _fail(f"condition operator {echo(operator)} needs a boolean condition key, not {echo(key)}")
+        _fail(f'condition key {echo(key)} is boolean: use "Bool"')
     return folded
 
 
 def _condition_values(operator: str, key: str, raw: object, base: _Base) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else [raw]
     if not items:
-        _fail(f'condition "{operator}" key "{key}" has no values')
+        _fail(f"condition {echo(operator)} key {echo(key)} has no values")
     values: list[str] = []
     for item in items:
         if isinstance(item, bool):
@@ -656,11 +713,14 @@ def _condition_values(operator: str, key: str, raw: object, base: _Base) -> tupl
         elif isinstance(item, str | int) and not isinstance(item, bool):
             values.append(str(item))
         else:
-            _fail(f'condition "{operator}" key "{key}": values must be strings')
+            _fail(f"condition {echo(operator)} key {echo(key)}: values must be strings")
     if base in (_Base.BOOL, _Base.NULL):
         for value in values:
             if value.lower() not in ("true", "false"):
-                _fail(f'condition "{operator}" key "{key}": value "{value}" must be "true" or "false"')
+                _fail(
+                    f"condition {echo(operator)} key {echo(key)}: "
+                    f'value {echo(value)} must be "true" or "false"'
+                )
     return tuple(values)
 
 
@@ -680,7 +740,7 @@ def _parse_conditions(raw: object, effect: Effect) -> tuple[Condition, ...]:
     for operator, block in raw.items():
         base, negated, quantifier, if_exists = _parse_operator(operator)
         if not isinstance(block, dict) or not block:
-            _fail(f'condition operator "{operator}" must map condition keys to values')
+            _fail(f"condition operator {echo(operator)} must map condition keys to values")
         for key, raw_values in block.items():
             folded = _check_condition_key(operator, key, base, quantifier)
             values = _condition_values(operator, key, raw_values, base)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from hsmstore.core.authorization_service import AuthorizationService
-from hsmstore.core.grants import GrantConstraints
+from hsmstore.core.grants import GrantConstraints, grant_token_for
 from hsmstore.core.model import Caller, KeyManager
 from hsmstore.core.paging import encode_marker
 from hsmstore.errors import (
@@ -200,6 +200,49 @@ def test_list_retirable_grants_answers_the_retiring_principals_grants() -> None:
     grant_id, _ = make_grant(authz, key_id)
     page = authz.list_retirable_grants(ADMIN, ALICE.principal, None, "")
     assert [entry.grant.grant_id for entry in page.entries] == [grant_id]
+
+
+def test_list_retirable_grants_of_another_tenants_principal_is_refused_without_its_grants() -> None:
+    """Issue 14, item 3: globex named acme's principal and read acme's grants."""
+    authz, _store, _ = services()
+    key_id = authz._keys.create_key(ADMIN).key.key_id
+    make_grant(authz, key_id)
+    with pytest.raises(AccessDeniedException) as refused:
+        authz.list_retirable_grants(GLOBEX, ALICE.principal, None, "")
+    assert key_id not in refused.value.message and CAROL.principal not in refused.value.message
+
+
+def test_list_retirable_grants_lists_grants_on_other_tenants_keys_naming_own_principal() -> None:
+    """AWS: the result "can include grants on KMS keys owned by other [...] accounts"."""
+    authz, _store, _ = services()
+    key_id = authz._keys.create_key(ADMIN).key.key_id
+    grant_id, _ = make_grant(authz, key_id, retiring_principal=GLOBEX.principal)
+    page = authz.list_retirable_grants(GLOBEX, GLOBEX.principal, None, "")
+    assert [entry.grant.grant_id for entry in page.entries] == [grant_id]
+
+
+def test_retire_grant_with_another_tenants_token_answers_as_a_missing_grant() -> None:
+    """Issue 14, item 3: "The key does not exist" for a real token, "The grant does not
+    exist" for a made-up one told globex which of acme's grant tokens are live."""
+    authz, _store, _ = services()
+    key_id = authz._keys.create_key(ADMIN).key.key_id
+    _grant_id, token = make_grant(authz, key_id)
+    answers = []
+    for candidate in (token, grant_token_for("0" * 64)):
+        with pytest.raises(NotFoundException) as refused:
+            authz.retire_grant(GLOBEX, candidate, "", "")
+        answers.append(refused.value.message)
+    assert answers[0] == answers[1]
+
+
+def test_identity_policy_reads_of_another_tenants_principal_find_nothing() -> None:
+    authz, _store, _ = services()
+    allow = policy({"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*"})
+    authz.put_identity_policy(ADMIN, ALICE.principal, "use", allow)
+    with pytest.raises(NotFoundException):
+        authz.get_identity_policy(GLOBEX, ALICE.principal, "use")
+    page = authz.list_identity_policies(GLOBEX, ALICE.principal, None, "")
+    assert (page.entries, page.next_marker) == ([], "")
 
 
 def test_a_malformed_grant_token_is_invalid_grant_token() -> None:

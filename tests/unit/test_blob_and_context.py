@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmstore.core import blob
-from hsmstore.core.context import MAX_CANONICAL_BYTES, canonical_encryption_context
+from hsmstore.core.context import MAX_CANONICAL_BYTES, MAX_PAIRS, canonical_encryption_context
 from hsmstore.core.identifiers import parse_key_identifier
 from hsmstore.errors import InvalidCiphertextException, NotFoundException, ValidationException
 
@@ -49,6 +49,23 @@ def test_context_with_empty_key_is_validation_error() -> None:
 def test_context_over_the_size_limit_is_validation_error() -> None:
     with pytest.raises(ValidationException):
         canonical_encryption_context({"k": "v" * MAX_CANONICAL_BYTES})
+
+
+def test_context_of_65536_pairs_is_a_validation_exception_not_a_packing_error() -> None:
+    """Issue 14, item 7: the u16 pair count overflowed (struct.error, answered INTERNAL)."""
+    context = {f"k{n}": "" for n in range(65_536)}
+    with pytest.raises(ValidationException, match="8192 bytes"):
+        canonical_encryption_context(context)
+
+
+def test_context_of_too_many_pairs_is_refused_from_the_count_alone() -> None:
+    class Unreadable(dict[str, str]):
+        def items(self) -> Any:
+            raise AssertionError("the pairs were read")
+
+    context = Unreadable({f"k{n}": "" for n in range(MAX_PAIRS + 1)})
+    with pytest.raises(ValidationException, match="pairs"):
+        canonical_encryption_context(context)
 
 
 def test_context_with_lone_surrogate_is_validation_error() -> None:

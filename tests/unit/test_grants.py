@@ -200,7 +200,7 @@ def test_valid_grant_request_passes(
     ("operations", "constraints", "reason"),
     [
         ((), None, "at least one"),
-        (("Encrypt", "Frobnicate"), None, "'Frobnicate' is not one of"),
+        (("Encrypt", "Frobnicate"), None, '"Frobnicate" is not one of'),
         (("encrypt",), None, "is not one of"),  # enum values are exact
         (
             ("Encrypt",),

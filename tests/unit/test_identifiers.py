@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from hsmstore.core.identifiers import IdentifierKind, alias_arn, key_arn, parse_key_identifier
-from hsmstore.errors import InvalidArnException, KMSError, NotFoundException, ValidationException
+from hsmstore.core.identifiers import (
+    IdentifierKind,
+    alias_arn,
+    key_arn,
+    parse_key_identifier,
+    validate_alias_name,
+)
+from hsmstore.errors import (
+    InvalidAliasNameException,
+    InvalidArnException,
+    KMSError,
+    NotFoundException,
+    ValidationException,
+)
 
 KEY_ID = "0f6a4c8e-3b1d-4e0a-9c2f-5d7e8a9b0c1d"
 
@@ -53,3 +65,40 @@ def test_alias_arn_parses_with_tenant() -> None:
 def test_malformed_identifier_gets_the_aws_error(identifier: str, error: type[KMSError]) -> None:
     with pytest.raises(error):
         parse_key_identifier(identifier, "local")
+
+
+# Issue 14, item 9: re.match with "$" let a trailing newline through ("alias/prod\n"
+# beside "alias/prod"); every identifier is matched whole.
+@pytest.mark.parametrize(
+    ("identifier", "error"),
+    [
+        ("alias/prod\n", NotFoundException),
+        (alias_arn("local", "acme", "alias/prod") + "\n", InvalidArnException),
+        (key_arn("local", "acme", KEY_ID) + "\n", InvalidArnException),
+    ],
+)
+def test_identifier_with_a_trailing_newline_names_nothing(identifier: str, error: type[KMSError]) -> None:
+    with pytest.raises(error):
+        parse_key_identifier(identifier, "local")
+
+
+@pytest.mark.parametrize(
+    "alias_name",
+    [
+        "alias/prod\n",
+        "alias/" + "a" * 250 + "\n",  # 257 characters: PostgreSQL refused to store it (INTERNAL)
+    ],
+)
+def test_create_alias_name_outside_the_aws_pattern_is_invalid_alias_name(alias_name: str) -> None:
+    with pytest.raises(InvalidAliasNameException):
+        validate_alias_name(alias_name)
+
+
+def test_alias_name_of_exactly_256_characters_is_valid() -> None:
+    assert validate_alias_name("alias/" + "a" * 250) == "alias/" + "a" * 250
+
+
+def test_not_found_alias_echoes_only_a_short_prefix() -> None:
+    with pytest.raises(NotFoundException) as refused:
+        parse_key_identifier("alias/" + "x" * 2000 + "!", "local")
+    assert len(refused.value.message) < 120

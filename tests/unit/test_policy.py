@@ -142,6 +142,35 @@ def test_policy_over_the_size_limit_is_a_validation_exception() -> None:
         parse_policy(_padded(MAX_POLICY_BYTES + 1), kind="key")
 
 
+# Issue 14, item 7: json's own limits failed as untyped errors (INTERNAL).
+def test_policy_nested_999_levels_is_malformed_not_a_recursion_error() -> None:
+    text = policy_text(statement(Condition={"StringEquals": {"kms:CallerAccount": "[" * 999 + "]" * 999}}))
+    parse_policy(text, kind="key")  # brackets inside a string are text, not nesting
+    nested = '{"Statement": ' + "[" * 999 + "]" * 999 + "}"
+    with pytest.raises(MalformedPolicyDocumentException, match="levels deep"):
+        parse_policy(nested, kind="key")
+
+
+def test_policy_with_a_number_of_5000_digits_is_malformed_not_a_value_error() -> None:
+    text = policy_text(statement(Condition={"StringEquals": {"kms:CallerAccount": "N"}}))
+    with pytest.raises(MalformedPolicyDocumentException, match="number"):
+        parse_policy(text.replace('"N"', "1" * 5000), kind="key")
+
+
+def test_policy_with_nan_is_malformed() -> None:
+    text = policy_text(statement(Condition={"StringEquals": {"kms:CallerAccount": "N"}}))
+    with pytest.raises(MalformedPolicyDocumentException, match="NaN"):
+        parse_policy(text.replace('"N"', "NaN"), kind="key")
+
+
+def test_malformed_policy_echoes_only_a_short_prefix_of_a_long_name() -> None:
+    long_action = "kms:" + "X" * 30_000
+    with pytest.raises(MalformedPolicyDocumentException) as refused:
+        parse_policy(policy_text(statement(Action=long_action)), kind="key")
+    assert len(refused.value.message) < 200
+    assert "30004 characters" in refused.value.message
+
+
 def test_size_limit_counts_utf8_bytes_not_characters() -> None:
     text = policy_text(statement(Sid="Pad")).replace('"Pad"', '"' + "é" * (MAX_POLICY_BYTES // 2) + '"')
     assert len(text) < MAX_POLICY_BYTES < len(text.encode("utf-8"))
