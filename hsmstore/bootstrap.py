@@ -138,6 +138,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     sink: SpoolAuditSink | None = None
     if settings.audit:
         sink = SpoolAuditSink(audit_spool_directory(settings))
+        service.add_health_check(sink.check_health)  # NOT_SERVING while no record can be spooled
         queries = AuditQueries(store, settings.region, service.access.check_identity_action)
         audit = AuditWiring(sink, queries, settings.audit_fail_open)
     grace = timedelta(seconds=settings.recovery_grace_seconds)
@@ -145,6 +146,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     jobs = PeriodicJobs(
         [
             ("recovery", lambda: service.recover_interrupted_work(grace)),
+            ("junk-sweep", lambda: service.sweep_junk_objects(grace)),
             ("rotation", service.rotate_due_keys),
             ("deletion", service.destroy_due_keys),
             *(audit_maintenance_jobs(store, vault, clock, settings.audit_retention_days) if audit else []),

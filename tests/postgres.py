@@ -187,12 +187,15 @@ class PostgresCluster:
         )
         self._check(result, "initdb")
 
-    def start(self) -> str:
-        """Start on a free loopback port (retried if another process takes it first)."""
+    def start(self, port: int = 0) -> str:
+        """Start on ``port``, or on a free loopback port (retried if another process takes it first).
+
+        A restart passes the port it had, so clients reconnect to the same URL.
+        """
         conf = self.data_dir / "postgresql.conf"
-        original = conf.read_text()
+        original = self._original_conf = getattr(self, "_original_conf", None) or conf.read_text()
         for attempt in range(1, START_ATTEMPTS + 1):
-            self.port = _free_loopback_port()
+            self.port = port or _free_loopback_port()
             # Written over the initdb file as root keeps its owner (postgres).
             conf.write_text(original + SERVER_SETTINGS.format(port=self.port, socket_dir=self.socket_dir))
             result = self._run(

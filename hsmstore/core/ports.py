@@ -72,6 +72,13 @@ class KeyVault(Protocol):
     def ping(self) -> None:
         """Raise if the token does not answer."""
 
+    def list_key_versions(self) -> Sequence[tuple[bytes, str]]:
+        """``(token_id, label)`` of every key version object on the token.
+
+        A full scan of the token: for the periodic junk-object sweep only.
+        """
+        ...
+
     def audit_seal(self, data: bytes) -> bytes:
         """HMAC-SHA256 of ``data`` with the token's audit seal key (made on first use,
         non-extractable, SIGN/VERIFY only), for sealing the audit chain head."""
@@ -80,6 +87,24 @@ class KeyVault(Protocol):
     def verify_audit_seal(self, data: bytes, mac: bytes) -> bool:
         """Check an audit seal on the token (C_Verify with the same key)."""
         ...
+
+
+@dataclass(frozen=True)
+class KnownTokenIds:
+    """What a metadata DB knows of some token ids (:meth:`MetadataStore.known_token_ids`)."""
+
+    in_use: frozenset[bytes]  # a version row that is not given up names it
+    abandoned: frozenset[bytes]  # given up by this DB, and not in use
+
+
+@dataclass(frozen=True)
+class AbandonedTokenObject:
+    """A tombstone: a token object this DB gave up on when it deleted its version row."""
+
+    token_id: bytes
+    key_id: str
+    version: int
+    abandoned_at: datetime
 
 
 class MetadataStore(Protocol):
@@ -115,8 +140,12 @@ class MetadataStore(Protocol):
         """
         ...
 
-    def delete_key(self, key_id: str) -> None:
-        """Remove a key, its versions and its aliases."""
+    def delete_key(self, key_id: str, *, abandoned_at: datetime | None = None) -> None:
+        """Remove a key, its versions and its aliases.
+
+        With ``abandoned_at``, the token id of every version row deleted is
+        recorded as abandoned (:meth:`known_token_ids`) in the same transaction.
+        """
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """Any tenant's key by id; the service checks the tenant."""
@@ -219,8 +248,14 @@ class MetadataStore(Protocol):
         """
         ...
 
-    def delete_version(self, key_id: str, version: int, token_id: bytes) -> None:
-        """Remove that version row if it is not ACTIVE (an ACTIVE one is never deleted here)."""
+    def delete_version(
+        self, key_id: str, version: int, token_id: bytes, *, abandoned_at: datetime | None = None
+    ) -> None:
+        """Remove that version row if it is not ACTIVE (an ACTIVE one is never deleted here).
+
+        With ``abandoned_at``, a deleted row's token id is recorded as abandoned
+        in the same transaction (none is recorded when nothing was deleted).
+        """
 
     def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
         """PENDING versions older than the given time and every ABANDONED one (interrupted rotations)."""
@@ -228,6 +263,31 @@ class MetadataStore(Protocol):
 
     def list_due_rotations(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
         """ENABLED keys whose next automatic rotation date has passed."""
+        ...
+
+    # -- abandoned token objects (the junk sweep) -------------------------
+
+    def known_token_ids(self, token_ids: Sequence[bytes]) -> KnownTokenIds:
+        """Which of these token ids this DB uses, and which it gave up on.
+
+        Abandoned: a tombstone (``delete_key``/``delete_version`` with
+        ``abandoned_at``), an ABANDONED version, or a version of a FAILED key.
+        A version row that is none of those wins over a tombstone. An id in
+        neither set is one this DB does not know.
+        """
+        ...
+
+    def list_abandoned_token_objects(
+        self, abandoned_before: datetime, limit: int
+    ) -> Sequence[AbandonedTokenObject]:
+        """Tombstones written before ``abandoned_before``, oldest first."""
+        ...
+
+    def forget_abandoned_token_objects(self, token_ids: Sequence[bytes]) -> None:
+        """Delete these tombstones (their objects are destroyed or confirmed absent)."""
+
+    def prune_abandoned_token_objects(self, abandoned_before: datetime) -> int:
+        """Delete every tombstone written before ``abandoned_before``; how many went."""
         ...
 
     # -- tags ---------------------------------------------------------------

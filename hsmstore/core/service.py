@@ -24,7 +24,7 @@ from hsmstore.core.access import (
     cross_tenant_not_found,
 )
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
-from hsmstore.core.context import canonical_encryption_context
+from hsmstore.core.context import canonical_encryption_context, check_encryption_context
 from hsmstore.core.default_policies import default_key_policy, service_managed_key_policy
 from hsmstore.core.identifiers import (
     IdentifierKind,
@@ -52,9 +52,10 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
-from hsmstore.core.policy import MAX_POLICY_BYTES, parse_policy
+from hsmstore.core.policy import parse_policy
 from hsmstore.core.ports import AuditLog, AuthorizationStore, Clock, KeyVault, MetadataStore
 from hsmstore.core.tags import MAX_TAGS_PER_KEY, validate_tag_keys, validate_tags
+from hsmstore.core.validation import check_bytes, check_description, check_number
 from hsmstore.errors import (
     AlreadyExistsException,
     CiphertextAuthenticationFailed,
@@ -74,7 +75,6 @@ log = logging.getLogger(__name__)
 MAX_PLAINTEXT_BYTES = 4096  # AWS Encrypt: "Plaintext ... Length Constraints: 1-4096"
 MAX_CIPHERTEXT_BLOB_BYTES = 6144  # AWS Decrypt: "CiphertextBlob ... Length Constraints: 1-6144"
 MAX_RANDOM_BYTES = 1024  # AWS GenerateRandom / GenerateDataKey NumberOfBytes: 1-1024
-MAX_DESCRIPTION_CHARS = 8192  # AWS CreateKey Description: 0-8192 characters
 MAX_ON_DEMAND_ROTATIONS = 25  # AWS RotateKeyOnDemand: "up to 25 on-demand rotations per key"
 ROTATION_PERIOD_DAYS = (90, 2560, 365)  # AWS RotationPeriodInDays: min, max, default
 PENDING_WINDOW_DAYS = (7, 30, 30)  # AWS PendingWindowInDays: min, max, default
@@ -82,6 +82,8 @@ JOB_BATCH_SIZE = 100
 ROTATION_RETRY_SECONDS = 10.0
 SERVICE_KEY_WAIT_SECONDS = 10.0  # another call making the same service-managed key
 DATA_KEY_SPEC_BYTES = {"AES_256": 32, "AES_128": 16}
+JUNK_TOMBSTONE_DAYS = 7  # sweep_junk_objects: a tombstone is pruned after this, destroyed or not
+JUNK_TOMBSTONE_BATCH = 1000  # tombstones checked for absence per sweep
 
 Failpoint = Callable[[str], None]
 
@@ -220,6 +222,9 @@ class KeyService:
         self._keys: TtlCache[str, KeyRecord] = TtlCache(metadata_ttl_seconds)
         self._alias_targets: TtlCache[tuple[str, str], str] = TtlCache(metadata_ttl_seconds)
         self.access = AccessControl(store, region, metadata_ttl_seconds)
+        self._health_checks: list[Callable[[], None]] = []  # add_health_check
+        self._junk_seen: dict[bytes, datetime] = {}  # sweep_junk_objects: token_id -> first sighting
+        self._unknown_reported = 0  # sweep_junk_objects: unknown objects last warned about
 
     @property
     def region(self) -> str:
@@ -343,6 +348,70 @@ class KeyService:
             )
         return len(pending) + len(rotations)
 
+    def sweep_junk_objects(self, grace: timedelta) -> int:
+        """Destroy the key version objects on the token that this DB knows it abandoned.
+
+        A kill -9 can leave one that recovery never finds: its row was rolled
+        back while the object survived (e.g. still being written when the
+        rollback searched for it). Rollbacks and the reaper record the token
+        ids they give up on (``delete_key``/``delete_version`` with
+        ``abandoned_at``), and an ABANDONED version or a FAILED key names its
+        own; only such an object (hsmstore label, :func:`token_label`) is
+        destroyed, once it has been seen so for ``grace`` (sightings are kept in
+        this process). A row in use always wins, so a CreateKey or rotation in
+        flight is never swept. An object whose CKA_ID this DB does not know at
+        all is never destroyed: it is another DB's key (a wrong ``--db``, or
+        another deployment on the token), and one warning says so. Tombstones
+        go once their object is destroyed or seen absent ``grace`` after they
+        were written, and after :data:`JUNK_TOMBSTONE_DAYS` in any case.
+        Every destruction is logged.
+        """
+        now = self._clock.now()
+        listed = self._vault.list_key_versions()  # before the rows: a row is committed before its object
+        labelled = [(token_id, label) for token_id, label in listed if _parse_token_label(label)]
+        known = self._store.known_token_ids([token_id for token_id, _ in labelled])
+        still_junk: dict[bytes, datetime] = {}
+        unknown: list[str] = []
+        done: list[bytes] = []  # destroyed, or gone already: their tombstones go
+        destroyed = 0
+        for token_id, label in labelled:
+            if token_id in known.in_use:
+                continue
+            if token_id not in known.abandoned:
+                unknown.append(label)
+                continue
+            first_seen = self._junk_seen.get(token_id, now)
+            if now - first_seen < grace:
+                still_junk[token_id] = first_seen
+                continue
+            if self._vault.destroy_key(token_id):
+                destroyed += 1
+                log.warning(
+                    "destroyed junk token object %s labelled %r: this DB abandoned it",
+                    token_id.hex(),
+                    label,
+                )
+            done.append(token_id)
+        self._junk_seen = still_junk
+        on_token = {token_id for token_id, _ in listed}
+        stale = self._store.list_abandoned_token_objects(now - grace, JUNK_TOMBSTONE_BATCH)
+        done.extend(t.token_id for t in stale if t.token_id not in on_token)
+        self._store.forget_abandoned_token_objects(done)
+        self._store.prune_abandoned_token_objects(now - timedelta(days=JUNK_TOMBSTONE_DAYS))
+        self._report_unknown_objects(unknown)
+        return destroyed
+
+    def _report_unknown_objects(self, labels: list[str]) -> None:
+        """One warning when the number of unknown hsmstore objects changes (so once per process)."""
+        if labels and len(labels) != self._unknown_reported:
+            log.warning(
+                "the token holds %d hsmstore key objects this metadata DB does not know (first: %s): "
+                "is --db the DB for this token? they are left alone",
+                len(labels),
+                labels[0],
+            )
+        self._unknown_reported = len(labels)
+
     def _roll_back_creation(self, key_id: str, versions: list[KeyVersion]) -> None:
         """Claim the creation (CREATING -> FAILED), then destroy, then delete.
 
@@ -354,7 +423,7 @@ class KeyService:
                 return
             for version in versions:
                 self._vault.destroy_key(version.token_id)
-            self._store.delete_key(key_id)
+            self._store.delete_key(key_id, abandoned_at=self._clock.now())  # tombstones: sweep_junk_objects
             self._keys.invalidate(key_id)
         except Exception:
             # Left as CREATING: start-up recovery finishes the job.
@@ -368,8 +437,6 @@ class KeyService:
         unless BypassPolicyLockoutSafetyCheck is set; the refusal is a
         MalformedPolicyDocumentException.
         """
-        if len(policy.encode("utf-8")) > MAX_POLICY_BYTES:
-            raise ValidationException(f"Policy must be at most {MAX_POLICY_BYTES} bytes")
         document = parse_policy(policy, kind="key")
         if bypass:
             return
@@ -478,11 +545,15 @@ class KeyService:
         Both halves run on the token; the plaintext exists only in this
         process's memory between them (AES-GCM has no on-token re-wrap).
         """
+        check_bytes(ciphertext_blob, "CiphertextBlob", max_length=MAX_CIPHERTEXT_BLOB_BYTES)
+        check_encryption_context(source_encryption_context, "SourceEncryptionContext")
         source_algorithm = _check_algorithm(source_encryption_algorithm, "SourceEncryptionAlgorithm")
         destination_algorithm = _check_algorithm(
             destination_encryption_algorithm, "DestinationEncryptionAlgorithm"
         )
-        destination_context = canonical_encryption_context(destination_encryption_context)
+        destination_context = canonical_encryption_context(
+            destination_encryption_context, "DestinationEncryptionContext"
+        )
         destination = self.resolve_key(
             caller,
             destination_key_id,
@@ -547,10 +618,9 @@ class KeyService:
     ) -> bytes:
         if custom_key_store_id:
             raise UnsupportedOperationException("Custom key stores are not supported by this server yet")
-        if number_of_bytes is None or not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
-            raise ValidationException(f"NumberOfBytes must be between 1 and {MAX_RANDOM_BYTES}")
+        size = check_number(number_of_bytes, "NumberOfBytes", 1, MAX_RANDOM_BYTES)
         self.access.check(caller, "kms:GenerateRandom", None)
-        return self._vault.generate_random(number_of_bytes)
+        return self._vault.generate_random(size)
 
     # ------------------------------------------------------------ deletion
 
@@ -594,8 +664,9 @@ class KeyService:
         Crash-safe and idempotent: ``begin_destruction`` moves the key to
         DESTROYING and records its versions in one transaction (a cancelled
         deletion fails that compare-and-set and is never touched); each token
-        object is destroyed, then marked destroyed; the key row goes last. A
-        reaper killed half-way finds the DESTROYING key on its next run.
+        object is destroyed, then marked destroyed; the key row goes last,
+        leaving a tombstone per version (``sweep_junk_objects``). A reaper
+        killed half-way finds the DESTROYING key on its next run.
         """
         destroyed = 0
         for key in self._store.list_keys_to_destroy(self._clock.now(), JOB_BATCH_SIZE):
@@ -606,7 +677,7 @@ class KeyService:
                     self._vault.destroy_key(record.token_id)
                     self._failpoint("reaper.after_destroy_object")
                     self._store.mark_version_destroyed(key.key_id, record.version, self._clock.now())
-            self._store.delete_key(key.key_id)
+            self._store.delete_key(key.key_id, abandoned_at=self._clock.now())
             self._keys.invalidate(key.key_id)
             self._forget_token_ids(key.key_id)
             log.info("destroyed key %s and its token objects", key.key_id)
@@ -738,7 +809,9 @@ class KeyService:
             if not self._store.abandon_version(version.key_id, version.version, version.token_id):
                 return
             self._vault.destroy_key(version.token_id)
-            self._store.delete_version(version.key_id, version.version, version.token_id)
+            self._store.delete_version(
+                version.key_id, version.version, version.token_id, abandoned_at=self._clock.now()
+            )
         except Exception:
             log.exception("could not roll back an interrupted rotation; recovery will retry")
 
@@ -893,9 +966,11 @@ class KeyService:
         a KeyId value, the Decrypt operation succeeds only if the specified KMS
         key was used to encrypt the ciphertext" (else IncorrectKeyException).
         """
-        if not 1 <= len(ciphertext_blob) <= MAX_CIPHERTEXT_BLOB_BYTES:
-            raise ValidationException(f"CiphertextBlob must be 1 to {MAX_CIPHERTEXT_BLOB_BYTES} bytes long")
-        context = canonical_encryption_context(encryption_context)
+        check_bytes(ciphertext_blob, "CiphertextBlob", max_length=MAX_CIPHERTEXT_BLOB_BYTES)
+        context = canonical_encryption_context(
+            encryption_context,
+            "SourceEncryptionContext" if operation is Operation.RE_ENCRYPT_FROM else "EncryptionContext",
+        )
         action = f"kms:{operation.value}"
         named_key = (
             self.resolve_key(
@@ -1109,9 +1184,17 @@ class KeyService:
         return KeyDescription(key, self._arn(key))
 
     def check_health(self) -> None:
-        """Raise unless both the token and the metadata DB answer."""
+        """Raise unless the token and the metadata DB answer and every added check passes
+        (the audit spool: a call whose record cannot be written is refused, so a server
+        that cannot write one is not serving)."""
         self._vault.ping()
         self._store.ping()
+        for check in self._health_checks:
+            check()
+
+    def add_health_check(self, check: Callable[[], None]) -> None:
+        """Another dependency of the answers: ``check`` raises while it cannot be used (bootstrap.py)."""
+        self._health_checks.append(check)
 
 
 def _service_alias_of(caller: Caller) -> str | None:
@@ -1125,14 +1208,22 @@ def token_label(key_id: str, version: int) -> str:
     return f"hsmstore/{key_id}/v{version}"
 
 
+def _parse_token_label(label: str) -> tuple[str, int] | None:
+    """``(key_id, version)`` of a :func:`token_label`; None for any other label."""
+    prefix, _, rest = label.partition("/")
+    key_id, _, version = rest.rpartition("/v")
+    if prefix != "hsmstore" or not key_id or "/" in key_id or not version.isdigit():
+        return None
+    return key_id, int(version)
+
+
 def _check_plaintext(plaintext: bytes) -> None:
-    if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
-        raise ValidationException(f"Plaintext must be 1 to {MAX_PLAINTEXT_BYTES} bytes long")
+    check_bytes(plaintext, "Plaintext", max_length=MAX_PLAINTEXT_BYTES)
 
 
 def _check_description(description: str) -> None:
-    if len(description) > MAX_DESCRIPTION_CHARS:
-        raise ValidationException(f"Description must be at most {MAX_DESCRIPTION_CHARS} characters long")
+    """AWS Description: 0-8192 characters; NUL refused (core/validation.py)."""
+    check_description(description)
 
 
 def _check_algorithm(algorithm: str, field_name: str) -> str:
@@ -1154,10 +1245,7 @@ def _data_key_size(number_of_bytes: int | None, key_spec: str) -> int:
         if key_spec not in DATA_KEY_SPEC_BYTES:
             raise ValidationException(f"KeySpec must be one of: {', '.join(DATA_KEY_SPEC_BYTES)}")
         return DATA_KEY_SPEC_BYTES[key_spec]
-    assert number_of_bytes is not None
-    if not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
-        raise ValidationException(f"NumberOfBytes must be between 1 and {MAX_RANDOM_BYTES}")
-    return number_of_bytes
+    return check_number(number_of_bytes, "NumberOfBytes", 1, MAX_RANDOM_BYTES)
 
 
 _UNSUPPORTED_KEY_SPECS = frozenset(

@@ -1,17 +1,18 @@
 """HSM profiles: what differs between SoftHSM2 and AWS CloudHSM, as data.
 
 The vault and the session code read a :class:`HsmProfile` instead of testing
-"is this CloudHSM?". Everything here comes from ``shared/notes/pkcs11.md``:
+"is this CloudHSM?". The facts behind each field are in docs/hsm.md:
 
-* IV source, §4: "The HSM rejects caller IVs ('Expect IV to be all 0') ...
-  ``pIv`` must point at a zeroed, writable 12-byte buffer; the HSM writes the IV
-  it generated into that buffer." SoftHSM2 instead takes the caller's IV, of
-  any length, even empty (§3): "Enforce 12 random bytes yourself."
-* Login, §4: "PIN = ``<CU_user_name>:<password>`` passed to C_Login".
-* Threading, §2: python-pkcs11 calls ``C_Initialize(NULL)`` and "SoftHSM then
-  turns its own locking off"; "CloudHSM profile: ... use the same re-init
-  [with CKF_OS_LOCKING_OK]. A global lock would serialise network round-trips."
-* Limits, §4: "Max data per GCM call is 16,224 bytes."
+* IV source ("AES-GCM and IVs"): CloudHSM refuses caller IVs and writes its
+  own into a zeroed, writable 12-byte buffer; SoftHSM2 takes the caller's IV
+  of any length, even empty, so we draw 12 random bytes ourselves.
+* Login: CloudHSM's C_Login string is ``<crypto user name>:<password>``.
+* Threading ("Threads and the process lock"): a global lock for SoftHSM2,
+  ``CKF_OS_LOCKING_OK`` for CloudHSM, where a global lock would serialise
+  network round trips.
+* Limits: CloudHSM takes at most 16,224 bytes per GCM call.
+* Locked objects ("Templates and defaults"): whether the token accepts
+  CKA_MODIFIABLE and CKA_COPYABLE False at generation.
 
 This module also builds the GCM mechanism parameter for each IV source. It
 imports ``pkcs11`` (the Python package) but never loads a PKCS#11 library.
@@ -30,7 +31,7 @@ GCM_IV_BYTES = 12
 """NIST SP 800-38D §8.2: 96-bit IVs; the only length we ever produce or accept."""
 
 GCM_TAG_BITS = 128
-"""Full-length tag; SoftHSM accepts any multiple of 8 up to 128 (notes §3)."""
+"""Full-length tag; SoftHSM accepts any multiple of 8 up to 128."""
 
 GCM_TAG_BYTES = GCM_TAG_BITS // 8
 
@@ -73,6 +74,16 @@ class HsmProfile:
     threading_mode: ThreadingMode
     max_gcm_payload: int | None
     """Largest plaintext of one GCM call, or None when the token sets no limit."""
+    lock_objects: bool = True
+    """Generate objects with CKA_MODIFIABLE and CKA_COPYABLE False (templates.py).
+
+    SoftHSM2 2.6.1 accepts both at C_GenerateKey and then answers
+    CKR_ACTION_PROHIBITED to C_SetAttributeValue and C_CopyObject (checked
+    here). CloudHSM SDK 5 would reject them: its key attributes table
+    (``pkcs11-attributes.md``) marks CKA_MODIFIABLE "must be explicitly set
+    only to the default value" (True) and does not list CKA_COPYABLE at all;
+    attribute changes there go through the CloudHSM CLI (``key set-attribute``),
+    so on CloudHSM the load-time check of every version is the defence."""
 
     def validate_pin(self, pin: str) -> None:
         """Raise ``ValueError`` if ``pin`` cannot be a login string of this profile.
@@ -107,6 +118,7 @@ CLOUDHSM = HsmProfile(
     pin_form=PinForm.CRYPTO_USER,
     threading_mode=ThreadingMode.OS_LOCKING,
     max_gcm_payload=16_224,
+    lock_objects=False,
 )
 
 PROFILES: dict[str, HsmProfile] = {p.name: p for p in (SOFTHSM2, CLOUDHSM)}
@@ -140,8 +152,9 @@ def _validate_cloudhsm_password(password: str) -> None:
 def cloudhsm_pin(user: str, password: str) -> str:
     """The C_Login string for a CloudHSM crypto user: ``"<user>:<password>"``.
 
-    Notes §4: "PIN = ``<CU_user_name>:<password>`` passed to C_Login". The user
-    name cannot hold ':' (it is alphanumeric and '_'), so the first ':' splits.
+    CloudHSM SDK 5 (``pkcs11-pin.md``): the PIN given to C_Login is the crypto
+    user's name and password joined by ':'. The user name cannot hold ':' (it
+    is alphanumeric and '_'), so the first ':' splits.
     """
     _validate_cloudhsm_user(user)
     _validate_cloudhsm_password(password)
@@ -173,7 +186,7 @@ class CallerIvGcm:
 
     def __init__(self, iv: bytes, aad: bytes) -> None:
         if len(iv) != GCM_IV_BYTES:
-            # SoftHSM accepts any IV length, even 0 (notes §3): refuse here.
+            # SoftHSM accepts any IV length, even 0 (docs/hsm.md): refuse here.
             raise ValueError("a GCM IV must be 12 bytes")
         self._iv = iv
         self.mechanism_param: GCMParams = GCMParams(iv, aad, GCM_TAG_BITS)
@@ -185,8 +198,8 @@ class CallerIvGcm:
 class HsmIvGcm:
     """GCM encrypt parameter for ``IvSource.HSM``: a raw ``CK_GCM_PARAMS`` blob.
 
-    Notes §4: "Do not hand it ``GCMParams(bytes(12))``: the HSM would write into
-    an immutable Python ``bytes`` object. Use the raw-struct path instead"; a
+    ``GCMParams(bytes(12))`` would let the HSM write its IV into an immutable
+    Python ``bytes`` object (docs/hsm.md, "AES-GCM and IVs"); instead a
     ``bytes`` ``mechanism_param`` is passed through as the parameter blob
     (``_pkcs11.pyx:192``). The blob holds raw pointers into ``_iv_buffer`` and
     ``_aad_buffer``, so this object owns both and must stay alive until the
@@ -239,7 +252,7 @@ def gcm_encrypt_param(iv_source: IvSource, aad: bytes, iv: bytes | None = None) 
 
 
 def gcm_decrypt_param(iv: bytes, aad: bytes) -> GCMParams:
-    """Decrypt takes the stored IV on both profiles (notes §4: "On decrypt, pass that IV normally")."""
+    """Decrypt takes the stored IV on both profiles (docs/hsm.md, "AES-GCM and IVs")."""
     if len(iv) != GCM_IV_BYTES:
         raise ValueError("a GCM IV must be 12 bytes")
     return GCMParams(iv, aad, GCM_TAG_BITS)

@@ -1,18 +1,17 @@
 """PKCS#11 library, login and sessions: one login per process, serialised or OS-locked calls.
 
-The rules, from ``shared/notes/pkcs11.md`` §2 (all verified on SoftHSM 2.6.1):
+The facts these rules rest on are in docs/hsm.md ("Library, login and
+sessions", "Threads and the process lock", "Fork", "Fault classes").
 
-* **Login is per application, not per session.** "The 2nd
-  ``token.open(user_pin=...)`` raises ``UserAlreadyLoggedIn``" and
-  "``Session.close()`` calls ``C_Logout`` ... That logs out **every** session".
-  So per process and token we open ONE login session with the PIN and keep it
-  open until the last user of that token closes; working sessions are opened
-  without a PIN (``rw=True``: "Read-only sessions are unsupported in SDK 5")
+* **Login is per application, not per session.** A second ``C_Login`` fails
+  and closing the PIN session logs out every session of the process. So per
+  process and token we open ONE login session with the PIN and keep it open
+  until the last user of that token closes; working sessions are opened
+  without a PIN (always read-write: CloudHSM SDK 5 has no read-only sessions)
   and inherit the login.
-* **Threads.** "``lib.initialize()`` calls ``C_Initialize(NULL)``" and "When
-  pInitArgs is NULL, SoftHSM 2.6.1 does ``MutexFactory::i()->disable()``";
-  8 threads without an application lock segfaulted 4/4 runs. So there are two
-  modes (:class:`~hsmstore.hsm.profiles.ThreadingMode`):
+* **Threads.** python-pkcs11 initialises with ``C_Initialize(NULL)``, and
+  SoftHSM2 2.6.1 then runs without its own mutexes: concurrent calls crash the
+  process. So there are two modes (:class:`~hsmstore.hsm.profiles.ThreadingMode`):
 
   - ``global_lock``: every PKCS#11 call of the process for that module goes
     through one ``threading.Lock``; one working session. python-pkcs11
@@ -22,9 +21,8 @@ The rules, from ``shared/notes/pkcs11.md`` §2 (all verified on SoftHSM 2.6.1):
   - ``os_locking``: finalize python-pkcs11's NULL initialisation and call
     ``C_Initialize`` again with ``CKF_OS_LOCKING_OK`` through ctypes (same
     dlopen handle, same module instance), then give each concurrent caller
-    its own session: "Never share one Session between threads concurrently."
-    Sessions come from a bounded pool (CloudHSM allows 1,024 sessions per
-    application), so no session is ever used by two threads at once.
+    its own session, never shared between threads. Sessions come from a
+    bounded pool (CloudHSM allows 1,024 sessions per application).
 
   Which one, measured by ``bench/hsm_locking.py`` (SoftHSM 2.6.1, 2 CPUs,
   ``Pkcs11KeyVault.encrypt`` of 32 bytes): one thread 26k op/s at 38 µs CPU/op
@@ -35,40 +33,42 @@ The rules, from ``shared/notes/pkcs11.md`` §2 (all verified on SoftHSM 2.6.1):
   gets parallelism from worker processes. CloudHSM uses ``os_locking``: each
   call is a network round trip, and a global lock would serialise them.
 
-* **Handles are bound to sessions.** "Key objects are bound to the session
-  that found them ... So cache ``key_id → Object`` **per pooled session**."
-  Each :class:`WorkingSession` carries its own handle cache.
-* **Recovery** (Barbican's retry-after-reinitialise, without its per-operation
-  login): on a token fault (session handle invalid, user not logged in,
-  device/token errors, "not initialized") every session and cached handle of
-  the process is dropped, the library is finalized and initialized again, the
-  login is redone, and the call is retried once. A stale *object* handle
-  (the key was destroyed, maybe by another process) only drops that key's
-  cache entries before the single retry: re-initialising a token with 20,000
-  objects costs seconds ("opening + login took 2.4 s").
+* **Handles are bound to sessions.** A found object keeps the session that
+  found it, so each :class:`WorkingSession` carries its own handle cache.
+* **Recovery**, by the fault class of every error (one table,
+  :mod:`hsmstore.hsm.return_values`): on a token fault (session handle
+  invalid, user not logged in, device/token errors, "not initialized", no
+  token in any slot, a failing ``C_Initialize``) every session and cached
+  handle of the process is dropped, the library is finalized and initialized
+  again, the login is redone, and the call is retried: at once, then with
+  capped exponential backoff, for at most :data:`TOKEN_FAULT_RETRY_SECONDS`;
+  after that the call answers ``DependencyUnavailableException`` and the next
+  call tries again, so the process recovers by itself when the token returns.
+  A stale *object* handle (the key was destroyed, maybe by another process)
+  only drops that key's cache entries before one retry: re-initialising a
+  token with 20,000 objects costs seconds ("opening + login took 2.4 s").
 * **Object store changes are serialised.** Even in ``os_locking`` mode,
   creating, destroying and searching token objects take one per-module lock
   (:attr:`TokenSessions.object_store_lock`, the measurement is there).
 * **Nothing at import time.** Importing this module never loads a PKCS#11
   library; :meth:`TokenSessions.open` does.
-* **Fork.** "the spec makes a forked child a new application that must
-  ``C_Initialize`` and log in again" and "do not touch PKCS#11 before
-  forking". A :class:`TokenSessions` refuses to work in a process other than
-  the one that opened it; a forked child must open its own (the library is
-  then finalized and initialized afresh in the child, as the notes verified:
-  "``try: lib.finalize() except PKCS11Error: pass; lib.initialize()``").
+* **Fork.** A forked child is a new PKCS#11 application that must initialise
+  and log in again, so nothing touches PKCS#11 before forking. A
+  :class:`TokenSessions` refuses to work in a process other than the one that
+  opened it; a forked child must open its own (the library is then finalized,
+  ignoring errors, and initialized afresh in the child).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
 
 import pkcs11
@@ -77,12 +77,14 @@ from pkcs11 import exceptions as pkcs11_errors
 from hsmstore import errors
 from hsmstore.hsm.held_calls import GilHeldCalls
 from hsmstore.hsm.profiles import HsmProfile, ThreadingMode
+from hsmstore.hsm.return_values import CKR_BUFFER_TOO_SMALL, CKR_OK, Fault, error_for, fault_of, name_of
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Lib  # noqa: N812 - a class, named as one
     from pkcs11.types import Object, Session, Token
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 CKF_OS_LOCKING_OK = 0x00000002
 """PKCS#11 v2.40 §5.4: "the library can use the native operating system threading model for locking"."""
@@ -94,19 +96,27 @@ DEFAULT_OS_LOCKING_SESSIONS = 16
 # SoftHSM2's file store, opened by several processes at once (``--workers N``
 # starting together), now and then answers GeneralError or "no such token" for
 # a moment (SoftHSM issue #757: "token integrity check failures under heavy
-# parallel multi-process access"; seen here: 2 in 30 simultaneous opens). A
-# wrong PIN or a missing module is not retried.
-TRANSIENT_OPEN_ERRORS: tuple[type[pkcs11_errors.PKCS11Error], ...] = (
-    pkcs11_errors.GeneralError,
-    pkcs11_errors.NoSuchToken,
-    pkcs11_errors.DeviceError,
-    pkcs11_errors.TokenNotPresent,
-)
+# parallel multi-process access"; seen here: 2 in 30 simultaneous opens). So
+# opening retries every token fault of the table and, at open only,
+# CKR_GENERAL_ERROR (fatal elsewhere: it is also SoftHSM2's GCM tag mismatch).
+# A wrong PIN or a missing module is not retried.
+OPEN_ALSO_RETRIES: tuple[type[pkcs11_errors.PKCS11Error], ...] = (pkcs11_errors.GeneralError,)
 TRANSIENT_OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+TOKEN_FAULT_RETRY_SECONDS = 2.0
+"""How long one call keeps re-initialising after token faults before it answers
+``DependencyUnavailableException``: bounded, so a call never hangs on a lost token.
+Once a call has given up, later calls (and the health check's ping) make one
+re-initialisation each and answer at once until the token answers again, so
+the process recovers by itself without holding every request for the budget."""
+TOKEN_FAULT_FIRST_DELAY = 0.05
+TOKEN_FAULT_MAX_DELAY = 0.5
+"""Capped exponential backoff between re-initialisations within one call
+(the first retry follows the fault at once: a lost session usually just needs one)."""
 
 
 class CK_C_INITIALIZE_ARGS(ctypes.Structure):  # noqa: N801 - the PKCS#11 type name
-    """PKCS#11 ``CK_C_INITIALIZE_ARGS``; only ``flags`` is set (notes §2 snippet)."""
+    """PKCS#11 ``CK_C_INITIALIZE_ARGS``, only ``flags`` set (docs/hsm.md, "Threads and the process lock")."""
 
     _fields_ = (
         ("CreateMutex", ctypes.c_void_p),
@@ -118,30 +128,22 @@ class CK_C_INITIALIZE_ARGS(ctypes.Structure):  # noqa: N801 - the PKCS#11 type n
     )
 
 
-class FaultKind(Enum):
-    """What a PKCS#11 error says about our sessions, if anything."""
+class CK_ATTRIBUTE(ctypes.Structure):  # noqa: N801 - the PKCS#11 type name
+    """PKCS#11 ``CK_ATTRIBUTE``: type, value pointer, value length."""
 
-    STALE_HANDLE = "stale_handle"
-    """The object handle is no longer valid: forget it, find the key again."""
-    SESSIONS_LOST = "sessions_lost"
-    """Sessions, login or the device are gone: re-initialise, re-login."""
+    _fields_ = (
+        ("type", ctypes.c_ulong),
+        ("pValue", ctypes.c_void_p),
+        ("ulValueLen", ctypes.c_ulong),
+    )
 
 
-_STALE_HANDLE_ERRORS: tuple[type[pkcs11_errors.PKCS11Error], ...] = (
-    pkcs11_errors.ObjectHandleInvalid,
-    pkcs11_errors.KeyHandleInvalid,
-)
-_TOKEN_FAULT_ERRORS: tuple[type[pkcs11_errors.PKCS11Error], ...] = (
-    pkcs11_errors.SessionHandleInvalid,
-    pkcs11_errors.SessionClosed,
-    pkcs11_errors.UserNotLoggedIn,
-    pkcs11_errors.OperationActive,
-    pkcs11_errors.DeviceError,
-    pkcs11_errors.DeviceMemory,
-    pkcs11_errors.DeviceRemoved,
-    pkcs11_errors.TokenNotPresent,
-    pkcs11_errors.TokenNotRecognised,
-)
+_CKR_ATTRIBUTE_SENSITIVE = 0x11
+_CKR_ATTRIBUTE_TYPE_INVALID = 0x12
+_CKR_OBJECT_HANDLE_INVALID = 0x82
+_CKA_LABEL = 0x03
+_CKA_ID = 0x102
+_ID_AND_LABEL_BYTES = 256
 
 
 class TokenViewStale(pkcs11_errors.PKCS11Error):
@@ -155,20 +157,24 @@ class TokenViewStale(pkcs11_errors.PKCS11Error):
     """
 
 
-def fault_kind(exc: pkcs11_errors.PKCS11Error) -> FaultKind | None:
-    """Classify ``exc``; None means "the operation itself failed", no retry.
+class LibraryNotInitialized(pkcs11_errors.PKCS11Error):
+    """Raised by us, not the library: ``C_Initialize`` failed while (re-)initialising.
 
-    A bare ``PKCS11Error`` is what python-pkcs11 raises for
-    CKR_CRYPTOKI_NOT_INITIALIZED (e.g. after a fork with
-    ``library.reset_on_fork=true``) and for return values it does not know
-    (vendor codes, e.g. a CloudHSM connection failure): re-initialising is the
-    one recovery we have, so treat it as a token fault.
+    Whatever the return value, the library is down for now (a token directory
+    that cannot be read, an HSM that does not answer): a token fault, so the
+    next attempt initialises again.
     """
-    if isinstance(exc, _STALE_HANDLE_ERRORS):
-        return FaultKind.STALE_HANDLE
-    if isinstance(exc, (*_TOKEN_FAULT_ERRORS, TokenViewStale)) or type(exc) is pkcs11_errors.PKCS11Error:
-        return FaultKind.SESSIONS_LOST
-    return None
+
+
+def fault_kind(exc: pkcs11_errors.PKCS11Error) -> Fault:
+    """Classify ``exc`` by the one table, :data:`hsmstore.hsm.return_values.RETURN_VALUES`.
+
+    Our own :class:`TokenViewStale` (a rescan) and :class:`LibraryNotInitialized`
+    are token faults.
+    """
+    if isinstance(exc, TokenViewStale | LibraryNotInitialized):
+        return Fault.TOKEN_FAULT
+    return fault_of(exc)
 
 
 class _CallGate(Protocol):
@@ -270,6 +276,7 @@ class Pkcs11Module:
         self._cdll: ctypes.CDLL | None = None
         self._init_args: CK_C_INITIALIZE_ARGS | None = None
         self._held_calls: GilHeldCalls | None = None
+        self.unreachable_since: float | None = None
 
     @property
     def held_calls(self) -> GilHeldCalls | None:
@@ -288,14 +295,17 @@ class Pkcs11Module:
         if self.initialized:
             return
         if self.mode is ThreadingMode.GLOBAL_LOCK:
-            self.lib.initialize()  # C_Initialize(NULL): the token may disable its own mutexes
+            try:
+                self.lib.initialize()  # C_Initialize(NULL): the token may disable its own mutexes
+            except pkcs11_errors.PKCS11Error as exc:
+                raise LibraryNotInitialized(f"C_Initialize failed: {name_of(exc)}") from None
         else:
             cdll = self._c_library()
-            # Notes §2: "rv = ctypes.CDLL(so).C_Initialize(byref(CK_C_INITIALIZE_ARGS(..., 0x2, None)))"
+            # C_Initialize(&{flags: CKF_OS_LOCKING_OK}) on the same dlopen handle (docs/hsm.md)
             self._init_args = CK_C_INITIALIZE_ARGS(None, None, None, None, CKF_OS_LOCKING_OK, None)
             rv = cdll.C_Initialize(ctypes.byref(self._init_args))
             if rv != 0:
-                raise pkcs11_errors.PKCS11Error(f"C_Initialize(CKF_OS_LOCKING_OK) returned {rv:#x}")
+                raise LibraryNotInitialized(f"C_Initialize(CKF_OS_LOCKING_OK) returned {rv:#x}")
         self.initialized = True
 
     def finalize_quietly(self) -> None:
@@ -323,6 +333,23 @@ class Pkcs11Module:
             self.finalize_quietly()
             self.initialize()
 
+    def note_unreachable(self, token_label: str, cause: str) -> None:
+        """Log once per outage that calls now answer DependencyUnavailableException."""
+        if self.unreachable_since is None:
+            self.unreachable_since = time.monotonic()
+            log.warning(
+                "PKCS#11 token %r does not answer (%s); calls answer DependencyUnavailableException "
+                "and each new call re-initialises the library until it does",
+                token_label,
+                cause,
+            )
+
+    def note_reachable(self, token_label: str) -> None:
+        since = self.unreachable_since
+        if since is not None:
+            self.unreachable_since = None
+            log.warning("PKCS#11 token %r answers again after %.1f s", token_label, time.monotonic() - since)
+
     def ensure_initialized(self) -> None:
         if not self.initialized:
             with self.gate.exclusive():
@@ -338,8 +365,99 @@ class Pkcs11Module:
             cdll.C_Initialize.restype = ctypes.c_ulong
             cdll.C_Finalize.argtypes = [ctypes.c_void_p]
             cdll.C_Finalize.restype = ctypes.c_ulong
+            cdll.C_GetAttributeValue.argtypes = [
+                ctypes.c_ulong,
+                ctypes.c_ulong,
+                ctypes.POINTER(CK_ATTRIBUTE),
+                ctypes.c_ulong,
+            ]
+            cdll.C_GetAttributeValue.restype = ctypes.c_ulong
+            cdll.C_FindObjectsInit.argtypes = [ctypes.c_ulong, ctypes.POINTER(CK_ATTRIBUTE), ctypes.c_ulong]
+            cdll.C_FindObjectsInit.restype = ctypes.c_ulong
+            cdll.C_FindObjects.argtypes = [
+                ctypes.c_ulong,
+                ctypes.POINTER(ctypes.c_ulong),
+                ctypes.c_ulong,
+                ctypes.POINTER(ctypes.c_ulong),
+            ]
+            cdll.C_FindObjects.restype = ctypes.c_ulong
+            cdll.C_FindObjectsFinal.argtypes = [ctypes.c_ulong]
+            cdll.C_FindObjectsFinal.restype = ctypes.c_ulong
             self._cdll = cdll
         return self._cdll
+
+    def find_handles(self, session: int, match: dict[int, int]) -> list[int]:
+        """Handles of every object whose CK_ULONG attributes equal ``match`` (caller holds the gate).
+
+        Only C_FindObjects: python-pkcs11's ``get_objects`` also reads about ten
+        attributes of each object it finds, which on a large token holds the
+        process lock for seconds (see :meth:`read_id_and_label`).
+        """
+        cdll = self._c_library()
+        values = (ctypes.c_ulong * len(match))(*match.values())
+        size = ctypes.sizeof(ctypes.c_ulong)
+        template = (CK_ATTRIBUTE * len(match))(
+            *(
+                CK_ATTRIBUTE(attribute, ctypes.addressof(values) + index * size, size)
+                for index, attribute in enumerate(match)
+            )
+        )
+        rv = cdll.C_FindObjectsInit(session, template, len(match))
+        if rv != CKR_OK:
+            raise error_for(rv)
+        handles: list[int] = []
+        batch = (ctypes.c_ulong * 256)()
+        found = ctypes.c_ulong(0)
+        try:
+            while True:
+                rv = cdll.C_FindObjects(session, batch, len(batch), ctypes.byref(found))
+                if rv != CKR_OK:
+                    raise error_for(rv)
+                if not found.value:
+                    return handles
+                handles.extend(batch[: found.value])
+        finally:
+            cdll.C_FindObjectsFinal(session)
+
+    def read_id_and_label(self, session: int, handle: int) -> tuple[bytes, str] | None:
+        """CKA_ID and CKA_LABEL of one object in one C_GetAttributeValue; None if the
+        handle no longer names an object or either value does not fit (not one of ours)."""
+        id_buffer = ctypes.create_string_buffer(_ID_AND_LABEL_BYTES)
+        label_buffer = ctypes.create_string_buffer(_ID_AND_LABEL_BYTES)
+        template = (CK_ATTRIBUTE * 2)(
+            CK_ATTRIBUTE(_CKA_ID, ctypes.addressof(id_buffer), _ID_AND_LABEL_BYTES),
+            CK_ATTRIBUTE(_CKA_LABEL, ctypes.addressof(label_buffer), _ID_AND_LABEL_BYTES),
+        )
+        rv = self._c_library().C_GetAttributeValue(session, handle, template, 2)
+        if rv in (_CKR_OBJECT_HANDLE_INVALID, CKR_BUFFER_TOO_SMALL):
+            return None
+        if rv != CKR_OK:
+            raise error_for(rv)
+        label = label_buffer.raw[: template[1].ulValueLen].decode("utf-8", errors="replace")
+        return id_buffer.raw[: template[0].ulValueLen], label
+
+    def read_flags(self, session: int, handle: int, attributes: Sequence[int]) -> dict[int, bool | None]:
+        """Boolean attributes of one object in ONE ``C_GetAttributeValue`` (caller holds the gate).
+
+        python-pkcs11's ``get_attributes`` asks for the lengths first, then the
+        values: two calls, each a network round trip on CloudHSM. A CK_BBOOL is
+        one byte, so one call with one-byte buffers does. An attribute the
+        object does not have reads as None (PKCS#11 v2.40 §5.7: its
+        ``ulValueLen`` is set to CK_UNAVAILABLE_INFORMATION and the call
+        returns CKR_ATTRIBUTE_TYPE_INVALID or CKR_ATTRIBUTE_SENSITIVE).
+        """
+        values = (ctypes.c_ubyte * len(attributes))()
+        base = ctypes.addressof(values)
+        template = (CK_ATTRIBUTE * len(attributes))(
+            *(CK_ATTRIBUTE(attribute, base + index, 1) for index, attribute in enumerate(attributes))
+        )
+        rv = self._c_library().C_GetAttributeValue(session, handle, template, len(attributes))
+        if rv not in (CKR_OK, _CKR_ATTRIBUTE_SENSITIVE, _CKR_ATTRIBUTE_TYPE_INVALID):
+            raise error_for(rv)
+        return {
+            attribute: None if template[index].ulValueLen != 1 else bool(values[index])
+            for index, attribute in enumerate(attributes)
+        }
 
     # -- login (one PIN session per token and epoch) --
 
@@ -428,6 +546,7 @@ def acquire_module(path: str, mode: ThreadingMode) -> Pkcs11Module:
                 module.gate = _new_gate(mode)
             module.initialize()
             module.epoch += 1
+            module.unreachable_since = None
         elif module.mode is not mode:
             raise errors.KMSInternalException(
                 f"the PKCS#11 module is already in use in {module.mode.value} mode in this process"
@@ -465,7 +584,7 @@ class WorkingSession:
     """A session opened without a PIN, and the key objects found through it.
 
     ``keys`` maps CKA_ID to the python-pkcs11 object; an object is only valid
-    with the session that made it (notes §2).
+    with the session that made it (docs/hsm.md, "Library, login and sessions").
     """
 
     session: Session
@@ -534,16 +653,15 @@ class TokenSessions:
             sessions = cls(module, token_label, pin, profile, max_sessions)
             module.hold_login(token_label)
             try:
-                sessions.run(lambda ws: None)  # login + first working session, now rather than on first use
-            except TRANSIENT_OPEN_ERRORS as exc:
+                # login + first working session, now rather than on first use
+                sessions.run(lambda ws: None, retry_faults=False)
+            except pkcs11_errors.PKCS11Error as exc:
                 sessions.close()  # the last user finalizes: the next attempt re-reads the token directory
-                if delay is None:
+                transient = fault_kind(exc) is Fault.TOKEN_FAULT or isinstance(exc, OPEN_ALSO_RETRIES)
+                if delay is None or not transient:
                     raise errors.KMSInternalException(_open_failure_message(exc, token_label)) from None
                 time.sleep(delay)
                 continue
-            except pkcs11_errors.PKCS11Error as exc:
-                sessions.close()
-                raise errors.KMSInternalException(_open_failure_message(exc, token_label)) from None
             except BaseException:
                 sessions.close()
                 raise
@@ -583,35 +701,78 @@ class TokenSessions:
         """
         return self._module.object_store_lock
 
+    def find_handles(self, ws: WorkingSession, match: dict[int, int]) -> list[int]:
+        """See :meth:`Pkcs11Module.find_handles`; inside :meth:`run`, holding :attr:`object_store_lock`."""
+        return self._module.find_handles(ws.handle, match)
+
+    def read_id_and_label(self, ws: WorkingSession, handle: int) -> tuple[bytes, str] | None:
+        """See :meth:`Pkcs11Module.read_id_and_label`; use only inside :meth:`run`."""
+        return self._module.read_id_and_label(ws.handle, handle)
+
+    def read_flags(
+        self, ws: WorkingSession, handle: int, attributes: Sequence[int]
+    ) -> dict[int, bool | None]:
+        """See :meth:`Pkcs11Module.read_flags`; use only inside :meth:`run`, with ``ws``'s objects."""
+        return self._module.read_flags(ws.handle, handle, attributes)
+
     # -- the one entry point for PKCS#11 calls --
 
-    def run(self, op: Callable[[WorkingSession], T], *, key_id: bytes | None = None) -> T:
-        """Call ``op`` with a working session; on a token fault recover and retry once.
+    def run(
+        self, op: Callable[[WorkingSession], T], *, key_id: bytes | None = None, retry_faults: bool = True
+    ) -> T:
+        """Call ``op`` with a working session; recover from token faults and retry.
 
-        ``key_id`` names the key ``op`` uses, so that a stale object handle
-        only drops that key's cache entries. Errors that are not faults, and
-        faults after the retry, propagate unchanged (``PKCS11Error``).
+        By the fault class of :mod:`hsmstore.hsm.return_values`: a stale object
+        handle drops ``key_id``'s cache entries and retries once; a token fault
+        re-initialises the library (new sessions, new login) and retries with
+        capped exponential backoff for at most :data:`TOKEN_FAULT_RETRY_SECONDS`,
+        then raises ``DependencyUnavailableException``; a ``TokenViewStale``
+        rescans once. Caller errors and fatal errors propagate unchanged
+        (``PKCS11Error``), as do faults when ``retry_faults`` is False (opening
+        has its own retries and messages).
         """
         self._check_usable()
-        retried = False
+        deadline: float | None = None
+        delay = TOKEN_FAULT_FIRST_DELAY
+        stale_retried = rescanned = False
         while True:
-            self._module.ensure_initialized()
             seen_epoch = self._module.epoch
             try:
+                self._module.ensure_initialized()
                 with self._checked_out() as ws:
                     seen_epoch = ws.epoch
-                    return op(ws)
+                    result = op(ws)
+                self._module.note_reachable(self._token_label)
+                return result
             except pkcs11_errors.PKCS11Error as exc:
                 kind = fault_kind(exc)
-                if kind is None or retried:
-                    raise
-                retried = True
-                if kind is FaultKind.STALE_HANDLE:
+                if kind is Fault.STALE_HANDLE and not stale_retried:
+                    stale_retried = True
                     if key_id is not None:
                         self.forget_key(key_id)
                     # else: a handle found during this very op went stale (another
                     # process destroyed it meanwhile); running the op again searches again.
+                    continue
+                if isinstance(exc, TokenViewStale):
+                    if rescanned:
+                        raise
+                    rescanned = True
+                elif kind is not Fault.TOKEN_FAULT or not retry_faults:
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    # Known down already: one re-initialisation per call, then answer at once.
+                    down = self._module.unreachable_since is not None
+                    deadline = now + (0.0 if down else TOKEN_FAULT_RETRY_SECONDS)
+                elif now >= deadline:
+                    self._module.note_unreachable(self._token_label, name_of(exc))
+                    raise errors.DependencyUnavailableException(
+                        f"the HSM token {self._token_label!r} does not answer; retry the call later"
+                    ) from None
                 else:
+                    time.sleep(min(delay, deadline - now))
+                    delay = min(delay * 2, TOKEN_FAULT_MAX_DELAY)
+                with suppress(pkcs11_errors.PKCS11Error):  # left uninitialised: the next attempt retries
                     self._module.reset(seen_epoch)
 
     def set_session_initializer(self, initializer: Callable[[WorkingSession], None]) -> None:

@@ -1,24 +1,33 @@
 """The attribute template of a KMS key version on the token: every flag explicit.
 
-Why never the library or token defaults (``shared/notes/pkcs11.md`` §1, §3, §4):
+Why never the library or token defaults (docs/hsm.md, "Templates and defaults"):
 
-* "SoftHSM defaults ``CKA_EXTRACTABLE`` to **False**. CloudHSM SDK 5 defaults
-  it to **True** ... So always set EXTRACTABLE explicitly." A key generated
-  extractable can never be made safe again: "flipping EXTRACTABLE back to True
-  or SENSITIVE to False raises AttributeReadOnly", and the reverse direction
-  leaves ``CKA_NEVER_EXTRACTABLE`` False forever.
-* "``CKA_VALUE`` is encrypted on disk with the PIN-derived token key **only if
-  CKA_PRIVATE=True**. Otherwise it is stored in plaintext" (SoftHSM
-  ``P11Attributes.cpp:942-948``); CloudHSM requires PRIVATE True anyway.
-* python-pkcs11's default AES capabilities "include SIGN/VERIFY" (and WRAP/
-  UNWRAP); ``generate_key`` defaults to ``store=False`` (a session object) and
-  sends ``LABEL: ""`` and ``ID: b""``, and "an empty CKA_LABEL errors" on
-  CloudHSM. So call ``generate_key(..., capabilities=0, template=...)``:
-  ``capabilities=0`` sets every usage flag False, then this template (merged
-  last, ``merge_templates``) decides each one.
+* CKA_EXTRACTABLE defaults to False on SoftHSM2 but True on CloudHSM SDK 5, so
+  it is always set. A key generated extractable can never be made safe again:
+  turning EXTRACTABLE off later leaves CKA_NEVER_EXTRACTABLE False for good.
+* SoftHSM2 encrypts ``CKA_VALUE`` on disk with the PIN-derived token key only
+  for CKA_PRIVATE objects, and stores it in plaintext otherwise; CloudHSM
+  requires PRIVATE True anyway.
+* python-pkcs11's default AES capabilities include SIGN/VERIFY and WRAP/
+  UNWRAP; ``generate_key`` defaults to ``store=False`` (a session object) and
+  sends an empty LABEL and ID, which CloudHSM has rejected. So call
+  ``generate_key(..., capabilities=0, template=...)``: ``capabilities=0`` sets
+  every usage flag False, then this template (merged last,
+  ``merge_templates``) decides each one.
 
 A KMS key version only ever encrypts and decrypts (AES-256-GCM), so every other
 usage is off: no wrapping (it could export other keys), no signing, no derive.
+
+Nor may anyone turn them on later. A user-PIN holder could otherwise set
+CKA_DERIVE on a version and run ``CKM_AES_ECB_ENCRYPT_DATA``, which yields
+E_K(0^128): the GCM hash subkey H, enough to forge tags (NIST SP 800-38D
+§7.1: "Let H = CIPH_K(0^128)"). So new objects are CKA_MODIFIABLE False ("CK_TRUE
+if object can be modified", PKCS#11 v2.40 §4.4; SoftHSM2 then answers
+CKR_ACTION_PROHIBITED) and CKA_COPYABLE False (C_CopyObject could otherwise
+make a twin with other flags), where the profile allows it
+(:attr:`~hsmstore.hsm.profiles.HsmProfile.lock_objects`). And every version,
+old or new, is checked against :data:`KEY_VERSION_REQUIRED` when its handle
+is loaded.
 """
 
 from __future__ import annotations
@@ -54,14 +63,35 @@ KEY_VERSION_FLAGS: Final[dict[Attribute, bool]] = {
 }
 """The boolean attributes a key version is created with, and read back with."""
 
+LOCKED_OBJECT_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.MODIFIABLE: False,  # no C_SetAttributeValue: no usage can be switched on
+    Attribute.COPYABLE: False,  # no C_CopyObject into a twin with other flags
+}
+"""Sent on profiles whose token accepts them (:attr:`HsmProfile.lock_objects`)."""
 
-def key_version_template(token_id: bytes, label: str) -> dict[Attribute, Any]:
+KEY_VERSION_REQUIRED: Final[dict[Attribute, bool]] = {
+    **KEY_VERSION_FLAGS,
+    # Set by the token, read-only: the key was generated on it, sensitive and
+    # unextractable from birth. An object someone made from known bytes
+    # (C_CreateObject, C_UnwrapKey) under a version's CKA_ID fails these.
+    Attribute.ALWAYS_SENSITIVE: True,
+    Attribute.NEVER_EXTRACTABLE: True,
+    Attribute.LOCAL: True,
+}
+"""What a key version's object must show when its handle is loaded; anything
+else (a usage switched on, a flag it cannot have been born with) is refused.
+CKA_MODIFIABLE and CKA_COPYABLE are not required: versions made before they
+were sent are still True, and are protected by this check alone."""
+
+
+def key_version_template(token_id: bytes, label: str, *, lock_object: bool = True) -> dict[Attribute, Any]:
     """The full ``C_GenerateKey`` template of one KMS key version.
 
     ``token_id`` becomes CKA_ID (how the vault finds the object again) and
     ``label`` CKA_LABEL (for operators: pkcs11-tool lists it). Both must be
     non-empty; CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE are not set here:
     the token derives them (CloudHSM rejects the first, the second is read-only).
+    ``lock_object`` adds :data:`LOCKED_OBJECT_FLAGS`.
     """
     if len(token_id) != TOKEN_ID_BYTES:
         raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
@@ -75,6 +105,8 @@ def key_version_template(token_id: bytes, label: str) -> dict[Attribute, Any]:
         Attribute.ID: token_id,
     }
     template.update(KEY_VERSION_FLAGS)
+    if lock_object:
+        template.update(LOCKED_OBJECT_FLAGS)
     return template
 
 
@@ -105,7 +137,7 @@ AUDIT_SEAL_FLAGS: Final[dict[Attribute, bool]] = {
 """The audit seal key only MACs: every other usage is off, for the same reasons as above."""
 
 
-def audit_seal_template() -> dict[Attribute, Any]:
+def audit_seal_template(*, lock_object: bool = True) -> dict[Attribute, Any]:
     """The full ``C_GenerateKey`` template of the audit seal key (CKK_GENERIC_SECRET)."""
     template: dict[Attribute, Any] = {
         Attribute.CLASS: ObjectClass.SECRET_KEY,
@@ -115,4 +147,6 @@ def audit_seal_template() -> dict[Attribute, Any]:
         Attribute.ID: AUDIT_SEAL_ID,
     }
     template.update(AUDIT_SEAL_FLAGS)
+    if lock_object:
+        template.update(LOCKED_OBJECT_FLAGS)
     return template

@@ -5,35 +5,44 @@ the explicit template of :mod:`hsmstore.hsm.templates` and addressed by its
 CKA_ID (the version's ``token_id``). Nothing here returns, logs or formats key
 bytes, plaintext or the PIN.
 
-Finding keys: "SoftHSM2's file store slows down linearly with the number of
-token objects ... finding one key by CKA_ID took 0.9 s. Never search the token
-on the request path: find each key once (one enumeration at start-up, or on
-first use) and keep the handle" (ARCHITECTURE.md). So ``create_key`` caches
+Finding keys: a search of SoftHSM2's file store visits every object (docs/hsm.md,
+"Library, login and sessions"), so the request path never searches: each key
+is found once (one enumeration at start-up, or on first use) and its handle
+kept. So ``create_key`` caches
 the object it made, :meth:`Pkcs11KeyVault.preload` enumerates the token's
 secret keys once, and a cache miss (a key made by another process) does one
 search by CKA_ID and caches the answer. ``token_searches`` counts those
 single-key searches, so tests and metrics can see when the request path
 searched.
 
+Key versions are checked when their handle is loaded (creation, preload,
+first use), never per request: one C_GetAttributeValue against
+:data:`templates.KEY_VERSION_REQUIRED`; a widened version is refused
+(docs/hsm.md, "Templates and defaults").
+
 AES-GCM, after NIST SP 800-38D: 96-bit IVs, 128-bit tags, output
 ``ciphertext || tag``. The IV comes from the token: its RNG on SoftHSM2
-(``C_GenerateRandom``, "SoftHSM accepts a zero-length IV ... Enforce 12 random
-bytes yourself"), or the HSM itself on CloudHSM (notes §4).
+(``C_GenerateRandom``; SoftHSM2 would take any IV length, even empty), or the
+HSM itself on CloudHSM (docs/hsm.md, "AES-GCM and IVs").
 
-Errors: a GCM decrypt failure of any kind is ``CiphertextAuthenticationFailed``
-("A GCM tag or AAD mismatch raises GeneralError, not EncryptedDataInvalid:
-treat any PKCS11Error from decrypt as 'authentication failed'"); an absent key
-is ``KeyUnavailableException``; every other token failure is
-``KMSInternalException`` with a fixed message (library messages can hold
-attribute values, e.g. python-pkcs11's ``NoSuchKey`` prints the search
-template), raised ``from None`` so the library's exception is not chained.
+Errors: a GCM decrypt failure that is not a token fault is
+``CiphertextAuthenticationFailed`` (SoftHSM2 answers a tag or AAD mismatch
+with CKR_GENERAL_ERROR); an absent or refused key is
+``KeyUnavailableException``; a token that does not answer within the retry
+budget is ``DependencyUnavailableException`` (docs/hsm.md, "Fault classes");
+every other token failure is ``KMSInternalException`` with a fixed message
+(library messages can hold attribute values, e.g. python-pkcs11's
+``NoSuchKey`` prints the search template), raised ``from None`` so the
+library's exception is not chained.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -50,17 +59,21 @@ from hsmstore.hsm.profiles import (
     gcm_decrypt_param,
     gcm_encrypt_param,
 )
+from hsmstore.hsm.return_values import Fault
 from hsmstore.hsm.session import TokenSessions, TokenViewStale, WorkingSession, fault_kind
 
 if TYPE_CHECKING:
     from pkcs11.types import Object
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MAX_RANDOM_BYTES = 1024
 """AWS KMS GenerateRandom: "NumberOfBytes ... Valid Range: Minimum value of 1. Maximum value of 1024"."""
 
 KEY_ATTRIBUTES_READ_BACK: tuple[Attribute, ...] = (
+    Attribute.MODIFIABLE,
+    Attribute.COPYABLE,
     Attribute.TOKEN,
     Attribute.PRIVATE,
     Attribute.SENSITIVE,
@@ -97,6 +110,9 @@ class _Counter:
 
 RESCAN_INTERVAL_SECONDS = 5.0
 
+LIST_CHUNK = 64
+"""Objects read per token round by :meth:`Pkcs11KeyVault.list_key_versions`."""
+
 AUDIT_SEAL_PROBE = b"hsmstore:audit-seal:choose"
 """Signed with each audit seal key found, to choose one the same way in every process."""
 
@@ -107,6 +123,16 @@ def _internal(message: str) -> errors.KMSInternalException:
 
 def _key_unavailable() -> errors.KeyUnavailableException:
     return errors.KeyUnavailableException("the key material of this key version is not on the HSM")
+
+
+def _key_refused() -> errors.KeyUnavailableException:
+    return errors.KeyUnavailableException(
+        "the HSM object of this key version was changed to allow more than encrypt and decrypt; "
+        "it is refused (see the server log)"
+    )
+
+
+_REQUIRED_ATTRIBUTES: tuple[Attribute, ...] = tuple(templates.KEY_VERSION_REQUIRED)
 
 
 def _object_handle(key: Object) -> int:
@@ -137,6 +163,9 @@ class Pkcs11KeyVault:
         self._seal_verify_rescanned = False
         # GIL-keeping calls for the request path (global_lock mode; the IV is ours to pass).
         self._held = sessions.held_calls if self.profile.iv_source is IvSource.CALLER else None
+        # token_id -> why its object was refused (see _admit); never used again in this process.
+        self._refused: dict[bytes, str] = {}
+        self._flag_reads = _Counter()
 
     @classmethod
     def open(
@@ -187,6 +216,11 @@ class Pkcs11KeyVault:
         return self._searches.value
 
     @property
+    def attribute_checks(self) -> int:
+        """Key version objects whose attributes were read on load (one C_GetAttributeValue each)."""
+        return self._flag_reads.value
+
+    @property
     def token_enumerations(self) -> int:
         """Enumerations of all secret keys (one per working session after :meth:`preload`)."""
         return self._enumerations.value
@@ -196,7 +230,7 @@ class Pkcs11KeyVault:
     def create_key(self, token_id: bytes, label: str) -> None:
         """C_GenerateKey of a non-extractable AES-256 token object with CKA_ID ``token_id``."""
         try:
-            template = templates.key_version_template(token_id, label)
+            template = templates.key_version_template(token_id, label, lock_object=self.profile.lock_objects)
         except ValueError:
             raise _internal("invalid token_id or label for a key version") from None
 
@@ -210,7 +244,7 @@ class Pkcs11KeyVault:
                 # completed before the fault. Adopt its object, never make a twin.
                 found = self._search(ws, _secret_key_query(token_id))
                 if len(found) == 1:
-                    ws.keys[token_id] = found[0]
+                    self._admit(ws, token_id, found[0])
                     return
                 if found:
                     raise _internal("several HSM objects share the CKA_ID of this key version")
@@ -222,7 +256,7 @@ class Pkcs11KeyVault:
                     capabilities=templates.GENERATE_KEY_CAPABILITIES,
                     template=template,
                 )
-            ws.keys[token_id] = key
+            self._admit(ws, token_id, key)  # a token that ignored the template fails here
 
         self._call(generate, "the HSM failed to generate a key", key_id=None)
 
@@ -318,8 +352,8 @@ class Pkcs11KeyVault:
                     return self._held.gcm_decrypt(ws.handle, _object_handle(key), iv, aad, ciphertext)
                 plaintext = key.decrypt(ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=param)
             except pkcs11_errors.PKCS11Error as exc:
-                if fault_kind(exc) is not None:
-                    raise  # stale handle / lost session: TokenSessions.run retries once
+                if fault_kind(exc) in (Fault.STALE_HANDLE, Fault.TOKEN_FAULT):
+                    raise  # stale handle / lost token: TokenSessions.run recovers and retries
                 raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate") from None
             return _as_bytes(plaintext)
 
@@ -380,8 +414,43 @@ class Pkcs11KeyVault:
         return self._call(exists, "the HSM failed to search for a key", key_id=None)
 
     def ping(self) -> None:
-        """Raise ``KMSInternalException`` if the token does not answer (one C_GenerateRandom)."""
+        """Raise if the token does not answer (one C_GenerateRandom).
+
+        While it does not, ``DependencyUnavailableException``; each ping (the
+        server's health check) also re-initialises the library, so the process
+        recovers by itself once the token answers again.
+        """
         self.generate_random(1)
+
+    def list_key_versions(self) -> list[tuple[bytes, str]]:
+        """``(CKA_ID, CKA_LABEL)`` of every AES secret key with a 16-byte CKA_ID on the token.
+
+        A full walk of the token, for the periodic sweep of junk objects only,
+        never the request path. It holds the token for one C_FindObjects walk,
+        then reads the objects :data:`LIST_CHUNK` at a time, so requests get the
+        token in between (on SoftHSM2 every call holds the process lock; 1,000
+        objects read through python-pkcs11 in one go held it 0.2 s). An object
+        destroyed meanwhile is left out.
+        """
+
+        def find(ws: WorkingSession) -> list[int]:
+            with self._sessions.object_store_lock:
+                return self._sessions.find_handles(
+                    ws, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}
+                )
+
+        handles = self._call(find, "the HSM failed to list its keys", key_id=None)
+        found: list[tuple[bytes, str]] = []
+        for start in range(0, len(handles), LIST_CHUNK):
+            chunk = handles[start : start + LIST_CHUNK]
+
+            def read(ws: WorkingSession, chunk: list[int] = chunk) -> list[tuple[bytes, str] | None]:
+                return [self._sessions.read_id_and_label(ws, handle) for handle in chunk]
+
+            for entry in self._call(read, "the HSM failed to list its keys", key_id=None):
+                if entry is not None and len(entry[0]) == templates.TOKEN_ID_BYTES:
+                    found.append(entry)
+        return found
 
     def audit_seal(self, data: bytes) -> bytes:
         """HMAC-SHA256 of ``data`` on the token (C_Sign, CKM_SHA256_HMAC) with the seal key.
@@ -491,7 +560,7 @@ class Pkcs11KeyVault:
                         templates.AUDIT_SEAL_BITS,
                         store=True,
                         capabilities=templates.GENERATE_KEY_CAPABILITIES,
-                        template=templates.audit_seal_template(),
+                        template=templates.audit_seal_template(lock_object=self.profile.lock_objects),
                     )
                 found = self._search(ws, _audit_seal_query())  # ours, and a racer's if visible
             probes: list[tuple[bytes, SignMixin]] = []
@@ -534,6 +603,8 @@ class Pkcs11KeyVault:
         key = ws.keys.get(token_id)
         if key is not None:
             return key
+        if token_id in self._refused:
+            raise _key_refused()
         found = self._search(ws, _secret_key_query(token_id))
         if not found:
             # The caller's DB says this object exists. Rescan the token once
@@ -553,8 +624,42 @@ class Pkcs11KeyVault:
         # Found: give the key its rescan back. A later re-initialisation drops every
         # cached handle, and this process's next write can hide the key once more.
         self._last_rescan.pop(token_id, None)
-        ws.keys[token_id] = found[0]
+        self._admit(ws, token_id, found[0])
         return found[0]
+
+    def _admit(self, ws: WorkingSession, token_id: bytes, key: Object) -> None:
+        """Cache ``key`` for ``ws`` if its attributes are still those of a key version.
+
+        Once per handle load (creation, preload, first use), never per request:
+        one C_GetAttributeValue of :data:`templates.KEY_VERSION_REQUIRED`. A
+        version whose usage was widened on the token (DERIVE, WRAP, SIGN ...
+        switched on with the user PIN) or that was not generated sensitive and
+        unextractable on the token is refused for the life of this process:
+        KeyUnavailableException, one log line, and the call's audit record
+        carries the error.
+        """
+        self._flag_reads.increment()
+        flags = self._sessions.read_flags(ws, _object_handle(key), _REQUIRED_ATTRIBUTES)
+        wrong = [
+            f"{attribute.name}={flags[attribute]}"
+            for attribute, wanted in templates.KEY_VERSION_REQUIRED.items()
+            if flags[attribute] is not wanted
+        ]
+        if wrong:
+            self._refuse(token_id, ", ".join(wrong))
+            raise _key_refused()
+        ws.keys[token_id] = key
+
+    def _refuse(self, token_id: bytes, why: str) -> None:
+        if token_id not in self._refused:
+            self._refused[token_id] = why
+            log.error(
+                "refusing the key version object with CKA_ID %s on token %r: its attributes were "
+                "changed (%s); calls on it answer KeyUnavailableException",
+                token_id.hex(),
+                self._sessions.token_label,
+                why,
+            )
 
     def _encrypting_key(self, ws: WorkingSession, token_id: bytes) -> EncryptMixin:
         key = self._cached_or_found(ws, token_id)
@@ -581,14 +686,16 @@ class Pkcs11KeyVault:
             objects = list(ws.session.get_objects(query))
         for obj in objects:
             token_id = bytes(obj[Attribute.ID])
-            if not token_id:
-                continue
+            if len(token_id) != templates.TOKEN_ID_BYTES or token_id in self._refused:
+                continue  # not a key version of ours, or refused already
             if token_id in by_id:
                 duplicated.add(token_id)
             by_id[token_id] = obj
         for token_id in duplicated:  # left to the search path, which fails closed
             del by_id[token_id]
-        ws.keys.update(by_id)
+        for token_id, obj in by_id.items():
+            with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
+                self._admit(ws, token_id, obj)
 
 
 def _audit_seal_query() -> dict[Attribute, object]:

@@ -181,6 +181,22 @@ key_destructions = Table(
     PrimaryKeyConstraint("key_id", "version"),
 )
 
+# Tombstones (migration 0006): the token ids this DB gave up on, written in the
+# transaction that deleted their version rows. The junk sweep destroys a token
+# object only if its CKA_ID is here (or in an ABANDONED version or a FAILED
+# key), never one this DB does not know (core/service.py, sweep_junk_objects).
+abandoned_token_objects = Table(
+    "abandoned_token_objects",
+    metadata,
+    Column("token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
+    Column("key_id", ordered_string(KEY_ID_LENGTH), nullable=False),
+    Column("version", Integer(), nullable=False),
+    Column("abandoned_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("token_id"),
+    # The sweep's "older than" reads and the prune: WHERE abandoned_at < ? ORDER BY abandoned_at
+    Index(None, "abandoned_at"),
+)
+
 
 # -- the audit trail (core/audit.py; migration 0003) -------------------------
 

@@ -18,7 +18,9 @@ choosing the kind from the connection's :data:`SQLITE_BEGIN` execution option.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Engine, and_, create_engine, event, exc, func, or_, select, text
-from sqlalchemy.engine import URL, Connection, RowMapping, make_url
+from sqlalchemy.engine import URL, Connection, ExceptionContext, RowMapping, make_url
 
 from hsmstore import errors
 from hsmstore.core.model import (
@@ -43,10 +45,12 @@ from hsmstore.core.model import (
     RotationType,
     VersionState,
 )
+from hsmstore.core.ports import AbandonedTokenObject, KnownTokenIds
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.authz_sql import SqlAuthorizationStore
 from hsmstore.store.locks import lock_existing_key
 from hsmstore.store.schema import (
+    abandoned_token_objects,
     aliases,
     grants,
     key_destructions,
@@ -88,10 +92,39 @@ def create_engine_for_url(
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _create_sqlite_engine(parsed, pool_size, max_overflow, pool_timeout)
-    if backend in ("postgresql", "postgres"):
-        return _create_postgresql_engine(parsed, pool_size, max_overflow, pool_timeout)
-    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql")
+        engine = _create_sqlite_engine(parsed, pool_size, max_overflow, pool_timeout)
+    elif backend in ("postgresql", "postgres"):
+        engine = _create_postgresql_engine(parsed, pool_size, max_overflow, pool_timeout)
+    else:
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql")
+    event.listen(engine, "handle_error", _unreachable_is_unavailable)
+    return engine
+
+
+# sqlite3 says these when the file cannot be used right now; other OperationalErrors are defects.
+_SQLITE_UNREACHABLE: Final = ("unable to open database file", "disk i/o error", "database is locked")
+
+
+def _unreachable_is_unavailable(context: ExceptionContext) -> None:
+    """A DB that cannot be reached fails the call as retryable, not as an internal defect.
+
+    Issue 14: a PostgreSQL outage answered INTERNAL. A lost or refused
+    connection (psycopg's OperationalError, SQLAlchemy's disconnect detection)
+    or a SQLite file that cannot be opened or stays locked becomes
+    ``DependencyUnavailableException`` (docs/api.md, "Additions": UNAVAILABLE
+    with the reason KMSInternalException). Raised from SQLAlchemy's
+    ``handle_error`` hook, so every statement and every connect is covered once.
+    """
+    if not isinstance(context.sqlalchemy_exception, exc.OperationalError | exc.InterfaceError):
+        if not context.is_disconnect:
+            return
+    elif context.dialect is not None and context.dialect.name == "sqlite" and not context.is_disconnect:
+        message = str(context.original_exception).lower()
+        if not any(known in message for known in _SQLITE_UNREACHABLE):
+            return
+    raise errors.DependencyUnavailableException(
+        "The metadata database cannot be reached; retry the call"
+    ) from context.original_exception
 
 
 def sqlite_file_of(url: str) -> Path | None:
@@ -108,6 +141,8 @@ def _create_sqlite_engine(url: URL, pool_size: int, max_overflow: int, pool_time
     database = url.database or ""
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
         raise ValueError("in-memory SQLite is one database per connection: give a file path")
+    if not url.query.get("uri"):
+        _keep_sqlite_files_private(Path(database))
     engine = create_engine(
         url,
         pool_size=pool_size,
@@ -120,6 +155,41 @@ def _create_sqlite_engine(url: URL, pool_size: int, max_overflow: int, pool_time
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+_SQLITE_FILE_SUFFIXES: Final = ("", "-wal", "-shm", "-journal")
+
+
+def _keep_sqlite_files_private(database: Path) -> None:
+    """The DB file and its -wal/-shm/-journal are the owner's only (0600), wherever ``--db`` points.
+
+    Issue 14: the metadata DB holds key metadata and the audit trail, not for
+    other local users. A new file is created 0600 here, before SQLite opens
+    it (SQLite would make it 0644 under the usual umask). SQLite gives a
+    -wal, -shm or -journal file the permissions of its database file (its unix
+    VFS, ``findCreateFileMode``), so they follow. Existing files with wider
+    modes are tightened, and that is said in one log line.
+    """
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # e.g. no such directory: SQLite reports it when it opens the file
+    tightened: list[str] = []
+    for suffix in _SQLITE_FILE_SUFFIXES:
+        path = database.with_name(database.name + suffix)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                path.chmod(0o600)
+                tightened.append(f"{path} ({mode:04o})")
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            _log.warning("cannot make %s private (chmod 600): %s", path, error.strerror)
+    if tightened:
+        _log.warning("SQLite files were readable by other users; now 0600: %s", ", ".join(tightened))
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
@@ -329,18 +399,27 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
                     creation.versions.append(_version_from_row(values, prefix="v_"))
         return list(pending.values())
 
-    def delete_key(self, key_id: str) -> None:
+    def delete_key(self, key_id: str, *, abandoned_at: datetime | None = None) -> None:
         """Delete the key, its versions, aliases, tags, policy and grants; a missing key is not an error.
 
         The foreign keys cascade too, but the explicit deletes do not depend on
-        SQLite's per-connection ``foreign_keys`` pragma being on.
+        SQLite's per-connection ``foreign_keys`` pragma being on. With
+        ``abandoned_at``, the version rows this transaction deleted (DELETE ...
+        RETURNING: a concurrent delete of the same key returns none) become tombstones.
         """
+        if abandoned_at is not None:
+            _require_aware(abandoned_at, "abandoned_at")
         with self._writer.begin() as connection:
             connection.execute(aliases.delete().where(aliases.c.target_key_id == key_id))
             connection.execute(tags.delete().where(tags.c.key_id == key_id))
             connection.execute(grants.delete().where(grants.c.key_id == key_id))
             connection.execute(key_policies.delete().where(key_policies.c.key_id == key_id))
-            connection.execute(key_versions.delete().where(key_versions.c.key_id == key_id))
+            deleted = connection.execute(
+                key_versions.delete()
+                .where(key_versions.c.key_id == key_id)
+                .returning(key_versions.c.token_id, key_versions.c.version)
+            ).all()
+            _record_abandoned(connection, key_id, deleted, abandoned_at)
             connection.execute(keys.delete().where(keys.c.key_id == key_id))
 
     # -- keys -----------------------------------------------------------
@@ -616,16 +695,23 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
             state = connection.execute(select(key_versions.c.state).where(*where)).scalar()
         return state in (VersionState.ABANDONED.value, None)
 
-    def delete_version(self, key_id: str, version: int, token_id: bytes) -> None:
+    def delete_version(
+        self, key_id: str, version: int, token_id: bytes, *, abandoned_at: datetime | None = None
+    ) -> None:
+        if abandoned_at is not None:
+            _require_aware(abandoned_at, "abandoned_at")
         with self._writer.begin() as connection:
-            connection.execute(
-                key_versions.delete().where(
+            deleted = connection.execute(
+                key_versions.delete()
+                .where(
                     key_versions.c.key_id == key_id,
                     key_versions.c.version == version,
                     key_versions.c.token_id == token_id,
                     key_versions.c.state != VersionState.ACTIVE.value,
                 )
-            )
+                .returning(key_versions.c.token_id, key_versions.c.version)
+            ).all()
+            _record_abandoned(connection, key_id, deleted, abandoned_at)
 
     def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
         _require_aware(created_before, "created_before")
@@ -779,6 +865,73 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
         with self._reader.connect() as connection:
             return [_alias_from_row(row._mapping) for row in connection.execute(query)]
 
+    # -- abandoned token objects (the junk sweep) ---------------------------
+
+    def known_token_ids(self, token_ids: Sequence[bytes]) -> KnownTokenIds:
+        """See the port. Versions are read before tombstones, :data:`_TOKEN_ID_BATCH` ids
+        per query: a rollback between the two reads leaves the id in use, never abandoned."""
+        in_use: set[bytes] = set()
+        abandoned: set[bytes] = set()
+        given_up = or_(
+            key_versions.c.state == VersionState.ABANDONED.value,
+            keys.c.key_state == KeyState.FAILED.value,
+        )
+        unique = list(dict.fromkeys(token_ids))
+        with self._reader.connect() as connection:
+            for start in range(0, len(unique), _TOKEN_ID_BATCH):
+                batch = unique[start : start + _TOKEN_ID_BATCH]
+                rows = connection.execute(
+                    select(key_versions.c.token_id, given_up.label("given_up"))
+                    .select_from(key_versions.outerjoin(keys, keys.c.key_id == key_versions.c.key_id))
+                    .where(key_versions.c.token_id.in_(batch))
+                ).all()
+                for token_id, is_given_up in rows:
+                    (abandoned if is_given_up else in_use).add(bytes(token_id))
+                tombstones = connection.execute(
+                    select(abandoned_token_objects.c.token_id).where(
+                        abandoned_token_objects.c.token_id.in_(batch)
+                    )
+                ).scalars()
+                abandoned.update(bytes(token_id) for token_id in tombstones)
+        return KnownTokenIds(frozenset(in_use), frozenset(abandoned - in_use))
+
+    def list_abandoned_token_objects(
+        self, abandoned_before: datetime, limit: int
+    ) -> Sequence[AbandonedTokenObject]:
+        _require_aware(abandoned_before, "abandoned_before")
+        _require_positive_limit(limit)
+        query = (
+            select(abandoned_token_objects)
+            .where(abandoned_token_objects.c.abandoned_at < abandoned_before)
+            .order_by(abandoned_token_objects.c.abandoned_at, abandoned_token_objects.c.token_id)
+            .limit(limit)
+        )
+        with self._reader.connect() as connection:
+            return [
+                AbandonedTokenObject(bytes(row.token_id), row.key_id, row.version, row.abandoned_at)
+                for row in connection.execute(query)
+            ]
+
+    def forget_abandoned_token_objects(self, token_ids: Sequence[bytes]) -> None:
+        unique = list(dict.fromkeys(token_ids))
+        for start in range(0, len(unique), _TOKEN_ID_BATCH):
+            with self._writer.begin() as connection:
+                connection.execute(
+                    abandoned_token_objects.delete().where(
+                        abandoned_token_objects.c.token_id.in_(unique[start : start + _TOKEN_ID_BATCH])
+                    )
+                )
+
+    def prune_abandoned_token_objects(self, abandoned_before: datetime) -> int:
+        _require_aware(abandoned_before, "abandoned_before")
+        with self._writer.begin() as connection:
+            pruned = connection.execute(
+                abandoned_token_objects.delete().where(
+                    abandoned_token_objects.c.abandoned_at < abandoned_before
+                )
+            ).rowcount
+        return int(pruned)
+
     def _audit_change(self, connection: Connection, audit: Mapping[str, Any] | None) -> None:
         """Append the change's record, if the caller gave one, in the change's transaction."""
         if audit is not None:
@@ -798,6 +951,24 @@ class SqlMetadataStore(SqlAuditLog, SqlAuthorizationStore):
 
 class _RollBack(Exception):
     """Raised inside a transaction to undo it; never escapes the store."""
+
+
+_TOKEN_ID_BATCH: Final = 500  # ids per IN (...): well under every engine's parameter limit
+
+
+def _record_abandoned(
+    connection: Connection, key_id: str, deleted: Sequence[Any], abandoned_at: datetime | None
+) -> None:
+    """Tombstones for the version rows ``(token_id, version)`` just deleted, if ``abandoned_at``."""
+    if abandoned_at is None or not deleted:
+        return
+    connection.execute(
+        abandoned_token_objects.insert(),
+        [
+            {"token_id": token_id, "key_id": key_id, "version": version, "abandoned_at": abandoned_at}
+            for token_id, version in deleted
+        ],
+    )
 
 
 def _check_new_key(key: KeyRecord, version: KeyVersion) -> None:

@@ -19,7 +19,8 @@ from pkcs11.types import DecryptMixin, EncryptMixin
 from hsmstore.hsm.devtoken import DevToken
 from hsmstore.hsm.held_calls import GilHeldCalls
 from hsmstore.hsm.profiles import SOFTHSM2, ThreadingMode
-from hsmstore.hsm.session import FaultKind, WorkingSession, fault_kind
+from hsmstore.hsm.return_values import Fault
+from hsmstore.hsm.session import WorkingSession, fault_kind
 from hsmstore.hsm.vault import Pkcs11KeyVault
 
 AAD = b'{"purpose":"held-calls"}'
@@ -104,7 +105,7 @@ def test_held_decrypt_with_the_wrong_aad_fails_like_python_pkcs11(vault: Pkcs11K
         held.gcm_decrypt(session, key, iv, b'{"purpose":"other"}', sealed)
     # SoftHSM2 answers a GCM tag or AAD mismatch with CKR_GENERAL_ERROR: not a token fault.
     assert type(failure.value) is pkcs11_errors.GeneralError
-    assert fault_kind(failure.value) is None
+    assert fault_kind(failure.value) is Fault.FATAL
     # The failed call ended the operation: the session takes the next one.
     assert held.gcm_decrypt(session, key, iv, AAD, sealed) == b"secret"
 
@@ -115,7 +116,7 @@ def test_held_calls_on_a_dead_handle_raise_what_the_retry_logic_reads(vault: Pkc
     iv = held.generate_random(session, 12)
     with pytest.raises(pkcs11_errors.PKCS11Error) as bad_key:
         held.gcm_encrypt(session, key + 1000, iv, AAD, b"x")
-    assert fault_kind(bad_key.value) is FaultKind.STALE_HANDLE
+    assert fault_kind(bad_key.value) is Fault.STALE_HANDLE
     with pytest.raises(pkcs11_errors.PKCS11Error) as bad_session:
         held.generate_random(session + 1000, 12)
-    assert fault_kind(bad_session.value) is FaultKind.SESSIONS_LOST
+    assert fault_kind(bad_session.value) is Fault.TOKEN_FAULT

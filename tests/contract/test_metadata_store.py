@@ -33,7 +33,7 @@ from hsmstore.core.model import (
     new_key_id,
     new_token_id,
 )
-from hsmstore.core.ports import MetadataStore
+from hsmstore.core.ports import KnownTokenIds, MetadataStore
 from hsmstore.store import migrate
 from hsmstore.store.schema import metadata
 from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
@@ -702,3 +702,117 @@ def test_tags_put_overwrite_remove_and_limit(store: MetadataStore) -> None:
     assert dict(store.list_tags(key.key_id)) == {"a": "one"}
     store.delete_key(key.key_id)
     assert dict(store.list_tags(key.key_id)) == {}
+
+
+# -- tombstones of abandoned token objects (the junk sweep) ---------------------
+
+
+def test_deleted_rows_given_abandoned_at_become_tombstones_and_live_rows_stay_in_use(
+    store: MetadataStore,
+) -> None:
+    live = add_enabled_key(store)
+    [live_version] = store.list_versions(live.key_id)
+    rotation = rotation_version(live, 2)
+    store.insert_pending_version(rotation, 25)
+    failed, failed_version = make_key()
+    store.insert_creating_key(failed, failed_version)
+    unknown = new_token_id()
+    ids = [live_version.token_id, rotation.token_id, failed_version.token_id, unknown]
+
+    known = store.known_token_ids(ids)
+    assert known.in_use == {live_version.token_id, rotation.token_id, failed_version.token_id}
+    assert known.abandoned == set(), "a CreateKey or rotation in flight is in use"
+
+    store.abandon_version(live.key_id, 2, rotation.token_id)
+    store.claim_failed_creation(failed.key_id)
+    known = store.known_token_ids(ids)
+    assert known == KnownTokenIds(
+        frozenset({live_version.token_id}), frozenset({rotation.token_id, failed_version.token_id})
+    )
+
+    store.delete_version(live.key_id, 2, rotation.token_id, abandoned_at=T0)
+    store.delete_key(failed.key_id, abandoned_at=T0 + timedelta(seconds=1))
+    store.delete_key(failed.key_id, abandoned_at=T0 + timedelta(seconds=2))  # a retry records nothing more
+    store.delete_version(live.key_id, 1, live_version.token_id, abandoned_at=T0)  # ACTIVE: not deleted
+    known = store.known_token_ids(ids)
+    assert known == KnownTokenIds(
+        frozenset({live_version.token_id}), frozenset({rotation.token_id, failed_version.token_id})
+    )
+    tombstones = store.list_abandoned_token_objects(T0 + timedelta(days=1), 10)
+    assert [(t.token_id, t.key_id, t.version, t.abandoned_at) for t in tombstones] == [
+        (rotation.token_id, live.key_id, 2, T0),
+        (failed_version.token_id, failed.key_id, 1, T0 + timedelta(seconds=1)),
+    ]
+    assert_utc(tombstones[0].abandoned_at)
+
+
+def test_deleting_without_abandoned_at_leaves_no_tombstone(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    [version] = store.list_versions(key.key_id)
+    store.delete_key(key.key_id)
+    assert store.list_abandoned_token_objects(T0 + timedelta(days=1), 10) == []
+    assert store.known_token_ids([version.token_id]) == KnownTokenIds(frozenset(), frozenset())
+
+
+def test_a_destroyed_keys_versions_become_tombstones_with_its_rows(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    rotation = rotation_version(key, 2)
+    store.insert_pending_version(rotation, 25)
+    store.finish_rotation(key.key_id, 2, rotation.token_id, None)
+    store.schedule_deletion(key.key_id, KeyState.ENABLED, T0, 7)
+    store.begin_destruction(key.key_id)
+    store.delete_key(key.key_id, abandoned_at=T0)
+    token_ids = {v.token_id for v in store.list_destructions(key.key_id)}
+    assert {t.token_id for t in store.list_abandoned_token_objects(T0 + timedelta(days=1), 10)} == token_ids
+    assert store.known_token_ids(list(token_ids)).abandoned == token_ids
+
+
+def test_tombstones_list_oldest_first_and_are_forgotten_or_pruned(store: MetadataStore) -> None:
+    made = []
+    for minutes in (3, 1, 2):
+        key, version = make_key()
+        store.insert_creating_key(key, version)
+        store.claim_failed_creation(key.key_id)
+        store.delete_key(key.key_id, abandoned_at=T0 + timedelta(minutes=minutes))
+        made.append(version.token_id)
+    third, first, second = made
+
+    def listed(before: datetime, limit: int = 10) -> list[bytes]:
+        return [t.token_id for t in store.list_abandoned_token_objects(before, limit)]
+
+    assert listed(T0 + timedelta(minutes=4)) == [first, second, third]
+    assert listed(T0 + timedelta(minutes=2)) == [first], "strictly older than the bound"
+    assert listed(T0 + timedelta(minutes=4), limit=2) == [first, second]
+    store.forget_abandoned_token_objects([second, new_token_id()])
+    assert listed(T0 + timedelta(minutes=4)) == [first, third]
+    assert store.prune_abandoned_token_objects(T0 + timedelta(minutes=3)) == 1
+    assert listed(T0 + timedelta(minutes=4)) == [third]
+    assert store.known_token_ids([first, second, third]).abandoned == {third}
+
+
+def test_known_token_ids_answers_for_more_ids_than_one_query_takes(store: MetadataStore) -> None:
+    live = add_enabled_key(store)
+    [live_version] = store.list_versions(live.key_id)
+    gone, gone_version = make_key()
+    store.insert_creating_key(gone, gone_version)
+    store.claim_failed_creation(gone.key_id)
+    store.delete_key(gone.key_id, abandoned_at=T0)
+    strangers = [new_token_id() for _ in range(1200)]
+    ids = [*strangers[:700], live_version.token_id, *strangers[700:], gone_version.token_id]
+    known = store.known_token_ids(ids)
+    assert known == KnownTokenIds(frozenset({live_version.token_id}), frozenset({gone_version.token_id}))
+
+
+def test_upgrading_from_0005_keeps_the_keys_and_adds_an_empty_tombstone_table(database_url: str) -> None:
+    migrate.upgrade(database_url, "0005")
+    engine = create_engine_for_url(database_url)
+    try:
+        key = add_enabled_key(SqlMetadataStore(engine))
+        migrate.upgrade(database_url)
+        sql_store = SqlMetadataStore(engine)
+        assert sql_store.get_key(key.key_id) == key
+        assert sql_store.list_abandoned_token_objects(T0 + timedelta(days=1), 10) == []
+        [version] = sql_store.list_versions(key.key_id)
+        assert sql_store.known_token_ids([version.token_id]).in_use == {version.token_id}
+    finally:
+        engine.dispose()

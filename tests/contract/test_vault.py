@@ -10,6 +10,8 @@ faults.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -17,16 +19,29 @@ import random
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
+from pkcs11 import Attribute
+from pkcs11 import exceptions as pkcs11_errors
 
 from hsmstore import errors
-from hsmstore.hsm.devtoken import DevToken, DevTokenError, activate, ensure_dev_token, softhsm_env
+from hsmstore.hsm import session as session_module
+from hsmstore.hsm.devtoken import (
+    DevToken,
+    DevTokenError,
+    SoftHsmNotInstalledError,
+    activate,
+    ensure_dev_token,
+    softhsm_env,
+)
 from hsmstore.hsm.profiles import SOFTHSM2, HsmProfile, IvSource, ThreadingMode
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from tests.contract.conftest import TEST_TOKEN_LABEL
 from tests.fakes.vault import FakeKeyVault
 
 AnyVault = FakeKeyVault | Pkcs11KeyVault
@@ -201,6 +216,8 @@ def test_key_object_attributes(softhsm_token: DevToken, open_softhsm_vault: list
     token_id = make_key(vault)
     flags = vault.key_attributes(token_id)
     assert flags == {
+        "MODIFIABLE": False,  # no usage can be switched on later (C_SetAttributeValue)
+        "COPYABLE": False,  # nor a twin made with other flags (C_CopyObject)
         "TOKEN": True,
         "PRIVATE": True,
         "SENSITIVE": True,
@@ -402,8 +419,10 @@ def test_stale_cached_handle_becomes_key_unavailable(
     destroyer = open_vault(softhsm_token, open_softhsm_vault)
     assert destroyer.destroy_key(token_id) is True
     with pytest.raises(errors.KeyUnavailableException):
-        holder.encrypt(token_id, b"x", AAD)  # ObjectHandleInvalid -> forget -> search -> absent
-    assert holder.token_searches == 1
+        # ObjectHandleInvalid -> forget -> search -> absent -> rescan (the token may just be
+        # unreadable for now) -> search -> absent
+        holder.encrypt(token_id, b"x", AAD)
+    assert holder.token_searches == 2
 
 
 def test_recovers_from_a_lost_session(
@@ -492,12 +511,11 @@ def test_dev_token_is_private_and_idempotent(softhsm_token: DevToken) -> None:
     again = ensure_dev_token(softhsm_dir.parent, token_label=softhsm_token.token_label)
     assert again == softhsm_token
     assert again.read_pin() == softhsm_token.read_pin()
-    for name in ("user.pin", "so.pin", "softhsm2.conf"):
+    for name in ("user.pin", "softhsm2.conf"):  # no so.pin is kept (tests/contract/test_dev_token_so_pin.py)
         assert stat.S_IMODE((softhsm_dir / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE(softhsm_dir.stat().st_mode) == 0o700
     assert f"directories.tokendir = {softhsm_dir / 'tokens'}\n" in softhsm_token.conf_path.read_text()
     assert len(softhsm_token.read_pin()) == 32
-    assert softhsm_token.read_pin() != (softhsm_dir / "so.pin").read_text().strip()
 
 
 def test_dev_token_refuses_to_guess_a_lost_pin(softhsm_token: DevToken) -> None:
@@ -529,7 +547,7 @@ def test_fake_counts_its_objects() -> None:
     fake.destroy_key(token_id)
     assert fake.object_count() == 0
     fake.set_available(False)
-    with pytest.raises(errors.KMSInternalException):
+    with pytest.raises(errors.DependencyUnavailableException):  # as the real vault while its token is away
         fake.ping()
 
 
@@ -578,6 +596,8 @@ def test_audit_seal_key_attributes(softhsm_token: DevToken, open_softhsm_vault: 
     vault.audit_seal(b"second use")
     assert vault.audit_seal_key_attributes() == [
         {
+            "MODIFIABLE": False,
+            "COPYABLE": False,
             "TOKEN": True,
             "PRIVATE": True,
             "SENSITIVE": True,
@@ -666,3 +686,280 @@ def test_two_processes_making_the_seal_key_at_once_both_seals_verify(
 
 def test_fake_audit_seal_keys_differ_per_fake() -> None:
     assert FakeKeyVault().audit_seal(b"d") != FakeKeyVault().audit_seal(b"d")
+
+
+# ---------------------------------------------------------------- listing key versions (junk sweep)
+
+
+def test_list_key_versions_names_every_key_version_and_nothing_else(vault: AnyVault) -> None:
+    made = {make_key(vault) for _ in range(3)}
+    vault.audit_seal(b"makes the seal key on a real token")
+    listed = dict(vault.list_key_versions())
+    assert set(listed) == made
+    assert all(label == "kv-" + token_id.hex()[:8] for token_id, label in listed.items())
+    vault.destroy_key(made.pop())
+    assert set(dict(vault.list_key_versions())) == made
+
+
+# ---------------------------------------------------------------- token outages (issue 14, items 4 and 9)
+
+NOBODY = 65534  # an unprivileged uid: root reads a chmod 000 directory anyway
+
+
+@pytest.fixture
+def token_nobody_can_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[DevToken]:
+    """A token under /tmp (which an unprivileged uid can traverse), owned by ``NOBODY`` when we are root."""
+    base = Path(tempfile.mkdtemp(prefix="hsmstore-outage-"))
+    try:
+        try:
+            token = ensure_dev_token(base / "data", token_label=TEST_TOKEN_LABEL)
+        except SoftHsmNotInstalledError as exc:
+            pytest.skip(str(exc))
+        if os.geteuid() == 0:
+            for directory, _, files in os.walk(base):
+                os.chown(directory, NOBODY, NOBODY)
+                for name in files:
+                    os.chown(Path(directory) / name, NOBODY, NOBODY)
+        monkeypatch.delenv("SOFTHSM2_CONF", raising=False)
+        yield token
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def tokens_directory(token: DevToken) -> Path:
+    return token.conf_path.parent / "tokens"
+
+
+def _outcome(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except Exception as exc:  # the class name is the answer
+        return type(exc).__name__
+    return "ok"
+
+
+def _vault_as_nobody(token: DevToken, pin: str, commands: Connection) -> None:
+    """Runs in a spawned process: drop to ``NOBODY`` before the library loads, then serve commands."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    activate(token)
+    vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, pin)
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(token_id, b"before", AAD)
+    calls: dict[str, Callable[[], object]] = {
+        "encrypt": lambda: vault.encrypt(token_id, b"x", AAD),
+        "decrypt": lambda: vault.decrypt(token_id, iv, ciphertext, AAD),
+        "ping": vault.ping,
+    }
+    while (command := commands.recv()) != "stop":
+        commands.send(_outcome(calls[command]))
+    vault.close()
+
+
+def test_a_token_directory_unreadable_for_a_while_is_unavailable_then_recovers(
+    token_nobody_can_own: DevToken,
+) -> None:
+    """The chmod 000 probe of issue 14: an unprivileged process, its token directory
+    unreadable while the library re-initialises (NoSuchToken, C_Initialize failing)."""
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_vault_as_nobody, args=(token_nobody_can_own, token_nobody_can_own.read_pin(), theirs)
+    )
+    child.start()
+    tokens = tokens_directory(token_nobody_can_own)
+
+    def ask(command: str) -> str:
+        ours.send(command)
+        assert ours.poll(60), "the vault process did not answer"
+        answer: str = ours.recv()
+        return answer
+
+    try:
+        assert ask("encrypt") == "ok"
+        tokens.chmod(0)
+        try:
+            assert [ask(command) for command in ("encrypt", "decrypt", "ping")] == [
+                "DependencyUnavailableException"
+            ] * 3
+        finally:
+            tokens.chmod(0o700)
+        assert [ask(command) for command in ("encrypt", "decrypt", "ping")] == ["ok"] * 3
+        ours.send("stop")
+        child.join(30)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+
+
+def test_a_token_directory_renamed_away_and_back_is_unavailable_then_recovers(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(token_id, b"before", AAD)
+    tokens = tokens_directory(softhsm_token)
+    away = tokens.with_name("tokens.away")
+    tokens.rename(away)
+    try:
+        for call in (
+            lambda: vault.encrypt(token_id, b"x", AAD),
+            lambda: vault.decrypt(token_id, iv, ciphertext, AAD),
+            vault.ping,
+        ):
+            with pytest.raises(errors.DependencyUnavailableException, match="does not answer"):
+                call()
+    finally:
+        away.rename(tokens)
+    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"before"
+    assert vault.encrypt(token_id, b"after", AAD)[1]
+    vault.ping()
+
+
+def test_a_fault_that_outlasts_the_retry_budget_answers_dependency_unavailable(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every attempt faults (the token's sessions keep vanishing): the call stops retrying,
+    and while the token is known to be down later calls do not wait out the budget again."""
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    attempts = 0
+
+    def always_lost(ws: object) -> bytes:
+        nonlocal attempts
+        attempts += 1
+        raise pkcs11_errors.SessionHandleInvalid()
+
+    monkeypatch.setattr(session_module, "TOKEN_FAULT_RETRY_SECONDS", 0.3)
+    with pytest.raises(errors.DependencyUnavailableException):
+        vault._sessions.run(always_lost)
+    assert attempts > 2, "faults are retried, with re-initialisation, until the budget is spent"
+    attempts = 0
+    with pytest.raises(errors.DependencyUnavailableException):
+        vault._sessions.run(always_lost)
+    assert attempts == 2, "known down: one re-initialisation per call, then the answer"
+    assert vault.encrypt(token_id, b"still works", AAD)[1]
+    attempts = 0
+    with pytest.raises(errors.DependencyUnavailableException):
+        vault._sessions.run(always_lost)
+    assert attempts > 2, "answering again resets the budget"
+
+
+# ---------------------------------------------------------------- weakened key versions (issue 14, item 8)
+
+
+def _change_attributes_in_another_process(
+    token: DevToken, token_id: bytes, changes: dict[int, bool], copy: bool = True
+) -> list[str]:
+    """Runs in a spawned process: what an attacker with the user PIN tries, per change (and a copy)."""
+    import pkcs11
+    from pkcs11 import Attribute
+
+    activate(token)
+    lib = pkcs11.lib(token.module_path)
+    session = lib.get_token(token_label=token.token_label).open(rw=True, user_pin=token.read_pin())
+    try:
+        [key] = list(session.get_objects({Attribute.ID: token_id}))
+        outcomes = []
+        for attribute, value in changes.items():
+            outcomes.append(_outcome(functools.partial(key.__setitem__, Attribute(attribute), value)))
+        if copy:
+            outcomes.append(_outcome(lambda: key.copy({Attribute.ID: os.urandom(16)})))
+        return outcomes
+    finally:
+        session.close()
+
+
+def test_a_new_version_cannot_be_widened_or_copied_with_the_user_pin(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    vault.close()
+    widen = {Attribute.DERIVE: True, Attribute.WRAP: True, Attribute.SIGN: True, Attribute.ENCRYPT: False}
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        outcomes = pool.apply(_change_attributes_in_another_process, (softhsm_token, token_id, widen))
+    # CKR_ACTION_PROHIBITED (0x1b), a bare PKCS11Error in python-pkcs11: every change and the copy refused
+    assert outcomes == ["PKCS11Error"] * (len(widen) + 1)
+
+
+@pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="OpenSC pkcs11-tool is not installed")
+def test_pkcs11_tool_cannot_change_a_new_version(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    """OpenSC 0.23 prints no 'modifiable' in --list-objects, so ask it to change the object instead."""
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    token_id = make_key(vault)
+    base = [
+        "pkcs11-tool", "--module", softhsm_token.module_path, "--token-label", softhsm_token.token_label,
+        "--login", "--pin", softhsm_token.read_pin(),
+    ]  # fmt: skip
+    env = softhsm_env(softhsm_token.conf_path)
+    changed = subprocess.run(
+        [*base, "--type", "secrkey", "--id", token_id.hex(), "--set-id", "01"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert changed.returncode != 0
+    assert "C_SetAttributeValue failed" in changed.stderr and "0x1b" in changed.stderr
+    listed = subprocess.run(
+        [*base, "--list-objects", "--type", "secrkey"], env=env, capture_output=True, text=True, check=True
+    )
+    assert f"ID:         {token_id.hex()}" in listed.stdout
+
+
+@pytest.mark.parametrize("load", ["preload", "first-use"])
+def test_a_version_widened_on_the_token_is_refused_on_load_and_others_still_work(
+    softhsm_token: DevToken,
+    open_softhsm_vault: list[Pkcs11KeyVault],
+    caplog: pytest.LogCaptureFixture,
+    load: str,
+) -> None:
+    # Versions made before objects were locked: MODIFIABLE and COPYABLE still True.
+    before = open_vault(softhsm_token, open_softhsm_vault, dataclasses.replace(SOFTHSM2, lock_objects=False))
+    widened, intact = make_key(before), make_key(before)
+    sealed = {token_id: before.encrypt(token_id, b"old blob", AAD) for token_id in (widened, intact)}
+    before.close()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        outcomes = pool.apply(
+            _change_attributes_in_another_process, (softhsm_token, widened, {Attribute.DERIVE: True}, False)
+        )
+    assert outcomes == ["ok"]  # the attack of issue 14 works on such a version
+
+    with caplog.at_level(logging.ERROR, logger="hsmstore.hsm.vault"):
+        after = open_vault(softhsm_token, open_softhsm_vault)
+        if load == "preload":
+            after.preload()
+        iv, ciphertext = sealed[widened]
+        for _ in range(3):
+            with pytest.raises(errors.KeyUnavailableException, match="changed to allow more"):
+                after.decrypt(widened, iv, ciphertext, AAD)
+            with pytest.raises(errors.KeyUnavailableException, match="changed to allow more"):
+                after.encrypt(widened, b"new", AAD)
+    iv, ciphertext = sealed[intact]
+    assert after.decrypt(intact, iv, ciphertext, AAD) == b"old blob"
+    assert after.encrypt(intact, b"new", AAD)[1]
+    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    assert len(refusals) == 1, "one log line per refused version, not per call"
+    assert widened.hex() in refusals[0] and "DERIVE=True" in refusals[0]
+
+
+def test_attributes_are_read_once_per_handle_load_never_per_request(
+    softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]
+) -> None:
+    maker = open_vault(softhsm_token, open_softhsm_vault)
+    made = [make_key(maker) for _ in range(4)]
+    assert maker.attribute_checks == 4  # each checked when C_GenerateKey handed it over
+    maker.close()
+    vault = open_vault(softhsm_token, open_softhsm_vault)
+    vault.preload()
+    assert vault.attribute_checks == 4
+    for token_id in made * 5:
+        iv, ciphertext = vault.encrypt(token_id, b"x", AAD)
+        vault.decrypt(token_id, iv, ciphertext, AAD)
+        vault.generate_data_key(token_id, 32, AAD)
+    assert vault.attribute_checks == 4

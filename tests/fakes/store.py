@@ -39,7 +39,13 @@ from hsmstore.core.model import (
     RotationType,
     VersionState,
 )
-from hsmstore.core.ports import AuditQuery, AuditSeal, IdentityPolicyRecord
+from hsmstore.core.ports import (
+    AbandonedTokenObject,
+    AuditQuery,
+    AuditSeal,
+    IdentityPolicyRecord,
+    KnownTokenIds,
+)
 
 ITER_BATCH = 1000
 
@@ -60,6 +66,7 @@ class FakeMetadataStore:
         self._aliases: dict[tuple[str, str], AliasRecord] = {}
         self._tags: dict[str, dict[str, str]] = {}
         self._destructions: dict[tuple[str, int], DestructionRecord] = {}
+        self._tombstones: dict[bytes, AbandonedTokenObject] = {}
         self._events: dict[int, _Row] = {}  # seq -> row; dicts keep insertion (= seq) order
         self._head: tuple[int, bytes] = (0, GENESIS_HASH)
         self._anchor: tuple[int, bytes] = (0, GENESIS_HASH)
@@ -131,11 +138,11 @@ class FakeMetadataStore:
             )
             return [PendingCreation(key=key, versions=self._versions_of(key.key_id)) for key in pending]
 
-    def delete_key(self, key_id: str) -> None:
+    def delete_key(self, key_id: str, *, abandoned_at: datetime | None = None) -> None:
         with self._lock:
             self._keys.pop(key_id, None)
             for version_id in [version_id for version_id in self._versions if version_id[0] == key_id]:
-                del self._versions[version_id]
+                self._abandon(self._versions.pop(version_id), abandoned_at)
             for alias_id, alias in list(self._aliases.items()):
                 if alias.target_key_id == key_id:
                     del self._aliases[alias_id]
@@ -354,7 +361,9 @@ class FakeMetadataStore:
                 return True
             return existing.state is VersionState.ABANDONED
 
-    def delete_version(self, key_id: str, version: int, token_id: bytes) -> None:
+    def delete_version(
+        self, key_id: str, version: int, token_id: bytes, *, abandoned_at: datetime | None = None
+    ) -> None:
         with self._lock:
             existing = self._versions.get((key_id, version))
             if (
@@ -362,7 +371,54 @@ class FakeMetadataStore:
                 and existing.token_id == token_id
                 and existing.state is not VersionState.ACTIVE
             ):
-                del self._versions[(key_id, version)]
+                self._abandon(self._versions.pop((key_id, version)), abandoned_at)
+
+    def _abandon(self, version: KeyVersion, abandoned_at: datetime | None) -> None:
+        """A tombstone for a version row just deleted (under the lock), if ``abandoned_at``."""
+        if abandoned_at is not None:
+            self._tombstones[version.token_id] = AbandonedTokenObject(
+                version.token_id, version.key_id, version.version, _utc(abandoned_at)
+            )
+
+    # -- abandoned token objects (the junk sweep) -------------------------
+
+    def known_token_ids(self, token_ids: Sequence[bytes]) -> KnownTokenIds:
+        wanted = set(token_ids)
+        in_use: set[bytes] = set()
+        abandoned: set[bytes] = set()
+        with self._lock:
+            for version in self._versions.values():
+                if version.token_id not in wanted:
+                    continue
+                key = self._keys.get(version.key_id)
+                given_up = version.state is VersionState.ABANDONED or (
+                    key is not None and key.state is KeyState.FAILED
+                )
+                (abandoned if given_up else in_use).add(version.token_id)
+            abandoned.update(wanted & self._tombstones.keys())
+        return KnownTokenIds(frozenset(in_use), frozenset(abandoned - in_use))
+
+    def list_abandoned_token_objects(
+        self, abandoned_before: datetime, limit: int
+    ) -> Sequence[AbandonedTokenObject]:
+        abandoned_before = _utc(abandoned_before)
+        _require_positive_limit(limit)
+        with self._lock:
+            older = [t for t in self._tombstones.values() if t.abandoned_at < abandoned_before]
+        return sorted(older, key=lambda t: (t.abandoned_at, t.token_id))[:limit]
+
+    def forget_abandoned_token_objects(self, token_ids: Sequence[bytes]) -> None:
+        with self._lock:
+            for token_id in token_ids:
+                self._tombstones.pop(token_id, None)
+
+    def prune_abandoned_token_objects(self, abandoned_before: datetime) -> int:
+        abandoned_before = _utc(abandoned_before)
+        with self._lock:
+            old = [t.token_id for t in self._tombstones.values() if t.abandoned_at < abandoned_before]
+            for token_id in old:
+                del self._tombstones[token_id]
+        return len(old)
 
     def list_pending_versions(self, created_before: datetime) -> Sequence[KeyVersion]:
         created_before = _utc(created_before)

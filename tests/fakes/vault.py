@@ -7,7 +7,8 @@ order (lengths are checked before the key is looked up). Key bytes stay in
 this object and are never returned.
 
 ``set_available(False)`` makes every call fail like an unreachable HSM
-(``KMSInternalException``), for tests of how callers handle an outage.
+(``DependencyUnavailableException``, as the real vault answers while its
+token is unreachable), for tests of how callers handle an outage.
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ class FakeKeyVault:
     def ping(self) -> None:
         self._check_available()
 
+    def list_key_versions(self) -> list[tuple[bytes, str]]:
+        self._check_available()
+        with self._lock:
+            return list(self._labels.items())
+
     def audit_seal(self, data: bytes) -> bytes:
         """HMAC-SHA256 with this fake token's seal key (the real one is CKM_SHA256_HMAC)."""
         self._check_available()
@@ -129,4 +135,4 @@ class FakeKeyVault:
 
     def _check_available(self) -> None:
         if not self._available:
-            raise errors.KMSInternalException("the HSM does not answer")
+            raise errors.DependencyUnavailableException("the HSM does not answer")

@@ -29,7 +29,8 @@ from hsmstore.hsm.profiles import (
     gcm_encrypt_param,
     profile_by_name,
 )
-from hsmstore.hsm.session import FaultKind, fault_kind
+from hsmstore.hsm.return_values import Fault
+from hsmstore.hsm.session import LibraryNotInitialized, TokenViewStale, fault_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,10 +229,46 @@ def test_key_version_template_sets_every_flag_explicitly() -> None:
         Attribute.SIGN: False,
         Attribute.VERIFY: False,
         Attribute.DERIVE: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
     }
     # Derived by the token; CloudHSM rejects ALWAYS_SENSITIVE in a template.
     assert Attribute.ALWAYS_SENSITIVE not in template
     assert Attribute.NEVER_EXTRACTABLE not in template
+
+
+def test_cloudhsm_templates_leave_modifiable_and_copyable_to_the_token() -> None:
+    # CloudHSM SDK 5: CKA_MODIFIABLE "must be explicitly set only to the default value",
+    # CKA_COPYABLE is not in its attribute table.
+    assert SOFTHSM2.lock_objects and not CLOUDHSM.lock_objects
+    for template in (
+        templates.key_version_template(bytes(16), "kv-1", lock_object=CLOUDHSM.lock_objects),
+        templates.audit_seal_template(lock_object=CLOUDHSM.lock_objects),
+    ):
+        assert Attribute.MODIFIABLE not in template
+        assert Attribute.COPYABLE not in template
+    locked_seal = templates.audit_seal_template(lock_object=SOFTHSM2.lock_objects)
+    assert locked_seal[Attribute.MODIFIABLE] is False
+    assert locked_seal[Attribute.COPYABLE] is False
+
+
+def test_a_loaded_version_must_show_only_encrypt_and_decrypt_and_its_birth_flags() -> None:
+    assert templates.KEY_VERSION_REQUIRED == {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.ENCRYPT: True,
+        Attribute.DECRYPT: True,
+        Attribute.WRAP: False,
+        Attribute.UNWRAP: False,
+        Attribute.SIGN: False,
+        Attribute.VERIFY: False,
+        Attribute.DERIVE: False,
+        Attribute.ALWAYS_SENSITIVE: True,
+        Attribute.NEVER_EXTRACTABLE: True,
+        Attribute.LOCAL: True,
+    }
 
 
 def test_generate_key_gets_no_library_capabilities() -> None:
@@ -253,23 +290,29 @@ def test_key_version_template_needs_a_16_byte_id_and_a_label(token_id: bytes, la
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
-        (pkcs11_errors.ObjectHandleInvalid(), FaultKind.STALE_HANDLE),
-        (pkcs11_errors.KeyHandleInvalid(), FaultKind.STALE_HANDLE),
-        (pkcs11_errors.SessionHandleInvalid(), FaultKind.SESSIONS_LOST),
-        (pkcs11_errors.SessionClosed(), FaultKind.SESSIONS_LOST),
-        (pkcs11_errors.UserNotLoggedIn(), FaultKind.SESSIONS_LOST),
-        (pkcs11_errors.DeviceError(), FaultKind.SESSIONS_LOST),
-        (pkcs11_errors.DeviceRemoved(), FaultKind.SESSIONS_LOST),
-        (pkcs11_errors.TokenNotPresent(), FaultKind.SESSIONS_LOST),
-        (pkcs11_errors.PKCS11Error("Initialisation error (not initialized)."), FaultKind.SESSIONS_LOST),
+        (pkcs11_errors.ObjectHandleInvalid(), Fault.STALE_HANDLE),
+        (pkcs11_errors.KeyHandleInvalid(), Fault.STALE_HANDLE),
+        (pkcs11_errors.SessionHandleInvalid(), Fault.TOKEN_FAULT),
+        (pkcs11_errors.SessionClosed(), Fault.TOKEN_FAULT),
+        (pkcs11_errors.UserNotLoggedIn(), Fault.TOKEN_FAULT),
+        (pkcs11_errors.DeviceError(), Fault.TOKEN_FAULT),
+        (pkcs11_errors.DeviceRemoved(), Fault.TOKEN_FAULT),
+        (pkcs11_errors.TokenNotPresent(), Fault.TOKEN_FAULT),
+        (pkcs11_errors.PKCS11Error("Initialisation error (not initialized)."), Fault.TOKEN_FAULT),
+        # No slot shows the token: its directory could not be read at C_Initialize.
+        (pkcs11_errors.NoSuchToken(), Fault.TOKEN_FAULT),
+        (LibraryNotInitialized("C_Initialize failed"), Fault.TOKEN_FAULT),
+        (TokenViewStale(), Fault.TOKEN_FAULT),
         # SoftHSM's answer to a bad GCM tag: an operation failure, never retried.
-        (pkcs11_errors.GeneralError(), None),
-        (pkcs11_errors.EncryptedDataInvalid(), None),
-        (pkcs11_errors.MechanismInvalid(), None),
-        (pkcs11_errors.TemplateInconsistent(), None),
+        (pkcs11_errors.GeneralError(), Fault.FATAL),
+        (pkcs11_errors.PinLocked(), Fault.FATAL),
+        (pkcs11_errors.MultipleTokensReturned(), Fault.FATAL),
+        (pkcs11_errors.EncryptedDataInvalid(), Fault.CALLER_ERROR),
+        (pkcs11_errors.MechanismInvalid(), Fault.CALLER_ERROR),
+        (pkcs11_errors.TemplateInconsistent(), Fault.CALLER_ERROR),
     ],
 )
-def test_fault_kind(exc: pkcs11_errors.PKCS11Error, kind: FaultKind | None) -> None:
+def test_fault_kind(exc: pkcs11_errors.PKCS11Error, kind: Fault) -> None:
     assert fault_kind(exc) is kind
 
 

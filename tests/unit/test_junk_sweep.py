@@ -1,0 +1,280 @@
+"""KeyService.sweep_junk_objects: only objects this DB knows it abandoned are destroyed, after a grace."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hsmstore.core.model import (
+    Caller,
+    KeyManager,
+    KeyRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+    RotationType,
+    VersionState,
+    new_key_id,
+    new_token_id,
+)
+from hsmstore.core.service import JUNK_TOMBSTONE_DAYS, KeyService, token_label
+from tests.fakes.store import FakeMetadataStore
+from tests.fakes.vault import FakeKeyVault
+
+ALICE = Caller("acme", "arn:hsmstore:iam::acme:role/admin")
+GRACE = timedelta(minutes=5)
+FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
+UNKNOWN_WARNING = "this metadata DB does not know"
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.current = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+
+def make_service(
+    vault: FakeKeyVault | None = None, clock: StepClock | None = None
+) -> tuple[KeyService, FakeMetadataStore, FakeKeyVault, StepClock]:
+    store, vault, clock = FakeMetadataStore(), vault or FakeKeyVault(), clock or StepClock()
+    return KeyService(vault, store, clock, region="local"), store, vault, clock
+
+
+def tombstoned(store: FakeMetadataStore) -> set[bytes]:
+    return {t.token_id for t in store.list_abandoned_token_objects(FAR_FUTURE, 1000)}
+
+
+def killed_create_key(store: FakeMetadataStore, clock: StepClock) -> KeyVersion:
+    """What a CreateKey killed after its first step leaves: a CREATING key row, a PENDING version."""
+    created = clock.current - timedelta(seconds=1)
+    key = KeyRecord(
+        key_id=new_key_id(),
+        tenant=ALICE.tenant,
+        description="",
+        state=KeyState.CREATING,
+        key_usage=KeyUsage.ENCRYPT_DECRYPT,
+        key_spec=KeySpec.SYMMETRIC_DEFAULT,
+        origin=Origin.AWS_KMS,
+        key_manager=KeyManager.CUSTOMER,
+        creation_date=created,
+        current_version=1,
+    )
+    version = KeyVersion(key.key_id, 1, new_token_id(), VersionState.PENDING, created)
+    store.insert_creating_key(key, version)
+    return version
+
+
+def late_object(vault: FakeKeyVault, version: KeyVersion) -> None:
+    """The object the killed process was still writing: it lands after the rollback searched."""
+    vault.create_key(version.token_id, token_label(version.key_id, version.version))
+
+
+def junk_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "destroyed junk token object" in r.getMessage()]
+
+
+def unknown_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if UNKNOWN_WARNING in r.getMessage()]
+
+
+def test_an_object_left_by_a_killed_create_key_is_destroyed_once_seen_for_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, store, vault, clock = make_service()
+    live = service.create_key(ALICE).key
+    [live_version] = store.list_versions(live.key_id)
+    interrupted = killed_create_key(store, clock)
+    assert service.recover_interrupted_work(timedelta(0)) == 1
+    assert interrupted.token_id in tombstoned(store), "the rollback records the id it gave up on"
+    late_object(vault, interrupted)
+
+    assert service.sweep_junk_objects(GRACE) == 0  # first sighting
+    clock.current += GRACE - timedelta(seconds=1)
+    assert service.sweep_junk_objects(GRACE) == 0  # not seen for the grace period yet
+    assert vault.key_exists(interrupted.token_id)
+
+    clock.current += timedelta(seconds=1)
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
+        assert service.sweep_junk_objects(GRACE) == 1
+    assert not vault.key_exists(interrupted.token_id)
+    assert vault.key_exists(live_version.token_id), "a key with its row is never swept"
+    [line] = junk_lines(caplog)
+    assert interrupted.token_id.hex() in line
+    assert tombstoned(store) == set(), "the tombstone goes with its object"
+    assert unknown_warnings(caplog) == []
+
+
+def test_an_object_left_by_a_killed_rotation_is_destroyed_too() -> None:
+    service, store, vault, clock = make_service()
+    key = service.create_key(ALICE).key
+    pending = KeyVersion(
+        key.key_id,
+        2,
+        new_token_id(),
+        VersionState.PENDING,
+        clock.current - timedelta(seconds=1),
+        RotationType.ON_DEMAND,
+    )
+    assert store.insert_pending_version(pending, 25)
+    assert service.recover_interrupted_work(timedelta(0)) == 1
+    assert tombstoned(store) == {pending.token_id}
+    late_object(vault, pending)
+
+    service.sweep_junk_objects(GRACE)
+    clock.current += GRACE
+    assert service.sweep_junk_objects(GRACE) == 1
+    assert not vault.key_exists(pending.token_id)
+    assert service.encrypt(ALICE, key.key_id, b"still works", {}).ciphertext_blob
+
+
+def test_an_abandoned_version_and_a_failed_creation_count_as_abandoned_without_a_tombstone() -> None:
+    service, store, vault, clock = make_service()
+    key = service.create_key(ALICE).key
+    rotation = KeyVersion(
+        key.key_id, 2, new_token_id(), VersionState.PENDING, clock.current, RotationType.ON_DEMAND
+    )
+    store.insert_pending_version(rotation, 25)
+    vault.create_key(rotation.token_id, token_label(key.key_id, 2))
+    assert store.abandon_version(key.key_id, 2, rotation.token_id)  # recovery claimed it, then died
+    creation = killed_create_key(store, clock)
+    late_object(vault, creation)
+    assert store.claim_failed_creation(creation.key_id)  # the same for a creation
+
+    service.sweep_junk_objects(GRACE)
+    clock.current += GRACE
+    assert service.sweep_junk_objects(GRACE) == 2
+    assert not vault.key_exists(rotation.token_id)
+    assert not vault.key_exists(creation.token_id)
+
+
+def test_a_fresh_db_on_a_token_full_of_live_keys_destroys_nothing_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong --db (a typo that makes an empty DB, the staging DB) or a second deployment on the token."""
+    production, production_store, vault, clock = make_service()
+    keys = [production.create_key(ALICE).key.key_id for _ in range(3)]
+    production.rotate_key_on_demand(ALICE, keys[0])
+    blobs = {key_id: production.encrypt(ALICE, key_id, b"data", {}).ciphertext_blob for key_id in keys}
+    wrong_db, _, _, _ = make_service(vault, clock)
+
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
+        for _ in range(5):
+            assert wrong_db.sweep_junk_objects(GRACE) == 0
+            clock.current += GRACE * 10
+        [warning] = unknown_warnings(caplog)
+        assert "4 hsmstore key objects" in warning and "is --db the DB for this token?" in warning
+        assert warning.split("(first: ")[1].startswith("hsmstore/")
+
+        production.create_key(ALICE)  # the count changes: said once more
+        wrong_db.sweep_junk_objects(GRACE)
+        wrong_db.sweep_junk_objects(GRACE)
+    assert len(unknown_warnings(caplog)) == 2 and "5 hsmstore key objects" in unknown_warnings(caplog)[1]
+    assert junk_lines(caplog) == []
+    for key_id, blob in blobs.items():
+        assert production.decrypt(ALICE, blob, {}).plaintext == b"data", key_id
+    assert all(vault.key_exists(v.token_id) for k in keys for v in production_store.list_versions(k))
+
+
+def test_a_creation_in_flight_is_never_swept_even_with_no_grace() -> None:
+    store, vault, clock = FakeMetadataStore(), FakeKeyVault(), StepClock()
+    swept: list[int] = []
+
+    def sweep_mid_creation(name: str) -> None:
+        if name == "create_key.after_token_create":  # the object exists, the key is still CREATING
+            swept.append(service.sweep_junk_objects(timedelta(0)))
+
+    service = KeyService(vault, store, clock, region="local", failpoint=sweep_mid_creation)
+    key = service.create_key(ALICE).key
+    [version] = store.list_versions(key.key_id)
+    assert swept == [0]
+    assert vault.key_exists(version.token_id)
+
+
+def test_objects_without_an_hsmstore_label_and_unknown_twins_of_live_versions_are_left_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, vault, clock = make_service()
+    key = service.create_key(ALICE).key
+    foreign = os.urandom(16)
+    vault.create_key(foreign, "someone-elses-key")
+    twin = os.urandom(16)  # the live version's label, another CKA_ID this DB never recorded
+    vault.create_key(twin, token_label(key.key_id, 1))
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
+        service.sweep_junk_objects(GRACE)
+        clock.current += GRACE
+        assert service.sweep_junk_objects(GRACE) == 0
+    assert vault.key_exists(foreign) and vault.key_exists(twin)
+    [warning] = unknown_warnings(caplog)
+    assert "1 hsmstore key objects" in warning and token_label(key.key_id, 1) in warning
+    assert service.encrypt(ALICE, key.key_id, b"x", {}).ciphertext_blob
+
+
+def test_a_tombstone_whose_object_never_appears_goes_one_grace_period_after_it_was_written() -> None:
+    service, store, _, clock = make_service()
+    interrupted = killed_create_key(store, clock)
+    service.recover_interrupted_work(timedelta(0))
+    abandoned_at = clock.current
+
+    clock.current = abandoned_at + GRACE  # not yet *older* than the grace period
+    service.sweep_junk_objects(GRACE)
+    assert tombstoned(store) == {interrupted.token_id}, "an object may still be landing"
+    clock.current = abandoned_at + GRACE + timedelta(seconds=1)
+    service.sweep_junk_objects(GRACE)
+    assert tombstoned(store) == set()
+
+
+def test_the_reaper_leaves_tombstones_that_the_sweep_clears_once_the_objects_are_gone() -> None:
+    service, store, vault, clock = make_service()
+    key = service.create_key(ALICE).key
+    service.rotate_key_on_demand(ALICE, key.key_id)
+    token_ids = {v.token_id for v in store.list_versions(key.key_id)}
+    service.schedule_key_deletion(ALICE, key.key_id, 7)
+    clock.current += timedelta(days=7)
+    assert service.destroy_due_keys() == 1
+    assert tombstoned(store) == token_ids
+    assert not any(vault.key_exists(token_id) for token_id in token_ids)
+
+    clock.current += GRACE + timedelta(seconds=1)
+    assert service.sweep_junk_objects(GRACE) == 0
+    assert tombstoned(store) == set()
+
+
+def test_a_tombstone_is_pruned_after_a_week_and_its_object_is_then_left_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No sweep ran for a week (the server was down): the tombstone goes, and the object is
+    from then on unknown, so it is reported, never destroyed (the safe side)."""
+    service, store, vault, clock = make_service()
+    interrupted = killed_create_key(store, clock)
+    service.recover_interrupted_work(timedelta(0))
+    late_object(vault, interrupted)
+
+    clock.current += timedelta(days=JUNK_TOMBSTONE_DAYS, seconds=1)
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
+        assert service.sweep_junk_objects(GRACE) == 0  # first sighting; the tombstone is pruned
+        assert tombstoned(store) == set()
+        clock.current += GRACE
+        assert service.sweep_junk_objects(GRACE) == 0
+    assert vault.key_exists(interrupted.token_id)
+    assert len(unknown_warnings(caplog)) == 1
+
+
+def test_a_sighting_is_forgotten_once_the_object_is_gone() -> None:
+    service, store, vault, clock = make_service()
+    interrupted = killed_create_key(store, clock)
+    service.recover_interrupted_work(timedelta(0))
+    late_object(vault, interrupted)
+    assert service.sweep_junk_objects(GRACE) == 0
+    vault.destroy_key(interrupted.token_id)
+    assert service.sweep_junk_objects(GRACE) == 0
+    late_object(vault, interrupted)  # the same CKA_ID again, much later
+    clock.current += GRACE
+    assert service.sweep_junk_objects(GRACE) == 0, "a new first sighting"
+    assert vault.key_exists(interrupted.token_id)
