@@ -7,7 +7,8 @@ hsmstore audit export --format jsonl [--output FILE]
 docs/api.md: "``hsmstore audit verify`` checks, offline against the metadata
 DB, that no audit record was changed, removed or reordered, and exits non-zero
 if one was." Exit codes: 0 verified, 1 a problem (the first one is printed with
-its seq), 2 a usage or configuration error. Unless ``--no-token``, the seals are
+its seq; or spool lines were quarantined: how many, their seqs and files), 2 a
+usage or configuration error. Unless ``--no-token``, the seals are
 checked on the token (the dev token under the data directory, or
 ``--pkcs11-module``/``--token-label``/``--pin-file``).
 
@@ -35,7 +36,7 @@ from hsmstore.core.ports import AuditLog, AuditQuery, KeyVault
 VERIFIED_EXIT = 0
 PROBLEM_EXIT = 1
 USAGE_ERROR_EXIT = 2
-LOOKUP_PAGE = 1000
+LOOKUP_PAGE = 100  # rows per query: records are up to 128 KiB (core/audit.py)
 
 
 def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -122,11 +123,11 @@ def _verify(log: AuditLog, settings: Settings, *, no_token: bool) -> int:
     finally:
         if token is not None:
             token.close()
-    if report.ok:
-        suffix = "" if vault is not None else " (seal MACs not checked: --no-token)"
+    suffix = "" if vault is not None else " (seal MACs not checked: --no-token)"
+    if report.clean:
         print(report.summary() + suffix)
         return VERIFIED_EXIT
-    print(report.summary(), file=sys.stderr)
+    print(report.summary() + (suffix if report.ok else ""), file=sys.stderr)
     return PROBLEM_EXIT
 
 

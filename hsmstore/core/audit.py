@@ -19,12 +19,40 @@ Hash chain (what ``hsmstore audit verify`` checks)::
     hash(0)      = 32 zero bytes (the genesis)
 
 so changing, removing, inserting or reordering a row breaks every later hash.
+
+Record size bound (issue 14: one large request must not blind the trail).
+Every record is bounded where it is made: ``to_record`` bounds each value
+(:func:`bound_values`), :func:`serialized` the whole (:func:`bound_record`):
+
+* each string in the record (values and mapping keys, at any depth) is at most
+  :data:`MAX_STRING_CHARS` characters; a longer one keeps its first
+  :data:`MAX_STRING_CHARS` characters followed by the marker
+  ``...[truncated, originalLength=<N>]`` (``N`` in characters); a list or
+  mapping keeps its first :data:`MAX_ITEMS` entries, then one marker entry
+  (after CloudTrail, which shortens oversized fields and says so);
+* the canonical JSON of the whole record is at most :data:`MAX_RECORD_BYTES`
+  bytes: a record still over it gets ``requestParameters`` =
+  ``{"omitted": true, "originalSize": <bytes>}`` (CloudTrail's form for an
+  omitted element), and then, if still over, every string cut to
+  :data:`SHORT_STRING_CHARS`. A record that cannot be bounded is refused
+  (``ValueError``), and with it the call.
+
+So a spool line (store/spool.py) is never larger than the ingester's batch.
+
+Cross-tenant use (CloudTrail: "the event is recorded in the caller's account
+and in the key owner's account"): a record carries ``recipientAccountId`` (the
+tenant whose trail holds it; the caller's). :func:`recipient_records` makes,
+for each other tenant whose key the call used, a copy with that tenant as
+``recipientAccountId``, its own ``eventID`` and the ``sharedEventID`` both
+copies carry. The copies are the same event: the caller's copy shows nothing
+of the owner's beyond the key ARN the caller named.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import threading
 import time
@@ -43,6 +71,13 @@ if TYPE_CHECKING:
     from hsmstore.core.audit_fields import AuditFields
 
 EVENT_SOURCE = "kms.hsmstore"
+MAX_STRING_CHARS = 32768  # the longest valid input (a key policy: 32768 bytes) is kept whole
+SHORT_STRING_CHARS = 256  # the last resort for a record still over MAX_RECORD_BYTES
+MAX_ITEMS = 1024  # entries kept of one list or mapping
+MAX_RECORD_BYTES = 128 * 1024  # canonical JSON of one record (the spool ingests 4 MiB batches)
+TRUNCATION_MARKER = "...[truncated, originalLength={}]"
+# What stands in the chain for a spool line the ingester quarantined (store/spool.py).
+UNREADABLE_SPOOL_LINE_EVENT = "UnreadableSpoolLine"
 EVENT_VERSION = "1.08"
 GENESIS_HASH = bytes(32)
 
@@ -169,6 +204,7 @@ class CallAudit:
                 "accountId": self.caller.tenant,
             },
             "sourceIPAddress": self.source_address,
+            "recipientAccountId": self.caller.tenant,
             "requestParameters": self.request_parameters,
             "resources": [
                 {"ARN": arn, "accountId": _tenant_of(arn), "type": "AWS::KMS::Key"} for arn in self.key_ids
@@ -189,11 +225,122 @@ class CallAudit:
         if self.error_code:
             record["errorCode"] = self.error_code
             record["errorMessage"] = self.error_message or ""
-        return record
+        bounded = bound_values(record)
+        if bounded is not record and len(canonical_record_bytes(bounded)) > MAX_RECORD_BYTES:
+            # Still too large once its values are cut: the parameters go, their original size stays.
+            original = len(canonical_record_bytes(self.request_parameters))
+            bounded["requestParameters"] = {"omitted": True, "originalSize": original}
+        return bounded
 
     @property
     def tenant(self) -> str:
         return self.caller.tenant
+
+
+def bound_values(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every string and container within the per-value bounds (module docstring).
+
+    The common record has nothing to cut and is returned as it is: when its JSON is at most
+    :data:`_SURELY_WITHIN_BYTES` long, no string in it can be longer than the limit (a character
+    is at least a byte) nor any container hold more than :data:`MAX_ITEMS` entries (at least
+    2 bytes each), so one serialisation (~1 us) spares the walk (~15 us).
+    """
+    if len(orjson.dumps(record)) <= _SURELY_WITHIN_BYTES or _within(record, MAX_STRING_CHARS):
+        return record
+    bounded: dict[str, Any] = _bounded(record, MAX_STRING_CHARS)
+    return bounded
+
+
+_SURELY_WITHIN_BYTES = min(MAX_STRING_CHARS, 2 * MAX_ITEMS)
+
+
+def bound_record(record: Mapping[str, Any]) -> tuple[Mapping[str, Any], bytes]:
+    """The record within every bound of the module docstring, and its canonical bytes.
+
+    Raises ``ValueError`` if even the last resort leaves it over :data:`MAX_RECORD_BYTES`.
+    """
+    canonical = canonical_record_bytes(record)
+    if len(canonical) <= MAX_RECORD_BYTES:
+        return record, canonical  # to_record bounded its values already: the common case
+    bounded = bound_values(dict(record))
+    canonical = canonical_record_bytes(bounded)
+    parameters = bounded.get("requestParameters")
+    if isinstance(parameters, Mapping) and not parameters.get("omitted"):
+        size = len(canonical_record_bytes(bounded["requestParameters"]))
+        bounded = {**bounded, "requestParameters": {"omitted": True, "originalSize": size}}
+        canonical = canonical_record_bytes(bounded)
+    if len(canonical) > MAX_RECORD_BYTES:
+        bounded = _bounded(bounded, SHORT_STRING_CHARS)
+        canonical = canonical_record_bytes(bounded)
+    if len(canonical) > MAX_RECORD_BYTES:
+        raise ValueError(f"an audit record of {len(canonical)} bytes cannot be bounded to {MAX_RECORD_BYTES}")
+    return bounded, canonical
+
+
+def truncated(text: str, limit: int = MAX_STRING_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with the marker and its original length."""
+    if len(text) <= limit:
+        return text
+    earlier = _EARLIER_MARKER.search(text)  # cut before: the length it names is the original
+    return text[:limit] + TRUNCATION_MARKER.format(earlier[1] if earlier else len(text))
+
+
+_EARLIER_MARKER = re.compile(re.escape(TRUNCATION_MARKER).replace(r"\{\}", r"(\d+)") + "$")
+
+
+def _within(value: Any, limit: int) -> bool:
+    if isinstance(value, str):
+        return len(value) <= limit
+    if isinstance(value, Mapping):
+        return len(value) <= MAX_ITEMS and all(
+            _within(key, limit) and _within(item, limit) for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return len(value) <= MAX_ITEMS and all(_within(item, limit) for item in value)
+    return True
+
+
+def _bounded(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return truncated(value, limit)
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        bounded = {truncated(str(key), limit): _bounded(item, limit) for key, item in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            bounded[TRUNCATION_MARKER.format(len(items))] = ""
+        return bounded
+    if isinstance(value, list | tuple):
+        kept = [_bounded(item, limit) for item in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            kept.append(TRUNCATION_MARKER.format(len(value)))
+        return kept
+    return value
+
+
+def recipient_records(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The record as its recipients' trails hold it: the caller's, then one per key owner.
+
+    CloudTrail: "the event is recorded in the caller's account and in the key
+    owner's account"; each copy has its own ``eventID``, both the same
+    ``sharedEventID``, and ``recipientAccountId`` names whose trail holds it.
+    A record without ``recipientAccountId`` (made before it existed) or that
+    used only its own tenant's keys is returned alone, unchanged.
+    """
+    recipient = record.get("recipientAccountId")
+    owners: list[str] = []
+    for resource in record.get("resources") or []:
+        owner = resource.get("accountId") if isinstance(resource, Mapping) else None
+        if isinstance(owner, str) and owner and owner != recipient and owner not in owners:
+            owners.append(owner)
+    if recipient is None or not owners:
+        return [record]
+    shared = random_uuid()
+    copies: list[Mapping[str, Any]] = [{**record, "sharedEventID": shared}]
+    copies.extend(
+        {**record, "sharedEventID": shared, "eventID": time_ordered_uuid(), "recipientAccountId": owner}
+        for owner in owners
+    )
+    return copies
 
 
 def _tenant_of(arn: str) -> str:
@@ -277,9 +424,10 @@ class SerializedRecord:
 
 
 def serialized(item: Mapping[str, Any] | SerializedRecord) -> SerializedRecord:
+    """A record with its canonical bytes, within :data:`MAX_RECORD_BYTES` (``bound_record``)."""
     if isinstance(item, SerializedRecord):
         return item
-    return SerializedRecord(item, canonical_record_bytes(item))
+    return SerializedRecord(*bound_record(item))
 
 
 def chain_hash(previous_hash: bytes, seq: int, record_bytes: bytes) -> bytes:

@@ -4,8 +4,10 @@ The record (core/audit.py) is the truth the hash covers; the stores copy a few
 of its fields into columns so LookupEvents can filter without parsing JSON.
 CloudTrail's lookup attributes map to them: ``EventName`` -> ``eventName``,
 ``Username`` -> ``userIdentity.arn``, ``ResourceName`` -> the first resource's
-key id. Both stores (SQL and the in-memory fake) use this one function, so they
-index a record identically.
+key id. The tenant whose trail holds a record is its ``recipientAccountId``
+(a key owner's copy of another tenant's use, core/audit.py), or, for a record
+without one, ``userIdentity.accountId``. Both stores (SQL and the in-memory
+fake) use this one function, so they index a record identically.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def index_strings(record: Mapping[str, Any]) -> tuple[str, ...]:
     parsing anything: what a spool line carries before the record (store/spool.py)."""
     try:
         identity = record["userIdentity"]
-        tenant = str(identity["accountId"])
+        tenant = str(record.get("recipientAccountId", identity["accountId"]))
         principal = str(identity.get("arn", ""))
         event_name = str(record["eventName"])
         # The spool's placeholder for an unreadable line has no eventID; the

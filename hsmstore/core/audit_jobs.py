@@ -17,6 +17,12 @@ Retention: CloudTrail's event history keeps 90 days; ``purge_expired`` deletes
 older records from the front of the chain and the store moves the anchor, so
 what remains still verifies.
 
+Quarantined spool lines: a line the ingester could not read or that was too
+long is kept in a file beside the spools and an ``UnreadableSpoolLine`` record
+stands for it in the chain (store/spool.py). The chain still verifies, but
+records are missing from it, so :func:`verify_trail` reports every such record
+(its seq and the file that holds the line) and the report is not clean.
+
 Stdlib and core only; the CLI and the server's periodic jobs call these.
 """
 
@@ -28,7 +34,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from hsmstore import errors
-from hsmstore.core.audit import ChainProblem, StoredAuditEvent, first_chain_problem
+from hsmstore.core.audit import (
+    UNREADABLE_SPOOL_LINE_EVENT,
+    ChainProblem,
+    StoredAuditEvent,
+    first_chain_problem,
+)
 from hsmstore.core.ports import AuditLog, AuditSeal, Clock, KeyVault
 
 
@@ -75,15 +86,39 @@ class VerifyReport:
     seals: int
     seals_checked_on_token: bool
     problem: ChainProblem | None = None
+    # (seq, quarantine file) of each UnreadableSpoolLine record: lines that never reached the chain
+    quarantined: tuple[tuple[int, str], ...] = ()
 
     @property
     def ok(self) -> bool:
+        """The chain and its seals verify (quarantined lines aside: see ``clean``)."""
         return self.problem is None
 
+    @property
+    def clean(self) -> bool:
+        """Verified, and no spool line was quarantined: every recorded call is in the chain."""
+        return self.ok and not self.quarantined
+
     def summary(self) -> str:
-        if self.problem is None:
-            return f"audit trail verified: {self.records} records, {self.seals} seals"
-        return f"audit trail NOT verified: seq {self.problem.seq}: {self.problem.what}"
+        if self.problem is not None:
+            return f"audit trail NOT verified: seq {self.problem.seq}: {self.problem.what}"
+        verified = f"audit trail verified: {self.records} records, {self.seals} seals"
+        if not self.quarantined:
+            return verified
+        shown = ", ".join(f"seq {seq} ({kept})" for seq, kept in self.quarantined[:QUARANTINE_SHOWN])
+        more = (
+            f" and {len(self.quarantined) - QUARANTINE_SHOWN} more"
+            if len(self.quarantined) > QUARANTINE_SHOWN
+            else ""
+        )
+        return (
+            f"{verified}; but {len(self.quarantined)} audit spool lines were quarantined (unreadable or "
+            f"too long), their records are missing: {shown}{more}; the files are under the audit spool "
+            "directory (<data dir>/audit-spool)"
+        )
+
+
+QUARANTINE_SHOWN = 10
 
 
 class _Walk:
@@ -95,6 +130,7 @@ class _Walk:
         self.count = 0
         self.last_seq: int | None = None
         self.hashes: dict[int, bytes] = {}
+        self.quarantined: list[tuple[int, str]] = []
 
     def __iter__(self) -> Iterator[StoredAuditEvent]:
         for event in self._events:
@@ -102,7 +138,17 @@ class _Walk:
             self.last_seq = event.seq
             if event.seq in self._sealed:
                 self.hashes[event.seq] = event.hash
+            if event.event_name == UNREADABLE_SPOOL_LINE_EVENT:
+                self.quarantined.append((event.seq, _quarantine_file(event)))
             yield event
+
+
+def _quarantine_file(event: StoredAuditEvent) -> str:
+    try:
+        kept = event.record.get("additionalEventData", {}).get("quarantineFile")
+    except (ValueError, AttributeError):
+        kept = None
+    return str(kept) if kept else "no file: recorded before quarantine files"
 
 
 def verify_trail(log: AuditLog, vault: KeyVault | None) -> VerifyReport:
@@ -127,7 +173,7 @@ def verify_trail(log: AuditLog, vault: KeyVault | None) -> VerifyReport:
             problem = _seal_problem(seal, anchor_seq, anchor_hash, last_seq, walk.hashes, vault)
             if problem is not None:
                 break
-    return VerifyReport(verified, len(seals), vault is not None, problem)
+    return VerifyReport(verified, len(seals), vault is not None, problem, tuple(walk.quarantined))
 
 
 def _seal_problem(

@@ -3,11 +3,20 @@
 CloudTrail: "You can look up events [...] by one attribute at a time"; results
 newest first; ``MaxResults`` 1-50 (default 50); an opaque ``NextToken``. A
 tenant sees only its own events (docs/api.md: "A tenant sees only its own
-keys, aliases, grants and audit events").
+keys, aliases, grants and audit events"); a key owner's trail also holds
+its copy of another tenant's use of its keys (core/audit.py, recipient_records).
+
+A page is bounded by bytes as well as by count (issue 14): its events cost at
+most :data:`MAX_PAGE_BYTES` (always at least one event), counting each as twice
+its record JSON plus :data:`EVENT_OVERHEAD_BYTES` -- the answer repeats the
+record's user and resource ARNs beside it. With records of at most 128 KiB
+(core/audit.py) an answer stays below the server's 256 KiB send limit (and far
+below gRPC's 4 MiB default) whatever the records hold; the rest follows with NextToken.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,10 +26,15 @@ from hsmstore.core.identifiers import IdentifierKind, parse_key_identifier
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import AuditLog, AuditQuery
+from hsmstore.core.validation import check_text
 from hsmstore.errors import InvalidMarkerException, NotFoundException, ValidationException
 
 MAX_RESULTS = 50
+MAX_PAGE_BYTES = 192 * 1024
+EVENT_OVERHEAD_BYTES = 256  # an event's own fields beside its record: ids, time, names
 LOOKUP_ATTRIBUTES = ("EventName", "Username", "ResourceName")
+MAX_ATTRIBUTE_VALUE_CHARS = 2000
+_SEQ = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,7 @@ class AuditQueries:
         max_results: int | None,
         next_token: str,
     ) -> EventsPage:
-        limit = check_limit(max_results, maximum=MAX_RESULTS, default=MAX_RESULTS)
+        limit = check_limit(max_results, maximum=MAX_RESULTS, default=MAX_RESULTS, field="MaxResults")
         self._authorize(caller, "cloudtrail:LookupEvents")
         if len(attributes) > 1:
             raise ValidationException("LookupAttributes takes at most one attribute")
@@ -62,9 +76,10 @@ class AuditQueries:
         for key, value in attributes:
             if key not in LOOKUP_ATTRIBUTES:
                 raise ValidationException(f"AttributeKey must be one of: {', '.join(LOOKUP_ATTRIBUTES)}")
-            if not value:
-                raise ValidationException("AttributeValue must not be empty")
-            filters[key] = value
+            # CloudTrail LookupAttribute: AttributeValue is 1 to 2,000 characters.
+            filters[key] = check_text(
+                value, "AttributeValue", min_length=1, max_length=MAX_ATTRIBUTE_VALUE_CHARS
+            )
         key_id = None
         if "ResourceName" in filters:
             key_id = self._key_id_of_resource(caller, filters["ResourceName"])
@@ -80,9 +95,9 @@ class AuditQueries:
             start_time=start_time,
             end_time=end_time,
         )
-        events = list(self._log.lookup_audit_events(query))
-        more = len(events) > limit
-        events = events[:limit]
+        found = list(self._log.lookup_audit_events(query))
+        events = _within_page_bytes(found[:limit])
+        more = len(found) > len(events)
         last = events[-1] if events else None
         token = encode_marker("e", f"{last.event_time.isoformat()}|{last.seq}") if more and last else ""
         return EventsPage(events, token)
@@ -101,6 +116,16 @@ class AuditQueries:
         return reference.value
 
 
+def _within_page_bytes(events: list[StoredAuditEvent]) -> list[StoredAuditEvent]:
+    """The first events that fit in :data:`MAX_PAGE_BYTES` (at least one; module docstring)."""
+    total = 0
+    for index, event in enumerate(events):
+        total += 2 * len(event.record_json.encode("utf-8")) + EVENT_OVERHEAD_BYTES
+        if total > MAX_PAGE_BYTES and index > 0:
+            return events[:index]
+    return events
+
+
 def _decode_token(token: str) -> tuple[datetime, int]:
     """NextToken: the (event time, seq) of the last event of the page, opaque to callers."""
     event_time, _, seq = decode_marker("e", token).partition("|")
@@ -108,6 +133,6 @@ def _decode_token(token: str) -> tuple[datetime, int]:
         parsed = datetime.fromisoformat(event_time)
     except ValueError:
         raise InvalidMarkerException("The NextToken is not valid") from None
-    if not seq.isdigit() or parsed.tzinfo is None:
+    if _SEQ.fullmatch(seq) is None or parsed.tzinfo is None:  # ASCII digits that fit a BIGINT
         raise InvalidMarkerException("The NextToken is not valid")
     return parsed, int(seq)

@@ -33,6 +33,7 @@ from hsmstore.core.audit import (
     SerializedRecord,
     StoredAuditEvent,
     chain_hash,
+    recipient_records,
     serialized,
 )
 from hsmstore.core.audit_fields import audit_fields
@@ -46,6 +47,9 @@ from hsmstore.store.schema import (
 )
 
 ITER_BATCH: Final = 1000
+# At most this many characters of record JSON per SELECT of iter_audit_events (at least one row):
+# what the seal and verify jobs hold at once, whatever the size of the records (issue 14).
+ITER_BATCH_CHARS: Final = 1024 * 1024
 _SINGLE_ROW: Final = 1  # the id of the one row of audit_chain_head and audit_anchor
 
 
@@ -87,9 +91,14 @@ class SqlAuditLog:
         """
         if not records:
             return []
-        rows = [
-            (item.fields or audit_fields(item.record), item.canonical) for item in map(serialized, records)
+        # A management change's record (a mapping): the key owner's copy too (core/audit.py
+        # recipient_records). Spool lines (SerializedRecord) were made into copies when spooled.
+        items = [
+            copy
+            for item in records
+            for copy in ([item] if isinstance(item, SerializedRecord) else recipient_records(item))
         ]
+        rows = [(item.fields or audit_fields(item.record), item.canonical) for item in map(serialized, items)]
         head = connection.execute(
             select(audit_chain_head.c.seq, audit_chain_head.c.hash)
             .where(audit_chain_head.c.id == _SINGLE_ROW)
@@ -175,21 +184,41 @@ class SqlAuditLog:
             return [_event_from_row(row._mapping) for row in connection.execute(statement)]
 
     def iter_audit_events(self, after_seq: int = 0) -> Iterator[StoredAuditEvent]:
-        """Seq order, :data:`ITER_BATCH` rows per SELECT (no connection held between batches)."""
+        """Seq order, at most :data:`ITER_BATCH` rows and :data:`ITER_BATCH_CHARS` characters of
+        record JSON per SELECT (no connection held between batches).
+
+        The sizes are read first (seq and length only), so a batch of large
+        records is cut before any of them is loaded.
+        """
         last = after_seq
         while True:
-            statement = (
-                select(audit_events)
+            sizes = (
+                select(audit_events.c.seq, func.length(audit_events.c.record_json))
                 .where(audit_events.c.seq > last)
                 .order_by(audit_events.c.seq)
                 .limit(ITER_BATCH)
             )
             with self._reader.connect() as connection:
+                found = [(int(seq), int(length or 0)) for seq, length in connection.execute(sizes)]
+            if not found:
+                return
+            upto, total = found[0][0], 0
+            for seq, length in found:
+                total += length
+                if total > ITER_BATCH_CHARS and seq != found[0][0]:
+                    break
+                upto = seq
+            statement = (
+                select(audit_events)
+                .where(audit_events.c.seq > last, audit_events.c.seq <= upto)
+                .order_by(audit_events.c.seq)
+            )
+            with self._reader.connect() as connection:
                 batch = [_event_from_row(row._mapping) for row in connection.execute(statement)]
             yield from batch
-            if len(batch) < ITER_BATCH:
+            if len(found) < ITER_BATCH and upto == found[-1][0]:
                 return
-            last = batch[-1].seq
+            last = upto
 
     def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
         """The newest successful cryptographic event of the key (None) and of each version.

@@ -26,10 +26,28 @@ the JSON (parsing was a quarter of a record's ingestion cost). The chain hash
 covers the canonical JSON only. A record whose index fields would hold a tab or
 a line break is written as its canonical JSON alone (a line starting with
 ``{``), and the ingester parses that one; it reads both forms.
+
+Bounds (issue 14): a record's canonical JSON is at most ``MAX_RECORD_BYTES``
+(core/audit.py, "Record size bound"), so a line is at most
+:data:`MAX_SPOOL_LINE_BYTES` (the head repeats some of its fields), well
+inside one ingest batch of :data:`MAX_BATCH_BYTES`.
+
+Whole lines only: a record's lines (the caller's copy and any key owner's
+copies) go in one ``write``; if the kernel takes less than all of it (a full
+disk: ``ENOSPC``, a file size limit) the spool is cut back to its length before
+the write and the call fails, so no torn line is ever followed by another
+record. :meth:`SpoolAuditSink.check_health` probes that a record still fits.
+
+The ingester never stalls on a line: one it cannot read, one longer than
+:data:`MAX_SPOOL_LINE_BYTES`, or the torn tail a crashed writer left, is copied
+to ``quarantine/<spool name>.<offset>`` beside the spools and replaced in the
+chain by an ``UnreadableSpoolLine`` record naming that file (so ``hsmstore
+audit verify`` counts and reports it), and ingestion goes on with the next line.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -39,12 +57,18 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
-from hsmstore.core.audit import SerializedRecord, canonical_record_bytes
-from hsmstore.core.audit_fields import INDEX_FIELDS, fields_from_strings, index_strings
+from hsmstore.core.audit import (
+    MAX_RECORD_BYTES,
+    UNREADABLE_SPOOL_LINE_EVENT,
+    SerializedRecord,
+    bound_record,
+    recipient_records,
+)
+from hsmstore.core.audit_fields import INDEX_FIELDS, audit_fields, fields_from_strings, index_strings
 from hsmstore.core.ports import AuditLog
 
 log = logging.getLogger(__name__)
@@ -52,6 +76,11 @@ log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".jsonl"
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 RECORDS_PER_TRANSACTION = 4096
+# The head repeats at most the record's own fields, so no line a writer makes is longer.
+MAX_SPOOL_LINE_BYTES = 2 * MAX_RECORD_BYTES + 1024
+PROBE_BYTES = MAX_RECORD_BYTES  # check_health: room for one more whole record
+QUARANTINE_DIRECTORY = "quarantine"
+_COPY_CHUNK = 1024 * 1024
 
 
 class SpoolAuditSink:
@@ -61,21 +90,86 @@ class SpoolAuditSink:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SPOOL_SUFFIX}"
         self.path = directory / self.name
+        self._quarantine = directory / QUARANTINE_DIRECTORY
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours for life: "this spool is live"
         self._write_lock = threading.Lock()
+        self._length = os.fstat(self._fd).st_size  # every whole line written so far
+        self._torn = False  # a failed write could not be cut back: nothing may follow it
+        self._closed = False
+        self._quarantined_seen = 0
 
     def record(self, record: Mapping[str, Any]) -> None:
-        """Append the record; raise OSError if the kernel did not take all of it."""
-        line = spool_line(record)
+        """Append the record's lines whole, or raise ``OSError`` and leave the spool as it was."""
+        lines = b"".join(spool_line(item) for item in recipient_records(record))
         with self._write_lock:
-            written = os.write(self._fd, line)
-        if written != len(line):
-            raise OSError("short write to the audit spool")
+            self._append(lines)
+            self._length += len(lines)
+
+    def check_health(self) -> None:
+        """Raise ``OSError`` unless a record of the largest size can be written whole now.
+
+        Health must say NOT_SERVING while every call is refused for want of
+        spool space (issue 14). The probe is written without a line end and cut
+        off again at once, so the ingester only ever sees it as an unfinished line.
+        """
+        with self._write_lock:
+            try:
+                self._append(b" " * PROBE_BYTES)
+            except OSError as error:
+                raise OSError(
+                    error.errno,
+                    f"the audit spool {self.path} cannot be written ({error.strerror}): calls are "
+                    "refused until it can (free space on its file system)",
+                ) from None
+            self._cut_back()
+        self._report_quarantine()
 
     def close(self) -> None:
         """Release the spool: from now on the ingester may finish and remove it."""
-        os.close(self._fd)
+        with self._write_lock:  # never a write or probe on a closed (maybe reused) descriptor
+            self._closed = True
+            os.close(self._fd)
+
+    def _append(self, data: bytes) -> None:
+        """One ``write`` of ``data`` at the end of the whole lines (the write lock is held)."""
+        if self._closed:
+            raise OSError(errno.EBADF, f"the audit spool {self.path} is closed")
+        if self._torn:
+            self._cut_back()
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            self._cut_back()
+            raise
+        if written != len(data):
+            self._cut_back()
+            raise OSError(
+                errno.ENOSPC, f"short write to the audit spool {self.path} ({written} of {len(data)})"
+            )
+
+    def _cut_back(self) -> None:
+        """Truncate to the whole lines; if even that fails, remember to retry before the next write."""
+        try:
+            os.ftruncate(self._fd, self._length)
+        except OSError:
+            self._torn = True
+            raise
+        self._torn = False
+
+    def _report_quarantine(self) -> None:
+        try:
+            count = sum(1 for _ in self._quarantine.iterdir())
+        except FileNotFoundError:
+            count = 0
+        if count != self._quarantined_seen:
+            self._quarantined_seen = count
+            log.warning(
+                "%d audit spool lines are quarantined in %s (unreadable or too large); "
+                "`hsmstore audit verify` lists them",
+                count,
+                self._quarantine,
+            )
 
 
 class SpoolIngester:
@@ -90,10 +184,11 @@ class SpoolIngester:
     def __init__(self, directory: Path, audit_log: AuditLog) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._directory = directory
+        self._quarantine = directory / QUARANTINE_DIRECTORY
         self._log = audit_log
 
     def ingest_once(self) -> int:
-        """Ingest every spool once; returns how many records moved."""
+        """Ingest every spool once; returns how many records moved (quarantine records included)."""
         moved = 0
         for path in sorted(self._directory.glob(f"*{SPOOL_SUFFIX}")):
             try:
@@ -117,43 +212,101 @@ class SpoolIngester:
     def _ingest_spool(self, path: Path) -> int:
         fd = os.open(path, os.O_RDONLY)
         try:
-            moved = self._ingest(path, path.name)
+            moved = self._ingest(path, path.name, writer_gone=False)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return moved  # its writer is alive
-            moved += self._ingest(path, path.name)  # anything written just before it stopped
+            # Anything written just before it stopped, and a torn tail it left by dying mid-write.
+            moved += self._ingest(path, path.name, writer_gone=True)
             if self._log.spool_offset(path.name) >= os.fstat(fd).st_size:
                 path.unlink(missing_ok=True)
             return moved
         finally:
             os.close(fd)
 
-    def _ingest(self, path: Path, name: str) -> int:
-        """Move complete lines into the chain, up to ``RECORDS_PER_TRANSACTION`` at a time."""
+    def _ingest(self, path: Path, name: str, *, writer_gone: bool) -> int:
+        """Move lines into the chain, at most ``MAX_BATCH_BYTES`` and ``RECORDS_PER_TRANSACTION``
+        per transaction, until only an unfinished line (or nothing) is left."""
         moved = 0
         offset = self._log.spool_offset(name)
-        while True:
-            with path.open("rb") as spool:
+        with path.open("rb") as spool:
+            while True:
                 spool.seek(offset)
                 data = spool.read(MAX_BATCH_BYTES)
-            lines = data.splitlines(keepends=True)
-            if lines and not lines[-1].endswith(b"\n"):
-                lines.pop()  # a torn last line waits for its end
-            if not lines:
-                return moved
-            for start in range(0, len(lines), RECORDS_PER_TRANSACTION):
-                chunk = lines[start : start + RECORDS_PER_TRANSACTION]
-                offset += sum(len(line) for line in chunk)
-                records = [_parse(line.rstrip(b"\n"), name) for line in chunk if line.strip()]
+                records, used = self._batch(spool, name, offset, data, writer_gone)
+                if used == 0:
+                    return moved
+                offset += used
                 self._log.append_audit_records(records, (name, offset))
                 moved += len(records)
 
+    def _batch(
+        self, spool: BinaryIO, name: str, offset: int, data: bytes, writer_gone: bool
+    ) -> tuple[list[SerializedRecord | dict[str, Any]], int]:
+        """The records of the whole lines at the start of ``data``, and how many bytes they took."""
+        records: list[SerializedRecord | dict[str, Any]] = []
+        position = 0
+        while position < len(data) and len(records) < RECORDS_PER_TRANSACTION:
+            end = data.find(b"\n", position)
+            if end < 0:
+                if position == 0 and (len(data) > MAX_SPOOL_LINE_BYTES or writer_gone):
+                    # Too long to be a record, or torn by a writer that died: quarantine it.
+                    line_end = _end_of_line(spool, offset)
+                    too_long = len(data) > MAX_SPOOL_LINE_BYTES
+                    what = "is too long" if too_long else "was torn (its writer stopped mid-write)"
+                    records.append(self._quarantined(spool, name, offset, line_end, what))
+                    position = line_end - offset
+                break  # an unfinished line waits for its end (in the next batch, if others came first)
+            line = data[position:end]
+            if line.strip():
+                long = end + 1 - position > MAX_SPOOL_LINE_BYTES
+                parsed = None if long else _parse(line, name)
+                if parsed is not None:
+                    records.append(parsed)
+                else:
+                    what = "is too long" if long else "cannot be read"
+                    records.append(self._quarantined(spool, name, offset + position, offset + end + 1, what))
+            position = end + 1
+        return records, position
+
+    def _quarantined(self, spool: BinaryIO, name: str, start: int, end: int, what: str) -> dict[str, Any]:
+        """Copy bytes ``start``..``end`` of the spool to the quarantine; the record that stands for them."""
+        self._quarantine.mkdir(mode=0o700, exist_ok=True)
+        kept = f"{QUARANTINE_DIRECTORY}/{name}.{start}"
+        # The same name on a retry (the offset moves only with the record): written over, never twice.
+        with (self._directory / kept).open("wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            spool.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = spool.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+        log.error("a line of audit spool %s %s; it is kept in %s", name, what, kept)
+        return _unreadable(name, start, end - start, what, kept)
+
+
+def _end_of_line(spool: BinaryIO, start: int) -> int:
+    """The offset just after the line that starts at ``start`` (its line end), or the end of the file."""
+    spool.seek(start)
+    position = start
+    while True:
+        chunk = spool.read(_COPY_CHUNK)
+        if not chunk:
+            return position
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(chunk)
+
 
 def spool_line(record: Mapping[str, Any]) -> bytes:
-    """The record's spool line (see the module docstring)."""
-    canonical = canonical_record_bytes(record)
-    fields = index_strings(record)
+    """The record's spool line (see the module docstring), within the record bound."""
+    bounded, canonical = bound_record(record)
+    fields = index_strings(bounded)
     if any("\t" in value or "\n" in value or "\r" in value for value in fields):
         return canonical + b"\n"
     return b"\t".join([INDEXED_LINE_MARK, *(value.encode("utf-8") for value in fields), canonical]) + b"\n"
@@ -162,36 +315,45 @@ def spool_line(record: Mapping[str, Any]) -> bytes:
 INDEXED_LINE_MARK = b"H"
 
 
-def _parse(line: bytes, spool_name: str) -> SerializedRecord | dict[str, Any]:
+def _parse(line: bytes, spool_name: str) -> SerializedRecord | None:
     """Keep the canonical bytes as written (they are not made twice); take the index
-    fields from the line's head when it has one."""
+    fields from the line's head when it has one. None for a line that cannot be read."""
     if line.startswith(INDEXED_LINE_MARK + b"\t"):
         parts = line.split(b"\t", len(INDEX_FIELDS) + 1)
         try:
             fields = fields_from_strings([part.decode("utf-8") for part in parts[1:-1]])
-            return SerializedRecord({}, parts[-1], fields)
-        except (ValueError, IndexError):
-            log.error("an unreadable line in audit spool %s is recorded as such", spool_name)
-            return _unreadable(spool_name)
+            parts[-1].decode("utf-8")  # the trail stores it as text
+        except ValueError:
+            return None
+        return SerializedRecord({}, parts[-1], fields)
     try:
         record = orjson.loads(line)
-        if isinstance(record, dict):
-            return SerializedRecord(record, line)
     except ValueError:
-        pass
-    # Never drop a line silently: the chain records that one was unreadable.
-    log.error("an unreadable line in audit spool %s is recorded as such", spool_name)
-    return _unreadable(spool_name)
+        return None
+    if not isinstance(record, dict):
+        return None
+    try:
+        audit_fields(record)
+    except ValueError:
+        return None  # it could not be indexed: it would stop every later line of its spool
+    return SerializedRecord(record, line)
 
 
-def _unreadable(spool_name: str) -> dict[str, Any]:
+def _unreadable(spool_name: str, offset: int, length: int, what: str, kept: str) -> dict[str, Any]:
+    """Never drop a line silently: the chain records where it was, why, and where it is kept."""
     return {
         "eventVersion": "1.08",
         "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "eventSource": "kms.hsmstore",
-        "eventName": "UnreadableSpoolLine",
+        "eventName": UNREADABLE_SPOOL_LINE_EVENT,
         "userIdentity": {"type": "HSMStoreService", "arn": "", "accountId": ""},
         "resources": [],
         "errorCode": "KMSInternalException",
-        "errorMessage": f"an unreadable line in audit spool {spool_name}",
+        "errorMessage": f"a line of audit spool {spool_name} {what}; it is kept in {kept}",
+        "additionalEventData": {
+            "spool": spool_name,
+            "offset": offset,
+            "originalLength": length,
+            "quarantineFile": kept,
+        },
     }

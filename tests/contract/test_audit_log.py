@@ -11,6 +11,8 @@ that leaves a chain still verifiable from the anchor; GetKeyLastUsage per versio
 from __future__ import annotations
 
 import multiprocessing
+import resource
+import signal
 import threading
 import uuid
 from dataclasses import replace
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import sqlalchemy
+from sqlalchemy.engine import Engine
 
 from hsmstore import errors
 from hsmstore.core.audit import (
@@ -29,6 +33,7 @@ from hsmstore.core.audit import (
     first_chain_problem,
 )
 from hsmstore.core.audit_fields import audit_fields
+from hsmstore.core.audit_jobs import verify_trail
 from hsmstore.core.model import (
     AliasRecord,
     Caller,
@@ -39,11 +44,13 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.ports import AuditLog, AuditQuery, AuditSeal, MetadataStore
+from hsmstore.store.audit_sql import ITER_BATCH_CHARS
 from hsmstore.store.migrate import upgrade
-from hsmstore.store.spool import SpoolAuditSink, SpoolIngester
+from hsmstore.store.spool import MAX_BATCH_BYTES, SpoolAuditSink, SpoolIngester, spool_line
 from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
+    sql_engine_fixture,
     store_fixture,
 )
 from tests.contract.test_metadata_store import make_key
@@ -541,3 +548,135 @@ def test_an_indexed_spool_line_that_cannot_be_read_is_recorded_as_unreadable(
     assert SpoolIngester(tmp_path / "spool", log_of(store)).ingest_once() == 2
     names = [event.event_name for event in log_of(store).iter_audit_events()]
     assert names == ["Decrypt", "UnreadableSpoolLine"]
+
+
+# ------------------------------------------- spool lines that cannot be ingested (issue 14)
+
+
+def names_in_chain(store: MetadataStore) -> list[str]:
+    return [event.event_name for event in log_of(store).iter_audit_events()]
+
+
+def write_dead_spool(directory: Path, content: bytes) -> Path:
+    """A spool whose writer is gone (nobody holds its lock), holding exactly ``content``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"dead-1-{uuid.uuid4().hex[:8]}.jsonl"
+    path.write_bytes(content)
+    return path
+
+
+def test_a_line_larger_than_a_batch_is_quarantined_and_the_lines_after_it_are_ingested(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    """Before: a line over MAX_BATCH_BYTES was never read, and every later line waited behind it."""
+    huge = b"H\t" + b"x" * (MAX_BATCH_BYTES + 10) + b"\n"
+    spool = tmp_path / "spool"
+    path = write_dead_spool(spool, spool_line(record("Decrypt")) + huge + spool_line(record("Encrypt")))
+    assert SpoolIngester(spool, log_of(store)).ingest_once() == 3
+    assert names_in_chain(store) == ["Decrypt", "UnreadableSpoolLine", "Encrypt"]
+    kept = spool / "quarantine" / f"{path.name}.{len(spool_line(record('Decrypt')))}"
+    assert kept.read_bytes() == huge
+    assert not path.exists(), "a fully ingested dead spool is removed"
+    report = verify_trail(log_of(store), None)
+    assert report.ok and not report.clean
+    assert report.quarantined == ((2, f"quarantine/{kept.name}"),)
+    assert "1 audit spool lines were quarantined" in report.summary() and kept.name in report.summary()
+
+
+def test_a_torn_tail_left_by_a_dead_writer_is_quarantined_and_its_spool_removed(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    torn = spool_line(record("Encrypt"))[:40]
+    path = write_dead_spool(spool, spool_line(record("Decrypt")) + torn)
+    assert SpoolIngester(spool, log_of(store)).ingest_once() == 2
+    assert names_in_chain(store) == ["Decrypt", "UnreadableSpoolLine"]
+    assert not path.exists()
+    assert [kept.read_bytes() for kept in (spool / "quarantine").iterdir()] == [torn]
+
+
+def test_an_unfinished_line_of_a_live_writer_waits_for_its_end(store: MetadataStore, tmp_path: Path) -> None:
+    sink = SpoolAuditSink(tmp_path / "spool")
+    sink.record(record("Decrypt"))
+    second = spool_line(record("Encrypt"))
+    with sink.path.open("ab") as spool:
+        spool.write(second[:30])
+    ingester = SpoolIngester(tmp_path / "spool", log_of(store))
+    assert ingester.ingest_once() == 1
+    with sink.path.open("ab") as spool:
+        spool.write(second[30:])
+    assert ingester.ingest_once() == 1
+    assert names_in_chain(store) == ["Decrypt", "Encrypt"]
+    sink.close()
+
+
+def test_a_json_line_that_cannot_be_indexed_is_quarantined_instead_of_stopping_ingestion(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    """Before: it failed every append of its batch, so nothing after it was ever ingested."""
+    spool = tmp_path / "spool"
+    write_dead_spool(spool, b'{"eventName": "Decrypt"}\n' + spool_line(record("Encrypt")))
+    assert SpoolIngester(spool, log_of(store)).ingest_once() == 2
+    assert names_in_chain(store) == ["UnreadableSpoolLine", "Encrypt"]
+
+
+def _record_until_the_file_size_limit(directory: str, limit: int, answered: Any) -> None:
+    """Runs in a spawned process: a real short write (RLIMIT_FSIZE), then room again."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    sink = SpoolAuditSink(Path(directory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    count = 0
+    for _ in range(1000):
+        try:
+            sink.record(record("Decrypt"))
+        except OSError:
+            break
+        count += 1
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    sink.record(record("Encrypt"))
+    answered.value = count + 1
+    sink.close()
+
+
+def test_a_short_spool_write_fails_the_record_and_leaves_no_torn_line(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    """Before: the bytes of a short write stayed, the next record was glued to them and lost."""
+    context = multiprocessing.get_context("spawn")
+    answered = context.Value("i", 0)
+    limit = 10 * len(spool_line(record("Decrypt"))) + 77  # the 11th record is cut short
+    child = context.Process(
+        target=_record_until_the_file_size_limit, args=(str(tmp_path / "spool"), limit, answered)
+    )
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and answered.value == 11
+    assert SpoolIngester(tmp_path / "spool", log_of(store)).ingest_once() == 11
+    assert names_in_chain(store) == ["Decrypt"] * 10 + ["Encrypt"]
+
+
+def test_iterating_the_trail_reads_large_records_in_batches_bounded_by_bytes(sql_engine: Engine) -> None:
+    """The seal and verify jobs walk the chain with it: 1000 large rows at once were ~1 GB.
+
+    SQLite and PostgreSQL only: the batches are the SQL store's SELECTs.
+    """
+    store = SqlMetadataStore(sql_engine)
+    big = {f"p{i}": "v" * 30_000 for i in range(3)}
+    records = []
+    for _ in range(40):
+        call = CallAudit("Encrypt", Caller("111122223333", "arn:hsmstore:iam::111122223333:user/a"), big, T0)
+        records.append(call.to_record(latency_ms=1.0))
+    log_of(store).append_audit_records(records)
+    loads: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "record_json" in statement and "length(" not in statement.lower():
+            loads.append(statement)
+
+    sqlalchemy.event.listen(store._reader, "before_cursor_execute", note)
+    try:
+        assert len(list(log_of(store).iter_audit_events())) == 40
+    finally:
+        sqlalchemy.event.remove(store._reader, "before_cursor_execute", note)
+    assert len(loads) >= 40 * 90_000 // ITER_BATCH_CHARS

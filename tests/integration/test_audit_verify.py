@@ -31,6 +31,7 @@ from hsmstore.hsm.devtoken import SoftHsmNotInstalledError, activate, ensure_dev
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
 from hsmstore.store.migrate import upgrade
+from hsmstore.store.spool import SpoolIngester
 from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
 
 pytestmark = pytest.mark.integration
@@ -297,3 +298,26 @@ def test_lookup_filters_and_orders_newest_first(trail: Trail) -> None:
     by_arn = lookup("--key-id", f"arn:aws:kms:local:{TENANTS[0]}:key/{trail.key_id}", "--max-results", "100")
     assert by_arn == everything
     assert lookup("--key-id", str(uuid.uuid4())) == []
+
+
+# ---------------------------------------------------------------- quarantined spool lines
+
+
+def test_a_quarantined_spool_line_fails_verify_naming_how_many_and_where(
+    trail: Trail, tmp_path: Path
+) -> None:
+    """The chain still verifies, but a record is missing from it: exit 1, with its seq and file."""
+    spool = tmp_path / "audit-spool"
+    spool.mkdir()
+    (spool / "dead-1-0000.jsonl").write_bytes(b"H\tnot\ta record\n")
+    engine = create_engine_for_url(f"sqlite:///{trail.db_file}")
+    try:
+        assert SpoolIngester(spool, SqlMetadataStore(engine)).ingest_once() == 1
+    finally:
+        engine.dispose()
+    result = verify(trail, "--no-token")
+    assert result.returncode == 1, result.stdout
+    assert f"audit trail verified: {RECORDS + 1} records, 2 seals" in result.stderr
+    assert "1 audit spool lines were quarantined" in result.stderr
+    assert f"seq {RECORDS + 1} (quarantine/dead-1-0000.jsonl.0)" in result.stderr
+    assert (spool / "quarantine" / "dead-1-0000.jsonl.0").read_bytes() == b"H\tnot\ta record\n"

@@ -10,7 +10,8 @@ from hsmstore.core.access import AccessControl
 from hsmstore.core.audit import CallAudit
 from hsmstore.core.audit_service import AuditQueries
 from hsmstore.core.model import Caller
-from hsmstore.errors import AccessDeniedException, ValidationException
+from hsmstore.core.paging import encode_marker
+from hsmstore.errors import AccessDeniedException, InvalidMarkerException, ValidationException
 from tests.fakes.store import FakeMetadataStore
 
 ACME = Caller("acme", "arn:hsmstore:iam::acme:role/admin")
@@ -51,3 +52,24 @@ def test_reading_the_trail_needs_the_lookup_events_permission(queries: AuditQuer
     user = Caller("acme", "arn:hsmstore:iam::acme:user/erin", "user", "erin")
     with pytest.raises(AccessDeniedException, match="cloudtrail:LookupEvents"):
         queries.lookup_events(user, [], None, None, None, "")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Encrypt\x00", "x" * 2001],
+    ids=["nul, which PostgreSQL cannot compare", "over CloudTrail's 2,000 characters"],
+)
+def test_an_attribute_value_beyond_cloudtrails_rules_is_a_validation_error(
+    queries: AuditQueries, value: str
+) -> None:
+    with pytest.raises(ValidationException, match="AttributeValue"):
+        queries.lookup_events(ACME, [("EventName", value)], None, None, None, "")
+
+
+@pytest.mark.parametrize("seq", ["²", "9" * 30], ids=["a digit that is not ASCII", "past a BIGINT"])
+def test_a_next_token_with_a_seq_no_row_can_have_is_an_invalid_marker(
+    queries: AuditQueries, seq: str
+) -> None:
+    token = encode_marker("e", f"{datetime.now(UTC).isoformat()}|{seq}")
+    with pytest.raises(InvalidMarkerException):
+        queries.lookup_events(ACME, [], None, None, None, token)
