@@ -10,7 +10,10 @@ SPIFFE IDs.
 
 A client certificate follows the SPIFFE X.509-SVID profile: the SPIFFE ID in a
 URI SAN, ``CA:false``, key usage ``digitalSignature`` and the ``clientAuth``
-extended key usage.
+extended key usage. The CA names its trust domain the way a SPIFFE trust
+bundle does, its SPIFFE ID ``spiffe://<trust-domain>`` as a URI SAN; that is
+where ``hsmstore serve`` takes the trust domain from when ``--trust-domain``
+is not given (server/tls.py). It signs leaves only (``pathLenConstraint`` 0).
 """
 
 from __future__ import annotations
@@ -60,8 +63,12 @@ def make_ca(
     trust_domain: str | None = None,
     days: int = DEFAULT_DAYS,
     now: datetime | None = None,
+    path_length: int | None = 0,
 ) -> Issued:
-    """A self-signed CA (``CA:true``, ``keyCertSign``); with a trust domain, its SPIFFE ID as URI SAN."""
+    """A self-signed CA (``CA:true``, ``keyCertSign``); with a trust domain, its SPIFFE ID as URI SAN.
+
+    ``path_length``: how many intermediates may follow it (0: it signs leaves only; None: any).
+    """
     key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = (now or datetime.now(UTC)) - BACKDATE
@@ -73,7 +80,7 @@ def make_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + BACKDATE + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
@@ -83,6 +90,35 @@ def make_ca(
             critical=False,
         )
     return Issued(builder.sign(key, hashes.SHA256()), key)
+
+
+def make_intermediate_ca(
+    ca: Issued,
+    common_name: str = "hsmstore throwaway intermediate CA",
+    days: int = DEFAULT_DAYS,
+    now: datetime | None = None,
+    path_length: int | None = 0,
+) -> Issued:
+    """An intermediate CA under ``ca``, unchecked: tests also make one that ``ca``'s path length forbids."""
+    key = new_key()
+    start = (now or datetime.now(UTC)) - BACKDATE
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + BACKDATE + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(certificate, key)
 
 
 def make_server_cert(

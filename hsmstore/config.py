@@ -43,9 +43,9 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
-    trust_domain: str = (
-        ""  # the only SPIFFE trust domain accepted from clients; empty: any the client CA issued
-    )
+    # The only SPIFFE trust domain accepted from clients. Empty with TLS: the one the client CA
+    # names (URI SAN), else the server refuses to start (cli/serve.py, pin_trust_domain).
+    trust_domain: str = ""
     log_level: str = "INFO"
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery

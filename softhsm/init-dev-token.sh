@@ -5,7 +5,11 @@
 #   <data_dir>/softhsm/softhsm2.conf   from softhsm2.conf.template beside this script
 #   <data_dir>/softhsm/tokens/         token directory
 #   <data_dir>/softhsm/user.pin        user PIN  (mode 0600)
-#   <data_dir>/softhsm/so.pin          SO PIN    (mode 0600)
+#
+# The SO PIN is random and never written down: no hsmstore command needs it after
+# the token exists (it only re-initialises a token or resets a lost user PIN, and a
+# lost dev token is simply deleted), so keeping it would only widen what a leaked
+# data directory gives away.
 #
 # Usage: softhsm/init-dev-token.sh DATA_DIR [TOKEN_LABEL]   (label default: hsmstore-dev)
 # Then:  export SOFTHSM2_CONF=DATA_DIR/softhsm/softhsm2.conf   (before starting hsmstore)
@@ -55,10 +59,9 @@ if has_token; then
     echo "token '$label' already exists in $tokendir"
 else
     [[ -f "${softhsm_dir}/user.pin" ]] || { new_pin >"${softhsm_dir}/user.pin"; echo >>"${softhsm_dir}/user.pin"; }
-    [[ -f "${softhsm_dir}/so.pin" ]] || { new_pin >"${softhsm_dir}/so.pin"; echo >>"${softhsm_dir}/so.pin"; }
-    chmod 600 "${softhsm_dir}/user.pin" "${softhsm_dir}/so.pin"
+    chmod 600 "${softhsm_dir}/user.pin"
     SOFTHSM2_CONF="$conf" softhsm2-util --init-token --free --label "$label" \
-        --so-pin "$(tr -d '\n' <"${softhsm_dir}/so.pin")" --pin "$(tr -d '\n' <"${softhsm_dir}/user.pin")" >/dev/null
+        --so-pin "$(new_pin)" --pin "$(tr -d '\n' <"${softhsm_dir}/user.pin")" >/dev/null
     echo "token '$label' created in $tokendir"
 fi
 echo "SOFTHSM2_CONF=$conf"

@@ -11,6 +11,10 @@ what it wrote as JSON. A client is a full SPIFFE ID
 the new certificates; it is replaced only with ``--force``, never silently, so
 certificates it issued before keep working. Not for production: use your own
 PKI (SPIRE, a corporate CA) there.
+
+The CA names the trust domain (URI SAN ``spiffe://<trust-domain>``) and signs
+leaves only (``pathLenConstraint`` 0), so ``hsmstore serve --client-ca ca.pem``
+pins that trust domain without ``--trust-domain``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from hsmstore import certs
 from hsmstore.core.model import Caller
 from hsmstore.errors import UnauthenticatedException
 from hsmstore.server.identity import SPIFFE_SCHEME, caller_from_spiffe_id, is_trust_domain
+from hsmstore.server.tls import ca_trust_domains
 
 DEFAULT_TRUST_DOMAIN = "example.org"
 DEFAULT_SERVER_NAMES = ("localhost",)
@@ -47,7 +52,8 @@ def add_certs_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--trust-domain",
         dest="trust_domain",
         help=f"SPIFFE trust domain of short client names and the CA (default {DEFAULT_TRUST_DOMAIN}); "
-        "when given, full client SPIFFE IDs must be in it",
+        "when given, full client SPIFFE IDs must be in it. The CA names it, so a server with this "
+        "CA accepts this trust domain only",
     )
     parser.add_argument(
         "--server-name",
@@ -111,8 +117,9 @@ def write_certificates(
         raise CertsError("--days must be at least 1")
     if trust_domain is not None and not is_trust_domain(trust_domain):
         raise CertsError(f"not a SPIFFE trust domain name: {trust_domain!r} (e.g. example.org)")
-    domain = trust_domain or DEFAULT_TRUST_DOMAIN
-    identities = [_client_identity(client, domain, trust_domain) for client in clients or []]
+    existing = None if force else _existing_ca(out)
+    domain, required = _trust_domain(out, existing, trust_domain)
+    identities = [_client_identity(client, domain, required) for client in clients or []]
     names, ips = list(server_names or []), list(server_ips or [])
     if not names and not ips:
         names, ips = list(DEFAULT_SERVER_NAMES), list(DEFAULT_SERVER_IPS)
@@ -122,7 +129,7 @@ def write_certificates(
         except ValueError:
             raise CertsError(f"--server-ip {ip!r} is not an IP address (use --server-name)") from None
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca, reused = _ca(out, domain, days, force)
+    ca, reused = (existing, True) if existing is not None else (_new_ca(out, domain, days), False)
     server = certs.make_server_cert(ca, names, ips, days=days)
     description: dict[str, Any] = {
         "out": str(out),
@@ -153,23 +160,46 @@ def _client_identity(client: str, domain: str, required_domain: str | None) -> t
         raise CertsError(f"--client {client}: {error.message}") from None
 
 
-def _ca(out: Path, trust_domain: str, days: int, force: bool) -> tuple[certs.Issued, bool]:
-    """The CA in ``out`` if there is one (and not ``force``), else a new one."""
+def _existing_ca(out: Path) -> certs.Issued | None:
+    """The CA in ``out`` to reuse, None if there is none; CertsError if it cannot be reused."""
     cert_path, key_path = out / "ca.pem", out / "ca.key"
-    if key_path.exists() and not force:
-        if not cert_path.exists():
-            raise CertsError(f"{key_path} exists without ca.pem; give --force to replace that CA")
-        try:
-            ca = certs.load_issued(cert_path, key_path)
-        except (ValueError, TypeError) as error:
-            raise CertsError(f"cannot reuse the CA in {out} ({error}); give --force to replace it") from None
-        if ca.certificate.not_valid_after_utc <= datetime.now(UTC):
-            raise CertsError(f"the CA in {out} has expired; give --force to replace it")
-        return ca, True
+    if not key_path.exists():
+        return None
+    if not cert_path.exists():
+        raise CertsError(f"{key_path} exists without ca.pem; give --force to replace that CA")
+    try:
+        ca = certs.load_issued(cert_path, key_path)
+    except (ValueError, TypeError) as error:
+        raise CertsError(f"cannot reuse the CA in {out} ({error}); give --force to replace it") from None
+    if ca.certificate.not_valid_after_utc <= datetime.now(UTC):
+        raise CertsError(f"the CA in {out} has expired; give --force to replace it")
+    return ca
+
+
+def _trust_domain(out: Path, existing: certs.Issued | None, asked: str | None) -> tuple[str, str | None]:
+    """(the trust domain of short client names, the one every client must be in, or None).
+
+    A reused CA keeps the trust domain it names: a server with that CA pins
+    it (server/tls.py), so a client of another trust domain would be refused.
+    """
+    if existing is None:
+        return asked or DEFAULT_TRUST_DOMAIN, asked
+    named = set().union(*ca_trust_domains(existing.cert_pem))
+    if asked is not None and named and asked not in named:
+        raise CertsError(
+            f"the CA in {out} names the trust domain {', '.join(sorted(named))}, not {asked}; "
+            "give --force to replace it"
+        )
+    if asked is None and len(named) == 1:
+        asked = next(iter(named))
+    return asked or DEFAULT_TRUST_DOMAIN, asked
+
+
+def _new_ca(out: Path, trust_domain: str, days: int) -> certs.Issued:
     ca = certs.make_ca(f"hsmstore throwaway CA ({trust_domain})", trust_domain, days=days)
-    certs.write_pem(key_path, ca.key_pem, private=True)
-    certs.write_pem(cert_path, ca.cert_pem)
-    return ca, False
+    certs.write_pem(out / "ca.key", ca.key_pem, private=True)
+    certs.write_pem(out / "ca.pem", ca.cert_pem)
+    return ca
 
 
 def _write(out: Path, stem: str, issued: certs.Issued) -> dict[str, str]:

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--trust-domain",
         dest="trust_domain",
-        help="the only SPIFFE trust domain accepted in client certificates (default: any)",
+        help="the only SPIFFE trust domain accepted in client certificates "
+        "(default: the one the client CA names in a spiffe:// URI SAN; required if it names none)",
     )
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument(

@@ -5,19 +5,29 @@ Layout under the data directory (all owner-only)::
     <data_dir>/softhsm/softhsm2.conf   SoftHSM2 configuration (SOFTHSM2_CONF)
     <data_dir>/softhsm/tokens/         the token directory (file object store)
     <data_dir>/softhsm/user.pin        user PIN, mode 0600
-    <data_dir>/softhsm/so.pin          security officer PIN, mode 0600
+
+No security officer (SO) PIN is kept (issue 14). PKCS#11 needs the SO PIN
+only to re-initialise the token (``C_InitToken``) or to set a lost user PIN
+(``C_InitPIN``); no hsmstore command does either: the server and the audit
+tools log in as the user, and a lost user PIN is answered by deleting the
+token directory (:class:`DevTokenError`). So the SO PIN is drawn at random,
+passed to ``softhsm2-util --init-token`` and forgotten, and the token can
+never be re-initialised in place. A ``so.pin`` left by an earlier hsmstore
+(or by ``softhsm/init-dev-token.sh``) is deleted on the next start, with one
+log line: a PIN that nothing uses is only a secret to steal.
 
 The configuration text is :data:`SOFTHSM2_CONF_TEMPLATE`, kept in this module so
 the installed package needs no repository files; ``softhsm/softhsm2.conf.template``
 at the repository top is the human-readable copy (a unit test keeps both equal),
 used by ``softhsm/init-dev-token.sh``.
 
-SoftHSM2 facts (``shared/notes/pkcs11.md`` §3): the config file is "chosen via
-the ``SOFTHSM2_CONF`` env var, which must be set before the lib loads"; the
+SoftHSM2 facts: it reads its configuration file from the ``SOFTHSM2_CONF``
+environment variable when the library loads, so that must be set first; the
 ``db`` object store is not built into Debian 12's package ("Could not select
-token backend"), so ``objectstore.backend = file``; "The token is reassigned to
-a random slot id ..., so always look it up by label". ``library.reset_on_fork =
-false`` is SoftHSM's default; we still never use PKCS#11 across a fork (§2).
+token backend"), so ``objectstore.backend = file``; initialising a token moves
+it to a random slot id, so it is always looked up by label.
+``library.reset_on_fork = false`` is SoftHSM's default; we still never use
+PKCS#11 across a fork (PKCS#11 v2.20, "Applications and processes").
 
 Only this dev bootstrap passes PINs on a command line (``softhsm2-util`` reads
 them from the terminal otherwise, never from a pipe): they are visible in the
@@ -27,6 +37,7 @@ process list for the few milliseconds the init takes, on a developer machine.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import subprocess
@@ -34,6 +45,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SOFTHSM_MODULE_PATHS: tuple[str, ...] = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -107,8 +120,9 @@ def ensure_dev_token(data_dir: Path, token_label: str = DEFAULT_TOKEN_LABEL) -> 
 
     Idempotent, and safe against two processes starting at once (an ``flock``
     on ``<data_dir>/softhsm/.lock``). Refuses to guess when a token with this
-    label exists but its PIN file is gone (``DevTokenError``). Does not load
-    the PKCS#11 module: call :func:`activate` before opening a vault on it.
+    label exists but its PIN file is gone (``DevTokenError``). Keeps no SO PIN
+    and deletes a ``so.pin`` it finds (module docstring). Does not load the
+    PKCS#11 module: call :func:`activate` before opening a vault on it.
     """
     module_path = find_softhsm_module()
     softhsm_dir = Path(data_dir).resolve() / "softhsm"
@@ -130,18 +144,22 @@ def ensure_dev_token(data_dir: Path, token_label: str = DEFAULT_TOKEN_LABEL) -> 
                 )
         else:
             user_pin = _read_or_create_pin(pin_file)
-            so_pin = _read_or_create_pin(so_pin_file)
-            _init_token(conf_path, token_label, so_pin=so_pin, user_pin=user_pin)
+            _init_token(conf_path, token_label, so_pin=_new_pin(), user_pin=user_pin)
+        if so_pin_file.exists():
+            so_pin_file.unlink()
+            log.warning(
+                "removed %s: hsmstore never uses the dev token's SO PIN, so it keeps none", so_pin_file
+            )
     return DevToken(module_path=module_path, conf_path=conf_path, token_label=token_label, pin_file=pin_file)
 
 
 def activate(dev_token: DevToken) -> None:
     """Point this process's SoftHSM2 at the dev token's configuration.
 
-    SoftHSM2 reads ``SOFTHSM2_CONF`` when the module initialises (notes §3:
-    "which must be set before the lib loads"), so call this before the first
-    ``Pkcs11KeyVault.open`` of the process, or after every vault on that
-    module has been closed (the last close finalizes the module).
+    SoftHSM2 reads ``SOFTHSM2_CONF`` when the module initialises, so call
+    this before the first ``Pkcs11KeyVault.open`` of the process, or after
+    every vault on that module has been closed (the last close finalizes the
+    module).
     """
     os.environ["SOFTHSM2_CONF"] = str(dev_token.conf_path)
 
@@ -171,9 +189,13 @@ def _write_private(path: Path, text: str) -> None:
 def _read_or_create_pin(path: Path) -> str:
     if path.is_file():
         return path.read_text(encoding="utf-8").strip()
-    pin = secrets.token_hex(16)  # 32 characters; SoftHSM accepts 4 to 255
+    pin = _new_pin()
     _write_private(path, pin + "\n")
     return pin
+
+
+def _new_pin() -> str:
+    return secrets.token_hex(16)  # 32 characters; SoftHSM accepts 4 to 255
 
 
 def _token_exists(conf_path: Path, token_label: str) -> bool:

@@ -7,12 +7,17 @@ by the SPIFFE ID in the URI SAN of its TLS client certificate,
 The embedded default instead serves "plaintext gRPC on loopback only, every
 caller acting as the local administrator of tenant ``local``".
 
-The chain, the validity period and the client CA are checked by gRPC's TLS
-handshake (``server/tls.py`` requires a client certificate); a certificate
-that fails them never reaches an RPC. What is checked here is the identity in
-a certificate that passed: exactly one URI SAN (the X.509-SVID rule), a valid
-SPIFFE ID (the SPIFFE-ID spec), hsmstore's path shape and, when configured,
-the trust domain. Anything else is ``UnauthenticatedException``.
+The signatures, the validity period and the client CA are checked by gRPC's
+TLS handshake (``server/tls.py`` requires a client certificate); a certificate
+that fails them never reaches an RPC. The handshake does not apply every
+RFC 5280 path rule, though: a leaf under an intermediate that its CA's
+``pathLenConstraint`` forbids passes it (issue 14). So the chain the client
+presented is validated again here, with ``cryptography``'s X.509 verifier
+against the client CA (RFC 5280, 6.1.4 (l)-(m): "verify that
+max_path_length is greater than zero"). What is checked besides is the
+identity: exactly one URI SAN (the X.509-SVID rule), a valid SPIFFE ID (the
+SPIFFE-ID spec), hsmstore's path shape and the trust domain. Anything else is
+``UnauthenticatedException``.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from hsmstore.core.identifiers import PRINCIPAL_KINDS, PRINCIPAL_NAME_PATTERN, TENANT_PATTERN
 from hsmstore.core.model import Caller, principal_arn
@@ -45,7 +52,9 @@ _TRUST_DOMAIN_PATTERN = re.compile(r"[a-z0-9._-]+")
 _PATH_SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 _SHOWN_LENGTH = 300  # an error message echoes at most this much of the offending identity
 DEFAULT_CACHE_ENTRIES = 4096
-PEM_CERT_PROPERTY = "x509_pem_cert"
+PEM_CERT_PROPERTY = "x509_pem_cert"  # grpc's auth context: the peer's leaf certificate
+# ... and the rest of the chain the peer presented (in grpcio the intermediates, without the leaf)
+PEM_CHAIN_PROPERTY = "x509_pem_cert_chain"
 
 _LOCAL_ADMIN_CALLER = Caller(tenant=LOCAL_TENANT, principal=LOCAL_ADMIN, kind="role", name="admin")
 
@@ -58,6 +67,13 @@ def local_admin_caller(context: grpc.ServicerContext) -> Caller:
 def is_trust_domain(text: str) -> bool:
     """A SPIFFE trust domain name: lowercase letters, digits, ``.``, ``-`` and ``_``."""
     return len(text) <= MAX_TRUST_DOMAIN_LENGTH and _TRUST_DOMAIN_PATTERN.fullmatch(text) is not None
+
+
+def trust_domain_of(uri: str) -> str | None:
+    """The trust domain of a valid SPIFFE ID (``spiffe://example.org/...``), else None."""
+    if _spiffe_problem(uri) is not None:
+        return None
+    return uri[len(SPIFFE_SCHEME) :].partition("/")[0]
 
 
 def caller_from_spiffe_id(uri: str, trust_domain: str | None = None) -> Caller:
@@ -151,6 +167,39 @@ def spiffe_id_of(certificate: x509.Certificate) -> str:
     return str(uris[0])
 
 
+class ChainVerifier:
+    """RFC 5280 path validation of a client's chain against the client CA (``cryptography``).
+
+    The CA certificates must meet the CA profile ``cryptography`` applies
+    (basicConstraints ``CA:true``, ``keyCertSign``, path length); the leaf's
+    own profile is the X.509-SVID rules checked in this module, so the
+    end-entity extension policy permits everything.
+    """
+
+    def __init__(self, client_ca: bytes) -> None:
+        roots = x509.load_pem_x509_certificates(client_ca)  # ValueError when it holds none
+        self._store = Store(roots)
+
+    def problem(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime
+    ) -> str | None:
+        """Why no valid path leads from ``leaf`` to the client CA, or None when one does."""
+        verifier = (
+            PolicyBuilder()
+            .store(self._store)
+            .time(now)
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ExtensionPolicy.permit_all()
+            )
+            .build_client_verifier()
+        )
+        try:
+            verifier.verify(leaf, intermediates)
+        except VerificationError as error:
+            return str(error)
+        return None
+
+
 @dataclass(frozen=True)
 class _Resolved:
     """What one client certificate resolves to: a caller or the message of its refusal."""
@@ -163,13 +212,19 @@ class _Resolved:
 class CertificateCallers:
     """The caller of a call over mutual TLS, from its client certificate's SPIFFE ID.
 
-    gRPC hands every call the peer's leaf certificate as PEM in its auth
-    context. Each distinct certificate is parsed once; afterwards a call costs
-    the auth-context read and one dict lookup. The cache keeps at most
+    gRPC hands every call the peer's leaf certificate and the rest of the
+    chain it presented, as PEM, in its auth context. Each distinct
+    certificate (keyed by those bytes: the PEM of the leaf's DER and of its
+    intermediates, since a chain's verdict depends on both) is parsed and,
+    with ``client_ca``, path-validated once; afterwards a call costs the
+    auth-context read and one dict lookup. The cache keeps at most
     ``max_entries`` certificates (the oldest is dropped first); a refusal is
     cached too, so a bad certificate costs no more than a good one. The
     validity end is re-checked on every call, so a certificate that expires
     while its connection stays open stops working.
+
+    Without ``client_ca`` the chain is left to the TLS handshake alone, which
+    does not enforce ``pathLenConstraint``; a server passes it (``server/tls.py``).
     """
 
     def __init__(
@@ -177,6 +232,8 @@ class CertificateCallers:
         trust_domain: str | None = None,
         max_entries: int = DEFAULT_CACHE_ENTRIES,
         clock: Callable[[], float] = time.time,
+        *,
+        client_ca: bytes | None = None,
     ) -> None:
         if trust_domain and not is_trust_domain(trust_domain):
             raise ValueError(f"not a SPIFFE trust domain: {trust_domain!r}")
@@ -185,19 +242,24 @@ class CertificateCallers:
         self._trust_domain = trust_domain or None
         self._max_entries = max_entries
         self._clock = clock
-        self._resolved: dict[bytes, _Resolved] = {}
+        self._chains = ChainVerifier(client_ca) if client_ca else None
+        self._resolved: dict[tuple[bytes, bytes], _Resolved] = {}
         self._lock = threading.Lock()
 
     def __call__(self, context: grpc.ServicerContext) -> Caller:
-        certificates = context.auth_context().get(PEM_CERT_PROPERTY)
-        if not certificates:
+        properties = context.auth_context()
+        leaf = next(iter(properties.get(PEM_CERT_PROPERTY) or ()), None)
+        if not leaf:
             raise UnauthenticatedException("The call presented no client certificate")
-        return self.caller_of_pem(certificates[0])
+        chain = next(iter(properties.get(PEM_CHAIN_PROPERTY) or ()), b"") if self._chains else b""
+        return self.caller_of_pem(leaf, chain)
 
-    def caller_of_pem(self, pem: bytes) -> Caller:
-        resolved = self._resolved.get(pem)
+    def caller_of_pem(self, pem: bytes, chain_pem: bytes = b"") -> Caller:
+        """The caller of leaf ``pem`` presented with ``chain_pem`` (its intermediates, PEM)."""
+        key = (pem, chain_pem)
+        resolved = self._resolved.get(key)
         if resolved is None:
-            resolved = self._resolve(pem)
+            resolved = self._resolve(key)
         if resolved.caller is None:
             raise UnauthenticatedException(resolved.refusal)
         if self._clock() > resolved.not_after:
@@ -208,20 +270,32 @@ class CertificateCallers:
     def cached(self) -> int:
         return len(self._resolved)
 
-    def _resolve(self, pem: bytes) -> _Resolved:
-        resolved = self._parse(pem)
+    def _resolve(self, key: tuple[bytes, bytes]) -> _Resolved:
+        resolved = self._parse(*key)
         with self._lock:
             while len(self._resolved) >= self._max_entries:
                 self._resolved.pop(next(iter(self._resolved)))
-            self._resolved[pem] = resolved
+            self._resolved[key] = resolved
         return resolved
 
-    def _parse(self, pem: bytes) -> _Resolved:
+    def _parse(self, pem: bytes, chain_pem: bytes) -> _Resolved:
         try:
             certificate = x509.load_pem_x509_certificate(pem)
             not_after = certificate.not_valid_after_utc.timestamp()
+            chain = x509.load_pem_x509_certificates(chain_pem) if chain_pem else []
         except ValueError:
             return _Resolved(None, "The client certificate cannot be parsed", 0.0)
+        if self._chains is not None:
+            intermediates = [issuer for issuer in chain if issuer != certificate]
+            problem = self._chains.problem(
+                certificate, intermediates, datetime.fromtimestamp(self._clock(), UTC)
+            )
+            if problem is not None:
+                return _Resolved(
+                    None,
+                    f"The client certificate's chain is not valid under the client CA: {_cut(problem)}",
+                    not_after,
+                )
         try:
             caller = caller_from_spiffe_id(spiffe_id_of(certificate), self._trust_domain)
         except UnauthenticatedException as refusal:
@@ -229,6 +303,14 @@ class CertificateCallers:
         return _Resolved(caller, "", not_after)
 
 
-def certificate_caller(trust_domain: str | None = None) -> CallerResolver:
-    """The CallerResolver of a mutual-TLS server (``trust_domain``: the only one accepted, or any)."""
-    return CertificateCallers(trust_domain)
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN_LENGTH else text[:_SHOWN_LENGTH] + "..."
+
+
+def certificate_caller(trust_domain: str | None = None, *, client_ca: bytes | None = None) -> CallerResolver:
+    """The CallerResolver of a mutual-TLS server.
+
+    ``trust_domain``: the only one accepted (None: any); ``client_ca``: the CA
+    certificates (PEM) every client chain is path-validated against.
+    """
+    return CertificateCallers(trust_domain, client_ca=client_ca)

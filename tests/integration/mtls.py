@@ -6,7 +6,10 @@
 
 ``server.stub`` calls as :data:`ACME_ADMIN` unless another ``identity`` is
 given. The server certificate names ``localhost``, ``127.0.0.1`` and ``::1``,
-so a channel to the address the server prints verifies as is.
+so a channel to the address the server prints verifies as is. The CA names
+its trust domain (URI SAN ``spiffe://example.org``), so the servers pin it
+without ``--trust-domain``; ``Pki(..., ca_names_trust_domain=False)`` makes an
+operator-style CA that names none, with which a server needs the flag.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ GLOBEX_ADMIN = f"spiffe://{TRUST_DOMAIN}/tenant/globex/role/admin"
 class Pki:
     """A CA, a loopback server certificate and client certificates on demand, as files in ``directory``."""
 
-    def __init__(self, directory: Path, trust_domain: str = TRUST_DOMAIN) -> None:
+    def __init__(
+        self, directory: Path, trust_domain: str = TRUST_DOMAIN, ca_names_trust_domain: bool = True
+    ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.trust_domain = trust_domain
-        self.ca = certs.make_ca("hsmstore test CA", trust_domain)
+        self.ca = certs.make_ca("hsmstore test CA", trust_domain if ca_names_trust_domain else None)
         self.ca_path = self._write("ca", self.ca)[0]
         server = certs.make_server_cert(self.ca, ["localhost"], ["127.0.0.1", "::1"])
         self.server_cert_path, self.server_key_path = self._write("server", server)
@@ -65,6 +70,20 @@ class Pki:
         self._count += 1
         return self._write(f"client-{self._count}", issued)
 
+    def issue_under_intermediate(self, uris: Sequence[str], root: certs.Issued) -> tuple[Path, Path]:
+        """A client certificate under a new intermediate CA of ``root``; its file holds leaf and
+        intermediate, the chain a client presents. ``root``'s path length may forbid that intermediate."""
+        intermediate = certs.make_intermediate_ca(root)
+        cert_path, key_path = self.issue(uris, ca=intermediate)
+        cert_path.write_bytes(cert_path.read_bytes() + intermediate.cert_pem)
+        return cert_path, key_path
+
+    def write_bundle(self, stem: str, *cas: certs.Issued) -> Path:
+        """Several CA certificates in one PEM file, as ``--client-ca`` takes them."""
+        path = self.directory / f"{stem}.pem"
+        certs.write_pem(path, b"".join(ca.cert_pem for ca in cas))
+        return path
+
     def credentials(
         self, spiffe_id: str | None = None, files: tuple[Path, Path] | None = None
     ) -> grpc.ChannelCredentials:
@@ -85,13 +104,16 @@ class Pki:
 
     @property
     def server_args(self) -> list[str]:
+        return self.server_args_with(self.ca_path)
+
+    def server_args_with(self, client_ca: Path) -> list[str]:
         return [
             "--tls-cert",
             str(self.server_cert_path),
             "--tls-key",
             str(self.server_key_path),
             "--client-ca",
-            str(self.ca_path),
+            str(client_ca),
         ]
 
     def server(
@@ -100,11 +122,15 @@ class Pki:
         identity: str = ACME_ADMIN,
         extra_args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
+        client_ca: Path | None = None,
     ) -> ServerProcess:
-        """A mutual-TLS server (not started yet) on a free loopback port; ``stub`` calls as ``identity``."""
+        """A mutual-TLS server (not started yet) on a free loopback port; ``stub`` calls as ``identity``.
+
+        ``client_ca``: the CA file it trusts for clients (default: this PKI's CA).
+        """
         return ServerProcess(
             data_dir,
-            extra_args=[*self.server_args, *extra_args],
+            extra_args=[*self.server_args_with(client_ca or self.ca_path), *extra_args],
             extra_env=dict(extra_env or {}),
             credentials=self.credentials(identity),
         )

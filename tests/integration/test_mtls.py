@@ -2,8 +2,9 @@
 
 A certificate that fails the TLS handshake (none, expired, another CA) never
 reaches an RPC: the client sees UNAVAILABLE. A certificate from the right CA
-whose identity is missing or malformed is answered UNAUTHENTICATED with the
-reason UnauthenticatedException, and that refusal is audited.
+whose identity is missing or malformed, whose chain breaks a CA's path length,
+or whose trust domain is not the pinned one is answered UNAUTHENTICATED with
+the reason UnauthenticatedException, and that refusal is audited (issue 14).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from hsmstore import certs
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.certs import make_ca
@@ -249,9 +251,74 @@ def test_hsmstore_certs_makes_files_a_server_and_a_client_accept(tmp_path: Path)
         server.stop()
 
 
-def test_a_server_with_a_trust_domain_refuses_the_others(pki: Pki, tmp_path: Path) -> None:
+def exported_records(data_dir: Path) -> list[dict[str, object]]:
+    exported = hsmstore_cli("audit", "export", "--format", "jsonl", "--data-dir", str(data_dir))
+    assert exported.returncode == 0, exported.stderr
+    return [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+
+
+def test_a_leaf_under_an_intermediate_its_ca_path_length_forbids_is_unauthenticated_and_audited(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # pki.ca has pathLen 0: it may sign leaves only. The open root allows an intermediate.
+    open_root = certs.make_ca("open test root", pki.trust_domain, path_length=None)
+    client_ca = pki.write_bundle("path-length-bundle", pki.ca, open_root)
+    server = pki.server(tmp_path / "data", client_ca=client_ca).start()
+    try:
+        with pki.files_channel(server.address, pki.issue_under_intermediate([ACME_ADMIN], pki.ca)) as channel:
+            error = failure(
+                lambda: stub(channel).DescribeKey(pb.DescribeKeyRequest(key_id="x"), timeout=TIMEOUT)
+            )
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, error
+        assert reason_of(error) == "UnauthenticatedException"
+        assert "path length" in error.details()
+        with pki.files_channel(
+            server.address, pki.issue_under_intermediate([ACME_ADMIN], open_root)
+        ) as channel:
+            stub(channel).ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT)  # a proper chain is accepted
+        wait_until(lambda: listed_keys_recorded(server))
+    finally:
+        server.stop()
+    refused = [
+        r for r in exported_records(tmp_path / "data") if r.get("errorCode") == "UnauthenticatedException"
+    ]
+    assert [r["eventName"] for r in refused] == ["DescribeKey"]
+    assert "path length" in str(refused[0]["errorMessage"])
+
+
+def test_the_trust_domain_the_client_ca_names_is_pinned_and_said_at_start(
+    mtls_server: ServerProcess, pki: Pki
+) -> None:
+    assert "trust domain example.org, from the client CA" in "".join(mtls_server.output)
+    with pki.files_channel(
+        mtls_server.address, pki.issue(["spiffe://other.org/tenant/acme/role/admin"])
+    ) as channel:
+        error = failure(lambda: stub(channel).ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(error) == "UnauthenticatedException"
+    assert "trust domain" in error.details()
+
+
+def serve_until_refused(*args: str) -> subprocess.CompletedProcess[str]:
+    """``hsmstore serve`` that must refuse to start (a server that starts instead fails the test)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hsmstore.cli.main", "serve", "--listen", "127.0.0.1:0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_client_ca_naming_no_trust_domain_needs_trust_domain_at_start(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki", ca_names_trust_domain=False)  # an operator's own CA
+    refused = serve_until_refused("--data-dir", str(tmp_path / "data"), *pki.server_args)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "--trust-domain" in refused.stderr, refused.stderr
+    assert "hsmstore listening" not in refused.stdout
+
     server = pki.server(tmp_path / "data", extra_args=["--trust-domain", "other.org"])
-    server.credentials = pki.credentials(ACME_ADMIN)
+    server.credentials = pki.credentials(ACME_ADMIN)  # an example.org identity
     started = server.start()
     try:
         error = failure(lambda: started.stub.ListKeys(pb.ListKeysRequest(), timeout=TIMEOUT))
@@ -259,6 +326,14 @@ def test_a_server_with_a_trust_domain_refuses_the_others(pki: Pki, tmp_path: Pat
         assert "trust domain" in error.details()
     finally:
         started.stop()
+
+
+def test_a_trust_domain_flag_the_client_ca_contradicts_is_refused_at_start(pki: Pki, tmp_path: Path) -> None:
+    refused = serve_until_refused(
+        "--data-dir", str(tmp_path / "data"), *pki.server_args, "--trust-domain", "other.org"
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "--trust-domain other.org is not the trust domain the client CA names" in refused.stderr
 
 
 def test_tls_without_a_client_ca_is_refused_at_start(pki: Pki, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from hsmstore import certs
 from hsmstore.cli.certs import CertsError, write_certificates
 from hsmstore.cli.main import main
+from hsmstore.server.tls import pinned_trust_domain
 
 ACME = "spiffe://example.org/tenant/acme/role/admin"
 
@@ -40,6 +41,20 @@ def test_the_ca_is_a_p256_ca_naming_its_trust_domain() -> None:
     ca.certificate.verify_directly_issued_by(ca.certificate)
     lifetime = ca.certificate.not_valid_after_utc - ca.certificate.not_valid_before_utc
     assert timedelta(days=10) <= lifetime <= timedelta(days=10, minutes=10)
+
+
+def test_the_ca_signs_leaves_only_unless_given_a_path_length() -> None:
+    assert extension(certs.make_ca().certificate, x509.BasicConstraints).value.path_length == 0
+    root = certs.make_ca(path_length=None)
+    assert extension(root.certificate, x509.BasicConstraints).value.path_length is None
+    intermediate = certs.make_intermediate_ca(root, "issuing CA")
+    intermediate.certificate.verify_directly_issued_by(root.certificate)
+    constraints = extension(intermediate.certificate, x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
+    assert extension(intermediate.certificate, x509.KeyUsage).value.key_cert_sign
+    certs.make_client_cert(intermediate, [ACME]).certificate.verify_directly_issued_by(
+        intermediate.certificate
+    )
 
 
 def test_the_server_certificate_has_dns_and_ip_sans_and_server_auth() -> None:
@@ -187,3 +202,23 @@ def test_short_client_names_take_the_trust_domain(tmp_path: Path) -> None:
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     sans = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://corp.test"]
+
+
+def test_the_ca_hsmstore_certs_writes_names_the_trust_domain_serve_pins(tmp_path: Path) -> None:
+    write_certificates(tmp_path, trust_domain="corp.test", clients=["acme/role/admin"])
+    assert pinned_trust_domain((tmp_path / "ca.pem").read_bytes(), "") == ("corp.test", True)
+
+
+def test_a_reused_ca_keeps_the_trust_domain_it_names(tmp_path: Path) -> None:
+    write_certificates(tmp_path, trust_domain="corp.test")
+    again = write_certificates(tmp_path, clients=["acme/role/admin"])
+    assert again["ca"]["reused"] is True
+    assert [c["spiffe_id"] for c in again["clients"]] == ["spiffe://corp.test/tenant/acme/role/admin"]
+    with pytest.raises(CertsError, match=r"names the trust domain corp\.test, not other\.org"):
+        write_certificates(tmp_path, trust_domain="other.org", clients=["acme/role/admin"])
+    with pytest.raises(CertsError, match="trust domain"):
+        write_certificates(tmp_path, clients=["spiffe://other.org/tenant/acme/role/admin"])
+    assert sorted(path.name for path in tmp_path.glob("client-*")) == [
+        "client-acme-role-admin.key",
+        "client-acme-role-admin.pem",
+    ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
+from hsmstore import certs
+from hsmstore.cli.serve import pin_trust_domain
 from hsmstore.config import ConfigError, Settings, is_loopback, load_settings
 
 
@@ -82,6 +85,41 @@ def test_trust_domain_from_flag_environment_or_toml(tmp_path: Path) -> None:
 def test_bad_or_useless_trust_domain_is_refused(flags: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="trust_domain"):
         load_settings(flags, {})
+
+
+def tls_settings(tmp_path: Path, ca: certs.Issued, trust_domain: str = "") -> Settings:
+    certs.write_pem(tmp_path / "ca.pem", ca.cert_pem)
+    flags = {**TLS, "client_ca": str(tmp_path / "ca.pem"), "trust_domain": trust_domain or None}
+    return load_settings(flags, {})
+
+
+def test_with_tls_the_trust_domain_the_client_ca_names_is_pinned_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = tls_settings(tmp_path, certs.make_ca(trust_domain="example.org"))
+    with caplog.at_level(logging.INFO):
+        assert pin_trust_domain(settings).trust_domain == "example.org"
+    assert [r.getMessage() for r in caplog.records if "trust domain example.org" in r.getMessage()]
+
+
+def test_with_tls_a_client_ca_naming_no_trust_domain_needs_trust_domain(tmp_path: Path) -> None:
+    settings = tls_settings(tmp_path, certs.make_ca("an operator's CA"))
+    with pytest.raises(ConfigError, match="--trust-domain is required") as raised:
+        pin_trust_domain(settings)
+    assert "\n" not in str(raised.value)
+    pinned = tls_settings(tmp_path, certs.make_ca("an operator's CA"), "corp.example")
+    assert pin_trust_domain(pinned).trust_domain == "corp.example"
+
+
+def test_without_tls_no_trust_domain_is_pinned_and_no_file_is_read() -> None:
+    settings = load_settings({}, {})
+    assert pin_trust_domain(settings) is settings
+
+
+def test_an_unreadable_client_ca_is_one_clear_error(tmp_path: Path) -> None:
+    settings = load_settings({**TLS, "client_ca": str(tmp_path / "missing.pem")}, {})
+    with pytest.raises(ConfigError, match="cannot read client_ca"):
+        pin_trust_domain(settings)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost"])

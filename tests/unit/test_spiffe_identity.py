@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from cryptography import x509
 
 from hsmstore import certs
 from hsmstore.core.model import Caller
@@ -12,10 +14,12 @@ from hsmstore.errors import UnauthenticatedException
 from hsmstore.server.identity import (
     LOCAL_ADMIN,
     CertificateCallers,
+    ChainVerifier,
     caller_from_spiffe_id,
     certificate_caller,
     local_admin_caller,
 )
+from hsmstore.server.tls import pinned_trust_domain
 
 VALID = [
     (
@@ -248,3 +252,96 @@ def test_a_certificate_that_expires_on_an_open_connection_stops_working() -> Non
 def test_a_bad_trust_domain_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="trust domain"):
         CertificateCallers("spiffe://example.org")
+
+
+# ------------------------------------------------------------------ chains (issue 14)
+
+ACME_ADMIN = "spiffe://example.org/tenant/acme/role/admin"
+LEAVES_ONLY = certs.make_ca("leaves-only root", "example.org", path_length=0)
+OPEN_ROOT = certs.make_ca("open root", "example.org", path_length=None)
+CLIENT_CA = LEAVES_ONLY.cert_pem + OPEN_ROOT.cert_pem
+
+
+def chain_context(leaf: certs.Issued, *intermediates: certs.Issued) -> FakeContext:
+    """What grpcio hands a server: the leaf, and the intermediates the client sent (without the leaf)."""
+    auth = {"x509_pem_cert": [leaf.cert_pem]}
+    if intermediates:
+        auth["x509_pem_cert_chain"] = [b"".join(issued.cert_pem for issued in intermediates)]
+    return FakeContext(auth)
+
+
+def test_a_leaf_under_an_intermediate_its_ca_path_length_forbids_is_unauthenticated() -> None:
+    intermediate = certs.make_intermediate_ca(LEAVES_ONLY)  # pathLen 0 allows no intermediate
+    leaf = certs.make_client_cert(intermediate, [ACME_ADMIN])
+    resolve = certificate_caller("example.org", client_ca=CLIENT_CA)
+    with pytest.raises(UnauthenticatedException, match=r"chain is not valid.*path length"):
+        resolve(chain_context(leaf, intermediate))
+
+
+def test_a_leaf_under_an_intermediate_its_ca_allows_is_the_caller() -> None:
+    intermediate = certs.make_intermediate_ca(OPEN_ROOT)
+    leaf = certs.make_client_cert(intermediate, [ACME_ADMIN])
+    resolve = certificate_caller("example.org", client_ca=CLIENT_CA)
+    assert resolve(chain_context(leaf, intermediate)).principal == "arn:hsmstore:iam::acme:role/admin"
+    assert resolve(context_of(certs.make_client_cert(LEAVES_ONLY, [ACME_ADMIN]))).tenant == "acme"
+
+
+def test_a_chain_is_verified_once_per_leaf_and_intermediates(monkeypatch: pytest.MonkeyPatch) -> None:
+    verified: list[x509.Certificate] = []
+    verify = ChainVerifier.problem
+
+    def counted(self: ChainVerifier, leaf: x509.Certificate, *rest: Any) -> str | None:
+        verified.append(leaf)
+        return verify(self, leaf, *rest)
+
+    monkeypatch.setattr(ChainVerifier, "problem", counted)
+    intermediate = certs.make_intermediate_ca(OPEN_ROOT)
+    leaf = certs.make_client_cert(intermediate, [ACME_ADMIN])
+    resolve = CertificateCallers("example.org", client_ca=CLIENT_CA)
+    first = resolve(chain_context(leaf, intermediate))
+    for _ in range(5):
+        assert resolve(chain_context(leaf, intermediate)) is first
+    assert verified == [leaf.certificate]
+    assert resolve.cached == 1
+
+
+def test_the_chain_check_also_refuses_a_leaf_sent_without_its_intermediate() -> None:
+    intermediate = certs.make_intermediate_ca(OPEN_ROOT)
+    leaf = certs.make_client_cert(intermediate, [ACME_ADMIN])
+    with pytest.raises(UnauthenticatedException, match="chain is not valid"):
+        certificate_caller("example.org", client_ca=CLIENT_CA)(chain_context(leaf))
+
+
+# ------------------------------------------------------------------ the pinned trust domain (issue 14)
+
+
+def test_the_trust_domain_is_derived_from_a_client_ca_that_names_one() -> None:
+    assert pinned_trust_domain(CLIENT_CA, "") == ("example.org", True)
+    assert pinned_trust_domain(CLIENT_CA, "example.org") == ("example.org", False)
+
+
+def test_a_client_ca_that_names_no_trust_domain_needs_the_flag() -> None:
+    unnamed = certs.make_ca("an operator's CA").cert_pem
+    with pytest.raises(ValueError, match="--trust-domain is required") as raised:
+        pinned_trust_domain(unnamed, "")
+    assert "\n" not in str(raised.value)
+    assert pinned_trust_domain(unnamed, "corp.example") == ("corp.example", False)
+
+
+@pytest.mark.parametrize(
+    "client_ca",
+    [
+        CLIENT_CA + certs.make_ca("another", "other.org").cert_pem,  # two trust domains
+        CLIENT_CA + certs.make_ca("unnamed").cert_pem,  # one certificate names none
+    ],
+)
+def test_a_client_ca_without_one_trust_domain_in_every_certificate_needs_the_flag(client_ca: bytes) -> None:
+    with pytest.raises(ValueError, match="--trust-domain is required"):
+        pinned_trust_domain(client_ca, "")
+
+
+def test_a_flag_that_contradicts_the_client_ca_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"--trust-domain other\.org is not the trust domain the client CA names"
+    ):
+        pinned_trust_domain(CLIENT_CA, "other.org")
