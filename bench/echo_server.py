@@ -1,10 +1,10 @@
 """The floor: a gRPC service that returns its request bytes, served like hsmstore.
 
 The server is made by ``hsmstore.server.app.make_grpc_server``, the very
-function hsmstore's own server is made with (grpcio sync server, the same
-thread pool and options). ``--workers N`` runs N spawned processes on
-one port with SO_REUSEPORT, like ``hsmstore serve --workers N``; the parent
-prints ``echo listening on HOST:PORT`` once every worker is ready.
+function hsmstore's own server is made with (a grpc.aio server whose loop
+receives requests, the same worker threads for sync handlers, the same options).
+``--workers N`` runs N spawned processes on one port with SO_REUSEPORT, like
+``hsmstore serve --workers N``; the parent prints ``echo listening on HOST:PORT`` once every worker is ready.
 
 One method, ``/bench.Echo/Echo``: the request bytes are returned unparsed (no
 protobuf work), so this is the cost of the transport alone.
@@ -26,7 +26,7 @@ import grpc
 
 from hsmstore.cli.serve import pin_to_one_cpu
 from hsmstore.config import Settings
-from hsmstore.server.app import make_grpc_server
+from hsmstore.server.app import GrpcServer, make_grpc_server
 
 ECHO_PATH = "/bench.Echo/Echo"
 
@@ -38,7 +38,7 @@ def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
     return request
 
 
-def serve_echo(listen: str, thread_pool_size: int, reuse_port: bool) -> tuple[grpc.Server, int]:
+def serve_echo(listen: str, thread_pool_size: int, reuse_port: bool) -> tuple[GrpcServer, int]:
     server = make_server(thread_pool_size, reuse_port)
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}

@@ -18,13 +18,14 @@ import signal
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from types import FrameType
 
 from hsmstore import bootstrap
-from hsmstore.config import Settings, load_settings
+from hsmstore.config import ConfigError, Settings, load_settings
 from hsmstore.server.app import TlsFiles, start_server
+from hsmstore.server.tls import pinned_trust_domain
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -33,11 +34,38 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_file=getattr(args, "config", None))
 
 
+def pin_trust_domain(settings: Settings) -> Settings:
+    """With TLS the trust domain is always pinned: ``--trust-domain``, or the one the client CA names.
+
+    Issue 14: an unpinned server accepted any trust domain its client CA
+    signed. A derived trust domain is said in one log line at start; a CA
+    that names none needs ``--trust-domain`` (server/tls.py).
+    """
+    if not settings.tls_enabled:
+        return settings
+    try:
+        client_ca = Path(settings.client_ca).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read client_ca {settings.client_ca}: {error.strerror}") from None
+    try:
+        domain, derived = pinned_trust_domain(client_ca, settings.trust_domain)
+    except ValueError as error:
+        raise ConfigError(f"{error} (client CA: {settings.client_ca})") from None
+    if derived:
+        logging.getLogger(__name__).info(
+            "trust domain %s, from the client CA's SPIFFE ID: client certificates of any other trust "
+            "domain are refused (--trust-domain sets it)",
+            domain,
+        )
+    return replace(settings, trust_domain=domain)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    settings = pin_trust_domain(settings)
     token = bootstrap.prepare(settings)
     host = settings.listen.rpartition(":")[0]
     if settings.worker_count > 1:
@@ -47,8 +75,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.cpu_affinity:
         pin_to_one_cpu(0)
     runtime = bootstrap.open_runtime(settings, token)
+    tls = _tls_files(settings)
     running = start_server(
-        runtime.service, settings.listen, settings.grpc_threads, tls=_tls_files(settings), audit=runtime.audit
+        runtime.service,
+        settings.listen,
+        settings.grpc_threads,
+        tls=tls,
+        audit=runtime.audit,
     )
     runtime.start_background_work()
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
@@ -175,11 +208,12 @@ def _worker_main(
     try:
         bootstrap.activate_token(token)
         runtime = bootstrap.open_runtime(settings, token)
+        tls = _tls_files(settings)
         running = start_server(
             runtime.service,
             listen,
             settings.grpc_threads,
-            tls=_tls_files(settings),
+            tls=tls,
             reuse_port=True,
             audit=runtime.audit,
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import empty_pb2, json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -24,6 +25,39 @@ from hsmstore.core.service import (
     Page,
     RotationEntry,
 )
+from hsmstore.errors import ValidationException
+
+
+@dataclass(frozen=True)
+class UnreadableRequest:
+    """What a handler gets instead of a request message that could not be read.
+
+    A body that is not a valid protobuf message, or no message at all within
+    the receive deadline (server/app.py): the call is refused with
+    ValidationException and audited like any other refused call (issue 14).
+    ``problem`` is fixed text: nothing of the body is echoed.
+    """
+
+    message_type: type[Message] | None
+    problem: str
+
+    def empty_request(self) -> Message:
+        """An empty message of the method's request type, for the audit record."""
+        return self.message_type() if self.message_type is not None else empty_pb2.Empty()
+
+
+def datetime_of(value: Timestamp, field: str) -> datetime:
+    """A request Timestamp as a UTC datetime; outside 0001-01-01..9999-12-31 it is ValidationException.
+
+    protobuf's Timestamp is defined only in that range (google/protobuf/timestamp.proto);
+    Python's datetime cannot hold more.
+    """
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationException(
+            f"{field} is outside the range of a Timestamp (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z)"
+        ) from None
 
 
 def key_metadata(description: KeyDescription) -> pb.KeyMetadata:
@@ -130,15 +164,26 @@ def request_parameters(request: Message) -> dict[str, Any]:
             parameters[field.json_name] = dict(value)
         elif field.message_type is not None:
             parameters[field.json_name] = (
-                [json_format.MessageToDict(item) for item in value]
-                if field.is_repeated
-                else json_format.MessageToDict(value)
+                [_message_dict(item) for item in value] if field.is_repeated else _message_dict(value)
             )
         elif field.is_repeated:
             parameters[field.json_name] = list(value)
         else:
             parameters[field.json_name] = value
     return parameters
+
+
+def _message_dict(message: Message) -> dict[str, Any] | Any:
+    """JSON form of a message; an out-of-range Timestamp as its raw fields.
+
+    json_format refuses a Timestamp outside 0001..9999 (ValueError). A request
+    carrying one must still get its audit record, so the record keeps what the
+    caller sent: ``{"seconds": ..., "nanos": ...}``.
+    """
+    try:
+        return json_format.MessageToDict(message)
+    except ValueError:
+        return {field.json_name: value for field, value in message.ListFields()}
 
 
 def key_last_usage_response(usage: KeyLastUsage) -> pb.GetKeyLastUsageResponse:

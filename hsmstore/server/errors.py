@@ -16,6 +16,14 @@ from hsmstore import errors
 
 ERROR_DOMAIN = "hsmstore"
 
+# The status message travels twice in the trailers (grpc-message, percent-encoded,
+# so up to 3 bytes per byte, and inside grpc-status-details-bin, base64). A
+# message that echoed a long input pushed the trailers past the client's 16 KiB
+# metadata limit, and the caller saw RESOURCE_EXHAUSTED instead of the error
+# (issue 14). Capped at 1,024 UTF-8 bytes, the trailers stay under about 5 KiB.
+MAX_STATUS_MESSAGE_BYTES = 1024
+CUT_MARKER = "... (message truncated)"
+
 STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
     errors.NotFoundException: grpc.StatusCode.NOT_FOUND,
     errors.DisabledException: grpc.StatusCode.FAILED_PRECONDITION,
@@ -58,7 +66,19 @@ def to_grpc_status(error: errors.KMSError) -> grpc.Status:
     detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
     status = status_pb2.Status(
         code=getattr(code_pb2, code.name),
-        message=f"{error.reason}: {error.message}",
+        message=capped_message(f"{error.reason}: {error.message}"),
         details=[detail],
     )
     return rpc_status.to_status(status)
+
+
+def capped_message(message: str) -> str:
+    """``message`` if it fits ``MAX_STATUS_MESSAGE_BYTES`` in UTF-8, else its start and ``CUT_MARKER``.
+
+    The backstop for every error: whatever a message echoes, the trailers stay small.
+    """
+    encoded = message.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
+        return message
+    room = MAX_STATUS_MESSAGE_BYTES - len(CUT_MARKER.encode())
+    return encoded[:room].decode("utf-8", "ignore") + CUT_MARKER

@@ -25,7 +25,12 @@ from hsmstore.core.authorization_service import AuthorizationService
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import AuditSink
 from hsmstore.core.service import KeyService
-from hsmstore.errors import KMSError, KMSInternalException
+from hsmstore.errors import (
+    DependencyUnavailableException,
+    KMSError,
+    KMSInternalException,
+    ValidationException,
+)
 from hsmstore.server import convert
 from hsmstore.server.errors import to_grpc_status
 
@@ -71,6 +76,23 @@ class CallRunner:
             return self._run_as(caller, name, body, request, context)
         finally:
             _current_caller.reset(token)
+
+    def refuse_unreadable(
+        self, name: str, unreadable: convert.UnreadableRequest, context: grpc.ServicerContext
+    ) -> None:
+        """Refuse a call whose request could not be read: ValidationException, audited, one log line.
+
+        Issue 14: a malformed body (or none within the receive deadline) is a
+        caller's error like any other, so it gets the contract's reason and
+        ErrorInfo and its audit record, under the caller's identity; the log
+        gets one line and no traceback (the body is not logged).
+        """
+        log.warning("refused a call to %s from %s: %s", name, context.peer(), unreadable.problem)
+
+        def refuse() -> None:
+            raise ValidationException(f"The request could not be read: {unreadable.problem}")
+
+        self.run(name, refuse, unreadable.empty_request(), context)
 
     def _refuse_unidentified(
         self, name: str, error: KMSError, request: Message, context: grpc.ServicerContext
@@ -138,16 +160,21 @@ class CallRunner:
     def _record(self, call: CallAudit, context: grpc.ServicerContext) -> None:
         if call.recorded or self._sink is None:
             return
+        refusal: KMSInternalException
         try:
             self._sink.record(call.to_record())
+            return
+        except OSError as error:
+            # The spool cannot take it now (a full disk): an outage, retryable, one line a call.
+            log.error("the audit record of a %s call could not be written: %s", call.event_name, error)
+            refusal = DependencyUnavailableException(
+                "The audit trail cannot be written; the call was refused"
+            )
         except Exception:
             log.exception("the audit record of a %s call could not be written", call.event_name)
-            if not self._fail_open:
-                context.abort_with_status(
-                    to_grpc_status(
-                        KMSInternalException("The audit trail cannot be written; the call was refused")
-                    )
-                )
+            refusal = KMSInternalException("The audit trail cannot be written; the call was refused")
+        if not self._fail_open:
+            context.abort_with_status(to_grpc_status(refusal))
 
 
 _current_caller: ContextVar[Caller] = ContextVar("hsmstore_caller")
@@ -164,8 +191,13 @@ def handle_errors(method: Method) -> Method:
     """Run the RPC through the servicer's CallRunner (audit record + error table)."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Message, context: grpc.ServicerContext) -> object:
+    def wrapper(
+        self: Any, request: Message | convert.UnreadableRequest, context: grpc.ServicerContext
+    ) -> object:
         runner: CallRunner = self._runner
+        if isinstance(request, convert.UnreadableRequest):  # server/app.py: not parsed, or never arrived
+            runner.refuse_unreadable(method.__name__, request, context)  # raises: aborts the call
+            return None
         return runner.run(method.__name__, lambda: method(self, request, context), request, context)
 
     return cast(Method, wrapper)
@@ -641,8 +673,8 @@ class AuditServicer(pb_grpc.AuditServicer):  # type: ignore[misc]
         page = self._queries.lookup_events(
             current_caller(),
             [(a.attribute_key, a.attribute_value) for a in request.lookup_attributes],
-            request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
-            request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+            convert.datetime_of(request.start_time, "StartTime") if request.HasField("start_time") else None,
+            convert.datetime_of(request.end_time, "EndTime") if request.HasField("end_time") else None,
             convert.optional_int(request, "max_results"),
             request.next_token,
         )
