@@ -632,18 +632,23 @@ class KeyService:
         days = default if pending_window_in_days is None else pending_window_in_days
         if not low <= days <= high:
             raise ValidationException(f"PendingWindowInDays must be between {low} and {high}")
-        key = self.resolve_key(caller, key_id, "kms:ScheduleKeyDeletion", fresh=True)
-        next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
-        deletion_date = self._clock.now() + timedelta(days=days)
-        changed = self._store.schedule_deletion(
-            key.key_id, key.state, deletion_date, days, audit=audit.record_for_change()
-        )
-        if changed:
-            audit.change_recorded()
-        self._keys.invalidate(key.key_id)
-        if not changed:
-            raise KMSInternalException("The key state changed concurrently; retry the request")
-        return self._describe(self.resolve_key(caller, key.key_id, "kms:ScheduleKeyDeletion", fresh=True))
+        for _attempt in range(5):
+            # A lost compare-and-set means another call changed the key: read it again and
+            # answer from its new state (two ScheduleKeyDeletion at once: the second one is
+            # KMSInvalidStateException, as in AWS, not an internal error).
+            key = self.resolve_key(caller, key_id, "kms:ScheduleKeyDeletion", fresh=True)
+            next_state(key.state, Operation.SCHEDULE_KEY_DELETION, key.key_id)
+            deletion_date = self._clock.now() + timedelta(days=days)
+            changed = self._store.schedule_deletion(
+                key.key_id, key.state, deletion_date, days, audit=audit.record_for_change()
+            )
+            self._keys.invalidate(key.key_id)
+            if changed:
+                audit.change_recorded()
+                return self._describe(
+                    self.resolve_key(caller, key.key_id, "kms:ScheduleKeyDeletion", fresh=True)
+                )
+        raise KMSInternalException("The key state changed concurrently; retry the request")
 
     def cancel_key_deletion(self, caller: Caller, key_id: str) -> str:
         """CancelKeyDeletion: the key comes back DISABLED, as in AWS."""

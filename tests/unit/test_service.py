@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from hsmstore.errors import (
     IncorrectKeyException,
     InvalidCiphertextException,
     KMSInternalException,
+    KMSInvalidStateException,
     NotFoundException,
     ValidationException,
 )
@@ -168,3 +170,22 @@ def test_generate_data_key_rejects_both_sizes() -> None:
     key = service.create_key(ALICE).key
     with pytest.raises(ValidationException):
         service.generate_data_key(ALICE, key.key_id, {}, 32, "AES_256")
+
+
+def test_schedule_deletion_losing_to_a_concurrent_one_is_invalid_state_not_internal() -> None:
+    """Two ScheduleKeyDeletion at once (found by the fuzzer): the loser sees PendingDeletion."""
+    service, store, _, clock = make_service()
+    key = service.create_key(ALICE).key
+    original = store.schedule_deletion
+    raced = []
+
+    def racing_schedule(key_id: str, expected: KeyState, *args: Any, **kwargs: Any) -> bool:
+        if not raced:
+            raced.append(True)
+            original(key_id, KeyState.ENABLED, clock.now() + timedelta(days=7), 7)  # the other call won
+        return original(key_id, expected, *args, **kwargs)
+
+    store.schedule_deletion = racing_schedule  # type: ignore[method-assign]
+    with pytest.raises(KMSInvalidStateException):
+        service.schedule_key_deletion(ALICE, key.key_id, 30)
+    assert store.get_key(key.key_id).pending_window_days == 7  # type: ignore[union-attr]
