@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint proto bench bench-ceiling install system-deps clean
+.PHONY: run test lint proto bench bench-ceiling bench-half-open fuzz install system-deps clean
 
 run: install
 	$(BIN)/hsmstore serve
@@ -21,6 +21,7 @@ lint: install
 	$(BIN)/ruff format --check hsmstore tests bench
 	$(BIN)/mypy
 	$(BIN)/mypy --strict bench/*.py
+	$(BIN)/mypy --strict tests/fuzz
 	$(BIN)/lint-imports
 
 bench: install
@@ -29,6 +30,15 @@ bench: install
 # Live CPU of servers that do ever more of a call: what the floor of issue 7 leaves out.
 bench-ceiling: install
 	$(BIN)/python bench/ceiling.py
+
+# Other callers' GenerateDataKey p50/p99 and health while one client holds 50 half-open streams (issue 14).
+bench-half-open: install
+	$(BIN)/python bench/half_open.py
+
+# A long fuzzing run against a real server (issue 14): counts by RPC x (code, reason), non-zero on any
+# UNKNOWN/INTERNAL/hang. `make test` runs a short one (tests/fuzz/test_fuzz.py).
+fuzz: install
+	$(BIN)/python -m tests.fuzz.run --requests $(or $(FUZZ_REQUESTS),80000)
 
 install: system-deps $(STAMP)
 
