@@ -41,10 +41,13 @@ class ServerProcess:
     output: list[str] = field(default_factory=list)
     # TLS servers (tests/integration/mtls.py): the credentials of ``channel``; None: plaintext.
     credentials: grpc.ChannelCredentials | None = None
+    # Runs the server through this command, e.g. ``setpriv`` to drop root (test_token_outage.py).
+    command_prefix: Sequence[str] = ()
 
     def start(self) -> ServerProcess:
         env = {**os.environ, **self.extra_env}
         command = [
+            *self.command_prefix,
             sys.executable,
             "-m",
             "hsmstore.cli.main",

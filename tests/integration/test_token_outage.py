@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
-from tests.integration.harness import START_TIMEOUT_SECONDS, ServerProcess, reason_of, wait_until
+from tests.integration.harness import ServerProcess, reason_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,41 +31,13 @@ AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-group
 HEALTH_TIMEOUT_SECONDS = 45.0  # the server checks its health every 10 s; a check waits out the retry budget
 
 
-class UnprivilegedServer(ServerProcess):
+def unprivileged_server(data_dir: Path) -> ServerProcess:
     """``hsmstore serve`` as uid 65534 when the tests run as root (else as ourselves)."""
-
-    def start(self) -> UnprivilegedServer:
-        command = [
-            *(AS_NOBODY if os.geteuid() == 0 else []),
-            sys.executable,
-            "-m",
-            "hsmstore.cli.main",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **self.extra_env},
-        )
-        found = threading.Event()
-        threading.Thread(target=self._read_output, args=(found,), daemon=True).start()
-        if not found.wait(START_TIMEOUT_SECONDS) or not self.address:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-        self.channel = grpc.insecure_channel(self.address)
-        grpc.channel_ready_future(self.channel).result(timeout=10)
-        return self
+    return ServerProcess(data_dir, command_prefix=AS_NOBODY if os.geteuid() == 0 else ())
 
 
 @pytest.fixture
-def server() -> Iterator[UnprivilegedServer]:
+def server() -> Iterator[ServerProcess]:
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.fail("running as root needs util-linux's setpriv to drop to an unprivileged uid")
     base = Path(tempfile.mkdtemp(prefix="hsmstore-outage-"))  # under /tmp, not pytest's 0700 tree
@@ -77,7 +46,7 @@ def server() -> Iterator[UnprivilegedServer]:
     data_dir.mkdir()
     if os.geteuid() == 0:
         os.chown(data_dir, NOBODY, NOBODY)
-    running = UnprivilegedServer(data_dir)
+    running = unprivileged_server(data_dir)
     try:
         yield running.start()
     finally:
@@ -107,7 +76,7 @@ OUTAGES = {"chmod-000": make_unreadable, "renamed-away": rename_away}
 
 @pytest.mark.parametrize("outage", OUTAGES.values(), ids=OUTAGES.keys())
 def test_calls_answer_unavailable_while_the_token_is_away_and_succeed_once_it_is_back(
-    server: UnprivilegedServer, outage: Callable[[Path], Callable[[], None]]
+    server: ServerProcess, outage: Callable[[Path], Callable[[], None]]
 ) -> None:
     stub = server.stub
     key_id = stub.CreateKey(pb.CreateKeyRequest()).key_metadata.key_id
