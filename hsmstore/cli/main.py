@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hsmstore.client.errors import ClientSetupError
     from hsmstore.config import ConfigError
 
     try:
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hsmstore.cli.kms import run_kms
 
         return run_kms(args)
-    except ConfigError as error:
+    except (ConfigError, ClientSetupError) as error:
         print(f"hsmstore: {error}", file=sys.stderr)
         return USAGE_ERROR_EXIT
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.config import ConfigError
+from hsmstore.client.errors import ClientSetupError
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 
@@ -28,7 +28,7 @@ def open_channel(
 
     ``ca_file`` verifies the server (without it: the system's CAs);
     ``cert_file`` and ``key_file`` go together and make the TLS mutual.
-    Raises ConfigError if a file is missing or only one of the pair is given.
+    Raises ClientSetupError if a file is missing or only one of the pair is given.
     """
     if ca_file is None and cert_file is None and key_file is None:
         return grpc.insecure_channel(endpoint)
@@ -39,7 +39,7 @@ def channel_credentials(
     ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> grpc.ChannelCredentials:
     if (cert_file is None) != (key_file is None):
-        raise ConfigError("a client certificate and its key go together (--cert and --key)")
+        raise ClientSetupError("a client certificate and its key go together (--cert and --key)")
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca_file, "CA bundle") if ca_file else None,
         private_key=_read(key_file, "client key") if key_file else None,
@@ -51,7 +51,7 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
+        raise ClientSetupError(f"cannot read the {what} {path}: {error.strerror}") from None
 
 
 def key_store(channel: grpc.Channel) -> pb_grpc.KeyStoreStub:

@@ -9,6 +9,14 @@ from grpc_status import rpc_status
 ERROR_DOMAIN = "hsmstore"
 
 
+class ClientSetupError(ValueError):
+    """A client setting (a CA bundle, a certificate or key file) is missing, unreadable or half given.
+
+    The client's own error: the SDK depends on the generated code only, never
+    on the server's configuration module (a checked rule, pyproject.toml).
+    """
+
+
 def error_reason(error: grpc.RpcError) -> str | None:
     """The AWS exception name carried in the status' ErrorInfo, or None."""
     status = rpc_status.from_call(error)

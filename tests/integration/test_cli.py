@@ -103,3 +103,12 @@ def test_serve_refuses_a_public_listen_address_without_tls(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert "without TLS" in result.stderr
+
+
+def test_a_client_certificate_without_its_key_is_one_line_and_exit_2(server: ServerProcess) -> None:
+    """The client SDK's own setup error reaches the CLI as a usage error, not a traceback."""
+    result = kms(server, "--cert", "client.pem", "list-keys")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hsmstore: a client certificate and its key go together (--cert and --key)"
+    ]
