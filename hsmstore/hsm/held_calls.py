@@ -5,11 +5,11 @@ Why. python-pkcs11 releases the GIL around every C call (``with nogil:`` in
 ``C_EncryptInit`` and ``C_Encrypt`` twice, the first asking the output length),
 a Decrypt three. In a gRPC server each release, with another thread waiting for
 the GIL, is a hand-off: a futex wake, a context switch, and on the way back a
-wait for the GIL. ``bench/cpu_breakdown.py`` charged hsmstore ~99 µs per
-GenerateDataKey of such hand-offs above the echo floor (docs/performance.md).
-In ``global_lock`` mode (SoftHSM2) the process lock already admits one PKCS#11
-call at a time, so releasing the GIL buys no token parallelism; the calls take
-~5-15 µs each, shorter than a hand-off.
+wait for the GIL; ``bench/cpu_breakdown.py`` found these hand-offs the largest
+share of hsmstore's cost above the echo floor (docs/performance.md, "Thread
+hand-offs"). In ``global_lock`` mode (SoftHSM2) the process lock already admits
+one PKCS#11 call at a time, so releasing the GIL buys no token parallelism, and
+the calls are shorter than a hand-off.
 
 So the three request-path operations (random bytes, AES-GCM encrypt and
 decrypt) are called here through :class:`ctypes.PyDLL`, which keeps the GIL

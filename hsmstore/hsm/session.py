@@ -24,14 +24,11 @@ sessions", "Threads and the process lock", "Fork", "Fault classes").
     its own session, never shared between threads. Sessions come from a
     bounded pool (CloudHSM allows 1,024 sessions per application).
 
-  Which one, measured by ``bench/hsm_locking.py`` (SoftHSM 2.6.1, 2 CPUs,
-  ``Pkcs11KeyVault.encrypt`` of 32 bytes): one thread 26k op/s at 38 µs CPU/op
-  in either mode; 4 or 8 threads in one process 15-16k op/s with the global
-  lock (~75 µs CPU/op) and 12-17k op/s with OS locking (~95-115 µs CPU/op);
-  two single-threaded processes 52k op/s at 38 µs/op. OS locking buys nothing
-  on SoftHSM and costs CPU, so the SoftHSM2 profile uses ``global_lock`` and
-  gets parallelism from worker processes. CloudHSM uses ``os_locking``: each
-  call is a network round trip, and a global lock would serialise them.
+  Which one was measured with ``bench/hsm_locking.py`` (docs/hsm.md, "Locking
+  modes, measured"): OS locking buys nothing on SoftHSM and costs CPU, so the
+  SoftHSM2 profile uses ``global_lock`` and gets parallelism from worker
+  processes. CloudHSM uses ``os_locking``: each call is a network round trip,
+  and a global lock would serialise them.
 
 * **Handles are bound to sessions.** A found object keeps the session that
   found it, so each :class:`WorkingSession` carries its own handle cache.

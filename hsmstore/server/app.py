@@ -195,8 +195,8 @@ class GrpcServer:
         """Served through the server's one generic handler (``_Methods``), not registered with grpc.
 
         grpc.aio keeps one pending request per registered method and waits on all of
-        them (``asyncio.wait``) for every call: with hsmstore's 44 methods that cost
-        about 40 µs a call (docs/performance.md).
+        them (``asyncio.wait``) for every call, a cost that grows with the number of
+        methods (docs/performance.md, "The aio server under half-open streams").
         """
         for name, handler in method_handlers.items():
             self._methods.known[f"/{service_name}/{name}"] = self.offloaded(handler)
@@ -274,8 +274,8 @@ class GrpcServer:
 class _ReceiveDeadline:
     """One call's receive deadline: a loop timer (``loop.call_later``) that cancels the waiting read.
 
-    Cheaper than ``asyncio.timeout`` (3 against 7 µs a call, measured); the
-    cancellation is told apart from the client's own by ``expired``.
+    Cheaper than ``asyncio.timeout`` (docs/performance.md, "The aio server under
+    half-open streams"); the cancellation is told apart from the client's own by ``expired``.
     """
 
     __slots__ = ("_task", "expired")
