@@ -354,8 +354,8 @@ class AuthorizationService:
     def put_identity_policy(self, caller: Caller, principal: str, policy_name: str, policy: str) -> None:
         self._own_principal(caller, principal)
         _check_identity_policy_name(policy_name)
+        self._access.check(caller, "iam:PutIdentityPolicy", None)  # before the parse: any caller reaches it
         parse_policy(policy, kind="identity")
-        self._access.check(caller, "iam:PutIdentityPolicy", None)
         record = IdentityPolicyRecord(caller.tenant, principal, policy_name, policy, self._clock.now())
         self._store.put_identity_policy(record, audit=audit.record_for_change())
         audit.change_recorded()

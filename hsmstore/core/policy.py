@@ -41,9 +41,11 @@ MAX_POLICY_BYTES = 32768
 # operator block, value list); deeper is malformed, and refused before json sees it,
 # whose recursion would otherwise end in RecursionError.
 MAX_POLICY_DEPTH = 10
-# Condition values may be JSON numbers (IAM reads them as strings); none needs more
-# characters than this, and Python refuses to parse integers above 4,300 digits at all.
-MAX_POLICY_NUMBER_DIGITS = 32
+# Condition values may be JSON numbers (IAM reads them as strings). Python refuses to
+# parse integers above 4,300 digits (a ValueError that was an INTERNAL); the bound is
+# that limit, not less, because stored policies are parsed again on every load and a
+# tighter one would lock out a key whose policy was accepted before.
+MAX_POLICY_NUMBER_DIGITS = 4300
 
 PolicyKind = Literal["key", "identity"]
 
@@ -473,16 +475,28 @@ def _no_constant(name: str) -> NoReturn:
     raise MalformedPolicyDocumentException(f"Policy is not valid JSON: {name} is not a JSON value")
 
 
-# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
-_JSON_NESTING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# An escape (two characters), a quote or a bracket: one pass over the text, string
+# state kept by hand. (A regex that matched whole strings rescanned to the end of the
+# text at every quote of an unterminated one: quadratic, seconds for 32 KiB, holding
+# the GIL and so the whole server.)
+_JSON_NESTING_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
 def _check_depth(text: str) -> None:
-    """Refuse nesting deeper than MAX_POLICY_DEPTH before ``json.loads`` recurses into it."""
+    """Refuse nesting deeper than MAX_POLICY_DEPTH before ``json.loads`` recurses into it.
+
+    Exact for valid JSON, where a backslash occurs only inside strings; text
+    that is not valid JSON is refused by ``json.loads`` afterwards anyway.
+    """
     depth = 0
+    in_string = False
     for token in _JSON_NESTING_TOKEN.finditer(text):
         bracket = token.group()
-        if bracket in "[{":
+        if bracket == '"':
+            in_string = not in_string
+        elif in_string or len(bracket) == 2:
+            continue
+        elif bracket in "[{":
             depth += 1
             if depth > MAX_POLICY_DEPTH:
                 raise MalformedPolicyDocumentException(
@@ -525,6 +539,10 @@ def parse_policy(text: str, *, kind: PolicyKind) -> PolicyDocument:
         raise MalformedPolicyDocumentException(
             f"Policy is not valid JSON: {error.msg} "
             f"at line {error.lineno} column {error.colno} (char {error.pos})"
+        ) from None
+    except RecursionError:  # a backstop: _check_depth refuses deep nesting first
+        raise MalformedPolicyDocumentException(
+            f"Policy nests JSON arrays and objects more than {MAX_POLICY_DEPTH} levels deep"
         ) from None
     version, policy_id, raw_statements = _document_members(document)
     statements: list[Statement] = []

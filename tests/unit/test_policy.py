@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -155,6 +156,29 @@ def test_policy_with_a_number_of_5000_digits_is_malformed_not_a_value_error() ->
     text = policy_text(statement(Condition={"StringEquals": {"kms:CallerAccount": "N"}}))
     with pytest.raises(MalformedPolicyDocumentException, match="number"):
         parse_policy(text.replace('"N"', "1" * 5000), kind="key")
+
+
+def test_a_number_of_40_digits_that_policies_held_before_still_parses() -> None:
+    """Stored policies are parsed again on every load: a tighter bound would lock their keys out."""
+    text = policy_text(statement(Condition={"StringEquals": {"kms:CallerAccount": "N"}}))
+    assert parse_policy(text.replace('"N"', "1" * 40), kind="key").statements
+
+
+def test_an_unterminated_string_of_escaped_quotes_is_refused_in_one_pass() -> None:
+    """A denial-of-service guard, not a speed target: the depth check once rescanned the rest of
+    the text at every escaped quote (quadratic: 4.5 s for these 32 KiB, the GIL held, every
+    caller of the server frozen). One pass takes milliseconds; 2 s leaves room for a loaded CI."""
+    text = '"' + '\\"' * 16_383
+    started = time.perf_counter()
+    with pytest.raises(MalformedPolicyDocumentException, match="not valid JSON"):
+        parse_policy(text, kind="identity")
+    assert time.perf_counter() - started < 2.0
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    value = '[[[[[[[[[[[["[[[{{{{{{{{{{'  # json.dumps escapes the quote inside the string
+    text = policy_text(statement(Condition={"StringEquals": {"kms:CallerAccount": value}}))
+    assert parse_policy(text, kind="key").statements
 
 
 def test_policy_with_nan_is_malformed() -> None:
