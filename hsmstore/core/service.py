@@ -225,6 +225,7 @@ class KeyService:
         self._health_checks: list[Callable[[], None]] = []  # add_health_check
         self._junk_seen: dict[bytes, datetime] = {}  # sweep_junk_objects: token_id -> first sighting
         self._unknown_reported = 0  # sweep_junk_objects: unknown objects last warned about
+        self._token_walked = False  # sweep_junk_objects: the first sweep always walks the token
 
     @property
     def region(self) -> str:
@@ -365,8 +366,22 @@ class KeyService:
         go once their object is destroyed or seen absent ``grace`` after they
         were written, and after :data:`JUNK_TOMBSTONE_DAYS` in any case.
         Every destruction is logged.
+
+        The token is walked only when there can be something to do: on the
+        first sweep of the process (which also reports unknown objects), while
+        an abandoned object is waiting out its grace, or while this DB holds a
+        tombstone. A walk visits every object under the token lock (linear on
+        SoftHSM2, docs/hsm.md), so an idle deployment does not pay it every period.
         """
         now = self._clock.now()
+        if (
+            self._token_walked
+            and not self._junk_seen
+            and not self._store.list_abandoned_token_objects(now, 1)
+        ):
+            self._store.prune_abandoned_token_objects(now - timedelta(days=JUNK_TOMBSTONE_DAYS))
+            return 0
+        self._token_walked = True
         listed = self._vault.list_key_versions()  # before the rows: a row is committed before its object
         labelled = [(token_id, label) for token_id, label in listed if _parse_token_label(label)]
         known = self._store.known_token_ids([token_id for token_id, _ in labelled])
