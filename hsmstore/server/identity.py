@@ -287,6 +287,8 @@ class CertificateCallers:
             return _Resolved(None, "The client certificate cannot be parsed", 0.0)
         if self._chains is not None:
             intermediates = [issuer for issuer in chain if issuer != certificate]
+            # The cached verdict holds until the first certificate of the chain expires.
+            not_after = min([not_after, *(c.not_valid_after_utc.timestamp() for c in intermediates)])
             problem = self._chains.problem(
                 certificate, intermediates, datetime.fromtimestamp(self._clock(), UTC)
             )

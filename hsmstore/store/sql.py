@@ -108,19 +108,23 @@ _SQLITE_UNREACHABLE: Final = ("unable to open database file", "disk i/o error", 
 def _unreachable_is_unavailable(context: ExceptionContext) -> None:
     """A DB that cannot be reached fails the call as retryable, not as an internal defect.
 
-    Issue 14: a PostgreSQL outage answered INTERNAL. A lost or refused
-    connection (psycopg's OperationalError, SQLAlchemy's disconnect detection)
-    or a SQLite file that cannot be opened or stays locked becomes
+    Issue 14: a PostgreSQL outage answered INTERNAL. A lost connection
+    (SQLAlchemy's disconnect detection), a connect that fails, or a SQLite file
+    that cannot be opened or stays locked becomes
     ``DependencyUnavailableException`` (docs/api.md, "Additions": UNAVAILABLE
     with the reason KMSInternalException). Raised from SQLAlchemy's
     ``handle_error`` hook, so every statement and every connect is covered once.
     """
-    if not isinstance(context.sqlalchemy_exception, exc.OperationalError | exc.InterfaceError):
-        if not context.is_disconnect:
+    if not context.is_disconnect:
+        if not isinstance(context.sqlalchemy_exception, exc.OperationalError | exc.InterfaceError):
             return
-    elif context.dialect is not None and context.dialect.name == "sqlite" and not context.is_disconnect:
-        message = str(context.original_exception).lower()
-        if not any(known in message for known in _SQLITE_UNREACHABLE):
+        if context.dialect is not None and context.dialect.name == "sqlite":
+            message = str(context.original_exception).lower()
+            if not any(known in message for known in _SQLITE_UNREACHABLE):
+                return
+        elif context.connection is not None:
+            # PostgreSQL on a live connection: a deadlock, a serialization failure or a
+            # timeout is not the server being away; only a failed connect is.
             return
     raise errors.DependencyUnavailableException(
         "The metadata database cannot be reached; retry the call"

@@ -81,3 +81,17 @@ def test_a_defect_in_a_statement_stays_internal(tmp_path: Path) -> None:
             connection.execute(text("SELECT * FROM no_such_table"))
     finally:
         engine.dispose()
+
+
+def test_a_statement_timeout_on_a_live_postgresql_connection_is_not_an_outage(
+    cluster: PostgresCluster,
+) -> None:
+    """psycopg raises QueryCanceled (like deadlocks) as an OperationalError: not "cannot be reached"."""
+    engine = create_engine_for_url(cluster.url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SET statement_timeout = 10"))
+            with pytest.raises(exc.OperationalError):
+                connection.execute(text("SELECT pg_sleep(1)"))
+    finally:
+        engine.dispose()

@@ -24,7 +24,8 @@ from tests.fuzz.engine import Outcome, _shrink_bytes, _shrink_message, send
 from tests.fuzz.strategies import Plan, Rpc, all_rpcs, mutate, plans, rpc_by_label
 
 HANG_SECONDS = 3.0
-DEADLINE_SECONDS = 1.0
+HANG_DEADLINE_SECONDS = 1.0  # shorter than HANG_SECONDS: the judge must call it a hang
+DEADLINE_SECONDS = 10.0  # any answering call: room for a loaded CI machine
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, reason: str | None) -> None:
@@ -70,6 +71,7 @@ def misbehaving() -> Iterator[grpc.Channel]:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=10)  # the connect is not part of any call's deadline
     yield channel
     channel.close()
     server.stop(None)
@@ -78,7 +80,8 @@ def misbehaving() -> Iterator[grpc.Channel]:
 def _outcome(channel: grpc.Channel, behaviour: str) -> Outcome:
     rpc = rpc_by_label()["DescribeKey"]
     call = channel.unary_unary(rpc.path, request_serializer=None, response_deserializer=None)
-    return send(call, Plan(rpc, behaviour.encode(), None, ("test",)), DEADLINE_SECONDS)
+    deadline = HANG_DEADLINE_SECONDS if behaviour == "hang" else DEADLINE_SECONDS
+    return send(call, Plan(rpc, behaviour.encode(), None, ("test",)), deadline)
 
 
 @pytest.mark.parametrize(

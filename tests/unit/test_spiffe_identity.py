@@ -345,3 +345,16 @@ def test_a_flag_that_contradicts_the_client_ca_is_refused() -> None:
         ValueError, match=r"--trust-domain other\.org is not the trust domain the client CA names"
     ):
         pinned_trust_domain(CLIENT_CA, "other.org")
+
+
+def test_a_cached_chain_stops_working_when_its_intermediate_expires() -> None:
+    """The verdict is cached per chain: it holds only until the chain's first certificate expires."""
+    now = datetime.now(UTC)
+    clock = [now.timestamp()]
+    intermediate = certs.make_intermediate_ca(OPEN_ROOT, days=1)
+    leaf = certs.make_client_cert(intermediate, [ACME_ADMIN], not_after=now + timedelta(days=30))
+    resolve = CertificateCallers("example.org", client_ca=CLIENT_CA, clock=lambda: clock[0])
+    assert resolve(chain_context(leaf, intermediate)).tenant == "acme"
+    clock[0] += 2 * 86400
+    with pytest.raises(UnauthenticatedException, match="expired"):
+        resolve(chain_context(leaf, intermediate))
