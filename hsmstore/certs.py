@@ -70,20 +70,9 @@ def make_ca(
     ``path_length``: how many intermediates may follow it (0: it signs leaves only; None: any).
     """
     key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = (now or datetime.now(UTC)) - BACKDATE
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + BACKDATE + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_key_usage(signs_certificates=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
+    end = start + BACKDATE + timedelta(days=days)
+    builder = _builder(common_name, key, None, start, end, ca=True, path_length=path_length)
     if trust_domain:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
@@ -102,23 +91,9 @@ def make_intermediate_ca(
     """An intermediate CA under ``ca``, unchecked: tests also make one that ``ca``'s path length forbids."""
     key = new_key()
     start = (now or datetime.now(UTC)) - BACKDATE
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + BACKDATE + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_key_usage(signs_certificates=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    return Issued(certificate, key)
+    end = start + BACKDATE + timedelta(days=days)
+    builder = _builder(common_name, key, ca, start, end, ca=True, path_length=path_length)
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
 def make_server_cert(
@@ -174,25 +149,45 @@ def _leaf(
     not_after: datetime,
 ) -> Issued:
     key = new_key()
+    builder = _builder(common_name, key, ca, not_before, not_after, ca=False, path_length=None)
+    builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def _builder(
+    common_name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Issued | None,
+    not_before: datetime,
+    not_after: datetime,
+    *,
+    ca: bool,
+    path_length: int | None,
+) -> x509.CertificateBuilder:
+    """What every certificate here has: names, validity, basic constraints, key usage, key ids.
+
+    ``issuer`` None: self-signed (no authority key id).
+    """
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.certificate.subject)
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(signs_certificates=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
+        .add_extension(_key_usage(signs_certificates=ca), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
     )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
+    return builder
 
 
 def write_pem(path: Path, data: bytes, *, private: bool = False) -> None:
