@@ -61,14 +61,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from hsmstore.core.audit_fields import AuditFields
 from hsmstore.core.model import Caller
-
-if TYPE_CHECKING:
-    from hsmstore.core.audit_fields import AuditFields
 
 EVENT_SOURCE = "kms.hsmstore"
 MAX_STRING_CHARS = 32768  # the longest valid input (a key policy: 32768 bytes) is kept whole
@@ -89,12 +87,6 @@ READ_ONLY_EVENTS = frozenset(
     }
 )  # fmt: skip
 # Cryptographic operations: what GetKeyLastUsage counts as a use of a key.
-CRYPTOGRAPHIC_EVENTS = frozenset(
-    {
-        "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
-        "GenerateDataKeyWithoutPlaintext", "GenerateRandom",
-    }
-)  # fmt: skip
 
 
 class _UrandomPool:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hsmstore.core.audit import CRYPTOGRAPHIC_EVENTS
+# The calls GetKeyLastUsage reports and LookupEvents counts as cryptographic (AWS's
+# "cryptographic operations"); core/audit.py builds the records that name them.
+CRYPTOGRAPHIC_EVENTS = frozenset(
+    {
+        "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext", "GenerateRandom",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,13 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from hsmstore import errors
 from hsmstore.core.audit import (
-    CRYPTOGRAPHIC_EVENTS,
     SerializedRecord,
     StoredAuditEvent,
     chain_hash,
     recipient_records,
     serialized,
 )
-from hsmstore.core.audit_fields import audit_fields
+from hsmstore.core.audit_fields import CRYPTOGRAPHIC_EVENTS, audit_fields
 from hsmstore.core.ports import AuditQuery, AuditSeal
 from hsmstore.store.schema import (
     audit_anchor,
