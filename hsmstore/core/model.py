@@ -1,7 +1,9 @@
 """Domain records: what the metadata store keeps about keys.
 
 Only names, states and version bookkeeping live here; key material lives only
-on the token, addressed by a version's ``token_id`` (the token object's CKA_ID).
+in a key store, addressed by a version's :class:`KeyMaterialRef`: which key
+store, how the material resides there, and its handle (today the token
+object's CKA_ID, a version's ``token_id``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,43 @@ class EncryptionAlgorithm(StrEnum):
     SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 
 
+# The key store every key lives in unless it names a custom key store (AWS:
+# keys without a CustomKeyStoreId live in the KMS key store). Every row written
+# before key stores were named (migration 0007) belongs to it.
+DEFAULT_KEY_STORE_ID = "default"
+
+
+class Residency(StrEnum):
+    """How a version's material resides in its key store.
+
+    ``TOKEN_OBJECT``: a non-extractable object on the key store's token, found
+    by its CKA_ID (the only residency written today). ``WRAPPED``: a blob
+    wrapped under the key store's wrapping key, unwrapped into a session object
+    for each use, so the token holds no object per version.
+    """
+
+    TOKEN_OBJECT = "TOKEN_OBJECT"  # noqa: S105 - a residency, not a secret
+    WRAPPED = "WRAPPED"
+
+
+@dataclass(frozen=True)
+class KeyMaterialRef:
+    """Where one version's material is: what the key-store ports take instead of raw ids.
+
+    ``handle`` is the token object's CKA_ID for ``TOKEN_OBJECT`` material and
+    the wrapped blob for ``WRAPPED`` material. It never holds key bytes in
+    plaintext.
+    """
+
+    key_store_id: str
+    residency: Residency
+    handle: bytes
+
+    @classmethod
+    def token_object(cls, token_id: bytes, key_store_id: str = DEFAULT_KEY_STORE_ID) -> KeyMaterialRef:
+        return cls(key_store_id, Residency.TOKEN_OBJECT, token_id)
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """One KMS key as the metadata DB holds it."""
@@ -91,6 +130,7 @@ class KeyRecord:
     pending_window_days: int | None = None
     rotation_period_days: int | None = None  # None: automatic rotation is off
     next_rotation_date: datetime | None = None
+    key_store_id: str = DEFAULT_KEY_STORE_ID
 
     @property
     def rotation_enabled(self) -> bool:
@@ -106,10 +146,10 @@ class KeyRecord:
 
 @dataclass(frozen=True)
 class KeyVersion:
-    """One generation of key material: exactly one token object.
+    """One generation of key material: exactly one token object (or, later, one wrapped blob).
 
     ``token_id`` is the 16-byte CKA_ID of that object; ``version`` counts from 1
-    and is what a ciphertext blob names.
+    and is what a ciphertext blob names. A version lives in its key's key store.
     """
 
     key_id: str
@@ -118,6 +158,13 @@ class KeyVersion:
     state: VersionState
     creation_date: datetime
     rotation_type: RotationType | None = None
+    key_store_id: str = DEFAULT_KEY_STORE_ID
+    residency: Residency = Residency.TOKEN_OBJECT
+
+    @property
+    def material(self) -> KeyMaterialRef:
+        """What the key-store ports take to use or destroy this version's material."""
+        return KeyMaterialRef(self.key_store_id, self.residency, self.token_id)
 
 
 @dataclass(frozen=True)
@@ -130,6 +177,12 @@ class DestructionRecord:
     token_id: bytes
     deletion_date: datetime
     destroyed_at: datetime | None = None
+    key_store_id: str = DEFAULT_KEY_STORE_ID
+    residency: Residency = Residency.TOKEN_OBJECT
+
+    @property
+    def material(self) -> KeyMaterialRef:
+        return KeyMaterialRef(self.key_store_id, self.residency, self.token_id)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from hsmstore.core.validation import check_marker, check_number
 from hsmstore.errors import InvalidMarkerException
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list: its entries, and the marker of the next page when truncated."""
+
+    entries: list[T]
+    next_marker: str
+    truncated: bool
+
 
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100

@@ -1,6 +1,6 @@
 """The ``AuditLog`` port on SQL: one hash chain shared by every process and node.
 
-Appending (core/audit.py, "Hash chain")::
+Appending (core/audit/record.py, "Hash chain")::
 
     lock the head row          PostgreSQL: SELECT ... FOR UPDATE; SQLite: BEGIN IMMEDIATE
     seq  = head.seq + 1, ...   assigned here, never by a sequence (a gap means a removal)
@@ -9,13 +9,11 @@ Appending (core/audit.py, "Hash chain")::
 
 The head row is the single point of serialisation, so two appenders can never
 take the same seq or link to the same predecessor, and a rolled-back append
-leaves no trace (no gap). ``_append_audit`` takes an open write transaction so
-that a management change and its record commit together ("recorded with the
-call's own DB change", core/audit.py).
-
-:class:`SqlAuditLog` is mixed into ``SqlMetadataStore``; it needs only the
-store's two engines (``_writer``: one transaction per call, ``_reader``: one
-statement, no BEGIN).
+leaves no trace (no gap). :meth:`SqlAuditLog.append_in` takes an open write
+transaction so that a management change and its record commit together
+("recorded with the call's own DB change", core/audit/record.py): the other
+parts of ``SqlMetadataStore`` are given this log and call
+:meth:`SqlAuditLog.record_change` inside their own transactions.
 """
 
 from __future__ import annotations
@@ -24,19 +22,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Engine, and_, exc, func, or_, select
+from sqlalchemy import and_, exc, func, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 
 from hsmstore import errors
-from hsmstore.core.audit import (
-    SerializedRecord,
-    StoredAuditEvent,
-    chain_hash,
-    recipient_records,
-    serialized,
-)
-from hsmstore.core.audit_fields import CRYPTOGRAPHIC_EVENTS, audit_fields
+from hsmstore.core.audit.chain import StoredAuditEvent, chain_hash
+from hsmstore.core.audit.fields import CRYPTOGRAPHIC_EVENTS, audit_fields
+from hsmstore.core.audit.record import SerializedRecord, recipient_records, serialized
 from hsmstore.core.ports import AuditQuery, AuditSeal
+from hsmstore.store.database import Database
 from hsmstore.store.schema import (
     audit_anchor,
     audit_chain_head,
@@ -53,10 +47,11 @@ _SINGLE_ROW: Final = 1  # the id of the one row of audit_chain_head and audit_an
 
 
 class SqlAuditLog:
-    """``AuditLog`` on the store's engines (see the module docstring)."""
+    """``AuditLog`` on the store's database (see the module docstring)."""
 
-    _writer: Engine
-    _reader: Engine
+    def __init__(self, database: Database) -> None:
+        self._writer = database.writer
+        self._reader = database.reader
 
     # -- appending --------------------------------------------------------
 
@@ -73,14 +68,19 @@ class SqlAuditLog:
         """
         try:
             with self._writer.begin() as connection:
-                seqs = self._append_audit(connection, records)
+                seqs = self.append_in(connection, records)
                 if spool_position is not None:
                     _move_spool_offset(connection, *spool_position)
         except exc.IntegrityError:
             raise errors.AlreadyExistsException("an audit record with that eventID is in the trail") from None
         return seqs
 
-    def _append_audit(
+    def record_change(self, connection: Connection, audit: Mapping[str, Any] | None) -> None:
+        """Append a management change's record, if the caller gave one, in the change's transaction."""
+        if audit is not None:
+            self.append_in(connection, [audit])
+
+    def append_in(
         self, connection: Connection, records: Sequence[Mapping[str, Any] | SerializedRecord]
     ) -> list[int]:
         """Append ``records`` inside the caller's write transaction; returns their seqs.
@@ -90,7 +90,7 @@ class SqlAuditLog:
         """
         if not records:
             return []
-        # A management change's record (a mapping): the key owner's copy too (core/audit.py
+        # A management change's record (a mapping): the key owner's copy too (core/audit/record.py
         # recipient_records). Spool lines (SerializedRecord) were made into copies when spooled.
         items = [
             copy

@@ -1,8 +1,8 @@
 """The ``AuthorizationStore`` port on SQL: key policies, grants, identity policies.
 
-:class:`SqlAuthorizationStore` is mixed into ``SqlMetadataStore`` like
-``SqlAuditLog``: it needs the store's ``_writer`` (one transaction per call),
-``_reader`` (one statement, no BEGIN) and ``_audit_change``.
+A part of ``SqlMetadataStore``: it is given the store's database and its
+audit trail, whose ``record_change`` appends a change's record in the
+change's transaction.
 
 Grants are stored with their operations as a sorted comma-separated list and
 their constraints as ``GrantConstraints.to_json()`` (sorted keys), so two
@@ -16,22 +16,25 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, exc, select, tuple_
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy import and_, exc, select, tuple_
+from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
-from hsmstore.core.grants import GrantConstraints, GrantRecord
+from hsmstore.core.access.grants import GrantConstraints, GrantRecord
 from hsmstore.core.ports import IdentityPolicyRecord
+from hsmstore.store.audit_sql import SqlAuditLog
+from hsmstore.store.database import Database
 from hsmstore.store.locks import lock_existing_key
 from hsmstore.store.schema import grants, identity_policies, key_policies
 
 
 class SqlAuthorizationStore:
-    _writer: Engine
-    _reader: Engine
+    """``AuthorizationStore`` on the store's database; its changes are recorded in ``trail``."""
 
-    def _audit_change(self, connection: Connection, audit: Mapping[str, Any] | None) -> None:
-        raise NotImplementedError  # provided by SqlMetadataStore
+    def __init__(self, database: Database, trail: SqlAuditLog) -> None:
+        self._writer = database.writer
+        self._reader = database.reader
+        self._trail = trail
 
     # -- key policies -----------------------------------------------------
 
@@ -62,7 +65,7 @@ class SqlAuthorizationStore:
                         key_id=key_id, policy_name=policy_name, document=document, last_updated=now
                     )
                 )
-            self._audit_change(connection, audit)
+            self._trail.record_change(connection, audit)
 
     # -- grants -------------------------------------------------------------
 
@@ -82,7 +85,7 @@ class SqlAuthorizationStore:
                 connection.execute(grants.insert().values(values))
             except exc.IntegrityError:
                 raise errors.AlreadyExistsException(f"grant {grant.grant_id} already exists") from None
-            self._audit_change(connection, audit)
+            self._trail.record_change(connection, audit)
         return grant
 
     def get_grant(self, grant_id: str) -> GrantRecord | None:
@@ -123,7 +126,7 @@ class SqlAuthorizationStore:
         with self._writer.begin() as connection:
             deleted = connection.execute(grants.delete().where(grants.c.grant_id == grant_id)).rowcount
             if deleted:
-                self._audit_change(connection, audit)
+                self._trail.record_change(connection, audit)
         return bool(deleted)
 
     # -- identity policies --------------------------------------------------
@@ -161,7 +164,7 @@ class SqlAuthorizationStore:
                         .where(*where)
                         .values(document=record.document, last_updated=record.last_updated)
                     )
-            self._audit_change(connection, audit)
+            self._trail.record_change(connection, audit)
 
     def delete_identity_policy(
         self, tenant: str, principal: str, policy_name: str, *, audit: Mapping[str, Any] | None = None
@@ -175,7 +178,7 @@ class SqlAuthorizationStore:
                 )
             ).rowcount
             if deleted:
-                self._audit_change(connection, audit)
+                self._trail.record_change(connection, audit)
         return bool(deleted)
 
     def list_identity_policies(

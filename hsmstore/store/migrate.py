@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from hsmstore.store.sql import create_engine_for_url
+from hsmstore.store.engine import create_engine_for_url
 
 MIGRATIONS_DIRECTORY = Path(__file__).resolve().with_name("migrations")
 

@@ -38,6 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, Residency
+
 # Explicit constraint names keep migrations stable and readable on both engines.
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -52,6 +54,7 @@ NAME_LENGTH = 256  # tenants and alias names (AWS allows 256 characters)
 ENUM_LENGTH = 32  # enum values of hsmstore.core.model, stored by value
 TOKEN_ID_LENGTH = 16  # the token object's CKA_ID
 TAG_KEY_LENGTH = 128  # AWS TagKey: 1-128 characters
+KEY_STORE_ID_LENGTH = 64  # AWS CustomKeyStoreId: 1-64 characters
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -107,6 +110,9 @@ keys = Table(
     Column("pending_window_days", Integer(), nullable=True),
     Column("rotation_period_days", Integer(), nullable=True),
     Column("next_rotation_date", UtcDateTime(), nullable=True),
+    # Migration 0007. The server defaults are what rows written before it (and by
+    # nodes still on the previous release) get: the default key store, a token object.
+    Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False, server_default=DEFAULT_KEY_STORE_ID),
     PrimaryKeyConstraint("key_id"),
     # list_keys: WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?
     Index(None, "tenant", "key_id"),
@@ -126,6 +132,9 @@ key_versions = Table(
     Column("state", String(ENUM_LENGTH), nullable=False),
     Column("creation_date", UtcDateTime(), nullable=False),
     Column("rotation_type", String(ENUM_LENGTH), nullable=True),
+    # Migration 0007: always its key's key store; how the material resides there.
+    Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False, server_default=DEFAULT_KEY_STORE_ID),
+    Column("residency", String(ENUM_LENGTH), nullable=False, server_default=Residency.TOKEN_OBJECT.value),
     # The primary key also serves get_version and list_versions (key_id first).
     # It is also what makes a rotation happen once: two rotators both try to
     # insert version n+1 and only one can.
@@ -169,6 +178,7 @@ tags = Table(
 
 # No foreign key: destruction records outlive the key, as the operator's proof
 # that every token object of every version was destroyed (C_DestroyObject).
+# So they keep their own copy of where the material was (migration 0007).
 key_destructions = Table(
     "key_destructions",
     metadata,
@@ -178,13 +188,15 @@ key_destructions = Table(
     Column("token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
     Column("deletion_date", UtcDateTime(), nullable=False),
     Column("destroyed_at", UtcDateTime(), nullable=True),
+    Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False, server_default=DEFAULT_KEY_STORE_ID),
+    Column("residency", String(ENUM_LENGTH), nullable=False, server_default=Residency.TOKEN_OBJECT.value),
     PrimaryKeyConstraint("key_id", "version"),
 )
 
 # Tombstones (migration 0006): the token ids this DB gave up on, written in the
 # transaction that deleted their version rows. The junk sweep destroys a token
 # object only if its CKA_ID is here (or in an ABANDONED version or a FAILED
-# key), never one this DB does not know (core/service.py, sweep_junk_objects).
+# key), never one this DB does not know (core/keys/junk_sweep.py).
 abandoned_token_objects = Table(
     "abandoned_token_objects",
     metadata,
@@ -198,7 +210,7 @@ abandoned_token_objects = Table(
 )
 
 
-# -- the audit trail (core/audit.py; migration 0003) -------------------------
+# -- the audit trail (core/audit/record.py; migration 0003) -------------------------
 
 HASH_LENGTH = 32  # SHA-256
 EVENT_NAME_LENGTH = 64
@@ -284,7 +296,7 @@ audit_spool_offsets = Table(
 )
 
 
-# -- authorization (core/authorization.py; migration 0004) -------------------
+# -- authorization (core/access/decisions.py; migration 0004) -------------------
 
 GRANT_ID_LENGTH = 64  # 64 hex characters, like AWS grant ids
 PRINCIPAL_LENGTH = 512  # arn:hsmstore:iam::<tenant>:<kind>/<name>
@@ -335,7 +347,7 @@ grants = Table(
 
 # Identity policies (the IAM analogue): named documents attached to one
 # principal of a tenant. A tenant's role/admin with none stored gets the
-# default (core/default_policies.py).
+# default (core/access/default_policies.py).
 identity_policies = Table(
     "identity_policies",
     metadata,

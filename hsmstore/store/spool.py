@@ -20,7 +20,7 @@ Spool format, one record per line::
     H <TAB> eventID <TAB> eventTime <TAB> tenant <TAB> principal <TAB> eventName
       <TAB> keyId <TAB> keyVersion <TAB> errorCode <TAB> canonical JSON record <LF>
 
-The eight index fields (core/audit_fields.py ``index_strings``, "" for none)
+The eight index fields (core/audit/fields.py ``index_strings``, "" for none)
 come first so that the ingester fills the DB's index columns without parsing
 the JSON (parsing was a quarter of a record's ingestion cost). The chain hash
 covers the canonical JSON only. A record whose index fields would hold a tab or
@@ -28,7 +28,7 @@ a line break is written as its canonical JSON alone (a line starting with
 ``{``), and the ingester parses that one; it reads both forms.
 
 Bounds (issue 14): a record's canonical JSON is at most ``MAX_RECORD_BYTES``
-(core/audit.py, "Record size bound"), so a line is at most
+(core/audit/record.py, "Record size bound"), so a line is at most
 :data:`MAX_SPOOL_LINE_BYTES` (the head repeats some of its fields), well
 inside one ingest batch of :data:`MAX_BATCH_BYTES`.
 
@@ -61,14 +61,14 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from hsmstore.core.audit import (
+from hsmstore.core.audit.fields import INDEX_FIELDS, audit_fields, fields_from_strings, index_strings
+from hsmstore.core.audit.record import (
     MAX_RECORD_BYTES,
     UNREADABLE_SPOOL_LINE_EVENT,
     SerializedRecord,
     bound_record,
     recipient_records,
 )
-from hsmstore.core.audit_fields import INDEX_FIELDS, audit_fields, fields_from_strings, index_strings
 from hsmstore.core.ports import AuditLog
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ import pytest
 from sqlalchemy import Engine
 
 from hsmstore.core.ports import MetadataStore
+from hsmstore.store.engine import create_engine_for_url
 from hsmstore.store.migrate import upgrade
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.sql import SqlMetadataStore
 from tests.fakes.store import FakeMetadataStore
 from tests.postgres import fresh_database as fresh_postgresql_database
 

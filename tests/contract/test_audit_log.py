@@ -1,7 +1,7 @@
 """The AuditLog contract, on the fake, SQLite and PostgreSQL (fixtures from conftest_store).
 
 What it pins down: one gap-free hash chain however many threads and processes
-append (core/audit.py: "changing, removing, inserting or reordering a row
+append (core/audit/record.py: "changing, removing, inserting or reordering a row
 breaks every later hash"); LookupEvents' filters and paging (CloudTrail: newest
 first, one tenant); a spool offset stored with its records (exactly once); a
 management change and its record committed together, or neither; retention
@@ -25,15 +25,10 @@ import sqlalchemy
 from sqlalchemy.engine import Engine
 
 from hsmstore import errors
-from hsmstore.core.audit import (
-    GENESIS_HASH,
-    CallAudit,
-    canonical_record_bytes,
-    chain_hash,
-    first_chain_problem,
-)
-from hsmstore.core.audit_fields import audit_fields
-from hsmstore.core.audit_jobs import verify_trail
+from hsmstore.core.audit.chain import GENESIS_HASH, chain_hash, first_chain_problem
+from hsmstore.core.audit.fields import audit_fields
+from hsmstore.core.audit.jobs import verify_trail
+from hsmstore.core.audit.record import CallAudit, canonical_record_bytes
 from hsmstore.core.model import (
     AliasRecord,
     Caller,
@@ -45,9 +40,10 @@ from hsmstore.core.model import (
 )
 from hsmstore.core.ports import AuditLog, AuditQuery, AuditSeal, MetadataStore
 from hsmstore.store.audit_sql import ITER_BATCH_CHARS
+from hsmstore.store.engine import create_engine_for_url
 from hsmstore.store.migrate import upgrade
 from hsmstore.store.spool import MAX_BATCH_BYTES, SpoolAuditSink, SpoolIngester, spool_line
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.sql import SqlMetadataStore
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
     sql_engine_fixture,
@@ -674,9 +670,9 @@ def test_iterating_the_trail_reads_large_records_in_batches_bounded_by_bytes(sql
         if "record_json" in statement and "length(" not in statement.lower():
             loads.append(statement)
 
-    sqlalchemy.event.listen(store._reader, "before_cursor_execute", note)
+    sqlalchemy.event.listen(store.database.reader, "before_cursor_execute", note)
     try:
         assert len(list(log_of(store).iter_audit_events())) == 40
     finally:
-        sqlalchemy.event.remove(store._reader, "before_cursor_execute", note)
+        sqlalchemy.event.remove(store.database.reader, "before_cursor_execute", note)
     assert len(loads) >= 40 * 90_000 // ITER_BATCH_CHARS

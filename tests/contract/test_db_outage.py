@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import exc, text
 
 from hsmstore.errors import DependencyUnavailableException
+from hsmstore.store.engine import create_engine_for_url
 from hsmstore.store.migrate import upgrade
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.sql import SqlMetadataStore
 from tests.postgres import PostgresCluster, find_bindir
 
 

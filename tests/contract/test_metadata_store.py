@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import Engine, Table, event, func, inspect, select, text
 
 from hsmstore import errors
 from hsmstore.core.model import (
+    DEFAULT_KEY_STORE_ID,
     AliasRecord,
+    DestructionRecord,
     KeyManager,
     KeyRecord,
     KeySpec,
@@ -28,6 +31,7 @@ from hsmstore.core.model import (
     KeyUsage,
     KeyVersion,
     Origin,
+    Residency,
     RotationType,
     VersionState,
     new_key_id,
@@ -35,8 +39,10 @@ from hsmstore.core.model import (
 )
 from hsmstore.core.ports import KnownTokenIds, MetadataStore
 from hsmstore.store import migrate
-from hsmstore.store.schema import metadata
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.engine import create_engine_for_url
+from hsmstore.store.key_rows import destruction_values, key_values, version_values
+from hsmstore.store.schema import key_destructions, key_versions, keys, metadata
+from hsmstore.store.sql import SqlMetadataStore
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
     sql_engine_fixture,
@@ -803,16 +809,153 @@ def test_known_token_ids_answers_for_more_ids_than_one_query_takes(store: Metada
     assert known == KnownTokenIds(frozenset({live_version.token_id}), frozenset({gone_version.token_id}))
 
 
+def insert_as_an_older_release(engine: Engine, table: Table, values: Mapping[str, Any]) -> None:
+    """Insert a row as the release of the DB's revision did: only the columns the DB has yet."""
+    with engine.begin() as connection:
+        present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+        connection.execute(table.insert().values({k: v for k, v in values.items() if k in present}))
+
+
+def add_enabled_key_as_an_older_release(engine: Engine) -> tuple[KeyRecord, KeyVersion]:
+    key, version = make_key()
+    key, version = key.with_state(KeyState.ENABLED), replace(version, state=VersionState.ACTIVE)
+    insert_as_an_older_release(engine, keys, key_values(key))
+    insert_as_an_older_release(engine, key_versions, version_values(version))
+    return key, version
+
+
 def test_upgrading_from_0005_keeps_the_keys_and_adds_an_empty_tombstone_table(database_url: str) -> None:
     migrate.upgrade(database_url, "0005")
     engine = create_engine_for_url(database_url)
     try:
-        key = add_enabled_key(SqlMetadataStore(engine))
+        key, _ = add_enabled_key_as_an_older_release(engine)
         migrate.upgrade(database_url)
         sql_store = SqlMetadataStore(engine)
         assert sql_store.get_key(key.key_id) == key
         assert sql_store.list_abandoned_token_objects(T0 + timedelta(days=1), 10) == []
         [version] = sql_store.list_versions(key.key_id)
         assert sql_store.known_token_ids([version.token_id]).in_use == {version.token_id}
+    finally:
+        engine.dispose()
+
+
+# -- key stores (migration 0007) ------------------------------------------------
+
+CUSTOM_KEY_STORE = "cks-1234567890abcdef0"  # the form of an AWS CustomKeyStoreId
+
+
+def test_key_store_and_residency_round_trip_for_keys_versions_and_destructions(store: MetadataStore) -> None:
+    key, first = make_key()
+    key = replace(key, key_store_id=CUSTOM_KEY_STORE)
+    first = replace(first, key_store_id=CUSTOM_KEY_STORE, residency=Residency.WRAPPED)
+    store.insert_creating_key(key, first)
+
+    assert store.get_key(key.key_id) == key
+    assert store.get_version(key.key_id, 1) == first
+    assert [c.versions for c in store.list_pending_creations(T0 + timedelta(seconds=1))] == [[first]]
+    store.finish_creating_key(key.key_id)
+    first = replace(first, state=VersionState.ACTIVE)
+    [listed] = store.list_keys("tenant-a", 10, None)
+    assert listed.key_store_id == CUSTOM_KEY_STORE
+
+    rotation = replace(rotation_version(key, 2), key_store_id=CUSTOM_KEY_STORE)
+    assert store.insert_pending_version(rotation, 25) is True
+    assert store.get_version(key.key_id, 2) == rotation
+    assert store.list_pending_versions(T0 + timedelta(seconds=1)) == [rotation]
+    assert store.finish_rotation(key.key_id, 2, rotation.token_id, None) is True
+    rotation = replace(rotation, state=VersionState.ACTIVE)
+    assert store.list_versions(key.key_id) == [first, rotation]
+    assert rotation.residency is Residency.TOKEN_OBJECT  # versions of one key may differ in residency
+
+    store.schedule_deletion(key.key_id, KeyState.ENABLED, T0, 7)
+    assert [k.key_store_id for k in store.list_keys_to_destroy(T0, 10)] == [CUSTOM_KEY_STORE]
+    store.begin_destruction(key.key_id)
+    store.delete_key(key.key_id)  # the records outlive the version rows and keep where the material was
+    assert list(store.list_destructions(key.key_id)) == [
+        DestructionRecord(
+            key.key_id, "tenant-a", 1, first.token_id, T0, None, CUSTOM_KEY_STORE, Residency.WRAPPED
+        ),
+        DestructionRecord(key.key_id, "tenant-a", 2, rotation.token_id, T0, None, CUSTOM_KEY_STORE),
+    ]
+    assert [r.material for r in store.list_destructions(key.key_id)] == [first.material, rotation.material]
+
+
+def test_keys_and_versions_that_name_no_key_store_are_in_the_default_one(store: MetadataStore) -> None:
+    key = add_enabled_key(store)
+    [version] = store.list_versions(key.key_id)
+    stored = store.get_key(key.key_id)
+    assert stored is not None
+    assert (stored.key_store_id, version.key_store_id, version.residency) == (
+        DEFAULT_KEY_STORE_ID,
+        DEFAULT_KEY_STORE_ID,
+        Residency.TOKEN_OBJECT,
+    )
+
+
+def test_a_new_keys_first_version_must_be_in_the_keys_key_store(store: MetadataStore) -> None:
+    key, version = make_key()
+    with pytest.raises(ValueError, match="key store"):
+        store.insert_creating_key(key, replace(version, key_store_id=CUSTOM_KEY_STORE))
+    with pytest.raises(ValueError, match="key store"):
+        store.insert_creating_key(replace(key, key_store_id=CUSTOM_KEY_STORE), version)
+    assert store.get_key(key.key_id) is None
+
+
+def test_upgrading_from_0006_puts_every_key_version_and_destruction_in_the_default_store(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url, "0006")
+    engine = create_engine_for_url(database_url)
+    try:
+        live, live_version = add_enabled_key_as_an_older_release(engine)
+        rotated = replace(rotation_version(live, 2), state=VersionState.ACTIVE)
+        insert_as_an_older_release(engine, key_versions, version_values(rotated))
+        doomed, doomed_version = add_enabled_key_as_an_older_release(engine)
+        doomed = replace(doomed, state=KeyState.DESTROYING, deletion_date=T0, pending_window_days=7)
+        with engine.begin() as connection:
+            connection.execute(
+                keys.update()
+                .where(keys.c.key_id == doomed.key_id)
+                .values(key_state=doomed.state.value, deletion_date=T0, pending_window_days=7)
+            )
+        insert_as_an_older_release(engine, key_destructions, destruction_values(doomed, doomed_version))
+
+        migrate.upgrade(database_url)
+
+        sql_store = SqlMetadataStore(engine)
+        assert sql_store.get_key(live.key_id) == live
+        assert sql_store.get_key(doomed.key_id) == doomed
+        assert sql_store.list_versions(live.key_id) == [live_version, rotated]
+        assert sql_store.list_versions(doomed.key_id) == [doomed_version]
+        assert sql_store.list_destructions() == [
+            DestructionRecord(doomed.key_id, doomed.tenant, 1, doomed_version.token_id, T0)
+        ]
+        with engine.connect() as connection:
+            for table in (keys, key_versions, key_destructions):
+                assert set(connection.execute(select(table.c.key_store_id)).scalars()) == {
+                    DEFAULT_KEY_STORE_ID
+                }
+            for table in (key_versions, key_destructions):
+                assert set(connection.execute(select(table.c.residency)).scalars()) == {"TOKEN_OBJECT"}
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0007_keeps_every_key_and_version(database_url: str) -> None:
+    """SQLite: a batch table copy of ``keys`` would cascade to every version row."""
+    migrate.upgrade(database_url)
+    engine = create_engine_for_url(database_url)
+    try:
+        sql_store = SqlMetadataStore(engine)
+        key = add_enabled_key(sql_store)
+        versions = sql_store.list_versions(key.key_id)
+        with engine.connect() as connection:
+            command.downgrade(migrate.alembic_config(connection), "0006")
+        assert migrate.current_revision(database_url) == "0006"
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(key_versions)).scalar() == 1
+        migrate.upgrade(database_url)
+        assert sql_store.get_key(key.key_id) == key
+        assert sql_store.list_versions(key.key_id) == versions
     finally:
         engine.dispose()

@@ -5,8 +5,8 @@ It behaves like ``hsmstore.store.sql.SqlMetadataStore`` (the contract tests in
 the same orders, datetimes normalised to UTC, and one lock so that it can be
 used from several threads like the real one.
 
-The audit trail is the same hash chain as the SQL store's (core/audit.py),
-indexed by the same fields (``core/audit_fields.py``). ``audit=`` on a
+The audit trail is the same hash chain as the SQL store's (core/audit/record.py),
+indexed by the same fields (``core/audit/fields.py``). ``audit=`` on a
 management write appends the record under the same lock as the change, and
 only if the change happened: the in-memory version of "one transaction".
 """
@@ -20,15 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hsmstore import errors
-from hsmstore.core.audit import (
-    GENESIS_HASH,
-    SerializedRecord,
-    StoredAuditEvent,
-    chain_hash,
-    serialized,
-)
-from hsmstore.core.audit_fields import AuditFields, audit_fields
-from hsmstore.core.grants import GrantRecord
+from hsmstore.core.access.grants import GrantRecord
+from hsmstore.core.audit.chain import GENESIS_HASH, StoredAuditEvent, chain_hash
+from hsmstore.core.audit.fields import AuditFields, audit_fields
+from hsmstore.core.audit.record import SerializedRecord, serialized
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
@@ -85,6 +80,10 @@ class FakeMetadataStore:
             raise ValueError(f"a new key's first version must be PENDING, not {version.state}")
         if version.key_id != key.key_id:
             raise ValueError("the version belongs to another key")
+        if version.key_store_id != key.key_store_id:
+            raise ValueError(
+                f"the version is in key store {version.key_store_id!r}, its key in {key.key_store_id!r}"
+            )
         key = replace(
             key,
             creation_date=_utc(key.creation_date),
@@ -266,6 +265,8 @@ class FakeMetadataStore:
                         version.version,
                         version.token_id,
                         key.deletion_date or version.creation_date,
+                        key_store_id=version.key_store_id,
+                        residency=version.residency,
                     ),
                 )
             return True

@@ -23,16 +23,18 @@ from typing import Any
 
 import pytest
 
-from hsmstore.core.audit import CallAudit, canonical_record_bytes, chain_hash
-from hsmstore.core.audit_jobs import seal_chain_head
+from hsmstore.core.audit.chain import chain_hash
+from hsmstore.core.audit.jobs import seal_chain_head
+from hsmstore.core.audit.record import CallAudit, canonical_record_bytes
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import SystemClock
 from hsmstore.hsm.devtoken import SoftHsmNotInstalledError, activate, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from hsmstore.store.engine import create_engine_for_url
 from hsmstore.store.migrate import upgrade
 from hsmstore.store.spool import SpoolIngester
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.sql import SqlMetadataStore
 
 pytestmark = pytest.mark.integration
 

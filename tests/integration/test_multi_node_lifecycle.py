@@ -20,7 +20,8 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url
+from hsmstore.store.engine import create_engine_for_url
+from hsmstore.store.sql import SqlMetadataStore
 from tests.integration.harness import ControlledClock, ServerProcess, reason_of, two_nodes, wait_until
 from tests.integration.test_lifecycle import labels_of
 from tests.postgres import fresh_database

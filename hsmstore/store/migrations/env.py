@@ -17,8 +17,8 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from hsmstore.store.engine import create_engine_for_url, write_options
 from hsmstore.store.schema import metadata
-from hsmstore.store.sql import create_engine_for_url, write_options
 
 # pg_advisory_xact_lock key shared by every hsmstore upgrader: 'hsmstore' as a big-endian int64.
 POSTGRESQL_MIGRATION_LOCK: int = int.from_bytes(b"hsmstore", "big", signed=True)

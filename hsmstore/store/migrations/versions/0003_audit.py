@@ -6,7 +6,7 @@ Create Date: 2026-11-24
 
 Additive only (new tables), so nodes still running the previous release keep
 working. The chain head and the anchor start at the genesis: seq 0 and 32 zero
-bytes (core/audit.py: "hash(0) = 32 zero bytes"), inserted here so that an
+bytes (core/audit/record.py: "hash(0) = 32 zero bytes"), inserted here so that an
 appender only ever updates the head row, never races to create it.
 """
 

@@ -6,7 +6,7 @@ Create Date: 2026-11-24
 
 Additive only (new tables). Keys made before this revision have no stored key
 policy; the service answers AWS's default key policy for them
-(core/default_policies.py), which is what they were created under in effect.
+(core/access/default_policies.py), which is what they were created under in effect.
 """
 
 from __future__ import annotations

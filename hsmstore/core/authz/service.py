@@ -1,11 +1,11 @@
-"""Use cases for key policies, grants, identity policies and Simulate.
+"""Use cases for key policies, grants and Simulate.
 
-Key lookup and the request-path gate are ``KeyService.resolve_key`` (every
-operation, these included, is authorized there); this module adds what AWS's
+Key lookup and the request-path gate are ``keys/gate.py`` (every operation,
+these included, is authorized there); this module adds what AWS's
 PutKeyPolicy, GetKeyPolicy, ListKeyPolicies, CreateGrant, ListGrants,
-ListRetirableGrants, RetireGrant and RevokeGrant do, hsmstore's identity
-policies (the IAM analogue, per tenant, attached to one principal), and
-``simulate``, which answers what a call would be answered and why.
+ListRetirableGrants, RetireGrant and RevokeGrant do, and ``simulate``, which
+answers what a call would be answered and why. hsmstore's identity policies
+are ``identity_policies.py``.
 """
 
 from __future__ import annotations
@@ -13,20 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
-from hsmstore.core import audit
-from hsmstore.core.access import (
-    DEFAULT_IDENTITY_POLICY_NAME,
+from hsmstore.core.audit import capture
+from hsmstore.core.authz.access import (
     GrantRequestFacts,
     access_denied,
     cross_tenant_not_found,
-    is_admin_role,
 )
-from hsmstore.core.authorization import Decision
-from hsmstore.core.context import check_encryption_context
-from hsmstore.core.default_policies import default_admin_identity_policy
-from hsmstore.core.grants import (
+from hsmstore.core.authz.decisions import Decision
+from hsmstore.core.authz.grants import (
     GrantConstraints,
     GrantRecord,
     grant_id_from_token,
@@ -36,12 +31,13 @@ from hsmstore.core.grants import (
     validate_grant_name,
     validate_grant_request,
 )
-from hsmstore.core.identifiers import PRINCIPAL_NAME_PATTERN, PrincipalName, key_arn, parse_principal_arn
+from hsmstore.core.authz.policy import IAM_ACTIONS, KMS_ACTIONS
+from hsmstore.core.formats.encryption_context import check_encryption_context
+from hsmstore.core.keys.gate import KeyGate
+from hsmstore.core.keys.identifiers import PRINCIPAL_NAME_PATTERN, key_arn, parse_principal_arn
 from hsmstore.core.model import Caller, KeyRecord, KeyState, tenant_root_arn
-from hsmstore.core.paging import check_limit, decode_marker, encode_marker
-from hsmstore.core.policy import IAM_ACTIONS, KMS_ACTIONS, parse_policy
-from hsmstore.core.ports import Clock, IdentityPolicyRecord
-from hsmstore.core.service import KeyService, Page, Store
+from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
+from hsmstore.core.ports import Clock, Store
 from hsmstore.core.validation import (
     MAX_GRANT_TOKEN_CHARS,
     check_grant_tokens,
@@ -80,21 +76,14 @@ class Simulation:
     key_arn: str
 
 
-@dataclass(frozen=True)
-class IdentityPolicy:
-    principal: str
-    policy_name: str
-    document: str
-    last_updated: datetime | None
-    is_default: bool
-
-
 class AuthorizationService:
-    def __init__(self, keys: KeyService) -> None:
-        self._keys = keys
-        self._store: Store = keys.store
-        self._clock: Clock = keys.clock
-        self._access = keys.access
+    """Key policies, grants and Simulate; every key they name comes through the gate."""
+
+    def __init__(self, gate: KeyGate, store: Store, clock: Clock) -> None:
+        self._gate = gate
+        self._store = store
+        self._clock = clock
+        self._access = gate.access
 
     # ------------------------------------------------------------ key policies
 
@@ -102,24 +91,25 @@ class AuthorizationService:
         self, caller: Caller, key_id: str, policy_name: str, policy: str, bypass_lockout_check: bool
     ) -> None:
         _check_key_policy_name(policy_name)
-        key = self._keys.resolve_key(caller, key_id, "kms:PutKeyPolicy", fresh=True)
+        key = self._gate.resolve(caller, key_id, "kms:PutKeyPolicy", fresh=True)
         _refuse_pending_deletion(key)
-        self._keys.check_new_key_policy(caller, key, policy, bypass_lockout_check)
-        self._store.put_key_policy(
-            key.key_id, KEY_POLICY_NAME, policy, self._clock.now(), audit=audit.record_for_change()
+        self._access.check_new_key_policy(caller, key, policy, bypass_lockout_check)
+        capture.change(
+            lambda record: self._store.put_key_policy(
+                key.key_id, KEY_POLICY_NAME, policy, self._clock.now(), audit=record
+            )
         )
-        audit.change_recorded()
         self._access.forget_key_policy(key.key_id)
 
     def get_key_policy(self, caller: Caller, key_id: str, policy_name: str) -> tuple[str, str]:
         _check_key_policy_name(policy_name)
-        key = self._keys.resolve_key(caller, key_id, "kms:GetKeyPolicy")
+        key = self._gate.resolve(caller, key_id, "kms:GetKeyPolicy")
         return self._access.key_policy_text(key), KEY_POLICY_NAME
 
     def list_key_policies(self, caller: Caller, key_id: str, limit: int | None, marker: str) -> Page[str]:
         """AWS ListKeyPolicies: "The only valid policy name is default"."""
         check_limit(limit)
-        self._keys.resolve_key(caller, key_id, "kms:ListKeyPolicies")
+        self._gate.resolve(caller, key_id, "kms:ListKeyPolicies")
         if marker:
             decode_marker("p", marker)  # a well-formed marker is past the one page there is
             return Page([], "", False)
@@ -150,7 +140,7 @@ class AuthorizationService:
         facts = GrantRequestFacts(
             tuple(operations), grantee_principal, retiring_principal or None, constraints
         )
-        key = self._keys.resolve_key(
+        key = self._gate.resolve(
             caller, key_id, "kms:CreateGrant", fresh=True, grant_tokens=grant_tokens, grant_request=facts
         )
         _refuse_pending_deletion(key)
@@ -166,9 +156,11 @@ class AuthorizationService:
             constraints=constraints,
             creation_date=self._clock.now(),
         )
-        stored = self._store.create_grant(grant, audit=audit.record_for_change())
-        if stored.grant_id == grant.grant_id:
-            audit.change_recorded()
+        # CreateGrant is idempotent: an identical grant answers the existing one, changing nothing.
+        stored = capture.change(
+            lambda record: self._store.create_grant(grant, audit=record),
+            committed=lambda stored: stored.grant_id == grant.grant_id,
+        )
         self._access.forget_grants(key.key_id)
         return stored.grant_id, grant_token_for(stored.grant_id)
 
@@ -187,7 +179,7 @@ class AuthorizationService:
             validate_grant_id(grant_id)
         if grantee_principal:
             parse_principal_arn(grantee_principal, "GranteePrincipal")
-        key = self._keys.resolve_key(caller, key_id, "kms:ListGrants")
+        key = self._gate.resolve(caller, key_id, "kms:ListGrants")
         grants = list(
             self._store.list_grants(
                 key.key_id, page_size + 1, after, grant_id or None, grantee_principal or None
@@ -224,7 +216,7 @@ class AuthorizationService:
         truncated = len(grants) > page_size
         grants = grants[:page_size]
         entries = [
-            GrantEntry(grant, key_arn(self._keys.region, grant.key_tenant, grant.key_id)) for grant in grants
+            GrantEntry(grant, key_arn(self._gate.region, grant.key_tenant, grant.key_id)) for grant in grants
         ]
         return Page(entries, encode_marker("g", grants[-1].grant_id) if truncated else "", truncated)
 
@@ -242,7 +234,7 @@ class AuthorizationService:
             hidden = _grant_not_found
         elif key_id and grant_id:
             validate_grant_id(grant_id)
-            key, _alias = self._keys.find_key(caller, key_id, "kms:RetireGrant", fresh=True)
+            key, _alias = self._gate.find(caller, key_id, "kms:RetireGrant", fresh=True)
             grant = self._store.get_grant(grant_id)
             if grant is not None and grant.key_id != key.key_id:
                 grant = None
@@ -276,15 +268,14 @@ class AuthorizationService:
 
     def revoke_grant(self, caller: Caller, key_id: str, grant_id: str) -> None:
         validate_grant_id(grant_id)
-        key = self._keys.resolve_key(caller, key_id, "kms:RevokeGrant", fresh=True)
+        key = self._gate.resolve(caller, key_id, "kms:RevokeGrant", fresh=True)
         grant = self._store.get_grant(grant_id)
         if grant is None or grant.key_id != key.key_id:
             raise _grant_not_found()
         self._delete_grant(grant)
 
     def _delete_grant(self, grant: GrantRecord) -> None:
-        if self._store.delete_grant(grant.grant_id, audit=audit.record_for_change()):
-            audit.change_recorded()
+        capture.change(lambda record: self._store.delete_grant(grant.grant_id, audit=record))
         self._access.forget_grants(grant.key_id)
 
     # --------------------------------------------------------------- simulate
@@ -329,7 +320,7 @@ class AuthorizationService:
         key: KeyRecord | None = None
         request_alias: str | None = None
         if key_id:
-            key, request_alias = self._keys.find_key(subject, key_id, action, create_service_key=False)
+            key, request_alias = self._gate.find(subject, key_id, action)
         decision = self._access.decide(
             subject,
             action,
@@ -344,88 +335,13 @@ class AuthorizationService:
             if not decision.allowed:
                 raise cross_tenant_not_found()
             if decision.grant_id is None:
-                # Never show another tenant's statements or Sids (core/authorization.py).
+                # Never show another tenant's statements or Sids (core/authz/decisions.py).
                 decided_by = "the owning tenant's key policy, with your identity policies"
         arn = "" if key is None else self._keys_arn(key)
         return Simulation(decision.allowed, decided_by, decision.grant_id, arn)
 
-    # -------------------------------------------------------- identity policies
-
-    def put_identity_policy(self, caller: Caller, principal: str, policy_name: str, policy: str) -> None:
-        self._own_principal(caller, principal)
-        _check_identity_policy_name(policy_name)
-        self._access.check(caller, "iam:PutIdentityPolicy", None)  # before the parse: any caller reaches it
-        parse_policy(policy, kind="identity")
-        record = IdentityPolicyRecord(caller.tenant, principal, policy_name, policy, self._clock.now())
-        self._store.put_identity_policy(record, audit=audit.record_for_change())
-        audit.change_recorded()
-        self._access.forget_identity_policies(caller.tenant, principal)
-
-    def get_identity_policy(self, caller: Caller, principal: str, policy_name: str) -> IdentityPolicy:
-        """Another tenant's principal has, as this tenant sees it, no policy: NotFound, as IAM
-        answers a name it does not know, so the answer says nothing about that tenant."""
-        name = self._own_principal(caller, principal, reading=True)
-        _check_identity_policy_name(policy_name)
-        self._access.check(caller, "iam:GetIdentityPolicy", None)
-        if name.tenant != caller.tenant:
-            raise NotFoundException(f"No identity policy {policy_name} is attached to {principal}")
-        stored = self._store.identity_policies_of(caller.tenant, principal)
-        for record in stored:
-            if record.policy_name == policy_name:
-                return IdentityPolicy(principal, policy_name, record.document, record.last_updated, False)
-        if (
-            not stored
-            and is_admin_role(caller.tenant, principal)
-            and policy_name == DEFAULT_IDENTITY_POLICY_NAME
-        ):
-            return IdentityPolicy(principal, policy_name, default_admin_identity_policy(), None, True)
-        raise NotFoundException(f"No identity policy {policy_name} is attached to {principal}")
-
-    def list_identity_policies(
-        self, caller: Caller, principal: str, limit: int | None, marker: str
-    ) -> Page[IdentityPolicy]:
-        """The tenant's identity policies, or one principal's; another tenant's principal: an empty page."""
-        name = self._own_principal(caller, principal, reading=True) if principal else None
-        page_size = check_limit(limit)
-        after = _decode_identity_marker(marker) if marker else None
-        self._access.check(caller, "iam:ListIdentityPolicies", None)
-        if name is not None and name.tenant != caller.tenant:
-            return Page([], "", False)
-        records = list(
-            self._store.list_identity_policies(caller.tenant, page_size + 1, after, principal or None)
-        )
-        truncated = len(records) > page_size
-        records = records[:page_size]
-        entries = [
-            IdentityPolicy(r.principal, r.policy_name, r.document, r.last_updated, False) for r in records
-        ]
-        next_marker = (
-            encode_marker("i", f"{records[-1].policy_name} {records[-1].principal}") if truncated else ""
-        )
-        return Page(entries, next_marker, truncated)
-
-    def delete_identity_policy(self, caller: Caller, principal: str, policy_name: str) -> None:
-        self._own_principal(caller, principal)
-        _check_identity_policy_name(policy_name)
-        self._access.check(caller, "iam:DeleteIdentityPolicy", None)
-        deleted = self._store.delete_identity_policy(
-            caller.tenant, principal, policy_name, audit=audit.record_for_change()
-        )
-        self._access.forget_identity_policies(caller.tenant, principal)
-        if not deleted:
-            raise NotFoundException(f"No identity policy {policy_name} is attached to {principal}")
-        audit.change_recorded()
-
-    @staticmethod
-    def _own_principal(caller: Caller, principal: str, *, reading: bool = False) -> PrincipalName:
-        """A user, service or role; of the caller's tenant, unless ``reading`` (see the readers)."""
-        name = parse_principal_arn(principal, "Principal")
-        if name.kind == "root" or (name.tenant != caller.tenant and not reading):
-            raise ValidationException("Principal must be a user, service or role of your own tenant")
-        return name
-
     def _keys_arn(self, key: KeyRecord) -> str:
-        return key_arn(self._keys.region, key.tenant, key.key_id)
+        return key_arn(self._gate.region, key.tenant, key.key_id)
 
 
 def _grant_not_found() -> NotFoundException:
@@ -443,18 +359,3 @@ def _check_key_policy_name(policy_name: str) -> None:
         check_text(policy_name, "PolicyName", max_length=MAX_KEY_POLICY_NAME_LENGTH)
     if policy_name and policy_name != KEY_POLICY_NAME:
         raise NotFoundException(f"The only key policy name is {KEY_POLICY_NAME}")
-
-
-def _check_identity_policy_name(policy_name: str) -> None:
-    check_pattern(
-        policy_name,
-        "PolicyName",
-        IDENTITY_POLICY_NAME_PATTERN,
-        "1 to 128 of the characters A-Z a-z 0-9 + = , . @ _ -",
-        max_length=128,
-    )
-
-
-def _decode_identity_marker(marker: str) -> tuple[str, str]:
-    policy_name, _, principal = decode_marker("i", marker).partition(" ")
-    return principal, policy_name

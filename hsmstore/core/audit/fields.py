@@ -1,11 +1,11 @@
 """The columns an audit record is indexed by, read from the record itself.
 
-The record (core/audit.py) is the truth the hash covers; the stores copy a few
+The record (core/audit/record.py) is the truth the hash covers; the stores copy a few
 of its fields into columns so LookupEvents can filter without parsing JSON.
 CloudTrail's lookup attributes map to them: ``EventName`` -> ``eventName``,
 ``Username`` -> ``userIdentity.arn``, ``ResourceName`` -> the first resource's
 key id. The tenant whose trail holds a record is its ``recipientAccountId``
-(a key owner's copy of another tenant's use, core/audit.py), or, for a record
+(a key owner's copy of another tenant's use, core/audit/record.py), or, for a record
 without one, ``userIdentity.accountId``. Both stores (SQL and the in-memory
 fake) use this one function, so they index a record identically.
 """
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # The calls GetKeyLastUsage reports and LookupEvents counts as cryptographic (AWS's
-# "cryptographic operations"); core/audit.py builds the records that name them.
+# "cryptographic operations"); core/audit/record.py builds the records that name them.
 CRYPTOGRAPHIC_EVENTS = frozenset(
     {
         "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",

@@ -4,13 +4,13 @@ CloudTrail: "You can look up events [...] by one attribute at a time"; results
 newest first; ``MaxResults`` 1-50 (default 50); an opaque ``NextToken``. A
 tenant sees only its own events (docs/api.md: "A tenant sees only its own
 keys, aliases, grants and audit events"); a key owner's trail also holds
-its copy of another tenant's use of its keys (core/audit.py, recipient_records).
+its copy of another tenant's use of its keys (core/audit/record.py, recipient_records).
 
 A page is bounded by bytes as well as by count (issue 14): its events cost at
 most :data:`MAX_PAGE_BYTES` (always at least one event), counting each as twice
 its record JSON plus :data:`EVENT_OVERHEAD_BYTES` -- the answer repeats the
 record's user and resource ARNs beside it. With records of at most 128 KiB
-(core/audit.py) an answer stays below the server's 256 KiB send limit (and far
+(core/audit/record.py) an answer stays below the server's 256 KiB send limit (and far
 below gRPC's 4 MiB default) whatever the records hold; the rest follows with NextToken.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from hsmstore.core.audit import StoredAuditEvent
-from hsmstore.core.identifiers import IdentifierKind, parse_key_identifier
+from hsmstore.core.audit.chain import StoredAuditEvent
+from hsmstore.core.keys.identifiers import IdentifierKind, parse_key_identifier
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import AuditLog, AuditQuery

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hsmstore.core.context import check_encryption_context
+from hsmstore.core.formats.encryption_context import check_encryption_context
 from hsmstore.core.validation import MAX_GRANT_TOKEN_CHARS, MAX_OPERATIONS, check_count, check_pattern, echo
 from hsmstore.errors import InvalidGrantIdException, InvalidGrantTokenException, ValidationException
 

@@ -1,6 +1,6 @@
 """Keeping the audit trail honest: seal its head on the token, purge it, verify it.
 
-Why seals: the hash chain (core/audit.py) shows a changed, removed, inserted or
+Why seals: the hash chain (core/audit/record.py) shows a changed, removed, inserted or
 reordered row, but not rows cut off the end -- a shorter chain still verifies
 -- and not a chain rewritten from the changed row on (SHA-256 has no key).
 A seal is an HMAC made on the token (non-extractable key) over the head at a
@@ -34,13 +34,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from hsmstore import errors
-from hsmstore.core.audit import (
-    UNREADABLE_SPOOL_LINE_EVENT,
-    ChainProblem,
-    StoredAuditEvent,
-    first_chain_problem,
-)
-from hsmstore.core.ports import AuditLog, AuditSeal, Clock, KeyVault
+from hsmstore.core.audit.chain import ChainProblem, StoredAuditEvent, first_chain_problem
+from hsmstore.core.audit.record import UNREADABLE_SPOOL_LINE_EVENT
+from hsmstore.core.ports import AuditLog, AuditSeal, AuditSealer, Clock
 
 
 def seal_data(seq: int, chain_hash: bytes) -> bytes:
@@ -48,7 +44,7 @@ def seal_data(seq: int, chain_hash: bytes) -> bytes:
     return struct.pack(">Q", seq) + chain_hash
 
 
-def seal_chain_head(log: AuditLog, vault: KeyVault, clock: Clock) -> AuditSeal | None:
+def seal_chain_head(log: AuditLog, vault: AuditSealer, clock: Clock) -> AuditSeal | None:
     """Seal the current head of the chain; None if it is sealed already (or the trail is empty).
 
     The head is found by reading on from the newest seal (or the anchor), so a
@@ -151,7 +147,7 @@ def _quarantine_file(event: StoredAuditEvent) -> str:
     return str(kept) if kept else "no file: recorded before quarantine files"
 
 
-def verify_trail(log: AuditLog, vault: KeyVault | None) -> VerifyReport:
+def verify_trail(log: AuditLog, vault: AuditSealer | None) -> VerifyReport:
     """Check that no record was changed, removed or reordered (docs/api.md, "Audit events").
 
     1. The chain, from the anchor, with :func:`first_chain_problem`.
@@ -182,7 +178,7 @@ def _seal_problem(
     anchor_hash: bytes,
     last_seq: int,
     hashes: dict[int, bytes],
-    vault: KeyVault | None,
+    vault: AuditSealer | None,
 ) -> ChainProblem | None:
     if seal.seq > last_seq:
         return ChainProblem(

@@ -1,18 +1,16 @@
-"""The ports the domain core needs: a key vault, a metadata store, a clock.
+"""The metadata store port: keys, versions, aliases, tags and the token-object bookkeeping.
 
-The core depends on these Protocols only; ``bootstrap.py`` plugs in the
-PKCS#11 vault (``hsm/``) and the SQL store (``store/``). Unit tests plug in fakes.
+``store/`` implements it on SQLite and PostgreSQL; ``tests/fakes/store.py`` in
+memory; ``tests/contract/test_metadata_store.py`` holds both to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
-from hsmstore.core.audit import SerializedRecord, StoredAuditEvent
-from hsmstore.core.grants import GrantRecord
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
@@ -21,72 +19,6 @@ from hsmstore.core.model import (
     KeyVersion,
     PendingCreation,
 )
-
-
-class KeyVault(Protocol):
-    """Key material on a token. Nothing here ever returns key bytes.
-
-    ``token_id`` is the token object's CKA_ID (16 bytes). Implementations must
-    be safe to call from many threads at once.
-    """
-
-    def create_key(self, token_id: bytes, label: str) -> None:
-        """Generate a non-extractable AES-256 token object with this CKA_ID."""
-
-    def encrypt(self, token_id: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
-        """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)``.
-
-        The 12-byte IV comes from the token (its RNG, or the HSM itself).
-        """
-        ...
-
-    def generate_data_key(
-        self, token_id: bytes, number_of_bytes: int, aad: bytes
-    ) -> tuple[bytes, bytes, bytes]:
-        """Random bytes from the token sealed under the key: ``(data_key, iv, ciphertext || tag)``.
-
-        The same as ``generate_random`` then ``encrypt``, in one token round.
-        """
-        ...
-
-    def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        """AES-256-GCM decrypt on the token.
-
-        Raises ``errors.CiphertextAuthenticationFailed`` when the tag does not
-        verify, ``errors.KeyUnavailableException`` when no such object exists.
-        """
-        ...
-
-    def generate_random(self, number_of_bytes: int) -> bytes:
-        """Random bytes from the token's RNG."""
-        ...
-
-    def destroy_key(self, token_id: bytes) -> bool:
-        """C_DestroyObject every object with this CKA_ID; True if one existed."""
-        ...
-
-    def key_exists(self, token_id: bytes) -> bool:
-        """Search the token (never on the request path: recovery and tests only)."""
-        ...
-
-    def ping(self) -> None:
-        """Raise if the token does not answer."""
-
-    def list_key_versions(self) -> Sequence[tuple[bytes, str]]:
-        """``(token_id, label)`` of every key version object on the token.
-
-        A full scan of the token: for the periodic junk-object sweep only.
-        """
-        ...
-
-    def audit_seal(self, data: bytes) -> bytes:
-        """HMAC-SHA256 of ``data`` with the token's audit seal key (made on first use,
-        non-extractable, SIGN/VERIFY only), for sealing the audit chain head."""
-        ...
-
-    def verify_audit_seal(self, data: bytes, mac: bytes) -> bool:
-        """Check an audit seal on the token (C_Verify with the same key)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -334,182 +266,3 @@ class MetadataStore(Protocol):
 
     def ping(self) -> None:
         """Raise if the DB does not answer."""
-
-
-@dataclass(frozen=True)
-class IdentityPolicyRecord:
-    """A named identity policy attached to one principal of a tenant."""
-
-    tenant: str
-    principal: str
-    policy_name: str
-    document: str
-    last_updated: datetime
-
-
-class AuthorizationStore(Protocol):
-    """Key policies, grants and identity policies. Each call is one transaction.
-
-    ``audit=`` as on MetadataStore: the change's record commits with the change.
-    """
-
-    def get_key_policy(self, key_id: str) -> str | None:
-        """The key's stored policy document; None if none was stored (keys made before 0004)."""
-        ...
-
-    def put_key_policy(
-        self,
-        key_id: str,
-        policy_name: str,
-        document: str,
-        now: datetime,
-        *,
-        audit: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Replace the key's policy; ``NotFoundException`` if the key is gone."""
-
-    def create_grant(self, grant: GrantRecord, *, audit: Mapping[str, Any] | None = None) -> GrantRecord:
-        """Insert a grant, or answer the existing one when a grant of that key has the same
-        name and identical parameters (AWS: "CreateGrant ... is idempotent" for a named grant).
-
-        ``NotFoundException`` if the key is gone.
-        """
-        ...
-
-    def get_grant(self, grant_id: str) -> GrantRecord | None: ...
-
-    def list_grants(
-        self,
-        key_id: str,
-        limit: int,
-        after_grant_id: str | None,
-        grant_id: str | None = None,
-        grantee_principal: str | None = None,
-    ) -> Sequence[GrantRecord]:
-        """Grants of a key by grant id (keyset paging), optionally filtered."""
-        ...
-
-    def list_retirable_grants(
-        self, retiring_principal: str, limit: int, after_grant_id: str | None
-    ) -> Sequence[GrantRecord]:
-        """Grants of any key whose retiring principal is this one, by grant id."""
-        ...
-
-    def delete_grant(self, grant_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
-        """Retire or revoke: False if no such grant."""
-        ...
-
-    def identity_policies_of(self, tenant: str, principal: str) -> Sequence[IdentityPolicyRecord]:
-        """Every identity policy attached to the principal, by name."""
-        ...
-
-    def put_identity_policy(
-        self, record: IdentityPolicyRecord, *, audit: Mapping[str, Any] | None = None
-    ) -> None:
-        """Create or replace by (tenant, principal, policy_name)."""
-
-    def delete_identity_policy(
-        self, tenant: str, principal: str, policy_name: str, *, audit: Mapping[str, Any] | None = None
-    ) -> bool: ...
-
-    def list_identity_policies(
-        self, tenant: str, limit: int, after: tuple[str, str] | None, principal: str | None = None
-    ) -> Sequence[IdentityPolicyRecord]:
-        """A tenant's identity policies ordered by (principal, policy_name), keyset paged."""
-        ...
-
-
-@dataclass(frozen=True)
-class AuditQuery:
-    """LookupEvents filters (CloudTrail's lookup attributes), always within one tenant."""
-
-    tenant: str
-    limit: int
-    before: tuple[datetime, int] | None = None  # (event_time, seq) of the last event already seen
-    event_name: str | None = None
-    principal: str | None = None
-    key_id: str | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-
-
-@dataclass(frozen=True)
-class AuditSeal:
-    """An HMAC, made on the token, over the chain head (seq, hash) at a moment."""
-
-    seq: int
-    hash: bytes
-    sealed_at: datetime
-    mac: bytes
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    """The real clock, timezone-aware UTC."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class AuditSink(Protocol):
-    """Where the transport puts a call's record before it answers (core/audit.py)."""
-
-    def record(self, record: Mapping[str, Any]) -> None:
-        """Return only once the record is durable or queued so that it survives a crash
-        of this process; raise if it cannot be."""
-
-
-class AuditLog(Protocol):
-    """The audit trail in the metadata DB: one hash chain for every process (core/audit.py).
-
-    Appending takes the chain head under a lock (SQLite: BEGIN IMMEDIATE;
-    PostgreSQL: SELECT ... FOR UPDATE of the head row), so several processes and
-    nodes appending at once still make one verifiable chain.
-    """
-
-    def append_audit_records(
-        self,
-        records: Sequence[Mapping[str, Any] | SerializedRecord],
-        spool_position: tuple[str, int] | None = None,
-    ) -> list[int]:
-        """Append records in order, in one transaction; returns their seq numbers.
-
-        ``spool_position`` (spool name, byte offset after these records) is
-        stored in the same transaction, so a spool line is ingested exactly once.
-        """
-        ...
-
-    def spool_offset(self, spool_name: str) -> int:
-        """How far a spool has been ingested (0 for a new one)."""
-        ...
-
-    def lookup_audit_events(self, query: AuditQuery) -> Sequence[StoredAuditEvent]:
-        """Newest first by event time, then seq (CloudTrail's order); at most ``query.limit``,
-        strictly after ``query.before`` in that order."""
-        ...
-
-    def iter_audit_events(self, after_seq: int = 0) -> Iterator[StoredAuditEvent]:
-        """Every event with seq > after_seq in seq order (verify, export); reads in batches."""
-        ...
-
-    def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
-        """The newest successful cryptographic event of the key overall (version None) and per version."""
-        ...
-
-    def audit_anchor(self) -> tuple[int, bytes]:
-        """(seq, hash) the chain continues from: (0, genesis) until retention purged a prefix."""
-        ...
-
-    def add_audit_seal(self, seal: AuditSeal) -> None: ...
-
-    def list_audit_seals(self) -> Sequence[AuditSeal]: ...
-
-    def purge_audit_before(self, cutoff: datetime) -> int:
-        """Delete events older than ``cutoff`` and move the anchor to the last one deleted.
-
-        The remaining chain still verifies from the anchor. Returns how many went.
-        """
-        ...

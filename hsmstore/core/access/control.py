@@ -1,6 +1,6 @@
 """Authorization on the request path: gather the policies and grants, ask ``decide``.
 
-What a decision needs (core/authorization.py decides; this module fetches):
+What a decision needs (core/authz/decisions.py decides; this module fetches):
 
 * the key's policy (stored with the key; AWS's default key policy for a key
   made before policies were stored),
@@ -26,17 +26,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hsmstore.core import audit
-from hsmstore.core.authorization import AccessRequest, Decision, DecisionKind, decide
+from hsmstore.core.audit import capture
+from hsmstore.core.authz.decisions import AccessRequest, Decision, DecisionKind, decide
+from hsmstore.core.authz.default_policies import default_admin_identity_policy, default_key_policy
+from hsmstore.core.authz.grants import GrantConstraints, GrantRecord, grant_id_from_token
+from hsmstore.core.authz.policy import PolicyDocument, parse_policy
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
-from hsmstore.core.default_policies import default_admin_identity_policy, default_key_policy
-from hsmstore.core.grants import GrantConstraints, GrantRecord, grant_id_from_token
-from hsmstore.core.identifiers import key_arn
+from hsmstore.core.keys.identifiers import key_arn
 from hsmstore.core.model import Caller, KeyRecord, principal_arn
-from hsmstore.core.policy import PolicyDocument, parse_policy
 from hsmstore.core.ports import AuthorizationStore
 from hsmstore.core.validation import check_grant_tokens
-from hsmstore.errors import AccessDeniedException, KMSError, NotFoundException
+from hsmstore.errors import (
+    AccessDeniedException,
+    KMSError,
+    MalformedPolicyDocumentException,
+    NotFoundException,
+)
 
 # Enough for any real key (AWS allows 50,000 grants per key; hsmstore reads them all per TTL).
 MAX_GRANTS_READ_PER_KEY = 50_000
@@ -152,7 +157,7 @@ class AccessControl:
         )
         if decision.allowed:
             if decision.grant_id is not None:
-                audit.note_grant(decision.grant_id)
+                capture.note_grant(decision.grant_id)
             return decision
         if cross_tenant:
             raise hidden()
@@ -202,6 +207,22 @@ class AccessControl:
             identity_policies=self.identity_policies(caller.tenant, caller.principal),
             grants=grants,
         )
+
+    def check_new_key_policy(self, caller: Caller, key: KeyRecord, policy: str, bypass: bool) -> None:
+        """Validate a key policy, and refuse one that locks the caller out.
+
+        AWS PutKeyPolicy: "the principal that is making the PutKeyPolicy request
+        must be allowed to make a subsequent PutKeyPolicy request on the KMS key"
+        unless BypassPolicyLockoutSafetyCheck is set; the refusal is a
+        MalformedPolicyDocumentException.
+        """
+        document = parse_policy(policy, kind="key")
+        if bypass:
+            return
+        if not self.decide(caller, "kms:PutKeyPolicy", key, key_policy=document).allowed:
+            raise MalformedPolicyDocumentException(
+                "The new key policy will not allow you to update the key policy in the future."
+            )
 
     # -- what decisions read ------------------------------------------------------
 

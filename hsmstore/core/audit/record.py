@@ -1,4 +1,4 @@
-"""The audit trail: one CloudTrail-shaped record per call, chained by hashes.
+"""The audit record: one CloudTrail-shaped record per call, bounded and serialised.
 
 AWS KMS records every call, cryptographic ones included, in CloudTrail; the
 contract ("Audit events") fixes the shape: ``eventVersion``, ``eventTime``,
@@ -7,18 +7,7 @@ contract ("Audit events") fixes the shape: ``eventVersion``, ``eventTime``,
 ``encryptionContext``), ``resources``, ``requestID``, ``eventID``,
 ``readOnly``, ``errorCode``, ``errorMessage`` -- never plaintext or key material.
 
-How a call is captured: the transport opens a :class:`CallAudit` for the call
-(``begin_call``), the service notes what it resolved (``note_key``,
-``note_alias``) through a context variable, and the transport closes it with
-the outcome. Nothing here does I/O.
-
-Hash chain (what ``hsmstore audit verify`` checks)::
-
-    record_bytes = canonical JSON of the record (sorted keys, no spaces, UTF-8)
-    hash(seq)    = SHA-256( hash(seq-1) || u64be(seq) || record_bytes )
-    hash(0)      = 32 zero bytes (the genesis)
-
-so changing, removing, inserting or reordering a row breaks every later hash.
+How a call is captured is ``capture.py``; how records are chained, ``chain.py``.
 
 Record size bound (issue 14: one large request must not blind the trail).
 Every record is bounded where it is made: ``to_record`` bounds each value
@@ -50,22 +39,18 @@ of the owner's beyond the key ARN the caller named.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from hsmstore.core.audit_fields import AuditFields
+from hsmstore.core.audit.fields import AuditFields
 from hsmstore.core.model import Caller
 
 EVENT_SOURCE = "kms.hsmstore"
@@ -77,7 +62,6 @@ TRUNCATION_MARKER = "...[truncated, originalLength={}]"
 # What stands in the chain for a spool line the ingester quarantined (store/spool.py).
 UNREADABLE_SPOOL_LINE_EVENT = "UnreadableSpoolLine"
 EVENT_VERSION = "1.08"
-GENESIS_HASH = bytes(32)
 
 # Read-only operations, after CloudTrail's readOnly flag for KMS.
 READ_ONLY_EVENTS = frozenset(
@@ -340,59 +324,6 @@ def _tenant_of(arn: str) -> str:
     return parts[4] if len(parts) > 5 else ""
 
 
-_current: ContextVar[CallAudit | None] = ContextVar("hsmstore_call_audit", default=None)
-
-
-@contextmanager
-def begin_call(call: CallAudit) -> Iterator[CallAudit]:
-    """Make ``call`` the current call of this thread (the gRPC thread pool runs one at a time)."""
-    token = _current.set(call)
-    try:
-        yield call
-    finally:
-        _current.reset(token)
-
-
-def note_key(key_arn: str, version: int | None = None) -> None:
-    """The service resolved (and maybe used a version of) this key during the current call."""
-    call = _current.get()
-    if call is None:
-        return
-    if key_arn not in call.key_ids:
-        call.key_ids.append(key_arn)
-    if version is not None:
-        call.key_versions[key_arn] = version
-
-
-def record_for_change() -> dict[str, Any] | None:
-    """The current call's record, to commit in the same transaction as its change."""
-    call = _current.get()
-    return None if call is None else call.to_record()
-
-
-def change_recorded() -> None:
-    """The change, and with it the call's record, committed: nothing left to spool."""
-    call = _current.get()
-    if call is not None:
-        call.recorded = True
-
-
-def note_grant(grant_id: str) -> None:
-    """A grant, not a policy, allowed the current call (issue 5: "grant id if one decided")."""
-    call = _current.get()
-    if call is not None:
-        call.grant_id = grant_id
-
-
-def note_alias(alias_name: str) -> None:
-    call = _current.get()
-    if call is not None and call.alias_name is None:
-        call.alias_name = alias_name
-
-
-# ---------------------------------------------------------------- the chain
-
-
 def canonical_record_bytes(record: Mapping[str, Any]) -> bytes:
     """Sorted keys, no spaces, UTF-8 (non-ASCII unescaped): for these records the same
     bytes as ``json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
@@ -420,56 +351,3 @@ def serialized(item: Mapping[str, Any] | SerializedRecord) -> SerializedRecord:
     if isinstance(item, SerializedRecord):
         return item
     return SerializedRecord(*bound_record(item))
-
-
-def chain_hash(previous_hash: bytes, seq: int, record_bytes: bytes) -> bytes:
-    """hash(seq) = SHA-256(hash(seq-1) || u64be(seq) || record_bytes); see the module docstring."""
-    return hashlib.sha256(previous_hash + struct.pack(">Q", seq) + record_bytes).digest()
-
-
-@dataclass(frozen=True)
-class StoredAuditEvent:
-    """One row of the trail as the store returns it."""
-
-    seq: int
-    event_id: str
-    event_time: datetime
-    tenant: str
-    event_name: str
-    key_id: str | None  # the first resource's key id, for lookups by key
-    record_json: str  # canonical JSON: exactly the bytes the hash covers
-    previous_hash: bytes
-    hash: bytes
-
-    @property
-    def record(self) -> dict[str, Any]:
-        return orjson.loads(self.record_json)  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True)
-class ChainProblem:
-    seq: int
-    what: str
-
-
-def first_chain_problem(
-    events: Iterator[StoredAuditEvent] | list[StoredAuditEvent],
-    anchor_seq: int = 0,
-    anchor_hash: bytes = GENESIS_HASH,
-) -> ChainProblem | None:
-    """Walk the rows in seq order from the anchor; the first row that breaks the chain, or None.
-
-    A removed row shows as a gap in seq, a changed row as a hash mismatch, an
-    inserted or reordered row as a link (previous hash) that does not match.
-    """
-    expected_seq, expected_previous = anchor_seq + 1, anchor_hash
-    for event in events:
-        if event.seq != expected_seq:
-            return ChainProblem(expected_seq, f"record {expected_seq} is missing (next is {event.seq})")
-        if event.previous_hash != expected_previous:
-            return ChainProblem(event.seq, f"record {event.seq} does not link to record {event.seq - 1}")
-        computed = chain_hash(expected_previous, event.seq, event.record_json.encode("utf-8"))
-        if computed != event.hash:
-            return ChainProblem(event.seq, f"record {event.seq} was changed (its hash does not match)")
-        expected_seq, expected_previous = event.seq + 1, event.hash
-    return None

@@ -2,15 +2,15 @@
 
 Each builder returns the text that is stored and that GetKeyPolicy /
 GetIdentityPolicy answer, so it is pretty-printed like the AWS console's, and
-each parses with :func:`hsmstore.core.policy.parse_policy` (tests check it).
+each parses with :func:`hsmstore.core.authz.policy.parse_policy` (tests check it).
 """
 
 from __future__ import annotations
 
 import json
 
+from hsmstore.core.authz.policy import PRINCIPAL_TYPE
 from hsmstore.core.model import tenant_root_arn
-from hsmstore.core.policy import PRINCIPAL_TYPE
 
 POLICY_VERSION = "2012-10-17"
 DEFAULT_KEY_POLICY_SID = "Enable IAM policies"

@@ -1,0 +1,251 @@
+"""Envelope encryption with symmetric keys: Encrypt, Decrypt, ReEncrypt, GenerateDataKey[WithoutPlaintext],
+GenerateRandom.
+
+Every request is validated the way AWS KMS does (sizes, formats, algorithms)
+before anything touches the token; the key comes through the gate
+(``keys/gate.py``); the AES-GCM step runs in the key store that holds the
+version's material, with AAD = the blob header and the canonical encryption
+context (``formats/blob.py``). Plaintext only passes through memory here and
+is never logged or returned in an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from hsmstore.core.audit import capture
+from hsmstore.core.crypto.requests import (
+    MAX_CIPHERTEXT_BLOB_BYTES,
+    MAX_RANDOM_BYTES,
+    check_algorithm,
+    check_plaintext,
+    data_key_size,
+)
+from hsmstore.core.crypto.results import DataKeyResult, DecryptResult, EncryptResult, ReEncryptResult
+from hsmstore.core.formats import blob as blob_format
+from hsmstore.core.formats.encryption_context import canonical_encryption_context, check_encryption_context
+from hsmstore.core.keys.gate import KeyGate
+from hsmstore.core.keys.material import VersionMaterial
+from hsmstore.core.keys.states import Operation, next_state
+from hsmstore.core.model import Caller, KeyRecord
+from hsmstore.core.ports import KeyStores
+from hsmstore.core.validation import check_bytes, check_number
+from hsmstore.errors import (
+    CiphertextAuthenticationFailed,
+    IncorrectKeyException,
+    UnsupportedOperationException,
+)
+
+
+class EnvelopeEncryption:
+    def __init__(self, gate: KeyGate, material: VersionMaterial, key_stores: KeyStores) -> None:
+        self._gate = gate
+        self._material = material
+        self._key_stores = key_stores
+
+    def encrypt(
+        self,
+        caller: Caller,
+        key_id: str,
+        plaintext: bytes,
+        encryption_context: Mapping[str, str],
+        encryption_algorithm: str = "",
+        grant_tokens: Sequence[str] = (),
+    ) -> EncryptResult:
+        check_plaintext(plaintext)
+        context = canonical_encryption_context(encryption_context)
+        algorithm = check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
+        key = self._gate.admit(
+            caller,
+            key_id,
+            Operation.ENCRYPT,
+            encryption_context=encryption_context,
+            grant_tokens=grant_tokens,
+        )
+        return EncryptResult(self._seal(key, plaintext, context), self._gate.arn(key), algorithm)
+
+    def decrypt(
+        self,
+        caller: Caller,
+        ciphertext_blob: bytes,
+        encryption_context: Mapping[str, str],
+        key_id: str = "",
+        encryption_algorithm: str = "",
+        grant_tokens: Sequence[str] = (),
+    ) -> DecryptResult:
+        algorithm = check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
+        key, plaintext = self._open(
+            caller, ciphertext_blob, encryption_context, key_id, Operation.DECRYPT, grant_tokens
+        )
+        return DecryptResult(plaintext, self._gate.arn(key), algorithm)
+
+    def re_encrypt(
+        self,
+        caller: Caller,
+        ciphertext_blob: bytes,
+        destination_key_id: str,
+        source_encryption_context: Mapping[str, str],
+        destination_encryption_context: Mapping[str, str],
+        source_key_id: str = "",
+        source_encryption_algorithm: str = "",
+        destination_encryption_algorithm: str = "",
+        grant_tokens: Sequence[str] = (),
+    ) -> ReEncryptResult:
+        """ReEncrypt: decrypt under the source key and encrypt under the destination.
+
+        Both halves run on the token; the plaintext exists only in this
+        process's memory between them (AES-GCM has no on-token re-wrap).
+        """
+        check_bytes(ciphertext_blob, "CiphertextBlob", max_length=MAX_CIPHERTEXT_BLOB_BYTES)
+        check_encryption_context(source_encryption_context, "SourceEncryptionContext")
+        source_algorithm = check_algorithm(source_encryption_algorithm, "SourceEncryptionAlgorithm")
+        destination_algorithm = check_algorithm(
+            destination_encryption_algorithm, "DestinationEncryptionAlgorithm"
+        )
+        destination_context = canonical_encryption_context(
+            destination_encryption_context, "DestinationEncryptionContext"
+        )
+        destination = self._gate.resolve(
+            caller,
+            destination_key_id,
+            "kms:ReEncryptTo",
+            "DestinationKeyId",
+            encryption_context=destination_encryption_context,
+            grant_tokens=grant_tokens,
+        )
+        source, plaintext = self._open(
+            caller,
+            ciphertext_blob,
+            source_encryption_context,
+            source_key_id,
+            Operation.RE_ENCRYPT_FROM,
+            grant_tokens,
+        )
+        next_state(destination.state, Operation.RE_ENCRYPT_TO, destination.key_id)
+        new_blob = self._seal(destination, plaintext, destination_context)
+        return ReEncryptResult(
+            new_blob,
+            self._gate.arn(source),
+            self._gate.arn(destination),
+            source_algorithm,
+            destination_algorithm,
+        )
+
+    def generate_data_key(
+        self,
+        caller: Caller,
+        key_id: str,
+        encryption_context: Mapping[str, str],
+        number_of_bytes: int | None,
+        key_spec: str,
+        with_plaintext: bool = True,
+        grant_tokens: Sequence[str] = (),
+    ) -> DataKeyResult:
+        """GenerateDataKey[WithoutPlaintext]: random bytes from the token, sealed on the token.
+
+        AWS: "You must specify either the KeySpec or the NumberOfBytes
+        parameter (but not both)".
+        """
+        size = data_key_size(number_of_bytes, key_spec)
+        context = canonical_encryption_context(encryption_context)
+        operation = (
+            Operation.GENERATE_DATA_KEY if with_plaintext else Operation.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT
+        )
+        key = self._gate.admit(
+            caller, key_id, operation, encryption_context=encryption_context, grant_tokens=grant_tokens
+        )
+        version = key.current_version
+        capture.note_key(self._gate.arn(key), version)
+        aad = blob_format.aad_for(key.key_id, version, context)
+        material = self._material.current(key)
+        data_key, iv, ciphertext_and_tag = self._material.key_store(material).generate_data_key(
+            material, size, aad
+        )
+        ciphertext_blob = blob_format.BlobV1(key.key_id, version, iv, ciphertext_and_tag).to_bytes()
+        return DataKeyResult(ciphertext_blob, data_key if with_plaintext else None, self._gate.arn(key))
+
+    def generate_random(
+        self, caller: Caller, number_of_bytes: int | None, custom_key_store_id: str = ""
+    ) -> bytes:
+        """GenerateRandom: from the default key store's token RNG."""
+        if custom_key_store_id:
+            raise UnsupportedOperationException("Custom key stores are not supported by this server yet")
+        size = check_number(number_of_bytes, "NumberOfBytes", 1, MAX_RANDOM_BYTES)
+        self._gate.access.check(caller, "kms:GenerateRandom", None)
+        return self._key_stores.default().generate_random(size)
+
+    def _seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
+        version = key.current_version
+        aad = blob_format.aad_for(key.key_id, version, canonical_context)
+        capture.note_key(self._gate.arn(key), version)
+        material = self._material.current(key)
+        iv, ciphertext_and_tag = self._material.key_store(material).encrypt(material, plaintext, aad)
+        return blob_format.BlobV1(key.key_id, version, iv, ciphertext_and_tag).to_bytes()
+
+    def _open(
+        self,
+        caller: Caller,
+        ciphertext_blob: bytes,
+        encryption_context: Mapping[str, str],
+        key_id: str,
+        operation: Operation,
+        grant_tokens: Sequence[str] = (),
+    ) -> tuple[KeyRecord, bytes]:
+        """Decrypt a blob; every ciphertext/context defect is the one InvalidCiphertextException.
+
+        AWS Decrypt: KeyId is optional for symmetric ciphertext; "If you specify
+        a KeyId value, the Decrypt operation succeeds only if the specified KMS
+        key was used to encrypt the ciphertext" (else IncorrectKeyException).
+        """
+        check_bytes(ciphertext_blob, "CiphertextBlob", max_length=MAX_CIPHERTEXT_BLOB_BYTES)
+        context = canonical_encryption_context(
+            encryption_context,
+            "SourceEncryptionContext" if operation is Operation.RE_ENCRYPT_FROM else "EncryptionContext",
+        )
+        action = f"kms:{operation.value}"
+        named_key = (
+            self._gate.resolve(
+                caller,
+                key_id,
+                action,
+                "KeyId",
+                encryption_context=encryption_context,
+                grant_tokens=grant_tokens,
+            )
+            if key_id
+            else None
+        )
+        parsed = blob_format.parse_blob(ciphertext_blob)
+        if named_key is not None and named_key.key_id != parsed.key_id:
+            raise IncorrectKeyException(
+                "The key ID in the request does not identify the key that encrypted the ciphertext."
+            )
+        key = named_key
+        if key is None:
+            # The blob names the key: another tenant's key is usable only where
+            # its policy allows, and otherwise looks like a key that does not exist.
+            key = self._gate.cached_key(parsed.key_id)
+            if key is None or not key.state.exists_for_callers:
+                raise blob_format.invalid_ciphertext()
+            if key.tenant == caller.tenant:
+                capture.note_key(self._gate.arn(key))
+            self._gate.access.check(
+                caller,
+                action,
+                key,
+                encryption_context=encryption_context,
+                grant_tokens=grant_tokens,
+                hidden=blob_format.invalid_ciphertext,
+            )
+        capture.note_key(self._gate.arn(key), parsed.key_version)
+        next_state(key.state, operation, key.key_id)
+        material = self._material.of(key.key_id, parsed.key_version)
+        if material is None:
+            raise blob_format.invalid_ciphertext()
+        try:
+            plaintext = self._material.key_store(material).decrypt(
+                material, parsed.iv, parsed.ciphertext_and_tag, parsed.aad(context)
+            )
+        except CiphertextAuthenticationFailed:
+            raise blob_format.invalid_ciphertext() from None
+        return key, plaintext

@@ -1,0 +1,27 @@
+"""Whether this server can answer: its key stores and metadata DB answer and every added check passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hsmstore.core.ports import KeyStores, MetadataStore
+
+
+class Health:
+    def __init__(self, key_stores: KeyStores, store: MetadataStore) -> None:
+        self._key_stores = key_stores
+        self._store = store
+        self._checks: list[Callable[[], None]] = []
+
+    def check_health(self) -> None:
+        """Raise unless every dependency answers (the audit spool too: a call whose record
+        cannot be written is refused, so a server that cannot write one is not serving)."""
+        for key_store in self._key_stores.all():
+            key_store.ping()
+        self._store.ping()
+        for check in self._checks:
+            check()
+
+    def add_health_check(self, check: Callable[[], None]) -> None:
+        """Another dependency of the answers: ``check`` raises while it cannot be used (bootstrap.py)."""
+        self._checks.append(check)

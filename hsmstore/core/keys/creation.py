@@ -1,0 +1,219 @@
+"""CreateKey, and the crash-safe creation every new key goes through.
+
+Order (docs/api.md: "A crash between the HSM step and the DB step must leave
+no key half-made"): (1) the key row is committed as CREATING with a PENDING
+version; (2) the material is generated in the key store under that version's
+reference; (3) the row becomes ENABLED. A process killed after (1) or (2)
+leaves a CREATING row that recovery (``keys/recovery.py``) rolls back,
+destroying the material if it was made, so there is never an orphan token
+object nor a usable row without key material.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+from hsmstore.core.audit import capture
+from hsmstore.core.authz.access import AccessControl
+from hsmstore.core.authz.default_policies import default_key_policy
+from hsmstore.core.failpoints import Failpoint, no_failpoint
+from hsmstore.core.keys.identifiers import key_arn
+from hsmstore.core.keys.material import token_label
+from hsmstore.core.keys.results import KeyDescription
+from hsmstore.core.keys.tags import MAX_TAGS_PER_KEY, validate_tags
+from hsmstore.core.model import (
+    AliasRecord,
+    Caller,
+    KeyManager,
+    KeyRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+    VersionState,
+    new_key_id,
+    new_token_id,
+)
+from hsmstore.core.ports import Clock, KeyStores, Store
+from hsmstore.core.validation import check_description
+from hsmstore.errors import (
+    KMSInternalException,
+    LimitExceededException,
+    UnsupportedOperationException,
+    ValidationException,
+)
+
+log = logging.getLogger(__name__)
+
+EnumT = TypeVar("EnumT", KeyUsage, KeySpec, Origin)
+
+_UNSUPPORTED_KEY_SPECS = frozenset(
+    {
+        "RSA_2048",
+        "RSA_3072",
+        "RSA_4096",
+        "ECC_NIST_P256",
+        "ECC_NIST_P384",
+        "ECC_NIST_P521",
+        "ECC_SECG_P256K1",
+        "HMAC_224",
+        "HMAC_256",
+        "HMAC_384",
+        "HMAC_512",
+        "SM2",
+        "ML_DSA_44",
+        "ML_DSA_65",
+        "ML_DSA_87",
+    }
+)
+
+
+class KeyCreation:
+    """CreateKey (the RPC) and ``create`` (every new key, service-managed ones included)."""
+
+    def __init__(
+        self,
+        key_stores: KeyStores,
+        store: Store,
+        clock: Clock,
+        access: AccessControl,
+        region: str,
+        failpoint: Failpoint = no_failpoint,
+    ) -> None:
+        self._key_stores = key_stores
+        self._store = store
+        self._clock = clock
+        self._access = access
+        self._region = region
+        self._failpoint = failpoint
+
+    def create_key(
+        self,
+        caller: Caller,
+        description: str = "",
+        key_usage: str = "",
+        key_spec: str = "",
+        origin: str = "",
+        tags: Sequence[tuple[str, str]] = (),
+        policy: str = "",
+        bypass_policy_lockout_safety_check: bool = False,
+    ) -> KeyDescription:
+        """CreateKey: a customer managed key in the default key store."""
+        check_description(description)
+        self._access.check(caller, "kms:CreateKey", None)
+        usage = _parse_enum(KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT, "KeyUsage")
+        spec = _parse_key_spec(key_spec)
+        key_origin = _parse_origin(origin)
+        valid_tags = validate_tags(tags)
+        if len(valid_tags) > MAX_TAGS_PER_KEY:
+            raise LimitExceededException(f"A key can have at most {MAX_TAGS_PER_KEY} tags")
+        key = KeyRecord(
+            key_id=new_key_id(),
+            tenant=caller.tenant,
+            description=description,
+            state=KeyState.CREATING,
+            key_usage=usage,
+            key_spec=spec,
+            origin=key_origin,
+            key_manager=KeyManager.CUSTOMER,
+            creation_date=self._clock.now(),
+            current_version=1,
+            key_store_id=self._key_stores.default().key_store_id,
+        )
+        policy_text = policy or default_key_policy(caller.tenant)
+        if policy:
+            self._access.check_new_key_policy(caller, key, policy, bypass_policy_lockout_safety_check)
+        return self.create(key, policy_text, valid_tags)
+
+    def create(
+        self,
+        key: KeyRecord,
+        policy_text: str,
+        valid_tags: Mapping[str, str] | None = None,
+        *,
+        alias: AliasRecord | None = None,
+    ) -> KeyDescription:
+        """The crash-safe creation (module docstring); with ``alias``, a service-managed key.
+
+        The alias is inserted while the key is still CREATING, so a crash
+        leaves nothing half-made: recovery deletes the key and its alias with it.
+        A service-managed key is made inside another call, so that call's
+        audit record is not committed here.
+        """
+        version = KeyVersion(
+            key.key_id,
+            1,
+            new_token_id(),
+            VersionState.PENDING,
+            key.creation_date,
+            key_store_id=key.key_store_id,
+        )
+        arn = key_arn(self._region, key.tenant, key.key_id)
+        if alias is None:
+            capture.note_key(arn, 1)
+        self._store.insert_creating_key(key, version, policy=policy_text)
+        self._failpoint("create_key.after_db_insert")
+        try:
+            if valid_tags:
+                self._store.put_tags(key.key_id, valid_tags, MAX_TAGS_PER_KEY)
+            if alias is not None:
+                self._store.create_alias(alias)
+            key_store = self._key_stores.key_store(key.key_store_id)
+            key_store.create_key(version.material, token_label(key.key_id, 1))
+            self._failpoint("create_key.after_token_create")
+            if alias is None:
+                finished = capture.change(
+                    lambda record: self._store.finish_creating_key(key.key_id, audit=record)
+                )
+            else:
+                finished = self._store.finish_creating_key(key.key_id, audit=None)
+        except BaseException:
+            self.roll_back(key.key_id, [version])
+            raise
+        if not finished:
+            self.roll_back(key.key_id, [version])
+            raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
+        return KeyDescription(key.with_state(KeyState.ENABLED), arn)
+
+    def roll_back(self, key_id: str, versions: Sequence[KeyVersion]) -> bool:
+        """Claim the creation (CREATING -> FAILED), then destroy, then delete.
+
+        The claim is what makes recovery safe against a CreateKey finishing at
+        the same moment on another node: only one of the two compare-and-sets
+        wins. The deleted versions leave tombstones (``keys/junk_sweep.py``).
+        False when the key is left for the next recovery.
+        """
+        try:
+            if not self._store.claim_failed_creation(key_id):
+                return True
+            for version in versions:
+                self._key_stores.key_store(version.key_store_id).destroy_key(version.material)
+            self._store.delete_key(key_id, abandoned_at=self._clock.now())
+            return True
+        except Exception:
+            # Left as CREATING: start-up recovery finishes the job.
+            log.exception("could not roll back an interrupted CreateKey; recovery will retry")
+            return False
+
+
+def _parse_key_spec(key_spec: str) -> KeySpec:
+    if key_spec in _UNSUPPORTED_KEY_SPECS:
+        raise UnsupportedOperationException(f"KeySpec {key_spec} is not supported by this server yet")
+    return _parse_enum(KeySpec, key_spec or KeySpec.SYMMETRIC_DEFAULT, "KeySpec")
+
+
+def _parse_origin(origin: str) -> Origin:
+    if origin in {"EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"}:
+        raise UnsupportedOperationException(f"Origin {origin} is not supported by this server yet")
+    return _parse_enum(Origin, origin or Origin.AWS_KMS, "Origin")
+
+
+def _parse_enum(enum: type[EnumT], value: str, field_name: str) -> EnumT:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise ValidationException(f"{field_name} must be one of: {allowed}") from None

@@ -1,0 +1,111 @@
+"""The key-store ports: what the core asks of the place where key material lives.
+
+A key store is a token (SoftHSM2 in development, CloudHSM in production) the
+core reaches through capabilities, one protocol each, so that a use case asks
+for exactly what it needs and a key store offers exactly what its token can do:
+
+* :class:`KeyMaterial` -- make, destroy, find and list version material;
+* :class:`SymmetricEncryption` -- AES-256-GCM encrypt, decrypt and data keys;
+* :class:`RandomSource` -- the token's RNG;
+* signing, MACs and imported material (issues 22 and 23) are further
+  protocols of this module, offered by the key stores that can.
+
+Every operation on material takes a :class:`~hsmstore.core.model.KeyMaterialRef`,
+which names the key store and the material's residency; a key store refuses a
+reference to another store or a residency it does not hold
+(``KMSInternalException``: the metadata DB and the key stores disagree).
+:class:`KeyStores` finds the key store a reference names. Nothing here ever
+returns key bytes, and every implementation must be safe to call from many
+threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from hsmstore.core.model import KeyMaterialRef
+
+
+class KeyMaterial(Protocol):
+    """The lifecycle of version material in one key store."""
+
+    @property
+    def key_store_id(self) -> str:
+        """The id this key store has in the metadata DB (``model.DEFAULT_KEY_STORE_ID``)."""
+        ...
+
+    def create_key(self, material: KeyMaterialRef, label: str) -> None:
+        """Generate a non-extractable AES-256 key the reference will find (a token object with its CKA_ID)."""
+
+    def destroy_key(self, material: KeyMaterialRef) -> bool:
+        """Destroy the material (C_DestroyObject every object with the CKA_ID); True if it existed."""
+        ...
+
+    def key_exists(self, material: KeyMaterialRef) -> bool:
+        """Search the token (never on the request path: recovery and tests only)."""
+        ...
+
+    def list_key_versions(self) -> Sequence[tuple[bytes, str]]:
+        """``(token_id, label)`` of every key version object on the token.
+
+        A full scan of the token: for the periodic junk-object sweep only.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Raise if the token does not answer."""
+
+
+class SymmetricEncryption(Protocol):
+    """AES-256-GCM under a version's material, on the token."""
+
+    def encrypt(self, material: KeyMaterialRef, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)``.
+
+        The 12-byte IV comes from the token (its RNG, or the HSM itself).
+        """
+        ...
+
+    def generate_data_key(
+        self, material: KeyMaterialRef, number_of_bytes: int, aad: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """Random bytes from the token sealed under the key: ``(data_key, iv, ciphertext || tag)``.
+
+        The same as ``generate_random`` then ``encrypt``, in one token round.
+        """
+        ...
+
+    def decrypt(self, material: KeyMaterialRef, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM decrypt on the token.
+
+        Raises ``errors.CiphertextAuthenticationFailed`` when the tag does not
+        verify, ``errors.KeyUnavailableException`` when no such object exists.
+        """
+        ...
+
+
+class RandomSource(Protocol):
+    def generate_random(self, number_of_bytes: int) -> bytes:
+        """Random bytes from the token's RNG."""
+        ...
+
+
+class SymmetricKeyStore(KeyMaterial, SymmetricEncryption, RandomSource, Protocol):
+    """What every key store offers today: symmetric keys, their material and random bytes."""
+
+
+class KeyStores(Protocol):
+    """The key stores this server reaches, by id."""
+
+    def key_store(self, key_store_id: str) -> SymmetricKeyStore:
+        """The key store with this id; ``KMSInternalException`` if this server has none."""
+        ...
+
+    def default(self) -> SymmetricKeyStore:
+        """The key store new keys go to unless they name another (``model.DEFAULT_KEY_STORE_ID``)."""
+        ...
+
+    def all(self) -> Sequence[SymmetricKeyStore]:
+        """Every key store, for health checks and the junk sweep."""
+        ...

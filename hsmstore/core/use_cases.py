@@ -1,0 +1,95 @@
+"""The use cases, composed: one object per family, all around one gate.
+
+``build_use_cases`` wires the core for a set of ports; ``bootstrap.py`` calls
+it with the PKCS#11 key stores and the SQL store, unit tests with fakes. A
+transport (``server/``) takes the families it serves; nothing here knows
+about one. The families and what they own:
+
+* ``keys`` -- DescribeKey, ListKeys, EnableKey, DisableKey, UpdateKeyDescription;
+* ``creation`` -- CreateKey (and every new key, service-managed ones included);
+* ``crypto`` -- Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateRandom;
+* ``rotation``, ``deletion``, ``aliases``, ``tags``, ``last_usage``;
+* ``authorization`` -- key policies, grants, Simulate; ``identity_policies`` -- the Admin service;
+* ``recovery``, ``junk_sweep`` -- the lifecycle jobs besides rotation and the reaper;
+* ``health`` -- what the health probe asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hsmstore.core.authz.access import AccessControl
+from hsmstore.core.authz.identity_policies import IdentityPolicies
+from hsmstore.core.authz.service import AuthorizationService
+from hsmstore.core.cache import DEFAULT_TTL_SECONDS
+from hsmstore.core.crypto.symmetric import EnvelopeEncryption
+from hsmstore.core.failpoints import Failpoint, no_failpoint
+from hsmstore.core.health import Health
+from hsmstore.core.keys.aliases import Aliases
+from hsmstore.core.keys.creation import KeyCreation
+from hsmstore.core.keys.deletion import KeyDeletion
+from hsmstore.core.keys.gate import KeyGate
+from hsmstore.core.keys.junk_sweep import JunkSweep
+from hsmstore.core.keys.last_usage import KeyLastUsageQuery
+from hsmstore.core.keys.management import KeyManagement
+from hsmstore.core.keys.material import VersionMaterial
+from hsmstore.core.keys.recovery import Recovery
+from hsmstore.core.keys.rotation import KeyRotation
+from hsmstore.core.keys.service_managed import ServiceManagedKeys
+from hsmstore.core.keys.tagging import Tagging
+from hsmstore.core.ports import AuditLog, Clock, KeyStores, Store
+
+
+@dataclass(frozen=True)
+class UseCases:
+    gate: KeyGate
+    keys: KeyManagement
+    creation: KeyCreation
+    crypto: EnvelopeEncryption
+    rotation: KeyRotation
+    deletion: KeyDeletion
+    aliases: Aliases
+    tags: Tagging
+    last_usage: KeyLastUsageQuery
+    authorization: AuthorizationService
+    identity_policies: IdentityPolicies
+    recovery: Recovery
+    junk_sweep: JunkSweep
+    health: Health
+
+    @property
+    def access(self) -> AccessControl:
+        return self.gate.access
+
+
+def build_use_cases(
+    key_stores: KeyStores,
+    store: Store,
+    clock: Clock,
+    region: str = "local",
+    failpoint: Failpoint = no_failpoint,
+    metadata_ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    audit_log: AuditLog | None = None,
+) -> UseCases:
+    access = AccessControl(store, region, metadata_ttl_seconds)
+    creation = KeyCreation(key_stores, store, clock, access, region, failpoint)
+    service_keys = ServiceManagedKeys(creation, store, clock, key_stores)
+    gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds)
+    material = VersionMaterial(store, key_stores)
+    rotation = KeyRotation(gate, store, key_stores, clock, failpoint)
+    return UseCases(
+        gate=gate,
+        keys=KeyManagement(gate, store),
+        creation=creation,
+        crypto=EnvelopeEncryption(gate, material, key_stores),
+        rotation=rotation,
+        deletion=KeyDeletion(gate, store, key_stores, material, clock, failpoint),
+        aliases=Aliases(gate, store, clock),
+        tags=Tagging(gate, store),
+        last_usage=KeyLastUsageQuery(gate, audit_log),
+        authorization=AuthorizationService(gate, store, clock),
+        identity_policies=IdentityPolicies(access, store, clock),
+        recovery=Recovery(store, clock, creation, rotation, gate),
+        junk_sweep=JunkSweep(store, key_stores, clock),
+        health=Health(key_stores, store),
+    )

@@ -1,0 +1,241 @@
+"""Keys and their versions on SQL: creation, reads, state and description changes, removal.
+
+Rotation (``rotation_sql.py``), scheduled deletion (``deletion_sql.py``) and
+the token-object tombstones (``tombstones_sql.py``) are the other parts of
+the ``MetadataStore`` port that write these rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exc, or_, select
+
+from hsmstore import errors
+from hsmstore.core.model import KeyRecord, KeyState, KeyVersion, PendingCreation, VersionState
+from hsmstore.store.audit_sql import SqlAuditLog
+from hsmstore.store.checks import require_aware, require_positive_limit
+from hsmstore.store.database import Database
+from hsmstore.store.key_rows import (
+    VERSION_COLUMNS,
+    VERSION_PREFIX,
+    key_from_row,
+    key_values,
+    version_from_row,
+    version_values,
+)
+from hsmstore.store.schema import aliases, grants, key_policies, key_versions, keys, tags
+from hsmstore.store.tombstones_sql import record_abandoned
+
+
+class SqlKeys:
+    """Keys and versions; management changes are recorded in ``trail`` with the change."""
+
+    def __init__(self, database: Database, trail: SqlAuditLog) -> None:
+        self._writer = database.writer
+        self._reader = database.reader
+        self._trail = trail
+
+    # -- creation -------------------------------------------------------
+
+    def insert_creating_key(self, key: KeyRecord, version: KeyVersion, policy: str | None = None) -> None:
+        """Insert the key (CREATING), its first version (PENDING) and its key policy together.
+
+        Raises ``AlreadyExistsException`` if the key id or the token id is
+        taken, ``ValueError`` if the records are not a CREATING key and its
+        PENDING version in the key's key store.
+        """
+        _check_new_key(key, version)
+        try:
+            with self._writer.begin() as connection:
+                connection.execute(keys.insert().values(key_values(key)))
+                connection.execute(key_versions.insert().values(version_values(version)))
+                if policy is not None:
+                    connection.execute(
+                        key_policies.insert().values(
+                            key_id=key.key_id,
+                            policy_name="default",
+                            document=policy,
+                            last_updated=key.creation_date,
+                        )
+                    )
+        except exc.IntegrityError:
+            raise errors.AlreadyExistsException(
+                f"key {key.key_id} or its token object id already exists"
+            ) from None
+
+    def finish_creating_key(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
+        """CREATING -> ENABLED and the key's PENDING versions -> ACTIVE, in one transaction.
+
+        False for a key that is no longer CREATING (recovery claimed it);
+        raises ``NotFoundException`` if the key is gone (recovery deleted it).
+        """
+        with self._writer.begin() as connection:
+            flipped = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
+                .values(key_state=KeyState.ENABLED.value)
+            ).rowcount
+            if flipped:
+                connection.execute(
+                    key_versions.update()
+                    .where(
+                        key_versions.c.key_id == key_id,
+                        key_versions.c.state == VersionState.PENDING.value,
+                    )
+                    .values(state=VersionState.ACTIVE.value)
+                )
+                self._trail.record_change(connection, audit)
+                return True
+            exists = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first()
+        if exists is None:
+            raise errors.NotFoundException(f"key {key_id} does not exist")
+        return False
+
+    def claim_failed_creation(self, key_id: str) -> bool:
+        with self._writer.begin() as connection:
+            connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
+                .values(key_state=KeyState.FAILED.value)
+            )
+            state = connection.execute(select(keys.c.key_state).where(keys.c.key_id == key_id)).scalar()
+        return state in (KeyState.FAILED.value, None)
+
+    def list_pending_creations(self, created_before: datetime) -> Sequence[PendingCreation]:
+        """CREATING keys older than ``created_before``, oldest first, with their versions.
+
+        One SELECT (keys LEFT JOIN versions), so a key and its versions come
+        from the same snapshot even without a transaction.
+        """
+        require_aware(created_before, "created_before")
+        query = (
+            select(*keys.c, *VERSION_COLUMNS)
+            .select_from(keys.outerjoin(key_versions, key_versions.c.key_id == keys.c.key_id))
+            .where(
+                or_(
+                    and_(keys.c.key_state == KeyState.CREATING.value, keys.c.creation_date < created_before),
+                    keys.c.key_state == KeyState.FAILED.value,
+                )
+            )
+            .order_by(keys.c.creation_date, keys.c.key_id, key_versions.c.version)
+        )
+        pending: dict[str, PendingCreation] = {}
+        with self._reader.connect() as connection:
+            for row in connection.execute(query):
+                values = row._mapping
+                creation = pending.get(values["key_id"])
+                if creation is None:
+                    creation = PendingCreation(key=key_from_row(values))
+                    pending[creation.key.key_id] = creation
+                if values[VERSION_PREFIX + "key_id"] is not None:
+                    creation.versions.append(version_from_row(values, prefix=VERSION_PREFIX))
+        return list(pending.values())
+
+    def delete_key(self, key_id: str, *, abandoned_at: datetime | None = None) -> None:
+        """Delete the key, its versions, aliases, tags, policy and grants; a missing key is not an error.
+
+        The foreign keys cascade too, but the explicit deletes do not depend on
+        SQLite's per-connection ``foreign_keys`` pragma being on. With
+        ``abandoned_at``, the version rows this transaction deleted (DELETE ...
+        RETURNING: a concurrent delete of the same key returns none) become tombstones.
+        """
+        if abandoned_at is not None:
+            require_aware(abandoned_at, "abandoned_at")
+        with self._writer.begin() as connection:
+            connection.execute(aliases.delete().where(aliases.c.target_key_id == key_id))
+            connection.execute(tags.delete().where(tags.c.key_id == key_id))
+            connection.execute(grants.delete().where(grants.c.key_id == key_id))
+            connection.execute(key_policies.delete().where(key_policies.c.key_id == key_id))
+            deleted = connection.execute(
+                key_versions.delete()
+                .where(key_versions.c.key_id == key_id)
+                .returning(key_versions.c.token_id, key_versions.c.version)
+            ).all()
+            record_abandoned(connection, key_id, deleted, abandoned_at)
+            connection.execute(keys.delete().where(keys.c.key_id == key_id))
+
+    # -- reading ----------------------------------------------------------
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        """A primary-key lookup: the hot path of every cryptographic call."""
+        with self._reader.connect() as connection:
+            row = connection.execute(select(keys).where(keys.c.key_id == key_id)).first()
+        return None if row is None else key_from_row(row._mapping)
+
+    def get_version(self, key_id: str, version: int) -> KeyVersion | None:
+        """A primary-key lookup: the hot path of Decrypt."""
+        query = select(key_versions).where(key_versions.c.key_id == key_id, key_versions.c.version == version)
+        with self._reader.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else version_from_row(row._mapping)
+
+    def list_versions(self, key_id: str) -> Sequence[KeyVersion]:
+        query = select(key_versions).where(key_versions.c.key_id == key_id).order_by(key_versions.c.version)
+        with self._reader.connect() as connection:
+            return [version_from_row(row._mapping) for row in connection.execute(query)]
+
+    def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
+        """One page of a tenant's keys by key_id (keyset paging), CREATING ones left out."""
+        require_positive_limit(limit)
+        query = select(keys).where(
+            keys.c.tenant == tenant, keys.c.key_state.not_in([KeyState.CREATING.value, KeyState.FAILED.value])
+        )
+        if after_key_id is not None:
+            query = query.where(keys.c.key_id > after_key_id)
+        query = query.order_by(keys.c.key_id).limit(limit)
+        with self._reader.connect() as connection:
+            return [key_from_row(row._mapping) for row in connection.execute(query)]
+
+    # -- changing -----------------------------------------------------------
+
+    def update_key_state(
+        self, key_id: str, expected: KeyState, new_state: KeyState, *, audit: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Compare-and-set in one UPDATE, so two racing callers cannot both win."""
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update()
+                .where(keys.c.key_id == key_id, keys.c.key_state == expected.value)
+                .values(key_state=new_state.value)
+            ).rowcount
+            if changed == 1:
+                self._trail.record_change(connection, audit)
+        return changed == 1
+
+    def update_description(
+        self, key_id: str, description: str, *, audit: Mapping[str, Any] | None = None
+    ) -> None:
+        """Raises ``NotFoundException`` if the key does not exist, so no write is lost silently."""
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                keys.update().where(keys.c.key_id == key_id).values(description=description)
+            ).rowcount
+            if changed:
+                self._trail.record_change(connection, audit)
+        if changed == 0:
+            raise errors.NotFoundException(f"key {key_id} does not exist")
+
+
+def _check_new_key(key: KeyRecord, version: KeyVersion) -> None:
+    """What ``insert_creating_key`` takes: a CREATING key and its PENDING first version.
+
+    The version lives in its key's key store (core/model.py, ``KeyVersion``):
+    a version recorded in another store would send its key's calls to the wrong token.
+    """
+    if key.state is not KeyState.CREATING:
+        raise ValueError(f"a new key must be CREATING, not {key.state}")
+    if version.state is not VersionState.PENDING:
+        raise ValueError(f"a new key's first version must be PENDING, not {version.state}")
+    if version.key_id != key.key_id:
+        raise ValueError("the version belongs to another key")
+    if version.key_store_id != key.key_store_id:
+        raise ValueError(
+            f"the version is in key store {version.key_store_id!r}, its key in {key.key_store_id!r}"
+        )
+    require_aware(key.creation_date, "creation_date")
+    require_aware(version.creation_date, "version creation_date")
+    if key.deletion_date is not None:
+        require_aware(key.deletion_date, "deletion_date")
