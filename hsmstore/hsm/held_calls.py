@@ -1,9 +1,9 @@
 """The request path's token calls made without giving up the GIL (``global_lock`` mode only).
 
-Why. python-pkcs11 releases the GIL around every C call (``with nogil:`` in
-``_pkcs11.pyx``): a GenerateDataKey is four releases (``C_GenerateRandom``,
-``C_EncryptInit`` and ``C_Encrypt`` twice, the first asking the output length),
-a Decrypt three. In a gRPC server each release, with another thread waiting for
+Why. python-pkcs11 releases the GIL around every C call (docs/hsm.md,
+"Threads and the process lock"): a GenerateDataKey is four releases
+(``C_GenerateRandom``, ``C_EncryptInit`` and ``C_Encrypt`` twice, the first
+asking the output length), a Decrypt three. In a gRPC server each release, with another thread waiting for
 the GIL, is a hand-off: a futex wake, a context switch, and on the way back a
 wait for the GIL; ``bench/cpu_breakdown.py`` found these hand-offs the largest
 share of hsmstore's cost above the echo floor (docs/performance.md, "Thread
@@ -13,12 +13,12 @@ the calls are shorter than a hand-off.
 
 So the three request-path operations (random bytes, AES-GCM encrypt and
 decrypt) are called here through :class:`ctypes.PyDLL`, which keeps the GIL
-for the whole call ("the Python GIL is not released during the function call",
-ctypes docs), on the same library handle python-pkcs11 loaded (``dlopen`` of
-one path returns one handle, one module instance), with the session and key
-handles python-pkcs11 opened and found. The GCM output length is known in
-advance (plaintext + 16-byte tag; at most the ciphertext for a decrypt), so
-``C_Encrypt``/``C_Decrypt`` are called once, never with a NULL buffer first.
+for the whole call (docs/hsm.md, "Threads and the process lock"), on the same
+library handle python-pkcs11 loaded (``dlopen`` of one path returns one
+handle, one module instance), with the session and key handles python-pkcs11
+opened and found. The GCM output length is known in advance (plaintext +
+16-byte tag; at most the ciphertext for a decrypt), so ``C_Encrypt`` and
+``C_Decrypt`` are called once, never with a NULL buffer first.
 
 Never in ``os_locking`` mode (CloudHSM): there each call is a network round
 trip, and holding the GIL through it would stop every other request thread.

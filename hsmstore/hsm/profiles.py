@@ -51,7 +51,7 @@ class PinForm(StrEnum):
     PLAIN = "plain"
     """The user PIN itself (SoftHSM2: 4 to 255 characters)."""
     CRYPTO_USER = "user:password"
-    """``<crypto user name>:<password>`` (CloudHSM SDK 5, ``pkcs11-pin.md``)."""
+    """``<crypto user name>:<password>`` (CloudHSM SDK 5; docs/hsm.md, "Library, login and sessions")."""
 
 
 class ThreadingMode(StrEnum):
@@ -79,9 +79,9 @@ class HsmProfile:
 
     SoftHSM2 2.6.1 accepts both at C_GenerateKey and then answers
     CKR_ACTION_PROHIBITED to C_SetAttributeValue and C_CopyObject (checked
-    here). CloudHSM SDK 5 would reject them: its key attributes table
-    (``pkcs11-attributes.md``) marks CKA_MODIFIABLE "must be explicitly set
-    only to the default value" (True) and does not list CKA_COPYABLE at all;
+    here). CloudHSM SDK 5 would reject them: its key attributes table marks
+    CKA_MODIFIABLE "must be explicitly set only to the default value" (True)
+    and does not list CKA_COPYABLE at all (docs/hsm.md, "Templates and defaults");
     attribute changes there go through the CloudHSM CLI (``key set-attribute``),
     so on CloudHSM the load-time check of every version is the defence."""
 
@@ -152,9 +152,10 @@ def _validate_cloudhsm_password(password: str) -> None:
 def cloudhsm_pin(user: str, password: str) -> str:
     """The C_Login string for a CloudHSM crypto user: ``"<user>:<password>"``.
 
-    CloudHSM SDK 5 (``pkcs11-pin.md``): the PIN given to C_Login is the crypto
-    user's name and password joined by ':'. The user name cannot hold ':' (it
-    is alphanumeric and '_'), so the first ':' splits.
+    CloudHSM SDK 5 (docs/hsm.md, "Library, login and sessions"): the PIN
+    given to C_Login is the crypto user's name and password joined by ':'.
+    The user name cannot hold ':' (it is alphanumeric and '_'), so the first
+    ':' splits.
     """
     _validate_cloudhsm_user(user)
     _validate_cloudhsm_password(password)
@@ -201,9 +202,10 @@ class HsmIvGcm:
     ``GCMParams(bytes(12))`` would let the HSM write its IV into an immutable
     Python ``bytes`` object (docs/hsm.md, "AES-GCM and IVs"); instead a
     ``bytes`` ``mechanism_param`` is passed through as the parameter blob
-    (``_pkcs11.pyx:192``). The blob holds raw pointers into ``_iv_buffer`` and
-    ``_aad_buffer``, so this object owns both and must stay alive until the
-    encrypt call has returned; read the IV with :meth:`iv_after_encrypt`.
+    (python-pkcs11 0.10.1, same section). The blob holds raw pointers into
+    ``_iv_buffer`` and ``_aad_buffer``, so this object owns both and must
+    stay alive until the encrypt call has returned; read the IV with
+    :meth:`iv_after_encrypt`.
     """
 
     __slots__ = ("_aad_buffer", "_iv_buffer", "mechanism_param", "struct")

@@ -17,9 +17,9 @@ error says about the call and the connection (docs/hsm.md, "Fault classes"):
   token does not support, a write-protected token). Retrying cannot help; the
   call is ``KMSInternalException``.
 
-The values and names are those of the PKCS#11 v2.40 header (p11-kit's
-``pkcs11.h``) plus the v3.0 values python-pkcs11 0.10.1 knows; the classes are
-python-pkcs11 0.10.1's ``map_rv_to_error`` (``_pkcs11.pxd``). A value it does
+The values and names are those of the PKCS#11 v2.40 header plus the v3.0
+values python-pkcs11 0.10.1 knows; the classes are python-pkcs11 0.10.1's
+``map_rv_to_error`` (docs/hsm.md, "Fault classes"). A value it does
 not map becomes a bare ``PKCS11Error`` there ("Unmapped error code 0x..."), and
 a few it maps to a bare ``PKCS11Error`` with a fixed message; both are resolved
 back to the value by :func:`return_value_of`. python-pkcs11's own exceptions

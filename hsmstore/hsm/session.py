@@ -42,11 +42,13 @@ sessions", "Threads and the process lock", "Fork", "Fault classes").
   after that the call answers ``DependencyUnavailableException`` and the next
   call tries again, so the process recovers by itself when the token returns.
   A stale *object* handle (the key was destroyed, maybe by another process)
-  only drops that key's cache entries before one retry: re-initialising a
-  token with 20,000 objects costs seconds ("opening + login took 2.4 s").
+  only drops that key's cache entries before one retry: re-initialising
+  re-reads the whole token, which is slow on a large one (docs/hsm.md,
+  "Library, login and sessions").
 * **Object store changes are serialised.** Even in ``os_locking`` mode,
   creating, destroying and searching token objects take one per-module lock
-  (:attr:`TokenSessions.object_store_lock`, the measurement is there).
+  (:attr:`TokenSessions.object_store_lock`; docs/hsm.md, "Threads and the
+  process lock").
 * **Nothing at import time.** Importing this module never loads a PKCS#11
   library; :meth:`TokenSessions.open` does.
 * **Fork.** A forked child is a new PKCS#11 application that must initialise
@@ -92,8 +94,7 @@ DEFAULT_OS_LOCKING_SESSIONS = 16
 
 # SoftHSM2's file store, opened by several processes at once (``--workers N``
 # starting together), now and then answers GeneralError or "no such token" for
-# a moment (SoftHSM issue #757: "token integrity check failures under heavy
-# parallel multi-process access"; seen here: 2 in 30 simultaneous opens). So
+# a moment (a known SoftHSM2 fault; docs/hsm.md, "Fault classes"). So
 # opening retries every token fault of the table and, at open only,
 # CKR_GENERAL_ERROR (fatal elsewhere: it is also SoftHSM2's GCM tag mismatch).
 # A wrong PIN or a missing module is not retried.
@@ -688,13 +689,11 @@ class TokenSessions:
     def object_store_lock(self) -> threading.Lock:
         """Hold while creating, destroying or searching token objects (inside :meth:`run`).
 
-        Measured here on SoftHSM 2.6.1, re-initialised with CKF_OS_LOCKING_OK:
-        C_GenerateKey of a token object failed (GeneralError) in 17 of 600
-        calls while other sessions ran C_FindObjects (once TemplateInconsistent
-        in a mixed load); key generation alongside encrypt or random, and
-        concurrent finds, were clean. Those calls are rare (never on the request
-        path once handles are cached), so one process-wide lock per module costs
-        nothing.
+        SoftHSM 2.6.1, even re-initialised with CKF_OS_LOCKING_OK, fails some
+        C_GenerateKey calls of token objects while other sessions run
+        C_FindObjects (docs/hsm.md, "Threads and the process lock"). Those calls
+        are rare (never on the request path once handles are cached), so one
+        process-wide lock per module costs nothing.
         """
         return self._module.object_store_lock
 

@@ -43,7 +43,7 @@ GENERATE_KEY_CAPABILITIES: Final = MechanismFlag(0)
 """Pass as ``capabilities=``: no usage from the library, only the template decides."""
 
 TOKEN_ID_BYTES: Final = 16
-"""``KeyVault`` port: "``token_id`` is the token object's CKA_ID (16 bytes)"."""
+"""A key version's ``token_id``, its object's CKA_ID, is 16 bytes (``model.KeyVersion``)."""
 
 MAX_LABEL_CHARS: Final = 127
 """Keep labels short: they are stored (and, for private objects, encrypted) per object."""

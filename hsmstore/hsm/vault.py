@@ -1,17 +1,25 @@
-"""``Pkcs11KeyVault``: the ``KeyVault`` port on a PKCS#11 token (SoftHSM2, AWS CloudHSM).
+"""``Pkcs11KeyVault``: one key store on a PKCS#11 token (SoftHSM2, AWS CloudHSM).
+
+It implements the key-store ports (hsmstore/core/ports/key_store.py:
+``SymmetricKeyStore``) and, through :class:`~hsmstore.hsm.audit_sealer.TokenAuditSealer`
+on the same sessions, ``AuditSealer`` (hsmstore/core/ports/audit.py).
 
 Each KMS key version is one AES-256 token object, generated on the token from
 the explicit template of :mod:`hsmstore.hsm.templates` and addressed by its
-CKA_ID (the version's ``token_id``). Nothing here returns, logs or formats key
-bytes, plaintext or the PIN.
+CKA_ID. The core names it with a :class:`~hsmstore.core.model.KeyMaterialRef`;
+this key store takes only references to itself (its ``key_store_id``) with
+``Residency.TOKEN_OBJECT``, whose handle is the CKA_ID (the version's
+``token_id``). Any other reference means the metadata DB and the key stores
+disagree: ``KMSInternalException`` before the token is touched (issue 15).
+Nothing here returns, logs or formats key bytes, plaintext or the PIN.
 
 Finding keys: a search of SoftHSM2's file store visits every object (docs/hsm.md,
 "Library, login and sessions"), so the request path never searches: each key
 is found once (one enumeration at start-up, or on first use) and its handle
-kept. So ``create_key`` caches
-the object it made, :meth:`Pkcs11KeyVault.preload` enumerates the token's
-secret keys once, and a cache miss (a key made by another process) does one
-search by CKA_ID and caches the answer. ``token_searches`` counts those
+kept. So ``create_key`` caches the object it made,
+:meth:`Pkcs11KeyVault.preload` enumerates the token's secret keys once, and a
+cache miss (a key made by another process) does one search by CKA_ID and
+caches the answer. ``token_searches`` counts those
 single-key searches, so tests and metrics can see when the request path
 searched.
 
@@ -28,29 +36,25 @@ HSM itself on CloudHSM (docs/hsm.md, "AES-GCM and IVs").
 Errors: a GCM decrypt failure that is not a token fault is
 ``CiphertextAuthenticationFailed`` (SoftHSM2 answers a tag or AAD mismatch
 with CKR_GENERAL_ERROR); an absent or refused key is
-``KeyUnavailableException``; a token that does not answer within the retry
-budget is ``DependencyUnavailableException`` (docs/hsm.md, "Fault classes");
-every other token failure is ``KMSInternalException`` with a fixed message
-(library messages can hold attribute values, e.g. python-pkcs11's
-``NoSuchKey`` prints the search template), raised ``from None`` so the
-library's exception is not chained.
+``KeyUnavailableException``; the rest is mapped once, in
+:mod:`hsmstore.hsm.token_calls` (docs/hsm.md, "Fault classes").
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as pkcs11_errors
-from pkcs11.types import DecryptMixin, EncryptMixin, SignMixin, VerifyMixin
+from pkcs11.types import DecryptMixin, EncryptMixin
 
 from hsmstore import errors
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm import templates
+from hsmstore.hsm.audit_sealer import TokenAuditSealer
 from hsmstore.hsm.profiles import (
     GCM_IV_BYTES,
     GCM_TAG_BYTES,
@@ -61,68 +65,27 @@ from hsmstore.hsm.profiles import (
 )
 from hsmstore.hsm.return_values import Fault
 from hsmstore.hsm.session import TokenSessions, TokenViewStale, WorkingSession, fault_kind
+from hsmstore.hsm.token_calls import (
+    ThreadSafeCounter,
+    TokenCalls,
+    as_bytes,
+    internal,
+    key_unavailable,
+    read_back,
+)
 
 if TYPE_CHECKING:
     from pkcs11.types import Object
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_RANDOM_BYTES = 1024
 """AWS KMS GenerateRandom: "NumberOfBytes ... Valid Range: Minimum value of 1. Maximum value of 1024"."""
 
-KEY_ATTRIBUTES_READ_BACK: tuple[Attribute, ...] = (
-    Attribute.MODIFIABLE,
-    Attribute.COPYABLE,
-    Attribute.TOKEN,
-    Attribute.PRIVATE,
-    Attribute.SENSITIVE,
-    Attribute.ALWAYS_SENSITIVE,
-    Attribute.EXTRACTABLE,
-    Attribute.NEVER_EXTRACTABLE,
-    Attribute.LOCAL,
-    Attribute.ENCRYPT,
-    Attribute.DECRYPT,
-    Attribute.WRAP,
-    Attribute.UNWRAP,
-    Attribute.SIGN,
-    Attribute.VERIFY,
-    Attribute.DERIVE,
-)
-"""Boolean attributes :meth:`Pkcs11KeyVault.key_attributes` reports (never CKA_VALUE)."""
-
-
-class _Counter:
-    """A thread-safe counter (``+=`` on an int is not atomic across threads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value = 0
-
-    def increment(self) -> None:
-        with self._lock:
-            self._value += 1
-
-    @property
-    def value(self) -> int:
-        return self._value
-
-
 RESCAN_INTERVAL_SECONDS = 5.0
 
 LIST_CHUNK = 64
 """Objects read per token round by :meth:`Pkcs11KeyVault.list_key_versions`."""
-
-AUDIT_SEAL_PROBE = b"hsmstore:audit-seal:choose"
-"""Signed with each audit seal key found, to choose one the same way in every process."""
-
-
-def _internal(message: str) -> errors.KMSInternalException:
-    return errors.KMSInternalException(message)
-
-
-def _key_unavailable() -> errors.KeyUnavailableException:
-    return errors.KeyUnavailableException("the key material of this key version is not on the HSM")
 
 
 def _key_refused() -> errors.KeyUnavailableException:
@@ -140,7 +103,7 @@ def _object_handle(key: Object) -> int:
     only for domain parameters never stored on a token)."""
     handle = key.handle
     if handle is None:
-        raise _key_unavailable()
+        raise key_unavailable()
     return handle
 
 
@@ -150,22 +113,23 @@ class Pkcs11KeyVault:
     Open with :meth:`open`, close with :meth:`close` (or use as a context manager).
     """
 
-    def __init__(self, sessions: TokenSessions) -> None:
+    def __init__(self, sessions: TokenSessions, key_store_id: str = DEFAULT_KEY_STORE_ID) -> None:
         """Use :meth:`open`; this takes an already-open :class:`TokenSessions`."""
+        if not key_store_id:
+            raise ValueError("key_store_id must not be empty")
+        self._key_store_id = key_store_id
         self._sessions = sessions
         self.profile: HsmProfile = sessions.profile
-        self._searches = _Counter()
-        self._enumerations = _Counter()
+        self._calls = TokenCalls(sessions)
+        self._sealer = TokenAuditSealer(self._calls)
+        self._enumerations = ThreadSafeCounter()
         # token_id -> when a miss on it last made us rescan the token (see _cached_or_found)
         self._last_rescan: dict[bytes, tuple[float, int]] = {}  # token_id -> (when, epoch)
-        # One finder/generator of the audit seal key per process (os_locking has many sessions).
-        self._seal_key_lock = threading.Lock()
-        self._seal_verify_rescanned = False
         # GIL-keeping calls for the request path (global_lock mode; the IV is ours to pass).
         self._held = sessions.held_calls if self.profile.iv_source is IvSource.CALLER else None
         # token_id -> why its object was refused (see _admit); never used again in this process.
         self._refused: dict[bytes, str] = {}
-        self._flag_reads = _Counter()
+        self._flag_reads = ThreadSafeCounter()
 
     @classmethod
     def open(
@@ -176,22 +140,27 @@ class Pkcs11KeyVault:
         pin: str,
         *,
         max_sessions: int | None = None,
+        key_store_id: str = DEFAULT_KEY_STORE_ID,
     ) -> Pkcs11KeyVault:
         """Load the module (``profile.default_module_path`` when None), log in, open a session.
 
         ``pin`` is the login string of the profile (SoftHSM2: the user PIN;
         CloudHSM: ``cloudhsm_pin(user, password)``). ``max_sessions`` bounds
-        the session pool in ``os_locking`` mode. Raises ``ValueError`` for a
-        malformed PIN and ``KMSInternalException`` when the module, token or
-        login fails; neither message holds the PIN.
+        the session pool in ``os_locking`` mode. ``key_store_id`` is the id the
+        metadata DB gives this token's key store (``KeyMaterialRef.key_store_id``).
+        Raises ``ValueError`` for a malformed PIN or an empty label or id, and
+        ``KMSInternalException`` when the module, token or login fails; neither
+        message holds the PIN.
         """
         profile.validate_pin(pin)
         if not token_label:
             raise ValueError("token_label must not be empty")
+        if not key_store_id:
+            raise ValueError("key_store_id must not be empty")
         sessions = TokenSessions.open(
             profile, module_path or profile.default_module_path, token_label, pin, max_sessions
         )
-        return cls(sessions)
+        return cls(sessions, key_store_id)
 
     def close(self) -> None:
         """Close this vault's sessions; the last vault on the token logs out. Idempotent."""
@@ -204,16 +173,25 @@ class Pkcs11KeyVault:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Pkcs11KeyVault profile={self.profile.name} token={self._sessions.token_label!r}>"
+        return (
+            f"<Pkcs11KeyVault key_store={self._key_store_id!r} profile={self.profile.name} "
+            f"token={self._sessions.token_label!r}>"
+        )
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a Pkcs11KeyVault cannot be pickled; open one in each process")
 
     @property
+    def key_store_id(self) -> str:
+        """The id the metadata DB gives this key store; it takes references to no other."""
+        return self._key_store_id
+
+    @property
     def token_searches(self) -> int:
         """Single-key searches of the token made by this vault (cache misses,
-        ``key_exists``, ``destroy_key``); stays 0 on a request path served from cache."""
-        return self._searches.value
+        ``key_exists``, ``destroy_key``, the audit seal key); stays 0 on a request
+        path served from cache."""
+        return self._calls.searches
 
     @property
     def attribute_checks(self) -> int:
@@ -225,14 +203,15 @@ class Pkcs11KeyVault:
         """Enumerations of all secret keys (one per working session after :meth:`preload`)."""
         return self._enumerations.value
 
-    # -- KeyVault port --
+    # -- KeyMaterial, SymmetricEncryption, RandomSource (hsmstore/core/ports/key_store.py) --
 
-    def create_key(self, token_id: bytes, label: str) -> None:
-        """C_GenerateKey of a non-extractable AES-256 token object with CKA_ID ``token_id``."""
+    def create_key(self, material: KeyMaterialRef, label: str) -> None:
+        """C_GenerateKey of a non-extractable AES-256 token object with the reference's CKA_ID."""
+        token_id = self._token_id(material)
         try:
             template = templates.key_version_template(token_id, label, lock_object=self.profile.lock_objects)
         except ValueError:
-            raise _internal("invalid token_id or label for a key version") from None
+            raise internal("invalid token_id or label for a key version") from None
 
         attempts = 0
 
@@ -242,12 +221,12 @@ class Pkcs11KeyVault:
             if attempts > 1:
                 # A retry after a token fault: the first C_GenerateKey may have
                 # completed before the fault. Adopt its object, never make a twin.
-                found = self._search(ws, _secret_key_query(token_id))
+                found = self._calls.search(ws, _secret_key_query(token_id))
                 if len(found) == 1:
                     self._admit(ws, token_id, found[0])
                     return
                 if found:
-                    raise _internal("several HSM objects share the CKA_ID of this key version")
+                    raise internal("several HSM objects share the CKA_ID of this key version")
             with self._sessions.object_store_lock:
                 key = ws.session.generate_key(
                     KeyType.AES,
@@ -258,21 +237,22 @@ class Pkcs11KeyVault:
                 )
             self._admit(ws, token_id, key)  # a token that ignored the template fails here
 
-        self._call(generate, "the HSM failed to generate a key", key_id=None)
+        self._calls.run(generate, "the HSM failed to generate a key", key_id=None)
 
-    def encrypt(self, token_id: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    def encrypt(self, material: KeyMaterialRef, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
         """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)`` with a 12-byte IV."""
+        token_id = self._token_id(material)
         self._check_payload(len(plaintext))
 
         def encrypt(ws: WorkingSession) -> tuple[bytes, bytes]:
             iv = self._caller_iv(ws, b"")
             return self._seal(ws, token_id, plaintext, aad, iv)
 
-        iv, ciphertext = self._call(encrypt, "the HSM failed to encrypt", key_id=token_id)
+        iv, ciphertext = self._calls.run(encrypt, "the HSM failed to encrypt", key_id=token_id)
         return self._checked(iv, ciphertext, len(plaintext))
 
     def generate_data_key(
-        self, token_id: bytes, number_of_bytes: int, aad: bytes
+        self, material: KeyMaterialRef, number_of_bytes: int, aad: bytes
     ) -> tuple[bytes, bytes, bytes]:
         """Random bytes from the token, sealed under the key in the same token round.
 
@@ -281,6 +261,7 @@ class Pkcs11KeyVault:
         session checkout, so the process-wide lock is taken once, not three times.
         Returns ``(data_key, iv, ciphertext || tag)``.
         """
+        token_id = self._token_id(material)
         if not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
             raise errors.ValidationException(f"number_of_bytes must be between 1 and {MAX_RANDOM_BYTES}")
         self._check_payload(number_of_bytes)
@@ -293,7 +274,9 @@ class Pkcs11KeyVault:
             iv, ciphertext = self._seal(ws, token_id, data_key, aad, iv_bytes or None)
             return data_key, iv, ciphertext
 
-        data_key, iv, ciphertext = self._call(generate, "the HSM failed to make a data key", key_id=token_id)
+        data_key, iv, ciphertext = self._calls.run(
+            generate, "the HSM failed to make a data key", key_id=token_id
+        )
         return data_key, *self._checked(iv, ciphertext, number_of_bytes)
 
     def _check_payload(self, size: int) -> None:
@@ -310,7 +293,7 @@ class Pkcs11KeyVault:
     def _random(self, ws: WorkingSession, number_of_bytes: int) -> bytes:
         if self._held is not None:
             return self._held.generate_random(ws.handle, number_of_bytes)
-        return _as_bytes(ws.session.generate_random(number_of_bytes * 8))  # nbits, not bytes
+        return as_bytes(ws.session.generate_random(number_of_bytes * 8))  # nbits, not bytes
 
     def _seal(
         self, ws: WorkingSession, token_id: bytes, plaintext: bytes, aad: bytes, iv: bytes | None
@@ -324,23 +307,24 @@ class Pkcs11KeyVault:
         ciphertext = key.encrypt(
             plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=param.mechanism_param
         )
-        return param.iv_after_encrypt(), _as_bytes(ciphertext)
+        return param.iv_after_encrypt(), as_bytes(ciphertext)
 
     @staticmethod
     def _checked(iv: bytes, ciphertext: bytes, plaintext_size: int) -> tuple[bytes, bytes]:
         if len(iv) != GCM_IV_BYTES or iv == bytes(GCM_IV_BYTES):
             # HSM-written IV still zero: the token ignored the buffer; never ship a fixed IV.
-            raise _internal("the HSM returned no GCM IV")
+            raise internal("the HSM returned no GCM IV")
         if len(ciphertext) != plaintext_size + GCM_TAG_BYTES:
-            raise _internal("the HSM returned a GCM output of the wrong length")
+            raise internal("the HSM returned a GCM output of the wrong length")
         return iv, ciphertext
 
-    def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    def decrypt(self, material: KeyMaterialRef, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """AES-256-GCM decrypt on the token of ``ciphertext || tag``.
 
         A wrong IV length, a ciphertext shorter than the tag, or any token
         error of the decrypt itself raise ``CiphertextAuthenticationFailed``.
         """
+        token_id = self._token_id(material)
         if len(iv) != GCM_IV_BYTES or len(ciphertext) < GCM_TAG_BYTES:
             raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate")
         param = gcm_decrypt_param(iv, aad) if self._held is None else None
@@ -355,9 +339,9 @@ class Pkcs11KeyVault:
                 if fault_kind(exc) in (Fault.STALE_HANDLE, Fault.TOKEN_FAULT):
                     raise  # stale handle / lost token: TokenSessions.run recovers and retries
                 raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate") from None
-            return _as_bytes(plaintext)
+            return as_bytes(plaintext)
 
-        return self._call(decrypt, "the HSM failed to decrypt", key_id=token_id)
+        return self._calls.run(decrypt, "the HSM failed to decrypt", key_id=token_id)
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         """``number_of_bytes`` (1 to 1024) from the token's RNG (C_GenerateRandom)."""
@@ -367,24 +351,25 @@ class Pkcs11KeyVault:
         def draw(ws: WorkingSession) -> bytes:
             return self._random(ws, number_of_bytes)
 
-        random_bytes = self._call(draw, "the HSM failed to generate random bytes", key_id=None)
+        random_bytes = self._calls.run(draw, "the HSM failed to generate random bytes", key_id=None)
         if len(random_bytes) != number_of_bytes:
-            raise _internal("the HSM returned the wrong number of random bytes")
+            raise internal("the HSM returned the wrong number of random bytes")
         return random_bytes
 
-    def destroy_key(self, token_id: bytes) -> bool:
-        """C_DestroyObject every object with this CKA_ID; True if one existed.
+    def destroy_key(self, material: KeyMaterialRef) -> bool:
+        """C_DestroyObject every object with the reference's CKA_ID; True if one existed.
 
         "Not there" is only concluded after a rescan of the token: with several
         processes on one SoftHSM2 store this process may not see an object
         another made (TokenViewStale), and a reaper that skipped it would leave
         key material behind after reporting the key destroyed.
         """
+        token_id = self._token_id(material)
         rescanned = False
 
         def destroy(ws: WorkingSession) -> bool:
             nonlocal rescanned
-            found = self._search(ws, {Attribute.ID: token_id})
+            found = self._calls.search(ws, {Attribute.ID: token_id})
             if not found and not rescanned:
                 rescanned = True
                 raise TokenViewStale()
@@ -394,24 +379,24 @@ class Pkcs11KeyVault:
             return bool(found)
 
         try:
-            return self._call(destroy, "the HSM failed to destroy a key", key_id=None)
+            return self._calls.run(destroy, "the HSM failed to destroy a key", key_id=None)
         finally:
             self._sessions.forget_key(token_id)
 
-    def key_exists(self, token_id: bytes) -> bool:
-        """Search the token for a secret key with this CKA_ID (recovery and tests only)."""
-
+    def key_exists(self, material: KeyMaterialRef) -> bool:
+        """Search the token for a secret key with the reference's CKA_ID (recovery and tests only)."""
+        token_id = self._token_id(material)
         rescanned = False
 
         def exists(ws: WorkingSession) -> bool:
             nonlocal rescanned
-            found = bool(self._search(ws, _secret_key_query(token_id)))
+            found = bool(self._calls.search(ws, _secret_key_query(token_id)))
             if not found and not rescanned:
                 rescanned = True
                 raise TokenViewStale()  # rescan before answering "absent" (see destroy_key)
             return found
 
-        return self._call(exists, "the HSM failed to search for a key", key_id=None)
+        return self._calls.run(exists, "the HSM failed to search for a key", key_id=None)
 
     def ping(self) -> None:
         """Raise if the token does not answer (one C_GenerateRandom).
@@ -428,9 +413,8 @@ class Pkcs11KeyVault:
         A full walk of the token, for the periodic sweep of junk objects only,
         never the request path. It holds the token for one C_FindObjects walk,
         then reads the objects :data:`LIST_CHUNK` at a time, so requests get the
-        token in between (on SoftHSM2 every call holds the process lock; 1,000
-        objects read through python-pkcs11 in one go held it 0.2 s). An object
-        destroyed meanwhile is left out.
+        token in between (on SoftHSM2 every call holds the process lock; docs/hsm.md,
+        "Junk objects"). An object destroyed meanwhile is left out.
         """
 
         def find(ws: WorkingSession) -> list[int]:
@@ -439,7 +423,7 @@ class Pkcs11KeyVault:
                     ws, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}
                 )
 
-        handles = self._call(find, "the HSM failed to list its keys", key_id=None)
+        handles = self._calls.run(find, "the HSM failed to list its keys", key_id=None)
         found: list[tuple[bytes, str]] = []
         for start in range(0, len(handles), LIST_CHUNK):
             chunk = handles[start : start + LIST_CHUNK]
@@ -447,62 +431,26 @@ class Pkcs11KeyVault:
             def read(ws: WorkingSession, chunk: list[int] = chunk) -> list[tuple[bytes, str] | None]:
                 return [self._sessions.read_id_and_label(ws, handle) for handle in chunk]
 
-            for entry in self._call(read, "the HSM failed to list its keys", key_id=None):
+            for entry in self._calls.run(read, "the HSM failed to list its keys", key_id=None):
                 if entry is not None and len(entry[0]) == templates.TOKEN_ID_BYTES:
                     found.append(entry)
         return found
 
+    # -- AuditSealer (hsmstore/core/ports/audit.py), on the same sessions --
+
     def audit_seal(self, data: bytes) -> bytes:
-        """HMAC-SHA256 of ``data`` on the token (C_Sign, CKM_SHA256_HMAC) with the seal key.
-
-        The key is found, or generated on first use, once per session and cached
-        like a key version's handle (see :meth:`_audit_seal_key` for two
-        processes generating it at once).
-        """
-
-        def sign(ws: WorkingSession) -> bytes:
-            key = self._audit_seal_key(ws)
-            return _as_bytes(key.sign(data, mechanism=Mechanism.SHA256_HMAC))
-
-        return self._call(sign, "the HSM failed to seal the audit trail", key_id=templates.AUDIT_SEAL_ID)
+        """HMAC-SHA256 of ``data`` with the token's audit seal key (:mod:`hsmstore.hsm.audit_sealer`)."""
+        return self._sealer.audit_seal(data)
 
     def verify_audit_seal(self, data: bytes, mac: bytes) -> bool:
-        """C_Verify of ``mac`` over ``data`` with the token's audit seal key(s).
-
-        Any seal key on the token is accepted: after a first-use race each
-        racer may have sealed with its own key (see :meth:`_audit_seal_key`).
-        "No key verifies" is only concluded after one rescan of the token (a
-        SoftHSM2 process may not see a key another process made, TokenViewStale).
-        No seal key at all on the token is False, never a new key.
-        """
-
-        def verify(ws: WorkingSession) -> bool:
-            cached = ws.keys.get(templates.AUDIT_SEAL_ID)
-            if isinstance(cached, VerifyMixin) and cached.verify(data, mac, mechanism=Mechanism.SHA256_HMAC):
-                return True
-            for key in self._search(ws, _audit_seal_query()):
-                if isinstance(key, VerifyMixin) and key.verify(data, mac, mechanism=Mechanism.SHA256_HMAC):
-                    return True
-            if not self._seal_verify_rescanned:
-                self._seal_verify_rescanned = True
-                raise TokenViewStale()
-            return False
-
-        return self._call(verify, "the HSM failed to verify an audit seal", key_id=templates.AUDIT_SEAL_ID)
+        """Check an audit seal with any audit seal key on the token (:mod:`hsmstore.hsm.audit_sealer`)."""
+        return self._sealer.verify_audit_seal(data, mac)
 
     def audit_seal_key_attributes(self) -> list[dict[str, bool]]:
         """The boolean attributes of every audit seal key on the token (tests, audits)."""
+        return self._sealer.key_attributes()
 
-        def read(ws: WorkingSession) -> list[dict[str, bool]]:
-            found = self._search(ws, _audit_seal_query())
-            return [
-                {Attribute(attr).name: bool(value) for attr, value in _read_flags(key).items()}
-                for key in found
-            ]
-
-        return self._call(read, "the HSM failed to read key attributes", key_id=None)
-
-    # -- beyond the port --
+    # -- beyond the ports --
 
     def preload(self) -> int:
         """Enumerate the token's AES secret keys once and cache ``CKA_ID -> object``.
@@ -518,86 +466,40 @@ class Pkcs11KeyVault:
             return len(ws.keys)
 
         self._sessions.set_session_initializer(self._enumerate_into)
-        return self._call(count, "the HSM failed to list its keys", key_id=None)
+        return self._calls.run(count, "the HSM failed to list its keys", key_id=None)
 
-    def key_attributes(self, token_id: bytes) -> dict[str, bool]:
+    def key_attributes(self, material: KeyMaterialRef) -> dict[str, bool]:
         """The boolean attributes of the key object (``SENSITIVE``, ``EXTRACTABLE``, ...).
 
         For audits and tests: shows that a key is what its template promised.
         Never reads CKA_VALUE.
         """
+        token_id = self._token_id(material)
 
         def read(ws: WorkingSession) -> dict[str, bool]:
-            key = self._cached_or_found(ws, token_id)
-            values = key.get_attributes(list(KEY_ATTRIBUTES_READ_BACK))
-            return {Attribute(attr).name: bool(values[attr]) for attr in KEY_ATTRIBUTES_READ_BACK}
+            return read_back(self._cached_or_found(ws, token_id))
 
-        return self._call(read, "the HSM failed to read key attributes", key_id=token_id)
+        return self._calls.run(read, "the HSM failed to read key attributes", key_id=token_id)
 
     # -- internals --
 
-    def _audit_seal_key(self, ws: WorkingSession) -> SignMixin:
-        """The seal key for this session: cached, found, or generated (once per process).
+    def _token_id(self, material: KeyMaterialRef) -> bytes:
+        """The CKA_ID a reference names, if the material is a token object of this key store.
 
-        Two processes may both find none and both generate one. There is no
-        lock shared by every process on a token (CloudHSM's are other hosts),
-        so: after generating, search again, and if several exist choose the one
-        whose HMAC of :data:`AUDIT_SEAL_PROBE` is smallest -- the same choice
-        in every process that sees them all. The others are NOT destroyed: a
-        racer may already have sealed with the one it made before it saw the
-        other, and destroying it would make that seal unverifiable. So several
-        seal keys can exist after a race; :meth:`verify_audit_seal` accepts any.
+        Anything else means the metadata DB names material this key store does
+        not hold (issue 15): refused before the token is touched.
         """
-        cached = ws.keys.get(templates.AUDIT_SEAL_ID)
-        if isinstance(cached, SignMixin):
-            return cached
-        with self._seal_key_lock:
-            found = self._search(ws, _audit_seal_query())
-            if not found:
-                with self._sessions.object_store_lock:
-                    ws.session.generate_key(
-                        KeyType.GENERIC_SECRET,
-                        templates.AUDIT_SEAL_BITS,
-                        store=True,
-                        capabilities=templates.GENERATE_KEY_CAPABILITIES,
-                        template=templates.audit_seal_template(lock_object=self.profile.lock_objects),
-                    )
-                found = self._search(ws, _audit_seal_query())  # ours, and a racer's if visible
-            probes: list[tuple[bytes, SignMixin]] = []
-            for key in found:
-                if not isinstance(key, SignMixin):
-                    continue
-                try:
-                    probes.append(
-                        (_as_bytes(key.sign(AUDIT_SEAL_PROBE, mechanism=Mechanism.SHA256_HMAC)), key)
-                    )
-                except pkcs11_errors.PKCS11Error:
-                    # A racer's key still being written (SoftHSM2 answers KeySizeRange
-                    # for it): not a candidate now; verify_audit_seal still accepts it.
-                    continue
-            if not probes:
-                raise _internal("the HSM holds no usable audit seal key")
-            chosen = min(probes, key=lambda probe: probe[0])[1]
-            ws.keys[templates.AUDIT_SEAL_ID] = chosen
-            return chosen
-
-    def _call(self, op: Callable[[WorkingSession], T], failure: str, *, key_id: bytes | None) -> T:
-        """Run ``op`` through the session layer; library errors become a fixed internal error."""
-        try:
-            return self._sessions.run(op, key_id=key_id)
-        except (errors.KMSError, errors.CiphertextAuthenticationFailed):
-            raise
-        except TokenViewStale:
-            raise _key_unavailable() from None
-        except pkcs11_errors.PKCS11Error:
-            raise _internal(failure) from None
-
-    def _search(self, ws: WorkingSession, query: dict[Attribute, object]) -> list[Object]:
-        self._searches.increment()
-        # Exhaust the generator: an unfinished C_FindObjects leaves the session's
-        # find operation active (the next one fails with OperationActive).
-        with self._sessions.object_store_lock:
-            return list(ws.session.get_objects(query))
+        if material.key_store_id != self._key_store_id:
+            raise internal(
+                f"the metadata DB names key material of key store {material.key_store_id!r}, "
+                f"not of this one ({self._key_store_id!r})"
+            )
+        if material.residency is not Residency.TOKEN_OBJECT:
+            raise internal(
+                f"the metadata DB names {material.residency.value} key material; "
+                f"key store {self._key_store_id!r} holds only token objects"
+            )
+        return material.handle
 
     def _cached_or_found(self, ws: WorkingSession, token_id: bytes) -> Object:
         key = ws.keys.get(token_id)
@@ -605,7 +507,7 @@ class Pkcs11KeyVault:
             return key
         if token_id in self._refused:
             raise _key_refused()
-        found = self._search(ws, _secret_key_query(token_id))
+        found = self._calls.search(ws, _secret_key_query(token_id))
         if not found:
             # The caller's DB says this object exists. Rescan the token once
             # (see TokenViewStale), at most once per key per RESCAN_INTERVAL,
@@ -617,10 +519,10 @@ class Pkcs11KeyVault:
             if ws.epoch <= asked_in_epoch or now - asked_at >= RESCAN_INTERVAL_SECONDS:
                 self._last_rescan[token_id] = (now, ws.epoch)
                 raise TokenViewStale()
-            raise _key_unavailable()
+            raise key_unavailable()
         if len(found) > 1:
             # Only a retried creation could make two; which one encrypted what is unknowable.
-            raise _internal("several HSM objects share the CKA_ID of this key version")
+            raise internal("several HSM objects share the CKA_ID of this key version")
         # Found: give the key its rescan back. A later re-initialisation drops every
         # cached handle, and this process's next write can hide the key once more.
         self._last_rescan.pop(token_id, None)
@@ -664,13 +566,13 @@ class Pkcs11KeyVault:
     def _encrypting_key(self, ws: WorkingSession, token_id: bytes) -> EncryptMixin:
         key = self._cached_or_found(ws, token_id)
         if not isinstance(key, EncryptMixin):  # CKA_ENCRYPT is False: not one of our key versions
-            raise _key_unavailable()
+            raise key_unavailable()
         return key
 
     def _decrypting_key(self, ws: WorkingSession, token_id: bytes) -> DecryptMixin:
         key = self._cached_or_found(ws, token_id)
         if not isinstance(key, DecryptMixin):
-            raise _key_unavailable()
+            raise key_unavailable()
         return key
 
     def _enumerate_into(self, ws: WorkingSession) -> None:
@@ -698,33 +600,17 @@ class Pkcs11KeyVault:
                 self._admit(ws, token_id, obj)
 
 
-def _audit_seal_query() -> dict[Attribute, object]:
-    return {
-        Attribute.CLASS: ObjectClass.SECRET_KEY,
-        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-        Attribute.ID: templates.AUDIT_SEAL_ID,
-    }
-
-
-def _read_flags(key: Object) -> dict[Attribute, object]:
-    values: dict[Attribute, object] = key.get_attributes(list(KEY_ATTRIBUTES_READ_BACK))
-    return values
-
-
 def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
     return {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES, Attribute.ID: token_id}
 
 
-def _as_bytes(output: object) -> bytes:
-    """python-pkcs11 returns bytes for bytes input (a generator only for iterables)."""
-    if not isinstance(output, bytes):
-        raise _internal("unexpected output from the PKCS#11 library")
-    return output
-
-
 if TYPE_CHECKING:
-    from hsmstore.core.ports import KeyVault
+    from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
 
-    def _implements_key_vault_port(vault: Pkcs11KeyVault) -> KeyVault:
-        """mypy checks here that the class matches the ``KeyVault`` Protocol exactly."""
+    def _implements_key_store_port(vault: Pkcs11KeyVault) -> SymmetricKeyStore:
+        """mypy checks here that the class matches the ``SymmetricKeyStore`` Protocol."""
+        return vault
+
+    def _implements_audit_sealer_port(vault: Pkcs11KeyVault) -> AuditSealer:
+        """mypy checks here that the class matches the ``AuditSealer`` Protocol."""
         return vault

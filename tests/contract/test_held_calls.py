@@ -16,6 +16,7 @@ from pkcs11 import GCMParams, Mechanism
 from pkcs11 import exceptions as pkcs11_errors
 from pkcs11.types import DecryptMixin, EncryptMixin
 
+from hsmstore.core.model import KeyMaterialRef
 from hsmstore.hsm.devtoken import DevToken
 from hsmstore.hsm.held_calls import GilHeldCalls
 from hsmstore.hsm.profiles import SOFTHSM2, ThreadingMode
@@ -37,7 +38,7 @@ def vault(softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]) -> 
 
 def key_on_token(vault: Pkcs11KeyVault) -> tuple[bytes, GilHeldCalls]:
     token_id = os.urandom(16)
-    vault.create_key(token_id, "held-" + token_id.hex()[:8])
+    vault.create_key(KeyMaterialRef.token_object(token_id), "held-" + token_id.hex()[:8])
     held = vault._sessions.held_calls
     assert held is not None
     return token_id, held
@@ -69,10 +70,10 @@ def test_the_softhsm2_profile_keeps_the_gil_and_os_locking_does_not(
     # CloudHSM's mode: each call is a network round trip and must release the GIL.
     assert released._sessions.held_calls is None
     assert released._held is None
-    token_id = os.urandom(16)
-    released.create_key(token_id, "released")
-    iv, ciphertext = released.encrypt(token_id, b"through python-pkcs11", AAD)
-    assert released.decrypt(token_id, iv, ciphertext, AAD) == b"through python-pkcs11"
+    material = KeyMaterialRef.token_object(os.urandom(16))
+    released.create_key(material, "released")
+    iv, ciphertext = released.encrypt(material, b"through python-pkcs11", AAD)
+    assert released.decrypt(material, iv, ciphertext, AAD) == b"through python-pkcs11"
 
 
 def test_held_encrypt_decrypts_with_python_pkcs11_and_the_other_way_round(vault: Pkcs11KeyVault) -> None:
@@ -88,7 +89,8 @@ def test_held_encrypt_decrypts_with_python_pkcs11_and_the_other_way_round(vault:
         other = obj.encrypt(
             b"made by python-pkcs11", mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, AAD, 128)
         )
-        return bytes(opened), bytes(other)
+        assert isinstance(opened, bytes) and isinstance(other, bytes)  # bytes in, bytes out
+        return opened, other
 
     opened, other = vault._sessions.run(through_python_pkcs11)
     assert opened == b"data key bytes"

@@ -1,6 +1,9 @@
-"""The KeyVault contract, run against FakeKeyVault and Pkcs11KeyVault on SoftHSM2.
+"""The key-store contract, run against FakeKeyVault and Pkcs11KeyVault on SoftHSM2.
 
-The first part runs on both (the ``vault`` fixture); the SoftHSM-only part
+The ports are ``SymmetricKeyStore`` (hsmstore/core/ports/key_store.py) and
+``AuditSealer`` (hsmstore/core/ports/audit.py); material is named by a
+``KeyMaterialRef``, and a key store refuses references it does not hold
+(issue 15). The first part runs on both (the ``vault`` fixture); the SoftHSM-only part
 checks what only a real token can show: the key object's attributes (read
 back, and as OpenSC's pkcs11-tool sees them), another process finding a key,
 thread safety in both threading modes, preloading, and recovery after token
@@ -24,12 +27,14 @@ import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from pkcs11 import Attribute
 from pkcs11 import exceptions as pkcs11_errors
 
 from hsmstore import errors
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm import session as session_module
 from hsmstore.hsm.devtoken import (
     DevToken,
@@ -52,9 +57,14 @@ def new_token_id() -> bytes:
     return os.urandom(16)
 
 
+def ref(token_id: bytes) -> KeyMaterialRef:
+    """What the metadata DB holds for a version made by :func:`make_key` (default key store)."""
+    return KeyMaterialRef.token_object(token_id)
+
+
 def make_key(vault: AnyVault) -> bytes:
     token_id = new_token_id()
-    vault.create_key(token_id, "kv-" + token_id.hex()[:8])
+    vault.create_key(ref(token_id), "kv-" + token_id.hex()[:8])
     return token_id
 
 
@@ -71,21 +81,21 @@ def flip(data: bytes, index: int) -> bytes:
 @pytest.mark.parametrize("aad", [b"", AAD], ids=["no-aad", "aad"])
 def test_round_trip(vault: AnyVault, plaintext: bytes, aad: bytes) -> None:
     token_id = make_key(vault)
-    iv, ciphertext = vault.encrypt(token_id, plaintext, aad)
+    iv, ciphertext = vault.encrypt(ref(token_id), plaintext, aad)
     assert len(iv) == 12
     assert len(ciphertext) == len(plaintext) + 16
     if plaintext:
         assert plaintext not in ciphertext
-    assert vault.decrypt(token_id, iv, ciphertext, aad) == plaintext
+    assert vault.decrypt(ref(token_id), iv, ciphertext, aad) == plaintext
 
 
 @pytest.mark.parametrize("size", [1, 32, 1024])
 def test_generate_data_key_round_trips_with_a_fresh_key_and_iv(vault: AnyVault, size: int) -> None:
     token_id = make_key(vault)
-    results = [vault.generate_data_key(token_id, size, AAD) for _ in range(8)]
+    results = [vault.generate_data_key(ref(token_id), size, AAD) for _ in range(8)]
     for data_key, iv, ciphertext in results:
         assert (len(data_key), len(iv), len(ciphertext)) == (size, 12, size + 16)
-        assert vault.decrypt(token_id, iv, ciphertext, AAD) == data_key
+        assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == data_key
     assert len({iv for _, iv, _ in results}) == len(results)
     if size >= 32:
         assert len({data_key for data_key, _, _ in results}) == len(results)
@@ -95,19 +105,19 @@ def test_generate_data_key_round_trips_with_a_fresh_key_and_iv(vault: AnyVault, 
 @pytest.mark.parametrize("size", [0, 1025])
 def test_generate_data_key_rejects_out_of_range_sizes(vault: AnyVault, size: int) -> None:
     with pytest.raises(errors.ValidationException):
-        vault.generate_data_key(make_key(vault), size, AAD)
+        vault.generate_data_key(ref(make_key(vault)), size, AAD)
 
 
 def test_ivs_are_12_bytes_and_differ(vault: AnyVault) -> None:
     token_id = make_key(vault)
-    ivs = [vault.encrypt(token_id, b"same plaintext", AAD)[0] for _ in range(64)]
+    ivs = [vault.encrypt(ref(token_id), b"same plaintext", AAD)[0] for _ in range(64)]
     assert all(len(iv) == 12 for iv in ivs)
     assert len(set(ivs)) == len(ivs)
 
 
 def test_same_plaintext_gives_different_ciphertexts(vault: AnyVault) -> None:
     token_id = make_key(vault)
-    assert vault.encrypt(token_id, b"p", AAD)[1] != vault.encrypt(token_id, b"p", AAD)[1]
+    assert vault.encrypt(ref(token_id), b"p", AAD)[1] != vault.encrypt(ref(token_id), b"p", AAD)[1]
 
 
 Tampering = Callable[[bytes, bytes, bytes], tuple[bytes, bytes, bytes]]
@@ -130,49 +140,49 @@ TAMPERINGS: dict[str, Tampering] = {
 @pytest.mark.parametrize("tamper", TAMPERINGS.values(), ids=TAMPERINGS.keys())
 def test_tampered_input_fails_authentication(vault: AnyVault, tamper: Tampering) -> None:
     token_id = make_key(vault)
-    iv, ciphertext = vault.encrypt(token_id, b"a data key of 32 bytes.........!", AAD)
+    iv, ciphertext = vault.encrypt(ref(token_id), b"a data key of 32 bytes.........!", AAD)
     bad_iv, bad_ciphertext, bad_aad = tamper(iv, ciphertext, AAD)
     with pytest.raises(errors.CiphertextAuthenticationFailed):
-        vault.decrypt(token_id, bad_iv, bad_ciphertext, bad_aad)
-    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"a data key of 32 bytes.........!"
+        vault.decrypt(ref(token_id), bad_iv, bad_ciphertext, bad_aad)
+    assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == b"a data key of 32 bytes.........!"
 
 
 def test_ciphertext_of_another_key_fails_authentication(vault: AnyVault) -> None:
     first, second = make_key(vault), make_key(vault)
-    iv, ciphertext = vault.encrypt(first, b"secret", AAD)
+    iv, ciphertext = vault.encrypt(ref(first), b"secret", AAD)
     with pytest.raises(errors.CiphertextAuthenticationFailed):
-        vault.decrypt(second, iv, ciphertext, AAD)
+        vault.decrypt(ref(second), iv, ciphertext, AAD)
 
 
 def test_unknown_token_id_is_key_unavailable(vault: AnyVault) -> None:
     make_key(vault)  # a token that has keys, just not this one
     unknown = new_token_id()
     with pytest.raises(errors.KeyUnavailableException) as raised:
-        vault.encrypt(unknown, b"x", AAD)
+        vault.encrypt(ref(unknown), b"x", AAD)
     assert unknown.hex() not in raised.value.message
     with pytest.raises(errors.KeyUnavailableException):
-        vault.decrypt(unknown, os.urandom(12), os.urandom(32), AAD)
-    assert vault.key_exists(unknown) is False
+        vault.decrypt(ref(unknown), os.urandom(12), os.urandom(32), AAD)
+    assert vault.key_exists(ref(unknown)) is False
 
 
 def test_destroy_then_use_is_key_unavailable(vault: AnyVault) -> None:
     token_id = make_key(vault)
-    iv, ciphertext = vault.encrypt(token_id, b"x", AAD)
-    assert vault.key_exists(token_id) is True
-    assert vault.destroy_key(token_id) is True
-    assert vault.key_exists(token_id) is False
+    iv, ciphertext = vault.encrypt(ref(token_id), b"x", AAD)
+    assert vault.key_exists(ref(token_id)) is True
+    assert vault.destroy_key(ref(token_id)) is True
+    assert vault.key_exists(ref(token_id)) is False
     with pytest.raises(errors.KeyUnavailableException):
-        vault.encrypt(token_id, b"x", AAD)
+        vault.encrypt(ref(token_id), b"x", AAD)
     with pytest.raises(errors.KeyUnavailableException):
-        vault.decrypt(token_id, iv, ciphertext, AAD)
-    assert vault.destroy_key(token_id) is False
+        vault.decrypt(ref(token_id), iv, ciphertext, AAD)
+    assert vault.destroy_key(ref(token_id)) is False
 
 
 def test_destroy_leaves_other_keys_alone(vault: AnyVault) -> None:
     doomed, kept = make_key(vault), make_key(vault)
-    iv, ciphertext = vault.encrypt(kept, b"still here", AAD)
-    assert vault.destroy_key(doomed) is True
-    assert vault.decrypt(kept, iv, ciphertext, AAD) == b"still here"
+    iv, ciphertext = vault.encrypt(ref(kept), b"still here", AAD)
+    assert vault.destroy_key(ref(doomed)) is True
+    assert vault.decrypt(ref(kept), iv, ciphertext, AAD) == b"still here"
 
 
 @pytest.mark.parametrize("size", [1, 32, 1024])
@@ -191,20 +201,69 @@ def test_generate_random_rejects_out_of_range(vault: AnyVault, size: int) -> Non
 
 def test_create_rejects_malformed_token_id(vault: AnyVault) -> None:
     with pytest.raises(errors.KMSInternalException):
-        vault.create_key(b"short", "label")
+        vault.create_key(ref(b"short"), "label")
     with pytest.raises(errors.KMSInternalException):
-        vault.create_key(new_token_id(), "")
+        vault.create_key(ref(new_token_id()), "")
 
 
 def test_ping(vault: AnyVault) -> None:
     vault.ping()
 
 
+FOREIGN_REFERENCES: dict[str, Callable[[bytes], KeyMaterialRef]] = {
+    "another-key-store": lambda token_id: KeyMaterialRef.token_object(token_id, key_store_id="custom-ks-1"),
+    "wrapped": lambda token_id: KeyMaterialRef(DEFAULT_KEY_STORE_ID, Residency.WRAPPED, token_id),
+}
+"""References to material this key store does not hold, with the CKA_ID of a key it does hold."""
+FOREIGN_MESSAGES = {"another-key-store": "key store 'custom-ks-1'", "wrapped": "WRAPPED key material"}
+
+
+def calls_on(
+    vault: AnyVault, material: KeyMaterialRef, iv: bytes, ciphertext: bytes
+) -> dict[str, Callable[[], object]]:
+    """Every material operation of the ports, on ``material``."""
+    return {
+        "create_key": lambda: vault.create_key(material, "kv-foreign"),
+        "encrypt": lambda: vault.encrypt(material, b"x", AAD),
+        "generate_data_key": lambda: vault.generate_data_key(material, 32, AAD),
+        "decrypt": lambda: vault.decrypt(material, iv, ciphertext, AAD),
+        "destroy_key": lambda: vault.destroy_key(material),
+        "key_exists": lambda: vault.key_exists(material),
+    }
+
+
+@pytest.mark.parametrize("kind", FOREIGN_REFERENCES)
+def test_material_this_key_store_does_not_hold_is_refused_and_touches_nothing(
+    vault: AnyVault, kind: str
+) -> None:
+    token_id = make_key(vault)
+    iv, ciphertext = vault.encrypt(ref(token_id), b"kept", AAD)
+    listed = sorted(vault.list_key_versions())
+    foreign = FOREIGN_REFERENCES[kind](token_id)
+    for name, call in calls_on(vault, foreign, iv, ciphertext).items():
+        with pytest.raises(errors.KMSInternalException, match=FOREIGN_MESSAGES[kind]):
+            call()
+        assert sorted(vault.list_key_versions()) == listed, name  # nothing made, nothing destroyed
+    assert vault.key_exists(ref(token_id)) is True
+    assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == b"kept"
+
+
+def test_a_key_store_with_another_id_takes_only_its_own_references() -> None:
+    custom = FakeKeyVault(key_store_id="custom-ks-1")
+    assert custom.key_store_id == "custom-ks-1"
+    token_id = new_token_id()
+    mine = KeyMaterialRef.token_object(token_id, key_store_id="custom-ks-1")
+    custom.create_key(mine, "kv-custom")
+    assert custom.key_exists(mine) is True
+    with pytest.raises(errors.KMSInternalException, match="key store 'default'"):
+        custom.key_exists(ref(token_id))
+
+
 # ---------------------------------------------------------------- SoftHSM2 only
 
 
 def open_vault(
-    token: DevToken, opened: list[Pkcs11KeyVault], profile: HsmProfile = SOFTHSM2, **kwargs: int
+    token: DevToken, opened: list[Pkcs11KeyVault], profile: HsmProfile = SOFTHSM2, **kwargs: Any
 ) -> Pkcs11KeyVault:
     vault = Pkcs11KeyVault.open(profile, token.module_path, token.token_label, token.read_pin(), **kwargs)
     opened.append(vault)
@@ -214,7 +273,7 @@ def open_vault(
 def test_key_object_attributes(softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]) -> None:
     vault = open_vault(softhsm_token, open_softhsm_vault)
     token_id = make_key(vault)
-    flags = vault.key_attributes(token_id)
+    flags = vault.key_attributes(ref(token_id))
     assert flags == {
         "MODIFIABLE": False,  # no usage can be switched on later (C_SetAttributeValue)
         "COPYABLE": False,  # nor a twin made with other flags (C_CopyObject)
@@ -233,6 +292,40 @@ def test_key_object_attributes(softhsm_token: DevToken, open_softhsm_vault: list
         "VERIFY": False,
         "DERIVE": False,
     }
+
+
+@pytest.mark.parametrize("kind", FOREIGN_REFERENCES)
+def test_a_refused_reference_never_reaches_the_token(
+    softhsm_token: DevToken,
+    open_softhsm_vault: list[Pkcs11KeyVault],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    vault = open_vault(softhsm_token, open_softhsm_vault, key_store_id="token-ks")
+    assert vault.key_store_id == "token-ks"
+    token_id = new_token_id()
+    mine = KeyMaterialRef.token_object(token_id, key_store_id="token-ks")
+    vault.create_key(mine, "kv-token-ks")
+    iv, ciphertext = vault.encrypt(mine, b"kept", AAD)
+    foreign = {
+        "another-key-store": KeyMaterialRef.token_object(token_id),  # the default store's
+        "wrapped": KeyMaterialRef("token-ks", Residency.WRAPPED, token_id),
+    }[kind]
+    searches = vault.token_searches
+
+    def no_token_call(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a refused reference reached the token")
+
+    monkeypatch.setattr(vault._sessions, "run", no_token_call)
+    calls = calls_on(vault, foreign, iv, ciphertext)
+    calls["key_attributes"] = lambda: vault.key_attributes(foreign)
+    for call in calls.values():
+        with pytest.raises(errors.KMSInternalException, match="the metadata DB names"):
+            call()
+    monkeypatch.undo()
+    assert vault.token_searches == searches
+    assert vault.decrypt(mine, iv, ciphertext, AAD) == b"kept"
+    assert vault.key_exists(mine) is True
 
 
 @pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="OpenSC pkcs11-tool is not installed")
@@ -280,7 +373,7 @@ def _encrypt_in_another_process(token: DevToken, token_id: bytes) -> tuple[bytes
     activate(token)
     vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
     try:
-        iv, ciphertext = vault.encrypt(token_id, b"from the other process", AAD)
+        iv, ciphertext = vault.encrypt(ref(token_id), b"from the other process", AAD)
         return iv, ciphertext, vault.token_searches
     finally:
         vault.close()
@@ -294,7 +387,7 @@ def test_another_process_finds_a_key_made_here(
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         iv, ciphertext, searches = pool.apply(_encrypt_in_another_process, (softhsm_token, token_id))
     assert searches == 1  # the cache-miss path: one search by CKA_ID
-    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"from the other process"
+    assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == b"from the other process"
 
 
 def _create_key_in_another_process(token: DevToken) -> bytes:
@@ -318,12 +411,12 @@ def test_a_process_whose_own_write_hid_a_new_key_still_uses_and_destroys_it(
         for _ in range(3):
             theirs = pool.apply(_create_key_in_another_process, (softhsm_token,))
             make_key(vault)  # our own write: the step that hides their key from us
-            iv, ciphertext = vault.encrypt(theirs, b"x", AAD)
-            assert vault.decrypt(theirs, iv, ciphertext, AAD) == b"x"
+            iv, ciphertext = vault.encrypt(ref(theirs), b"x", AAD)
+            assert vault.decrypt(ref(theirs), iv, ciphertext, AAD) == b"x"
             gone = pool.apply(_create_key_in_another_process, (softhsm_token,))
             make_key(vault)
-            assert vault.destroy_key(gone) is True
-            assert vault.key_exists(gone) is False
+            assert vault.destroy_key(ref(gone)) is True
+            assert vault.key_exists(ref(gone)) is False
 
 
 @pytest.mark.parametrize("mode", [ThreadingMode.GLOBAL_LOCK, ThreadingMode.OS_LOCKING])
@@ -352,14 +445,14 @@ def test_many_threads_share_one_vault(
                     with shared_lock:
                         token_id = rng.choice(keys)
                     plaintext = rng.randbytes(32)
-                    iv, ciphertext = vault.encrypt(token_id, plaintext, AAD)
+                    iv, ciphertext = vault.encrypt(ref(token_id), plaintext, AAD)
                     with shared_lock:
                         sealed.append((token_id, iv, ciphertext, plaintext))
                         counts["encrypt"] += 1
                 elif roll < 0.85:
                     with shared_lock:
                         token_id, iv, ciphertext, plaintext = rng.choice(sealed)
-                    if vault.decrypt(token_id, iv, ciphertext, AAD) != plaintext:
+                    if vault.decrypt(ref(token_id), iv, ciphertext, AAD) != plaintext:
                         raise AssertionError("decrypt returned other bytes")
                     with shared_lock:
                         counts["decrypt"] += 1
@@ -399,15 +492,15 @@ def test_preload_serves_keys_without_searching(
     assert preloaded.preload() == len(created)
     assert preloaded.token_enumerations == 1
     for token_id in created:
-        iv, ciphertext = preloaded.encrypt(token_id, b"x", AAD)
-        assert preloaded.decrypt(token_id, iv, ciphertext, AAD) == b"x"
+        iv, ciphertext = preloaded.encrypt(ref(token_id), b"x", AAD)
+        assert preloaded.decrypt(ref(token_id), iv, ciphertext, AAD) == b"x"
     assert preloaded.token_searches == 0
 
     # Control: without preload, the same work searches once per key (then caches).
     cold = open_vault(softhsm_token, open_softhsm_vault, profile)
     for token_id in created:
-        cold.encrypt(token_id, b"x", AAD)
-        cold.encrypt(token_id, b"x", AAD)
+        cold.encrypt(ref(token_id), b"x", AAD)
+        cold.encrypt(ref(token_id), b"x", AAD)
     assert cold.token_searches == len(created)
 
 
@@ -417,11 +510,11 @@ def test_stale_cached_handle_becomes_key_unavailable(
     holder = open_vault(softhsm_token, open_softhsm_vault)
     token_id = make_key(holder)  # cached in holder
     destroyer = open_vault(softhsm_token, open_softhsm_vault)
-    assert destroyer.destroy_key(token_id) is True
+    assert destroyer.destroy_key(ref(token_id)) is True
     with pytest.raises(errors.KeyUnavailableException):
         # ObjectHandleInvalid -> forget -> search -> absent -> rescan (the token may just be
         # unreadable for now) -> search -> absent
-        holder.encrypt(token_id, b"x", AAD)
+        holder.encrypt(ref(token_id), b"x", AAD)
     assert holder.token_searches == 2
 
 
@@ -430,16 +523,17 @@ def test_recovers_from_a_lost_session(
 ) -> None:
     vault = open_vault(softhsm_token, open_softhsm_vault)
     token_id = make_key(vault)
-    iv, ciphertext = vault.encrypt(token_id, b"before", AAD)
+    iv, ciphertext = vault.encrypt(ref(token_id), b"before", AAD)
     # Simulate the token dropping our working session (what a CloudHSM reconnect
     # or an HSM restart looks like): close it behind the vault's back.
     sessions = vault._sessions
     epoch_before = sessions._module.epoch
     for working in sessions._all:
         working.session.close()
-    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"before"  # SessionHandleInvalid -> reset -> retry
+    # SessionHandleInvalid -> reset -> retry
+    assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == b"before"
     assert sessions._module.epoch == epoch_before + 1  # re-initialised exactly once
-    assert vault.encrypt(token_id, b"after", AAD)[1]
+    assert vault.encrypt(ref(token_id), b"after", AAD)[1]
     assert vault.token_searches == 1  # the handle cache died with the reset: found again once
 
 
@@ -452,7 +546,7 @@ def test_hsm_written_iv_that_stays_zero_is_refused(
     vault = open_vault(softhsm_token, open_softhsm_vault, profile)
     token_id = make_key(vault)
     with pytest.raises(errors.KMSInternalException):
-        vault.encrypt(token_id, b"x", AAD)
+        vault.encrypt(ref(token_id), b"x", AAD)
 
 
 def test_max_gcm_payload_is_enforced(
@@ -460,9 +554,9 @@ def test_max_gcm_payload_is_enforced(
 ) -> None:
     vault = open_vault(softhsm_token, open_softhsm_vault, dataclasses.replace(SOFTHSM2, max_gcm_payload=64))
     token_id = make_key(vault)
-    vault.encrypt(token_id, bytes(64), AAD)
+    vault.encrypt(ref(token_id), bytes(64), AAD)
     with pytest.raises(errors.ValidationException):
-        vault.encrypt(token_id, bytes(65), AAD)
+        vault.encrypt(ref(token_id), bytes(65), AAD)
 
 
 def test_wrong_pin_and_unknown_token_fail_without_leaking_the_pin(softhsm_token: DevToken) -> None:
@@ -485,7 +579,7 @@ def test_vault_refuses_to_work_in_a_forked_child(
     pid = os.fork()
     if pid == 0:  # child: must not touch the parent's PKCS#11 state
         try:
-            vault.encrypt(token_id, b"x", AAD)
+            vault.encrypt(ref(token_id), b"x", AAD)
         except errors.KMSInternalException:
             os._exit(0)
         except BaseException:
@@ -493,7 +587,7 @@ def test_vault_refuses_to_work_in_a_forked_child(
         os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert vault.encrypt(token_id, b"parent still works", AAD)
+    assert vault.encrypt(ref(token_id), b"parent still works", AAD)
 
 
 def test_vault_cannot_be_pickled(softhsm_token: DevToken, open_softhsm_vault: list[Pkcs11KeyVault]) -> None:
@@ -534,8 +628,8 @@ def test_init_script_makes_a_token_the_vault_can_use(tmp_path: Path, monkeypatch
     activate(token)
     with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
         token_id = make_key(vault)
-        iv, ciphertext = vault.encrypt(token_id, b"ops", AAD)
-        assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"ops"
+        iv, ciphertext = vault.encrypt(ref(token_id), b"ops", AAD)
+        assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == b"ops"
 
 
 def test_fake_counts_its_objects() -> None:
@@ -544,7 +638,7 @@ def test_fake_counts_its_objects() -> None:
     token_id = make_key(fake)
     assert fake.object_count() == 1
     assert fake.label_of(token_id) == "kv-" + token_id.hex()[:8]
-    fake.destroy_key(token_id)
+    fake.destroy_key(ref(token_id))
     assert fake.object_count() == 0
     fake.set_available(False)
     with pytest.raises(errors.DependencyUnavailableException):  # as the real vault while its token is away
@@ -697,7 +791,7 @@ def test_list_key_versions_names_every_key_version_and_nothing_else(vault: AnyVa
     listed = dict(vault.list_key_versions())
     assert set(listed) == made
     assert all(label == "kv-" + token_id.hex()[:8] for token_id, label in listed.items())
-    vault.destroy_key(made.pop())
+    vault.destroy_key(ref(made.pop()))
     assert set(dict(vault.list_key_versions())) == made
 
 
@@ -747,10 +841,10 @@ def _vault_as_nobody(token: DevToken, pin: str, commands: Connection) -> None:
     activate(token)
     vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, pin)
     token_id = make_key(vault)
-    iv, ciphertext = vault.encrypt(token_id, b"before", AAD)
+    iv, ciphertext = vault.encrypt(ref(token_id), b"before", AAD)
     calls: dict[str, Callable[[], object]] = {
-        "encrypt": lambda: vault.encrypt(token_id, b"x", AAD),
-        "decrypt": lambda: vault.decrypt(token_id, iv, ciphertext, AAD),
+        "encrypt": lambda: vault.encrypt(ref(token_id), b"x", AAD),
+        "decrypt": lambda: vault.decrypt(ref(token_id), iv, ciphertext, AAD),
         "ping": vault.ping,
     }
     while (command := commands.recv()) != "stop":
@@ -799,22 +893,22 @@ def test_a_token_directory_renamed_away_and_back_is_unavailable_then_recovers(
 ) -> None:
     vault = open_vault(softhsm_token, open_softhsm_vault)
     token_id = make_key(vault)
-    iv, ciphertext = vault.encrypt(token_id, b"before", AAD)
+    iv, ciphertext = vault.encrypt(ref(token_id), b"before", AAD)
     tokens = tokens_directory(softhsm_token)
     away = tokens.with_name("tokens.away")
     tokens.rename(away)
     try:
         for call in (
-            lambda: vault.encrypt(token_id, b"x", AAD),
-            lambda: vault.decrypt(token_id, iv, ciphertext, AAD),
+            lambda: vault.encrypt(ref(token_id), b"x", AAD),
+            lambda: vault.decrypt(ref(token_id), iv, ciphertext, AAD),
             vault.ping,
         ):
             with pytest.raises(errors.DependencyUnavailableException, match="does not answer"):
                 call()
     finally:
         away.rename(tokens)
-    assert vault.decrypt(token_id, iv, ciphertext, AAD) == b"before"
-    assert vault.encrypt(token_id, b"after", AAD)[1]
+    assert vault.decrypt(ref(token_id), iv, ciphertext, AAD) == b"before"
+    assert vault.encrypt(ref(token_id), b"after", AAD)[1]
     vault.ping()
 
 
@@ -840,7 +934,7 @@ def test_a_fault_that_outlasts_the_retry_budget_answers_dependency_unavailable(
     with pytest.raises(errors.DependencyUnavailableException):
         vault._sessions.run(always_lost)
     assert attempts == 2, "known down: one re-initialisation per call, then the answer"
-    assert vault.encrypt(token_id, b"still works", AAD)[1]
+    assert vault.encrypt(ref(token_id), b"still works", AAD)[1]
     attempts = 0
     with pytest.raises(errors.DependencyUnavailableException):
         vault._sessions.run(always_lost)
@@ -922,7 +1016,7 @@ def test_a_version_widened_on_the_token_is_refused_on_load_and_others_still_work
     # Versions made before objects were locked: MODIFIABLE and COPYABLE still True.
     before = open_vault(softhsm_token, open_softhsm_vault, dataclasses.replace(SOFTHSM2, lock_objects=False))
     widened, intact = make_key(before), make_key(before)
-    sealed = {token_id: before.encrypt(token_id, b"old blob", AAD) for token_id in (widened, intact)}
+    sealed = {token_id: before.encrypt(ref(token_id), b"old blob", AAD) for token_id in (widened, intact)}
     before.close()
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         outcomes = pool.apply(
@@ -937,12 +1031,12 @@ def test_a_version_widened_on_the_token_is_refused_on_load_and_others_still_work
         iv, ciphertext = sealed[widened]
         for _ in range(3):
             with pytest.raises(errors.KeyUnavailableException, match="changed to allow more"):
-                after.decrypt(widened, iv, ciphertext, AAD)
+                after.decrypt(ref(widened), iv, ciphertext, AAD)
             with pytest.raises(errors.KeyUnavailableException, match="changed to allow more"):
-                after.encrypt(widened, b"new", AAD)
+                after.encrypt(ref(widened), b"new", AAD)
     iv, ciphertext = sealed[intact]
-    assert after.decrypt(intact, iv, ciphertext, AAD) == b"old blob"
-    assert after.encrypt(intact, b"new", AAD)[1]
+    assert after.decrypt(ref(intact), iv, ciphertext, AAD) == b"old blob"
+    assert after.encrypt(ref(intact), b"new", AAD)[1]
     refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
     assert len(refusals) == 1, "one log line per refused version, not per call"
     assert widened.hex() in refusals[0] and "DERIVE=True" in refusals[0]
@@ -959,7 +1053,7 @@ def test_attributes_are_read_once_per_handle_load_never_per_request(
     vault.preload()
     assert vault.attribute_checks == 4
     for token_id in made * 5:
-        iv, ciphertext = vault.encrypt(token_id, b"x", AAD)
-        vault.decrypt(token_id, iv, ciphertext, AAD)
-        vault.generate_data_key(token_id, 32, AAD)
+        iv, ciphertext = vault.encrypt(ref(token_id), b"x", AAD)
+        vault.decrypt(ref(token_id), iv, ciphertext, AAD)
+        vault.generate_data_key(ref(token_id), 32, AAD)
     assert vault.attribute_checks == 4

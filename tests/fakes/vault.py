@@ -1,10 +1,13 @@
-"""``FakeKeyVault``: an in-memory ``KeyVault`` for unit tests (no PKCS#11).
+"""``FakeKeyVault``: an in-memory key store and audit sealer for unit tests (no PKCS#11).
 
 Same contract as ``hsmstore.hsm.vault.Pkcs11KeyVault`` (tests/contract runs
-one suite against both): AES-256-GCM through ``cryptography``'s AESGCM, random
-12-byte IVs, ``ciphertext || tag`` output, and the same errors in the same
-order (lengths are checked before the key is looked up). Key bytes stay in
-this object and are never returned.
+one suite against both): the ``SymmetricKeyStore`` and ``AuditSealer`` ports,
+AES-256-GCM through ``cryptography``'s AESGCM, random 12-byte IVs,
+``ciphertext || tag`` output, and the same errors in the same order (a
+reference to another key store or a ``WRAPPED`` one is refused first, then
+lengths are checked before the key is looked up). Key bytes stay in this
+object and are never returned. ``hsmstore.hsm.key_stores.TokenKeyStores``
+needs no token, so unit tests wrap fakes in it when they need ``KeyStores``.
 
 ``set_available(False)`` makes every call fail like an unreachable HSM
 (``DependencyUnavailableException``, as the real vault answers while its
@@ -17,11 +20,13 @@ import hashlib
 import hmac
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmstore import errors
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 
 IV_BYTES = 12
 TAG_BYTES = 16
@@ -30,9 +35,10 @@ MAX_RANDOM_BYTES = 1024
 
 
 class FakeKeyVault:
-    """Keys in a dict; thread-safe; close() is a no-op kept for symmetry."""
+    """Keys in a dict by CKA_ID; thread-safe; close() is a no-op kept for symmetry."""
 
-    def __init__(self, max_gcm_payload: int | None = None) -> None:
+    def __init__(self, max_gcm_payload: int | None = None, key_store_id: str = DEFAULT_KEY_STORE_ID) -> None:
+        self._key_store_id = key_store_id
         self._keys: dict[bytes, AESGCM] = {}
         self._labels: dict[bytes, str] = {}
         self._lock = threading.Lock()
@@ -41,7 +47,11 @@ class FakeKeyVault:
         self._seal_key = os.urandom(32)  # the token's audit seal key: never leaves this object
 
     def __repr__(self) -> str:
-        return f"<FakeKeyVault keys={len(self._keys)}>"
+        return f"<FakeKeyVault key_store={self._key_store_id!r} keys={len(self._keys)}>"
+
+    @property
+    def key_store_id(self) -> str:
+        return self._key_store_id
 
     def set_available(self, available: bool) -> None:
         self._available = available
@@ -49,7 +59,8 @@ class FakeKeyVault:
     def close(self) -> None:
         """Nothing to release."""
 
-    def create_key(self, token_id: bytes, label: str) -> None:
+    def create_key(self, material: KeyMaterialRef, label: str) -> None:
+        token_id = self._token_id(material)
         self._check_available()
         if len(token_id) != TOKEN_ID_BYTES or not label:
             raise errors.KMSInternalException("invalid token_id or label for a key version")
@@ -57,7 +68,8 @@ class FakeKeyVault:
             self._keys[token_id] = AESGCM(AESGCM.generate_key(bit_length=256))
             self._labels[token_id] = label
 
-    def encrypt(self, token_id: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    def encrypt(self, material: KeyMaterialRef, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        token_id = self._token_id(material)
         self._check_available()
         if self.max_gcm_payload is not None and len(plaintext) > self.max_gcm_payload:
             raise errors.ValidationException("plaintext is longer than the HSM accepts")
@@ -66,13 +78,15 @@ class FakeKeyVault:
         return iv, key.encrypt(iv, plaintext, aad)
 
     def generate_data_key(
-        self, token_id: bytes, number_of_bytes: int, aad: bytes
+        self, material: KeyMaterialRef, number_of_bytes: int, aad: bytes
     ) -> tuple[bytes, bytes, bytes]:
+        self._token_id(material)
         data_key = self.generate_random(number_of_bytes)
-        iv, ciphertext = self.encrypt(token_id, data_key, aad)
+        iv, ciphertext = self.encrypt(material, data_key, aad)
         return data_key, iv, ciphertext
 
-    def decrypt(self, token_id: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    def decrypt(self, material: KeyMaterialRef, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        token_id = self._token_id(material)
         self._check_available()
         if len(iv) != IV_BYTES or len(ciphertext) < TAG_BYTES:
             raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate")
@@ -88,13 +102,15 @@ class FakeKeyVault:
             raise errors.ValidationException(f"number of random bytes must be 1 to {MAX_RANDOM_BYTES}")
         return os.urandom(number_of_bytes)
 
-    def destroy_key(self, token_id: bytes) -> bool:
+    def destroy_key(self, material: KeyMaterialRef) -> bool:
+        token_id = self._token_id(material)
         self._check_available()
         with self._lock:
             self._labels.pop(token_id, None)
             return self._keys.pop(token_id, None) is not None
 
-    def key_exists(self, token_id: bytes) -> bool:
+    def key_exists(self, material: KeyMaterialRef) -> bool:
+        token_id = self._token_id(material)
         self._check_available()
         with self._lock:
             return token_id in self._keys
@@ -122,9 +138,23 @@ class FakeKeyVault:
             return len(self._keys)
 
     def label_of(self, token_id: bytes) -> str | None:
-        """The label a key was created with (what an operator would see on a token)."""
+        """The label of the key with this CKA_ID (what an operator would see on a token)."""
         with self._lock:
             return self._labels.get(token_id)
+
+    def _token_id(self, material: KeyMaterialRef) -> bytes:
+        """The CKA_ID of a token object of this fake key store; anything else is refused (issue 15)."""
+        if material.key_store_id != self._key_store_id:
+            raise errors.KMSInternalException(
+                f"the metadata DB names key material of key store {material.key_store_id!r}, "
+                f"not of this one ({self._key_store_id!r})"
+            )
+        if material.residency is not Residency.TOKEN_OBJECT:
+            raise errors.KMSInternalException(
+                f"the metadata DB names {material.residency.value} key material; "
+                f"key store {self._key_store_id!r} holds only token objects"
+            )
+        return material.handle
 
     def _key(self, token_id: bytes) -> AESGCM:
         with self._lock:
@@ -136,3 +166,15 @@ class FakeKeyVault:
     def _check_available(self) -> None:
         if not self._available:
             raise errors.DependencyUnavailableException("the HSM does not answer")
+
+
+if TYPE_CHECKING:
+    from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
+
+    def _implements_key_store_port(vault: FakeKeyVault) -> SymmetricKeyStore:
+        """mypy checks here that the fake matches the ``SymmetricKeyStore`` Protocol."""
+        return vault
+
+    def _implements_audit_sealer_port(vault: FakeKeyVault) -> AuditSealer:
+        """mypy checks here that the fake matches the ``AuditSealer`` Protocol."""
+        return vault
