@@ -33,15 +33,17 @@ from pathlib import Path
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/servers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run
-from procs import ServerProcess
+from procs import bench_server
 from token_floor import measure_all
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
+from tests.servers import ServerProcess
 
 SERVERS = ("echo", "typed", "token", "no-audit", "hsmstore")
 OPERATIONS = ("GenerateDataKey", "Decrypt")
@@ -55,7 +57,9 @@ def start(name: str, data_dir: Path, threads: int) -> ServerProcess:
     if name in ("no-audit", "hsmstore"):
         return run.hsmstore_server(data_dir, 1, threads, audit=name == "hsmstore")
     script = str(Path(__file__).resolve().parent / "ceiling_server.py")
-    return ServerProcess([sys.executable, script, "--level", name, "--grpc-threads", str(threads)])
+    return bench_server(
+        [sys.executable, script, "--level", name, "--grpc-threads", str(threads)], health_check=False
+    )
 
 
 def calls_for(name: str, server: ServerProcess) -> dict[str, run.Call]:

@@ -31,8 +31,9 @@ from echo_server import wait_for_signal
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
-from hsmstore.core import blob as blob_format
-from hsmstore.core.context import canonical_encryption_context
+from hsmstore.core.formats import blob as blob_format
+from hsmstore.core.formats.encryption_context import canonical_encryption_context
+from hsmstore.core.model import KeyMaterialRef
 from hsmstore.hsm.devtoken import activate, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
@@ -49,7 +50,7 @@ class PartialKeyStore(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         self._level = level
         self._vault = vault
         self._key_id = key_id
-        self._token_id = token_id
+        self._material = KeyMaterialRef.token_object(token_id)
         self._fixed_data_key = pb.GenerateDataKeyResponse(
             key_id=key_id, plaintext=bytes(DATA_KEY_BYTES), ciphertext_blob=bytes(80)
         )
@@ -61,7 +62,7 @@ class PartialKeyStore(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
         if self._level == "typed":
             return self._fixed_data_key
         aad = blob_format.aad_for(self._key_id, 1, canonical_encryption_context(request.encryption_context))
-        data_key, iv, sealed = self._vault.generate_data_key(self._token_id, DATA_KEY_BYTES, aad)
+        data_key, iv, sealed = self._vault.generate_data_key(self._material, DATA_KEY_BYTES, aad)
         blob = blob_format.BlobV1(self._key_id, 1, iv, sealed).to_bytes()
         return pb.GenerateDataKeyResponse(key_id=self._key_id, plaintext=data_key, ciphertext_blob=blob)
 
@@ -70,7 +71,7 @@ class PartialKeyStore(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
             return self._fixed_plaintext
         blob = blob_format.parse_blob(request.ciphertext_blob)
         aad = blob.aad(canonical_encryption_context(request.encryption_context))
-        plaintext = self._vault.decrypt(self._token_id, blob.iv, blob.ciphertext_and_tag, aad)
+        plaintext = self._vault.decrypt(self._material, blob.iv, blob.ciphertext_and_tag, aad)
         return pb.DecryptResponse(key_id=blob.key_id, plaintext=plaintext)
 
 
@@ -85,7 +86,7 @@ def main() -> int:
         activate(token)
         with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
             key_id, token_id = str(uuid.uuid4()), uuid.uuid4().bytes
-            vault.create_key(token_id, f"ceiling/{key_id}/v1")
+            vault.create_key(KeyMaterialRef.token_object(token_id), f"ceiling/{key_id}/v1")
             server = make_grpc_server(args.grpc_threads, reuse_port=False)
             servicer = PartialKeyStore(args.level, vault, key_id, token_id)
             pb_grpc.add_KeyStoreServicer_to_server(servicer, server)

@@ -29,14 +29,15 @@ from pathlib import Path
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/servers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import h2load
 from echo_server import ECHO_PATH
-from procs import ServerProcess, descendants
 from run import START_WARM_UP_REQUESTS, create_keys, echo_server, hsmstore_server, kms_calls
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from tests.servers import ServerProcess, descendants
 
 SAMPLE_HZ = 2000
 

@@ -52,7 +52,7 @@ def serve_echo(listen: str, thread_pool_size: int, reuse_port: bool) -> tuple[Gr
 
 
 def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (how ``bench/procs.py`` stops a server)."""
+    """Block until SIGTERM or SIGINT (how tests/servers.py stops a server)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -8,7 +8,8 @@ starts a real ``hsmstore serve`` (temp data dir, SoftHSM2 dev token, SQLite,
 connection holds ``--streams`` half-open streams (HTTP/2 preface, SETTINGS, one
 HEADERS frame per stream for ``/hsmstore.v1.KeyStore/GenerateRandom``, no DATA),
 and checks that ``grpc.health.v1.Health/Check`` answers SERVING during the hold.
-The frames are written by hand (RFC 9113 section 4, RFC 7541 literal fields).
+The frames are written by hand (tests/raw_http2.py, shared with
+tests/integration/test_half_open_streams.py).
 
 The server's receive deadline (server/app.py) ends each held stream after 10 s,
 so the hold re-opens its streams on a new connection every few seconds.
@@ -19,10 +20,7 @@ so the hold re-opens its streams on a new connection every few seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import statistics
-import struct
 import sys
 import tempfile
 import threading
@@ -32,103 +30,19 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # the repository root, for tests/raw_http2.py and tests/servers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import ServerProcess
+from procs import bench_server
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
+from tests.raw_http2 import HalfOpenConnection
+from tests.servers import serve_command
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
-END_HEADERS, ACK = 0x4, 0x1
-HELD_PATH = "/hsmstore.v1.KeyStore/GenerateRandom"
 REOPEN_SECONDS = 5.0  # under the server's 10 s receive deadline: the streams are always held
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id (RFC 9113 4.1)."""
-    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream_id) + payload
-
-
-def _hpack_length(value: int) -> bytes:
-    """An HPACK integer with a 7-bit prefix and the Huffman bit off (RFC 7541 5.1)."""
-    if value < 127:
-        return bytes([value])
-    out, value = bytearray([127]), value - 127
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    out.append(value)
-    return bytes(out)
-
-
-def header_block(path: str, authority: str) -> bytes:
-    """The request headers of a gRPC call, each a literal without indexing (RFC 7541 6.2.2)."""
-    fields = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", authority),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
-    block = bytearray()
-    for name, value in fields:
-        block += (
-            b"\x00" + _hpack_length(len(name)) + name.encode() + _hpack_length(len(value)) + value.encode()
-        )
-    return bytes(block)
-
-
-class HalfOpenConnection:
-    """One raw HTTP/2 connection holding ``streams`` calls that sent HEADERS and never DATA.
-
-    A reader thread acknowledges the server's SETTINGS and PINGs, as a live peer does.
-    """
-
-    def __init__(self, address: str, streams: int, path: str = HELD_PATH) -> None:
-        host, _, port = address.rpartition(":")
-        self._socket = socket.create_connection((host, int(port)), timeout=10)
-        self._socket.settimeout(None)
-        self._lock = threading.Lock()
-        self.goaway = threading.Event()
-        self._send(PREFACE + frame(SETTINGS, 0, 0))
-        threading.Thread(target=self._read, daemon=True).start()
-        block = header_block(path, address)
-        self._send(b"".join(frame(HEADERS, END_HEADERS, 2 * n + 1, block) for n in range(streams)))
-
-    def _send(self, data: bytes) -> None:
-        with self._lock:
-            self._socket.sendall(data)
-
-    def _read(self) -> None:
-        buffer = b""
-        try:
-            while True:
-                chunk = self._socket.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-                while len(buffer) >= 9:
-                    length = int.from_bytes(buffer[:3], "big")
-                    if len(buffer) < 9 + length:
-                        break
-                    kind, flags = buffer[3], buffer[4]
-                    payload, buffer = buffer[9 : 9 + length], buffer[9 + length :]
-                    if kind == SETTINGS and not flags & ACK:
-                        self._send(frame(SETTINGS, ACK, 0))
-                    elif kind == PING and not flags & ACK:
-                        self._send(frame(PING, ACK, 0, payload))
-                    elif kind == GOAWAY:
-                        self.goaway.set()
-        except OSError:
-            return
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._socket.shutdown(socket.SHUT_RDWR)
-        self._socket.close()
 
 
 class Hold:
@@ -191,9 +105,8 @@ def main() -> int:
     parser.add_argument("--warm-up", type=int, default=500)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hsmstore-half-open-") as data_dir:
-        command = [sys.executable, "-m", "hsmstore.cli.main", "serve", "--listen", "127.0.0.1:0"]
-        command += ["--data-dir", data_dir, "--workers", "1", "--log-level", "WARNING"]
-        with ServerProcess(command) as server, grpc.insecure_channel(server.address) as channel:
+        command = serve_command(Path(data_dir), workers=1, extra_args=["--log-level", "WARNING"])
+        with bench_server(command) as server, grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.KeyStoreStub(channel)
             key_id = stub.CreateKey(pb.CreateKeyRequest(description="half-open")).key_metadata.key_id
             latencies_ms(stub, key_id, args.warm_up)

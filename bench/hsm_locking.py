@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from hsmstore.core.model import KeyMaterialRef
 from hsmstore.hsm.devtoken import DevToken, activate, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2, ThreadingMode
 from hsmstore.hsm.vault import Pkcs11KeyVault
@@ -53,6 +54,7 @@ def run_scenario(
 ) -> Result:
     """In a fresh process: open a vault in ``mode``; ``threads`` threads encrypt for ``seconds``."""
     activate(token)
+    material = KeyMaterialRef.token_object(token_id)
     profile = dataclasses.replace(SOFTHSM2, threading_mode=mode)
     vault = Pkcs11KeyVault.open(
         profile, token.module_path, token.token_label, token.read_pin(), max_sessions=threads
@@ -60,18 +62,18 @@ def run_scenario(
     try:
         vault.preload()
         for _ in range(200):  # warm up: sessions opened, handle cached in every session
-            vault.encrypt(token_id, PAYLOAD, AAD)
+            vault.encrypt(material, PAYLOAD, AAD)
         warm = threading.Barrier(threads)
         for_each: list[int] = [0] * threads
 
         def worker(index: int) -> None:
-            vault.encrypt(token_id, PAYLOAD, AAD)
+            vault.encrypt(material, PAYLOAD, AAD)
             warm.wait()
             done = 0
             deadline = time.perf_counter() + seconds
             while time.perf_counter() < deadline:
                 for _ in range(50):
-                    vault.encrypt(token_id, PAYLOAD, AAD)
+                    vault.encrypt(material, PAYLOAD, AAD)
                 done += 50
             for_each[index] = done
 
@@ -133,7 +135,7 @@ def main() -> int:
         activate(token)
         token_id = os.urandom(16)
         with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
-            vault.create_key(token_id, "bench-key")
+            vault.create_key(KeyMaterialRef.token_object(token_id), "bench-key")
 
         print(
             f"AES-256-GCM encrypt of {len(PAYLOAD)} bytes via Pkcs11KeyVault.encrypt, SoftHSM2, "

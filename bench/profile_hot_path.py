@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/servers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import h2load

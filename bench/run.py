@@ -30,17 +30,19 @@ from typing import Any, TypeVar
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/servers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import h2load
 from echo_server import ECHO_PATH
-from procs import ServerProcess, system_busy_seconds
+from procs import bench_server, cpu_seconds, system_busy_seconds
 from token_floor import TokenFloor, measure_all
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
 from hsmstore.hsm.devtoken import render_conf
+from tests.servers import ServerProcess, serve_command
 
 T = TypeVar("T")
 
@@ -99,31 +101,13 @@ SERVER_FLAGS: list[str] = []
 
 
 def hsmstore_server(data_dir: Path, workers: int, threads: int, audit: bool = True) -> ServerProcess:
-    return ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "hsmstore.cli.main",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data_dir),
-            "--workers",
-            str(workers),
-            "--grpc-threads",
-            str(threads),
-            "--log-level",
-            "WARNING",
-            *([] if audit else ["--no-audit"]),
-            *SERVER_FLAGS,
-        ]
-    )
+    flags = ["--grpc-threads", str(threads), "--log-level", "WARNING", *([] if audit else ["--no-audit"])]
+    return bench_server(serve_command(data_dir, workers=workers, extra_args=[*flags, *SERVER_FLAGS]))
 
 
 def echo_server(workers: int, threads: int) -> ServerProcess:
     command = [sys.executable, str(BENCH_DIR / "echo_server.py"), "--workers", str(workers)]
-    return ServerProcess([*command, "--grpc-threads", str(threads), *SERVER_FLAGS])
+    return bench_server([*command, "--grpc-threads", str(threads), *SERVER_FLAGS], health_check=False)
 
 
 # --------------------------------------------------------------- requests
@@ -218,7 +202,7 @@ def load(
     Returns the load, server CPU µs/request, and the CPU share of everything
     else on the machine meanwhile (other users' work distorts every figure).
     """
-    cpu0, busy0, mine0 = server.cpu_seconds(), system_busy_seconds(), _own_cpu_seconds()
+    cpu0, busy0, mine0 = cpu_seconds(server.pids), system_busy_seconds(), _own_cpu_seconds()
     result = h2load.run(
         server.address,
         call.path,
@@ -227,7 +211,7 @@ def load(
         clients=clients,
         rps_per_client=rps_per_client,
     )
-    server_cpu = server.cpu_seconds() - cpu0
+    server_cpu = cpu_seconds(server.pids) - cpu0
     other = system_busy_seconds() - busy0 - server_cpu - (_own_cpu_seconds() - mine0)
     other_pct = max(0.0, other) / (result.seconds * (os.cpu_count() or 1)) * 100
     cpu_us = server_cpu / requests * 1e6

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsmstore.core.model import KeyMaterialRef
 from hsmstore.hsm.devtoken import DevToken, activate, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
@@ -44,13 +45,14 @@ class TokenFloor:
 
 
 def _operation(vault: Pkcs11KeyVault, name: str, token_id: bytes) -> Callable[[], object]:
+    material = KeyMaterialRef.token_object(token_id)
     data = os.urandom(32)
     if name == "generate_data_key":
-        return lambda: vault.encrypt(token_id, vault.generate_random(32), AAD)
+        return lambda: vault.encrypt(material, vault.generate_random(32), AAD)
     if name == "encrypt":
-        return lambda: vault.encrypt(token_id, data, AAD)
-    iv, sealed = vault.encrypt(token_id, data, AAD)
-    return lambda: vault.decrypt(token_id, iv, sealed, AAD)
+        return lambda: vault.encrypt(material, data, AAD)
+    iv, sealed = vault.encrypt(material, data, AAD)
+    return lambda: vault.decrypt(material, iv, sealed, AAD)
 
 
 def _child(token: DevToken, token_id: bytes, name: str, seconds: float, start: Any, out: Any) -> None:
@@ -104,7 +106,7 @@ def measure_all(seconds: float = 1.0, process_counts: tuple[int, ...] = (1, 2)) 
 def _create_key(token: DevToken, token_id: bytes) -> None:
     activate(token)
     with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
-        vault.create_key(token_id, "token-floor")
+        vault.create_key(KeyMaterialRef.token_object(token_id), "token-floor")
 
 
 def main() -> int:

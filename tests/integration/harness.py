@@ -2,112 +2,53 @@
 
 Each server gets its own data directory (so its own SoftHSM2 token and SQLite
 file), listens on a free loopback port (``--listen 127.0.0.1:0``) and is
-driven through a real gRPC channel.
+driven through a real gRPC channel. Starting, waiting until it serves and
+stopping are tests/servers.py's, shared with bench/ (issue 15); this adds what
+only the tests need: a KeyStore stub and access to the server's token.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.errors import error_reason
+from tests import servers
 
-LISTENING = re.compile(r"hsmstore listening on (?P<address>\S+)")
-START_TIMEOUT_SECONDS = 60.0
 TEST_HOOKS = {"HSMSTORE_ENABLE_TEST_HOOKS": "1"}  # lets a server honour the clock file and failpoints
 DEV_TOKEN_LABEL = "hsmstore-dev"
 
 
-@dataclass
-class ServerProcess:
-    data_dir: Path
-    extra_args: Sequence[str] = ()
-    extra_env: Mapping[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[str] | None = None
-    address: str = ""
-    channel: grpc.Channel | None = None
-    output: list[str] = field(default_factory=list)
-    # TLS servers (tests/integration/mtls.py): the credentials of ``channel``; None: plaintext.
-    credentials: grpc.ChannelCredentials | None = None
-    # Runs the server through this command, e.g. ``setpriv`` to drop root (test_token_outage.py).
-    command_prefix: Sequence[str] = ()
+class ServerProcess(servers.ServerProcess):
+    """``hsmstore serve --data-dir data_dir *extra_args``; ``start`` returns once health is SERVING."""
 
-    def start(self) -> ServerProcess:
-        env = {**os.environ, **self.extra_env}
-        command = [
-            *self.command_prefix,
-            sys.executable,
-            "-m",
-            "hsmstore.cli.main",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            servers.serve_command(data_dir, extra_args=extra_args),
+            extra_env=dict(extra_env or {}),
+            credentials=credentials,
+            command_prefix=command_prefix,
         )
-        found = threading.Event()
-        threading.Thread(target=self._read_output, args=(found,), daemon=True).start()
-        if not found.wait(START_TIMEOUT_SECONDS) or not self.address:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-        self.channel = (
-            grpc.insecure_channel(self.address)
-            if self.credentials is None
-            else grpc.secure_channel(self.address, self.credentials)
-        )
-        grpc.channel_ready_future(self.channel).result(timeout=10)
-        return self
-
-    def _read_output(self, found: threading.Event) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            match = LISTENING.search(line)
-            if match and not found.is_set():
-                self.address = match["address"]
-                found.set()
-        found.set()
+        self.data_dir = data_dir
 
     @property
     def stub(self) -> pb_grpc.KeyStoreStub:
         assert self.channel is not None
         return pb_grpc.KeyStoreStub(self.channel)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
     # ------------------------------------------------------- token access
 
