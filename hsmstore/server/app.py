@@ -33,10 +33,9 @@ from grpc_reflection.v1alpha import reflection
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.core.audit_service import AuditQueries
-from hsmstore.core.authorization_service import AuthorizationService
+from hsmstore.core.audit.queries import AuditQueries
 from hsmstore.core.ports import AuditSink
-from hsmstore.core.service import KeyService
+from hsmstore.core.use_cases import UseCases
 from hsmstore.errors import ValidationException
 from hsmstore.server import convert
 from hsmstore.server.errors import to_grpc_status
@@ -483,7 +482,7 @@ def make_grpc_server(thread_pool_size: int, reuse_port: bool) -> GrpcServer:
 
 
 def start_server(
-    service: KeyService,
+    service: UseCases,
     listen: str,
     thread_pool_size: int,
     tls: TlsFiles | None = None,
@@ -503,9 +502,8 @@ def start_server(
         )
     server = make_grpc_server(thread_pool_size, reuse_port)
     runner = CallRunner(caller_of, audit.sink if audit else None, audit.fail_open if audit else False)
-    authorization = AuthorizationService(service)
-    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, runner, authorization), server)
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(authorization, runner), server)
+    pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, runner), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(service.identity_policies, runner), server)
     services = [KEY_STORE_SERVICE, ADMIN_SERVICE]
     if audit is not None:
         pb_grpc.add_AuditServicer_to_server(AuditServicer(audit.queries, runner), server)
@@ -542,11 +540,11 @@ def start_server(
 
 
 def _check_health(
-    service: KeyService, server: GrpcServer, health_servicer: aio_health.HealthServicer
+    service: UseCases, server: GrpcServer, health_servicer: aio_health.HealthServicer
 ) -> None:
     """Probe the token and the DB in this thread; only the status change runs on the loop."""
     try:
-        service.check_health()
+        service.health.check_health()
         status = health_pb2.HealthCheckResponse.SERVING
     except Exception:
         log.exception("health check failed")
@@ -556,7 +554,7 @@ def _check_health(
 
 
 def _keep_checking_health(
-    service: KeyService, server: GrpcServer, health_servicer: aio_health.HealthServicer, stop: threading.Event
+    service: UseCases, server: GrpcServer, health_servicer: aio_health.HealthServicer, stop: threading.Event
 ) -> None:
     while not stop.wait(HEALTH_CHECK_INTERVAL_SECONDS):
         _check_health(service, server, health_servicer)

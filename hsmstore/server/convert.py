@@ -13,18 +13,18 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
-from hsmstore.core.audit_service import EventsPage
-from hsmstore.core.authorization_service import GrantEntry
-from hsmstore.core.grants import GrantConstraints
-from hsmstore.core.service import (
+from hsmstore.core.access.grants import GrantConstraints
+from hsmstore.core.audit.queries import EventsPage
+from hsmstore.core.authz.service import GrantEntry
+from hsmstore.core.keys.results import (
     AliasEntry,
     KeyDescription,
     KeyLastUsage,
     KeyListEntry,
     KeyUsageRecord,
-    Page,
     RotationEntry,
 )
+from hsmstore.core.paging import Page
 from hsmstore.errors import ValidationException
 
 

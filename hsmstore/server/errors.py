@@ -7,6 +7,8 @@ the AWS exception name and whose ``domain`` is ``hsmstore``.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -70,6 +72,16 @@ def to_grpc_status(error: errors.KMSError) -> grpc.Status:
         details=[detail],
     )
     return rpc_status.to_status(status)
+
+
+def abort(context: grpc.ServicerContext, error: errors.KMSError) -> NoReturn:
+    """End the call with ``error``'s rich status: the gRPC end of the call envelope (core/calls.py).
+
+    ``abort_with_status`` raises on every servicer context (grpc's own, and
+    server/app.py's worker context); the ``raise`` after it only says so.
+    """
+    context.abort_with_status(to_grpc_status(error))
+    raise AssertionError("abort_with_status returned")
 
 
 def capped_message(message: str) -> str:

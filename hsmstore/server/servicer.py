@@ -1,8 +1,9 @@
 """``hsmstore.v1.KeyStore``: one thin method per RPC.
 
-Each method converts the request, calls the matching ``KeyService`` use case
-and converts the answer. Errors are turned into the contract's status by
-``handle_errors``; nothing here decides anything.
+Each method converts the request, calls the matching use case family (``core/use_cases.py``)
+and converts the answer. ``handle_errors`` runs it in the call envelope
+(core/calls.py: caller, audit record, outcome) and turns a KMSError outcome
+into the contract's status (server/errors.py); nothing here decides anything.
 """
 
 from __future__ import annotations
@@ -10,29 +11,23 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from contextvars import ContextVar
-from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.core.audit import CallAudit, begin_call
-from hsmstore.core.audit_service import AuditQueries
-from hsmstore.core.authorization_service import AuthorizationService
+from hsmstore.core.audit.queries import AuditQueries
+from hsmstore.core.authz.identity_policies import IdentityPolicies
+from hsmstore.core.authz.service import AuthorizationService
+from hsmstore.core.calls import CallEnvelope, CallOrigin, current_caller
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import AuditSink
-from hsmstore.core.service import KeyService
-from hsmstore.errors import (
-    DependencyUnavailableException,
-    KMSError,
-    KMSInternalException,
-    ValidationException,
-)
+from hsmstore.core.use_cases import UseCases
+from hsmstore.errors import KMSError
 from hsmstore.server import convert
-from hsmstore.server.errors import to_grpc_status
+from hsmstore.server.errors import abort
 
 R = TypeVar("R")
 
@@ -44,147 +39,46 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 class CallRunner:
-    """Runs one RPC: the audit record, the error table, failing closed on audit.
+    """The gRPC end of the call envelope (core/calls.py): what only gRPC knows, and its status.
 
-    Every call gets one record (issue 5: "management and cryptographic, allowed
-    and denied, successful and failed"). A management change commits its
-    record with the change itself (the service does that); any other call's
-    record goes to the audit sink before the answer leaves: if the sink cannot
-    take it and ``audit_fail_open`` is off (the default), the call is answered
-    with KMSInternalException instead, so nothing is answered unrecorded.
+    Issue 15: the envelope (caller, audit record, outcome, error reason,
+    failing closed on audit) is transport-neutral; this adapter supplies the
+    caller (``caller_of`` the call's context), the request's parameters
+    (``convert.request_parameters``) and the peer, and aborts the call with
+    the contract's status (server/errors.py) when the outcome is a KMSError.
+    The envelope logs through this module's logger, as before the split.
     """
 
     def __init__(
         self, caller_of: CallerResolver, audit_sink: AuditSink | None, audit_fail_open: bool
     ) -> None:
         self._caller_of = caller_of
-        self._sink = audit_sink
-        self._fail_open = audit_fail_open
+        self._envelope = CallEnvelope(audit_sink, audit_fail_open, log)
 
     def run(self, name: str, body: Callable[[], R], request: Message, context: grpc.ServicerContext) -> R:
-        """Resolve the caller once, then run ``body`` with it as ``current_caller()``.
-
-        The caller is resolved inside the guard, so an identity error is
-        answered with its own reason like any other KMSError.
-        """
-        resolved = self._outcome(lambda: self._caller_of(context))
-        if isinstance(resolved, KMSError):
-            self._refuse_unidentified(name, resolved, request, context)
-        caller = cast(Caller, resolved)
-        token = _current_caller.set(caller)
-        try:
-            return self._run_as(caller, name, body, request, context)
-        finally:
-            _current_caller.reset(token)
+        """Run ``body`` in the envelope as the context's caller; a KMSError aborts with its status."""
+        outcome = self._envelope.run(name, self._origin(request, context), body)
+        if isinstance(outcome, KMSError):
+            abort(context, outcome)
+        return outcome
 
     def refuse_unreadable(
         self, name: str, unreadable: convert.UnreadableRequest, context: grpc.ServicerContext
-    ) -> None:
-        """Refuse a call whose request could not be read: ValidationException, audited, one log line.
+    ) -> NoReturn:
+        """Refuse a call whose request could not be read (server/app.py): audited, then aborted.
 
-        Issue 14: a malformed body (or none within the receive deadline) is a
-        caller's error like any other, so it gets the contract's reason and
-        ErrorInfo and its audit record, under the caller's identity; the log
-        gets one line and no traceback (the body is not logged).
+        The record's parameters are those of an empty request of the method's
+        type: nothing of the body (issue 14).
         """
-        log.warning("refused a call to %s from %s: %s", name, context.peer(), unreadable.problem)
+        origin = self._origin(unreadable.empty_request(), context)
+        abort(context, self._envelope.refuse_unreadable(name, origin, unreadable.problem))
 
-        def refuse() -> None:
-            raise ValidationException(f"The request could not be read: {unreadable.problem}")
-
-        self.run(name, refuse, unreadable.empty_request(), context)
-
-    def _refuse_unidentified(
-        self, name: str, error: KMSError, request: Message, context: grpc.ServicerContext
-    ) -> None:
-        """Answer an identity failure, recorded first (issue 4: a malformed identity "is audited").
-
-        The record names no tenant and no principal: nothing the caller
-        presented is trusted, so the event is seen only offline (``hsmstore
-        audit export``/``verify``), never through a tenant's LookupEvents.
-        """
-        if self._sink is not None:
-            call = CallAudit(
-                name,
-                UNIDENTIFIED,
-                convert.request_parameters(request),
-                datetime.now(UTC),
-                source_address=context.peer(),
-            )
-            call.error_code, call.error_message = error.reason, error.message
-            self._record(call, context)
-        context.abort_with_status(to_grpc_status(error))  # raises
-
-    def _run_as(
-        self,
-        caller: Caller,
-        name: str,
-        body: Callable[[], R],
-        request: Message,
-        context: grpc.ServicerContext,
-    ) -> R:
-        if self._sink is None:
-            return self._answer(body, context)
-        call = CallAudit(
-            name,
-            caller,
-            convert.request_parameters(request),
-            datetime.now(UTC),
-            source_address=context.peer(),
+    def _origin(self, request: Message, context: grpc.ServicerContext) -> CallOrigin:
+        return CallOrigin(
+            functools.partial(self._caller_of, context),
+            functools.partial(convert.request_parameters, request),
+            context.peer,
         )
-        with begin_call(call):
-            outcome: R | KMSError = self._outcome(body)
-            if isinstance(outcome, KMSError):
-                call.error_code, call.error_message = outcome.reason, outcome.message
-            self._record(call, context)
-        if isinstance(outcome, KMSError):
-            context.abort_with_status(to_grpc_status(outcome))
-        return outcome  # type: ignore[return-value]
-
-    def _answer(self, body: Callable[[], R], context: grpc.ServicerContext) -> R:
-        outcome = self._outcome(body)
-        if isinstance(outcome, KMSError):
-            context.abort_with_status(to_grpc_status(outcome))
-        return outcome  # type: ignore[return-value]
-
-    @staticmethod
-    def _outcome(body: Callable[[], R]) -> R | KMSError:
-        try:
-            return body()
-        except KMSError as error:
-            return error
-        except Exception:
-            log.exception("internal error")  # type and traceback only: no request data
-            return KMSInternalException("An internal error occurred")
-
-    def _record(self, call: CallAudit, context: grpc.ServicerContext) -> None:
-        if call.recorded or self._sink is None:
-            return
-        refusal: KMSInternalException
-        try:
-            self._sink.record(call.to_record())
-            return
-        except OSError as error:
-            # The spool cannot take it now (a full disk): an outage, retryable, one line a call.
-            log.error("the audit record of a %s call could not be written: %s", call.event_name, error)
-            refusal = DependencyUnavailableException(
-                "The audit trail cannot be written; the call was refused"
-            )
-        except Exception:
-            log.exception("the audit record of a %s call could not be written", call.event_name)
-            refusal = KMSInternalException("The audit trail cannot be written; the call was refused")
-        if not self._fail_open:
-            context.abort_with_status(to_grpc_status(refusal))
-
-
-_current_caller: ContextVar[Caller] = ContextVar("hsmstore_caller")
-
-UNIDENTIFIED = Caller(tenant="", principal="", kind="", name="")
-
-
-def current_caller() -> Caller:
-    """The caller of the RPC this thread is running (set by CallRunner.run)."""
-    return _current_caller.get()
 
 
 def handle_errors(method: Method) -> Method:
@@ -196,8 +90,7 @@ def handle_errors(method: Method) -> Method:
     ) -> object:
         runner: CallRunner = self._runner
         if isinstance(request, convert.UnreadableRequest):  # server/app.py: not parsed, or never arrived
-            runner.refuse_unreadable(method.__name__, request, context)  # raises: aborts the call
-            return None
+            runner.refuse_unreadable(method.__name__, request, context)  # aborts the call
         return runner.run(method.__name__, lambda: method(self, request, context), request, context)
 
     return cast(Method, wrapper)
@@ -321,15 +214,15 @@ class AuthorizationServicer:
 class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     """``hsmstore.v1.Admin``: identity policies, the IAM analogue."""
 
-    def __init__(self, authorization: AuthorizationService, runner: CallRunner) -> None:
-        self._authorization = authorization
+    def __init__(self, identity_policies: IdentityPolicies, runner: CallRunner) -> None:
+        self._identity_policies = identity_policies
         self._runner = runner
 
     @handle_errors
     def PutIdentityPolicy(
         self, request: pb.PutIdentityPolicyRequest, context: grpc.ServicerContext
     ) -> pb.PutIdentityPolicyResponse:
-        self._authorization.put_identity_policy(
+        self._identity_policies.put_identity_policy(
             current_caller(), request.principal, request.policy_name, request.policy
         )
         return pb.PutIdentityPolicyResponse()
@@ -338,7 +231,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     def GetIdentityPolicy(
         self, request: pb.GetIdentityPolicyRequest, context: grpc.ServicerContext
     ) -> pb.GetIdentityPolicyResponse:
-        found = self._authorization.get_identity_policy(
+        found = self._identity_policies.get_identity_policy(
             current_caller(), request.principal, request.policy_name
         )
         return pb.GetIdentityPolicyResponse(
@@ -352,7 +245,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     def ListIdentityPolicies(
         self, request: pb.ListIdentityPoliciesRequest, context: grpc.ServicerContext
     ) -> pb.ListIdentityPoliciesResponse:
-        page = self._authorization.list_identity_policies(
+        page = self._identity_policies.list_identity_policies(
             current_caller(), request.principal, convert.optional_int(request, "limit"), request.marker
         )
         return pb.ListIdentityPoliciesResponse(
@@ -372,21 +265,21 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     def DeleteIdentityPolicy(
         self, request: pb.DeleteIdentityPolicyRequest, context: grpc.ServicerContext
     ) -> pb.DeleteIdentityPolicyResponse:
-        self._authorization.delete_identity_policy(current_caller(), request.principal, request.policy_name)
+        self._identity_policies.delete_identity_policy(current_caller(), request.principal, request.policy_name)
         return pb.DeleteIdentityPolicyResponse()
 
 
 class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type: ignore[misc]
-    def __init__(
-        self, service: KeyService, runner: CallRunner, authorization: AuthorizationService | None = None
-    ) -> None:
-        self._service = service
-        self._authorization = authorization or AuthorizationService(service)
+    """The KeyStore RPCs: each converts its request, calls its use case family and converts the answer."""
+
+    def __init__(self, use_cases: UseCases, runner: CallRunner) -> None:
+        self._use_cases = use_cases
+        self._authorization = use_cases.authorization
         self._runner = runner
 
     @handle_errors
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
-        description = self._service.create_key(
+        description = self._use_cases.creation.create_key(
             current_caller(),
             description=request.description,
             key_usage=request.key_usage,
@@ -402,38 +295,38 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def DescribeKey(
         self, request: pb.DescribeKeyRequest, context: grpc.ServicerContext
     ) -> pb.DescribeKeyResponse:
-        description = self._service.describe_key(current_caller(), request.key_id, request.grant_tokens)
+        description = self._use_cases.keys.describe_key(current_caller(), request.key_id, request.grant_tokens)
         return pb.DescribeKeyResponse(key_metadata=convert.key_metadata(description))
 
     @handle_errors
     def ListKeys(self, request: pb.ListKeysRequest, context: grpc.ServicerContext) -> pb.ListKeysResponse:
-        page = self._service.list_keys(
+        page = self._use_cases.keys.list_keys(
             current_caller(), convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_keys_response(page)
 
     @handle_errors
     def EnableKey(self, request: pb.EnableKeyRequest, context: grpc.ServicerContext) -> pb.EnableKeyResponse:
-        self._service.enable_key(current_caller(), request.key_id)
+        self._use_cases.keys.enable_key(current_caller(), request.key_id)
         return pb.EnableKeyResponse()
 
     @handle_errors
     def DisableKey(
         self, request: pb.DisableKeyRequest, context: grpc.ServicerContext
     ) -> pb.DisableKeyResponse:
-        self._service.disable_key(current_caller(), request.key_id)
+        self._use_cases.keys.disable_key(current_caller(), request.key_id)
         return pb.DisableKeyResponse()
 
     @handle_errors
     def UpdateKeyDescription(
         self, request: pb.UpdateKeyDescriptionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateKeyDescriptionResponse:
-        self._service.update_key_description(current_caller(), request.key_id, request.description)
+        self._use_cases.keys.update_key_description(current_caller(), request.key_id, request.description)
         return pb.UpdateKeyDescriptionResponse()
 
     @handle_errors
     def Encrypt(self, request: pb.EncryptRequest, context: grpc.ServicerContext) -> pb.EncryptResponse:
-        result = self._service.encrypt(
+        result = self._use_cases.crypto.encrypt(
             current_caller(),
             request.key_id,
             request.plaintext,
@@ -449,7 +342,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
 
     @handle_errors
     def Decrypt(self, request: pb.DecryptRequest, context: grpc.ServicerContext) -> pb.DecryptResponse:
-        result = self._service.decrypt(
+        result = self._use_cases.crypto.decrypt(
             current_caller(),
             request.ciphertext_blob,
             request.encryption_context,
@@ -465,7 +358,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
 
     @handle_errors
     def ReEncrypt(self, request: pb.ReEncryptRequest, context: grpc.ServicerContext) -> pb.ReEncryptResponse:
-        result = self._service.re_encrypt(
+        result = self._use_cases.crypto.re_encrypt(
             current_caller(),
             request.ciphertext_blob,
             destination_key_id=request.destination_key_id,
@@ -488,7 +381,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def GenerateDataKey(
         self, request: pb.GenerateDataKeyRequest, context: grpc.ServicerContext
     ) -> pb.GenerateDataKeyResponse:
-        result = self._service.generate_data_key(
+        result = self._use_cases.crypto.generate_data_key(
             current_caller(),
             request.key_id,
             request.encryption_context,
@@ -504,7 +397,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def GenerateDataKeyWithoutPlaintext(
         self, request: pb.GenerateDataKeyWithoutPlaintextRequest, context: grpc.ServicerContext
     ) -> pb.GenerateDataKeyWithoutPlaintextResponse:
-        result = self._service.generate_data_key(
+        result = self._use_cases.crypto.generate_data_key(
             current_caller(),
             request.key_id,
             request.encryption_context,
@@ -521,7 +414,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def GenerateRandom(
         self, request: pb.GenerateRandomRequest, context: grpc.ServicerContext
     ) -> pb.GenerateRandomResponse:
-        plaintext = self._service.generate_random(
+        plaintext = self._use_cases.crypto.generate_random(
             current_caller(),
             convert.optional_int(request, "number_of_bytes"),
             request.custom_key_store_id,
@@ -534,7 +427,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def ScheduleKeyDeletion(
         self, request: pb.ScheduleKeyDeletionRequest, context: grpc.ServicerContext
     ) -> pb.ScheduleKeyDeletionResponse:
-        description = self._service.schedule_key_deletion(
+        description = self._use_cases.deletion.schedule_key_deletion(
             current_caller(), request.key_id, convert.optional_int(request, "pending_window_in_days")
         )
         key = description.key
@@ -550,14 +443,14 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
         self, request: pb.CancelKeyDeletionRequest, context: grpc.ServicerContext
     ) -> pb.CancelKeyDeletionResponse:
         return pb.CancelKeyDeletionResponse(
-            key_id=self._service.cancel_key_deletion(current_caller(), request.key_id)
+            key_id=self._use_cases.deletion.cancel_key_deletion(current_caller(), request.key_id)
         )
 
     @handle_errors
     def EnableKeyRotation(
         self, request: pb.EnableKeyRotationRequest, context: grpc.ServicerContext
     ) -> pb.EnableKeyRotationResponse:
-        self._service.enable_key_rotation(
+        self._use_cases.rotation.enable_key_rotation(
             current_caller(), request.key_id, convert.optional_int(request, "rotation_period_in_days")
         )
         return pb.EnableKeyRotationResponse()
@@ -566,14 +459,14 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def DisableKeyRotation(
         self, request: pb.DisableKeyRotationRequest, context: grpc.ServicerContext
     ) -> pb.DisableKeyRotationResponse:
-        self._service.disable_key_rotation(current_caller(), request.key_id)
+        self._use_cases.rotation.disable_key_rotation(current_caller(), request.key_id)
         return pb.DisableKeyRotationResponse()
 
     @handle_errors
     def GetKeyRotationStatus(
         self, request: pb.GetKeyRotationStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetKeyRotationStatusResponse:
-        status = self._service.get_key_rotation_status(current_caller(), request.key_id)
+        status = self._use_cases.rotation.get_key_rotation_status(current_caller(), request.key_id)
         return pb.GetKeyRotationStatusResponse(
             key_rotation_enabled=status.rotation_enabled,
             key_id=status.key_arn,
@@ -586,14 +479,14 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
         self, request: pb.RotateKeyOnDemandRequest, context: grpc.ServicerContext
     ) -> pb.RotateKeyOnDemandResponse:
         return pb.RotateKeyOnDemandResponse(
-            key_id=self._service.rotate_key_on_demand(current_caller(), request.key_id)
+            key_id=self._use_cases.rotation.rotate_key_on_demand(current_caller(), request.key_id)
         )
 
     @handle_errors
     def ListKeyRotations(
         self, request: pb.ListKeyRotationsRequest, context: grpc.ServicerContext
     ) -> pb.ListKeyRotationsResponse:
-        page = self._service.list_key_rotations(
+        page = self._use_cases.rotation.list_key_rotations(
             current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_key_rotations_response(page)
@@ -602,28 +495,28 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def CreateAlias(
         self, request: pb.CreateAliasRequest, context: grpc.ServicerContext
     ) -> pb.CreateAliasResponse:
-        self._service.create_alias(current_caller(), request.alias_name, request.target_key_id)
+        self._use_cases.aliases.create_alias(current_caller(), request.alias_name, request.target_key_id)
         return pb.CreateAliasResponse()
 
     @handle_errors
     def UpdateAlias(
         self, request: pb.UpdateAliasRequest, context: grpc.ServicerContext
     ) -> pb.UpdateAliasResponse:
-        self._service.update_alias(current_caller(), request.alias_name, request.target_key_id)
+        self._use_cases.aliases.update_alias(current_caller(), request.alias_name, request.target_key_id)
         return pb.UpdateAliasResponse()
 
     @handle_errors
     def DeleteAlias(
         self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext
     ) -> pb.DeleteAliasResponse:
-        self._service.delete_alias(current_caller(), request.alias_name)
+        self._use_cases.aliases.delete_alias(current_caller(), request.alias_name)
         return pb.DeleteAliasResponse()
 
     @handle_errors
     def ListAliases(
         self, request: pb.ListAliasesRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasesResponse:
-        page = self._service.list_aliases(
+        page = self._use_cases.aliases.list_aliases(
             current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_aliases_response(page)
@@ -632,21 +525,21 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def TagResource(
         self, request: pb.TagResourceRequest, context: grpc.ServicerContext
     ) -> pb.TagResourceResponse:
-        self._service.tag_resource(current_caller(), request.key_id, convert.tag_pairs(request.tags))
+        self._use_cases.tags.tag_resource(current_caller(), request.key_id, convert.tag_pairs(request.tags))
         return pb.TagResourceResponse()
 
     @handle_errors
     def UntagResource(
         self, request: pb.UntagResourceRequest, context: grpc.ServicerContext
     ) -> pb.UntagResourceResponse:
-        self._service.untag_resource(current_caller(), request.key_id, list(request.tag_keys))
+        self._use_cases.tags.untag_resource(current_caller(), request.key_id, list(request.tag_keys))
         return pb.UntagResourceResponse()
 
     @handle_errors
     def ListResourceTags(
         self, request: pb.ListResourceTagsRequest, context: grpc.ServicerContext
     ) -> pb.ListResourceTagsResponse:
-        page = self._service.list_resource_tags(
+        page = self._use_cases.tags.list_resource_tags(
             current_caller(), request.key_id, convert.optional_int(request, "limit"), request.marker
         )
         return convert.list_resource_tags_response(page)
@@ -655,7 +548,7 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def GetKeyLastUsage(
         self, request: pb.GetKeyLastUsageRequest, context: grpc.ServicerContext
     ) -> pb.GetKeyLastUsageResponse:
-        usage = self._service.get_key_last_usage(current_caller(), request.key_id)
+        usage = self._use_cases.last_usage.get_key_last_usage(current_caller(), request.key_id)
         return convert.key_last_usage_response(usage)
 
 

@@ -1,15 +1,18 @@
-"""CallRunner: one record per call, and no answer without its record (fail closed).
+"""The call envelope: one record per call, and no answer without its record (fail closed).
 
-And how a call reaches it (server/app.py ``GrpcServer``): the sync handler runs on a
-worker thread, never on the event loop that receives every call (issue 14).
+``CallEnvelope`` (core/calls.py) on its own, with no transport; ``CallRunner``, its
+gRPC end (server/servicer.py), with the contract's status. And how a call reaches it
+(server/app.py ``GrpcServer``): the sync handler runs on a worker thread, never on the
+event loop that receives every call (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +21,17 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
-from hsmstore.core import audit
+from hsmstore.core.audit import capture
+from hsmstore.core.calls import UNIDENTIFIED, CallEnvelope, CallOrigin
 from hsmstore.core.model import Caller
-from hsmstore.errors import NotFoundException, UnauthenticatedException
+from hsmstore.errors import (
+    DependencyUnavailableException,
+    KMSError,
+    KMSInternalException,
+    NotFoundException,
+    UnauthenticatedException,
+    ValidationException,
+)
 from hsmstore.server import convert
 from hsmstore.server.app import GrpcServer, _Methods, _Workers
 from hsmstore.server.errors import CUT_MARKER, MAX_STATUS_MESSAGE_BYTES
@@ -111,8 +122,11 @@ def test_a_change_recorded_with_its_transaction_is_not_spooled_again() -> None:
     sink = ListSink()
 
     def management_change() -> str:
-        assert audit.record_for_change() is not None
-        audit.change_recorded()
+        def commit(record: Mapping[str, Any] | None) -> bool:
+            assert record is not None
+            return True
+
+        capture.change(commit)
         return "done"
 
     runner(sink).run("DisableKey", management_change, pb.DisableKeyRequest(key_id="k"), FakeContext())  # type: ignore[arg-type]
@@ -193,6 +207,206 @@ def test_a_call_with_an_out_of_range_timestamp_is_still_recorded() -> None:
     [record] = sink.records
     assert record["errorCode"] == "ValidationException"
     assert record["requestParameters"] == {"startTime": {"seconds": 2**62}}
+
+
+# The envelope with no transport: what an HTTP transport would reuse as is.
+
+ADDRESS = "203.0.113.7"
+
+
+def origin(
+    caller: Caller = CALLER, parameters: dict[str, Any] | None = None, reads: list[str] | None = None
+) -> CallOrigin:
+    """A transport's view of a call; ``reads`` lists what the envelope asked for, in order."""
+    asked = reads if reads is not None else []
+
+    def caller_of() -> Caller:
+        asked.append("caller")
+        return caller
+
+    def parameters_of() -> dict[str, Any]:
+        asked.append("parameters")
+        return {"keyId": "k"} if parameters is None else dict(parameters)
+
+    def address_of() -> str:
+        asked.append("address")
+        return ADDRESS
+
+    return CallOrigin(caller_of, parameters_of, address_of)
+
+
+def envelope(sink: ListSink | None, fail_open: bool = False) -> CallEnvelope:
+    return CallEnvelope(sink, fail_open)  # type: ignore[arg-type]
+
+
+def test_the_envelope_hands_back_the_answer_after_writing_its_record() -> None:
+    sink = ListSink()
+
+    def body() -> str:
+        assert sink.records == []
+        return "answer"
+
+    assert envelope(sink).run("Encrypt", origin(), body) == "answer"
+    [record] = sink.records
+    assert record["eventName"] == "Encrypt"
+    assert record["userIdentity"]["arn"] == CALLER.principal
+    assert record["requestParameters"] == {"keyId": "k"}
+    assert record["sourceIPAddress"] == ADDRESS
+    assert "errorCode" not in record
+
+
+def test_the_envelope_hands_back_a_kms_error_instead_of_raising_it() -> None:
+    sink = ListSink()
+
+    def missing() -> str:
+        raise NotFoundException("Key 'k' does not exist")
+
+    outcome = envelope(sink).run("DescribeKey", origin(), missing)
+    assert isinstance(outcome, NotFoundException)
+    [record] = sink.records
+    assert record["errorCode"] == "NotFoundException"
+    assert record["errorMessage"] == "Key 'k' does not exist"
+
+
+def test_an_unexpected_error_is_internal_and_logged_without_request_data(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = ListSink()
+
+    def broken() -> str:
+        raise RuntimeError("secret request data")
+
+    with caplog.at_level(logging.ERROR, logger="hsmstore.core.calls"):
+        outcome = envelope(sink).run("Decrypt", origin(), broken)
+    assert type(outcome) is KMSInternalException
+    assert sink.records[0]["errorCode"] == "KMSInternalException"
+    assert [r.getMessage() for r in caplog.records] == ["internal error"]
+
+
+def test_the_envelope_logs_through_the_transport_s_logger(caplog: pytest.LogCaptureFixture) -> None:
+    transport_log = logging.getLogger("tests.a_transport")
+
+    def broken() -> str:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR):
+        CallEnvelope(ListSink(), False, transport_log).run("Decrypt", origin(), broken)  # type: ignore[arg-type]
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("tests.a_transport", "internal error")]
+
+
+def test_a_record_the_spool_cannot_take_refuses_the_call_as_unavailable() -> None:
+    outcome = envelope(ListSink(broken=True)).run("Decrypt", origin(), lambda: "plaintext")
+    assert isinstance(outcome, DependencyUnavailableException)
+    assert outcome.reason == "KMSInternalException"
+
+
+def test_a_sink_failing_otherwise_refuses_the_call_as_internal() -> None:
+    class FailingSink:
+        def record(self, record: Mapping[str, Any]) -> None:
+            raise ValueError("a record that cannot be bounded")
+
+    outcome = CallEnvelope(FailingSink(), False).run("Decrypt", origin(), lambda: "plaintext")
+    assert type(outcome) is KMSInternalException
+
+
+def test_fail_open_hands_back_the_answer_even_when_the_record_is_lost() -> None:
+    assert (
+        envelope(ListSink(broken=True), fail_open=True).run("Decrypt", origin(), lambda: "plain") == "plain"
+    )
+
+
+def test_the_caller_is_current_only_while_the_body_runs() -> None:
+    assert envelope(ListSink()).run("DescribeKey", origin(), current_caller) is CALLER
+    with pytest.raises(LookupError):
+        current_caller()
+
+
+def test_what_the_use_case_notes_lands_in_the_call_s_record() -> None:
+    sink = ListSink()
+    arn = "arn:aws:kms:local:acme:key/k"
+
+    def uses_a_key() -> str:
+        capture.note_key(arn, 2)
+        return "done"
+
+    envelope(sink).run("Encrypt", origin(), uses_a_key)
+    [record] = sink.records
+    assert [resource["ARN"] for resource in record["resources"]] == [arn]
+    assert record["additionalEventData"]["keyVersions"] == {arn: 2}
+
+
+def test_an_unidentified_caller_is_refused_with_its_reason_and_recorded_as_nobody() -> None:
+    sink, ran = ListSink(), []
+
+    def no_identity() -> Caller:
+        raise UnauthenticatedException("no client certificate")
+
+    outcome = envelope(sink).run(
+        "Encrypt", CallOrigin(no_identity, lambda: {"keyId": "k"}, lambda: ADDRESS), lambda: ran.append(1)
+    )
+    assert isinstance(outcome, UnauthenticatedException)
+    assert ran == []
+    [record] = sink.records
+    assert record["userIdentity"] == {"type": "HSMStorePrincipal", "arn": "", "accountId": ""}
+    assert record["recipientAccountId"] == UNIDENTIFIED.tenant == ""
+    assert record["errorCode"] == "UnauthenticatedException"
+    assert record["sourceIPAddress"] == ADDRESS
+
+
+def test_an_unidentified_caller_whose_record_is_lost_gets_the_audit_refusal() -> None:
+    def no_identity() -> Caller:
+        raise UnauthenticatedException("no client certificate")
+
+    refused = CallOrigin(no_identity, dict, lambda: ADDRESS)
+    assert isinstance(
+        envelope(ListSink(broken=True)).run("Encrypt", refused, str), DependencyUnavailableException
+    )
+    lost = envelope(ListSink(broken=True), fail_open=True).run("Encrypt", refused, str)
+    assert isinstance(lost, UnauthenticatedException)
+
+
+def test_without_a_sink_nothing_is_recorded_and_nothing_read_for_a_record() -> None:
+    reads: list[str] = []
+    assert envelope(None).run("Encrypt", origin(reads=reads), lambda: "answer") == "answer"
+    assert reads == ["caller"]
+
+
+def test_the_transport_is_asked_caller_then_parameters_then_address() -> None:
+    reads: list[str] = []
+    envelope(ListSink()).run("Encrypt", origin(reads=reads), lambda: "answer")
+    assert reads == ["caller", "parameters", "address"]
+
+
+def test_an_unreadable_request_is_refused_as_validation_recorded_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = ListSink()
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.calls"):
+        outcome = envelope(sink).refuse_unreadable("Decrypt", origin(parameters={}), "not a valid body")
+    assert isinstance(outcome, ValidationException)
+    assert outcome.message == "The request could not be read: not a valid body"
+    [record] = sink.records
+    assert record["errorCode"] == "ValidationException"
+    assert record["userIdentity"]["arn"] == CALLER.principal
+    assert record["requestParameters"] == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refused a call to Decrypt from {ADDRESS}: not a valid body"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_every_outcome_is_an_answer_or_a_kms_error() -> None:
+    """The envelope never raises a KMSError: a transport maps what it hands back, nothing else."""
+
+    def raises(error: Exception) -> Callable[[], str]:
+        def body() -> str:
+            raise error
+
+        return body
+
+    for body in (raises(NotFoundException("x")), raises(KeyError("x")), lambda: "answer"):
+        outcome = envelope(ListSink()).run("DescribeKey", origin(), body)
+        assert outcome == "answer" or isinstance(outcome, KMSError)
 
 
 ECHO, SLOW = "/test.Echo/Echo", "/test.Echo/Slow"
