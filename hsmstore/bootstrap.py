@@ -1,6 +1,6 @@
 """Composition root: the only module that names concrete adapters.
 
-It turns ``Settings`` into a running ``KeyService``: the token (the dev SoftHSM2
+It turns ``Settings`` into running use cases (``core/use_cases.py``): the token (the dev SoftHSM2
 token under the data directory unless a PKCS#11 module is configured), the
 metadata DB (migrated to the newest schema), and start-up recovery of any
 CreateKey a crash interrupted.
@@ -17,18 +17,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from hsmstore.config import ConfigError, Settings
-from hsmstore.core.audit_jobs import purge_expired, seal_chain_head
-from hsmstore.core.audit_service import AuditQueries
-from hsmstore.core.ports import AuditLog, Clock, KeyVault, SystemClock
+from hsmstore.core.audit.jobs import purge_expired, seal_chain_head
+from hsmstore.core.audit.queries import AuditQueries
+from hsmstore.core.failpoints import Failpoint
+from hsmstore.core.ports import AuditLog, AuditSealer, Clock, SystemClock
 from hsmstore.core.scheduler import Job, PeriodicJobs
-from hsmstore.core.service import Failpoint, KeyService
+from hsmstore.core.use_cases import UseCases, build_use_cases
 from hsmstore.hsm import devtoken
+from hsmstore.hsm.key_stores import TokenKeyStores
 from hsmstore.hsm.profiles import profile_by_name
 from hsmstore.hsm.vault import Pkcs11KeyVault
 from hsmstore.server.app import AuditWiring
 from hsmstore.store import migrate
+from hsmstore.store.engine import create_engine_for_url, sqlite_file_of
 from hsmstore.store.spool import SpoolAuditSink, SpoolIngester
-from hsmstore.store.sql import SqlMetadataStore, create_engine_for_url, sqlite_file_of
+from hsmstore.store.sql import SqlMetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class TokenSettings:
 
 @dataclass
 class Runtime:
-    service: KeyService
+    service: UseCases
     vault: Pkcs11KeyVault
     store: SqlMetadataStore
     jobs: PeriodicJobs
@@ -125,8 +128,8 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         vault.close()
         raise
     clock = clock_from_env()
-    service = KeyService(
-        vault,
+    service = build_use_cases(
+        TokenKeyStores([vault]),
         store,
         clock,
         region=settings.region,
@@ -138,17 +141,17 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     sink: SpoolAuditSink | None = None
     if settings.audit:
         sink = SpoolAuditSink(audit_spool_directory(settings))
-        service.add_health_check(sink.check_health)  # NOT_SERVING while no record can be spooled
+        service.health.add_health_check(sink.check_health)  # NOT_SERVING while no record can be spooled
         queries = AuditQueries(store, settings.region, service.access.check_identity_action)
         audit = AuditWiring(sink, queries, settings.audit_fail_open)
     grace = timedelta(seconds=settings.recovery_grace_seconds)
-    service.recover_interrupted_work(grace)
+    service.recovery.recover_interrupted_work(grace)
     jobs = PeriodicJobs(
         [
-            ("recovery", lambda: service.recover_interrupted_work(grace)),
-            ("junk-sweep", lambda: service.sweep_junk_objects(grace)),
-            ("rotation", service.rotate_due_keys),
-            ("deletion", service.destroy_due_keys),
+            ("recovery", lambda: service.recovery.recover_interrupted_work(grace)),
+            ("junk-sweep", lambda: service.junk_sweep.sweep_junk_objects(grace)),
+            ("rotation", service.rotation.rotate_due_keys),
+            ("deletion", service.deletion.destroy_due_keys),
             *(audit_maintenance_jobs(store, vault, clock, settings.audit_retention_days) if audit else []),
         ],
         settings.jobs_interval_seconds,
@@ -255,7 +258,7 @@ def open_audit_log(settings: Settings) -> OfflineAudit:
 class OpenVault:
     """A token opened only to check audit seals; close it when done."""
 
-    vault: KeyVault
+    vault: AuditSealer
     _vault: Pkcs11KeyVault
 
     def close(self) -> None:
@@ -284,7 +287,7 @@ def open_vault_only(settings: Settings) -> OpenVault:
     return OpenVault(vault, vault)
 
 
-def audit_maintenance_jobs(log: AuditLog, vault: KeyVault, clock: Clock, retention_days: int) -> list[Job]:
+def audit_maintenance_jobs(log: AuditLog, vault: AuditSealer, clock: Clock, retention_days: int) -> list[Job]:
     """The periodic audit jobs for a server's ``PeriodicJobs``: seal the chain head on the
     token, and purge records past ``audit_retention_days``. Safe in every worker and node
     at once (a head sealed twice is stored once; a purge is idempotent)."""

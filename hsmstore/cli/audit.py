@@ -29,14 +29,14 @@ from typing import Any, TextIO
 
 from hsmstore import bootstrap
 from hsmstore.config import ConfigError, Settings, load_settings
-from hsmstore.core.audit import StoredAuditEvent
-from hsmstore.core.audit_jobs import verify_trail
-from hsmstore.core.ports import AuditLog, AuditQuery, KeyVault
+from hsmstore.core.audit.chain import StoredAuditEvent
+from hsmstore.core.audit.jobs import verify_trail
+from hsmstore.core.ports import AuditLog, AuditQuery, AuditSealer
 
 VERIFIED_EXIT = 0
 PROBLEM_EXIT = 1
 USAGE_ERROR_EXIT = 2
-LOOKUP_PAGE = 100  # rows per query: records are up to 128 KiB (core/audit.py)
+LOOKUP_PAGE = 100  # rows per query: records are up to 128 KiB (core/audit/record.py)
 
 
 def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _verify(log: AuditLog, settings: Settings, *, no_token: bool) -> int:
-    vault: KeyVault | None = None
+    vault: AuditSealer | None = None
     token: bootstrap.OpenVault | None = None
     if not no_token:
         token = bootstrap.open_vault_only(settings)

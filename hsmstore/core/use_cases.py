@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hsmstore.core.authz.access import AccessControl
+from hsmstore.core.access.control import AccessControl
 from hsmstore.core.authz.identity_policies import IdentityPolicies
 from hsmstore.core.authz.service import AuthorizationService
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS

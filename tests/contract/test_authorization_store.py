@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hsmstore import errors
-from hsmstore.core.grants import GrantConstraints, GrantRecord, new_grant_id
+from hsmstore.core.access.grants import GrantConstraints, GrantRecord, new_grant_id
 from hsmstore.core.ports import IdentityPolicyRecord
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,

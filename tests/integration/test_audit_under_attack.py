@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.core.audit import MAX_RECORD_BYTES
+from hsmstore.core.audit.record import MAX_RECORD_BYTES
 from tests.integration.harness import ServerProcess, reason_of, wait_until
 from tests.integration.mtls import ACME_ADMIN, GLOBEX_ADMIN, Pki
 

@@ -20,7 +20,7 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.errors import error_reason
-from hsmstore.core.grants import grant_id_from_token
+from hsmstore.core.access.grants import grant_id_from_token
 from tests.integration.harness import ServerProcess, wait_until
 from tests.integration.mtls import TRUST_DOMAIN, Pki
 

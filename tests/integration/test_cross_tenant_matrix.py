@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.errors import error_reason
-from hsmstore.core.grants import grant_token_for
+from hsmstore.core.access.grants import grant_token_for
 from tests.integration.harness import ServerProcess
 from tests.integration.mtls import TRUST_DOMAIN, Pki
 

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.core.blob import INVALID_CIPHERTEXT_MESSAGE
+from hsmstore.core.formats.blob import INVALID_CIPHERTEXT_MESSAGE
 from tests.integration.harness import ServerProcess, reason_of
 
 pytestmark = pytest.mark.integration

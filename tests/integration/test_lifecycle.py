@@ -17,7 +17,7 @@ import pytest
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
-from hsmstore.core.blob import parse_blob
+from hsmstore.core.formats.blob import parse_blob
 from tests.integration.harness import ControlledClock, ServerProcess, reason_of, two_nodes, wait_until
 from tests.integration.test_token_objects import secret_key_objects
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from hsmstore.core.access import AccessControl
-from hsmstore.core.audit import (
+from hsmstore.core.access.control import AccessControl
+from hsmstore.core.audit.fields import audit_fields
+from hsmstore.core.audit.queries import MAX_PAGE_BYTES, AuditQueries
+from hsmstore.core.audit.record import (
     MAX_RECORD_BYTES,
     MAX_STRING_CHARS,
     CallAudit,
     recipient_records,
     serialized,
 )
-from hsmstore.core.audit_fields import audit_fields
-from hsmstore.core.audit_service import MAX_PAGE_BYTES, AuditQueries
 from hsmstore.core.model import Caller
 from hsmstore.store.spool import MAX_BATCH_BYTES, MAX_SPOOL_LINE_BYTES, spool_line
 from tests.fakes.store import FakeMetadataStore

@@ -1,4 +1,4 @@
-"""Sealing, purging and verifying the audit trail (core/audit_jobs.py) on the fakes.
+"""Sealing, purging and verifying the audit trail (core/audit/jobs.py) on the fakes.
 
 The same jobs run against the SQL store in tests/integration/test_audit_verify.py;
 here each kind of tampering is made directly in the fake store and must be named
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from hsmstore.core.audit import CallAudit
-from hsmstore.core.audit_jobs import purge_expired, seal_chain_head, seal_data, verify_trail
+from hsmstore.core.audit.jobs import purge_expired, seal_chain_head, seal_data, verify_trail
+from hsmstore.core.audit.record import CallAudit
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import AuditSeal
 from tests.fakes.store import FakeMetadataStore

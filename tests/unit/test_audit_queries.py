@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hsmstore.core.access import AccessControl
-from hsmstore.core.audit import CallAudit
-from hsmstore.core.audit_service import AuditQueries
+from hsmstore.core.access.control import AccessControl
+from hsmstore.core.audit.queries import AuditQueries
+from hsmstore.core.audit.record import CallAudit
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import encode_marker
 from hsmstore.errors import AccessDeniedException, InvalidMarkerException, ValidationException

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hsmstore.core.audit import (
+from hsmstore.core.audit.record import (
     CallAudit,
     _UrandomPool,
     canonical_record_bytes,

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from hsmstore.core.authorization import AccessRequest, Decision, DecisionKind, decide
-from hsmstore.core.default_policies import (
+from hsmstore.core.access.decisions import AccessRequest, Decision, DecisionKind, decide
+from hsmstore.core.access.default_policies import (
     default_admin_identity_policy,
     default_key_policy,
     service_managed_key_policy,
 )
-from hsmstore.core.grants import GrantConstraints, GrantRecord
-from hsmstore.core.policy import PolicyDocument, parse_policy
+from hsmstore.core.access.grants import GrantConstraints, GrantRecord
+from hsmstore.core.access.policy import PolicyDocument, parse_policy
 
 KEY_ID = "0f6a4c8e-3b1d-4e0a-9c2f-5d7e8a9b0c1d"
 OTHER_KEY_ID = "1a2b3c4d-1111-4222-8333-444455556666"

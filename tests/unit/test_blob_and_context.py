@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hsmstore.core import blob
-from hsmstore.core.context import MAX_CANONICAL_BYTES, MAX_PAIRS, canonical_encryption_context
+from hsmstore.core.formats import blob
+from hsmstore.core.formats.encryption_context import (
+    MAX_CANONICAL_BYTES,
+    MAX_PAIRS,
+    canonical_encryption_context,
+)
 from hsmstore.core.identifiers import parse_key_identifier
 from hsmstore.errors import InvalidCiphertextException, NotFoundException, ValidationException
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hsmstore.core.grants import (
+from hsmstore.core.access.grants import (
     GRANT_OPERATIONS,
     GrantConstraints,
     GrantRecord,

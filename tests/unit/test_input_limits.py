@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hsmstore.core.authorization_service import AuthorizationService
+from hsmstore.core.use_cases import UseCases
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import decode_marker
 from hsmstore.core.validation import ECHO_PREFIX_CHARS, check_text, echo
@@ -38,15 +38,14 @@ FILLER = "Q"  # the long inputs are runs of it, so an echo of more than a prefix
 
 @dataclass
 class World:
-    authz: AuthorizationService
+    authz: UseCases
     key_id: str
 
 
 @pytest.fixture
 def world() -> World:
-    keys, _store, _vault, _clock = make_service()
-    authz = AuthorizationService(keys)
-    return World(authz, keys.create_key(ADMIN).key.key_id)
+    use_cases, _store, _vault, _clock = make_service()
+    return World(use_cases, use_cases.creation.create_key(ADMIN).key.key_id)
 
 
 def deep_policy() -> str:
@@ -60,112 +59,112 @@ def policy_with_action(action: str) -> str:
 
 Call = Callable[[World], object]
 CASES: list[tuple[str, Call, type[KMSError]]] = [
-    ("description-nul", lambda w: w.authz._keys.create_key(ADMIN, description="a\x00b"), ValidationException),
+    ("description-nul", lambda w: w.authz.creation.create_key(ADMIN, description="a\x00b"), ValidationException),
     (
         "update-description-nul",
-        lambda w: w.authz._keys.update_key_description(ADMIN, w.key_id, "a\x00b"),
+        lambda w: w.authz.keys.update_key_description(ADMIN, w.key_id, "a\x00b"),
         ValidationException,
     ),
-    ("tag-value-newline", lambda w: w.authz._keys.create_key(ADMIN, tags=[("k", "v\n")]), TagException),
-    ("tag-key-tab", lambda w: w.authz._keys.tag_resource(ADMIN, w.key_id, [("a\tb", "v")]), TagException),
+    ("tag-value-newline", lambda w: w.authz.creation.create_key(ADMIN, tags=[("k", "v\n")]), TagException),
+    ("tag-key-tab", lambda w: w.authz.tags.tag_resource(ADMIN, w.key_id, [("a\tb", "v")]), TagException),
     (
         "policy-nested-999",
-        lambda w: w.authz._keys.create_key(ADMIN, policy=deep_policy()),
+        lambda w: w.authz.creation.create_key(ADMIN, policy=deep_policy()),
         MalformedPolicyDocumentException,
     ),
     (
         "policy-number-5000-digits",
-        lambda w: w.authz.put_key_policy(
+        lambda w: w.authz.authorization.put_key_policy(
             ADMIN, w.key_id, "default", '{"Version": ' + "1" * 5000 + "}", False
         ),
         MalformedPolicyDocumentException,
     ),
     (
         "policy-long-action",
-        lambda w: w.authz.put_key_policy(
+        lambda w: w.authz.authorization.put_key_policy(
             ADMIN, w.key_id, "", policy_with_action("kms:" + FILLER * 30_000), False
         ),
         MalformedPolicyDocumentException,
     ),
     (
         "alias-trailing-newline",
-        lambda w: w.authz._keys.create_alias(ADMIN, "alias/prod\n", w.key_id),
+        lambda w: w.authz.aliases.create_alias(ADMIN, "alias/prod\n", w.key_id),
         InvalidAliasNameException,
     ),
     (
         "encryption-context-65536-pairs",
-        lambda w: w.authz._keys.encrypt(ADMIN, w.key_id, b"p", {f"k{n}": "" for n in range(65_536)}),
+        lambda w: w.authz.crypto.encrypt(ADMIN, w.key_id, b"p", {f"k{n}": "" for n in range(65_536)}),
         ValidationException,
     ),
     (
         "source-context-65536-pairs",
-        lambda w: w.authz._keys.re_encrypt(
+        lambda w: w.authz.crypto.re_encrypt(
             ADMIN, b"x" * 40, w.key_id, {f"k{n}": "" for n in range(65_536)}, {}
         ),
         ValidationException,
     ),
-    ("marker-too-long", lambda w: w.authz._keys.list_keys(ADMIN, None, FILLER * HUGE), ValidationException),
+    ("marker-too-long", lambda w: w.authz.keys.list_keys(ADMIN, None, FILLER * HUGE), ValidationException),
     (
         "marker-control-character",
-        lambda w: w.authz._keys.list_aliases(ADMIN, "", None, "a\nb"),
+        lambda w: w.authz.aliases.list_aliases(ADMIN, "", None, "a\nb"),
         ValidationException,
     ),
     (
         "grant-token-too-long",
-        lambda w: w.authz._keys.describe_key(ADMIN, w.key_id, [FILLER * 8193]),
+        lambda w: w.authz.keys.describe_key(ADMIN, w.key_id, [FILLER * 8193]),
         ValidationException,
     ),
     (
         "grant-operation-huge",
-        lambda w: w.authz.create_grant(ADMIN, w.key_id, CAROL, "", [FILLER * HUGE], None, [], ""),
+        lambda w: w.authz.authorization.create_grant(ADMIN, w.key_id, CAROL, "", [FILLER * HUGE], None, [], ""),
         ValidationException,
     ),
     (
         "grant-name-trailing-newline",
-        lambda w: w.authz.create_grant(ADMIN, w.key_id, CAROL, "", ["Encrypt"], None, [], "nightly\n"),
+        lambda w: w.authz.authorization.create_grant(ADMIN, w.key_id, CAROL, "", ["Encrypt"], None, [], "nightly\n"),
         ValidationException,
     ),
     (
         "grant-id-trailing-newline",
-        lambda w: w.authz.list_grants(ADMIN, w.key_id, None, "", "a" * 64 + "\n", ""),
+        lambda w: w.authz.authorization.list_grants(ADMIN, w.key_id, None, "", "a" * 64 + "\n", ""),
         InvalidGrantIdException,
     ),
     (
         "retire-grant-token-too-long",
-        lambda w: w.authz.retire_grant(ADMIN, FILLER * 8193, "", ""),
+        lambda w: w.authz.authorization.retire_grant(ADMIN, FILLER * 8193, "", ""),
         ValidationException,
     ),
     (
         "untag-more-keys-than-a-key-has",
-        lambda w: w.authz._keys.untag_resource(ADMIN, w.key_id, [f"k{n}" for n in range(51)]),
+        lambda w: w.authz.tags.untag_resource(ADMIN, w.key_id, [f"k{n}" for n in range(51)]),
         ValidationException,
     ),
-    ("grant-id-too-long", lambda w: w.authz.revoke_grant(ADMIN, w.key_id, FILLER * 129), ValidationException),
+    ("grant-id-too-long", lambda w: w.authz.authorization.revoke_grant(ADMIN, w.key_id, FILLER * 129), ValidationException),
     (
         "identity-policy-name-trailing-newline",
-        lambda w: w.authz.put_identity_policy(ADMIN, CAROL, "use\n", policy_with_action("kms:Encrypt")),
+        lambda w: w.authz.identity_policies.put_identity_policy(ADMIN, CAROL, "use\n", policy_with_action("kms:Encrypt")),
         ValidationException,
     ),
     (
         "simulate-operation-huge",
-        lambda w: w.authz.simulate(ADMIN, ADMIN.principal, FILLER * HUGE, "", {}, "", []),
+        lambda w: w.authz.authorization.simulate(ADMIN, ADMIN.principal, FILLER * HUGE, "", {}, "", []),
         ValidationException,
     ),
     (
         "simulate-context-65536-pairs",
-        lambda w: w.authz.simulate(
+        lambda w: w.authz.authorization.simulate(
             ADMIN, ADMIN.principal, "Encrypt", w.key_id, {f"k{n}": "" for n in range(65_536)}, "", []
         ),
         ValidationException,
     ),
     (
         "simulate-via-service-newline",
-        lambda w: w.authz.simulate(ADMIN, ADMIN.principal, "Encrypt", w.key_id, {}, "backup\n", []),
+        lambda w: w.authz.authorization.simulate(ADMIN, ADMIN.principal, "Encrypt", w.key_id, {}, "backup\n", []),
         ValidationException,
     ),
     (
         "key-policy-name-huge",
-        lambda w: w.authz.get_key_policy(ADMIN, w.key_id, FILLER * HUGE),
+        lambda w: w.authz.authorization.get_key_policy(ADMIN, w.key_id, FILLER * HUGE),
         ValidationException,
     ),
 ]

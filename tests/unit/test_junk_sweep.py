@@ -1,4 +1,4 @@
-"""KeyService.sweep_junk_objects: only objects this DB knows it abandoned are destroyed, after a grace."""
+"""JunkSweep.sweep_junk_objects: only objects this DB knows it abandoned are destroyed, after a grace."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from hsmstore.core.keys.junk_sweep import JUNK_TOMBSTONE_DAYS
+from hsmstore.core.keys.material import token_label
 from hsmstore.core.model import (
     Caller,
+    KeyMaterialRef,
     KeyManager,
     KeyRecord,
     KeySpec,
@@ -22,7 +25,8 @@ from hsmstore.core.model import (
     new_key_id,
     new_token_id,
 )
-from hsmstore.core.service import JUNK_TOMBSTONE_DAYS, KeyService, token_label
+from hsmstore.core.use_cases import UseCases, build_use_cases
+from hsmstore.hsm.key_stores import TokenKeyStores
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault
 
@@ -42,9 +46,9 @@ class StepClock:
 
 def make_service(
     vault: FakeKeyVault | None = None, clock: StepClock | None = None
-) -> tuple[KeyService, FakeMetadataStore, FakeKeyVault, StepClock]:
+) -> tuple[UseCases, FakeMetadataStore, FakeKeyVault, StepClock]:
     store, vault, clock = FakeMetadataStore(), vault or FakeKeyVault(), clock or StepClock()
-    return KeyService(vault, store, clock, region="local"), store, vault, clock
+    return build_use_cases(TokenKeyStores([vault]), store, clock, region="local"), store, vault, clock
 
 
 def tombstoned(store: FakeMetadataStore) -> set[bytes]:
@@ -73,7 +77,7 @@ def killed_create_key(store: FakeMetadataStore, clock: StepClock) -> KeyVersion:
 
 def late_object(vault: FakeKeyVault, version: KeyVersion) -> None:
     """The object the killed process was still writing: it lands after the rollback searched."""
-    vault.create_key(version.token_id, token_label(version.key_id, version.version))
+    vault.create_key(version.material, token_label(version.key_id, version.version))
 
 
 def junk_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -88,23 +92,23 @@ def test_an_object_left_by_a_killed_create_key_is_destroyed_once_seen_for_the_gr
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service, store, vault, clock = make_service()
-    live = service.create_key(ALICE).key
+    live = service.creation.create_key(ALICE).key
     [live_version] = store.list_versions(live.key_id)
     interrupted = killed_create_key(store, clock)
-    assert service.recover_interrupted_work(timedelta(0)) == 1
+    assert service.recovery.recover_interrupted_work(timedelta(0)) == 1
     assert interrupted.token_id in tombstoned(store), "the rollback records the id it gave up on"
     late_object(vault, interrupted)
 
-    assert service.sweep_junk_objects(GRACE) == 0  # first sighting
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 0  # first sighting
     clock.current += GRACE - timedelta(seconds=1)
-    assert service.sweep_junk_objects(GRACE) == 0  # not seen for the grace period yet
-    assert vault.key_exists(interrupted.token_id)
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 0  # not seen for the grace period yet
+    assert vault.key_exists(interrupted.material)
 
     clock.current += timedelta(seconds=1)
-    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
-        assert service.sweep_junk_objects(GRACE) == 1
-    assert not vault.key_exists(interrupted.token_id)
-    assert vault.key_exists(live_version.token_id), "a key with its row is never swept"
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.keys.junk_sweep"):
+        assert service.junk_sweep.sweep_junk_objects(GRACE) == 1
+    assert not vault.key_exists(interrupted.material)
+    assert vault.key_exists(live_version.material), "a key with its row is never swept"
     [line] = junk_lines(caplog)
     assert interrupted.token_id.hex() in line
     assert tombstoned(store) == set(), "the tombstone goes with its object"
@@ -113,7 +117,7 @@ def test_an_object_left_by_a_killed_create_key_is_destroyed_once_seen_for_the_gr
 
 def test_an_object_left_by_a_killed_rotation_is_destroyed_too() -> None:
     service, store, vault, clock = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     pending = KeyVersion(
         key.key_id,
         2,
@@ -123,35 +127,35 @@ def test_an_object_left_by_a_killed_rotation_is_destroyed_too() -> None:
         RotationType.ON_DEMAND,
     )
     assert store.insert_pending_version(pending, 25)
-    assert service.recover_interrupted_work(timedelta(0)) == 1
+    assert service.recovery.recover_interrupted_work(timedelta(0)) == 1
     assert tombstoned(store) == {pending.token_id}
     late_object(vault, pending)
 
-    service.sweep_junk_objects(GRACE)
+    service.junk_sweep.sweep_junk_objects(GRACE)
     clock.current += GRACE
-    assert service.sweep_junk_objects(GRACE) == 1
-    assert not vault.key_exists(pending.token_id)
-    assert service.encrypt(ALICE, key.key_id, b"still works", {}).ciphertext_blob
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 1
+    assert not vault.key_exists(pending.material)
+    assert service.crypto.encrypt(ALICE, key.key_id, b"still works", {}).ciphertext_blob
 
 
 def test_an_abandoned_version_and_a_failed_creation_count_as_abandoned_without_a_tombstone() -> None:
     service, store, vault, clock = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     rotation = KeyVersion(
         key.key_id, 2, new_token_id(), VersionState.PENDING, clock.current, RotationType.ON_DEMAND
     )
     store.insert_pending_version(rotation, 25)
-    vault.create_key(rotation.token_id, token_label(key.key_id, 2))
+    vault.create_key(rotation.material, token_label(key.key_id, 2))
     assert store.abandon_version(key.key_id, 2, rotation.token_id)  # recovery claimed it, then died
     creation = killed_create_key(store, clock)
     late_object(vault, creation)
     assert store.claim_failed_creation(creation.key_id)  # the same for a creation
 
-    service.sweep_junk_objects(GRACE)
+    service.junk_sweep.sweep_junk_objects(GRACE)
     clock.current += GRACE
-    assert service.sweep_junk_objects(GRACE) == 2
-    assert not vault.key_exists(rotation.token_id)
-    assert not vault.key_exists(creation.token_id)
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 2
+    assert not vault.key_exists(rotation.material)
+    assert not vault.key_exists(creation.material)
 
 
 def test_a_fresh_db_on_a_token_full_of_live_keys_destroys_nothing_and_says_so_once(
@@ -159,31 +163,31 @@ def test_a_fresh_db_on_a_token_full_of_live_keys_destroys_nothing_and_says_so_on
 ) -> None:
     """A wrong --db (a typo that makes an empty DB, the staging DB) or a second deployment on the token."""
     production, production_store, vault, clock = make_service()
-    keys = [production.create_key(ALICE).key.key_id for _ in range(3)]
-    production.rotate_key_on_demand(ALICE, keys[0])
-    blobs = {key_id: production.encrypt(ALICE, key_id, b"data", {}).ciphertext_blob for key_id in keys}
+    keys = [production.creation.create_key(ALICE).key.key_id for _ in range(3)]
+    production.rotation.rotate_key_on_demand(ALICE, keys[0])
+    blobs = {key_id: production.crypto.encrypt(ALICE, key_id, b"data", {}).ciphertext_blob for key_id in keys}
     wrong_db, wrong_store, _, _ = make_service(vault, clock)
     walks = []
     list_key_versions = vault.list_key_versions
     vault.list_key_versions = lambda: walks.append(1) or list_key_versions()  # type: ignore[method-assign]
 
-    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.keys.junk_sweep"):
         for _ in range(5):
-            assert wrong_db.sweep_junk_objects(GRACE) == 0
+            assert wrong_db.junk_sweep.sweep_junk_objects(GRACE) == 0
             clock.current += GRACE * 10
         [warning] = unknown_warnings(caplog)
         assert "4 hsmstore key objects" in warning and "is --db the DB for this token?" in warning
         assert warning.split("(first: ")[1].startswith("hsmstore/")
         assert len(walks) == 1  # nothing abandoned, nothing waiting: the token is walked once a process
 
-        production.create_key(ALICE)
-        restarted = KeyService(vault, wrong_store, clock, region="local")  # the next process says it again
-        assert restarted.sweep_junk_objects(GRACE) == 0
+        production.creation.create_key(ALICE)
+        restarted = build_use_cases(TokenKeyStores([vault]), wrong_store, clock, region="local")  # the next process says it again
+        assert restarted.junk_sweep.sweep_junk_objects(GRACE) == 0
     assert len(unknown_warnings(caplog)) == 2 and "5 hsmstore key objects" in unknown_warnings(caplog)[1]
     assert junk_lines(caplog) == []
     for key_id, blob in blobs.items():
-        assert production.decrypt(ALICE, blob, {}).plaintext == b"data", key_id
-    assert all(vault.key_exists(v.token_id) for k in keys for v in production_store.list_versions(k))
+        assert production.crypto.decrypt(ALICE, blob, {}).plaintext == b"data", key_id
+    assert all(vault.key_exists(v.material) for k in keys for v in production_store.list_versions(k))
 
 
 def test_a_creation_in_flight_is_never_swept_even_with_no_grace() -> None:
@@ -192,61 +196,61 @@ def test_a_creation_in_flight_is_never_swept_even_with_no_grace() -> None:
 
     def sweep_mid_creation(name: str) -> None:
         if name == "create_key.after_token_create":  # the object exists, the key is still CREATING
-            swept.append(service.sweep_junk_objects(timedelta(0)))
+            swept.append(service.junk_sweep.sweep_junk_objects(timedelta(0)))
 
-    service = KeyService(vault, store, clock, region="local", failpoint=sweep_mid_creation)
-    key = service.create_key(ALICE).key
+    service = build_use_cases(TokenKeyStores([vault]), store, clock, region="local", failpoint=sweep_mid_creation)
+    key = service.creation.create_key(ALICE).key
     [version] = store.list_versions(key.key_id)
     assert swept == [0]
-    assert vault.key_exists(version.token_id)
+    assert vault.key_exists(version.material)
 
 
 def test_objects_without_an_hsmstore_label_and_unknown_twins_of_live_versions_are_left_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service, _, vault, clock = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     foreign = os.urandom(16)
-    vault.create_key(foreign, "someone-elses-key")
+    vault.create_key(KeyMaterialRef.token_object(foreign), "someone-elses-key")
     twin = os.urandom(16)  # the live version's label, another CKA_ID this DB never recorded
-    vault.create_key(twin, token_label(key.key_id, 1))
-    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
-        service.sweep_junk_objects(GRACE)
+    vault.create_key(KeyMaterialRef.token_object(twin), token_label(key.key_id, 1))
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.keys.junk_sweep"):
+        service.junk_sweep.sweep_junk_objects(GRACE)
         clock.current += GRACE
-        assert service.sweep_junk_objects(GRACE) == 0
-    assert vault.key_exists(foreign) and vault.key_exists(twin)
+        assert service.junk_sweep.sweep_junk_objects(GRACE) == 0
+    assert vault.key_exists(KeyMaterialRef.token_object(foreign)) and vault.key_exists(KeyMaterialRef.token_object(twin))
     [warning] = unknown_warnings(caplog)
     assert "1 hsmstore key objects" in warning and token_label(key.key_id, 1) in warning
-    assert service.encrypt(ALICE, key.key_id, b"x", {}).ciphertext_blob
+    assert service.crypto.encrypt(ALICE, key.key_id, b"x", {}).ciphertext_blob
 
 
 def test_a_tombstone_whose_object_never_appears_goes_one_grace_period_after_it_was_written() -> None:
     service, store, _, clock = make_service()
     interrupted = killed_create_key(store, clock)
-    service.recover_interrupted_work(timedelta(0))
+    service.recovery.recover_interrupted_work(timedelta(0))
     abandoned_at = clock.current
 
     clock.current = abandoned_at + GRACE  # not yet *older* than the grace period
-    service.sweep_junk_objects(GRACE)
+    service.junk_sweep.sweep_junk_objects(GRACE)
     assert tombstoned(store) == {interrupted.token_id}, "an object may still be landing"
     clock.current = abandoned_at + GRACE + timedelta(seconds=1)
-    service.sweep_junk_objects(GRACE)
+    service.junk_sweep.sweep_junk_objects(GRACE)
     assert tombstoned(store) == set()
 
 
 def test_the_reaper_leaves_tombstones_that_the_sweep_clears_once_the_objects_are_gone() -> None:
     service, store, vault, clock = make_service()
-    key = service.create_key(ALICE).key
-    service.rotate_key_on_demand(ALICE, key.key_id)
+    key = service.creation.create_key(ALICE).key
+    service.rotation.rotate_key_on_demand(ALICE, key.key_id)
     token_ids = {v.token_id for v in store.list_versions(key.key_id)}
-    service.schedule_key_deletion(ALICE, key.key_id, 7)
+    service.deletion.schedule_key_deletion(ALICE, key.key_id, 7)
     clock.current += timedelta(days=7)
-    assert service.destroy_due_keys() == 1
+    assert service.deletion.destroy_due_keys() == 1
     assert tombstoned(store) == token_ids
-    assert not any(vault.key_exists(token_id) for token_id in token_ids)
+    assert not any(vault.key_exists(KeyMaterialRef.token_object(token_id)) for token_id in token_ids)
 
     clock.current += GRACE + timedelta(seconds=1)
-    assert service.sweep_junk_objects(GRACE) == 0
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 0
     assert tombstoned(store) == set()
 
 
@@ -257,28 +261,28 @@ def test_a_tombstone_is_pruned_after_a_week_and_its_object_is_then_left_alone(
     from then on unknown, so it is reported, never destroyed (the safe side)."""
     service, store, vault, clock = make_service()
     interrupted = killed_create_key(store, clock)
-    service.recover_interrupted_work(timedelta(0))
+    service.recovery.recover_interrupted_work(timedelta(0))
     late_object(vault, interrupted)
 
     clock.current += timedelta(days=JUNK_TOMBSTONE_DAYS, seconds=1)
-    with caplog.at_level(logging.WARNING, logger="hsmstore.core.service"):
-        assert service.sweep_junk_objects(GRACE) == 0  # first sighting; the tombstone is pruned
+    with caplog.at_level(logging.WARNING, logger="hsmstore.core.keys.junk_sweep"):
+        assert service.junk_sweep.sweep_junk_objects(GRACE) == 0  # first sighting; the tombstone is pruned
         assert tombstoned(store) == set()
         clock.current += GRACE
-        assert service.sweep_junk_objects(GRACE) == 0
-    assert vault.key_exists(interrupted.token_id)
+        assert service.junk_sweep.sweep_junk_objects(GRACE) == 0
+    assert vault.key_exists(interrupted.material)
     assert len(unknown_warnings(caplog)) == 1
 
 
 def test_a_sighting_is_forgotten_once_the_object_is_gone() -> None:
     service, store, vault, clock = make_service()
     interrupted = killed_create_key(store, clock)
-    service.recover_interrupted_work(timedelta(0))
+    service.recovery.recover_interrupted_work(timedelta(0))
     late_object(vault, interrupted)
-    assert service.sweep_junk_objects(GRACE) == 0
-    vault.destroy_key(interrupted.token_id)
-    assert service.sweep_junk_objects(GRACE) == 0
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 0
+    vault.destroy_key(interrupted.material)
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 0
     late_object(vault, interrupted)  # the same CKA_ID again, much later
     clock.current += GRACE
-    assert service.sweep_junk_objects(GRACE) == 0, "a new first sighting"
-    assert vault.key_exists(interrupted.token_id)
+    assert service.junk_sweep.sweep_junk_objects(GRACE) == 0, "a new first sighting"
+    assert vault.key_exists(interrupted.material)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hsmstore.core.lifecycle import Operation, next_state
+from hsmstore.core.keys.states import Operation, next_state
 from hsmstore.core.model import KeyState
 from hsmstore.errors import DisabledException, KMSError, KMSInvalidStateException, NotFoundException
 

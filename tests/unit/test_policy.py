@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from hsmstore.core.default_policies import (
+from hsmstore.core.access.default_policies import (
     default_admin_identity_policy,
     default_key_policy,
     service_managed_key_policy,
 )
-from hsmstore.core.policy import (
+from hsmstore.core.access.policy import (
     IAM_ACTIONS,
     KMS_ACTIONS,
     MAX_POLICY_BYTES,

@@ -1,4 +1,4 @@
-"""KeyService with fakes: the decisions the core makes, without gRPC, token or SQL."""
+"""The use cases with fakes: the decisions the core makes, without gRPC, token or SQL."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from hsmstore.core.model import Caller, KeyState
-from hsmstore.core.service import KeyService
+from hsmstore.core.model import Caller, KeyMaterialRef, KeyState
+from hsmstore.core.use_cases import UseCases, build_use_cases
+from hsmstore.hsm.key_stores import TokenKeyStores
 from hsmstore.errors import (
     IncorrectKeyException,
     InvalidCiphertextException,
@@ -33,31 +34,31 @@ class FixedClock:
 
 
 class BrokenVault(FakeKeyVault):
-    def create_key(self, token_id: bytes, label: str) -> None:
-        super().create_key(token_id, label)
+    def create_key(self, material: KeyMaterialRef, label: str) -> None:
+        super().create_key(material, label)
         raise KMSInternalException("token failed after generating")
 
 
 def make_service(
     vault: FakeKeyVault | None = None,
-) -> tuple[KeyService, FakeMetadataStore, FakeKeyVault, FixedClock]:
+) -> tuple[UseCases, FakeMetadataStore, FakeKeyVault, FixedClock]:
     store, clock = FakeMetadataStore(), FixedClock()
     vault = vault or FakeKeyVault()
-    return KeyService(vault, store, clock, region="local"), store, vault, clock
+    return build_use_cases(TokenKeyStores([vault]), store, clock, region="local"), store, vault, clock
 
 
 def test_create_key_is_enabled_with_one_active_token_object() -> None:
     service, store, vault, _ = make_service()
-    key = service.create_key(ALICE, description="d").key
+    key = service.creation.create_key(ALICE, description="d").key
     assert key.state is KeyState.ENABLED
     [version] = store.list_versions(key.key_id)
-    assert vault.key_exists(version.token_id)
+    assert vault.key_exists(version.material)
 
 
 def test_create_key_failing_on_the_token_leaves_nothing_behind() -> None:
     service, store, vault, _ = make_service(BrokenVault())
     with pytest.raises(KMSInternalException):
-        service.create_key(ALICE)
+        service.creation.create_key(ALICE)
     assert list(store.list_keys("acme", 10, None)) == []
     assert store.list_pending_creations(datetime.max.replace(tzinfo=UTC)) == []
     assert vault.object_count() == 0
@@ -69,9 +70,9 @@ def test_create_key_interrupted_after_the_token_step_rolls_back_in_process() -> 
             raise SystemExit("simulated interruption")
 
     store, clock, vault = FakeMetadataStore(), FixedClock(), FakeKeyVault()
-    service = KeyService(vault, store, clock, failpoint=crash_after_token)
+    service = build_use_cases(TokenKeyStores([vault]), store, clock, failpoint=crash_after_token)
     with pytest.raises(SystemExit):
-        service.create_key(ALICE)
+        service.creation.create_key(ALICE)
     assert store.list_pending_creations(datetime.max.replace(tzinfo=UTC)) == []
     assert list(store.list_keys("acme", 10, None)) == []
     assert vault.object_count() == 0
@@ -79,46 +80,46 @@ def test_create_key_interrupted_after_the_token_step_rolls_back_in_process() -> 
 
 def test_recovery_destroys_the_token_object_of_an_interrupted_creation() -> None:
     service, store, vault, clock = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     [version] = store.list_versions(key.key_id)
     assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.CREATING)
-    assert service.recover_interrupted_work(timedelta(seconds=60)) == 0, "too young to roll back"
+    assert service.recovery.recover_interrupted_work(timedelta(seconds=60)) == 0, "too young to roll back"
     clock.current += timedelta(seconds=61)
-    assert service.recover_interrupted_work(timedelta(seconds=60)) == 1
+    assert service.recovery.recover_interrupted_work(timedelta(seconds=60)) == 1
     assert store.get_key(key.key_id) is None
-    assert not vault.key_exists(version.token_id)
+    assert not vault.key_exists(version.material)
 
 
 def test_encrypt_decrypt_round_trip_binds_the_context() -> None:
     service, *_ = make_service()
-    key = service.create_key(ALICE).key
-    blob = service.encrypt(ALICE, key.key_id, b"secret", {"a": "1"}).ciphertext_blob
-    assert service.decrypt(ALICE, blob, {"a": "1"}).plaintext == b"secret"
+    key = service.creation.create_key(ALICE).key
+    blob = service.crypto.encrypt(ALICE, key.key_id, b"secret", {"a": "1"}).ciphertext_blob
+    assert service.crypto.decrypt(ALICE, blob, {"a": "1"}).plaintext == b"secret"
     with pytest.raises(InvalidCiphertextException):
-        service.decrypt(ALICE, blob, {"a": "2"})
+        service.crypto.decrypt(ALICE, blob, {"a": "2"})
 
 
 def test_another_tenants_blob_looks_like_a_bad_ciphertext() -> None:
     service, *_ = make_service()
-    key = service.create_key(ALICE).key
-    blob = service.encrypt(ALICE, key.key_id, b"secret", {}).ciphertext_blob
+    key = service.creation.create_key(ALICE).key
+    blob = service.crypto.encrypt(ALICE, key.key_id, b"secret", {}).ciphertext_blob
     with pytest.raises(InvalidCiphertextException):
-        service.decrypt(MALLORY, blob, {})
+        service.crypto.decrypt(MALLORY, blob, {})
     with pytest.raises(NotFoundException):
-        service.describe_key(MALLORY, key.key_id)
+        service.keys.describe_key(MALLORY, key.key_id)
 
 
 def test_decrypt_with_other_key_id_is_incorrect_key() -> None:
     service, *_ = make_service()
-    first, second = service.create_key(ALICE).key, service.create_key(ALICE).key
-    blob = service.encrypt(ALICE, first.key_id, b"secret", {}).ciphertext_blob
+    first, second = service.creation.create_key(ALICE).key, service.creation.create_key(ALICE).key
+    blob = service.crypto.encrypt(ALICE, first.key_id, b"secret", {}).ciphertext_blob
     with pytest.raises(IncorrectKeyException):
-        service.decrypt(ALICE, blob, {}, key_id=second.key_id)
+        service.crypto.decrypt(ALICE, blob, {}, key_id=second.key_id)
 
 
 def test_version_token_ids_are_read_from_the_store_once() -> None:
     service, store, _, _ = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     reads = 0
     original = store.get_version
 
@@ -129,14 +130,14 @@ def test_version_token_ids_are_read_from_the_store_once() -> None:
 
     store.get_version = counting_get_version  # type: ignore[method-assign]
     for _ in range(5):
-        blob = service.encrypt(ALICE, key.key_id, b"x", {}).ciphertext_blob
-        service.decrypt(ALICE, blob, {})
+        blob = service.crypto.encrypt(ALICE, key.key_id, b"x", {}).ciphertext_blob
+        service.crypto.decrypt(ALICE, blob, {})
     assert reads == 1
 
 
 def test_disable_uses_compare_and_set_against_a_concurrent_change() -> None:
     service, store, _, _ = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     original = store.update_key_state
     interleaved = []
 
@@ -147,17 +148,17 @@ def test_disable_uses_compare_and_set_against_a_concurrent_change() -> None:
         return original(key_id, expected, new_state)
 
     store.update_key_state = racing_update  # type: ignore[method-assign]
-    service.enable_key(ALICE, key.key_id)
+    service.keys.enable_key(ALICE, key.key_id)
     assert store.get_key(key.key_id).state is KeyState.ENABLED  # type: ignore[union-attr]
 
 
 def test_list_keys_pages_through_every_key_once() -> None:
     service, *_ = make_service()
-    created = {service.create_key(ALICE).key.key_id for _ in range(7)}
+    created = {service.creation.create_key(ALICE).key.key_id for _ in range(7)}
     seen: list[str] = []
     marker = ""
     while True:
-        page = service.list_keys(ALICE, 3, marker)
+        page = service.keys.list_keys(ALICE, 3, marker)
         seen += [entry.key_id for entry in page.entries]
         if not page.truncated:
             break
@@ -167,15 +168,15 @@ def test_list_keys_pages_through_every_key_once() -> None:
 
 def test_generate_data_key_rejects_both_sizes() -> None:
     service, *_ = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     with pytest.raises(ValidationException):
-        service.generate_data_key(ALICE, key.key_id, {}, 32, "AES_256")
+        service.crypto.generate_data_key(ALICE, key.key_id, {}, 32, "AES_256")
 
 
 def test_schedule_deletion_losing_to_a_concurrent_one_is_invalid_state_not_internal() -> None:
     """Two ScheduleKeyDeletion at once (found by the fuzzer): the loser sees PendingDeletion."""
     service, store, _, clock = make_service()
-    key = service.create_key(ALICE).key
+    key = service.creation.create_key(ALICE).key
     original = store.schedule_deletion
     raced = []
 
@@ -187,5 +188,5 @@ def test_schedule_deletion_losing_to_a_concurrent_one_is_invalid_state_not_inter
 
     store.schedule_deletion = racing_schedule  # type: ignore[method-assign]
     with pytest.raises(KMSInvalidStateException):
-        service.schedule_key_deletion(ALICE, key.key_id, 30)
+        service.deletion.schedule_key_deletion(ALICE, key.key_id, 30)
     assert store.get_key(key.key_id).pending_window_days == 7  # type: ignore[union-attr]

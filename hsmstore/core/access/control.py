@@ -1,6 +1,6 @@
 """Authorization on the request path: gather the policies and grants, ask ``decide``.
 
-What a decision needs (core/authz/decisions.py decides; this module fetches):
+What a decision needs (core/access/decisions.py decides; this module fetches):
 
 * the key's policy (stored with the key; AWS's default key policy for a key
   made before policies were stored),
@@ -26,15 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from hsmstore.core.access.decisions import AccessRequest, Decision, DecisionKind, decide
+from hsmstore.core.access.default_policies import default_admin_identity_policy, default_key_policy
+from hsmstore.core.access.grants import GrantConstraints, GrantRecord, grant_id_from_token
+from hsmstore.core.access.policy import PolicyDocument, parse_policy
 from hsmstore.core.audit import capture
-from hsmstore.core.authz.decisions import AccessRequest, Decision, DecisionKind, decide
-from hsmstore.core.authz.default_policies import default_admin_identity_policy, default_key_policy
-from hsmstore.core.authz.grants import GrantConstraints, GrantRecord, grant_id_from_token
-from hsmstore.core.authz.policy import PolicyDocument, parse_policy
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
-from hsmstore.core.keys.identifiers import key_arn
+from hsmstore.core.identifiers import key_arn
 from hsmstore.core.model import Caller, KeyRecord, principal_arn
-from hsmstore.core.ports import AuthorizationStore
+from hsmstore.core.ports.authorization import AuthorizationStore
 from hsmstore.core.validation import check_grant_tokens
 from hsmstore.errors import (
     AccessDeniedException,

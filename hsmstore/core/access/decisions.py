@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hsmstore.core.authz.grants import GRANT_OPERATIONS, GrantConstraints, GrantRecord
-from hsmstore.core.authz.policy import ConditionContext, PolicyDocument, PrincipalMatch, Statement
+from hsmstore.core.access.grants import GRANT_OPERATIONS, GrantConstraints, GrantRecord
+from hsmstore.core.access.policy import ConditionContext, PolicyDocument, PrincipalMatch, Statement
 
 
 @dataclass(frozen=True)

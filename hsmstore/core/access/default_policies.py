@@ -2,14 +2,14 @@
 
 Each builder returns the text that is stored and that GetKeyPolicy /
 GetIdentityPolicy answer, so it is pretty-printed like the AWS console's, and
-each parses with :func:`hsmstore.core.authz.policy.parse_policy` (tests check it).
+each parses with :func:`hsmstore.core.access.policy.parse_policy` (tests check it).
 """
 
 from __future__ import annotations
 
 import json
 
-from hsmstore.core.authz.policy import PRINCIPAL_TYPE
+from hsmstore.core.access.policy import PRINCIPAL_TYPE
 from hsmstore.core.model import tenant_root_arn
 
 POLICY_VERSION = "2012-10-17"

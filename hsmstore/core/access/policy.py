@@ -25,10 +25,10 @@ operators and wildcards), policy_document.py (the parsed document and its
 evaluation) and policy_parser.py (the grammar, its limits, ``parse_policy``).
 """
 
-from hsmstore.core.authz.policy_actions import AUDIT_ACTIONS, IAM_ACTIONS, KMS_ACTIONS
-from hsmstore.core.authz.policy_conditions import Condition, ConditionContext
-from hsmstore.core.authz.policy_document import Effect, PolicyDocument, PolicyKind, PrincipalMatch, Statement
-from hsmstore.core.authz.policy_parser import (
+from hsmstore.core.access.policy_actions import AUDIT_ACTIONS, IAM_ACTIONS, KMS_ACTIONS
+from hsmstore.core.access.policy_conditions import Condition, ConditionContext
+from hsmstore.core.access.policy_document import Effect, PolicyDocument, PolicyKind, PrincipalMatch, Statement
+from hsmstore.core.access.policy_parser import (
     MAX_POLICY_BYTES,
     MAX_POLICY_DEPTH,
     MAX_POLICY_NUMBER_DIGITS,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Literal
 
-from hsmstore.core.authz.policy_conditions import Condition, ConditionContext, Matcher
+from hsmstore.core.access.policy_conditions import Condition, ConditionContext, Matcher
 from hsmstore.core.model import tenant_root_arn
 from hsmstore.core.validation import echo
 

@@ -20,8 +20,8 @@ import json
 import re
 from typing import NoReturn
 
-from hsmstore.core.authz.policy_actions import ACTIONS_BY_FOLDED, IDENTITY_ONLY_PREFIXES
-from hsmstore.core.authz.policy_conditions import (
+from hsmstore.core.access.policy_actions import ACTIONS_BY_FOLDED, IDENTITY_ONLY_PREFIXES
+from hsmstore.core.access.policy_conditions import (
     InvalidStatement,
     Matcher,
     fail,
@@ -29,8 +29,8 @@ from hsmstore.core.authz.policy_conditions import (
     parse_conditions,
     wildcard_regex,
 )
-from hsmstore.core.authz.policy_document import Effect, PolicyDocument, PolicyKind, Statement
-from hsmstore.core.keys.identifiers import PRINCIPAL_ARN_PATTERN
+from hsmstore.core.access.policy_document import Effect, PolicyDocument, PolicyKind, Statement
+from hsmstore.core.identifiers import PRINCIPAL_ARN_PATTERN
 from hsmstore.core.validation import echo
 from hsmstore.errors import MalformedPolicyDocumentException, ValidationException
 

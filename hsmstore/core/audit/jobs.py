@@ -36,7 +36,8 @@ from datetime import timedelta
 from hsmstore import errors
 from hsmstore.core.audit.chain import ChainProblem, StoredAuditEvent, first_chain_problem
 from hsmstore.core.audit.record import UNREADABLE_SPOOL_LINE_EVENT
-from hsmstore.core.ports import AuditLog, AuditSeal, AuditSealer, Clock
+from hsmstore.core.ports.audit import AuditLog, AuditSeal, AuditSealer
+from hsmstore.core.ports.clock import Clock
 
 
 def seal_data(seq: int, chain_hash: bytes) -> bytes:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from hsmstore.core.audit.chain import StoredAuditEvent
-from hsmstore.core.keys.identifiers import IdentifierKind, parse_key_identifier
+from hsmstore.core.identifiers import IdentifierKind, parse_key_identifier
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import check_limit, decode_marker, encode_marker
-from hsmstore.core.ports import AuditLog, AuditQuery
+from hsmstore.core.ports.audit import AuditLog, AuditQuery
 from hsmstore.core.validation import check_text
 from hsmstore.errors import InvalidMarkerException, NotFoundException, ValidationException
 

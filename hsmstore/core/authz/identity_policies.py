@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from hsmstore.core.access.control import DEFAULT_IDENTITY_POLICY_NAME, AccessControl, is_admin_role
+from hsmstore.core.access.default_policies import default_admin_identity_policy
+from hsmstore.core.access.policy import parse_policy
 from hsmstore.core.audit import capture
-from hsmstore.core.authz.access import DEFAULT_IDENTITY_POLICY_NAME, AccessControl, is_admin_role
-from hsmstore.core.authz.default_policies import default_admin_identity_policy
-from hsmstore.core.authz.policy import parse_policy
-from hsmstore.core.keys.identifiers import PrincipalName, parse_principal_arn
+from hsmstore.core.identifiers import PrincipalName, parse_principal_arn
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import AuthorizationStore, Clock, IdentityPolicyRecord

@@ -14,14 +14,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from hsmstore.core.audit import capture
-from hsmstore.core.authz.access import (
+from hsmstore.core.access.control import (
     GrantRequestFacts,
     access_denied,
     cross_tenant_not_found,
 )
-from hsmstore.core.authz.decisions import Decision
-from hsmstore.core.authz.grants import (
+from hsmstore.core.access.decisions import Decision
+from hsmstore.core.access.grants import (
     GrantConstraints,
     GrantRecord,
     grant_id_from_token,
@@ -31,10 +30,11 @@ from hsmstore.core.authz.grants import (
     validate_grant_name,
     validate_grant_request,
 )
-from hsmstore.core.authz.policy import IAM_ACTIONS, KMS_ACTIONS
+from hsmstore.core.access.policy import IAM_ACTIONS, KMS_ACTIONS
+from hsmstore.core.audit import capture
 from hsmstore.core.formats.encryption_context import check_encryption_context
+from hsmstore.core.identifiers import PRINCIPAL_NAME_PATTERN, key_arn, parse_principal_arn
 from hsmstore.core.keys.gate import KeyGate
-from hsmstore.core.keys.identifiers import PRINCIPAL_NAME_PATTERN, key_arn, parse_principal_arn
 from hsmstore.core.model import Caller, KeyRecord, KeyState, tenant_root_arn
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import Clock, Store
@@ -335,7 +335,7 @@ class AuthorizationService:
             if not decision.allowed:
                 raise cross_tenant_not_found()
             if decision.grant_id is None:
-                # Never show another tenant's statements or Sids (core/authz/decisions.py).
+                # Never show another tenant's statements or Sids (core/access/decisions.py).
                 decided_by = "the owning tenant's key policy, with your identity policies"
         arn = "" if key is None else self._keys_arn(key)
         return Simulation(decision.allowed, decided_by, decision.grant_id, arn)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from hsmstore.core.audit import capture
-from hsmstore.core.keys.gate import KeyGate
-from hsmstore.core.keys.identifiers import (
+from hsmstore.core.identifiers import (
     IdentifierKind,
     alias_arn,
     parse_key_identifier,
     validate_alias_name,
 )
+from hsmstore.core.keys.gate import KeyGate
 from hsmstore.core.keys.results import AliasEntry
 from hsmstore.core.keys.states import Operation
 from hsmstore.core.model import AliasRecord, Caller, KeyRecord

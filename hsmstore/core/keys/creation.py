@@ -15,11 +15,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
+from hsmstore.core.access.control import AccessControl
+from hsmstore.core.access.default_policies import default_key_policy
 from hsmstore.core.audit import capture
-from hsmstore.core.authz.access import AccessControl
-from hsmstore.core.authz.default_policies import default_key_policy
 from hsmstore.core.failpoints import Failpoint, no_failpoint
-from hsmstore.core.keys.identifiers import key_arn
+from hsmstore.core.identifiers import key_arn
 from hsmstore.core.keys.material import token_label
 from hsmstore.core.keys.results import KeyDescription
 from hsmstore.core.keys.tags import MAX_TAGS_PER_KEY, validate_tags

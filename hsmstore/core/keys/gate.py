@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from hsmstore.core.audit import capture
-from hsmstore.core.authz.access import (
+from hsmstore.core.access.control import (
     CROSS_TENANT_ACTIONS,
     AccessControl,
     GrantRequestFacts,
     cross_tenant_not_found,
 )
+from hsmstore.core.audit import capture
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
-from hsmstore.core.keys.identifiers import IdentifierKind, KeyReference, key_arn, parse_key_identifier
+from hsmstore.core.identifiers import IdentifierKind, KeyReference, key_arn, parse_key_identifier
 from hsmstore.core.keys.results import KeyDescription
 from hsmstore.core.keys.service_managed import ServiceManagedKeys
 from hsmstore.core.keys.states import Operation, next_state

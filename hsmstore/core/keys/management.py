@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hsmstore.core.audit import capture
+from hsmstore.core.identifiers import key_arn
 from hsmstore.core.keys.gate import KeyGate
-from hsmstore.core.keys.identifiers import key_arn
 from hsmstore.core.keys.results import KeyDescription, KeyListEntry
 from hsmstore.core.keys.states import Operation, next_state
 from hsmstore.core.model import Caller, KeyRecord, KeyState

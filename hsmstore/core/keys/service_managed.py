@@ -14,9 +14,9 @@ import logging
 import time
 from datetime import timedelta
 
-from hsmstore.core.authz.default_policies import service_managed_key_policy
+from hsmstore.core.access.default_policies import service_managed_key_policy
+from hsmstore.core.identifiers import KeyReference
 from hsmstore.core.keys.creation import KeyCreation
-from hsmstore.core.keys.identifiers import KeyReference
 from hsmstore.core.model import (
     AliasRecord,
     Caller,

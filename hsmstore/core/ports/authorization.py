@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from hsmstore.core.authz.grants import GrantRecord
+from hsmstore.core.access.grants import GrantRecord
 
 
 @dataclass(frozen=True)
