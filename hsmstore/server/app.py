@@ -539,9 +539,7 @@ def start_server(
     return RunningServer(server, port, health_servicer, stop)
 
 
-def _check_health(
-    service: UseCases, server: GrpcServer, health_servicer: aio_health.HealthServicer
-) -> None:
+def _check_health(service: UseCases, server: GrpcServer, health_servicer: aio_health.HealthServicer) -> None:
     """Probe the token and the DB in this thread; only the status change runs on the loop."""
     try:
         service.health.check_health()

@@ -265,7 +265,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
     def DeleteIdentityPolicy(
         self, request: pb.DeleteIdentityPolicyRequest, context: grpc.ServicerContext
     ) -> pb.DeleteIdentityPolicyResponse:
-        self._identity_policies.delete_identity_policy(current_caller(), request.principal, request.policy_name)
+        self._identity_policies.delete_identity_policy(
+            current_caller(), request.principal, request.policy_name
+        )
         return pb.DeleteIdentityPolicyResponse()
 
 
@@ -295,7 +297,9 @@ class KeyStoreServicer(AuthorizationServicer, pb_grpc.KeyStoreServicer):  # type
     def DescribeKey(
         self, request: pb.DescribeKeyRequest, context: grpc.ServicerContext
     ) -> pb.DescribeKeyResponse:
-        description = self._use_cases.keys.describe_key(current_caller(), request.key_id, request.grant_tokens)
+        description = self._use_cases.keys.describe_key(
+            current_caller(), request.key_id, request.grant_tokens
+        )
         return pb.DescribeKeyResponse(key_metadata=convert.key_metadata(description))
 
     @handle_errors

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from hsmstore.core.access.grants import GrantConstraints, grant_token_for
-from hsmstore.core.use_cases import UseCases
 from hsmstore.core.model import Caller, KeyManager
 from hsmstore.core.paging import encode_marker
+from hsmstore.core.use_cases import UseCases
 from hsmstore.errors import (
     AccessDeniedException,
     InvalidGrantTokenException,
@@ -183,7 +183,9 @@ def test_retire_by_the_retiring_principal_and_revoke_by_the_admin() -> None:
     key_id = authz.creation.create_key(ADMIN).key.key_id
     _first, token = make_grant(authz, key_id)
     with pytest.raises(AccessDeniedException):
-        authz.authorization.retire_grant(CAROL, token, "", "")  # the grantee, without RetireGrant in the grant
+        authz.authorization.retire_grant(
+            CAROL, token, "", ""
+        )  # the grantee, without RetireGrant in the grant
     authz.authorization.retire_grant(ALICE, token, "", "")
     with pytest.raises(AccessDeniedException):
         authz.crypto.encrypt(CAROL, key_id, b"p", {}, grant_tokens=[token])
@@ -278,7 +280,9 @@ def test_identity_policy_gives_a_user_what_it_says_through_root_delegation() -> 
     allow = policy({"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*"})
     authz.identity_policies.put_identity_policy(ADMIN, ALICE.principal, "use", allow)
     authz.crypto.encrypt(ALICE, key_id, b"p", {})
-    assert [p.policy_name for p in authz.identity_policies.list_identity_policies(ADMIN, "", None, "").entries] == ["use"]
+    assert [
+        p.policy_name for p in authz.identity_policies.list_identity_policies(ADMIN, "", None, "").entries
+    ] == ["use"]
     authz.identity_policies.delete_identity_policy(ADMIN, ALICE.principal, "use")
     with pytest.raises(AccessDeniedException):
         authz.crypto.encrypt(ALICE, key_id, b"p", {})

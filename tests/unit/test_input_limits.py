@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from hsmstore.core.use_cases import UseCases
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import decode_marker
+from hsmstore.core.use_cases import UseCases
 from hsmstore.core.validation import ECHO_PREFIX_CHARS, check_text, echo
 from hsmstore.errors import (
     InvalidAliasNameException,
@@ -59,7 +59,11 @@ def policy_with_action(action: str) -> str:
 
 Call = Callable[[World], object]
 CASES: list[tuple[str, Call, type[KMSError]]] = [
-    ("description-nul", lambda w: w.authz.creation.create_key(ADMIN, description="a\x00b"), ValidationException),
+    (
+        "description-nul",
+        lambda w: w.authz.creation.create_key(ADMIN, description="a\x00b"),
+        ValidationException,
+    ),
     (
         "update-description-nul",
         lambda w: w.authz.keys.update_key_description(ADMIN, w.key_id, "a\x00b"),
@@ -116,12 +120,16 @@ CASES: list[tuple[str, Call, type[KMSError]]] = [
     ),
     (
         "grant-operation-huge",
-        lambda w: w.authz.authorization.create_grant(ADMIN, w.key_id, CAROL, "", [FILLER * HUGE], None, [], ""),
+        lambda w: w.authz.authorization.create_grant(
+            ADMIN, w.key_id, CAROL, "", [FILLER * HUGE], None, [], ""
+        ),
         ValidationException,
     ),
     (
         "grant-name-trailing-newline",
-        lambda w: w.authz.authorization.create_grant(ADMIN, w.key_id, CAROL, "", ["Encrypt"], None, [], "nightly\n"),
+        lambda w: w.authz.authorization.create_grant(
+            ADMIN, w.key_id, CAROL, "", ["Encrypt"], None, [], "nightly\n"
+        ),
         ValidationException,
     ),
     (
@@ -139,10 +147,16 @@ CASES: list[tuple[str, Call, type[KMSError]]] = [
         lambda w: w.authz.tags.untag_resource(ADMIN, w.key_id, [f"k{n}" for n in range(51)]),
         ValidationException,
     ),
-    ("grant-id-too-long", lambda w: w.authz.authorization.revoke_grant(ADMIN, w.key_id, FILLER * 129), ValidationException),
+    (
+        "grant-id-too-long",
+        lambda w: w.authz.authorization.revoke_grant(ADMIN, w.key_id, FILLER * 129),
+        ValidationException,
+    ),
     (
         "identity-policy-name-trailing-newline",
-        lambda w: w.authz.identity_policies.put_identity_policy(ADMIN, CAROL, "use\n", policy_with_action("kms:Encrypt")),
+        lambda w: w.authz.identity_policies.put_identity_policy(
+            ADMIN, CAROL, "use\n", policy_with_action("kms:Encrypt")
+        ),
         ValidationException,
     ),
     (
@@ -159,7 +173,9 @@ CASES: list[tuple[str, Call, type[KMSError]]] = [
     ),
     (
         "simulate-via-service-newline",
-        lambda w: w.authz.authorization.simulate(ADMIN, ADMIN.principal, "Encrypt", w.key_id, {}, "backup\n", []),
+        lambda w: w.authz.authorization.simulate(
+            ADMIN, ADMIN.principal, "Encrypt", w.key_id, {}, "backup\n", []
+        ),
         ValidationException,
     ),
     (

@@ -12,8 +12,8 @@ from hsmstore.core.keys.junk_sweep import JUNK_TOMBSTONE_DAYS
 from hsmstore.core.keys.material import token_label
 from hsmstore.core.model import (
     Caller,
-    KeyMaterialRef,
     KeyManager,
+    KeyMaterialRef,
     KeyRecord,
     KeySpec,
     KeyState,
@@ -181,7 +181,9 @@ def test_a_fresh_db_on_a_token_full_of_live_keys_destroys_nothing_and_says_so_on
         assert len(walks) == 1  # nothing abandoned, nothing waiting: the token is walked once a process
 
         production.creation.create_key(ALICE)
-        restarted = build_use_cases(TokenKeyStores([vault]), wrong_store, clock, region="local")  # the next process says it again
+        restarted = build_use_cases(
+            TokenKeyStores([vault]), wrong_store, clock, region="local"
+        )  # the next process says it again
         assert restarted.junk_sweep.sweep_junk_objects(GRACE) == 0
     assert len(unknown_warnings(caplog)) == 2 and "5 hsmstore key objects" in unknown_warnings(caplog)[1]
     assert junk_lines(caplog) == []
@@ -198,7 +200,9 @@ def test_a_creation_in_flight_is_never_swept_even_with_no_grace() -> None:
         if name == "create_key.after_token_create":  # the object exists, the key is still CREATING
             swept.append(service.junk_sweep.sweep_junk_objects(timedelta(0)))
 
-    service = build_use_cases(TokenKeyStores([vault]), store, clock, region="local", failpoint=sweep_mid_creation)
+    service = build_use_cases(
+        TokenKeyStores([vault]), store, clock, region="local", failpoint=sweep_mid_creation
+    )
     key = service.creation.create_key(ALICE).key
     [version] = store.list_versions(key.key_id)
     assert swept == [0]
@@ -218,7 +222,9 @@ def test_objects_without_an_hsmstore_label_and_unknown_twins_of_live_versions_ar
         service.junk_sweep.sweep_junk_objects(GRACE)
         clock.current += GRACE
         assert service.junk_sweep.sweep_junk_objects(GRACE) == 0
-    assert vault.key_exists(KeyMaterialRef.token_object(foreign)) and vault.key_exists(KeyMaterialRef.token_object(twin))
+    assert vault.key_exists(KeyMaterialRef.token_object(foreign)) and vault.key_exists(
+        KeyMaterialRef.token_object(twin)
+    )
     [warning] = unknown_warnings(caplog)
     assert "1 hsmstore key objects" in warning and token_label(key.key_id, 1) in warning
     assert service.crypto.encrypt(ALICE, key.key_id, b"x", {}).ciphertext_blob

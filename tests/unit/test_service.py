@@ -9,7 +9,6 @@ import pytest
 
 from hsmstore.core.model import Caller, KeyMaterialRef, KeyState
 from hsmstore.core.use_cases import UseCases, build_use_cases
-from hsmstore.hsm.key_stores import TokenKeyStores
 from hsmstore.errors import (
     IncorrectKeyException,
     InvalidCiphertextException,
@@ -18,6 +17,7 @@ from hsmstore.errors import (
     NotFoundException,
     ValidationException,
 )
+from hsmstore.hsm.key_stores import TokenKeyStores
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault
 
