@@ -52,7 +52,7 @@ def measure_tree(tree: str, source: Path, args: argparse.Namespace) -> list[Meas
             start_timeout=START_TIMEOUT_SECONDS,
             stop_timeout=STOP_TIMEOUT_SECONDS,
         )
-        with server.start():
+        with server:
             stub = pb_grpc.KeyStoreStub(grpc.insecure_channel(server.address))
             key_id = stub.CreateKey(pb.CreateKeyRequest()).key_metadata.key_id
             generate = pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256")

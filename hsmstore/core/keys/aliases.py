@@ -14,12 +14,13 @@ from hsmstore.core.keys.results import AliasEntry
 from hsmstore.core.keys.states import Operation
 from hsmstore.core.model import AliasRecord, Caller, KeyRecord
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
-from hsmstore.core.ports import Clock, MetadataStore
+from hsmstore.core.ports.clock import Clock
+from hsmstore.core.ports.metadata import KeyAliases
 from hsmstore.errors import NotFoundException, ValidationException
 
 
 class Aliases:
-    def __init__(self, gate: KeyGate, store: MetadataStore, clock: Clock) -> None:
+    def __init__(self, gate: KeyGate, store: KeyAliases, clock: Clock) -> None:
         self._gate = gate
         self._store = store
         self._clock = clock

@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 
 from hsmstore.core.keys.material import parse_token_label
 from hsmstore.core.model import KeyMaterialRef
-from hsmstore.core.ports import Clock, KeyStores, MetadataStore, SymmetricKeyStore
+from hsmstore.core.ports import Clock, KeyStores, SymmetricKeyStore
+from hsmstore.core.ports.metadata import TokenObjectTombstones
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ JUNK_TOMBSTONE_BATCH = 1000  # tombstones checked for absence per sweep
 
 
 class JunkSweep:
-    def __init__(self, store: MetadataStore, key_stores: KeyStores, clock: Clock) -> None:
+    def __init__(self, store: TokenObjectTombstones, key_stores: KeyStores, clock: Clock) -> None:
         self._store = store
         self._key_stores = key_stores
         self._clock = clock

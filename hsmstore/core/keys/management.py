@@ -11,7 +11,7 @@ from hsmstore.core.keys.results import KeyDescription, KeyListEntry
 from hsmstore.core.keys.states import Operation, next_state
 from hsmstore.core.model import Caller, KeyRecord, KeyState
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
-from hsmstore.core.ports import MetadataStore
+from hsmstore.core.ports.metadata import KeyRecords
 from hsmstore.core.validation import check_description
 from hsmstore.errors import KMSInternalException
 
@@ -19,7 +19,7 @@ STATE_CHANGE_ATTEMPTS = 5
 
 
 class KeyManagement:
-    def __init__(self, gate: KeyGate, store: MetadataStore) -> None:
+    def __init__(self, gate: KeyGate, store: KeyRecords) -> None:
         self._gate = gate
         self._store = store
 

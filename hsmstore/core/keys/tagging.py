@@ -10,14 +10,14 @@ from hsmstore.core.keys.states import Operation
 from hsmstore.core.keys.tags import MAX_TAGS_PER_KEY, validate_tag_keys, validate_tags
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
-from hsmstore.core.ports import MetadataStore
+from hsmstore.core.ports.metadata import KeyTags
 from hsmstore.errors import ValidationException
 
 MAX_TAGS_PAGE = 50  # AWS ListResourceTags Limit: 1-50, default 50
 
 
 class Tagging:
-    def __init__(self, gate: KeyGate, store: MetadataStore) -> None:
+    def __init__(self, gate: KeyGate, store: KeyTags) -> None:
         self._gate = gate
         self._store = store
 

@@ -39,8 +39,8 @@ class AbandonedTokenObject:
     abandoned_at: datetime
 
 
-class MetadataStore(Protocol):
-    """Names, states and versions of keys; aliases. Each call is one transaction."""
+class KeyRecords(Protocol):
+    """Keys and their versions: creation, lookup, state. Each call is one transaction."""
 
     def insert_creating_key(self, key: KeyRecord, version: KeyVersion, policy: str | None = None) -> None:
         """Insert a key in state CREATING with its first version PENDING, and its key policy.
@@ -103,6 +103,10 @@ class MetadataStore(Protocol):
 
     # -- scheduled deletion --------------------------------------------
 
+
+class KeyDeletions(Protocol):
+    """Scheduled deletion and the reaper's crash-safe destruction records."""
+
     def schedule_deletion(
         self,
         key_id: str,
@@ -136,6 +140,10 @@ class MetadataStore(Protocol):
     def list_destructions(self, key_id: str | None = None) -> Sequence[DestructionRecord]: ...
 
     # -- rotation ---------------------------------------------------------
+
+
+class KeyRotations(Protocol):
+    """Rotation schedules and the crash-safe making of version n+1."""
 
     def set_rotation(
         self,
@@ -199,6 +207,10 @@ class MetadataStore(Protocol):
 
     # -- abandoned token objects (the junk sweep) -------------------------
 
+
+class TokenObjectTombstones(Protocol):
+    """What the junk sweep asks: which token ids this DB uses, and which it gave up."""
+
     def known_token_ids(self, token_ids: Sequence[bytes]) -> KnownTokenIds:
         """Which of these token ids this DB uses, and which it gave up on.
 
@@ -224,6 +236,8 @@ class MetadataStore(Protocol):
 
     # -- tags ---------------------------------------------------------------
 
+
+class KeyTags(Protocol):
     def put_tags(
         self, key_id: str, tags: Mapping[str, str], max_tags: int, *, audit: Mapping[str, Any] | None = None
     ) -> None:
@@ -237,6 +251,8 @@ class MetadataStore(Protocol):
         """The key's tags ordered by tag key."""
         ...
 
+
+class KeyAliases(Protocol):
     def create_alias(self, alias: AliasRecord, *, audit: Mapping[str, Any] | None = None) -> None:
         """Raise ``errors.AlreadyExistsException`` if the tenant has that name."""
 
@@ -263,6 +279,13 @@ class MetadataStore(Protocol):
     ) -> Sequence[AliasRecord]:
         """Aliases of a tenant ordered by name, optionally only those of one key."""
         ...
+
+
+class MetadataStore(
+    KeyRecords, KeyDeletions, KeyRotations, TokenObjectTombstones, KeyTags, KeyAliases, Protocol
+):
+    """Names, states and versions of keys; aliases and tags. One role per use-case family,
+    so a use case can ask for the narrow one; the store implements them all."""
 
     def ping(self) -> None:
         """Raise if the DB does not answer."""
