@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint proto bench bench-ceiling bench-half-open fuzz install system-deps clean
+.PHONY: run test lint proto bench soak bench-ceiling bench-half-open fuzz install system-deps clean
 
 run: install
 	$(BIN)/hsmstore serve
@@ -26,6 +26,11 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(MAKE) soak
+
+# Mixed load for SOAK_MINUTES (30) with --workers 2: memory, descriptors, errors, audit, metrics (issue 16).
+soak: install
+	$(BIN)/python bench/soak.py --minutes $(or $(SOAK_MINUTES),30)
 
 # Live CPU of servers that do ever more of a call: what the floor of issue 7 leaves out.
 bench-ceiling: install

@@ -13,24 +13,46 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hsmstore.config import ConfigError, Settings
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from hsmstore import errors
+from hsmstore.config import (
+    ConfigError,
+    DatabaseSetupError,
+    Settings,
+    TokenSetupError,
+    describe_source,
+    refusal,
+)
 from hsmstore.core.audit.jobs import purge_expired, seal_chain_head
 from hsmstore.core.audit.queries import AuditQueries
+from hsmstore.core.calls import CallObserver
 from hsmstore.core.failpoints import Failpoint
 from hsmstore.core.ports import AuditLog, AuditSealer, Clock, SystemClock
+from hsmstore.core.quotas import RateQuotas, RequestQuotas, ResourceQuotas, parse_operation_rates
 from hsmstore.core.scheduler import Job, PeriodicJobs
 from hsmstore.core.use_cases import UseCases, build_use_cases
 from hsmstore.hsm import devtoken
 from hsmstore.hsm.key_stores import TokenKeyStores
 from hsmstore.hsm.profiles import profile_by_name
+from hsmstore.hsm.session import OpenFailure, TokenOpenFailed
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from hsmstore.server.access_log import AccessLog
 from hsmstore.server.app import AuditWiring
+from hsmstore.server.metrics import MetricsSampler, ServerMetrics, SpoolMetrics
 from hsmstore.store import migrate
-from hsmstore.store.engine import create_engine_for_url, sqlite_file_of
-from hsmstore.store.spool import SpoolAuditSink, SpoolIngester
+from hsmstore.store.engine import (
+    DatabaseUnreachable,
+    create_engine_for_url,
+    sqlite_file_of,
+    wait_for_database,
+)
+from hsmstore.store.rate_buckets import BUCKETS_FILE_NAME, SharedTokenBuckets
+from hsmstore.store.spool import BacklogObserver, SpoolAuditSink, SpoolBacklog, SpoolIngester
 from hsmstore.store.sql import SqlMetadataStore
 
 log = logging.getLogger(__name__)
@@ -58,36 +80,178 @@ class Runtime:
     jobs: PeriodicJobs
     audit: AuditWiring | None
     spool: SpoolAuditSink | None
+    # Issue 16: what sees every call (start_server's ``observers``), and the metrics sampler.
+    observers: tuple[CallObserver, ...] = ()
+    sampler: MetricsSampler | None = None
 
     def start_background_work(self) -> None:
         self.jobs.start()
+        if self.sampler is not None:
+            self.sampler.start()
 
-    def close(self) -> None:
+    def close(self, token_in_use: bool = False) -> None:
+        """The end of a graceful stop, after the server drained; one log line per step.
+
+        Issue 16, Deliver 7: "flushes the audit spool, logs out of the token".
+        The jobs stop first (none starts a token or DB call any more), then the
+        spool is flushed and released to the ingester (store/spool.py), then the
+        token: the last vault on it logs out (``C_Logout``), closes its sessions
+        and finalizes the library (hsm/session.py ``TokenSessions.close``).
+        ``token_in_use``: a handler given up on after the grace period may still
+        be inside a token call; closing under it would wait for it (the module
+        gate), so the token is left to the process exit, which ends its sessions.
+        """
         self.jobs.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
+        log.info("stopped the background jobs")
         if self.spool is not None:
             self.spool.close()
-        self.vault.close()
+            log.info(
+                "flushed and closed the audit spool %s (%d bytes); the audit ingester takes the rest",
+                self.spool.name,
+                self.spool.length,
+            )
+        if token_in_use:
+            log.warning(
+                "not logging out of the token: a call still uses it; the process exit ends its sessions"
+            )
+        else:
+            self.vault.close()
+            log.info(
+                "logged out of the token of key store %s and closed its sessions", self.vault.key_store_id
+            )
         self.store.close()
+        log.info("closed the metadata DB connections")
 
 
 def prepare(settings: Settings) -> TokenSettings:
     """Everything that must happen once, before any worker opens the token.
 
-    Creates the data directory and the dev token on first start, and migrates
-    the DB. It never loads the PKCS#11 library itself, so worker processes
+    Creates the data directory and the dev token on first start, checks a
+    configured token's module and PIN file, waits for the DB and migrates it.
+    It never loads the PKCS#11 library itself, so worker processes
     started afterwards each initialise their own: a forked child is a new
     PKCS#11 application that must ``C_Initialize`` and log in again (PKCS#11
     v2.20, "Applications and processes"), so nothing touches PKCS#11 before a fork.
+    Every failure is a :class:`ConfigError` subclass whose one line names the
+    setting, its source and the fix (issue 16, Deliver 1).
     """
-    settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            refusal(
+                settings,
+                "data_dir",
+                f"cannot create the data directory {settings.data_path}: {error.strerror}",
+                "give a directory this user may write",
+            )
+        ) from None
+    token_settings = token_settings_of(settings, create_dev_token=True)
+    read_pin(token_settings.pin_file, _pin_origin(settings))  # fail here, before any child starts
+    prepare_database(settings)
+    reset_quota_buckets(settings)
+    return token_settings
+
+
+def token_settings_of(settings: Settings, *, create_dev_token: bool) -> TokenSettings:
+    """The token to open: the dev token under the data dir (made on first start), or the configured one."""
     if settings.uses_dev_token:
-        token = devtoken.ensure_dev_token(settings.data_path)
+        try:
+            if not create_dev_token and not (settings.data_path / "softhsm" / "softhsm2.conf").is_file():
+                raise ConfigError(
+                    f"no dev token under {settings.data_path} (give --pkcs11-module or --no-token)"
+                )
+            token = devtoken.ensure_dev_token(settings.data_path)
+        except (devtoken.SoftHsmNotInstalledError, devtoken.DevTokenError) as error:
+            raise TokenSetupError(
+                f"{error} (the dev token: no token setting was given); "
+                "or give --pkcs11-module, --token-label and --pin-file"
+            ) from None
         token_settings = TokenSettings(token.module_path, token.token_label, token.pin_file, token.conf_path)
         activate_token(token_settings)
-    else:
-        token_settings = TokenSettings(settings.pkcs11_module, settings.token_label, Path(settings.pin_file))
-    migrate.upgrade(settings.db_url)
-    return token_settings
+        return token_settings
+    module = Path(settings.pkcs11_module)
+    if not module.is_file():
+        raise TokenSetupError(
+            refusal(
+                settings,
+                "pkcs11_module",
+                f"the PKCS#11 module {module} does not exist",
+                "install the HSM's PKCS#11 library or fix the path",
+            )
+        )
+    return TokenSettings(settings.pkcs11_module, settings.token_label, Path(settings.pin_file))
+
+
+def prepare_database(settings: Settings) -> None:
+    """Check the DB URL, wait for the DB (``db_wait_seconds``) and migrate it to the newest schema.
+
+    Issue 16, Deliver 3: an unreachable PostgreSQL is retried with capped
+    backoff, said once in a log line, then the start fails (exit 4), so the
+    start order of a compose file or a Kubernetes pod does not matter.
+    """
+    url = settings.db_url
+    shown = database_for_display(url)
+    try:
+        create_engine_for_url(url, pool_size=1, max_overflow=0).dispose()
+    except (ValueError, ArgumentError) as error:
+        raise DatabaseSetupError(
+            refusal(
+                settings,
+                "db",
+                f"{shown} is not a database URL hsmstore can use: {str(error).splitlines()[0]}",
+                "give sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+            )
+        ) from None
+
+    def say_waiting(reason: str) -> None:
+        log.warning(
+            "the metadata DB %s cannot be reached (%s); retrying for up to %g s (db_wait_seconds)",
+            shown,
+            reason,
+            settings.db_wait_seconds,
+        )
+
+    try:
+        wait_for_database(url, settings.db_wait_seconds, say_waiting)
+    except DatabaseUnreachable as error:
+        waited = "" if error.permanent else f" within {settings.db_wait_seconds:g} s"
+        fix = (
+            "check the URL, the credentials and that the database exists"
+            if error.permanent
+            else "start it, fix the URL, or raise --db-wait-seconds"
+        )
+        raise DatabaseSetupError(
+            refusal(settings, "db", f"cannot reach the metadata DB {shown}{waited}: {error.reason}", fix)
+        ) from None
+    try:
+        migrate.upgrade(url)
+    except Exception as error:
+        log.debug("migration failed", exc_info=True)
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatabaseSetupError(
+            refusal(
+                settings,
+                "db",
+                f"cannot migrate the metadata DB {shown} to schema {migrate.head_revision()}: {detail}",
+                "a DB migrated by a newer hsmstore needs that version; otherwise restore it from a backup "
+                "(--log-level debug shows the traceback)",
+            )
+        ) from None
+
+
+def database_for_display(url: str) -> str:
+    """The DB URL for logs and messages: never its password (issue 16: "DB (without password)")."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        return f"{url.partition(':')[0]}:..."  # unparseable: only its scheme, in case it holds a password
+
+
+def _pin_origin(settings: Settings) -> str:
+    return "the dev token's PIN file" if settings.uses_dev_token else describe_source(settings, "pin_file")
 
 
 def audit_spool_directory(settings: Settings) -> Path:
@@ -100,9 +264,16 @@ def run_audit_ingester(settings: Settings, stop: threading.Event, parent_pid: in
     It needs the DB only, never the token.
     """
     store = SqlMetadataStore(create_engine_for_url(settings.db_url))
+    observe: BacklogObserver | None = None
+    if settings.metrics_listen:
+        gauges = SpoolMetrics()
+
+        def observe(backlog: SpoolBacklog) -> None:
+            gauges.observe(backlog.bytes, backlog.lag_seconds(datetime.now(UTC)))
+
     try:
         SpoolIngester(audit_spool_directory(settings), store).run(
-            stop, AUDIT_INGEST_INTERVAL_SECONDS, parent_pid
+            stop, AUDIT_INGEST_INTERVAL_SECONDS, parent_pid, observe
         )
     finally:
         store.close()
@@ -116,11 +287,7 @@ def activate_token(token: TokenSettings) -> None:
 
 def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     """Open the token and the DB in this process and build the service."""
-    pin = read_pin(token.pin_file)
-    vault = Pkcs11KeyVault.open(
-        profile_by_name(settings.hsm_profile), token.module_path, token.token_label, pin
-    )
-    del pin
+    vault = open_vault(settings, token)
     try:
         vault.preload()
         store = SqlMetadataStore(create_engine_for_url(settings.db_url))
@@ -136,6 +303,8 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         failpoint=failpoint_from_env(),
         metadata_ttl_seconds=settings.metadata_cache_seconds,
         audit_log=store if settings.audit else None,
+        request_quotas=request_quotas_of(settings),
+        resource_quotas=resource_quotas_of(settings),
     )
     audit: AuditWiring | None = None
     sink: SpoolAuditSink | None = None
@@ -156,20 +325,93 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         ],
         settings.jobs_interval_seconds,
     )
-    return Runtime(service, vault, store, jobs, audit, sink)
+    observers, sampler = observe_calls(settings, vault, store)
+    return Runtime(service, vault, store, jobs, audit, sink, observers, sampler)
 
 
-def read_pin(pin_file: Path) -> str:
+def observe_calls(
+    settings: Settings, vault: Pkcs11KeyVault, store: SqlMetadataStore
+) -> tuple[tuple[CallObserver, ...], MetricsSampler | None]:
+    """Issue 16, "Observability": the access log always (one INFO line per call), and with
+    ``metrics_listen`` this process's metrics: the calls, the token's calls, the caches and the
+    key counts (server/metrics.py; the ``serve`` process serves them all)."""
+    if not settings.metrics_listen:
+        return (AccessLog(),), None
+    metrics = ServerMetrics()
+    vault.observe_token_calls(metrics.token_call_observer(vault.key_store_id))
+    return (metrics, AccessLog()), MetricsSampler(metrics, store.count_keys_by_state)
+
+
+def open_vault(settings: Settings, token: TokenSettings) -> Pkcs11KeyVault:
+    """Log in to the token; a refusal becomes one line naming the setting to fix (issue 16)."""
+    pin = read_pin(token.pin_file, _pin_origin(settings))
+    try:
+        return Pkcs11KeyVault.open(
+            profile_by_name(settings.hsm_profile), token.module_path, token.token_label, pin
+        )
+    except ValueError as error:  # the profile's PIN format: the message never holds the PIN
+        raise TokenSetupError(
+            f"the PIN in {token.pin_file} is not a valid {settings.hsm_profile} login: {error} "
+            f"({_pin_origin(settings)}); fix the file"
+        ) from None
+    except TokenOpenFailed as error:
+        raise TokenSetupError(_token_refusal(settings, token, error)) from None
+    finally:
+        del pin
+
+
+def check_token(settings: Settings, token: TokenSettings) -> None:
+    """Log in once and out again, in the serve process, before ``--workers`` start.
+
+    Issue 16: a wrong label or PIN is said once, by the serve process, before
+    any worker is spawned, not N times after N interpreters started. Spawned
+    workers exec a new interpreter, so no PKCS#11 state of this process
+    reaches them (the last close finalizes the library here).
+    """
+    open_vault(settings, token).close()
+
+
+def _token_refusal(settings: Settings, token: TokenSettings, error: TokenOpenFailed) -> str:
+    dev = settings.uses_dev_token
+    if error.failure is OpenFailure.MODULE:
+        where = "the dev token's SoftHSM2 module" if dev else describe_source(settings, "pkcs11_module")
+        return (
+            f"cannot load the PKCS#11 module {token.module_path} ({where}); give the HSM's PKCS#11 "
+            "library for this machine (--log-level debug shows more)"
+        )
+    if error.failure is OpenFailure.LABEL:
+        where = "the dev token" if dev else describe_source(settings, "token_label")
+        known = (
+            "the module shows these tokens: " + ", ".join(repr(label) for label in error.labels)
+            if error.labels
+            else "the module shows no initialised token"
+        )
+        return f"{error.message} in {token.module_path} ({where}); {known}"
+    if error.failure is OpenFailure.PIN:
+        form = "CRYPTO_USER:PASSWORD" if settings.hsm_profile == "cloudhsm" else "the token's user PIN"
+        return (
+            f"{error.message}: the PIN is read from {token.pin_file} ({_pin_origin(settings)}); "
+            f"put {form} in that file, or unlock or reset the PIN with the HSM's own tools"
+        )
+    return f"{error.message} ({_pin_origin(settings)}); check the token with the HSM's own tools"
+
+
+def read_pin(pin_file: Path, origin: str = "pin_file") -> str:
     """The PIN comes from a file only (never argv); refuse a file others can read."""
     try:
         mode = pin_file.stat().st_mode
         if mode & 0o077:
-            raise ConfigError(f"PIN file {pin_file} must not be readable by group or others (chmod 600)")
+            raise TokenSetupError(
+                f"PIN file {pin_file} must not be readable by group or others ({origin}); chmod 600 it"
+            )
         pin = pin_file.read_text(encoding="utf-8").strip()
     except OSError as error:
-        raise ConfigError(f"cannot read PIN file {pin_file}: {error.strerror}") from None
+        raise TokenSetupError(
+            f"cannot read PIN file {pin_file}: {error.strerror} ({origin}); "
+            "create it, readable by this user only, holding the token's user PIN"
+        ) from None
     if not pin:
-        raise ConfigError(f"PIN file {pin_file} is empty")
+        raise TokenSetupError(f"PIN file {pin_file} is empty ({origin}); put the token's user PIN in it")
     return pin
 
 
@@ -218,13 +460,30 @@ def failpoint_from_env() -> Failpoint:
 
 
 def upgrade_db(settings: Settings) -> None:
-    """``hsmstore db upgrade``: apply every pending migration."""
+    """``hsmstore db upgrade``: apply every pending migration (after the same wait as a start)."""
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    migrate.upgrade(settings.db_url)
+    prepare_database(settings)
 
 
 def db_revision(settings: Settings) -> str | None:
-    return migrate.current_revision(settings.db_url)
+    """``hsmstore db current``: the schema revision; a DB that cannot be opened is one line (exit 4)."""
+    sqlite_file = sqlite_file_of(settings.db_url)
+    if sqlite_file is not None and not sqlite_file.is_file():
+        raise DatabaseSetupError(
+            refusal(settings, "db", f"no metadata DB at {sqlite_file}", "give --db or --data-dir of a server")
+        )
+    try:
+        return migrate.current_revision(settings.db_url)
+    except (ValueError, ArgumentError, errors.DependencyUnavailableException, SQLAlchemyError) as error:
+        raise DatabaseSetupError(
+            refusal(
+                settings,
+                "db",
+                f"cannot read the schema revision of {database_for_display(settings.db_url)}: "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}",
+                "check the URL and that the DB is up",
+            )
+        ) from None
 
 
 # -- offline audit tools (``hsmstore audit ...``) -----------------------------
@@ -271,19 +530,7 @@ def open_vault_only(settings: Settings) -> OpenVault:
     Never creates a dev token: a new token has no audit seal key, so every seal
     would fail to verify for the wrong reason.
     """
-    if settings.uses_dev_token:
-        if not (settings.data_path / "softhsm" / "softhsm2.conf").is_file():
-            raise ConfigError(f"no dev token under {settings.data_path} (give --pkcs11-module or --no-token)")
-        token = devtoken.ensure_dev_token(settings.data_path)
-        token_settings = TokenSettings(token.module_path, token.token_label, token.pin_file, token.conf_path)
-        activate_token(token_settings)
-    else:
-        token_settings = TokenSettings(settings.pkcs11_module, settings.token_label, Path(settings.pin_file))
-    pin = read_pin(token_settings.pin_file)
-    vault = Pkcs11KeyVault.open(
-        profile_by_name(settings.hsm_profile), token_settings.module_path, token_settings.token_label, pin
-    )
-    del pin
+    vault = open_vault(settings, token_settings_of(settings, create_dev_token=False))
     return OpenVault(vault, vault)
 
 
@@ -295,3 +542,63 @@ def audit_maintenance_jobs(log: AuditLog, vault: AuditSealer, clock: Clock, rete
         ("audit-seal", lambda: 0 if seal_chain_head(log, vault, clock) is None else 1),
         ("audit-retention", lambda: purge_expired(log, clock, retention_days)),
     ]
+
+
+# -- quotas (issue 16, Deliver 5; core/quotas.py, docs/operations.md "Quotas") ----------------
+
+
+def quota_buckets_path(settings: Settings) -> Path:
+    return settings.data_path / BUCKETS_FILE_NAME
+
+
+def reset_quota_buckets(settings: Settings) -> None:
+    """A fresh bucket table for this server's processes, made before any of them maps it."""
+    if not settings.quota_rates:
+        return
+    try:
+        SharedTokenBuckets.reset(quota_buckets_path(settings))
+    except OSError as error:
+        raise ConfigError(
+            refusal(
+                settings,
+                "data_dir",
+                f"cannot make the request quota table {quota_buckets_path(settings)}: {error.strerror}",
+                "give a data directory this user may write, or leave quota_rates off",
+            )
+        ) from None
+
+
+def request_quotas_of(settings: Settings) -> RequestQuotas:
+    """The request quotas of ``settings``; enforced, on the node's shared table, only with ``quota_rates``."""
+    if not settings.quota_rates:
+        return RequestQuotas(None)
+    try:
+        limiter = SharedTokenBuckets(quota_buckets_path(settings))
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            refusal(
+                settings,
+                "data_dir",
+                f"cannot open the request quota table {quota_buckets_path(settings)}: {error}",
+                "restart the server (it makes the table afresh) with a writable data directory",
+            )
+        ) from None
+    return RequestQuotas(
+        limiter,
+        RateQuotas(
+            cryptographic=settings.quota_cryptographic_rate,
+            generate_random=settings.quota_generate_random_rate,
+            management_shared=settings.quota_management_rate,
+            management=parse_operation_rates(settings.quota_management_rates),
+            node_share=settings.quota_node_share,
+        ),
+    )
+
+
+def resource_quotas_of(settings: Settings) -> ResourceQuotas:
+    return ResourceQuotas(
+        keys_per_tenant=settings.quota_keys_per_tenant,
+        aliases_per_key=settings.quota_aliases_per_key,
+        grants_per_key=settings.quota_grants_per_key,
+        identity_policies_per_principal=settings.quota_identity_policies_per_principal,
+    )

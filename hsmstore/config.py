@@ -13,18 +13,54 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ENV_PREFIX = "HSMSTORE_"
 # docs/deployment.md: a change on one node takes effect on every node within 1 s.
 MAX_METADATA_STALENESS_SECONDS = 1.0
+# A stop must end: an orchestrator kills a server that outlives its own grace period anyway.
+MAX_SHUTDOWN_GRACE_SECONDS = 3600.0
 TRUST_DOMAIN_PATTERN = re.compile(r"[a-z0-9._-]{1,255}")  # the SPIFFE-ID spec's trust domain name
 
 
+# Exit codes of ``hsmstore serve`` (and the other commands that read settings), one per
+# class of start-up failure (issue 16: "a distinct exit code"; README "Exit codes").
+EXIT_RUNTIME = 1  # a worker died while serving, or a defect: the supervisor should restart
+EXIT_CONFIG = 2  # a setting is malformed, unknown or inconsistent (also argparse's usage errors)
+EXIT_TOKEN = 3  # the PKCS#11 module, the token label, the PIN or the PIN file
+EXIT_DATABASE = 4  # the DB URL, the DB not reachable within db_wait_seconds, a failed migration
+EXIT_LISTEN = 5  # the listen address (port in use) or the TLS files
+
+
 class ConfigError(ValueError):
-    """A setting is missing, malformed or unsafe; the message says which."""
+    """A start-up failure: the message is one line naming the setting, its source and the fix.
+
+    Issue 16: "one message that names the setting, its source (flag/env/file)
+    and what would fix it". The subclasses say which class of failure it is
+    by their ``exit_code``; callers that catch ``ConfigError`` catch them all.
+    """
+
+    exit_code: ClassVar[int] = EXIT_CONFIG
+
+
+class TokenSetupError(ConfigError):
+    """The token cannot be used: module, label, PIN or PIN file."""
+
+    exit_code = EXIT_TOKEN
+
+
+class DatabaseSetupError(ConfigError):
+    """The metadata DB cannot be used: URL, reachability, migration."""
+
+    exit_code = EXIT_DATABASE
+
+
+class ListenSetupError(ConfigError):
+    """The server cannot listen: the address is taken or the TLS files cannot be used."""
+
+    exit_code = EXIT_LISTEN
 
 
 @dataclass(frozen=True)
@@ -47,12 +83,46 @@ class Settings:
     # names (URI SAN), else the server refuses to start (cli/serve.py, pin_trust_domain).
     trust_domain: str = ""
     log_level: str = "INFO"
+    # Issue 16 (server/access_log.py): every log line as text, or as one JSON object.
+    log_format: str = "text"
+    # Issue 16 (server/metrics.py): HOST:PORT of the Prometheus endpoint, port 0 picks one; empty: none.
+    metrics_listen: str = ""
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
     metadata_cache_seconds: float = 0.5  # how stale key metadata may be in one process (at most 1)
     audit: bool = True  # record every call (issue 5); off only to measure its cost
     audit_fail_open: bool = False  # default closed: a call whose record cannot be kept is refused
     audit_retention_days: int = 90
+    # Issue 16: how long start-up retries an unreachable PostgreSQL before it gives up (exit 4).
+    db_wait_seconds: float = 30.0
+    # Issue 16, Deliver 7 (graceful shutdown, TLS rotation; docs/deployment.md): after SIGTERM, how
+    # long calls in flight get to finish; how often the TLS files are checked for a change (0: on
+    # SIGHUP only).
+    shutdown_grace_seconds: float = 20.0
+    tls_reload_seconds: float = 10.0
+    # Issue 16, Deliver 5 (core/quotas.py; docs/operations.md "Quotas"): request quotas per tenant,
+    # requests a second, AWS KMS's defaults; enforced only with quota_rates. 0 for generate_random:
+    # it shares the cryptographic quota; 0 for management: one quota per operation. Resource quotas
+    # (counts) are always enforced.
+    quota_rates: bool = False
+    quota_cryptographic_rate: float = 10_000.0
+    quota_generate_random_rate: float = 0.0
+    quota_management_rate: float = 0.0
+    quota_management_rates: str = ""  # "CreateKey=10,DescribeKey=500": per-operation overrides
+    quota_node_share: float = 1.0  # the part of each rate one node enforces (1/N for N nodes)
+    quota_keys_per_tenant: int = 100_000
+    quota_aliases_per_key: int = 50
+    quota_grants_per_key: int = 50_000
+    quota_identity_policies_per_principal: int = 10
+    # Where each setting came from: "flag", "env" or "file:<path>" (absent: the default). Not a
+    # setting itself: it lets a start-up failure name its source (describe_source).
+    sources: Mapping[str, str] = field(
+        default_factory=dict, compare=False, repr=False, metadata={"setting": False}
+    )
+
+    def is_given(self, name: str) -> bool:
+        """Whether a flag, variable or file set ``name`` (or the object was built with it)."""
+        return name in self.sources or getattr(self, name) != getattr(Settings, name)
 
     @property
     def data_path(self) -> Path:
@@ -74,11 +144,45 @@ class Settings:
 
     @property
     def uses_dev_token(self) -> bool:
-        return not self.pkcs11_module
+        """Issue 16: "the dev token is made only when no token setting at all is given"."""
+        return not any(self.is_given(name) for name in TOKEN_SETTINGS)
 
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert)
+
+
+TOKEN_SETTINGS = ("pkcs11_module", "token_label", "pin_file", "hsm_profile")
+# Those a production token cannot do without (hsm_profile defaults to softhsm2).
+REQUIRED_TOKEN_SETTINGS = ("pkcs11_module", "token_label", "pin_file")
+HSM_PROFILES = ("softhsm2", "cloudhsm")  # hsm/profiles.py; a unit test keeps both equal
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+FLAG_NAMES = {"audit": "--no-audit"}  # settings whose flag is not --<name>
+
+
+def setting_fields() -> list[Field[Any]]:
+    """The fields of Settings that are settings (all but ``sources``)."""
+    return [item for item in fields(Settings) if item.metadata.get("setting", True)]
+
+
+def describe_source(settings: Settings, name: str) -> str:
+    """Where ``name`` came from, in the spelling of that source: ``--pin-file flag``,
+    ``HSMSTORE_PIN_FILE``, ``pin_file in /etc/hsmstore.toml`` or ``default listen``."""
+    source = settings.sources.get(name, "")
+    if source == "flag":
+        return f"{FLAG_NAMES.get(name, '--' + name.replace('_', '-'))} flag"
+    if source == "env":
+        return ENV_PREFIX + name.upper()
+    if source.startswith("file:"):
+        return f"{name} in {source[len('file:') :]}"
+    if getattr(settings, name) != getattr(Settings, name):
+        return f"setting {name}"
+    return f"default {name}"
+
+
+def refusal(settings: Settings, name: str, problem: str, fix: str) -> str:
+    """The one line of a start-up failure: what is wrong (source); what to do."""
+    return f"{problem} ({describe_source(settings, name)}); {fix}"
 
 
 def load_settings(
@@ -91,69 +195,215 @@ def load_settings(
     ``flags`` holds only the flags the user gave (None values are ignored).
     """
     environ = os.environ if environ is None else environ
+    flag_config = config_file
     config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG") or None
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if config_file:
-        values.update(_read_toml(Path(config_file)))
-    for field in fields(Settings):
-        env_value = environ.get(ENV_PREFIX + field.name.upper())
+        origin = "--config flag" if config_file == flag_config else f"{ENV_PREFIX}CONFIG"
+        from_file = _read_toml(Path(config_file), origin)
+        values.update(from_file)
+        sources.update(dict.fromkeys(from_file, f"file:{config_file}"))
+    for item in setting_fields():
+        env_value = environ.get(ENV_PREFIX + item.name.upper())
         if env_value is not None:
-            values[field.name] = env_value
-    values.update({name: value for name, value in flags.items() if value is not None})
+            values[item.name] = env_value
+            sources[item.name] = "env"
+    given = {name: value for name, value in flags.items() if value is not None}
+    values.update(given)
+    sources.update(dict.fromkeys(given, "flag"))
+    known = {item.name for item in setting_fields()}
+    blank = Settings(sources=sources)  # only to describe sources while coercing
     settings = Settings(
-        **{
-            field.name: _coerce(field.name, values[field.name])
-            for field in fields(Settings)
-            if field.name in values
-        }
+        **{name: _coerce(blank, name, value) for name, value in values.items() if name in known},
+        sources={name: source for name, source in sources.items() if name in known},
     )
     validate(settings)
     return settings
 
 
 def validate(settings: Settings) -> None:
+    """Every rule on one setting or a combination; the first broken one is raised as one line."""
+
+    def refuse(name: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(refusal(settings, name, problem, fix))
+
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"listen must be HOST:PORT, got {settings.listen!r}")
+        raise refuse(
+            "listen", f"listen must be HOST:PORT, got {settings.listen!r}", "give e.g. 127.0.0.1:50051"
+        )
     if not settings.tls_enabled and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to listen on {host} without TLS: plaintext gRPC is served on loopback only "
-            "(set tls_cert, tls_key and client_ca)"
+        raise refuse(
+            "listen",
+            f"refusing to listen on {host} without TLS: plaintext gRPC is served on loopback only",
+            "set tls_cert, tls_key and client_ca, or listen on 127.0.0.1",
         )
     _validate_tls(settings)
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise refuse(
+            "log_level", f"unknown log level {settings.log_level!r}", f"use one of {', '.join(LOG_LEVELS)}"
+        )
+    _validate_observability(settings)
     if settings.workers < 0:
-        raise ConfigError("workers must be at least 1 (or 0 for the default)")
+        raise refuse("workers", "workers must be at least 1", "give a number of processes, or 0 (default)")
     if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
-        raise ConfigError(f"metadata_cache_seconds must be between 0 and {MAX_METADATA_STALENESS_SECONDS}")
+        raise refuse(
+            "metadata_cache_seconds",
+            f"metadata_cache_seconds must be between 0 and {MAX_METADATA_STALENESS_SECONDS}",
+            "lower it",
+        )
     if settings.audit_retention_days < 1:
-        raise ConfigError("audit_retention_days must be at least 1")
+        raise refuse("audit_retention_days", "audit_retention_days must be at least 1", "raise it")
     if settings.jobs_interval_seconds <= 0:
-        raise ConfigError("jobs_interval_seconds must be positive")
+        raise refuse("jobs_interval_seconds", "jobs_interval_seconds must be positive", "raise it")
     if settings.grpc_threads < 1:
-        raise ConfigError("grpc_threads must be at least 1")
+        raise refuse("grpc_threads", "grpc_threads must be at least 1", "raise it")
+    if settings.db_wait_seconds < 0:
+        raise refuse("db_wait_seconds", "db_wait_seconds must not be negative", "give 0 to not wait")
+    if not 0 <= settings.shutdown_grace_seconds <= MAX_SHUTDOWN_GRACE_SECONDS:
+        raise refuse(
+            "shutdown_grace_seconds",
+            f"shutdown_grace_seconds must be between 0 and {MAX_SHUTDOWN_GRACE_SECONDS:g}",
+            "give the seconds calls in flight may take to finish after SIGTERM",
+        )
+    if settings.tls_reload_seconds < 0:
+        raise refuse(
+            "tls_reload_seconds",
+            "tls_reload_seconds must not be negative",
+            "give 0 to reload the TLS files on SIGHUP only",
+        )
     if settings.cpu_affinity and not hasattr(os, "sched_setaffinity"):
-        raise ConfigError("cpu_affinity needs Linux (sched_setaffinity)")
-    if settings.pkcs11_module and not (settings.token_label and settings.pin_file):
-        raise ConfigError("pkcs11_module needs token_label and pin_file")
+        raise refuse("cpu_affinity", "cpu_affinity needs Linux (sched_setaffinity)", "leave it off")
+    _validate_token(settings)
+    _validate_quotas(settings)
+
+
+def _validate_quotas(settings: Settings) -> None:
+    """The ``quota_*`` settings (core/quotas.py; docs/operations.md, "Quotas")."""
+    from hsmstore.core.quotas import parse_operation_rates
+
+    def refuse(name: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(refusal(settings, name, problem, fix))
+
+    for name in ("quota_cryptographic_rate", "quota_generate_random_rate", "quota_management_rate"):
+        rate = getattr(settings, name)
+        if not (0 <= rate < float("inf")) or (name == "quota_cryptographic_rate" and rate == 0):
+            zero = "" if name == "quota_cryptographic_rate" else " (or 0)"
+            raise refuse(
+                name, f"{name} must be a positive number of requests a second", f"give e.g. 100{zero}"
+            )
+    try:
+        parse_operation_rates(settings.quota_management_rates)
+    except ValueError as error:
+        raise refuse(
+            "quota_management_rates",
+            f"quota_management_rates is not valid: {error}",
+            "give OPERATION=RATE pairs separated by commas, e.g. CreateKey=10,DescribeKey=500",
+        ) from None
+    if not 0 < settings.quota_node_share <= 1:
+        raise refuse(
+            "quota_node_share",
+            "quota_node_share must be more than 0 and at most 1",
+            "give 1/N for N nodes behind one balancer, or 1",
+        )
+    for name in (
+        "quota_keys_per_tenant",
+        "quota_aliases_per_key",
+        "quota_grants_per_key",
+        "quota_identity_policies_per_principal",
+    ):
+        if getattr(settings, name) < 1:
+            raise refuse(name, f"{name} must be at least 1", "raise it")
+
+
+LOG_FORMATS = ("text", "json")  # server/access_log.py
+
+
+def _validate_observability(settings: Settings) -> None:
+    """``log_format`` and ``metrics_listen`` (issue 16, "Observability"; docs/operations.md)."""
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            refusal(
+                settings,
+                "log_format",
+                f"unknown log format {settings.log_format!r}",
+                f"use one of {', '.join(LOG_FORMATS)}",
+            )
+        )
+    if settings.metrics_listen:
+        host, _, port = settings.metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                refusal(
+                    settings,
+                    "metrics_listen",
+                    f"metrics_listen must be HOST:PORT, got {settings.metrics_listen!r}",
+                    "give e.g. 127.0.0.1:9464 (port 0 picks a free port)",
+                )
+            )
+
+
+def _validate_token(settings: Settings) -> None:
+    """Issue 16: any token setting without the others it needs is refused, naming what is missing.
+
+    Before, ``--token-label prod-token`` or ``--pin-file`` without
+    ``--pkcs11-module`` (or ``--hsm-profile cloudhsm`` alone) started on a
+    freshly made SoftHSM2 dev token: a dropped flag silently swapped the HSM.
+    """
+    if settings.hsm_profile.strip().lower() not in HSM_PROFILES:
+        raise ConfigError(
+            refusal(
+                settings,
+                "hsm_profile",
+                f"unknown hsm_profile {settings.hsm_profile!r}",
+                f"use one of {', '.join(HSM_PROFILES)}",
+            )
+        )
+    given = [name for name in TOKEN_SETTINGS if settings.is_given(name)]
+    missing = [name for name in REQUIRED_TOKEN_SETTINGS if not getattr(settings, name)]
+    if given and missing:
+        said = ", ".join(describe_source(settings, name) for name in given)
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(
+            f"the token settings are incomplete: {_and(missing)} {verb} missing (given: {said}); give "
+            f"{_and(['--' + name.replace('_', '-') for name in missing])} too (a production token needs "
+            f"{_and(list(REQUIRED_TOKEN_SETTINGS))}), or no token setting at all for the dev SoftHSM2 token"
+        )
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _validate_tls(settings: Settings) -> None:
     """TLS is always mutual: the callers are the SPIFFE IDs of their client certificates."""
+
+    def refuse(name: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(refusal(settings, name, problem, fix))
+
     if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise ConfigError("tls_cert and tls_key go together")
+        name = "tls_cert" if settings.tls_cert else "tls_key"
+        raise refuse(name, "tls_cert and tls_key go together", "give both, or neither for loopback plaintext")
     if settings.client_ca and not settings.tls_enabled:
-        raise ConfigError("client_ca needs tls_cert and tls_key")
+        raise refuse("client_ca", "client_ca needs tls_cert and tls_key", "give them too, or drop client_ca")
     if settings.tls_enabled and not settings.client_ca:
-        raise ConfigError(
+        raise refuse(
+            "tls_cert",
             "tls_cert and tls_key need client_ca: TLS is mutual, every caller is identified by "
-            "the SPIFFE ID of a client certificate issued by that CA"
+            "the SPIFFE ID of a client certificate issued by that CA",
+            "give --client-ca",
         )
     if settings.trust_domain and not settings.tls_enabled:
-        raise ConfigError("trust_domain needs tls_cert, tls_key and client_ca")
+        raise refuse(
+            "trust_domain", "trust_domain needs tls_cert, tls_key and client_ca", "give them, or drop it"
+        )
     if settings.trust_domain and not TRUST_DOMAIN_PATTERN.fullmatch(settings.trust_domain):
-        raise ConfigError(
+        raise refuse(
+            "trust_domain",
             "trust_domain must be a SPIFFE trust domain name such as example.org "
-            "(lowercase letters, digits, '.', '-' and '_'; no spiffe:// prefix)"
+            "(lowercase letters, digits, '.', '-' and '_'; no spiffe:// prefix)",
+            "give the bare name, e.g. example.org",
         )
 
 
@@ -167,31 +417,59 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, origin: str) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
     except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {error.strerror} ({origin}); fix the path or its permissions"
+        ) from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    known = {field.name for field in fields(Settings)}
+        raise ConfigError(f"config file {path} is not valid TOML: {error} ({origin}); fix the file") from None
+    known = {item.name for item in setting_fields()}
     normalised = {key.replace("-", "_"): value for key, value in document.items()}
     unknown = sorted(set(normalised) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+        raise ConfigError(
+            f"unknown setting(s) in {path}: {', '.join(unknown)} ({origin}); "
+            "remove them (every flag of hsmstore serve --help is a key)"
+        )
     return normalised
 
 
-def _coerce(name: str, value: Any) -> Any:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _coerce(settings: Settings, name: str, value: Any) -> Any:
+    """The value as the field's type; a value that is not one names itself, its source and the fix.
+
+    Issue 16: ``HSMSTORE_WORKERS=two`` named neither the variable nor the value.
+    """
     default = getattr(Settings, name)
-    try:
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        kind, example = "true or false", "true"
+    elif isinstance(default, int):
+        kind, example = "a whole number", "2"
+        if not isinstance(value, bool | float):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                pass
+    elif isinstance(default, float) and not isinstance(value, bool):
+        try:
             return float(value)
+        except (TypeError, ValueError):
+            kind, example = "a number", "30"
+    elif isinstance(default, str) and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {name} has an invalid value") from None
+    else:
+        kind, example = type(default).__name__, repr(default)
+    raise ConfigError(
+        refusal(settings, name, f"{name} must be {kind}, got {value!r}", f"give e.g. {example}")
+    )

@@ -96,6 +96,16 @@ class LimitExceededException(KMSError):
     reason = "LimitExceededException"
 
 
+class ThrottlingException(KMSError):
+    """AWS: "the request was denied due to request throttling" (a request quota, core/quotas.py).
+
+    docs/api.md "Errors": RESOURCE_EXHAUSTED, like LimitExceededException;
+    AWS SDKs retry it with backoff.
+    """
+
+    reason = "ThrottlingException"
+
+
 class DependencyTimeoutException(KMSError):
     reason = "DependencyTimeoutException"
 

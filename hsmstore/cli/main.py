@@ -5,6 +5,9 @@ hsmstore db upgrade [--db URL | --data-dir DIR]
 hsmstore kms <operation> [--endpoint HOST:PORT] [--ca CA --cert CERT --key KEY] ...
 hsmstore admin <operation> ...   (identity policies)
 hsmstore certs --out DIR [--client SPIFFE_ID ...]
+hsmstore status [--target HOST:PORT] [--ca CA --cert CERT --key KEY] [--metrics URL]
+hsmstore --version
+hsmstore backup --output DIR|FILE.tar.gz   /   hsmstore restore --input DIR|FILE [--force]
 """
 
 from __future__ import annotations
@@ -12,16 +15,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from hsmstore.cli import startup
 from hsmstore.cli.audit import add_audit_parser
+from hsmstore.cli.backup import add_backup_parsers
 from hsmstore.cli.certs import add_certs_parser
 from hsmstore.cli.kms import USAGE_ERROR_EXIT, add_kms_parser
+from hsmstore.cli.quota_flags import add_quota_arguments
+from hsmstore.cli.status import add_status_parser
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit 2, not the usage block (issue 16: one line).
+
+    Subcommand parsers are of the same class (argparse makes them with ``type(self)``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR_EXIT, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hsmstore", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = OneLineParser(prog="hsmstore", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"hsmstore {startup.version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gRPC key store")
@@ -29,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT; port 0 picks a free port (default 127.0.0.1:50051)")
     serve.add_argument("--data-dir", dest="data_dir", help="data directory (default ./.hsmstore)")
     serve.add_argument("--db", help="sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
+    serve.add_argument(
+        "--db-wait-seconds",
+        dest="db_wait_seconds",
+        type=float,
+        help="at start, how long to retry a DB that cannot be reached before giving up (default 30)",
+    )
     serve.add_argument("--workers", type=int, help="processes sharing the port")
     serve.add_argument("--grpc-threads", dest="grpc_threads", type=int, help="gRPC thread-pool size")
     serve.add_argument(
@@ -60,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=["text", "json"],
+        help="every log line as text (default) or one JSON object; one access line per call at INFO",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        dest="metrics_listen",
+        help="HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 picks one; default: none)",
+    )
+    serve.add_argument(
         "--no-audit",
         dest="audit",
         action="store_false",
@@ -72,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="how often rotation, the deletion reaper and recovery run (default 60)",
     )
+    serve.add_argument(
+        "--shutdown-grace-seconds",
+        dest="shutdown_grace_seconds",
+        type=float,
+        help="after SIGTERM, how long calls in flight may take to finish (default 20)",
+    )
+    serve.add_argument(
+        "--tls-reload-seconds",
+        dest="tls_reload_seconds",
+        type=float,
+        help="how often the TLS files are checked for a change and reloaded (default 10; 0: on SIGHUP only)",
+    )
+    add_quota_arguments(serve)
 
     db = commands.add_parser("db", help="metadata DB maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -85,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", dest="data_dir")
 
     add_kms_parser(commands)
+    add_status_parser(commands)
     add_audit_parser(commands)
     add_certs_parser(commands)
+    add_backup_parsers(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     args = build_parser().parse_args(argv)
     from hsmstore.client.errors import ClientSetupError
     from hsmstore.config import ConfigError
@@ -108,14 +157,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hsmstore.cli.certs import run_certs
 
             return run_certs(args)
+        if args.command in ("backup", "restore"):
+            from hsmstore.cli.backup import run_backup, run_restore
+
+            return run_backup(args) if args.command == "backup" else run_restore(args)
         if args.command == "db":
             from hsmstore.cli.db import run_db
 
-            return run_db(args)
+            return startup.run_guarded(lambda: run_db(args), debug=startup.debug_requested(args))
+        if args.command == "status":
+            from hsmstore.cli.status import run_status
+
+            return run_status(args)
         from hsmstore.cli.kms import run_kms
 
         return run_kms(args)
-    except (ConfigError, ClientSetupError) as error:
+    except ConfigError as error:  # its class says which exit code (config.py EXIT_*)
+        print(f"hsmstore: {error}", file=sys.stderr)
+        return error.exit_code
+    except ClientSetupError as error:
         print(f"hsmstore: {error}", file=sys.stderr)
         return USAGE_ERROR_EXIT
 

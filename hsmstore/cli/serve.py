@@ -14,18 +14,35 @@ import multiprocessing
 import multiprocessing.process
 import multiprocessing.queues
 import os
+import queue
 import signal
 import socket
-import threading
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from types import FrameType
+from typing import NoReturn
 
 from hsmstore import bootstrap
-from hsmstore.config import ConfigError, Settings, load_settings
+from hsmstore.cli import preflight, startup
+from hsmstore.cli.shutdown import (
+    INGESTER_STOP_SECONDS,
+    SERVER_DONE_SIGNAL,
+    STOP_MARGIN_SECONDS,
+    StopSignal,
+    ignore_reload_signal,
+    ingester_signals_blocked,
+    ingester_stop_event,
+    on_reload_signal,
+    stop_serving,
+)
+from hsmstore.config import EXIT_RUNTIME, ConfigError, ListenSetupError, Settings, load_settings, refusal
+from hsmstore.server import metrics
+from hsmstore.server.access_log import log_handler
 from hsmstore.server.app import TlsFiles, start_server
 from hsmstore.server.tls import pinned_trust_domain
+from hsmstore.server.tls_reload import TlsPaths
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -46,11 +63,21 @@ def pin_trust_domain(settings: Settings) -> Settings:
     try:
         client_ca = Path(settings.client_ca).read_bytes()
     except OSError as error:
-        raise ConfigError(f"cannot read client_ca {settings.client_ca}: {error.strerror}") from None
+        raise ListenSetupError(
+            refusal(
+                settings,
+                "client_ca",
+                f"cannot read client_ca {settings.client_ca}: {error.strerror}",
+                "give the path of the CA that issues client certificates (PEM), readable by this user",
+            )
+        ) from None
     try:
         domain, derived = pinned_trust_domain(client_ca, settings.trust_domain)
     except ValueError as error:
-        raise ConfigError(f"{error} (client CA: {settings.client_ca})") from None
+        name = "trust_domain" if settings.trust_domain else "client_ca"
+        raise ConfigError(
+            refusal(settings, name, f"{error} (client CA: {settings.client_ca})", "see README, Mutual TLS")
+        ) from None
     if derived:
         logging.getLogger(__name__).info(
             "trust domain %s, from the client CA's SPIFFE ID: client certificates of any other trust "
@@ -61,36 +88,65 @@ def pin_trust_domain(settings: Settings) -> Settings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Issue 16: a start-up failure is one line, a distinct exit code, and no process left behind
+    (cli/startup.py); the order below makes the cheap checks first and starts children last."""
+    return startup.run_guarded(lambda: _serve(args), debug=startup.debug_requested(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    startup.set_process_title("server")
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings.log_format)])
+    preflight.check_tls_files(settings)
+    preflight.check_listen_address(settings)
     settings = pin_trust_domain(settings)
     token = bootstrap.prepare(settings)
+    endpoint = start_metrics_endpoint(settings)  # before any child: they inherit its directory
+    metrics_url = endpoint.url if endpoint is not None else None
     host = settings.listen.rpartition(":")[0]
+    bootstrap.check_token(settings, token)  # a wrong label or PIN: said once, before any child starts
     if settings.worker_count > 1:
-        return _serve_with_workers(settings, token, host)
+        return _serve_with_workers(settings, token, host, metrics_url)
     ingester = AuditIngester(settings)
-    ingester.start()  # before pinning: the ingester keeps every CPU
+    ingester.start()  # before pinning: the ingester keeps every CPU (a failed start stops it: startup.py)
     if settings.cpu_affinity:
         pin_to_one_cpu(0)
     runtime = bootstrap.open_runtime(settings, token)
     tls = _tls_files(settings)
-    running = start_server(
-        runtime.service,
-        settings.listen,
-        settings.grpc_threads,
-        tls=tls,
-        audit=runtime.audit,
-    )
+    try:
+        running = start_server(
+            runtime.service,
+            settings.listen,
+            settings.grpc_threads,
+            tls=tls,
+            audit=runtime.audit,
+            observers=runtime.observers,
+        )
+    except RuntimeError as error:  # grpc: "Failed to bind to address ..."
+        runtime.close()
+        if "bind" not in str(error):
+            raise
+        raise preflight.bind_failure(settings, settings.listen, error) from None
     runtime.start_background_work()
+    logging.getLogger(__name__).info(
+        startup.banner(
+            settings,
+            module_path=token.module_path,
+            token_label=token.token_label,
+            database=bootstrap.database_for_display(settings.db_url),
+            address=f"{host}:{running.port}",
+            workers=1,
+            metrics_url=metrics_url,
+        )
+    )
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
-    stop = _stop_event()
+    stop = StopSignal().install()
+    on_reload_signal(running.reload_tls)
     while not stop.wait(1.0):
         ingester.keep_alive()
-    running.stop()
-    runtime.close()
+    stop_serving(running, runtime, settings.shutdown_grace_seconds, stop)  # cli/shutdown.py
     ingester.stop()
+    logging.getLogger(__name__).info("stopped")
     return 0
 
 
@@ -114,20 +170,46 @@ class AuditIngester:
             name="audit-ingester",
             daemon=False,
         )
-        self._process.start()
+        with ingester_signals_blocked():  # until it can take the server's word (cli/shutdown.py)
+            self._process.start()
 
     def keep_alive(self) -> None:
         if self._process is not None and not self._process.is_alive():
             logging.getLogger(__name__).error("the audit ingester exited; starting it again")
+            if self._process.pid is not None:
+                metrics.process_exited(self._process.pid)  # its gauges leave the sums
             self.start()
 
     def stop(self) -> None:
-        """SIGTERM: it ingests what the stopped server left, then exits."""
-        if self._process is not None and self._process.is_alive():
-            self._process.terminate()
-            self._process.join(60)
-            if self._process.is_alive():
-                self._process.kill()
+        """Tell it the server is done: it ingests what the spools still hold, then exits.
+
+        Not SIGTERM: it ignores that (cli/shutdown.py ``SERVER_DONE_SIGNAL``).
+        One that died meanwhile is started once more for that last pass. Killed
+        if the pass takes longer than ``INGESTER_STOP_SECONDS``; the spools
+        keep the rest for the next start.
+        """
+        if self._process is not None and not self._process.is_alive():
+            self.start()
+        if self._process is None or self._process.pid is None:
+            return  # no audit trail (--no-audit)
+        os.kill(self._process.pid, SERVER_DONE_SIGNAL)
+        self._process.join(INGESTER_STOP_SECONDS)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+            logging.getLogger(__name__).error(
+                "the audit ingester did not finish within %g s: killed; the spools keep the rest "
+                "for the next start",
+                INGESTER_STOP_SECONDS,
+            )
+        elif self._process.exitcode != 0:
+            logging.getLogger(__name__).error(
+                "the audit ingester exited with %s before its last pass; the spools keep the rest "
+                "for the next start",
+                _exit_status(self._process),
+            )
+        else:
+            logging.getLogger(__name__).info("the audit ingester took the remaining records and exited")
 
 
 # The ingester is background work: under full load the request processes come
@@ -138,17 +220,20 @@ INGESTER_NICENESS = 5
 
 
 def _ingester_main(settings: Settings, parent_pid: int, cpus: frozenset[int]) -> None:
+    stop = ingester_stop_event()  # first: the server's word may come at any time (cli/shutdown.py)
+    startup.set_process_title("audit ingester")
     os.nice(INGESTER_NICENESS)
     if cpus:
         os.sched_setaffinity(0, cpus)
     logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+        level=settings.log_level.upper(), handlers=[log_handler(settings.log_format, with_process=True)]
     )
-    bootstrap.run_audit_ingester(settings, _stop_event(), parent_pid)
+    bootstrap.run_audit_ingester(settings, stop, parent_pid)
 
 
-def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host: str) -> int:
+def _serve_with_workers(
+    settings: Settings, token: bootstrap.TokenSettings, host: str, metrics_url: str | None = None
+) -> int:
     """N processes on one port (SO_REUSEPORT); the kernel spreads connections.
 
     Workers are *spawned*, not forked, and each opens the token itself: no
@@ -161,48 +246,130 @@ def _serve_with_workers(settings: Settings, token: bootstrap.TokenSettings, host
     ready = context.Queue()
     workers = [
         context.Process(
-            target=_worker_main, args=(settings, token, f"{host}:{port}", ready, n), name=f"worker-{n}"
+            target=_worker_main, args=(settings, token, f"{host}:{port}", ready, n), name=f"worker-{n + 1}"
         )
         for n in range(settings.worker_count)
     ]
-    stop = _stop_event()  # before the workers start, so a SIGTERM during start-up stops them too
+    stop = StopSignal().install()  # before the workers start, so a SIGTERM during start-up stops them too
+    on_reload_signal(lambda: _pass_on_reload(workers))
     for worker in workers:
         worker.start()
-    try:
-        for _ in workers:
-            if ready.get(timeout=120) != "ready":
-                raise RuntimeError("a worker failed to start")
-            if stop.is_set():
-                raise RuntimeError("stopped during start-up")
-    except Exception:
-        _stop_workers(workers)
-        raise
+    if not _wait_until_workers_serve(workers, ready, stop):
+        logging.getLogger(__name__).info("%s received during start-up: stopping", stop.name or "stop")
+        startup.stop_children()
+        return 0
     ingester = AuditIngester(settings)
     ingester.start()
+    logging.getLogger(__name__).info(
+        startup.banner(
+            settings,
+            module_path=token.module_path,
+            token_label=token.token_label,
+            database=bootstrap.database_for_display(settings.db_url),
+            address=f"{host}:{port}",
+            workers=len(workers),
+            metrics_url=metrics_url,
+        )
+    )
     print(f"hsmstore listening on {host}:{port} ({settings.worker_count} workers)", flush=True)
     while not stop.wait(0.5):
         ingester.keep_alive()
-        if any(not worker.is_alive() for worker in workers):
-            logging.getLogger(__name__).error("a worker exited; stopping the server")
+        dead = next((worker for worker in workers if not worker.is_alive()), None)
+        if dead is not None:
+            # Issue 16: "never a half-alive server": the whole server goes, visibly, and its
+            # supervisor starts it again.
+            logging.getLogger(__name__).error(
+                "%s (pid %s) exited with %s; stopping the server (exit %d) so that its supervisor "
+                "restarts it",
+                dead.name,
+                dead.pid,
+                _exit_status(dead),
+                EXIT_RUNTIME,
+            )
             _stop_workers(workers)
             ingester.stop()
-            return 1
-    _stop_workers(workers)
+            return EXIT_RUNTIME
+    log = logging.getLogger(__name__)
+    log.info("%s received: stopping the %d workers gracefully", stop.name or "stop requested", len(workers))
+    _stop_workers(workers, settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS)
     ingester.stop()
+    failed = [f"{worker.name} (exit code {worker.exitcode})" for worker in workers if worker.exitcode != 0]
+    if failed:
+        log.error("stopped, but not every worker stopped cleanly: %s", ", ".join(failed))
+        return EXIT_RUNTIME
+    log.info("stopped")
     return 0
+
+
+def _pass_on_reload(workers: Sequence[multiprocessing.process.BaseProcess]) -> bool:
+    """SIGHUP in the parent of ``--workers``: every worker reloads its own TLS files."""
+    for worker in workers:
+        if worker.pid is not None and worker.is_alive():
+            os.kill(worker.pid, signal.SIGHUP)
+    return True
+
+
+# What a worker puts on the ready queue: ("ready", 0, "") or ("failed", exit code, the one line).
+WorkerStatus = tuple[str, int, str]
+WORKER_POLL_SECONDS = 0.25
+WORKER_LAST_WORD_SECONDS = 1.0  # a worker that exited: how long its message may still take to arrive
+
+
+def _wait_until_workers_serve(
+    workers: Sequence[multiprocessing.process.BaseProcess],
+    ready: multiprocessing.queues.Queue[WorkerStatus],
+    stop: StopSignal,
+) -> bool:
+    """True once every worker serves; False if a stop signal came first.
+
+    A worker that fails says why (its one line and exit code) and this raises
+    it here; a worker that dies without a word (killed, a crash in the
+    library) is noticed within ``WORKER_POLL_SECONDS``: no fixed wait for a
+    worker that will never answer (issue 16: exit within 5 s).
+    """
+    serving = 0
+    while serving < len(workers):
+        if stop.is_set():
+            return False
+        try:
+            status, code, line = ready.get(timeout=WORKER_POLL_SECONDS)
+        except queue.Empty:
+            dead = next((worker for worker in workers if worker.exitcode is not None), None)
+            if dead is None:
+                continue
+            try:
+                status, code, line = ready.get(timeout=WORKER_LAST_WORD_SECONDS)
+            except queue.Empty:
+                raise startup.StartupFailure(
+                    EXIT_RUNTIME, f"{dead.name} exited during start-up with {_exit_status(dead)}"
+                ) from None
+        if status != "ready":
+            raise startup.StartupFailure(code, line)
+        serving += 1
+    return True
+
+
+def _exit_status(process: multiprocessing.process.BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _worker_main(
     settings: Settings,
     token: bootstrap.TokenSettings,
     listen: str,
-    ready: multiprocessing.queues.Queue[str],
+    ready: multiprocessing.queues.Queue[WorkerStatus],
     index: int,
 ) -> None:
+    startup.set_process_title(f"worker {index + 1}")
+    parent = os.getppid()
     logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+        level=settings.log_level.upper(), handlers=[log_handler(settings.log_format, with_process=True)]
     )
+    stop = StopSignal().install()  # a SIGTERM while it starts: it stops once it serves
+    ignore_reload_signal()
     if settings.cpu_affinity:
         pin_to_one_cpu(index)
     try:
@@ -216,15 +383,34 @@ def _worker_main(
             tls=tls,
             reuse_port=True,
             audit=runtime.audit,
+            observers=runtime.observers,
         )
-    except BaseException:
-        ready.put("failed")
-        raise
+    except ConfigError as error:  # its one line goes to the serve process, which says it
+        ready.put(("failed", error.exit_code, str(error)))
+        _flush_and_exit(ready, error.exit_code)
+    except Exception as error:
+        logging.getLogger(__name__).debug("worker %d failed to start", index + 1, exc_info=True)
+        if isinstance(error, RuntimeError) and "bind" in str(error):
+            failure: ConfigError = preflight.bind_failure(settings, listen, error)
+            ready.put(("failed", failure.exit_code, str(failure)))
+            _flush_and_exit(ready, failure.exit_code)
+        ready.put(("failed", EXIT_RUNTIME, f"worker {index + 1}: {type(error).__name__}: {error}"))
+        _flush_and_exit(ready, EXIT_RUNTIME)
     runtime.start_background_work()
-    ready.put("ready")
-    _wait_for_stop_signal()
-    running.stop()
-    runtime.close()
+    on_reload_signal(running.reload_tls)
+    ready.put(("ready", 0, ""))
+    while not stop.wait(1.0):
+        if os.getppid() != parent:  # the serve process is gone (SIGKILL): never serve on alone
+            logging.getLogger(__name__).error("the serve process exited: worker %d stops too", index + 1)
+            break
+    stop_serving(running, runtime, settings.shutdown_grace_seconds, stop)  # cli/shutdown.py
+
+
+def _flush_and_exit(ready: multiprocessing.queues.Queue[WorkerStatus], code: int) -> NoReturn:
+    """Exit a worker that failed to start: no traceback (the serve process says the one line)."""
+    ready.close()
+    ready.join_thread()  # the message is in the pipe before the process ends
+    sys.exit(code)
 
 
 def pin_to_one_cpu(index: int) -> int:
@@ -253,14 +439,19 @@ def _pick_port(host: str, port: int) -> int:
         return int(probe.getsockname()[1])
 
 
-def _stop_workers(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
+def _stop_workers(workers: Sequence[multiprocessing.process.BaseProcess], timeout: float = 30.0) -> None:
+    """SIGTERM to every worker (each stops gracefully, cli/shutdown.py); SIGKILL to any still
+    running ``timeout`` seconds later."""
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
+    deadline = time.monotonic() + timeout
     for worker in workers:
-        worker.join(30)
+        worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
+            logging.getLogger(__name__).error("%s did not stop within %g s: killed", worker.name, timeout)
             worker.kill()
+            worker.join(5)
 
 
 def _tls_files(settings: Settings) -> TlsFiles | None:
@@ -271,20 +462,32 @@ def _tls_files(settings: Settings) -> TlsFiles | None:
         private_key=Path(settings.tls_key).read_bytes(),
         client_ca=Path(settings.client_ca).read_bytes() if settings.client_ca else None,
         trust_domain=settings.trust_domain,
+        # Reloaded on SIGHUP and when they change (server/tls_reload.py).
+        paths=TlsPaths(Path(settings.tls_cert), Path(settings.tls_key), Path(settings.client_ca)),
+        reload_check_seconds=settings.tls_reload_seconds,
     )
 
 
-def _stop_event() -> threading.Event:
-    """An event set by SIGTERM or SIGINT."""
-    stop = threading.Event()
+def start_metrics_endpoint(settings: Settings) -> metrics.MetricsEndpoint | None:
+    """Issue 16: with ``--metrics-listen``, the Prometheus endpoint of every process of this serve.
 
-    def handle(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
-def _wait_for_stop_signal() -> None:
-    _stop_event().wait()
+    The multiprocess directory is set up first (server/metrics.py), then the
+    endpoint listens and its URL is printed (the real port when port 0 was
+    given). A port that is taken is a start-up failure like the gRPC port's.
+    """
+    if not settings.metrics_listen:
+        return None
+    metrics.prepare_multiprocess_directory(settings.data_path)
+    try:
+        endpoint = metrics.start_endpoint(settings.metrics_listen)
+    except OSError as error:
+        raise ListenSetupError(
+            refusal(
+                settings,
+                "metrics_listen",
+                f"cannot serve metrics on {settings.metrics_listen}: {error.strerror or error}",
+                "free that port or give another one (port 0 picks a free port)",
+            )
+        ) from None
+    print(f"hsmstore metrics on {endpoint.url}", flush=True)
+    return endpoint

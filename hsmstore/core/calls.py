@@ -11,19 +11,28 @@ Every call gets one audit record (issue 5: "management and cryptographic,
 allowed and denied, successful and failed"), written before the answer
 leaves; a record that cannot be written refuses the call (fail closed)
 unless ``audit_fail_open`` is set.
+
+Observers (issue 16, "Observability": request counts by outcome reason,
+latency, in-flight calls, one access line per call) see every call through
+:class:`CallObserver`: told when it starts, and once it is answered, after its
+record is written, with what the record says of it (:class:`FinishedCall`:
+never a request or response field, so never a secret). The core knows no
+metrics library and no log format: ``server/metrics.py`` and
+``server/access_log.py`` are observers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from hsmstore.core.audit.capture import begin_call
-from hsmstore.core.audit.record import CallAudit
+from hsmstore.core.audit.record import CallAudit, random_uuid
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import AuditSink
 from hsmstore.errors import (
@@ -63,6 +72,43 @@ class CallOrigin:
     source_address: Callable[[], str]
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedCall:
+    """One answered call as an observer sees it: who, what, on which keys, how it ended, how long.
+
+    ``reason`` is the KMSError reason the call was answered with (docs/api.md,
+    "Errors"), None for a success. ``caller`` is :data:`UNIDENTIFIED` when the
+    caller could not be identified. ``key_arns`` are the keys the call resolved
+    (its audit record's ``resources``; empty without an audit sink).
+    ``request_id`` is the audit record's ``requestID``, so an access line leads
+    to its record. ``duration_s`` runs from the call's start in the envelope
+    until its record was written.
+    """
+
+    name: str
+    caller: Caller
+    reason: str | None
+    key_arns: tuple[str, ...]
+    duration_s: float
+    request_id: str
+    source_address: str
+
+
+class CallObserver(Protocol):
+    """Sees every call the envelope runs; must not raise (a failure is logged and ignored)."""
+
+    def call_started(self, name: str) -> None:
+        """A call to ``name`` entered the envelope (in-flight calls)."""
+
+    def call_finished(self, call: FinishedCall) -> None:
+        """The call was answered (or refused); once per ``call_started``, after its record is written."""
+
+
+# Admits a call before its use case runs, or raises the KMSError it is refused with
+# (core/quotas.py ``RequestQuotas.admit``: ThrottlingException).
+Admission = Callable[[Caller, str], None]
+
+
 class CallEnvelope:
     """Runs one call: its caller, its audit record, its outcome, failing closed on audit.
 
@@ -72,7 +118,8 @@ class CallEnvelope:
     it and ``audit_fail_open`` is off (the default), the outcome is a refusal
     instead, so nothing is answered unrecorded. Without a sink no record is
     made. ``log`` is the transport's logger, so the envelope's lines name the
-    transport that answered.
+    transport that answered. ``observers`` see every call (:class:`CallObserver`).
+    ``admission`` is asked first whether an identified caller may make the call (:data:`Admission`).
     """
 
     def __init__(
@@ -80,10 +127,14 @@ class CallEnvelope:
         audit_sink: AuditSink | None,
         audit_fail_open: bool,
         log: logging.Logger | None = None,
+        observers: Sequence[CallObserver] = (),
+        admission: Admission | None = None,
     ) -> None:
         self._sink = audit_sink
         self._fail_open = audit_fail_open
         self._log = log if log is not None else logging.getLogger(__name__)
+        self._observers = tuple(observers)
+        self._admission = admission
 
     def run(self, name: str, origin: CallOrigin, body: Callable[[], R]) -> R | KMSError:
         """Resolve the caller once, run ``body`` with it as ``current_caller()``, record, hand back.
@@ -92,16 +143,62 @@ class CallEnvelope:
         KMSError the call is answered with (its own, KMSInternalException for
         any other exception, or the audit trail's refusal). The caller is
         resolved inside the guard, so an identity error is answered with its
-        own reason like any other KMSError.
+        own reason like any other KMSError. Observers are told before and after.
         """
+        if not self._observers:
+            return self._answer(name, origin, body)[0]
+        started = time.perf_counter()
+        for observer in self._observers:
+            self._guarded(observer, observer.call_started, name)
+        outcome, caller, call = self._answer(name, origin, body)
+        finished = FinishedCall(
+            name,
+            caller,
+            outcome.reason if isinstance(outcome, KMSError) else None,
+            tuple(call.key_ids) if call is not None else (),
+            time.perf_counter() - started,
+            call.request_id if call is not None else random_uuid(),
+            call.source_address if call is not None else origin.source_address(),
+        )
+        for observer in self._observers:
+            self._guarded(observer, observer.call_finished, finished)
+        return outcome
+
+    def _answer(
+        self, name: str, origin: CallOrigin, body: Callable[[], R]
+    ) -> tuple[R | KMSError, Caller, CallAudit | None]:
+        """The outcome, who it was for, and the call's audit record (None without a sink)."""
         resolved = self._outcome(origin.caller)
         if isinstance(resolved, KMSError):
-            return self._refuse_unidentified(name, origin, resolved)
+            refusal, call = self._refuse_unidentified(name, origin, resolved)
+            return refusal, UNIDENTIFIED, call
         token = _current_caller.set(resolved)
         try:
-            return self._run_as(resolved, name, origin, body)
+            outcome, call = self._run_as(resolved, name, origin, self._admitted(resolved, name, body))
+            return outcome, resolved, call
         finally:
             _current_caller.reset(token)
+
+    def _admitted(self, caller: Caller, name: str, body: Callable[[], R]) -> Callable[[], R]:
+        """``body``, after ``admission`` lets the call in (issue 16: request quotas, core/quotas.py).
+
+        Inside the call's audit record, so a throttled call is recorded as refused like any other.
+        """
+        admission = self._admission
+        if admission is None:
+            return body
+
+        def admitted() -> R:
+            admission(caller, name)
+            return body()
+
+        return admitted
+
+    def _guarded(self, observer: CallObserver, event: Callable[[Any], None], argument: object) -> None:
+        try:
+            event(argument)
+        except Exception:  # an observer's fault must not change the answer
+            self._log.exception("a call observer (%s) failed", type(observer).__name__)
 
     def refuse_unreadable(self, name: str, origin: CallOrigin, problem: str) -> KMSError:
         """Refuse a call whose request could not be read: ValidationException, audited, one log line.
@@ -119,7 +216,9 @@ class CallEnvelope:
 
         return self.run(name, origin, refuse)
 
-    def _refuse_unidentified(self, name: str, origin: CallOrigin, error: KMSError) -> KMSError:
+    def _refuse_unidentified(
+        self, name: str, origin: CallOrigin, error: KMSError
+    ) -> tuple[KMSError, CallAudit | None]:
         """Refuse an identity failure, recorded first (issue 4: a malformed identity "is audited").
 
         The record names no tenant and no principal, so the event is seen
@@ -127,7 +226,7 @@ class CallEnvelope:
         tenant's LookupEvents.
         """
         if self._sink is None:
-            return error
+            return error, None
         call = CallAudit(
             name,
             UNIDENTIFIED,
@@ -137,11 +236,13 @@ class CallEnvelope:
         )
         call.error_code, call.error_message = error.reason, error.message
         refusal = self._record(call)
-        return error if refusal is None else refusal
+        return (error if refusal is None else refusal), call
 
-    def _run_as(self, caller: Caller, name: str, origin: CallOrigin, body: Callable[[], R]) -> R | KMSError:
+    def _run_as(
+        self, caller: Caller, name: str, origin: CallOrigin, body: Callable[[], R]
+    ) -> tuple[R | KMSError, CallAudit | None]:
         if self._sink is None:
-            return self._outcome(body)
+            return self._outcome(body), None
         call = CallAudit(
             name,
             caller,
@@ -154,7 +255,7 @@ class CallEnvelope:
             if isinstance(outcome, KMSError):
                 call.error_code, call.error_message = outcome.reason, outcome.message
             refusal = self._record(call)
-        return outcome if refusal is None else refusal
+        return (outcome if refusal is None else refusal), call
 
     def _outcome(self, body: Callable[[], R]) -> R | KMSError:
         try:

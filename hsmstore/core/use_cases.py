@@ -11,12 +11,14 @@ about one. The families and what they own:
 * ``rotation``, ``deletion``, ``aliases``, ``tags``, ``last_usage``;
 * ``authorization`` -- key policies, grants, Simulate; ``identity_policies`` -- the Admin service;
 * ``recovery``, ``junk_sweep`` -- the lifecycle jobs besides rotation and the reaper;
-* ``health`` -- what the health probe asks.
+* ``health`` -- what the health probe asks;
+* ``quotas`` -- the request quotas the call envelope asks before any of them runs
+  (core/quotas.py); the resource quotas go to the use cases that create resources.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hsmstore.core.access.control import AccessControl
 from hsmstore.core.authz.identity_policies import IdentityPolicies
@@ -38,6 +40,7 @@ from hsmstore.core.keys.rotation import KeyRotation
 from hsmstore.core.keys.service_managed import ServiceManagedKeys
 from hsmstore.core.keys.tagging import Tagging
 from hsmstore.core.ports import AuditLog, Clock, KeyStores, Store
+from hsmstore.core.quotas import RequestQuotas, ResourceQuotas
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class UseCases:
     recovery: Recovery
     junk_sweep: JunkSweep
     health: Health
+    # Request quotas, asked by the call envelope before a use case runs (none enforced by default).
+    quotas: RequestQuotas = field(default_factory=lambda: RequestQuotas(None))
 
     @property
     def access(self) -> AccessControl:
@@ -70,9 +75,12 @@ def build_use_cases(
     failpoint: Failpoint = no_failpoint,
     metadata_ttl_seconds: float = DEFAULT_TTL_SECONDS,
     audit_log: AuditLog | None = None,
+    request_quotas: RequestQuotas | None = None,
+    resource_quotas: ResourceQuotas | None = None,
 ) -> UseCases:
+    limits = resource_quotas or ResourceQuotas()
     access = AccessControl(store, region, metadata_ttl_seconds)
-    creation = KeyCreation(key_stores, store, clock, access, region, failpoint)
+    creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits)
     service_keys = ServiceManagedKeys(creation, store, clock, key_stores)
     gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds)
     material = VersionMaterial(store, key_stores)
@@ -84,12 +92,13 @@ def build_use_cases(
         crypto=EnvelopeEncryption(gate, material, key_stores),
         rotation=rotation,
         deletion=KeyDeletion(gate, store, key_stores, material, clock, failpoint),
-        aliases=Aliases(gate, store, clock),
+        aliases=Aliases(gate, store, clock, limits),
         tags=Tagging(gate, store),
         last_usage=KeyLastUsageQuery(gate, audit_log),
-        authorization=AuthorizationService(gate, store, clock),
-        identity_policies=IdentityPolicies(access, store, clock),
+        authorization=AuthorizationService(gate, store, clock, limits),
+        identity_policies=IdentityPolicies(access, store, clock, limits),
         recovery=Recovery(store, clock, creation, rotation, gate),
         junk_sweep=JunkSweep(store, key_stores, clock),
         health=Health(key_stores, store),
+        quotas=request_quotas or RequestQuotas(None),
     )

@@ -61,6 +61,7 @@ sessions", "Threads and the process lock", "Fork", "Fault classes").
 from __future__ import annotations
 
 import ctypes
+import enum
 import logging
 import os
 import threading
@@ -562,19 +563,53 @@ def release_module(module: Pkcs11Module) -> None:
             module.finalize_quietly()
 
 
-def _open_failure_message(exc: pkcs11_errors.PKCS11Error, token_label: str) -> str:
+class OpenFailure(enum.Enum):
+    """Why a token could not be opened: what the operator has to fix (issue 16)."""
+
+    MODULE = "module"  # the PKCS#11 library does not load or initialise
+    LABEL = "label"  # no token (or several) has that label
+    PIN = "pin"  # the PIN was refused, or it is locked or expired
+    OTHER = "other"
+
+
+class TokenOpenFailed(errors.KMSInternalException):
+    """Opening the token failed; ``failure`` says which setting to fix.
+
+    ``labels`` lists the labels of the tokens the module shows when the
+    label was not found (issue 16: "the token labels that exist"): labels are
+    not secrets, and listing them is the fix for a typo.
+    """
+
+    def __init__(self, message: str, failure: OpenFailure, labels: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.labels = labels
+
+
+def _token_labels(module: Pkcs11Module) -> tuple[str, ...]:
+    """The labels of the initialised tokens in the module's slots; empty if even that fails."""
+    try:
+        with module.gate.exclusive():
+            tokens = [slot.get_token() for slot in module.lib.get_slots(token_present=True)]
+    except pkcs11_errors.PKCS11Error:
+        return ()
+    # An uninitialised token (SoftHSM2's free slot) has an empty label.
+    return tuple(sorted(token.label for token in tokens if token.label))
+
+
+def _open_failure(exc: pkcs11_errors.PKCS11Error, token_label: str) -> tuple[str, OpenFailure]:
     """A fixed message per cause: never the library's text, never the PIN."""
     if isinstance(exc, pkcs11_errors.NoSuchToken):
-        return f"no PKCS#11 token is labelled {token_label!r}"
+        return f"no PKCS#11 token is labelled {token_label!r}", OpenFailure.LABEL
     if isinstance(exc, pkcs11_errors.MultipleTokensReturned):
-        return f"several PKCS#11 tokens are labelled {token_label!r}"
+        return f"several PKCS#11 tokens are labelled {token_label!r}", OpenFailure.LABEL
     if isinstance(exc, pkcs11_errors.PinLocked):
-        return f"the PIN of token {token_label!r} is locked"
+        return f"the PIN of token {token_label!r} is locked", OpenFailure.PIN
     if isinstance(exc, pkcs11_errors.PinIncorrect | pkcs11_errors.PinInvalid | pkcs11_errors.PinLenRange):
-        return f"token {token_label!r} rejected the PIN"
+        return f"token {token_label!r} rejected the PIN", OpenFailure.PIN
     if isinstance(exc, pkcs11_errors.PinExpired):
-        return f"the PIN of token {token_label!r} has expired"
-    return f"cannot open a session on token {token_label!r}"
+        return f"the PIN of token {token_label!r} has expired", OpenFailure.PIN
+    return f"cannot open a session on token {token_label!r}", OpenFailure.OTHER
 
 
 @dataclass(eq=False)
@@ -647,17 +682,24 @@ class TokenSessions:
             try:
                 module = acquire_module(module_path, profile.threading_mode)
             except pkcs11_errors.PKCS11Error:
-                raise errors.KMSInternalException("cannot load or initialise the PKCS#11 module") from None
+                raise TokenOpenFailed(
+                    "cannot load or initialise the PKCS#11 module", OpenFailure.MODULE
+                ) from None
             sessions = cls(module, token_label, pin, profile, max_sessions)
             module.hold_login(token_label)
             try:
                 # login + first working session, now rather than on first use
                 sessions.run(lambda ws: None, retry_faults=False)
             except pkcs11_errors.PKCS11Error as exc:
+                labels = _token_labels(module) if isinstance(exc, pkcs11_errors.NoSuchToken) else ()
                 sessions.close()  # the last user finalizes: the next attempt re-reads the token directory
                 transient = fault_kind(exc) is Fault.TOKEN_FAULT or isinstance(exc, OPEN_ALSO_RETRIES)
+                # The module shows other tokens but not this label: a wrong label, not SoftHSM2's
+                # passing glitch (which hides the token store as a whole); fail at once (issue 16).
+                transient = transient and not labels
                 if delay is None or not transient:
-                    raise errors.KMSInternalException(_open_failure_message(exc, token_label)) from None
+                    message, failure = _open_failure(exc, token_label)
+                    raise TokenOpenFailed(message, failure, labels) from None
                 time.sleep(delay)
                 continue
             except BaseException:

@@ -12,11 +12,18 @@ layer); a key the token does not show even after a rescan is
 ``KMSInternalException`` with a fixed message, because library messages can
 hold attribute values (python-pkcs11's ``NoSuchKey`` prints the search
 template). It is raised ``from None`` so the library's exception is not chained.
+
+Observing (issue 16, "token call latency and errors per key store"): an
+optional :data:`TokenCallObserver` set on a :class:`TokenCalls` is told the
+duration of every operation run through it (retries included) and whether it
+failed. It is a plain callable, so this adapter imports no metrics library;
+``bootstrap.py`` hands it one from ``server/metrics.py``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -30,6 +37,13 @@ if TYPE_CHECKING:
     from pkcs11.types import Object
 
 T = TypeVar("T")
+
+TokenCallObserver = Callable[[float, bool], None]
+"""``(duration_s, failed)`` of one operation on the token; must not raise.
+
+A Decrypt whose ciphertext does not authenticate did not fail on the token
+(the token answered: the caller's ciphertext is wrong), so it is not a failure.
+"""
 
 KEY_ATTRIBUTES_READ_BACK: tuple[Attribute, ...] = (
     Attribute.MODIFIABLE,
@@ -74,6 +88,7 @@ class TokenCalls:
     def __init__(self, sessions: TokenSessions) -> None:
         self.sessions = sessions
         self._searches = ThreadSafeCounter()
+        self.observer: TokenCallObserver | None = None
 
     @property
     def searches(self) -> int:
@@ -81,7 +96,26 @@ class TokenCalls:
         return self._searches.value
 
     def run(self, op: Callable[[WorkingSession], T], failure: str, *, key_id: bytes | None) -> T:
-        """Run ``op`` through the session layer; library errors become a fixed internal error."""
+        """Run ``op`` through the session layer; library errors become a fixed internal error.
+
+        With an :attr:`observer`, it is told how long that took and whether it failed.
+        """
+        observer = self.observer
+        if observer is None:
+            return self._run(op, failure, key_id)
+        started = time.perf_counter()
+        failed = True
+        try:
+            result = self._run(op, failure, key_id)
+            failed = False
+            return result
+        except errors.CiphertextAuthenticationFailed:
+            failed = False
+            raise
+        finally:
+            observer(time.perf_counter() - started, failed)
+
+    def _run(self, op: Callable[[WorkingSession], T], failure: str, key_id: bytes | None) -> T:
         try:
             return self.sessions.run(op, key_id=key_id)
         except (errors.KMSError, errors.CiphertextAuthenticationFailed):

@@ -67,6 +67,7 @@ from hsmstore.hsm.return_values import Fault
 from hsmstore.hsm.session import TokenSessions, TokenViewStale, WorkingSession, fault_kind
 from hsmstore.hsm.token_calls import (
     ThreadSafeCounter,
+    TokenCallObserver,
     TokenCalls,
     as_bytes,
     internal,
@@ -185,6 +186,11 @@ class Pkcs11KeyVault:
     def key_store_id(self) -> str:
         """The id the metadata DB gives this key store; it takes references to no other."""
         return self._key_store_id
+
+    def observe_token_calls(self, observer: TokenCallObserver | None) -> None:
+        """Tell ``observer`` the duration and outcome of every token operation of this key store
+        (the audit sealer's included); None stops it (hsm/token_calls.py ``TokenCallObserver``)."""
+        self._calls.observer = observer
 
     @property
     def token_searches(self) -> int:

@@ -18,6 +18,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent import futures
@@ -34,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.core.audit.queries import AuditQueries
+from hsmstore.core.calls import CallObserver
 from hsmstore.core.ports import AuditSink
 from hsmstore.core.use_cases import UseCases
 from hsmstore.errors import ValidationException
@@ -47,6 +49,7 @@ from hsmstore.server.servicer import (
     KeyStoreServicer,
 )
 from hsmstore.server.tls import caller_resolver, server_credentials
+from hsmstore.server.tls_reload import ReloadingTls, TlsPaths, material_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,13 @@ KEY_STORE_SERVICE = pb.DESCRIPTOR.services_by_name["KeyStore"].full_name
 AUDIT_SERVICE = pb.DESCRIPTOR.services_by_name["Audit"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 HEALTH_CHECK_INTERVAL_SECONDS = 10.0
+# After the grace period, how long a handler still running on a worker (a token or DB call
+# that has not returned) is waited for before the process gives up on it (GrpcServer.shut_down).
+ABANDON_AFTER_SECONDS = 5.0
+# How long calls cancelled at the end of the grace period get to unwind on the loop.
+_SETTLE_SECONDS = 1.0
+_STREAMS_CUT_AFTER_SECONDS = 0.2
+_DRAIN_POLL_SECONDS = 0.01
 
 T = TypeVar("T")
 
@@ -78,6 +88,20 @@ class TlsFiles:
     private_key: bytes
     client_ca: bytes | None = None
     trust_domain: str = ""
+    # Where the PEM came from: given, the server reloads them on SIGHUP (RunningServer.reload_tls)
+    # and, every ``reload_check_seconds`` (0: never), when they change (server/tls_reload.py).
+    paths: TlsPaths | None = None
+    reload_check_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Drained:
+    """How a stop went: the calls in flight when it began, and how they ended."""
+
+    in_flight: int
+    cancelled: int  # still running at the end of the grace period: cancelled (the caller sees an error)
+    abandoned: int  # their handler had not returned ABANDON_AFTER_SECONDS later (a hung token or DB call)
+    seconds: float
 
 
 @dataclass
@@ -86,11 +110,25 @@ class RunningServer:
     port: int
     health: aio_health.HealthServicer
     stop_health_checks: threading.Event
+    tls: ReloadingTls | None = None
 
-    def stop(self, grace: float | None = 5.0) -> None:
+    def stop(self, grace: float = 5.0) -> Drained:
+        """Graceful stop (issue 16, Deliver 7: "SIGTERM stops accepting, drains in-flight calls up
+        to a deadline"): health says NOT_SERVING, new calls and connections are refused
+        (UNAVAILABLE), calls in flight get ``grace`` seconds to finish, then the rest is cancelled.
+        """
         self.stop_health_checks.set()
         self.server.run_on_loop(self.health.enter_graceful_shutdown())
-        self.server.stop(grace).wait()
+        if self.tls is not None:
+            self.tls.stop()
+        return self.server.shut_down(grace)
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: reload the TLS files (in the background); False when the server has no TLS."""
+        if self.tls is None:
+            return False
+        self.tls.request_reload()
+        return True
 
 
 # Transport bounds (issue 14, "Hold under attack"); server_options says why.
@@ -170,6 +208,9 @@ class GrpcServer:
         self._streaming_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpc-stream")
         self._methods = _Methods(self)
         self._server: grpc.aio.Server = self.run_on_loop(self._create(server_options(reuse_port)))
+        self._in_flight = 0  # offloaded calls between their start and their answer (on the loop)
+        self._stopping = False
+        self._cancelled_by_stop = 0
 
     async def _create(self, options: list[tuple[str, int]]) -> grpc.aio.Server:
         return grpc.aio.server(
@@ -209,17 +250,80 @@ class GrpcServer:
     def start(self) -> None:
         self.run_on_loop(self._server.start())
 
+    @property
+    def in_flight(self) -> int:
+        """Calls that have started and not been answered yet (health and reflection not counted)."""
+        return self._in_flight
+
     def stop(self, grace: float | None) -> threading.Event:
-        """Stop serving (calls in flight get ``grace`` seconds), then the workers, the loop, the pool."""
-        self.run_on_loop(self._server.stop(grace))
-        self._workers.stop()  # while the loop runs: a late answer is still settled
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-        self._streaming_pool.shutdown(wait=True)
+        """``grpc.Server.stop``: :meth:`shut_down`, with an event already set when it returns."""
+        self.shut_down(0.0 if grace is None else grace)
         stopped = threading.Event()
         stopped.set()
         return stopped
+
+    def shut_down(self, grace: float) -> Drained:
+        """Stop serving, drain, then end the workers, the loop and the pool; never waits unbounded.
+
+        grpc stops listening and refuses new calls at once (its GOAWAY makes
+        clients open a new connection, which is refused: UNAVAILABLE); calls in
+        flight get ``grace`` seconds, then grpc cancels them. A cancelled call's
+        handler may still be inside a token or DB call on its worker thread; it
+        is waited for ``ABANDON_AFTER_SECONDS`` more and then left behind (the
+        threads are daemons), so a hung HSM cannot keep a stopping server alive.
+        """
+        began = time.monotonic()
+        in_flight = self._in_flight
+        log.info(
+            "stopping: health NOT_SERVING, new calls refused; %d call(s) in flight get up to %g s",
+            in_flight,
+            grace,
+        )
+        self._stopping = True
+        self.run_on_loop(self._drain(grace))
+        abandoned = self._workers.stop(ABANDON_AFTER_SECONDS)  # while the loop runs: late answers settle
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._streaming_pool.shutdown(wait=abandoned == 0)
+        drained = Drained(in_flight, self._cancelled_by_stop, abandoned, time.monotonic() - began)
+        if drained.cancelled:
+            log.warning(
+                "grace period of %g s over: %d call(s) cancelled, %d answered",
+                grace,
+                drained.cancelled,
+                max(0, in_flight - drained.cancelled),
+            )
+        else:
+            log.info("drained: every call in flight answered (%.1f s)", drained.seconds)
+        if abandoned:
+            log.warning(
+                "%d handler(s) still inside a token or DB call %g s after the grace period: "
+                "not waiting for them",
+                abandoned,
+                ABANDON_AFTER_SECONDS,
+            )
+        return drained
+
+    async def _drain(self, grace: float) -> None:
+        """grpc's stop with ``grace``, except that streams left alone do not hold it.
+
+        A health Watch (gRPC client-side health checking, gRFC A17) or a
+        reflection session never ends by itself: once every call of ours is
+        answered, they are cancelled at once rather than after the whole grace
+        period. Calls grpc accepted just before the stop reach their handler
+        (and ``in_flight``) within ``_STREAMS_CUT_AFTER_SECONDS``.
+        """
+        stopping = asyncio.ensure_future(self._server.stop(grace))
+        await asyncio.sleep(_STREAMS_CUT_AFTER_SECONDS)
+        while self._in_flight and not stopping.done():
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        if not stopping.done():
+            await self._server.stop(None)  # only streams are left: cancel them now
+        await stopping
+        settle_until = self._loop.time() + _SETTLE_SECONDS
+        while self._in_flight and self._loop.time() < settle_until:
+            await asyncio.sleep(0.01)  # cancelled calls unwind (and are counted) on this loop
 
     def offloaded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """A sync unary-unary handler as an async one that reads its request with a deadline
@@ -243,27 +347,35 @@ class GrpcServer:
         )
 
         async def answer(requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> object:
-            deadline = _ReceiveDeadline(asyncio.current_task())
-            timer = loop.call_later(RECEIVE_TIMEOUT_SECONDS, deadline.expire)
+            self._in_flight += 1  # on the loop: no lock; read by shut_down and the metrics
             try:
-                request = await context.read()
+                deadline = _ReceiveDeadline(asyncio.current_task())
+                timer = loop.call_later(RECEIVE_TIMEOUT_SECONDS, deadline.expire)
+                try:
+                    request = await context.read()
+                except asyncio.CancelledError:
+                    if not deadline.expired:
+                        raise  # the client cancelled, or the server is stopping
+                    deadline.withdraw()
+                    request = late
+                finally:
+                    timer.cancel()
+                if request is grpc.aio.EOF:
+                    # No message: grpc refused an oversized one (and answered RESOURCE_EXHAUSTED
+                    # itself), or the client ended the call without one. Answer the latter so its
+                    # stream ends; there is no request to audit.
+                    await context.abort_with_status(_NO_REQUEST_STATUS)
+                try:
+                    return await run(behavior, request, _ThreadContext(context))
+                except _Aborted as aborted:
+                    await context.abort_with_status(aborted.status)  # raises grpc's own AbortError
+                    raise  # not reached
             except asyncio.CancelledError:
-                if not deadline.expired:
-                    raise  # the client cancelled, or the server is stopping
-                deadline.withdraw()
-                request = late
+                if self._stopping:
+                    self._cancelled_by_stop += 1  # the grace period ended before its answer
+                raise
             finally:
-                timer.cancel()
-            if request is grpc.aio.EOF:
-                # No message: grpc refused an oversized one (and answered RESOURCE_EXHAUSTED
-                # itself), or the client ended the call without one. Answer the latter so its
-                # stream ends; there is no request to audit.
-                await context.abort_with_status(_NO_REQUEST_STATUS)
-            try:
-                return await run(behavior, request, _ThreadContext(context))
-            except _Aborted as aborted:
-                await context.abort_with_status(aborted.status)  # raises grpc's own AbortError
-                raise  # not reached
+                self._in_flight -= 1
 
         return grpc.stream_unary_rpc_method_handler(
             answer, request_deserializer=read, response_serializer=handler.response_serializer
@@ -320,16 +432,24 @@ class _Workers:
         self._jobs.put((future, function, args))
         return future
 
-    def stop(self) -> None:
-        """End every worker once the jobs queued before have run."""
+    def stop(self, timeout: float | None = None) -> int:
+        """End every worker once the jobs queued before have run; wait ``timeout`` seconds at most
+        (None: as long as they take).
+
+        Returns how many workers were still busy then (left running: they are daemons).
+        """
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in self._threads)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             future, function, args = job
+            if future.done():
+                continue  # cancelled before its turn (the caller left, or the grace period ended)
             try:
                 self._done.append((future, function(*args), None))
             except BaseException as error:  # handed to the awaiting call, as run_in_executor does
@@ -489,19 +609,36 @@ def start_server(
     caller_of: CallerResolver | None = None,
     reuse_port: bool = False,
     audit: AuditWiring | None = None,
+    observers: Sequence[CallObserver] = (),
 ) -> RunningServer:
     """Start serving on ``listen`` (port 0 picks a free port) and return the bound port.
+
+    ``observers`` see every call (metrics, the access log: core/calls.py ``CallObserver``).
 
     Callers are the client certificates' SPIFFE IDs with TLS, the local admin without, unless ``caller_of``.
     With TLS every client chain is also path-validated against ``tls.client_ca``
     (``pathLenConstraint``, which the TLS handshake leaves out: server/identity.py).
     """
+    reloading: ReloadingTls | None = None
+    if tls is not None and tls.paths is not None:
+        initial = material_from_bytes(tls.cert_chain, tls.private_key, tls.client_ca or b"")
+        reloading = ReloadingTls(tls.paths, tls.trust_domain, initial, tls.reload_check_seconds)
     if caller_of is None:
-        caller_of = caller_resolver(
-            tls is not None, tls.trust_domain if tls else None, tls.client_ca if tls else None
+        caller_of = (
+            reloading.caller_of
+            if reloading is not None
+            else caller_resolver(
+                tls is not None, tls.trust_domain if tls else None, tls.client_ca if tls else None
+            )
         )
     server = make_grpc_server(thread_pool_size, reuse_port)
-    runner = CallRunner(caller_of, audit.sink if audit else None, audit.fail_open if audit else False)
+    runner = CallRunner(
+        caller_of,
+        audit.sink if audit else None,
+        audit.fail_open if audit else False,
+        observers,
+        admission=service.quotas.admit if service.quotas.enforced else None,  # core/quotas.py
+    )
     pb_grpc.add_KeyStoreServicer_to_server(KeyStoreServicer(service, runner), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(service.identity_policies, runner), server)
     services = [KEY_STORE_SERVICE, ADMIN_SERVICE]
@@ -521,6 +658,10 @@ def start_server(
     )
     if tls is None:
         port = server.add_insecure_port(listen)
+    elif reloading is not None:
+        if not tls.client_ca:
+            server_credentials(tls.cert_chain, tls.private_key, tls.client_ca)  # raises: TLS is mutual
+        port = server.add_secure_port(listen, reloading.credentials())
     else:
         port = server.add_secure_port(
             listen, server_credentials(tls.cert_chain, tls.private_key, tls.client_ca)
@@ -528,6 +669,8 @@ def start_server(
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     server.start()
+    if reloading is not None:
+        reloading.start()
     stop = threading.Event()
     _check_health(service, server, health_servicer)
     threading.Thread(
@@ -536,7 +679,7 @@ def start_server(
         name="health",
         daemon=True,
     ).start()
-    return RunningServer(server, port, health_servicer, stop)
+    return RunningServer(server, port, health_servicer, stop, reloading)
 
 
 def _check_health(service: UseCases, server: GrpcServer, health_servicer: aio_health.HealthServicer) -> None:

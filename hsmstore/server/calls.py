@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
 
-from hsmstore.core.calls import CallEnvelope, CallOrigin
+from hsmstore.core.calls import Admission, CallEnvelope, CallObserver, CallOrigin
 from hsmstore.core.model import Caller
 from hsmstore.core.ports import AuditSink
 from hsmstore.errors import KMSError
@@ -40,13 +40,20 @@ class CallRunner:
     (``convert.request_parameters``) and the peer, and aborts the call with
     the contract's status (server/errors.py) when the outcome is a KMSError.
     The envelope logs through this module's logger, as before the split.
+    ``observers`` (metrics, the access log) see every call (core/calls.py ``CallObserver``);
+    ``admission`` may refuse it first (request quotas, core/quotas.py).
     """
 
     def __init__(
-        self, caller_of: CallerResolver, audit_sink: AuditSink | None, audit_fail_open: bool
+        self,
+        caller_of: CallerResolver,
+        audit_sink: AuditSink | None,
+        audit_fail_open: bool,
+        observers: Sequence[CallObserver] = (),
+        admission: Admission | None = None,
     ) -> None:
         self._caller_of = caller_of
-        self._envelope = CallEnvelope(audit_sink, audit_fail_open, log)
+        self._envelope = CallEnvelope(audit_sink, audit_fail_open, log, observers, admission)
 
     def run(self, name: str, body: Callable[[], R], request: Message, context: grpc.ServicerContext) -> R:
         """Run ``body`` in the envelope as the context's caller; a KMSError aborts with its status."""

@@ -45,6 +45,7 @@ STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
     errors.AccessDeniedException: grpc.StatusCode.PERMISSION_DENIED,
     errors.UnauthenticatedException: grpc.StatusCode.UNAUTHENTICATED,
     errors.LimitExceededException: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ThrottlingException: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a request quota (core/quotas.py)
     errors.DependencyTimeoutException: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.KMSInternalException: grpc.StatusCode.INTERNAL,
     errors.DependencyUnavailableException: grpc.StatusCode.UNAVAILABLE,  # docs/api.md, "Additions"

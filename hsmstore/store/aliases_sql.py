@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exc, select
+from sqlalchemy import and_, exc, func, select
 from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
@@ -78,6 +78,12 @@ class SqlAliases:
         with self._reader.connect() as connection:
             row = connection.execute(query).first()
         return None if row is None else _alias_from_row(row._mapping)
+
+    def count_aliases_of_key(self, key_id: str) -> int:
+        """Aliases that point at the key (index ``target_key_id``)."""
+        query = select(func.count()).select_from(aliases).where(aliases.c.target_key_id == key_id)
+        with self._reader.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def list_aliases(
         self, tenant: str, limit: int, after_alias_name: str | None, key_id: str | None

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exc, select, tuple_
+from sqlalchemy import and_, exc, func, select, tuple_
 from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
@@ -92,6 +92,12 @@ class SqlAuthorizationStore:
         with self._reader.connect() as connection:
             row = connection.execute(select(grants).where(grants.c.grant_id == grant_id)).first()
         return None if row is None else _grant_from_row(row._mapping)
+
+    def count_grants(self, key_id: str) -> int:
+        """The key's grants (index ``key_id, grant_id``)."""
+        query = select(func.count()).select_from(grants).where(grants.c.key_id == key_id)
+        with self._reader.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def list_grants(
         self,

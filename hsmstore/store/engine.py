@@ -20,14 +20,16 @@ choosing the kind from the connection's :data:`SQLITE_BEGIN` execution option.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 
 from hsmstore import errors
@@ -101,6 +103,87 @@ def _unreachable_is_unavailable(context: ExceptionContext) -> None:
     raise errors.DependencyUnavailableException(
         "The metadata database cannot be reached; retry the call"
     ) from context.original_exception
+
+
+# Start-up waits for an unreachable DB with capped exponential backoff (issue 16, Deliver 3).
+DB_WAIT_FIRST_DELAY_SECONDS: Final = 0.25
+DB_WAIT_MAX_DELAY_SECONDS: Final = 2.0
+DB_CONNECT_TIMEOUT_SECONDS: Final = 5  # one connect attempt during the wait (libpq connect_timeout)
+# A connect failure that waiting cannot fix: wrong credentials, a DB or role that does not exist.
+_PERMANENT_CONNECT_FAILURES: Final = (
+    "password authentication failed",
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+)
+
+
+class DatabaseUnreachable(Exception):
+    """The DB did not answer within the start-up wait; ``reason`` is the driver's first line."""
+
+    def __init__(self, reason: str, waited_seconds: float, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.waited_seconds = waited_seconds
+        self.permanent = permanent
+
+
+def wait_for_database(url: str, wait_seconds: float, on_first_failure: Callable[[str], None]) -> None:
+    """Return once ``SELECT 1`` succeeds on ``url``; retry an unreachable server for ``wait_seconds``.
+
+    Issue 16: "PostgreSQL unreachable at start: retry with backoff up to a
+    configurable limit, saying so once, then fail". ``on_first_failure`` is
+    called once, with the reason, before the first retry (the caller logs
+    it). SQLite is never waited for: a file that cannot be opened now will not
+    open later by itself. Wrong credentials or a missing database fail at once.
+    Raises :class:`DatabaseUnreachable`. The reason never holds the password
+    (the driver's message names host, port, user and database only).
+    """
+    engine = create_engine_for_url(_with_connect_timeout(url, wait_seconds), pool_size=1, max_overflow=0)
+    started = time.monotonic()
+    delay = DB_WAIT_FIRST_DELAY_SECONDS
+    said = False
+    try:
+        while True:
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return
+            except (errors.DependencyUnavailableException, exc.OperationalError, exc.InterfaceError) as error:
+                cause = error.__cause__ if isinstance(error, errors.DependencyUnavailableException) else error
+                reason = _first_line(cause if cause is not None else error)
+                waited = time.monotonic() - started
+                permanent = engine.dialect.name == "sqlite" or any(
+                    marker in reason.lower() for marker in _PERMANENT_CONNECT_FAILURES
+                )
+                if permanent or waited >= wait_seconds:
+                    raise DatabaseUnreachable(reason, waited, permanent) from None
+                if not said:
+                    on_first_failure(reason)
+                    said = True
+            engine.dispose()  # no half-open pooled connection survives into the next attempt
+            time.sleep(min(delay, max(0.0, wait_seconds - (time.monotonic() - started))))
+            delay = min(delay * 2, DB_WAIT_MAX_DELAY_SECONDS)
+    finally:
+        engine.dispose()
+
+
+def _with_connect_timeout(url: str, wait_seconds: float) -> str:
+    """A PostgreSQL URL whose connect gives up in time: a silent host would hold one attempt
+    for the system's TCP timeout (minutes). An explicit ``connect_timeout`` is kept."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() not in ("postgresql", "postgres") or "connect_timeout" in parsed.query:
+        return url
+    seconds = max(1, min(DB_CONNECT_TIMEOUT_SECONDS, math.ceil(wait_seconds)))
+    return parsed.update_query_dict({"connect_timeout": str(seconds)}).render_as_string(hide_password=False)
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's message without SQLAlchemy's framing (the statement, the background link)."""
+    original = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return lines[0] if lines else type(original).__name__
 
 
 def sqlite_file_of(url: str) -> Path | None:

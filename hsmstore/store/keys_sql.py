@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exc, or_, select
+from sqlalchemy import and_, exc, func, or_, select
 
 from hsmstore import errors
-from hsmstore.core.model import KeyRecord, KeyState, KeyVersion, PendingCreation, VersionState
+from hsmstore.core.model import KeyManager, KeyRecord, KeyState, KeyVersion, PendingCreation, VersionState
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.database import Database
@@ -188,6 +188,22 @@ class SqlKeys:
         query = query.order_by(keys.c.key_id).limit(limit)
         with self._reader.connect() as connection:
             return [key_from_row(row._mapping) for row in connection.execute(query)]
+
+    def count_keys_by_state(self) -> Mapping[KeyState, int]:
+        """One ``GROUP BY key_state`` over every tenant's keys (the metrics' ``hsmstore_keys``)."""
+        query = select(keys.c.key_state, func.count()).group_by(keys.c.key_state)
+        with self._reader.connect() as connection:
+            return {KeyState(state): int(count) for state, count in connection.execute(query)}
+
+    def count_customer_keys(self, tenant: str) -> int:
+        """The tenant's customer managed keys in every state (index ``tenant, key_id``)."""
+        query = (
+            select(func.count())
+            .select_from(keys)
+            .where(keys.c.tenant == tenant, keys.c.key_manager == KeyManager.CUSTOMER.value)
+        )
+        with self._reader.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     # -- changing -----------------------------------------------------------
 

@@ -43,6 +43,14 @@ The ingester never stalls on a line: one it cannot read, one longer than
 to ``quarantine/<spool name>.<offset>`` beside the spools and replaced in the
 chain by an ``UnreadableSpoolLine`` record naming that file (so ``hsmstore
 audit verify`` counts and reports it), and ingestion goes on with the next line.
+
+Backlog (issue 16, "audit spool backlog and ingest lag"): once a round, before
+it ingests, the ingester measures what the spools hold beyond what the chain
+has (:meth:`SpoolIngester.backlog`: the bytes, and the event time of the
+oldest such record) and hands it to an optional observer
+(``server/metrics.py`` makes gauges of it). It keeps each spool's offset in
+memory too, so the backlog is still measured while the DB is down, which is
+when it grows.
 """
 
 from __future__ import annotations
@@ -54,7 +62,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -125,11 +134,30 @@ class SpoolAuditSink:
             self._cut_back()
         self._report_quarantine()
 
+    @property
+    def length(self) -> int:
+        """The bytes of whole lines written to this spool (what the ingester has to take)."""
+        return self._length
+
     def close(self) -> None:
-        """Release the spool: from now on the ingester may finish and remove it."""
+        """Flush the spool to disk and release it: from now on the ingester may finish and remove it.
+
+        Issue 16, Deliver 7 ("flushes the audit spool"): a line is in the
+        kernel once its ``write`` returned (module docstring); the ``fsync``
+        here makes the last ones survive a crash of the machine after a clean
+        stop too. A failed ``fsync`` is logged, not raised: the lines are still
+        in the kernel and the ingester reads them from there. Idempotent.
+        """
         with self._write_lock:  # never a write or probe on a closed (maybe reused) descriptor
+            if self._closed:
+                return
             self._closed = True
-            os.close(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as error:
+                log.error("could not flush the audit spool %s to disk: %s", self.path, error.strerror)
+            finally:
+                os.close(self._fd)
 
     def _append(self, data: bytes) -> None:
         """One ``write`` of ``data`` at the end of the whole lines (the write lock is held)."""
@@ -172,6 +200,24 @@ class SpoolAuditSink:
             )
 
 
+@dataclass(frozen=True)
+class SpoolBacklog:
+    """What the spools hold that is not in the chain yet (:meth:`SpoolIngester.backlog`)."""
+
+    bytes: int
+    oldest_event_time: datetime | None  # of the first record not yet ingested; None: nothing waits
+
+    def lag_seconds(self, now: datetime) -> float:
+        """How long the oldest record not yet in the chain has waited (0 when none waits)."""
+        if self.oldest_event_time is None:
+            return 0.0
+        return max(0.0, (now - self.oldest_event_time).total_seconds())
+
+
+BacklogObserver = Callable[[SpoolBacklog], None]
+HEAD_PROBE_BYTES = 256  # an indexed line's head reaches its eventTime well within this
+
+
 class SpoolIngester:
     """Moves every spool of a data directory into the chain; runs in its own process.
 
@@ -186,6 +232,7 @@ class SpoolIngester:
         self._directory = directory
         self._quarantine = directory / QUARANTINE_DIRECTORY
         self._log = audit_log
+        self._offsets: dict[str, int] = {}  # spool name -> offset in the chain, as last read or written
 
     def ingest_once(self) -> int:
         """Ingest every spool once; returns how many records moved (quarantine records included)."""
@@ -197,12 +244,57 @@ class SpoolIngester:
                 continue  # removed by another ingester meanwhile
         return moved
 
-    def run(self, stop: threading.Event, interval_seconds: float, parent_pid: int | None = None) -> None:
+    def backlog(self) -> SpoolBacklog:
+        """The bytes of every spool past its offset in the chain, and the oldest such record's time.
+
+        An offset this ingester has not read yet is asked of the DB; if the DB
+        does not answer, the whole spool counts (an overestimate, never an underestimate).
+        """
+        waiting = 0
+        oldest: datetime | None = None
+        for path in self._directory.glob(f"*{SPOOL_SUFFIX}"):
+            try:
+                size = path.stat().st_size
+                offset = self._known_offset(path.name)
+                if size <= offset:
+                    continue
+                waiting += size - offset
+                event_time = _event_time_at(path, offset)
+            except FileNotFoundError:
+                continue  # fully ingested and removed meanwhile
+            if event_time is not None and (oldest is None or event_time < oldest):
+                oldest = event_time
+        return SpoolBacklog(waiting, oldest)
+
+    def _known_offset(self, name: str) -> int:
+        offset = self._offsets.get(name)
+        if offset is None:
+            try:
+                offset = self._offsets[name] = self._log.spool_offset(name)
+            except Exception:  # the DB is down: count the whole spool
+                return 0
+        return offset
+
+    def run(
+        self,
+        stop: threading.Event,
+        interval_seconds: float,
+        parent_pid: int | None = None,
+        observe: BacklogObserver | None = None,
+    ) -> None:
         """Ingest every ``interval_seconds`` until ``stop`` is set or the parent process is gone,
-        then once more, so that a stopping server leaves its last records in the chain."""
+        then once more, so that a stopping server leaves its last records in the chain.
+
+        ``observe`` is handed the backlog at the start of every round (module docstring).
+        """
         while not stop.wait(interval_seconds):
             if parent_pid is not None and os.getppid() != parent_pid:
                 break
+            if observe is not None:
+                try:
+                    observe(self.backlog())
+                except Exception:
+                    log.exception("measuring the audit spool backlog failed")
             try:
                 self.ingest_once()
             except Exception:
@@ -221,6 +313,7 @@ class SpoolIngester:
             moved += self._ingest(path, path.name, writer_gone=True)
             if self._log.spool_offset(path.name) >= os.fstat(fd).st_size:
                 path.unlink(missing_ok=True)
+                self._offsets.pop(path.name, None)
             return moved
         finally:
             os.close(fd)
@@ -229,7 +322,7 @@ class SpoolIngester:
         """Move lines into the chain, at most ``MAX_BATCH_BYTES`` and ``RECORDS_PER_TRANSACTION``
         per transaction, until only an unfinished line (or nothing) is left."""
         moved = 0
-        offset = self._log.spool_offset(name)
+        offset = self._offsets[name] = self._log.spool_offset(name)
         with path.open("rb") as spool:
             while True:
                 spool.seek(offset)
@@ -239,6 +332,7 @@ class SpoolIngester:
                     return moved
                 offset += used
                 self._log.append_audit_records(records, (name, offset))
+                self._offsets[name] = offset
                 moved += len(records)
 
     def _batch(
@@ -287,6 +381,30 @@ class SpoolIngester:
                 left -= len(chunk)
         log.error("a line of audit spool %s %s; it is kept in %s", name, what, kept)
         return _unreadable(name, start, end - start, what, kept)
+
+
+def _event_time_at(path: Path, offset: int) -> datetime | None:
+    """The eventTime of the record whose line starts at ``offset``; None if it cannot be read
+    (an unfinished line, or one the ingester will quarantine)."""
+    with path.open("rb") as spool:
+        spool.seek(offset)
+        head = spool.read(HEAD_PROBE_BYTES)
+        if head.startswith(INDEXED_LINE_MARK + b"\t"):
+            parts = head.split(b"\t", 3)
+            text = parts[2].decode("utf-8", "replace") if len(parts) > 3 else ""
+        else:  # a line of canonical JSON alone: read it whole (rare; at most one line)
+            spool.seek(offset)
+            line = spool.readline(MAX_SPOOL_LINE_BYTES)
+            try:
+                record = orjson.loads(line)
+            except ValueError:
+                return None
+            text = record.get("eventTime", "") if isinstance(record, dict) else ""
+    try:
+        parsed = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _end_of_line(spool: BinaryIO, start: int) -> int:

@@ -70,6 +70,8 @@ class SqlMetadataStore:
         self.get_version = keys.get_version
         self.list_versions = keys.list_versions
         self.list_keys = keys.list_keys
+        self.count_customer_keys = keys.count_customer_keys
+        self.count_keys_by_state = keys.count_keys_by_state
         self.update_key_state = keys.update_key_state
         self.update_description = keys.update_description
 
@@ -107,6 +109,7 @@ class SqlMetadataStore:
         self.delete_alias = aliases.delete_alias
         self.get_alias = aliases.get_alias
         self.list_aliases = aliases.list_aliases
+        self.count_aliases_of_key = aliases.count_aliases_of_key
 
         self.append_audit_records = trail.append_audit_records
         self.spool_offset = trail.spool_offset
@@ -124,6 +127,7 @@ class SqlMetadataStore:
         self.create_grant = authorization.create_grant
         self.get_grant = authorization.get_grant
         self.list_grants = authorization.list_grants
+        self.count_grants = authorization.count_grants
         self.list_retirable_grants = authorization.list_retirable_grants
         self.delete_grant = authorization.delete_grant
         self.identity_policies_of = authorization.identity_policies_of

@@ -27,6 +27,7 @@ from hsmstore.core.audit.record import SerializedRecord, serialized
 from hsmstore.core.model import (
     AliasRecord,
     DestructionRecord,
+    KeyManager,
     KeyRecord,
     KeyState,
     KeyVersion,
@@ -163,6 +164,21 @@ class FakeMetadataStore:
     def list_versions(self, key_id: str) -> Sequence[KeyVersion]:
         with self._lock:
             return self._versions_of(key_id)
+
+    def count_keys_by_state(self) -> Mapping[KeyState, int]:
+        with self._lock:
+            counts: dict[KeyState, int] = {}
+            for key in self._keys.values():
+                counts[key.state] = counts.get(key.state, 0) + 1
+            return counts
+
+    def count_customer_keys(self, tenant: str) -> int:
+        with self._lock:
+            return sum(
+                1
+                for key in self._keys.values()
+                if key.tenant == tenant and key.key_manager is KeyManager.CUSTOMER
+            )
 
     def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
         _require_positive_limit(limit)
@@ -519,6 +535,10 @@ class FakeMetadataStore:
         with self._lock:
             return self._aliases.get((tenant, alias_name))
 
+    def count_aliases_of_key(self, key_id: str) -> int:
+        with self._lock:
+            return sum(1 for alias in self._aliases.values() if alias.target_key_id == key_id)
+
     def list_aliases(
         self, tenant: str, limit: int, after_alias_name: str | None, key_id: str | None
     ) -> Sequence[AliasRecord]:
@@ -567,6 +587,10 @@ class FakeMetadataStore:
             self._grants[grant.grant_id] = grant
             self._audit_change(audit)
             return grant
+
+    def count_grants(self, key_id: str) -> int:
+        with self._lock:
+            return sum(1 for grant in self._grants.values() if grant.key_id == key_id)
 
     def get_grant(self, grant_id: str) -> GrantRecord | None:
         with self._lock:

@@ -98,14 +98,20 @@ def command_line(pid: int) -> list[str]:
 
 
 def spawned_children(serve_pid: int) -> set[int]:
-    """The serve process' spawned children (not multiprocessing's resource tracker)."""
+    """The serve process' spawned children (not multiprocessing's resource tracker): each names
+    itself in its process title (``hsmstore: worker 1``, ``hsmstore: audit ingester``)."""
     return {
         pid
         for pid in descendants(serve_pid)
-        if (info := parent_and_state(pid)) is not None
-        and info[0] == serve_pid
-        and "--multiprocessing-fork" in command_line(pid)
+        if (info := parent_and_state(pid)) is not None and info[0] == serve_pid and is_hsmstore_child(pid)
     }
+
+
+def is_hsmstore_child(pid: int) -> bool:
+    """A worker or the audit ingester: by its process title, or, before it has set its title
+    (a spawned child imports first), by multiprocessing's spawn command line."""
+    titles = ("hsmstore: worker", "hsmstore: audit ingester")
+    return any(part.startswith(titles) or part == "--multiprocessing-fork" for part in command_line(pid))
 
 
 def worker_pids(serve_pid: int, port: int) -> set[int]:
@@ -210,7 +216,9 @@ def kill_everything(server: ServerProcess, seen: set[int] | None = None) -> None
     server.stop()
     for pid in left:
         # Checked first, so that a recycled pid of an unrelated process is left alone.
-        if is_running(pid) and any("multiprocessing" in part for part in command_line(pid)):
+        if is_running(pid) and (
+            is_hsmstore_child(pid) or any("multiprocessing" in part for part in command_line(pid))
+        ):
             os.kill(pid, signal.SIGKILL)
 
 

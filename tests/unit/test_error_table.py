@@ -29,6 +29,7 @@ CONTRACT = {
     "AccessDeniedException": grpc.StatusCode.PERMISSION_DENIED,
     "UnauthenticatedException": grpc.StatusCode.UNAUTHENTICATED,
     "LimitExceededException": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "ThrottlingException": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "DependencyTimeoutException": grpc.StatusCode.DEADLINE_EXCEEDED,
     "KMSInternalException": grpc.StatusCode.INTERNAL,
     "UnsupportedOperationException": grpc.StatusCode.UNIMPLEMENTED,

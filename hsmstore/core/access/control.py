@@ -112,11 +112,11 @@ class AccessControl:
     ) -> None:
         self._store = store
         self._region = region
-        self._key_policies: TtlCache[str, PolicyDocument] = TtlCache(ttl_seconds)
+        self._key_policies: TtlCache[str, PolicyDocument] = TtlCache(ttl_seconds, name="key_policies")
         self._identity_policies: TtlCache[tuple[str, str], tuple[tuple[str, PolicyDocument], ...]] = TtlCache(
-            ttl_seconds
+            ttl_seconds, name="identity_policies"
         )
-        self._grants: TtlCache[str, tuple[GrantRecord, ...]] = TtlCache(ttl_seconds)
+        self._grants: TtlCache[str, tuple[GrantRecord, ...]] = TtlCache(ttl_seconds, name="grants")
         self._default_admin = parse_policy(default_admin_identity_policy(), kind="identity")
 
     # -- the request path ---------------------------------------------------

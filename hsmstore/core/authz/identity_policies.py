@@ -20,6 +20,7 @@ from hsmstore.core.identifiers import PrincipalName, parse_principal_arn
 from hsmstore.core.model import Caller
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import AuthorizationStore, Clock, IdentityPolicyRecord
+from hsmstore.core.quotas import ResourceQuotas
 from hsmstore.core.validation import check_pattern
 from hsmstore.errors import NotFoundException, ValidationException
 
@@ -36,16 +37,26 @@ class IdentityPolicy:
 
 
 class IdentityPolicies:
-    def __init__(self, access: AccessControl, store: AuthorizationStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        access: AccessControl,
+        store: AuthorizationStore,
+        clock: Clock,
+        quotas: ResourceQuotas | None = None,
+    ) -> None:
         self._access = access
         self._store = store
         self._clock = clock
+        self._quotas = quotas or ResourceQuotas()
 
     def put_identity_policy(self, caller: Caller, principal: str, policy_name: str, policy: str) -> None:
         self._own_principal(caller, principal)
         _check_identity_policy_name(policy_name)
         self._access.check(caller, "iam:PutIdentityPolicy", None)  # before the parse: any caller reaches it
         parse_policy(policy, kind="identity")
+        attached = self._store.identity_policies_of(caller.tenant, principal)
+        if all(existing.policy_name != policy_name for existing in attached):  # replacing never counts
+            self._quotas.check_identity_policies(len(attached))
         record = IdentityPolicyRecord(caller.tenant, principal, policy_name, policy, self._clock.now())
         capture.change(lambda audit_record: self._store.put_identity_policy(record, audit=audit_record))
         self._access.forget_identity_policies(caller.tenant, principal)

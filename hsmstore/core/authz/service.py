@@ -35,9 +35,10 @@ from hsmstore.core.audit import capture
 from hsmstore.core.formats.encryption_context import check_encryption_context
 from hsmstore.core.identifiers import PRINCIPAL_NAME_PATTERN, key_arn, parse_principal_arn
 from hsmstore.core.keys.gate import KeyGate
-from hsmstore.core.model import Caller, KeyRecord, KeyState, tenant_root_arn
+from hsmstore.core.model import Caller, KeyManager, KeyRecord, KeyState, tenant_root_arn
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import Clock, Store
+from hsmstore.core.quotas import ResourceQuotas
 from hsmstore.core.validation import (
     MAX_GRANT_TOKEN_CHARS,
     check_grant_tokens,
@@ -79,11 +80,14 @@ class Simulation:
 class AuthorizationService:
     """Key policies, grants and Simulate; every key they name comes through the gate."""
 
-    def __init__(self, gate: KeyGate, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, gate: KeyGate, store: Store, clock: Clock, quotas: ResourceQuotas | None = None
+    ) -> None:
         self._gate = gate
         self._store = store
         self._clock = clock
         self._access = gate.access
+        self._quotas = quotas or ResourceQuotas()
 
     # ------------------------------------------------------------ key policies
 
@@ -144,6 +148,8 @@ class AuthorizationService:
             caller, key_id, "kms:CreateGrant", fresh=True, grant_tokens=grant_tokens, grant_request=facts
         )
         _refuse_pending_deletion(key)
+        if key.key_manager is KeyManager.CUSTOMER:  # AWS: the quota "does not apply to AWS managed keys"
+            self._quotas.check_grants(self._store.count_grants(key.key_id))
         grant = GrantRecord(
             grant_id=new_grant_id(),
             key_id=key.key_id,

@@ -16,18 +16,23 @@ from hsmstore.core.model import AliasRecord, Caller, KeyRecord
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports.clock import Clock
 from hsmstore.core.ports.metadata import KeyAliases
+from hsmstore.core.quotas import ResourceQuotas
 from hsmstore.errors import NotFoundException, ValidationException
 
 
 class Aliases:
-    def __init__(self, gate: KeyGate, store: KeyAliases, clock: Clock) -> None:
+    def __init__(
+        self, gate: KeyGate, store: KeyAliases, clock: Clock, quotas: ResourceQuotas | None = None
+    ) -> None:
         self._gate = gate
         self._store = store
         self._clock = clock
+        self._quotas = quotas or ResourceQuotas()
 
     def create_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
         validate_alias_name(alias_name)
         key = self._target(caller, target_key_id, Operation.CREATE_ALIAS)
+        self._quotas.check_aliases(self._store.count_aliases_of_key(key.key_id))
         now = self._clock.now()
         capture.note_alias(alias_name)
         alias = AliasRecord(caller.tenant, alias_name, key.key_id, now, now)
@@ -37,6 +42,7 @@ class Aliases:
     def update_alias(self, caller: Caller, alias_name: str, target_key_id: str) -> None:
         validate_alias_name(alias_name)
         key = self._target(caller, target_key_id, Operation.UPDATE_ALIAS)
+        self._check_alias_quota(caller, alias_name, key.key_id)
         capture.note_alias(alias_name)
         updated = capture.change(
             lambda record: self._store.update_alias(
@@ -84,6 +90,15 @@ class Aliases:
             for a in aliases
         ]
         return Page(entries, encode_marker("a", aliases[-1].alias_name) if truncated else "", truncated)
+
+    def _check_alias_quota(self, caller: Caller, alias_name: str, key_id: str) -> None:
+        """AWS "Aliases per KMS key": met on UpdateAlias too, unless the alias already points there."""
+        aliases_of_key = self._store.count_aliases_of_key(key_id)
+        if aliases_of_key < self._quotas.aliases_per_key:
+            return
+        current = self._store.get_alias(caller.tenant, alias_name)
+        if current is None or current.target_key_id != key_id:
+            self._quotas.check_aliases(aliases_of_key)
 
     def _target(self, caller: Caller, target_key_id: str, operation: Operation) -> KeyRecord:
         """AWS: "TargetKeyId: Specify the key ID or key ARN" -- an alias cannot point at an alias."""

@@ -38,6 +38,7 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.ports import Clock, KeyStores, Store
+from hsmstore.core.quotas import ResourceQuotas
 from hsmstore.core.validation import check_description
 from hsmstore.errors import (
     KMSInternalException,
@@ -82,7 +83,9 @@ class KeyCreation:
         access: AccessControl,
         region: str,
         failpoint: Failpoint = no_failpoint,
+        quotas: ResourceQuotas | None = None,
     ) -> None:
+        self._quotas = quotas or ResourceQuotas()
         self._key_stores = key_stores
         self._store = store
         self._clock = clock
@@ -101,7 +104,7 @@ class KeyCreation:
         policy: str = "",
         bypass_policy_lockout_safety_check: bool = False,
     ) -> KeyDescription:
-        """CreateKey: a customer managed key in the default key store."""
+        """CreateKey: a customer managed key in the default key store, within the tenant's key quota."""
         check_description(description)
         self._access.check(caller, "kms:CreateKey", None)
         usage = _parse_enum(KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT, "KeyUsage")
@@ -126,6 +129,7 @@ class KeyCreation:
         policy_text = policy or default_key_policy(caller.tenant)
         if policy:
             self._access.check_new_key_policy(caller, key, policy, bypass_policy_lockout_safety_check)
+        self._quotas.check_keys(self._store.count_customer_keys(caller.tenant))
         return self.create(key, policy_text, valid_tags)
 
     def create(

@@ -53,8 +53,8 @@ class KeyGate:
         self._access = access
         self._region = region
         self._service_keys = service_keys
-        self._keys: TtlCache[str, KeyRecord] = TtlCache(metadata_ttl_seconds)
-        self._alias_targets: TtlCache[tuple[str, str], str] = TtlCache(metadata_ttl_seconds)
+        self._keys: TtlCache[str, KeyRecord] = TtlCache(metadata_ttl_seconds, name="keys")
+        self._alias_targets: TtlCache[tuple[str, str], str] = TtlCache(metadata_ttl_seconds, name="aliases")
 
     @property
     def region(self) -> str:

@@ -52,6 +52,10 @@ class AuthorizationStore(Protocol):
 
     def get_grant(self, grant_id: str) -> GrantRecord | None: ...
 
+    def count_grants(self, key_id: str) -> int:
+        """How many grants the key has (its grant quota, core/quotas.py)."""
+        ...
+
     def list_grants(
         self,
         key_id: str,

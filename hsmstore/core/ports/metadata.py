@@ -91,6 +91,17 @@ class KeyRecords(Protocol):
         """Keys of a tenant ordered by key_id, excluding CREATING and FAILED ones."""
         ...
 
+    def count_keys_by_state(self) -> Mapping[KeyState, int]:
+        """How many keys of all tenants are in each state; a state no key is in may be left out.
+
+        Issue 16: "key counts by state" for the metrics; one aggregate query, never a key list.
+        """
+        ...
+
+    def count_customer_keys(self, tenant: str) -> int:
+        """How many customer managed keys the tenant has, in any state (its key quota, core/quotas.py)."""
+        ...
+
     def update_key_state(
         self, key_id: str, expected: KeyState, new_state: KeyState, *, audit: Mapping[str, Any] | None = None
     ) -> bool:
@@ -273,6 +284,10 @@ class KeyAliases(Protocol):
     ) -> bool: ...
 
     def get_alias(self, tenant: str, alias_name: str) -> AliasRecord | None: ...
+
+    def count_aliases_of_key(self, key_id: str) -> int:
+        """How many aliases point at the key (its alias quota, core/quotas.py)."""
+        ...
 
     def list_aliases(
         self, tenant: str, limit: int, after_alias_name: str | None, key_id: str | None
