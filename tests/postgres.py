@@ -216,11 +216,12 @@ class PostgresCluster:
                 self._check(result, "pg_ctl start")
         raise AssertionError("unreachable")
 
-    def stop(self) -> None:
-        """Stop the server if it runs (immediate mode: the data is thrown away)."""
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server if it runs (immediate mode: what was not written yet is thrown away;
+        ``"fast"`` writes every commit first, as a durable server keeps them)."""
         if not (self.data_dir / "postmaster.pid").exists():
             return
-        result = self._run("pg_ctl", "stop", "--pgdata", str(self.data_dir), "--mode", "immediate", "--wait")
+        result = self._run("pg_ctl", "stop", "--pgdata", str(self.data_dir), "--mode", mode, "--wait")
         if result.returncode != 0:
             _kill_postmaster(self.data_dir)
 
