@@ -243,18 +243,25 @@ def _free_loopback_port() -> int:
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """Yield the superuser URL of a new cluster; stop and remove it afterwards."""
-    bindir = find_bindir()
+def own_cluster(prefix: str = "hsmstore-pg-") -> Iterator[PostgresCluster]:
+    """A new running cluster for one test, which may stop and start it; stopped and removed afterwards."""
     # Directly under the temp dir, not in pytest's tmp_path: the postgres user
     # must be able to reach it, and a unix socket path must stay short.
-    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="hsmstore-pg-")), bindir)
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix=prefix)), find_bindir())
     try:
         cluster.init()
-        yield cluster.start()
+        cluster.start()
+        yield cluster
     finally:
         cluster.stop()
         cluster.remove()
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """Yield the superuser URL of a new cluster; stop and remove it afterwards."""
+    with own_cluster() as cluster:
+        yield cluster.url
 
 
 @contextmanager

@@ -8,7 +8,6 @@ pre-ping finds the server again after a restart, with no restart of hsmstore.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,20 +18,14 @@ from hsmstore.errors import DependencyUnavailableException
 from hsmstore.store.engine import create_engine_for_url
 from hsmstore.store.migrate import upgrade
 from hsmstore.store.sql import SqlMetadataStore
-from tests.postgres import PostgresCluster, find_bindir
+from tests.postgres import PostgresCluster, own_cluster
 
 
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
     """A cluster of this test's own: the test stops and restarts it."""
-    own = PostgresCluster(Path(tempfile.mkdtemp(prefix="hsmstore-pg-outage-")), find_bindir())
-    try:
-        own.init()
-        own.start()
+    with own_cluster("hsmstore-pg-outage-") as own:
         yield own
-    finally:
-        own.stop()
-        own.remove()
 
 
 def test_a_stopped_postgresql_is_unavailable_and_a_restarted_one_serves_again(

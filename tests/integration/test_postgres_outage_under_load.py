@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from tests.integration.harness import ServerProcess, reason_of
-from tests.postgres import PostgresCluster, find_bindir
+from tests.postgres import PostgresCluster, own_cluster
 
 OUTAGE_SECONDS = 10.0
 RECOVERY_SECONDS = 5.0
@@ -54,14 +53,8 @@ class Load:
 
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
-    own = PostgresCluster(Path(tempfile.mkdtemp(prefix="hsmstore-pg-outage-")), find_bindir())
-    try:
-        own.init()
-        own.start()
+    with own_cluster("hsmstore-pg-outage-") as own:
         yield own
-    finally:
-        own.stop()
-        own.remove()
 
 
 def keep_calling(stub: pb_grpc.KeyStoreStub, key_id: str, load: Load) -> None:

@@ -23,7 +23,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,7 +37,7 @@ from hsmstore.config import EXIT_CONFIG, EXIT_DATABASE, EXIT_LISTEN, EXIT_RUNTIM
 from hsmstore.hsm import devtoken
 from tests.integration.harness import DEV_TOKEN_LABEL, ServerProcess, reason_of
 from tests.integration.mtls import Pki
-from tests.postgres import PostgresCluster, find_bindir
+from tests.postgres import PostgresCluster, own_cluster
 from tests.servers import descendants, proc_stat, serve_command
 
 pytestmark = pytest.mark.integration
@@ -434,14 +433,8 @@ def test_a_db_migrated_by_a_newer_hsmstore_exits_4(data_dir: Path) -> None:
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
     """A PostgreSQL cluster of this test's own: the test stops and starts it."""
-    own = PostgresCluster(Path(tempfile.mkdtemp(prefix="hsmstore-pg-start-")), find_bindir())
-    try:
-        own.init()
-        own.start()
+    with own_cluster("hsmstore-pg-start-") as own:
         yield own
-    finally:
-        own.stop()
-        own.remove()
 
 
 def test_a_postgresql_that_comes_up_during_the_wait_is_used(cluster: PostgresCluster, data_dir: Path) -> None:
