@@ -127,6 +127,38 @@ class UnsupportedOperationException(KMSError):
     reason = "UnsupportedOperationException"
 
 
+class CustomKeyStoreNotFoundException(KMSError):
+    """AWS: "no custom key store with the specified key store name or ID" (in the caller's tenant)."""
+
+    reason = "CustomKeyStoreNotFoundException"
+
+
+class CustomKeyStoreNameInUseException(KMSError):
+    """AWS: "the specified custom key store name is already assigned to another custom key store"."""
+
+    reason = "CustomKeyStoreNameInUseException"
+
+
+class CustomKeyStoreInvalidStateException(KMSError):
+    """AWS: the operation is not valid for the custom key store's ConnectionState
+    (Update or Delete while connected, CreateKey in a store that is not connected)."""
+
+    reason = "CustomKeyStoreInvalidStateException"
+
+
+class CustomKeyStoreHasCMKsException(KMSError):
+    """AWS: "the custom key store contains KMS keys"; DeleteCustomKeyStore refuses it."""
+
+    reason = "CustomKeyStoreHasCMKsException"
+
+
+class IncorrectTrustAnchorException(KMSError):
+    """AWS (CloudHSM key stores): the token named by an update is not the one the store was created
+    with. Here: UpdateCustomKeyStore names a token whose serial differs from the stored one."""
+
+    reason = "IncorrectTrustAnchorException"
+
+
 class TagException(KMSError):
     """AWS TagResource/UntagResource/CreateKey: a tag key or value is not valid."""
 

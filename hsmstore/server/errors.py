@@ -51,6 +51,12 @@ STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
     errors.DependencyUnavailableException: grpc.StatusCode.UNAVAILABLE,  # docs/api.md, "Additions"
     errors.UnsupportedOperationException: grpc.StatusCode.UNIMPLEMENTED,
     errors.TagException: grpc.StatusCode.INVALID_ARGUMENT,  # added to the contract's table
+    # Issue 17, custom key stores (docs/api.md, "Custom key stores"):
+    errors.CustomKeyStoreNotFoundException: grpc.StatusCode.NOT_FOUND,
+    errors.CustomKeyStoreNameInUseException: grpc.StatusCode.ALREADY_EXISTS,
+    errors.CustomKeyStoreInvalidStateException: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.CustomKeyStoreHasCMKsException: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.IncorrectTrustAnchorException: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

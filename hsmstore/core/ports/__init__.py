@@ -10,13 +10,17 @@ from hsmstore.core.ports.audit import AuditLog, AuditQuery, AuditSeal, AuditSeal
 from hsmstore.core.ports.authorization import AuthorizationStore, IdentityPolicyRecord
 from hsmstore.core.ports.clock import Clock, SystemClock
 from hsmstore.core.ports.key_store import (
+    ConnectedKeyStore,
     KeyMaterial,
+    KeyStoreConnectFailed,
+    KeyStoreConnector,
     KeyStores,
     RandomSource,
     SymmetricEncryption,
     SymmetricKeyStore,
 )
 from hsmstore.core.ports.metadata import AbandonedTokenObject, KnownTokenIds, MetadataStore
+from hsmstore.core.ports.secrets import SecretSealer
 from hsmstore.core.ports.store import Store
 
 __all__ = [
@@ -28,12 +32,16 @@ __all__ = [
     "AuditSink",
     "AuthorizationStore",
     "Clock",
+    "ConnectedKeyStore",
     "IdentityPolicyRecord",
     "KeyMaterial",
+    "KeyStoreConnectFailed",
+    "KeyStoreConnector",
     "KeyStores",
     "KnownTokenIds",
     "MetadataStore",
     "RandomSource",
+    "SecretSealer",
     "Store",
     "SymmetricEncryption",
     "SymmetricKeyStore",

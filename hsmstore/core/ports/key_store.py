@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from hsmstore.core.key_stores.model import ConnectionErrorCode, ConnectionStatus, TokenLocator
 from hsmstore.core.model import KeyMaterialRef
 
 
@@ -108,4 +109,49 @@ class KeyStores(Protocol):
 
     def all(self) -> Sequence[SymmetricKeyStore]:
         """Every key store, for health checks and the junk sweep."""
+        ...
+
+
+class ConnectedKeyStore(SymmetricKeyStore, Protocol):
+    """A custom key store's token as this process holds it (issue 17).
+
+    It reconnects by itself after an outage (capped exponential backoff, in
+    the background); meanwhile its calls answer
+    ``errors.DependencyUnavailableException`` at once rather than waiting.
+    """
+
+    def connection_status(self) -> ConnectionStatus:
+        """CONNECTED, or CONNECTING/FAILED with the cause while the token does not answer."""
+        ...
+
+    def close(self) -> None:
+        """Log out, close the sessions, stop reconnecting (DisconnectCustomKeyStore). Idempotent."""
+
+
+class KeyStoreConnectFailed(Exception):
+    """Opening a custom key store's token failed; ``code`` is what DescribeCustomKeyStores shows.
+
+    Not a ``KMSError``: ConnectCustomKeyStore succeeds and the store shows
+    FAILED with this code (AWS: the connection is asynchronous).
+    ``message`` names the setting to fix, never the PIN.
+    """
+
+    def __init__(self, code: ConnectionErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class KeyStoreConnector(Protocol):
+    """Opens custom key stores' tokens (hsm/ implements it over the configured PKCS#11 modules)."""
+
+    def check_locator(self, locator: TokenLocator) -> None:
+        """Raise ``errors.ValidationException`` if the module name is not configured or the profile
+        is unknown (CreateCustomKeyStore/UpdateCustomKeyStore validate before storing)."""
+
+    def open(self, key_store_id: str, locator: TokenLocator, pin: str) -> tuple[ConnectedKeyStore, str]:
+        """Log in to the token and return it with the token's serial; raise :class:`KeyStoreConnectFailed`.
+
+        Never retries a credential error (a wrong PIN retried locks the user out).
+        """
         ...
