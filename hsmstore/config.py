@@ -76,6 +76,9 @@ class Settings:
     pkcs11_module: str = ""  # empty: the dev SoftHSM2 token under data_dir
     token_label: str = ""
     pin_file: str = ""
+    # Issue 17: NAME=PATH,... of the PKCS#11 libraries custom key stores may use (by NAME only;
+    # parse_pkcs11_modules). With the dev token, softhsm2 (the dev token's library) is always allowed.
+    pkcs11_modules: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
@@ -276,7 +279,46 @@ def validate(settings: Settings) -> None:
     if settings.cpu_affinity and not hasattr(os, "sched_setaffinity"):
         raise refuse("cpu_affinity", "cpu_affinity needs Linux (sched_setaffinity)", "leave it off")
     _validate_token(settings)
+    _validate_pkcs11_modules(settings)
     _validate_quotas(settings)
+
+
+def _validate_pkcs11_modules(settings: Settings) -> None:
+    try:
+        parse_pkcs11_modules(settings.pkcs11_modules)
+    except ValueError as error:
+        raise ConfigError(
+            refusal(
+                settings,
+                "pkcs11_modules",
+                f"pkcs11_modules is not valid: {error}",
+                "give NAME=PATH pairs separated by commas, e.g. hsm=/opt/hsm/lib/libhsm_pkcs11.so",
+            )
+        ) from None
+
+
+def parse_pkcs11_modules(text: str) -> dict[str, str]:
+    """``NAME=PATH,...`` as a dict; ``ValueError`` names the first bad entry.
+
+    Issue 17: "a token ... in a PKCS#11 module that the server's configuration
+    allows (an API call never names a library path to load)". The path must be
+    an existing file, so a typo is found at start, not at the first Connect.
+    """
+    modules: dict[str, str] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        name, sep, path = (piece.strip() for piece in entry.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"{entry!r} is not NAME=PATH")
+        if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise ValueError(f"module name {name!r} must be letters, digits, - and _ (at most 64)")
+        if name in modules:
+            raise ValueError(f"module name {name!r} is given twice")
+        if not Path(path).is_file():
+            raise ValueError(f"{path} (module {name!r}) is not a file")
+        modules[name] = path
+    return modules
 
 
 def _validate_quotas(settings: Settings) -> None:

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--pin-file", dest="pin_file", help="file holding the user PIN (never give a PIN in argv)"
     )
+    serve.add_argument(
+        "--pkcs11-modules",
+        dest="pkcs11_modules",
+        metavar="NAME=PATH,...",
+        help="PKCS#11 libraries custom key stores may use, by the name CreateCustomKeyStore gives "
+        "(an API call never names a path); with the dev token, softhsm2 is always allowed",
+    )
     serve.add_argument("--tls-cert", dest="tls_cert")
     serve.add_argument("--tls-key", dest="tls_key")
     serve.add_argument(

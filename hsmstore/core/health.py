@@ -1,4 +1,9 @@
-"""Whether this server can answer: its key stores and metadata DB answer and every added check passes."""
+"""Whether this server can answer: its default key store and metadata DB answer and every added check passes.
+
+Issue 17: ``grpc.health.v1`` answers NOT_SERVING for the whole server only
+while the *default* key store is down; a custom key store's outage shows in
+DescribeCustomKeyStores and the logs, and the server keeps serving the rest.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,7 @@ class Health:
     def check_health(self) -> None:
         """Raise unless every dependency answers (the audit spool too: a call whose record
         cannot be written is refused, so a server that cannot write one is not serving)."""
-        for key_store in self._key_stores.all():
-            key_store.ping()
+        self._key_stores.default().ping()
         self._store.ping()
         for check in self._checks:
             check()

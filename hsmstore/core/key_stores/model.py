@@ -49,7 +49,7 @@ class ConnectionErrorCode(StrEnum):
     """
 
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
-    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
+    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"  # noqa: S105 - an error code, not a secret
     USER_LOCKED_OUT = "USER_LOCKED_OUT"
     USER_NOT_FOUND = "USER_NOT_FOUND"
     NETWORK_ERRORS = "NETWORK_ERRORS"

@@ -18,7 +18,12 @@ from hsmstore.core.keys.results import KeyDescription
 from hsmstore.core.keys.states import Operation, next_state
 from hsmstore.core.model import Caller, KeyRecord, KeyState
 from hsmstore.core.ports import Clock, KeyStores, MetadataStore
-from hsmstore.errors import KMSInternalException, ValidationException
+from hsmstore.errors import (
+    DependencyUnavailableException,
+    KMSInternalException,
+    KMSInvalidStateException,
+    ValidationException,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +103,24 @@ class KeyDeletion:
         for key in self._store.list_keys_to_destroy(self._clock.now(), JOB_BATCH_SIZE):
             if not self._store.begin_destruction(key.key_id):
                 continue
-            for record in self._store.list_destructions(key.key_id):
-                if record.destroyed_at is None:
-                    self._key_stores.key_store(record.key_store_id).destroy_key(record.material)
-                    self._failpoint("reaper.after_destroy_object")
-                    self._store.mark_version_destroyed(key.key_id, record.version, self._clock.now())
+            try:
+                self._destroy_material(key.key_id)
+            except (KMSInvalidStateException, DependencyUnavailableException) as exc:
+                # Issue 17: its custom key store is disconnected or its token does not answer; the
+                # key stays DESTROYING and the next run finishes it, the other keys go on now.
+                log.warning("key %s: its material cannot be destroyed yet: %s", key.key_id, exc.message)
+                continue
             self._store.delete_key(key.key_id, abandoned_at=self._clock.now())
             self._gate.forget_key(key.key_id)
             self._material.forget(key.key_id)
             log.info("destroyed key %s and its token objects", key.key_id)
             destroyed += 1
         return destroyed
+
+    def _destroy_material(self, key_id: str) -> None:
+        """Destroy each version's material not yet destroyed, marking each as it goes."""
+        for record in self._store.list_destructions(key_id):
+            if record.destroyed_at is None:
+                self._key_stores.key_store(record.key_store_id).destroy_key(record.material)
+                self._failpoint("reaper.after_destroy_object")
+                self._store.mark_version_destroyed(key_id, record.version, self._clock.now())
