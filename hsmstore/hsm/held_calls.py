@@ -12,11 +12,12 @@ one PKCS#11 call at a time, so releasing the GIL buys no token parallelism, and
 the calls are shorter than a hand-off.
 
 So the three request-path operations (random bytes, AES-GCM encrypt and
-decrypt) are called here through :class:`ctypes.PyDLL`, which keeps the GIL
-for the whole call (docs/hsm.md, "Threads and the process lock"), on the same
-library handle python-pkcs11 loaded (``dlopen`` of one path returns one
-handle, one module instance), with the session and key handles python-pkcs11
-opened and found. The GCM output length is known in advance (plaintext +
+decrypt) are called here through ``ctypes.PYFUNCTYPE`` prototypes, which keep
+the GIL for the whole call (docs/hsm.md, "Threads and the process lock"), on
+the function list of the module instance python-pkcs11 loaded
+(:mod:`hsmstore.hsm.function_list`: a module need export only
+``C_GetFunctionList``), with the session and key handles python-pkcs11 opened
+and found. The GCM output length is known in advance (plaintext +
 16-byte tag; at most the ciphertext for a decrypt), so ``C_Encrypt`` and
 ``C_Decrypt`` are called once, never with a NULL buffer first.
 
@@ -36,6 +37,7 @@ from typing import Any
 
 from pkcs11 import Mechanism
 
+from hsmstore.hsm.function_list import FunctionList
 from hsmstore.hsm.profiles import CK_GCM_PARAMS, GCM_IV_BYTES, GCM_TAG_BITS, GCM_TAG_BYTES
 from hsmstore.hsm.return_values import CKR_BUFFER_TOO_SMALL, CKR_OK, error_for
 
@@ -59,27 +61,18 @@ class GilHeldCalls:
     to the working session it checked out (see :class:`~hsmstore.hsm.session.TokenSessions`).
     """
 
-    def __init__(self, module_path: str) -> None:
-        library = ctypes.PyDLL(module_path)
-        self._generate_random = library.C_GenerateRandom
-        self._generate_random.argtypes = (_CK_ULONG, ctypes.c_char_p, _CK_ULONG)
-        self._generate_random.restype = _CK_ULONG
-        self._encrypt_init = library.C_EncryptInit
-        self._decrypt_init = library.C_DecryptInit
-        for init in (self._encrypt_init, self._decrypt_init):
-            init.argtypes = (_CK_ULONG, ctypes.POINTER(CK_MECHANISM), _CK_ULONG)
-            init.restype = _CK_ULONG
-        self._encrypt = library.C_Encrypt
-        self._decrypt = library.C_Decrypt
-        for crypt in (self._encrypt, self._decrypt):
-            crypt.argtypes = (
-                _CK_ULONG,
-                ctypes.c_char_p,
-                _CK_ULONG,
-                ctypes.c_char_p,
-                ctypes.POINTER(_CK_ULONG),
-            )
-            crypt.restype = _CK_ULONG
+    def __init__(self, functions: FunctionList) -> None:
+        """Bind the four calls from ``functions``, the module's function list
+        (:mod:`hsmstore.hsm.function_list`: a module need export no other symbol)."""
+        self._generate_random = functions.held(
+            "C_GenerateRandom", _CK_ULONG, _CK_ULONG, ctypes.c_char_p, _CK_ULONG
+        )
+        init_args = (_CK_ULONG, ctypes.POINTER(CK_MECHANISM), _CK_ULONG)
+        self._encrypt_init = functions.held("C_EncryptInit", _CK_ULONG, *init_args)
+        self._decrypt_init = functions.held("C_DecryptInit", _CK_ULONG, *init_args)
+        crypt_args = (_CK_ULONG, ctypes.c_char_p, _CK_ULONG, ctypes.c_char_p, ctypes.POINTER(_CK_ULONG))
+        self._encrypt = functions.held("C_Encrypt", _CK_ULONG, *crypt_args)
+        self._decrypt = functions.held("C_Decrypt", _CK_ULONG, *crypt_args)
 
     def generate_random(self, session: int, number_of_bytes: int) -> bytes:
         """``number_of_bytes`` from the token's RNG."""

@@ -36,15 +36,20 @@ sessions", "Threads and the process lock", "Fork", "Fault classes").
   :mod:`hsmstore.hsm.return_values`): on a token fault (session handle
   invalid, user not logged in, device/token errors, "not initialized", no
   token in any slot, a failing ``C_Initialize``) every session and cached
-  handle of the process is dropped, the library is finalized and initialized
-  again, the login is redone, and the call is retried: at once, then with
-  capped exponential backoff, for at most :data:`TOKEN_FAULT_RETRY_SECONDS`;
-  after that the call answers ``DependencyUnavailableException`` and the next
-  call tries again, so the process recovers by itself when the token returns.
-  A stale *object* handle (the key was destroyed, maybe by another process)
-  only drops that key's cache entries before one retry: re-initialising
-  re-reads the whole token, which is slow on a large one (docs/hsm.md,
-  "Library, login and sessions").
+  handle of the process on that module is dropped, the library is finalized
+  and initialized again, the login is redone, and the call is retried once,
+  at once. If that faults too the token is down: the call answers
+  ``DependencyUnavailableException``, later calls answer it at once, and a
+  background reconnector (:mod:`hsmstore.hsm.reconnect`) brings the token
+  back with capped exponential backoff (issue 17). A stale *object* handle
+  (the key was destroyed, maybe by another process) only drops that key's
+  cache entries before one retry: re-initialising re-reads the whole token,
+  which is slow on a large one (docs/hsm.md, "Library, login and sessions").
+* **Several tokens per module.** Logins are kept per token (by label or
+  serial, :class:`TokenSelector`), so two tokens of one module each have their
+  own login and sessions under the module's one gate; a reset for one token
+  drops the others' sessions too, and their next call opens new ones
+  (epochs) without failing (docs/hsm.md, "Several tokens in one process").
 * **Object store changes are serialised.** Even in ``os_locking`` mode,
   creating, destroying and searching token objects take one per-module lock
   (:attr:`TokenSessions.object_store_lock`; docs/hsm.md, "Threads and the
@@ -75,8 +80,11 @@ import pkcs11
 from pkcs11 import exceptions as pkcs11_errors
 
 from hsmstore import errors
+from hsmstore.core.key_stores.model import ConnectionErrorCode, ConnectionStatus
+from hsmstore.hsm.function_list import FunctionList, FunctionListUnavailable, function_list_of
 from hsmstore.hsm.held_calls import GilHeldCalls
 from hsmstore.hsm.profiles import HsmProfile, ThreadingMode
+from hsmstore.hsm.reconnect import TokenHealth, connection_error_code, credential_error_code
 from hsmstore.hsm.return_values import CKR_BUFFER_TOO_SMALL, CKR_OK, Fault, error_for, fault_of, name_of
 
 if TYPE_CHECKING:
@@ -88,6 +96,11 @@ log = logging.getLogger(__name__)
 
 CKF_OS_LOCKING_OK = 0x00000002
 """PKCS#11 v2.40 §5.4: "the library can use the native operating system threading model for locking"."""
+
+HUNG_CALL_SECONDS = 5.0
+"""A call inside the module longer than this marks its tokens down (a "timeout"): new calls answer
+at once instead of queueing on the module's gate, and the reconnector re-initialises once the
+call returns. Longer than any legitimate call (a 20,000-object rescan took 2.4 s, docs/hsm.md)."""
 
 DEFAULT_OS_LOCKING_SESSIONS = 16
 """Pool size in ``os_locking`` mode when the caller does not say (a gRPC pool's threads)."""
@@ -101,17 +114,6 @@ DEFAULT_OS_LOCKING_SESSIONS = 16
 # A wrong PIN or a missing module is not retried.
 OPEN_ALSO_RETRIES: tuple[type[pkcs11_errors.PKCS11Error], ...] = (pkcs11_errors.GeneralError,)
 TRANSIENT_OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
-
-TOKEN_FAULT_RETRY_SECONDS = 2.0
-"""How long one call keeps re-initialising after token faults before it answers
-``DependencyUnavailableException``: bounded, so a call never hangs on a lost token.
-Once a call has given up, later calls (and the health check's ping) make one
-re-initialisation each and answer at once until the token answers again, so
-the process recovers by itself without holding every request for the budget."""
-TOKEN_FAULT_FIRST_DELAY = 0.05
-TOKEN_FAULT_MAX_DELAY = 0.5
-"""Capped exponential backoff between re-initialisations within one call
-(the first retry follows the fault at once: a lost session usually just needs one)."""
 
 
 class CK_C_INITIALIZE_ARGS(ctypes.Structure):  # noqa: N801 - the PKCS#11 type name
@@ -174,6 +176,28 @@ def fault_kind(exc: pkcs11_errors.PKCS11Error) -> Fault:
     if isinstance(exc, TokenViewStale | LibraryNotInitialized):
         return Fault.TOKEN_FAULT
     return fault_of(exc)
+
+
+class _DirectCalls:
+    """The calls the adapter makes itself, releasing the GIL like python-pkcs11 does.
+
+    Bound from the module's function list, never looked up as symbols
+    (:mod:`hsmstore.hsm.function_list`).
+    """
+
+    def __init__(self, functions: FunctionList) -> None:
+        ulong = ctypes.c_ulong
+        attributes = ctypes.POINTER(CK_ATTRIBUTE)
+        self.C_Initialize = functions.released("C_Initialize", ulong, ctypes.POINTER(CK_C_INITIALIZE_ARGS))
+        self.C_Finalize = functions.released("C_Finalize", ulong, ctypes.c_void_p)
+        self.C_GetAttributeValue = functions.released(
+            "C_GetAttributeValue", ulong, ulong, ulong, attributes, ulong
+        )
+        self.C_FindObjectsInit = functions.released("C_FindObjectsInit", ulong, ulong, attributes, ulong)
+        self.C_FindObjects = functions.released(
+            "C_FindObjects", ulong, ulong, ctypes.POINTER(ulong), ulong, ctypes.POINTER(ulong)
+        )
+        self.C_FindObjectsFinal = functions.released("C_FindObjectsFinal", ulong, ulong)
 
 
 class _CallGate(Protocol):
@@ -242,6 +266,30 @@ class _SharedExclusiveGate:
                 self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class TokenSelector:
+    """A token by label or by serial (issue 17: a custom key store names either); exactly one is set."""
+
+    label: str | None = None
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.label is None) == (self.serial is None) or not (self.label or self.serial):
+            raise ValueError("name a token by exactly one of a non-empty label or serial")
+
+    @property
+    def key(self) -> str:
+        """The login registry's key: one login per token and way of naming it."""
+        return f"label:{self.label}" if self.label is not None else f"serial:{self.serial}"
+
+    def __str__(self) -> str:
+        return repr(self.label) if self.label is not None else f"with serial {self.serial!r}"
+
+    def labelled(self) -> str:
+        """``is labelled 'x'`` / ``has serial 'y'``, for messages."""
+        return f"is labelled {self.label!r}" if self.label is not None else f"has serial {self.serial!r}"
+
+
 @dataclass(eq=False)
 class _Login:
     """The one PIN session of a token in this process, for one library epoch."""
@@ -272,10 +320,12 @@ class Pkcs11Module:
         self.object_store_lock = threading.Lock()
         self._logins: dict[str, _Login] = {}
         self._login_holders: dict[str, int] = {}
-        self._cdll: ctypes.CDLL | None = None
+        self._cdll: _DirectCalls | None = None
+        self.calls_in_flight: dict[int, float] = {}
+        """thread id -> when its call entered the module (holding the gate); for the hung-call check."""
+        self._function_list: FunctionList | None = None
         self._init_args: CK_C_INITIALIZE_ARGS | None = None
         self._held_calls: GilHeldCalls | None = None
-        self.unreachable_since: float | None = None
 
     @property
     def held_calls(self) -> GilHeldCalls | None:
@@ -284,7 +334,7 @@ class Pkcs11Module:
         if self.mode is not ThreadingMode.GLOBAL_LOCK:
             return None
         if self._held_calls is None:
-            self._held_calls = GilHeldCalls(self.path)
+            self._held_calls = GilHeldCalls(self.function_list)
         return self._held_calls
 
     # -- initialisation (caller holds the gate exclusively, or is the only user) --
@@ -326,28 +376,21 @@ class Pkcs11Module:
         re-initialises, the others find the epoch already moved on.
         """
         with self.gate.exclusive():
-            if self.epoch != seen_epoch and self.initialized:
-                return
-            self.epoch += 1
-            self.finalize_quietly()
-            self.initialize()
+            if (self.epoch != seen_epoch and self.initialized) or self.users == 0:
+                return  # another thread reset it since; or every user has closed (a late reconnector)
+            caller = threading.get_ident()
+            self.calls_in_flight[caller] = time.monotonic()  # C_Initialize of a network HSM can hang too
+            try:
+                self.epoch += 1
+                self.finalize_quietly()
+                self.initialize()
+            finally:
+                self.calls_in_flight.pop(caller, None)
 
-    def note_unreachable(self, token_label: str, cause: str) -> None:
-        """Log once per outage that calls now answer DependencyUnavailableException."""
-        if self.unreachable_since is None:
-            self.unreachable_since = time.monotonic()
-            log.warning(
-                "PKCS#11 token %r does not answer (%s); calls answer DependencyUnavailableException "
-                "and each new call re-initialises the library until it does",
-                token_label,
-                cause,
-            )
-
-    def note_reachable(self, token_label: str) -> None:
-        since = self.unreachable_since
-        if since is not None:
-            self.unreachable_since = None
-            log.warning("PKCS#11 token %r answers again after %.1f s", token_label, time.monotonic() - since)
+    def stuck_seconds(self) -> float:
+        """How long the oldest call now inside the module has been there (0 when none is)."""
+        started = self.calls_in_flight.copy().values()  # dict.copy is atomic under the GIL
+        return time.monotonic() - min(started) if started else 0.0
 
     def ensure_initialized(self) -> None:
         if not self.initialized:
@@ -356,33 +399,16 @@ class Pkcs11Module:
                     self.epoch += 1
                     self.initialize()
 
-    def _c_library(self) -> ctypes.CDLL:
+    @property
+    def function_list(self) -> FunctionList:
+        """The function list of the instance python-pkcs11 loaded (:mod:`hsmstore.hsm.function_list`)."""
+        if self._function_list is None:
+            self._function_list = function_list_of(self.lib, self.path)
+        return self._function_list
+
+    def _c_library(self) -> _DirectCalls:
         if self._cdll is None:
-            # dlopen of the same path returns the same handle: the same module instance
-            cdll = ctypes.CDLL(self.path)
-            cdll.C_Initialize.argtypes = [ctypes.POINTER(CK_C_INITIALIZE_ARGS)]
-            cdll.C_Initialize.restype = ctypes.c_ulong
-            cdll.C_Finalize.argtypes = [ctypes.c_void_p]
-            cdll.C_Finalize.restype = ctypes.c_ulong
-            cdll.C_GetAttributeValue.argtypes = [
-                ctypes.c_ulong,
-                ctypes.c_ulong,
-                ctypes.POINTER(CK_ATTRIBUTE),
-                ctypes.c_ulong,
-            ]
-            cdll.C_GetAttributeValue.restype = ctypes.c_ulong
-            cdll.C_FindObjectsInit.argtypes = [ctypes.c_ulong, ctypes.POINTER(CK_ATTRIBUTE), ctypes.c_ulong]
-            cdll.C_FindObjectsInit.restype = ctypes.c_ulong
-            cdll.C_FindObjects.argtypes = [
-                ctypes.c_ulong,
-                ctypes.POINTER(ctypes.c_ulong),
-                ctypes.c_ulong,
-                ctypes.POINTER(ctypes.c_ulong),
-            ]
-            cdll.C_FindObjects.restype = ctypes.c_ulong
-            cdll.C_FindObjectsFinal.argtypes = [ctypes.c_ulong]
-            cdll.C_FindObjectsFinal.restype = ctypes.c_ulong
-            self._cdll = cdll
+            self._cdll = _DirectCalls(self.function_list)
         return self._cdll
 
     def find_handles(self, session: int, match: dict[int, int]) -> list[int]:
@@ -460,19 +486,27 @@ class Pkcs11Module:
 
     # -- login (one PIN session per token and epoch) --
 
-    def find_token(self, token_label: str) -> Token:
-        """The token with this label (SoftHSM reassigns slot ids: always look up by label)."""
-        token: Token = self.lib.get_token(token_label=token_label)
+    def find_token(self, selector: TokenSelector) -> Token:
+        """The token by label or serial (SoftHSM reassigns slot ids: never by slot)."""
+        token: Token
+        if selector.label is not None:
+            token = self.lib.get_token(token_label=selector.label)
+        else:
+            token = self.lib.get_token(token_serial=(selector.serial or "").encode())
         return token
 
-    def ensure_login(self, token_label: str, pin: str) -> Token:
-        """Log in to the token once for this epoch; return the token. Caller holds ``gate.shared``."""
+    def ensure_login(self, selector: TokenSelector, pin: str) -> Token:
+        """Log in to the token once for this epoch; return the token. Caller holds ``gate.shared``.
+
+        Logins are per token: two tokens of one module each have their own
+        (docs/hsm.md, "Several tokens in one process").
+        """
         with self._login_lock:
-            login = self._logins.get(token_label)
+            login = self._logins.get(selector.key)
             if login is not None and login.epoch == self.epoch:
                 token: Token = login.session.token
                 return token
-            token = self.find_token(token_label)
+            token = self.find_token(selector)
             try:
                 session = token.open(rw=True, user_pin=pin)  # C_OpenSession + C_Login(CKU_USER)
             except pkcs11_errors.UserAlreadyLoggedIn:
@@ -480,22 +514,22 @@ class Pkcs11Module:
                 # state is per application, so it is ours too. python-pkcs11 has
                 # already lost that C_OpenSession's handle: nothing to close.
                 session = token.open(rw=True)
-            self._logins[token_label] = _Login(session=session, epoch=self.epoch)
+            self._logins[selector.key] = _Login(session=session, epoch=self.epoch)
             return token
 
-    def hold_login(self, token_label: str) -> None:
+    def hold_login(self, selector: TokenSelector) -> None:
         with self._login_lock:
-            self._login_holders[token_label] = self._login_holders.get(token_label, 0) + 1
+            self._login_holders[selector.key] = self._login_holders.get(selector.key, 0) + 1
 
-    def release_login(self, token_label: str) -> None:
+    def release_login(self, selector: TokenSelector) -> None:
         """The last holder of a token's login logs out (``Session.close`` does C_Logout)."""
         with self.gate.exclusive(), self._login_lock:
-            holders = self._login_holders.get(token_label, 0) - 1
+            holders = self._login_holders.get(selector.key, 0) - 1
             if holders > 0:
-                self._login_holders[token_label] = holders
+                self._login_holders[selector.key] = holders
                 return
-            self._login_holders.pop(token_label, None)
-            login = self._logins.pop(token_label, None)
+            self._login_holders.pop(selector.key, None)
+            login = self._logins.pop(selector.key, None)
             if login is not None and login.epoch == self.epoch and self.initialized:
                 with suppress(pkcs11_errors.PKCS11Error):
                     login.session.close()
@@ -535,8 +569,12 @@ def acquire_module(path: str, mode: ThreadingMode) -> Pkcs11Module:
             module.finalize_quietly()
             _modules[path] = module
         if module is None:
-            lib = pkcs11.lib(path)  # dlopen + C_Initialize(NULL) + C_GetInfo
+            lib = pkcs11.lib(path)  # dlopen + C_GetFunctionList + C_Initialize(NULL) + C_GetInfo
             module = Pkcs11Module(path, mode, lib)
+            try:
+                module.function_list  # noqa: B018 - checked now: a bad module fails at open, not mid-call
+            except FunctionListUnavailable as exc:
+                raise pkcs11_errors.PKCS11Error(f"Unusable PKCS#11 module: {exc}") from None
             _modules[path] = module
         if module.users == 0:
             if module.mode is not mode or (mode is ThreadingMode.OS_LOCKING and module.lib.initialized):
@@ -545,7 +583,6 @@ def acquire_module(path: str, mode: ThreadingMode) -> Pkcs11Module:
                 module.gate = _new_gate(mode)
             module.initialize()
             module.epoch += 1
-            module.unreachable_since = None
         elif module.mode is not mode:
             raise errors.KMSInternalException(
                 f"the PKCS#11 module is already in use in {module.mode.value} mode in this process"
@@ -580,10 +617,18 @@ class TokenOpenFailed(errors.KMSInternalException):
     not secrets, and listing them is the fix for a typo.
     """
 
-    def __init__(self, message: str, failure: OpenFailure, labels: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        failure: OpenFailure,
+        labels: tuple[str, ...] = (),
+        code: ConnectionErrorCode = ConnectionErrorCode.INTERNAL_ERROR,
+    ) -> None:
         super().__init__(message)
         self.failure = failure
         self.labels = labels
+        self.code = code
+        """What a custom key store shows (issue 17's ConnectionErrorCode analogues)."""
 
 
 def _token_labels(module: Pkcs11Module) -> tuple[str, ...]:
@@ -597,19 +642,28 @@ def _token_labels(module: Pkcs11Module) -> tuple[str, ...]:
     return tuple(sorted(token.label for token in tokens if token.label))
 
 
-def _open_failure(exc: pkcs11_errors.PKCS11Error, token_label: str) -> tuple[str, OpenFailure]:
+_PIN_FAILURES: tuple[tuple[tuple[type[pkcs11_errors.PKCS11Error], ...], str], ...] = (
+    ((pkcs11_errors.PinLocked,), "the PIN of token {token} is locked"),
+    (
+        (pkcs11_errors.PinIncorrect, pkcs11_errors.PinInvalid, pkcs11_errors.PinLenRange),
+        "token {token} rejected the PIN",
+    ),
+    ((pkcs11_errors.PinExpired,), "the PIN of token {token} has expired"),
+    ((pkcs11_errors.UserPinNotInitialized,), "token {token} has no user PIN set"),
+)
+
+
+def _open_failure(exc: pkcs11_errors.PKCS11Error, token: TokenSelector) -> tuple[str, OpenFailure]:
     """A fixed message per cause: never the library's text, never the PIN."""
     if isinstance(exc, pkcs11_errors.NoSuchToken):
-        return f"no PKCS#11 token is labelled {token_label!r}", OpenFailure.LABEL
+        return f"no PKCS#11 token {token.labelled()}", OpenFailure.LABEL
     if isinstance(exc, pkcs11_errors.MultipleTokensReturned):
-        return f"several PKCS#11 tokens are labelled {token_label!r}", OpenFailure.LABEL
-    if isinstance(exc, pkcs11_errors.PinLocked):
-        return f"the PIN of token {token_label!r} is locked", OpenFailure.PIN
-    if isinstance(exc, pkcs11_errors.PinIncorrect | pkcs11_errors.PinInvalid | pkcs11_errors.PinLenRange):
-        return f"token {token_label!r} rejected the PIN", OpenFailure.PIN
-    if isinstance(exc, pkcs11_errors.PinExpired):
-        return f"the PIN of token {token_label!r} has expired", OpenFailure.PIN
-    return f"cannot open a session on token {token_label!r}", OpenFailure.OTHER
+        plural = "are labelled" if token.label is not None else "have serial"
+        return f"several PKCS#11 tokens {plural} {token.label or token.serial!r}", OpenFailure.LABEL
+    for error_classes, what in _PIN_FAILURES:
+        if isinstance(exc, error_classes):
+            return what.format(token=token), OpenFailure.PIN
+    return f"cannot open a session on token {token}", OpenFailure.OTHER
 
 
 @dataclass(eq=False)
@@ -641,11 +695,22 @@ class TokenSessions:
     """
 
     def __init__(
-        self, module: Pkcs11Module, token_label: str, pin: str, profile: HsmProfile, max_sessions: int
+        self,
+        module: Pkcs11Module,
+        token: str | TokenSelector,
+        pin: str,
+        profile: HsmProfile,
+        max_sessions: int,
+        hung_call_seconds: float = HUNG_CALL_SECONDS,
     ) -> None:
         self._module = module
-        self._token_label = token_label
+        self._hung_call_seconds = hung_call_seconds
+        self._token = token if isinstance(token, TokenSelector) else TokenSelector(label=token)
         self._pin = pin
+        self._label_seen: str | None = self._token.label
+        self._serial: str | None = None
+        self._health = TokenHealth(str(self._token), self._reconnect_once)
+        self._failed_epoch = -1  # the module epoch the last reconnect attempt failed in
         self.profile = profile
         self._pid = os.getpid()
         self._closed = False
@@ -667,11 +732,19 @@ class TokenSessions:
         cls,
         profile: HsmProfile,
         module_path: str,
-        token_label: str,
+        token: str | TokenSelector,
         pin: str,
         max_sessions: int | None = None,
+        *,
+        hung_call_seconds: float = HUNG_CALL_SECONDS,
     ) -> TokenSessions:
-        """Load the module, log in to the token (once per process), open a working session."""
+        """Load the module, log in to the token (once per process), open a working session.
+
+        ``token`` is a label, or a :class:`TokenSelector` (label or serial).
+        Only transient faults are retried here; a refused PIN is tried exactly
+        once (every failed C_Login counts towards the token's lockout).
+        """
+        selector = token if isinstance(token, TokenSelector) else TokenSelector(label=token)
         if profile.threading_mode is ThreadingMode.GLOBAL_LOCK:
             max_sessions = 1  # every call is serialised anyway
         elif max_sessions is None:
@@ -683,10 +756,12 @@ class TokenSessions:
                 module = acquire_module(module_path, profile.threading_mode)
             except pkcs11_errors.PKCS11Error:
                 raise TokenOpenFailed(
-                    "cannot load or initialise the PKCS#11 module", OpenFailure.MODULE
+                    "cannot load or initialise the PKCS#11 module",
+                    OpenFailure.MODULE,
+                    code=ConnectionErrorCode.MODULE_NOT_LOADED,
                 ) from None
-            sessions = cls(module, token_label, pin, profile, max_sessions)
-            module.hold_login(token_label)
+            sessions = cls(module, selector, pin, profile, max_sessions, hung_call_seconds)
+            module.hold_login(selector)
             try:
                 # login + first working session, now rather than on first use
                 sessions.run(lambda ws: None, retry_faults=False)
@@ -698,8 +773,9 @@ class TokenSessions:
                 # passing glitch (which hides the token store as a whole); fail at once (issue 16).
                 transient = transient and not labels
                 if delay is None or not transient:
-                    message, failure = _open_failure(exc, token_label)
-                    raise TokenOpenFailed(message, failure, labels) from None
+                    message, failure = _open_failure(exc, selector)
+                    code = connection_error_code(exc, ConnectionErrorCode.TOKEN_NOT_FOUND)
+                    raise TokenOpenFailed(message, failure, labels, code) from None
                 time.sleep(delay)
                 continue
             except BaseException:
@@ -709,14 +785,32 @@ class TokenSessions:
         raise AssertionError("unreachable")
 
     def __repr__(self) -> str:  # never the PIN
-        return f"<TokenSessions token={self._token_label!r} mode={self._module.mode.value}>"
+        return f"<TokenSessions token={self._token} mode={self._module.mode.value}>"
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("PKCS#11 sessions cannot be pickled; open a vault in each process")
 
     @property
     def token_label(self) -> str:
-        return self._token_label
+        """The token's label (as named, or as the token reported it when named by serial)."""
+        return self._label_seen or ""
+
+    @property
+    def token_serial(self) -> str | None:
+        """The serial the token reported at the last login (issue 17: what an open reports)."""
+        return self._serial
+
+    @property
+    def token(self) -> TokenSelector:
+        return self._token
+
+    @property
+    def health(self) -> TokenHealth:
+        """CONNECTED / CONNECTING / FAILED and the reconnector (:mod:`hsmstore.hsm.reconnect`)."""
+        return self._health
+
+    def connection_status(self) -> ConnectionStatus:
+        return self._health.status
 
     @property
     def threading_mode(self) -> ThreadingMode:
@@ -758,32 +852,40 @@ class TokenSessions:
     def run(
         self, op: Callable[[WorkingSession], T], *, key_id: bytes | None = None, retry_faults: bool = True
     ) -> T:
-        """Call ``op`` with a working session; recover from token faults and retry.
+        """Call ``op`` with a working session; recover from token faults, or answer at once.
 
         By the fault class of :mod:`hsmstore.hsm.return_values`: a stale object
-        handle drops ``key_id``'s cache entries and retries once; a token fault
-        re-initialises the library (new sessions, new login) and retries with
-        capped exponential backoff for at most :data:`TOKEN_FAULT_RETRY_SECONDS`,
-        then raises ``DependencyUnavailableException``; a ``TokenViewStale``
-        rescans once. Caller errors and fatal errors propagate unchanged
-        (``PKCS11Error``), as do faults when ``retry_faults`` is False (opening
-        has its own retries and messages).
+        handle drops ``key_id``'s cache entries and retries once; a
+        ``TokenViewStale`` rescans once. A token fault re-initialises the module
+        and retries at once, one time (a lost session costs no error); if that
+        faults too, the token is down: the call raises
+        ``DependencyUnavailableException`` and the token's reconnector takes
+        over (:mod:`hsmstore.hsm.reconnect`). While it is down, or FAILED
+        after a refused login, every call raises at once without touching the
+        token (issue 17: "fail within 100 ms ... never hang"). A refused login
+        (the PIN changed meanwhile) makes it FAILED and is never retried.
+        Caller errors and fatal errors propagate unchanged (``PKCS11Error``), as
+        do faults when ``retry_faults`` is False (opening has its own retries
+        and messages).
         """
         self._check_usable()
-        deadline: float | None = None
-        delay = TOKEN_FAULT_FIRST_DELAY
-        stale_retried = rescanned = False
+        if retry_faults:
+            self._health.check()
+            self._check_not_hung()
+        stale_retried = rescanned = reset_once = False
         while True:
             seen_epoch = self._module.epoch
             try:
                 self._module.ensure_initialized()
                 with self._checked_out() as ws:
                     seen_epoch = ws.epoch
-                    result = op(ws)
-                self._module.note_reachable(self._token_label)
-                return result
+                    return op(ws)
             except pkcs11_errors.PKCS11Error as exc:
                 kind = fault_kind(exc)
+                refused = credential_error_code(exc)
+                if refused is not None and retry_faults:
+                    self._health.refused_login(refused)
+                    raise self._health.unavailable() from None
                 if kind is Fault.STALE_HANDLE and not stale_retried:
                     stale_retried = True
                     if key_id is not None:
@@ -797,21 +899,37 @@ class TokenSessions:
                     rescanned = True
                 elif kind is not Fault.TOKEN_FAULT or not retry_faults:
                     raise
-                now = time.monotonic()
-                if deadline is None:
-                    # Known down already: one re-initialisation per call, then answer at once.
-                    down = self._module.unreachable_since is not None
-                    deadline = now + (0.0 if down else TOKEN_FAULT_RETRY_SECONDS)
-                elif now >= deadline:
-                    self._module.note_unreachable(self._token_label, name_of(exc))
-                    raise errors.DependencyUnavailableException(
-                        f"the HSM token {self._token_label!r} does not answer; retry the call later"
-                    ) from None
+                elif reset_once or self._health.down:
+                    self._failed_epoch = self._module.epoch
+                    self._health.went_down(name_of(exc))
+                    raise self._health.unavailable() from None
                 else:
-                    time.sleep(min(delay, deadline - now))
-                    delay = min(delay * 2, TOKEN_FAULT_MAX_DELAY)
+                    reset_once = True
                 with suppress(pkcs11_errors.PKCS11Error):  # left uninitialised: the next attempt retries
                     self._module.reset(seen_epoch)
+
+    def _check_not_hung(self) -> None:
+        """A call stuck inside the module longer than the bound holds its gate: rather than queue
+        behind it (issue 17: "never hang for a gRPC deadline"), answer at once and reconnect
+        once it lets go."""
+        stuck = self._module.stuck_seconds()
+        if stuck > self._hung_call_seconds:
+            self._failed_epoch = self._module.epoch
+            self._health.went_down(f"timeout: a call has been inside the module for {stuck:.1f} s")
+            raise self._health.unavailable()
+
+    def _reconnect_once(self) -> None:
+        """One attempt of the reconnector: re-initialise the module (unless another thread did
+        since the last failed attempt), log in, open a working session. Raises on failure."""
+        self._check_usable()
+        try:
+            self._module.reset(self._failed_epoch)
+            self._module.ensure_initialized()
+            with self._checked_out():
+                pass
+        except pkcs11_errors.PKCS11Error:
+            self._failed_epoch = self._module.epoch
+            raise
 
     def set_session_initializer(self, initializer: Callable[[WorkingSession], None]) -> None:
         """Run ``initializer`` on every working session before its next use, and on every
@@ -833,6 +951,7 @@ class TokenSessions:
         if self._closed:
             return
         self._closed = True
+        self._health.close()  # never while holding the gate: an attempt in progress needs it
         module = self._module
         if self._pid == os.getpid():
             with module.gate.exclusive(), self._pool_lock:
@@ -842,7 +961,7 @@ class TokenSessions:
                             ws.session.close()  # opened without PIN: C_CloseSession only, no C_Logout
                 self._all.clear()
                 self._idle.clear()
-            module.release_login(self._token_label)
+            module.release_login(self._token)
             release_module(module)
 
     # -- internals --
@@ -857,19 +976,25 @@ class TokenSessions:
 
     @contextmanager
     def _checked_out(self) -> Iterator[WorkingSession]:
+        in_flight = self._module.calls_in_flight
         with self._slots, self._module.gate.shared():
-            if self._closed:
-                raise errors.KMSInternalException("the HSM connection is closed")
-            ws = self._take_session()
+            caller = threading.get_ident()
+            in_flight[caller] = time.monotonic()
             try:
-                if ws.needs_initializer and self._initializer is not None:
-                    self._initializer(ws)
-                ws.needs_initializer = False
-                yield ws
+                if self._closed:
+                    raise errors.KMSInternalException("the HSM connection is closed")
+                ws = self._take_session()
+                try:
+                    if ws.needs_initializer and self._initializer is not None:
+                        self._initializer(ws)
+                    ws.needs_initializer = False
+                    yield ws
+                finally:
+                    with self._pool_lock:
+                        if ws.epoch == self._module.epoch and ws in self._all:
+                            self._idle.append(ws)
             finally:
-                with self._pool_lock:
-                    if ws.epoch == self._module.epoch and ws in self._all:
-                        self._idle.append(ws)
+                in_flight.pop(caller, None)
 
     def _take_session(self) -> WorkingSession:
         """An idle session of the current epoch, or a new one (we hold a pool slot)."""
@@ -880,7 +1005,9 @@ class TokenSessions:
                 self._pool_epoch = epoch
             if self._idle:
                 return self._idle.pop()
-        token = self._module.ensure_login(self._token_label, self._pin)
+        token = self._module.ensure_login(self._token, self._pin)
+        if self._serial is None or self._label_seen is None:
+            self._serial, self._label_seen = token.serial.decode(errors="replace"), token.label
         session = token.open(rw=True)  # no PIN: inherits the process's login
         ws = WorkingSession(session=session, epoch=epoch)
         with self._pool_lock:

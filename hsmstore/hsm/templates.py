@@ -150,3 +150,39 @@ def audit_seal_template(*, lock_object: bool = True) -> dict[Attribute, Any]:
     if lock_object:
         template.update(LOCKED_OBJECT_FLAGS)
     return template
+
+
+# -- the secrets key (hsm/secret_sealer.py) -------------------------------------
+
+SECRETS_KEY_ID: Final = b"hsmstore:secrets:v1"
+"""CKA_ID of the default token's AES key that seals small secrets kept in the DB
+(custom key store PINs, SigV4 secret access keys). Not 16 bytes, like
+:data:`AUDIT_SEAL_ID`: it can never collide with a key version's ``token_id``."""
+
+SECRETS_KEY_LABEL_PREFIX: Final = "hsmstore/secrets/"
+"""Followed by 16 random hex digits: after a first-use race, every process
+chooses the secrets key with the smallest label (hsm/secret_sealer.py)."""
+
+SECRETS_KEY_BITS: Final = 256
+
+SECRETS_KEY_FLAGS: Final[dict[Attribute, bool]] = {
+    **KEY_VERSION_FLAGS,  # ENCRYPT and DECRYPT only, sensitive, never extractable
+}
+"""The secrets key is an AES-256-GCM key like a key version: the same flags, for the same reasons."""
+
+
+def secrets_key_template(label: str, *, lock_object: bool = True) -> dict[Attribute, Any]:
+    """The full ``C_GenerateKey`` template of the secrets key (CKK_AES, 256 bits)."""
+    if not label.startswith(SECRETS_KEY_LABEL_PREFIX) or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"a secrets key label starts with {SECRETS_KEY_LABEL_PREFIX!r}")
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.VALUE_LEN: SECRETS_KEY_BITS // 8,
+        Attribute.LABEL: label,
+        Attribute.ID: SECRETS_KEY_ID,
+    }
+    template.update(SECRETS_KEY_FLAGS)
+    if lock_object:
+        template.update(LOCKED_OBJECT_FLAGS)
+    return template

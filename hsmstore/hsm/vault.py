@@ -52,6 +52,7 @@ from pkcs11 import exceptions as pkcs11_errors
 from pkcs11.types import DecryptMixin, EncryptMixin
 
 from hsmstore import errors
+from hsmstore.core.key_stores.model import ConnectionStatus
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm import templates
 from hsmstore.hsm.audit_sealer import TokenAuditSealer
@@ -64,7 +65,14 @@ from hsmstore.hsm.profiles import (
     gcm_encrypt_param,
 )
 from hsmstore.hsm.return_values import Fault
-from hsmstore.hsm.session import TokenSessions, TokenViewStale, WorkingSession, fault_kind
+from hsmstore.hsm.session import (
+    HUNG_CALL_SECONDS,
+    TokenSelector,
+    TokenSessions,
+    TokenViewStale,
+    WorkingSession,
+    fault_kind,
+)
 from hsmstore.hsm.token_calls import (
     ThreadSafeCounter,
     TokenCallObserver,
@@ -137,11 +145,12 @@ class Pkcs11KeyVault:
         cls,
         profile: HsmProfile,
         module_path: str | None,
-        token_label: str,
+        token_label: str | TokenSelector,
         pin: str,
         *,
         max_sessions: int | None = None,
         key_store_id: str = DEFAULT_KEY_STORE_ID,
+        hung_call_seconds: float = HUNG_CALL_SECONDS,
     ) -> Pkcs11KeyVault:
         """Load the module (``profile.default_module_path`` when None), log in, open a session.
 
@@ -149,6 +158,10 @@ class Pkcs11KeyVault:
         CloudHSM: ``cloudhsm_pin(user, password)``). ``max_sessions`` bounds
         the session pool in ``os_locking`` mode. ``key_store_id`` is the id the
         metadata DB gives this token's key store (``KeyMaterialRef.key_store_id``).
+        ``token_label`` may be a :class:`~hsmstore.hsm.session.TokenSelector`
+        (a custom key store's token, by label or serial). ``hung_call_seconds``
+        bounds how long a call may sit inside the module before the token is
+        treated as down (hsm/session.py ``HUNG_CALL_SECONDS``).
         Raises ``ValueError`` for a malformed PIN or an empty label or id, and
         ``KMSInternalException`` when the module, token or login fails; neither
         message holds the PIN.
@@ -159,7 +172,12 @@ class Pkcs11KeyVault:
         if not key_store_id:
             raise ValueError("key_store_id must not be empty")
         sessions = TokenSessions.open(
-            profile, module_path or profile.default_module_path, token_label, pin, max_sessions
+            profile,
+            module_path or profile.default_module_path,
+            token_label,
+            pin,
+            max_sessions,
+            hung_call_seconds=hung_call_seconds,
         )
         return cls(sessions, key_store_id)
 
@@ -187,10 +205,25 @@ class Pkcs11KeyVault:
         """The id the metadata DB gives this key store; it takes references to no other."""
         return self._key_store_id
 
+    @property
+    def token_serial(self) -> str | None:
+        """The serial the token reported when this process logged in (issue 17)."""
+        return self._sessions.token_serial
+
+    def connection_status(self) -> ConnectionStatus:
+        """CONNECTED, or CONNECTING/FAILED with the cause while the token does not answer
+        (``ConnectedKeyStore``, issue 17; hsm/reconnect.py)."""
+        return self._sessions.connection_status()
+
     def observe_token_calls(self, observer: TokenCallObserver | None) -> None:
         """Tell ``observer`` the duration and outcome of every token operation of this key store
         (the audit sealer's included); None stops it (hsm/token_calls.py ``TokenCallObserver``)."""
         self._calls.observer = observer
+
+    @property
+    def token_calls(self) -> TokenCalls:
+        """This key store's token calls, shared with the token's other users (hsm/secret_sealer.py)."""
+        return self._calls
 
     @property
     def token_searches(self) -> int:
@@ -407,9 +440,9 @@ class Pkcs11KeyVault:
     def ping(self) -> None:
         """Raise if the token does not answer (one C_GenerateRandom).
 
-        While it does not, ``DependencyUnavailableException``; each ping (the
-        server's health check) also re-initialises the library, so the process
-        recovers by itself once the token answers again.
+        While it is down, ``DependencyUnavailableException`` at once (the
+        server's health check then answers NOT_SERVING); the token's background
+        reconnector brings it back (hsm/reconnect.py).
         """
         self.generate_random(1)
 
@@ -612,9 +645,14 @@ def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
+    from hsmstore.core.ports.key_store import ConnectedKeyStore
 
     def _implements_key_store_port(vault: Pkcs11KeyVault) -> SymmetricKeyStore:
         """mypy checks here that the class matches the ``SymmetricKeyStore`` Protocol."""
+        return vault
+
+    def _implements_connected_key_store_port(vault: Pkcs11KeyVault) -> ConnectedKeyStore:
+        """mypy checks here that the class matches the ``ConnectedKeyStore`` Protocol (issue 17)."""
         return vault
 
     def _implements_audit_sealer_port(vault: Pkcs11KeyVault) -> AuditSealer:
