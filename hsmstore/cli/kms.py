@@ -9,7 +9,10 @@ take ``key=value`` pairs; other messages (grant constraints) take JSON; output
 is the response as JSON (bytes in base64), except ``simulate``, which prints
 ALLOW or DENY and what decided, as the question is asked by a person.
 Service errors print ``{"Error": {"Code": reason, "Message": ...}}`` on stderr
-and exit 254, like the AWS CLI.
+and exit 254, like the AWS CLI. A secret field (a custom key store's
+``key_store_password``, the crypto user's PIN) is never a flag's value, as a
+PIN is never taken on the command line (docs/api.md, "Command line"): it is
+``--key-store-password-file PATH``, or ``-`` for stdin.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ SERVICE_ERROR_EXIT = 254
 USAGE_ERROR_EXIT = 2
 
 
+SECRET_FIELDS = frozenset({"key_store_password"})
+"""Request fields read from a file or stdin only (``--<field>-file``): they would show in
+``/proc/<pid>/cmdline`` and shell history as flag values."""
+
+
 def command_name(method_name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", method_name).lower()
 
@@ -68,7 +76,13 @@ def _add_service_parser(subparsers: Any, command: str, service: Any, help_text: 
 
 def _add_field_argument(parser: argparse.ArgumentParser, field: FieldDescriptor) -> None:
     flag = "--" + field.name.replace("_", "-")
-    if _is_map(field) or _is_pair_message(field):
+    if field.name in SECRET_FIELDS:
+        parser.add_argument(flag + "-file", dest=field.name, type=_secret_file, metavar="PATH|-")
+        # The bare flag exists only to refuse it (and so it is not read as an abbreviation of -file).
+        parser.add_argument(
+            flag, dest=f"refused_{field.name}", type=_refuse_secret(flag), help=argparse.SUPPRESS
+        )
+    elif _is_map(field) or _is_pair_message(field):
         parser.add_argument(flag, dest=field.name, nargs="+", metavar="KEY=VALUE", type=_pair)
     elif _is_repeated(field):
         parser.add_argument(flag, dest=field.name, nargs="+")
@@ -92,6 +106,28 @@ def _text(text: str) -> str:
         except OSError as error:
             raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror}") from None
     return text
+
+
+def _secret_file(path: str) -> str:
+    """A secret from a file, or from stdin for ``-``; surrounding whitespace (the newline) dropped."""
+    try:
+        secret = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from None
+    secret = secret.strip()
+    if not secret:
+        source = "stdin" if path == "-" else path
+        raise argparse.ArgumentTypeError(f"{source} is empty; put the PIN in it")
+    return secret
+
+
+def _refuse_secret(flag: str) -> Any:
+    def refuse(_value: str) -> str:  # the value is not repeated: it is the secret
+        raise argparse.ArgumentTypeError(
+            f"a PIN is never taken on the command line; use {flag}-file PATH, or {flag}-file - for stdin"
+        )
+
+    return refuse
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class KeySpec(StrEnum):
 
 class Origin(StrEnum):
     AWS_KMS = "AWS_KMS"
+    # Material made on a custom key store's token (issue 17): the analogue of AWS_CLOUDHSM.
+    PKCS11 = "PKCS11"
 
 
 class KeyManager(StrEnum):

@@ -12,6 +12,8 @@ about one. The families and what they own:
 * ``authorization`` -- key policies, grants, Simulate; ``identity_policies`` -- the Admin service;
 * ``recovery``, ``junk_sweep`` -- the lifecycle jobs besides rotation and the reaper;
 * ``health`` -- what the health probe asks;
+* ``custom_key_stores`` -- the six custom key store operations (issue 17), when the
+  composition root gives ``custom_key_store_ports``; CreateKey then takes a CustomKeyStoreId;
 * ``quotas`` -- the request quotas the call envelope asks before any of them runs
   (core/quotas.py); the resource quotas go to the use cases that create resources.
 """
@@ -27,6 +29,7 @@ from hsmstore.core.cache import DEFAULT_TTL_SECONDS
 from hsmstore.core.crypto.symmetric import EnvelopeEncryption
 from hsmstore.core.failpoints import Failpoint, no_failpoint
 from hsmstore.core.health import Health
+from hsmstore.core.key_stores.management import CustomKeyStorePorts, CustomKeyStores
 from hsmstore.core.keys.aliases import Aliases
 from hsmstore.core.keys.creation import KeyCreation
 from hsmstore.core.keys.deletion import KeyDeletion
@@ -61,6 +64,8 @@ class UseCases:
     health: Health
     # Request quotas, asked by the call envelope before a use case runs (none enforced by default).
     quotas: RequestQuotas = field(default_factory=lambda: RequestQuotas(None))
+    # Issue 17: None when the server offers no custom key stores.
+    custom_key_stores: CustomKeyStores | None = None
 
     @property
     def access(self) -> AccessControl:
@@ -77,10 +82,24 @@ def build_use_cases(
     audit_log: AuditLog | None = None,
     request_quotas: RequestQuotas | None = None,
     resource_quotas: ResourceQuotas | None = None,
+    custom_key_store_ports: CustomKeyStorePorts | None = None,
 ) -> UseCases:
     limits = resource_quotas or ResourceQuotas()
     access = AccessControl(store, region, metadata_ttl_seconds)
-    creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits)
+    custom_key_stores = (
+        None
+        if custom_key_store_ports is None
+        else CustomKeyStores(
+            custom_key_store_ports.records,
+            custom_key_store_ports.sealer,
+            custom_key_store_ports.connector,
+            access,
+            clock,
+            custom_key_store_ports.status_of,
+            custom_key_store_ports.wake,
+        )
+    )
+    creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits, custom_key_stores)
     service_keys = ServiceManagedKeys(creation, store, clock, key_stores)
     gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds)
     material = VersionMaterial(store, key_stores)
@@ -101,4 +120,5 @@ def build_use_cases(
         junk_sweep=JunkSweep(store, key_stores, clock),
         health=Health(key_stores, store),
         quotas=request_quotas or RequestQuotas(None),
+        custom_key_stores=custom_key_stores,
     )

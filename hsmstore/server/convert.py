@@ -16,6 +16,7 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore.core.access.grants import GrantConstraints
 from hsmstore.core.audit.queries import EventsPage
 from hsmstore.core.authz.service import GrantEntry
+from hsmstore.core.key_stores.results import CustomKeyStoreDescription
 from hsmstore.core.keys.results import (
     AliasEntry,
     KeyDescription,
@@ -24,6 +25,7 @@ from hsmstore.core.keys.results import (
     KeyUsageRecord,
     RotationEntry,
 )
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID
 from hsmstore.core.paging import Page
 from hsmstore.errors import ValidationException
 
@@ -76,6 +78,8 @@ def key_metadata(description: KeyDescription) -> pb.KeyMetadata:
         encryption_algorithms=description.encryption_algorithms,
         multi_region=False,
         pending_deletion_window_in_days=key.pending_window_days or 0,
+        # AWS: CustomKeyStoreId is present only for a key in a custom key store.
+        custom_key_store_id="" if key.key_store_id == DEFAULT_KEY_STORE_ID else key.key_store_id,
     )
     metadata.creation_date.FromDatetime(key.creation_date)
     if key.deletion_date is not None:
@@ -149,16 +153,23 @@ def list_resource_tags_response(page: Page[tuple[str, str]]) -> pb.ListResourceT
     )
 
 
+SECRET_FIELDS = frozenset({"key_store_password"})
+"""Request fields that are secrets: a custom key store's crypto user PIN (AWS ``KeyStorePassword``).
+
+Issue 17: the PIN is "never in a log or the audit trail"; the record keeps no trace of it."""
+
+
 def request_parameters(request: Message) -> dict[str, Any]:
-    """CloudTrail's ``requestParameters``: every field the caller set, except bytes.
+    """CloudTrail's ``requestParameters``: every field the caller set, except bytes and secrets.
 
     Bytes fields are plaintext, ciphertext blobs or key material: CloudTrail
     leaves them out and so does hsmstore (contract: "never plaintext or key
-    material"). Names are the JSON (camelCase) names, as in CloudTrail.
+    material"); :data:`SECRET_FIELDS` (PINs) likewise. Names are the JSON
+    (camelCase) names, as in CloudTrail.
     """
     parameters: dict[str, Any] = {}
     for field, value in request.ListFields():
-        if field.type == FieldDescriptor.TYPE_BYTES:
+        if field.type == FieldDescriptor.TYPE_BYTES or field.name in SECRET_FIELDS:
             continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             parameters[field.json_name] = dict(value)
@@ -264,4 +275,31 @@ def _grant_entry(entry: GrantEntry) -> pb.GrantListEntry:
         issuing_account=entry.issuing_account,
         operations=list(grant.operations),
         constraints=constraints,
+    )
+
+
+def custom_key_stores_list_entry(store: CustomKeyStoreDescription) -> pb.CustomKeyStoresListEntry:
+    """AWS ``CustomKeyStoresListEntry``; never the PIN. The serial is the one given, else the one
+    the token reported at its first connect."""
+    return pb.CustomKeyStoresListEntry(
+        custom_key_store_id=store.custom_key_store_id,
+        custom_key_store_name=store.custom_key_store_name,
+        custom_key_store_type=store.custom_key_store_type,
+        pkcs11_module=store.module,
+        hsm_profile=store.hsm_profile,
+        token_label=store.token_label or "",
+        token_serial=store.token_serial or store.connected_token_serial or "",
+        connection_state=store.connection_state.value,
+        connection_error_code=store.connection_error_code.value if store.connection_error_code else "",
+        creation_date=timestamp(store.creation_date),
+    )
+
+
+def describe_custom_key_stores_response(
+    page: Page[CustomKeyStoreDescription],
+) -> pb.DescribeCustomKeyStoresResponse:
+    return pb.DescribeCustomKeyStoresResponse(
+        custom_key_stores=[custom_key_stores_list_entry(store) for store in page.entries],
+        next_marker=page.next_marker,
+        truncated=page.truncated,
     )

@@ -28,6 +28,7 @@ class KeyRpcs:
             tags=convert.tag_pairs(request.tags),
             policy=request.policy,
             bypass_policy_lockout_safety_check=request.bypass_policy_lockout_safety_check,
+            custom_key_store_id=request.custom_key_store_id,
         )
         return pb.CreateKeyResponse(key_metadata=convert.key_metadata(description))
 

@@ -5,7 +5,7 @@ Each method converts the request, calls the matching use case family
 (server/calls.py) runs it in the call envelope. Nothing here decides
 anything. gRPC serves one servicer object per service, so ``KeyStoreServicer``
 is composed of one mixin per family: ``rpc_keys.py``, ``rpc_crypto.py``,
-``rpc_lifecycle.py``, ``rpc_authorization.py``.
+``rpc_lifecycle.py``, ``rpc_authorization.py``, ``rpc_custom_key_stores.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hsmstore.server import convert
 from hsmstore.server.calls import CallerResolver, CallRunner, handle_errors
 from hsmstore.server.rpc_authorization import AuthorizationRpcs
 from hsmstore.server.rpc_crypto import CryptoRpcs
+from hsmstore.server.rpc_custom_key_stores import CustomKeyStoreRpcs
 from hsmstore.server.rpc_keys import KeyRpcs
 from hsmstore.server.rpc_lifecycle import LifecycleRpcs
 
@@ -36,7 +37,14 @@ __all__ = [
 ]
 
 
-class KeyStoreServicer(KeyRpcs, CryptoRpcs, LifecycleRpcs, AuthorizationRpcs, pb_grpc.KeyStoreServicer):  # type: ignore[misc]
+class KeyStoreServicer(
+    KeyRpcs,
+    CryptoRpcs,
+    LifecycleRpcs,
+    AuthorizationRpcs,
+    CustomKeyStoreRpcs,
+    pb_grpc.KeyStoreServicer,  # type: ignore[misc]
+):
     """``hsmstore.v1.KeyStore``: the families' RPCs on one object, as gRPC serves a service."""
 
     def __init__(self, use_cases: UseCases, runner: CallRunner) -> None:

@@ -17,6 +17,7 @@ from hsmstore import errors
 from hsmstore.core.model import KeyManager, KeyRecord, KeyState, KeyVersion, PendingCreation, VersionState
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
+from hsmstore.store.custom_key_stores_sql import lock_custom_key_store_of_new_key
 from hsmstore.store.database import Database
 from hsmstore.store.key_rows import (
     VERSION_COLUMNS,
@@ -50,6 +51,8 @@ class SqlKeys:
         _check_new_key(key, version)
         try:
             with self._writer.begin() as connection:
+                # Issue 17: a DeleteCustomKeyStore racing this insert cannot leave the key in a deleted store.
+                lock_custom_key_store_of_new_key(connection, key.key_store_id)
                 connection.execute(keys.insert().values(key_values(key)))
                 connection.execute(key_versions.insert().values(version_values(version)))
                 if policy is not None:

@@ -10,7 +10,8 @@ that each own some of the tables:
 * ``tombstones_sql``: the junk sweep's token-object tombstones;
 * ``aliases_sql``, ``tags_sql``: aliases, tags;
 * ``audit_sql``: the audit hash chain;
-* ``authz_sql``: key policies, grants, identity policies.
+* ``authz_sql``: key policies, grants, identity policies;
+* ``custom_key_stores_sql``: custom key stores (issue 17).
 
 Every part is given the same :class:`~hsmstore.store.database.Database` (the
 engine, its write view and its single-statement view; store/engine.py,
@@ -31,6 +32,7 @@ from sqlalchemy import Engine, text
 from hsmstore.store.aliases_sql import SqlAliases
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.authz_sql import SqlAuthorizationStore
+from hsmstore.store.custom_key_stores_sql import SqlCustomKeyStores
 from hsmstore.store.database import Database
 from hsmstore.store.deletion_sql import SqlKeyDeletion
 from hsmstore.store.keys_sql import SqlKeys
@@ -40,6 +42,7 @@ from hsmstore.store.tombstones_sql import SqlTokenObjects
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditLog, AuthorizationStore, MetadataStore
+    from hsmstore.core.ports.custom_key_stores import CustomKeyStoreRecords
 
 
 class SqlMetadataStore:
@@ -135,6 +138,17 @@ class SqlMetadataStore:
         self.delete_identity_policy = authorization.delete_identity_policy
         self.list_identity_policies = authorization.list_identity_policies
 
+        # Issue 17: custom key stores (the CustomKeyStoreRecords port).
+        custom_key_stores = SqlCustomKeyStores(database, trail)
+        self.insert_custom_key_store = custom_key_stores.insert_custom_key_store
+        self.get_custom_key_store = custom_key_stores.get_custom_key_store
+        self.get_custom_key_store_by_name = custom_key_stores.get_custom_key_store_by_name
+        self.list_custom_key_stores = custom_key_stores.list_custom_key_stores
+        self.list_all_custom_key_stores = custom_key_stores.list_all_custom_key_stores
+        self.replace_custom_key_store = custom_key_stores.replace_custom_key_store
+        self.delete_custom_key_store = custom_key_stores.delete_custom_key_store
+        self.count_keys_in_key_store = custom_key_stores.count_keys_in_key_store
+
     def ping(self) -> None:
         with self.database.reader.connect() as connection:
             connection.execute(text("SELECT 1")).one()
@@ -149,3 +163,7 @@ if TYPE_CHECKING:
     def _implements_the_ports(store: SqlMetadataStore) -> tuple[MetadataStore, AuditLog, AuthorizationStore]:
         """Never called: mypy checks here that the bound methods above match the ports."""
         return store, store, store
+
+    def _implements_custom_key_store_records(store: SqlMetadataStore) -> CustomKeyStoreRecords:
+        """Never called: mypy checks the custom key store delegations (issue 17)."""
+        return store

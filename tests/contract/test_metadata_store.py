@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, Table, event, func, inspect, select, text
 
 from hsmstore import errors
+from hsmstore.core.key_stores.model import CustomKeyStore, DesiredConnection, TokenLocator
 from hsmstore.core.model import (
     DEFAULT_KEY_STORE_ID,
     AliasRecord,
@@ -844,7 +845,31 @@ def test_upgrading_from_0005_keeps_the_keys_and_adds_an_empty_tombstone_table(da
 CUSTOM_KEY_STORE = "cks-1234567890abcdef0"  # the form of an AWS CustomKeyStoreId
 
 
+def a_custom_key_store(custom_key_store_id: str) -> CustomKeyStore:
+    return CustomKeyStore(
+        custom_key_store_id=custom_key_store_id,
+        tenant="tenant-a",
+        name="finance",
+        locator=TokenLocator("softhsm2", "softhsm2", token_label="team-a"),
+        sealed_pin=b"sealed",
+        desired=DesiredConnection.DISCONNECTED,
+        creation_date=T0,
+    )
+
+
+def test_a_key_in_a_custom_key_store_that_does_not_exist_is_refused(store: MetadataStore) -> None:
+    """Issue 17: a key is inserted only while its custom key store's row exists (a racing
+    DeleteCustomKeyStore cannot leave a key in a deleted store)."""
+    key, first = make_key()
+    key = replace(key, key_store_id=CUSTOM_KEY_STORE)
+    first = replace(first, key_store_id=CUSTOM_KEY_STORE)
+    with pytest.raises(errors.CustomKeyStoreNotFoundException):
+        store.insert_creating_key(key, first)
+    assert store.get_key(key.key_id) is None
+
+
 def test_key_store_and_residency_round_trip_for_keys_versions_and_destructions(store: MetadataStore) -> None:
+    store.insert_custom_key_store(a_custom_key_store(CUSTOM_KEY_STORE))  # type: ignore[attr-defined]
     key, first = make_key()
     key = replace(key, key_store_id=CUSTOM_KEY_STORE)
     first = replace(first, key_store_id=CUSTOM_KEY_STORE, residency=Residency.WRAPPED)

@@ -24,7 +24,9 @@ from hsmstore.core.access.grants import GrantRecord
 from hsmstore.core.audit.chain import GENESIS_HASH, StoredAuditEvent, chain_hash
 from hsmstore.core.audit.fields import AuditFields, audit_fields
 from hsmstore.core.audit.record import SerializedRecord, serialized
+from hsmstore.core.key_stores.model import CustomKeyStore
 from hsmstore.core.model import (
+    DEFAULT_KEY_STORE_ID,
     AliasRecord,
     DestructionRecord,
     KeyManager,
@@ -42,6 +44,7 @@ from hsmstore.core.ports import (
     IdentityPolicyRecord,
     KnownTokenIds,
 )
+from tests.fakes.custom_key_stores import FakeCustomKeyStoreRecords
 
 ITER_BATCH = 1000
 
@@ -54,7 +57,7 @@ class _Row:
     event: StoredAuditEvent
 
 
-class FakeMetadataStore:
+class FakeMetadataStore(FakeCustomKeyStoreRecords):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._keys: dict[str, KeyRecord] = {}
@@ -71,6 +74,7 @@ class FakeMetadataStore:
         self._key_policies: dict[str, str] = {}
         self._grants: dict[str, GrantRecord] = {}
         self._identity_policies: dict[tuple[str, str, str], IdentityPolicyRecord] = {}
+        self._custom_key_stores: dict[str, CustomKeyStore] = {}  # tests/fakes/custom_key_stores.py
 
     # -- creation -------------------------------------------------------
 
@@ -92,6 +96,10 @@ class FakeMetadataStore:
         )
         version = replace(version, creation_date=_utc(version.creation_date))
         with self._lock:
+            if key.key_store_id != DEFAULT_KEY_STORE_ID and key.key_store_id not in self._custom_key_stores:
+                raise errors.CustomKeyStoreNotFoundException(
+                    f"custom key store {key.key_store_id} does not exist"
+                )
             token_ids = {existing.token_id for existing in self._versions.values()}
             if key.key_id in self._keys or version.token_id in token_ids:
                 raise errors.AlreadyExistsException(f"key {key.key_id} or its token object id already exists")

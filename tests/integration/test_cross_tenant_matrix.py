@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 REGION = "local"
 A, B = "acme", "globex"
 NOT_FOUND, DENIED, OK = "NotFoundException", "AccessDeniedException", "OK"
+STORE_NOT_FOUND = frozenset({"CustomKeyStoreNotFoundException"})  # docs/api.md, "Custom key stores"
 INVALID_CIPHERTEXT, VALIDATION = "InvalidCiphertextException", "ValidationException"
 TAG = secrets.token_hex(4)  # makes A's names unmistakable in any answer
 
@@ -72,6 +73,8 @@ class Names:
     grant_id: str
     grant_token: str
     policy_name: str
+    custom_key_store_id: str
+    custom_key_store_name: str  # at most 32 characters: a refusal echoes no more (core/validation.py)
     blob: bytes = field(repr=False)
 
     @property
@@ -108,6 +111,8 @@ def ghost_of(real: Names) -> Names:
         grant_id=ghost_grant,
         grant_token=grant_token_for(ghost_grant),
         policy_name=f"ghost-{secrets.token_hex(4)}",
+        custom_key_store_id="cks-" + secrets.token_hex(9)[:17],
+        custom_key_store_name=f"ghost-store-{secrets.token_hex(4)}",
         blob=blob,
     )
 
@@ -151,6 +156,7 @@ def a_state(a: Stubs, key_id: str) -> str:
         a.keys.GetKeyRotationStatus(pb.GetKeyRotationStatusRequest(key_id=key_id)),
         a.keys.ListKeyRotations(pb.ListKeyRotationsRequest(key_id=key_id)),
         a.admin.ListIdentityPolicies(pb.ListIdentityPoliciesRequest()),
+        a.keys.DescribeCustomKeyStores(pb.DescribeCustomKeyStoresRequest()),
     ]
     return "\n".join(text_format.MessageToString(part) for part in parts)
 
@@ -211,8 +217,25 @@ def build_world(pki: Pki, server: ServerProcess) -> World:
     blob = a.keys.Encrypt(
         pb.EncryptRequest(key_id=key_id, plaintext=b"acme", encryption_context={"acme-ctx": TAG})
     ).ciphertext_blob
+    # The dev token's library is allowed as "softhsm2"; A's stores stay DISCONNECTED (no token needed).
+    store_names = [f"acme-store-{TAG}-{n}" for n in range(2)]
+    store_ids = [
+        a.keys.CreateCustomKeyStore(
+            pb.CreateCustomKeyStoreRequest(
+                custom_key_store_name=name,
+                key_store_password=f"acme-pin-{TAG}",
+                pkcs11_module="softhsm2",
+                hsm_profile="softhsm2",
+                token_label=f"acme-token-{TAG}",
+            )
+        ).custom_key_store_id
+        for name in store_names
+    ]
     markers = {
         "ListKeys": a.keys.ListKeys(pb.ListKeysRequest(limit=1)).next_marker,
+        "DescribeCustomKeyStores": a.keys.DescribeCustomKeyStores(
+            pb.DescribeCustomKeyStoresRequest(limit=1)
+        ).next_marker,
         "ListAliases": a.keys.ListAliases(pb.ListAliasesRequest(limit=1)).next_marker,
         "ListGrants": a.keys.ListGrants(pb.ListGrantsRequest(key_id=key_id, limit=1)).next_marker,
         "ListRetirableGrants": a.keys.ListRetirableGrants(
@@ -237,6 +260,8 @@ def build_world(pki: Pki, server: ServerProcess) -> World:
         grant_id=grants[0].grant_id,
         grant_token=grants[0].grant_token,
         policy_name=policy_names[0],
+        custom_key_store_id=store_ids[0],
+        custom_key_store_name=store_names[0],
         blob=blob,
     )
     a_secrets = [
@@ -245,6 +270,10 @@ def build_world(pki: Pki, server: ServerProcess) -> World:
         *(grant.grant_id for grant in grants),
         *(grant.grant_token for grant in grants),
         *policy_names,
+        *store_ids,
+        *store_names,
+        f"acme-token-{TAG}",
+        f"acme-pin-{TAG}",
         description,
         f"acme-tag-{TAG}",
         f"acme-value-{TAG}",
@@ -610,6 +639,71 @@ CASES: list[Case] = [
         ),
         frozenset({VALIDATION}),
     ),
+    Case(
+        "KeyStore.CreateKey",
+        "custom key store id",
+        lambda w, n: ks(w).CreateKey(pb.CreateKeyRequest(custom_key_store_id=n.custom_key_store_id)),
+        STORE_NOT_FOUND,
+    ),
+    Case(
+        "KeyStore.DescribeCustomKeyStores",
+        "custom key store id",
+        lambda w, n: ks(w).DescribeCustomKeyStores(
+            pb.DescribeCustomKeyStoresRequest(custom_key_store_id=n.custom_key_store_id)
+        ),
+        STORE_NOT_FOUND,
+    ),
+    Case(
+        "KeyStore.DescribeCustomKeyStores",
+        "custom key store name",
+        lambda w, n: ks(w).DescribeCustomKeyStores(
+            pb.DescribeCustomKeyStoresRequest(custom_key_store_name=n.custom_key_store_name)
+        ),
+        STORE_NOT_FOUND,
+    ),
+    Case(
+        "KeyStore.DescribeCustomKeyStores",
+        "marker",
+        lambda w, n: ks(w).DescribeCustomKeyStores(
+            pb.DescribeCustomKeyStoresRequest(marker=w.a_markers["DescribeCustomKeyStores"])
+        ),
+        frozenset({OK}),
+        twin=False,
+    ),
+    Case(
+        "KeyStore.ConnectCustomKeyStore",
+        "custom key store id",
+        lambda w, n: ks(w).ConnectCustomKeyStore(
+            pb.ConnectCustomKeyStoreRequest(custom_key_store_id=n.custom_key_store_id)
+        ),
+        STORE_NOT_FOUND,
+    ),
+    Case(
+        "KeyStore.DisconnectCustomKeyStore",
+        "custom key store id",
+        lambda w, n: ks(w).DisconnectCustomKeyStore(
+            pb.DisconnectCustomKeyStoreRequest(custom_key_store_id=n.custom_key_store_id)
+        ),
+        STORE_NOT_FOUND,
+    ),
+    Case(
+        "KeyStore.UpdateCustomKeyStore",
+        "custom key store id",
+        lambda w, n: ks(w).UpdateCustomKeyStore(
+            pb.UpdateCustomKeyStoreRequest(
+                custom_key_store_id=n.custom_key_store_id, new_custom_key_store_name="g"
+            )
+        ),
+        STORE_NOT_FOUND,
+    ),
+    Case(
+        "KeyStore.DeleteCustomKeyStore",
+        "custom key store id",
+        lambda w, n: ks(w).DeleteCustomKeyStore(
+            pb.DeleteCustomKeyStoreRequest(custom_key_store_id=n.custom_key_store_id)
+        ),
+        STORE_NOT_FOUND,
+    ),
     lookup_by("ResourceName", "key id"),
     lookup_by("ResourceName", "key ARN"),
     lookup_by("Username", "principal"),
@@ -632,7 +726,7 @@ CASES: list[Case] = [
 
 # Every other RPC, and why tenant B has nothing of A's to pass to it.
 NO_CROSS_TENANT_INPUT = {
-    "KeyStore.CreateKey": "takes no identifier: it makes a key in the caller's own tenant",
+    "KeyStore.CreateCustomKeyStore": "takes no identifier: names are per tenant, the store is B's own",
     "KeyStore.GenerateRandom": "takes no key and no name, only a byte count",
 }
 

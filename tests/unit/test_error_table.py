@@ -33,6 +33,12 @@ CONTRACT = {
     "DependencyTimeoutException": grpc.StatusCode.DEADLINE_EXCEEDED,
     "KMSInternalException": grpc.StatusCode.INTERNAL,
     "UnsupportedOperationException": grpc.StatusCode.UNIMPLEMENTED,
+    # docs/api.md, "Custom key stores" (issue 17):
+    "CustomKeyStoreNotFoundException": grpc.StatusCode.NOT_FOUND,
+    "CustomKeyStoreNameInUseException": grpc.StatusCode.ALREADY_EXISTS,
+    "CustomKeyStoreInvalidStateException": grpc.StatusCode.FAILED_PRECONDITION,
+    "CustomKeyStoreHasCMKsException": grpc.StatusCode.FAILED_PRECONDITION,
+    "IncorrectTrustAnchorException": grpc.StatusCode.INVALID_ARGUMENT,
 }
 ERROR_CLASSES = errors.KMSError.__subclasses__()
 # docs/api.md, "Additions": the same reason with a retryable code.

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from hsmstore import errors
 from hsmstore.core.keys.junk_sweep import JUNK_TOMBSTONE_DAYS
 from hsmstore.core.keys.material import token_label
 from hsmstore.core.model import (
@@ -292,3 +293,31 @@ def test_a_sighting_is_forgotten_once_the_object_is_gone() -> None:
     clock.current += GRACE
     assert service.junk_sweep.sweep_junk_objects(GRACE) == 0, "a new first sighting"
     assert vault.key_exists(interrupted.material)
+
+
+def test_the_reaper_leaves_a_key_whose_token_is_down_destroying_and_goes_on_with_the_others() -> None:
+    """Issue 17: a key in a disconnected custom key store, or on a token that does not answer,
+    stays DESTROYING (finished by a later run); the reaper does not stop at it."""
+    service, store, vault, clock = make_service()
+    stuck = service.creation.create_key(ALICE).key
+    other = service.creation.create_key(ALICE).key
+    for key in (stuck, other):
+        service.deletion.schedule_key_deletion(ALICE, key.key_id, 7)
+    clock.current += timedelta(days=7)
+    stuck_material = {v.token_id for v in store.list_versions(stuck.key_id)}
+    destroy = vault.destroy_key
+
+    def token_down_for_stuck(material: KeyMaterialRef) -> bool:
+        if material.handle in stuck_material:
+            raise errors.DependencyUnavailableException("the HSM token does not answer")
+        return destroy(material)
+
+    vault.destroy_key = token_down_for_stuck  # type: ignore[method-assign]
+    assert service.deletion.destroy_due_keys() == 1
+    assert store.get_key(other.key_id) is None
+    still = store.get_key(stuck.key_id)
+    assert still is not None and still.state is KeyState.DESTROYING
+
+    vault.destroy_key = destroy  # type: ignore[method-assign]
+    assert service.deletion.destroy_due_keys() == 1
+    assert store.get_key(stuck.key_id) is None

@@ -106,7 +106,7 @@ def parts() -> tuple[KeyStoreDirectory, FakeRecords, FakeConnector, list[tuple[s
         records,  # type: ignore[arg-type]
         connector,  # type: ignore[arg-type]
         FakeSealer(),
-        record_serial=lambda row, serial: seen.append((row.custom_key_store_id, serial)),
+        record_serial=lambda store_id, serial: seen.append((store_id, serial)) is None,
     )
     return directory, records, connector, seen
 

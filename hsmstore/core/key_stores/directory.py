@@ -58,7 +58,8 @@ RETRY_FIRST_DELAY_SECONDS = 0.5
 RETRY_MAX_DELAY_SECONDS = 30.0
 """Backoff between attempts to connect a store whose token was unreachable at connect time."""
 
-RecordSerial = Callable[[CustomKeyStore, str], None]
+RecordSerial = Callable[[str, str], bool]
+"""``(custom_key_store_id, serial) -> bool``: store the serial first seen; False if the store has another."""
 
 
 @dataclass
@@ -169,8 +170,8 @@ class KeyStoreDirectory:
     # -- the follower --
 
     def start(self) -> None:
-        """Connect what is stored as connected, then follow changes in a daemon thread."""
-        self.sync()
+        """Follow the stored decisions in a daemon thread (call :meth:`sync` first to connect
+        what is stored as connected before serving)."""
         self._thread = threading.Thread(target=self._follow, name="key-store-follower", daemon=True)
         self._thread.start()
 
@@ -244,8 +245,16 @@ class KeyStoreDirectory:
                 f"the token found has serial {serial}, not the store's {row.token_serial}",
             )
             return None
-        if row.token_serial is None and self._record_serial is not None:
-            self._record_serial(row, serial)
+        first = row.token_serial is None and self._record_serial is not None
+        if first and self._record_serial is not None and not self._record_serial(store_id, serial):
+            opened.close()
+            self._note_failure(
+                row,
+                attempt,
+                ConnectionErrorCode.TOKEN_NOT_FOUND,
+                f"the token found has serial {serial}, not the one the store first connected to",
+            )
+            return None
         self._attempts.pop(store_id, None)
         log.info("custom key store %s connected in this process (token serial %s)", store_id, serial)
         return opened

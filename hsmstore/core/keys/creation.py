@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from hsmstore.core.access.control import AccessControl
 from hsmstore.core.access.default_policies import default_key_policy
@@ -48,6 +48,15 @@ from hsmstore.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class CustomKeyStoreChoice(Protocol):
+    """Where CreateKey's ``CustomKeyStoreId`` is checked (core/key_stores/management.py
+    ``CustomKeyStores.store_for_new_key``): the caller's tenant's store, CONNECTED here
+    and now, else CustomKeyStoreNotFoundException / CustomKeyStoreInvalidStateException."""
+
+    def store_for_new_key(self, caller: Caller, custom_key_store_id: str) -> str: ...
+
 
 EnumT = TypeVar("EnumT", KeyUsage, KeySpec, Origin)
 
@@ -84,8 +93,10 @@ class KeyCreation:
         region: str,
         failpoint: Failpoint = no_failpoint,
         quotas: ResourceQuotas | None = None,
+        custom_key_stores: CustomKeyStoreChoice | None = None,
     ) -> None:
         self._quotas = quotas or ResourceQuotas()
+        self._custom_key_stores = custom_key_stores
         self._key_stores = key_stores
         self._store = store
         self._clock = clock
@@ -103,13 +114,21 @@ class KeyCreation:
         tags: Sequence[tuple[str, str]] = (),
         policy: str = "",
         bypass_policy_lockout_safety_check: bool = False,
+        custom_key_store_id: str = "",
     ) -> KeyDescription:
-        """CreateKey: a customer managed key in the default key store, within the tenant's key quota."""
+        """CreateKey: a customer managed key, within the tenant's key quota, in the default key
+        store or, with ``custom_key_store_id``, on that custom key store's token (issue 17).
+
+        A custom store's key is SYMMETRIC_DEFAULT with origin PKCS11 (AWS: a CloudHSM key
+        store's keys are symmetric, origin AWS_CLOUDHSM); every later version of it goes
+        to the same store (``KeyRecord.key_store_id``, read by rotation).
+        """
         check_description(description)
         self._access.check(caller, "kms:CreateKey", None)
         usage = _parse_enum(KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT, "KeyUsage")
         spec = _parse_key_spec(key_spec)
-        key_origin = _parse_origin(origin)
+        key_origin = _parse_origin(origin, custom=bool(custom_key_store_id))
+        key_store_id = self._key_store_for(caller, custom_key_store_id, spec)
         valid_tags = validate_tags(tags)
         if len(valid_tags) > MAX_TAGS_PER_KEY:
             raise LimitExceededException(f"A key can have at most {MAX_TAGS_PER_KEY} tags")
@@ -124,7 +143,7 @@ class KeyCreation:
             key_manager=KeyManager.CUSTOMER,
             creation_date=self._clock.now(),
             current_version=1,
-            key_store_id=self._key_stores.default().key_store_id,
+            key_store_id=key_store_id,
         )
         policy_text = policy or default_key_policy(caller.tenant)
         if policy:
@@ -182,6 +201,17 @@ class KeyCreation:
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
         return KeyDescription(key.with_state(KeyState.ENABLED), arn)
 
+    def _key_store_for(self, caller: Caller, custom_key_store_id: str, spec: KeySpec) -> str:
+        if not custom_key_store_id:
+            return self._key_stores.default().key_store_id
+        if spec is not KeySpec.SYMMETRIC_DEFAULT:
+            raise UnsupportedOperationException(
+                "A custom key store holds SYMMETRIC_DEFAULT keys only; leave KeySpec unset"
+            )
+        if self._custom_key_stores is None:
+            raise UnsupportedOperationException("This server has no custom key stores")
+        return self._custom_key_stores.store_for_new_key(caller, custom_key_store_id)
+
     def roll_back(self, key_id: str, versions: Sequence[KeyVersion]) -> bool:
         """Claim the creation (CREATING -> FAILED), then destroy, then delete.
 
@@ -209,10 +239,22 @@ def _parse_key_spec(key_spec: str) -> KeySpec:
     return _parse_enum(KeySpec, key_spec or KeySpec.SYMMETRIC_DEFAULT, "KeySpec")
 
 
-def _parse_origin(origin: str) -> Origin:
+def _parse_origin(origin: str, *, custom: bool) -> Origin:
+    """AWS_KMS for the default key store, PKCS11 (the AWS_CLOUDHSM analogue) for a custom one.
+
+    AWS: a key in a CloudHSM key store needs Origin AWS_CLOUDHSM with CustomKeyStoreId;
+    here an unset Origin means the store's own, and the other pairing is refused.
+    """
     if origin in {"EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"}:
         raise UnsupportedOperationException(f"Origin {origin} is not supported by this server yet")
-    return _parse_enum(Origin, origin or Origin.AWS_KMS, "Origin")
+    parsed = _parse_enum(Origin, origin or (Origin.PKCS11 if custom else Origin.AWS_KMS), "Origin")
+    if custom and parsed is not Origin.PKCS11:
+        raise ValidationException("A key in a custom key store has Origin PKCS11; leave Origin unset")
+    if not custom and parsed is Origin.PKCS11:
+        raise ValidationException(
+            "Origin PKCS11 needs a CustomKeyStoreId: the custom key store to make the key in"
+        )
+    return parsed
 
 
 def _parse_enum(enum: type[EnumT], value: str, field_name: str) -> EnumT:

@@ -45,7 +45,8 @@ class CustomKeyStoreRecords(Protocol):
     def delete_custom_key_store(
         self, custom_key_store_id: str, expected_generation: int, *, audit: Mapping[str, Any] | None = None
     ) -> bool:
-        """Delete the row if it still has ``expected_generation`` and no key names the store; False otherwise."""
+        """Delete the row if it still has ``expected_generation`` and no key names the store;
+        False otherwise."""
         ...
 
     def count_keys_in_key_store(self, key_store_id: str) -> int:

@@ -46,7 +46,7 @@ class KeyMetadata(_message.Message):
     def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("description", "key_usage", "key_spec", "origin", "tags", "policy", "bypass_policy_lockout_safety_check")
+    __slots__ = ("description", "key_usage", "key_spec", "origin", "tags", "policy", "bypass_policy_lockout_safety_check", "custom_key_store_id")
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     KEY_USAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class CreateKeyRequest(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     BYPASS_POLICY_LOCKOUT_SAFETY_CHECK_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
     description: str
     key_usage: str
     key_spec: str
@@ -61,7 +62,8 @@ class CreateKeyRequest(_message.Message):
     tags: _containers.RepeatedCompositeFieldContainer[Tag]
     policy: str
     bypass_policy_lockout_safety_check: bool
-    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., policy: _Optional[str] = ..., bypass_policy_lockout_safety_check: _Optional[bool] = ...) -> None: ...
+    custom_key_store_id: str
+    def __init__(self, description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_spec: _Optional[str] = ..., origin: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., policy: _Optional[str] = ..., bypass_policy_lockout_safety_check: _Optional[bool] = ..., custom_key_store_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key_metadata",)
@@ -937,5 +939,127 @@ class DeleteIdentityPolicyRequest(_message.Message):
     def __init__(self, principal: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
 
 class DeleteIdentityPolicyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateCustomKeyStoreRequest(_message.Message):
+    __slots__ = ("custom_key_store_name", "custom_key_store_type", "key_store_password", "pkcs11_module", "hsm_profile", "token_label", "token_serial")
+    CUSTOM_KEY_STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_STORE_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    PKCS11_MODULE_FIELD_NUMBER: _ClassVar[int]
+    HSM_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LABEL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_name: str
+    custom_key_store_type: str
+    key_store_password: str
+    pkcs11_module: str
+    hsm_profile: str
+    token_label: str
+    token_serial: str
+    def __init__(self, custom_key_store_name: _Optional[str] = ..., custom_key_store_type: _Optional[str] = ..., key_store_password: _Optional[str] = ..., pkcs11_module: _Optional[str] = ..., hsm_profile: _Optional[str] = ..., token_label: _Optional[str] = ..., token_serial: _Optional[str] = ...) -> None: ...
+
+class CreateCustomKeyStoreResponse(_message.Message):
+    __slots__ = ("custom_key_store_id",)
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    def __init__(self, custom_key_store_id: _Optional[str] = ...) -> None: ...
+
+class DescribeCustomKeyStoresRequest(_message.Message):
+    __slots__ = ("custom_key_store_id", "custom_key_store_name", "limit", "marker")
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    custom_key_store_name: str
+    limit: int
+    marker: str
+    def __init__(self, custom_key_store_id: _Optional[str] = ..., custom_key_store_name: _Optional[str] = ..., limit: _Optional[int] = ..., marker: _Optional[str] = ...) -> None: ...
+
+class CustomKeyStoresListEntry(_message.Message):
+    __slots__ = ("custom_key_store_id", "custom_key_store_name", "custom_key_store_type", "pkcs11_module", "hsm_profile", "token_label", "token_serial", "connection_state", "connection_error_code", "creation_date")
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_KEY_STORE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PKCS11_MODULE_FIELD_NUMBER: _ClassVar[int]
+    HSM_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LABEL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_STATE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    CREATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    custom_key_store_name: str
+    custom_key_store_type: str
+    pkcs11_module: str
+    hsm_profile: str
+    token_label: str
+    token_serial: str
+    connection_state: str
+    connection_error_code: str
+    creation_date: _timestamp_pb2.Timestamp
+    def __init__(self, custom_key_store_id: _Optional[str] = ..., custom_key_store_name: _Optional[str] = ..., custom_key_store_type: _Optional[str] = ..., pkcs11_module: _Optional[str] = ..., hsm_profile: _Optional[str] = ..., token_label: _Optional[str] = ..., token_serial: _Optional[str] = ..., connection_state: _Optional[str] = ..., connection_error_code: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DescribeCustomKeyStoresResponse(_message.Message):
+    __slots__ = ("custom_key_stores", "next_marker", "truncated")
+    CUSTOM_KEY_STORES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MARKER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    custom_key_stores: _containers.RepeatedCompositeFieldContainer[CustomKeyStoresListEntry]
+    next_marker: str
+    truncated: bool
+    def __init__(self, custom_key_stores: _Optional[_Iterable[_Union[CustomKeyStoresListEntry, _Mapping]]] = ..., next_marker: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ConnectCustomKeyStoreRequest(_message.Message):
+    __slots__ = ("custom_key_store_id",)
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    def __init__(self, custom_key_store_id: _Optional[str] = ...) -> None: ...
+
+class ConnectCustomKeyStoreResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisconnectCustomKeyStoreRequest(_message.Message):
+    __slots__ = ("custom_key_store_id",)
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    def __init__(self, custom_key_store_id: _Optional[str] = ...) -> None: ...
+
+class DisconnectCustomKeyStoreResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UpdateCustomKeyStoreRequest(_message.Message):
+    __slots__ = ("custom_key_store_id", "new_custom_key_store_name", "key_store_password", "pkcs11_module", "hsm_profile", "token_label", "token_serial")
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_CUSTOM_KEY_STORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_STORE_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    PKCS11_MODULE_FIELD_NUMBER: _ClassVar[int]
+    HSM_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LABEL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    new_custom_key_store_name: str
+    key_store_password: str
+    pkcs11_module: str
+    hsm_profile: str
+    token_label: str
+    token_serial: str
+    def __init__(self, custom_key_store_id: _Optional[str] = ..., new_custom_key_store_name: _Optional[str] = ..., key_store_password: _Optional[str] = ..., pkcs11_module: _Optional[str] = ..., hsm_profile: _Optional[str] = ..., token_label: _Optional[str] = ..., token_serial: _Optional[str] = ...) -> None: ...
+
+class UpdateCustomKeyStoreResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteCustomKeyStoreRequest(_message.Message):
+    __slots__ = ("custom_key_store_id",)
+    CUSTOM_KEY_STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    custom_key_store_id: str
+    def __init__(self, custom_key_store_id: _Optional[str] = ...) -> None: ...
+
+class DeleteCustomKeyStoreResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -214,6 +214,36 @@ class KeyStoreStub:
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateRequest.SerializeToString,
                 response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateResponse.FromString,
                 _registered_method=True)
+        self.CreateCustomKeyStore = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/CreateCustomKeyStore',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.CreateCustomKeyStoreRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CreateCustomKeyStoreResponse.FromString,
+                _registered_method=True)
+        self.DescribeCustomKeyStores = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DescribeCustomKeyStores',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DescribeCustomKeyStoresRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DescribeCustomKeyStoresResponse.FromString,
+                _registered_method=True)
+        self.ConnectCustomKeyStore = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ConnectCustomKeyStore',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ConnectCustomKeyStoreRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ConnectCustomKeyStoreResponse.FromString,
+                _registered_method=True)
+        self.DisconnectCustomKeyStore = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DisconnectCustomKeyStore',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DisconnectCustomKeyStoreRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DisconnectCustomKeyStoreResponse.FromString,
+                _registered_method=True)
+        self.UpdateCustomKeyStore = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/UpdateCustomKeyStore',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateCustomKeyStoreRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateCustomKeyStoreResponse.FromString,
+                _registered_method=True)
+        self.DeleteCustomKeyStore = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DeleteCustomKeyStore',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteCustomKeyStoreRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteCustomKeyStoreResponse.FromString,
+                _registered_method=True)
 
 
 class KeyStoreServicer:
@@ -436,6 +466,43 @@ class KeyStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCustomKeyStore(self, request, context):
+        """Custom key stores (issue 17; docs/api.md, "Custom key stores"): a tenant's own token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeCustomKeyStores(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConnectCustomKeyStore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisconnectCustomKeyStore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCustomKeyStore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCustomKeyStore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -618,6 +685,36 @@ def add_KeyStoreServicer_to_server(servicer, server):
                     servicer.Simulate,
                     request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateRequest.FromString,
                     response_serializer=hsmstore_dot_v1_dot_key__store__pb2.SimulateResponse.SerializeToString,
+            ),
+            'CreateCustomKeyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCustomKeyStore,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.CreateCustomKeyStoreRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.CreateCustomKeyStoreResponse.SerializeToString,
+            ),
+            'DescribeCustomKeyStores': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCustomKeyStores,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DescribeCustomKeyStoresRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DescribeCustomKeyStoresResponse.SerializeToString,
+            ),
+            'ConnectCustomKeyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConnectCustomKeyStore,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ConnectCustomKeyStoreRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ConnectCustomKeyStoreResponse.SerializeToString,
+            ),
+            'DisconnectCustomKeyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisconnectCustomKeyStore,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DisconnectCustomKeyStoreRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DisconnectCustomKeyStoreResponse.SerializeToString,
+            ),
+            'UpdateCustomKeyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCustomKeyStore,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateCustomKeyStoreRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.UpdateCustomKeyStoreResponse.SerializeToString,
+            ),
+            'DeleteCustomKeyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCustomKeyStore,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteCustomKeyStoreRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteCustomKeyStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1592,6 +1689,168 @@ class KeyStore:
             '/hsmstore.v1.KeyStore/Simulate',
             hsmstore_dot_v1_dot_key__store__pb2.SimulateRequest.SerializeToString,
             hsmstore_dot_v1_dot_key__store__pb2.SimulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCustomKeyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/CreateCustomKeyStore',
+            hsmstore_dot_v1_dot_key__store__pb2.CreateCustomKeyStoreRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.CreateCustomKeyStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCustomKeyStores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DescribeCustomKeyStores',
+            hsmstore_dot_v1_dot_key__store__pb2.DescribeCustomKeyStoresRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DescribeCustomKeyStoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConnectCustomKeyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ConnectCustomKeyStore',
+            hsmstore_dot_v1_dot_key__store__pb2.ConnectCustomKeyStoreRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ConnectCustomKeyStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisconnectCustomKeyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DisconnectCustomKeyStore',
+            hsmstore_dot_v1_dot_key__store__pb2.DisconnectCustomKeyStoreRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DisconnectCustomKeyStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCustomKeyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/UpdateCustomKeyStore',
+            hsmstore_dot_v1_dot_key__store__pb2.UpdateCustomKeyStoreRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.UpdateCustomKeyStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCustomKeyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DeleteCustomKeyStore',
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteCustomKeyStoreRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteCustomKeyStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
