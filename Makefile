@@ -10,8 +10,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test lint proto bench soak bench-ceiling bench-half-open fuzz install system-deps clean
 
+# The AWS JSON protocol too (issue 19): boto3 / `aws kms --endpoint-url http://127.0.0.1:4599`.
 run: install
-	$(BIN)/hsmstore serve
+	$(BIN)/hsmstore serve --aws-listen 127.0.0.1:4599
 
 test: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -26,6 +27,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/aws_protocol.py
 	$(MAKE) soak
 
 # Mixed load for SOAK_MINUTES (30) with --workers 2: memory, descriptors, errors, audit, metrics (issue 16).
@@ -48,12 +50,15 @@ fuzz: install
 install: system-deps $(STAMP)
 
 # softhsm2 (the dev/CI token), opensc (pkcs11-tool, which the tests use to inspect
-# the token), nghttp2-client (h2load, the benchmark's load generator).
+# the token), nghttp2-client (h2load, the benchmark's load generator), p11-kit and
+# p11-kit-modules (a token behind a socket, for the outage tests of issue 17).
 system-deps:
 	@missing=""; \
 	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
 	command -v pkcs11-tool >/dev/null || missing="$$missing opensc"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v p11-kit >/dev/null || missing="$$missing p11-kit"; \
+	ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || missing="$$missing p11-kit-modules"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

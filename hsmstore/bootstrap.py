@@ -20,31 +20,38 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from hsmstore import errors
+from hsmstore.aws_json.access_keys import SigV4Callers
 from hsmstore.config import (
     ConfigError,
     DatabaseSetupError,
     Settings,
     TokenSetupError,
     describe_source,
+    parse_pkcs11_modules,
     refusal,
 )
+from hsmstore.core.access_keys import AccessKeys
 from hsmstore.core.audit.jobs import purge_expired, seal_chain_head
 from hsmstore.core.audit.queries import AuditQueries
 from hsmstore.core.calls import CallObserver
 from hsmstore.core.failpoints import Failpoint
+from hsmstore.core.key_stores.directory import KeyStoreDirectory
+from hsmstore.core.key_stores.management import CustomKeyStorePorts, record_token_serial
 from hsmstore.core.ports import AuditLog, AuditSealer, Clock, SystemClock
 from hsmstore.core.quotas import RateQuotas, RequestQuotas, ResourceQuotas, parse_operation_rates
 from hsmstore.core.scheduler import Job, PeriodicJobs
 from hsmstore.core.use_cases import UseCases, build_use_cases
 from hsmstore.hsm import devtoken
-from hsmstore.hsm.key_stores import TokenKeyStores
+from hsmstore.hsm.connector import Pkcs11KeyStoreConnector
 from hsmstore.hsm.profiles import profile_by_name
+from hsmstore.hsm.secret_sealer import TokenSecretSealer
 from hsmstore.hsm.session import OpenFailure, TokenOpenFailed
 from hsmstore.hsm.vault import Pkcs11KeyVault
 from hsmstore.server.access_log import AccessLog
 from hsmstore.server.app import AuditWiring
 from hsmstore.server.metrics import MetricsSampler, ServerMetrics, SpoolMetrics
 from hsmstore.store import migrate
+from hsmstore.store.access_keys_sql import SqlAccessKeys
 from hsmstore.store.engine import (
     DatabaseUnreachable,
     create_engine_for_url,
@@ -83,9 +90,15 @@ class Runtime:
     # Issue 16: what sees every call (start_server's ``observers``), and the metrics sampler.
     observers: tuple[CallObserver, ...] = ()
     sampler: MetricsSampler | None = None
+    # Issue 17: the default and custom key stores (following the stored connect decisions), and
+    # the sealer of the secrets kept in the DB (custom key store PINs, issue 19's access keys).
+    key_stores: KeyStoreDirectory | None = None
+    secret_sealer: TokenSecretSealer | None = None
 
     def start_background_work(self) -> None:
         self.jobs.start()
+        if self.key_stores is not None:
+            self.key_stores.start()
         if self.sampler is not None:
             self.sampler.start()
 
@@ -117,6 +130,8 @@ class Runtime:
                 "not logging out of the token: a call still uses it; the process exit ends its sessions"
             )
         else:
+            if self.key_stores is not None:
+                self.key_stores.close()  # logs out of every custom key store's token
             self.vault.close()
             log.info(
                 "logged out of the token of key store %s and closed its sessions", self.vault.key_store_id
@@ -295,8 +310,11 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         vault.close()
         raise
     clock = clock_from_env()
+    sealer = TokenSecretSealer(vault.token_calls)
+    directory, custom_key_store_ports = custom_key_stores_of(settings, token, vault, store, sealer)
+    directory.sync()  # connect the stores stored as connected before serving
     service = build_use_cases(
-        TokenKeyStores([vault]),
+        directory,
         store,
         clock,
         region=settings.region,
@@ -305,6 +323,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         audit_log=store if settings.audit else None,
         request_quotas=request_quotas_of(settings),
         resource_quotas=resource_quotas_of(settings),
+        custom_key_store_ports=custom_key_store_ports,
     )
     audit: AuditWiring | None = None
     sink: SpoolAuditSink | None = None
@@ -326,7 +345,45 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         settings.jobs_interval_seconds,
     )
     observers, sampler = observe_calls(settings, vault, store)
-    return Runtime(service, vault, store, jobs, audit, sink, observers, sampler)
+    return Runtime(service, vault, store, jobs, audit, sink, observers, sampler, directory, sealer)
+
+
+def custom_key_stores_of(
+    settings: Settings,
+    token: TokenSettings,
+    vault: Pkcs11KeyVault,
+    store: SqlMetadataStore,
+    sealer: TokenSecretSealer,
+) -> tuple[KeyStoreDirectory, CustomKeyStorePorts]:
+    """Issue 17: the key stores this process reaches -- the token given at start (the default
+    store) and the custom key stores, opened in the modules ``pkcs11_modules`` allows (with the
+    dev token, ``softhsm2``: its library) -- and what the custom key store use case needs.
+
+    The directory follows the stored connect decisions once started (``Runtime.start_background_work``).
+    """
+    modules = parse_pkcs11_modules(settings.pkcs11_modules)
+    if settings.uses_dev_token:
+        modules.setdefault("softhsm2", token.module_path)
+    connector = Pkcs11KeyStoreConnector(modules)
+    directory = KeyStoreDirectory(
+        vault,
+        store,
+        connector,
+        sealer,
+        record_serial=lambda store_id, serial: record_token_serial(store, store_id, serial),
+    )
+    return directory, CustomKeyStorePorts(store, sealer, connector, directory.status_of, directory.wake)
+
+
+def aws_authenticator(settings: Settings, runtime: Runtime) -> SigV4Callers:
+    """Issue 19, Deliver 2: the AWS port's callers, by SigV4 with the access keys of
+    ``hsmstore admin access-keys`` (secrets sealed on this token); the documented local test
+    key only under the embedded default (no TLS, so loopback only: config.py). The signature
+    date is checked against the real clock, never the test clock: clients sign with real time."""
+    access_keys = AccessKeys(
+        SqlAccessKeys(runtime.store.database), TokenSecretSealer(runtime.vault.token_calls), SystemClock()
+    )
+    return SigV4Callers(access_keys, SystemClock(), local_test_key=not settings.tls_enabled)
 
 
 def observe_calls(

@@ -90,6 +90,9 @@ class Settings:
     log_format: str = "text"
     # Issue 16 (server/metrics.py): HOST:PORT of the Prometheus endpoint, port 0 picks one; empty: none.
     metrics_listen: str = ""
+    # Issue 19 (hsmstore/aws_json/): HOST:PORT of the AWS JSON 1.1 endpoint (boto3, aws kms), port 0
+    # picks one; empty: off. Non-loopback needs TLS, like listen.
+    aws_listen: str = ""
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
     metadata_cache_seconds: float = 0.5  # how stale key metadata may be in one process (at most 1)
@@ -248,6 +251,7 @@ def validate(settings: Settings) -> None:
             "log_level", f"unknown log level {settings.log_level!r}", f"use one of {', '.join(LOG_LEVELS)}"
         )
     _validate_observability(settings)
+    _validate_aws_listen(settings)
     if settings.workers < 0:
         raise refuse("workers", "workers must be at least 1", "give a number of processes, or 0 (default)")
     if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
@@ -384,6 +388,32 @@ def _validate_observability(settings: Settings) -> None:
                     "give e.g. 127.0.0.1:9464 (port 0 picks a free port)",
                 )
             )
+
+
+def _validate_aws_listen(settings: Settings) -> None:
+    """``aws_listen`` (issue 19): HOST:PORT, and plaintext on loopback only, as for ``listen``."""
+    if not settings.aws_listen:
+        return
+    host, _, port = settings.aws_listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            refusal(
+                settings,
+                "aws_listen",
+                f"aws_listen must be HOST:PORT, got {settings.aws_listen!r}",
+                "give e.g. 127.0.0.1:4599 (port 0 picks a free port)",
+            )
+        )
+    if not settings.tls_enabled and not is_loopback(host):
+        raise ConfigError(
+            refusal(
+                settings,
+                "aws_listen",
+                f"refusing to serve the AWS protocol on {host} without TLS: plaintext is served on "
+                "loopback only",
+                "set tls_cert, tls_key and client_ca, or give aws_listen 127.0.0.1:PORT",
+            )
+        )
 
 
 def _validate_token(settings: Settings) -> None:

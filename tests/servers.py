@@ -46,6 +46,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # At the start of a line, so that a log line quoting the words cannot match.
 LISTENING = re.compile(r"^(?:\w+ )?listening on (?P<address>\S+)")
 ANY_LOOPBACK_PORT = "127.0.0.1:0"
+# ``hsmstore serve --aws-listen``: printed before the ``listening on`` line (issue 19).
+AWS_ENDPOINT = re.compile(r"^hsmstore AWS endpoint on (?P<url>\S+)")
 OUTPUT_TAIL_LINES = 60  # of a server that did not start, in the error
 HEALTH_RETRY_SECONDS = 0.1
 
@@ -91,6 +93,7 @@ class ServerProcess:
     stop_timeout: float = 20.0  # after SIGTERM, before SIGKILL
     process: subprocess.Popen[str] | None = field(default=None, init=False)
     address: str = field(default="", init=False)
+    aws_url: str = field(default="", init=False)  # the AWS JSON endpoint, with --aws-listen
     channel: grpc.Channel | None = field(default=None, init=False)
     output: list[str] = field(default_factory=list, init=False)
     # The server and every process below it once it listens (``--workers``, audit ingester).
@@ -133,6 +136,9 @@ class ServerProcess:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
+            aws = AWS_ENDPOINT.match(line)
+            if aws and not self.aws_url:
+                self.aws_url = aws["url"]
             match = LISTENING.match(line)
             if match and not listening.is_set():
                 self.address = match["address"]

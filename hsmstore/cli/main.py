@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from hsmstore.cli import startup
+from hsmstore.cli.access_keys import add_access_keys_parser
 from hsmstore.cli.audit import add_audit_parser
 from hsmstore.cli.backup import add_backup_parsers
 from hsmstore.cli.certs import add_certs_parser
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 picks one; default: none)",
     )
     serve.add_argument(
+        "--aws-listen",
+        dest="aws_listen",
+        help="HOST:PORT of the AWS JSON protocol endpoint for boto3 / aws kms (port 0 picks one; "
+        "default: none; non-loopback needs TLS)",
+    )
+    serve.add_argument(
         "--no-audit",
         dest="audit",
         action="store_false",
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", dest="data_dir")
 
     add_kms_parser(commands)
+    add_access_keys_parser(commands.choices["admin"])  # hsmstore admin access-keys (issue 19)
     add_status_parser(commands)
     add_audit_parser(commands)
     add_certs_parser(commands)
@@ -176,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             from hsmstore.cli.status import run_status
 
             return run_status(args)
+        if args.command == "admin" and getattr(args, "access_keys_command", None):
+            from hsmstore.cli.access_keys import run_access_keys
+
+            return run_access_keys(args)
         from hsmstore.cli.kms import run_kms
 
         return run_kms(args)

@@ -17,6 +17,7 @@ import os
 import queue
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from hsmstore import bootstrap
+from hsmstore.aws_json.server import RunningAwsServer, start_aws_server, tls_context
 from hsmstore.cli import preflight, startup
 from hsmstore.cli.shutdown import (
     INGESTER_STOP_SECONDS,
@@ -40,7 +42,7 @@ from hsmstore.cli.shutdown import (
 from hsmstore.config import EXIT_RUNTIME, ConfigError, ListenSetupError, Settings, load_settings, refusal
 from hsmstore.server import metrics
 from hsmstore.server.access_log import log_handler
-from hsmstore.server.app import TlsFiles, start_server
+from hsmstore.server.app import RunningServer, TlsFiles, start_server
 from hsmstore.server.tls import pinned_trust_domain
 from hsmstore.server.tls_reload import TlsPaths
 
@@ -127,6 +129,12 @@ def _serve(args: argparse.Namespace) -> int:
         if "bind" not in str(error):
             raise
         raise preflight.bind_failure(settings, settings.listen, error) from None
+    try:
+        aws = start_aws_endpoint(settings, runtime, settings.aws_listen)
+    except ConfigError:
+        running.stop(0)
+        runtime.close()
+        raise
     runtime.start_background_work()
     logging.getLogger(__name__).info(
         startup.banner(
@@ -139,11 +147,14 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_url=metrics_url,
         )
     )
+    say_aws_endpoint(aws)  # before the gRPC line: tests/servers.py reads both once that one is printed
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
     stop = StopSignal().install()
-    on_reload_signal(running.reload_tls)
+    on_reload_signal(lambda: reload_tls(settings, running, aws))
     while not stop.wait(1.0):
         ingester.keep_alive()
+    if aws is not None:
+        aws.stop(settings.shutdown_grace_seconds)
     stop_serving(running, runtime, settings.shutdown_grace_seconds, stop)  # cli/shutdown.py
     ingester.stop()
     logging.getLogger(__name__).info("stopped")
@@ -243,10 +254,13 @@ def _serve_with_workers(
     """
     context = multiprocessing.get_context("spawn")
     port = _pick_port(host, int(settings.listen.rpartition(":")[2]))
+    aws_listen = _aws_listen_of_workers(settings)
     ready = context.Queue()
     workers = [
         context.Process(
-            target=_worker_main, args=(settings, token, f"{host}:{port}", ready, n), name=f"worker-{n + 1}"
+            target=_worker_main,
+            args=(settings, token, f"{host}:{port}", ready, n, aws_listen),
+            name=f"worker-{n + 1}",
         )
         for n in range(settings.worker_count)
     ]
@@ -271,6 +285,9 @@ def _serve_with_workers(
             metrics_url=metrics_url,
         )
     )
+    if aws_listen:
+        scheme = "https" if settings.tls_enabled else "http"
+        print(f"hsmstore AWS endpoint on {scheme}://{aws_listen}", flush=True)
     print(f"hsmstore listening on {host}:{port} ({settings.worker_count} workers)", flush=True)
     while not stop.wait(0.5):
         ingester.keep_alive()
@@ -362,6 +379,7 @@ def _worker_main(
     listen: str,
     ready: multiprocessing.queues.Queue[WorkerStatus],
     index: int,
+    aws_listen: str = "",
 ) -> None:
     startup.set_process_title(f"worker {index + 1}")
     parent = os.getppid()
@@ -385,6 +403,7 @@ def _worker_main(
             audit=runtime.audit,
             observers=runtime.observers,
         )
+        aws = start_aws_endpoint(settings, runtime, aws_listen, reuse_port=True)
     except ConfigError as error:  # its one line goes to the serve process, which says it
         ready.put(("failed", error.exit_code, str(error)))
         _flush_and_exit(ready, error.exit_code)
@@ -397,12 +416,14 @@ def _worker_main(
         ready.put(("failed", EXIT_RUNTIME, f"worker {index + 1}: {type(error).__name__}: {error}"))
         _flush_and_exit(ready, EXIT_RUNTIME)
     runtime.start_background_work()
-    on_reload_signal(running.reload_tls)
+    on_reload_signal(lambda: reload_tls(settings, running, aws))
     ready.put(("ready", 0, ""))
     while not stop.wait(1.0):
         if os.getppid() != parent:  # the serve process is gone (SIGKILL): never serve on alone
             logging.getLogger(__name__).error("the serve process exited: worker %d stops too", index + 1)
             break
+    if aws is not None:
+        aws.stop(settings.shutdown_grace_seconds)
     stop_serving(running, runtime, settings.shutdown_grace_seconds, stop)  # cli/shutdown.py
 
 
@@ -466,6 +487,73 @@ def _tls_files(settings: Settings) -> TlsFiles | None:
         paths=TlsPaths(Path(settings.tls_cert), Path(settings.tls_key), Path(settings.client_ca)),
         reload_check_seconds=settings.tls_reload_seconds,
     )
+
+
+def start_aws_endpoint(
+    settings: Settings, runtime: bootstrap.Runtime, listen: str, reuse_port: bool = False
+) -> RunningAwsServer | None:
+    """Issue 19: with ``--aws-listen``, the AWS JSON protocol in this serving process.
+
+    It runs the gRPC port's use cases with its audit sink, observers and request
+    quotas (hsmstore/aws_json/), so both ports share one gate and one trail. With
+    ``--workers`` every worker binds the same port (SO_REUSEPORT), as for gRPC.
+    """
+    if not listen:
+        return None
+    tls = None
+    if settings.tls_enabled:
+        tls = tls_context(settings.tls_cert, settings.tls_key, settings.client_ca)
+    try:
+        return start_aws_server(
+            runtime.service,
+            listen,
+            audit_sink=runtime.audit.sink if runtime.audit else None,
+            audit_fail_open=runtime.audit.fail_open if runtime.audit else False,
+            observers=runtime.observers,
+            authenticate=bootstrap.aws_authenticator(settings, runtime),  # SigV4 (aws_json/sigv4.py)
+            reuse_port=reuse_port,
+            tls=tls,
+        )
+    except OSError as error:
+        raise ListenSetupError(
+            refusal(
+                settings,
+                "aws_listen",
+                f"cannot serve the AWS protocol on {listen}: {error.strerror or error}",
+                "free that port or give another one (port 0 picks a free port)",
+            )
+        ) from None
+
+
+def reload_tls(settings: Settings, running: RunningServer, aws: RunningAwsServer | None) -> bool:
+    """SIGHUP: the gRPC port reloads its TLS files (server/tls_reload.py), and the AWS port reads
+    them again for its new connections; a file that cannot be used keeps the old ones (one line)."""
+    reloaded = running.reload_tls()
+    if aws is not None and aws.server.tls is not None:
+        try:
+            aws.replace_tls(tls_context(settings.tls_cert, settings.tls_key, settings.client_ca))
+            logging.getLogger(__name__).info("SIGHUP: the AWS port reloaded its TLS files")
+        except (OSError, ssl.SSLError) as error:
+            logging.getLogger(__name__).error(
+                "SIGHUP: the AWS port keeps its TLS files: %s (tls_cert, tls_key, client_ca)", error
+            )
+    return reloaded
+
+
+def say_aws_endpoint(aws: RunningAwsServer | None) -> None:
+    if aws is not None:
+        host = str(aws.server.server_address[0])
+        shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if aws.server.tls else "http"
+        print(f"hsmstore AWS endpoint on {scheme}://{shown}:{aws.port}", flush=True)
+
+
+def _aws_listen_of_workers(settings: Settings) -> str:
+    """``aws_listen`` with port 0 made one free port, chosen once so that every worker binds it."""
+    if not settings.aws_listen:
+        return ""
+    host, _, port = settings.aws_listen.rpartition(":")
+    return f"{host}:{_pick_port(host, int(port))}"
 
 
 def start_metrics_endpoint(settings: Settings) -> metrics.MetricsEndpoint | None:

@@ -116,6 +116,8 @@ keys = Table(
     PrimaryKeyConstraint("key_id"),
     # list_keys: WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?
     Index(None, "tenant", "key_id"),
+    # Migration 0008: DeleteCustomKeyStore's "no key names the store" (WHERE key_store_id = ?)
+    Index(None, "key_store_id"),
 )
 
 key_versions = Table(
@@ -207,6 +209,34 @@ abandoned_token_objects = Table(
     PrimaryKeyConstraint("token_id"),
     # The sweep's "older than" reads and the prune: WHERE abandoned_at < ? ORDER BY abandoned_at
     Index(None, "abandoned_at"),
+)
+
+# Custom key stores (issue 17; migration 0008): core/key_stores/model.py CustomKeyStore.
+# ``sealed_pin`` is the crypto user's PIN sealed under the default store's token, never
+# in clear; ``desired`` is the decision every node follows; ``generation`` the
+# compare-and-set counter. Exactly one of token_label / token_serial_wanted is set.
+TOKEN_LOCATOR_LENGTH = 64  # a PKCS#11 token label or serial is 32 bytes at most (CK_TOKEN_INFO)
+custom_key_stores = Table(
+    "custom_key_stores",
+    metadata,
+    Column("custom_key_store_id", ordered_string(KEY_STORE_ID_LENGTH), nullable=False),
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("name", ordered_string(NAME_LENGTH), nullable=False),
+    Column("key_store_type", String(ENUM_LENGTH), nullable=False),
+    Column("module", String(NAME_LENGTH), nullable=False),
+    Column("hsm_profile", String(64), nullable=False),
+    Column("token_label", String(TOKEN_LOCATOR_LENGTH), nullable=True),
+    Column("token_serial_wanted", String(TOKEN_LOCATOR_LENGTH), nullable=True),
+    Column("token_serial_seen", String(TOKEN_LOCATOR_LENGTH), nullable=True),
+    Column("sealed_pin", LargeBinary(), nullable=False),
+    Column("desired", String(ENUM_LENGTH), nullable=False),
+    Column("generation", Integer(), nullable=False),
+    Column("creation_date", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("custom_key_store_id"),
+    # AWS: CustomKeyStoreNameInUseException; also serves DescribeCustomKeyStores by name.
+    UniqueConstraint("tenant", "name"),
+    # DescribeCustomKeyStores: WHERE tenant = ? AND custom_key_store_id > ? ORDER BY custom_key_store_id
+    Index(None, "tenant", "custom_key_store_id"),
 )
 
 
@@ -357,4 +387,23 @@ identity_policies = Table(
     Column("document", Text(), nullable=False),
     Column("last_updated", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("tenant", "principal", "policy_name"),
+)
+
+# SigV4 access keys (issue 19; core/access_keys_model.py; migration 0009). ``sealed_secret`` is
+# the secret access key sealed under the default token's secrets key (hsm/secret_sealer.py),
+# bound to the row's id, tenant and principal; never in clear. ``status``: Active, Inactive, Revoked.
+ACCESS_KEY_ID_LENGTH = 20  # AKIA + 16
+access_keys = Table(
+    "access_keys",
+    metadata,
+    Column("access_key_id", ordered_string(ACCESS_KEY_ID_LENGTH), nullable=False),
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("principal", ordered_string(PRINCIPAL_LENGTH), nullable=False),
+    Column("sealed_secret", LargeBinary(), nullable=False),
+    Column("status", String(ENUM_LENGTH), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_used", UtcDateTime(), nullable=True),
+    PrimaryKeyConstraint("access_key_id"),
+    # hsmstore admin access-keys list [--tenant T] [--principal P]: ORDER BY tenant, principal, id
+    Index(None, "tenant", "principal", "access_key_id"),
 )
