@@ -7,7 +7,6 @@ blob opens only under its own context; the key never leaves the token.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,7 +105,6 @@ def test_secrets_key_is_sensitive_encrypt_decrypt_only_and_locked(sealer: TokenS
     }
 
 
-@pytest.mark.skipif(shutil.which("pkcs11-tool") is None, reason="OpenSC pkcs11-tool is not installed")
 def test_pkcs11_tool_sees_the_secrets_key_unreadable(
     softhsm_token: DevToken, sealer: TokenSecretSealer, tmp_path: Path
 ) -> None:
