@@ -22,7 +22,9 @@ like ``hsmstore kms``); 2 a usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,7 +95,7 @@ def run_access_keys(args: argparse.Namespace) -> int:
         settings = _settings(args)
         with _access_keys(settings, token=args.access_keys_command == "create") as keys:
             if args.access_keys_command == "create":
-                created = keys.create(args.principal, args.tenant)
+                created = keys.create(args.principal, args.tenant, operator=_operator())
                 _print(
                     {
                         "AccessKey": {
@@ -108,7 +110,7 @@ def run_access_keys(args: argparse.Namespace) -> int:
             elif args.access_keys_command == "list":
                 _print({"AccessKeyMetadata": [_shown(key) for key in keys.list(args.tenant, args.principal)]})
             else:
-                _print({"AccessKeyMetadata": _shown(keys.revoke(args.access_key_id))})
+                _print({"AccessKeyMetadata": _shown(keys.revoke(args.access_key_id, operator=_operator()))})
         return 0
     except KMSError as error:
         print(json.dumps({"Error": {"Code": error.reason, "Message": error.message}}), file=sys.stderr)
@@ -116,6 +118,15 @@ def run_access_keys(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"hsmstore: {error}", file=sys.stderr)
         return error.exit_code
+
+
+def _operator() -> str:
+    """Who the audit record names for a change made here: the operating-system user."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER
+        return f"uid-{os.getuid()}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or f"uid-{os.getuid()}"
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from hsmstore.core.access_keys_model import (
     AccessKeyRecord,
@@ -36,6 +36,7 @@ from hsmstore.core.access_keys_model import (
     new_secret_access_key,
     sealing_context,
 )
+from hsmstore.core.audit.record import CallAudit
 from hsmstore.core.cache import TtlCache
 from hsmstore.core.identifiers import parse_principal_arn
 from hsmstore.core.model import Caller, principal_arn
@@ -48,6 +49,9 @@ SECRET_CACHE_SECONDS: Final = 10.0
 SECRET_CACHE_ENTRIES: Final = 1024
 LAST_USED_INTERVAL_SECONDS: Final = 60.0
 """``last_used`` is written at most once a minute per key and process: it is coarse on purpose."""
+DEFAULT_OPERATOR: Final = "cli"
+"""Who the audit record names when the caller does not say (``hsmstore admin access-keys``
+passes the operating-system user)."""
 _CREATE_ATTEMPTS: Final = 5  # a 82-bit random id collides essentially never; retry a few times anyway
 
 
@@ -137,8 +141,14 @@ class AccessKeys:
         self._last_noted: dict[str, float] = {}
         self._noted_lock = threading.Lock()
 
-    def create(self, principal: str, tenant: str | None = None) -> CreatedAccessKey:
-        """A new Active key for ``principal``; its secret is returned here and never again."""
+    def create(
+        self, principal: str, tenant: str | None = None, *, operator: str = DEFAULT_OPERATOR
+    ) -> CreatedAccessKey:
+        """A new Active key for ``principal``; its secret is returned here and never again.
+
+        Audited like IAM's CreateAccessKey in CloudTrail: one ``CreateAccessKey``
+        record, committed with the key, naming the ``operator`` who made it, the
+        principal and the new key's id (never the secret)."""
         tenant_name, arn = principal_of(principal, tenant)
         secret = new_secret_access_key()
         for _ in range(_CREATE_ATTEMPTS):
@@ -153,8 +163,14 @@ class AccessKeys:
                 status=AccessKeyStatus.ACTIVE,
                 created_at=self._clock.now(),
             )
+            audit = self._audit(
+                "CreateAccessKey",
+                tenant_name,
+                operator,
+                {"principal": arn, "accessKeyId": access_key_id},
+            )
             try:
-                self._records.insert_access_key(record)
+                self._records.insert_access_key(record, audit=audit)
             except AlreadyExistsException:
                 continue
             return CreatedAccessKey(access_key_id, secret, tenant_name, arn, AccessKeyStatus.ACTIVE)
@@ -165,15 +181,33 @@ class AccessKeys:
         arn = principal_of(principal, tenant)[1] if principal is not None else None
         return [_summary(record) for record in self._records.list_access_keys(tenant, arn)]
 
-    def revoke(self, access_key_id: str) -> AccessKeySummary:
-        """Revoke a key for good: its requests are refused from now on (other processes: see module doc)."""
-        if not self._records.set_access_key_status(access_key_id, AccessKeyStatus.REVOKED):
+    def revoke(self, access_key_id: str, *, operator: str = DEFAULT_OPERATOR) -> AccessKeySummary:
+        """Revoke a key for good: its requests are refused from now on (other processes: see module doc).
+
+        Audited as ``RevokeAccessKey`` (IAM's DeleteAccessKey analogue), committed with the change."""
+        existing = self._records.get_access_key(access_key_id)
+        if existing is None:
+            raise NotFoundException(f"no access key {access_key_id}")
+        audit = self._audit(
+            "RevokeAccessKey",
+            existing.tenant,
+            operator,
+            {"principal": existing.principal, "accessKeyId": access_key_id},
+        )
+        if not self._records.set_access_key_status(access_key_id, AccessKeyStatus.REVOKED, audit=audit):
             raise NotFoundException(f"no access key {access_key_id}")
         self._identities.invalidate(access_key_id)
         record = self._records.get_access_key(access_key_id)
         if record is None:
             raise NotFoundException(f"no access key {access_key_id}")
         return _summary(record)
+
+    def _audit(
+        self, event_name: str, tenant: str, operator: str, parameters: dict[str, str]
+    ) -> dict[str, Any]:
+        """The record of an operator's change: the operator acts in the key's tenant."""
+        caller = Caller(tenant, principal_arn(tenant, "operator", operator), kind="operator", name=operator)
+        return CallAudit(event_name, caller, parameters, self._clock.now()).to_record()
 
     def signing_identity(self, access_key_id: str) -> SigningIdentity | None:
         """The caller and secret of an Active key, else None (cached, see the module doc)."""

@@ -7,7 +7,7 @@ seals nor unseals, and never logs a row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
 from hsmstore.core.access_keys_model import AccessKeyRecord, AccessKeyStatus
+from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware
 from hsmstore.store.database import Database
 from hsmstore.store.schema import access_keys
@@ -27,16 +28,18 @@ class SqlAccessKeys:
     def __init__(self, database: Database) -> None:
         self._writer = database.writer
         self._reader = database.reader
+        self._trail = SqlAuditLog(database)
 
     @classmethod
     def on(cls, engine: Engine) -> SqlAccessKeys:
         return cls(Database.of(engine))
 
-    def insert_access_key(self, record: AccessKeyRecord) -> None:
+    def insert_access_key(self, record: AccessKeyRecord, *, audit: Mapping[str, Any] | None = None) -> None:
         require_aware(record.created_at, "created_at")
         try:
             with self._writer.begin() as connection:
                 connection.execute(access_keys.insert().values(_values(record)))
+                self._trail.record_change(connection, audit)
         except exc.IntegrityError:
             raise errors.AlreadyExistsException(f"access key {record.access_key_id} already exists") from None
 
@@ -60,7 +63,9 @@ class SqlAccessKeys:
         with self._reader.connect() as connection:
             return [_record(row) for row in connection.execute(query).mappings()]
 
-    def set_access_key_status(self, access_key_id: str, status: AccessKeyStatus) -> bool:
+    def set_access_key_status(
+        self, access_key_id: str, status: AccessKeyStatus, *, audit: Mapping[str, Any] | None = None
+    ) -> bool:
         """A revoked key stays revoked: its status is never changed again."""
         with self._writer.begin() as connection:
             changed = connection.execute(
@@ -72,6 +77,7 @@ class SqlAccessKeys:
                 .values(status=status.value)
             ).rowcount
             if changed:
+                self._trail.record_change(connection, audit)
                 return True
             exists = connection.execute(
                 select(access_keys.c.status).where(access_keys.c.access_key_id == access_key_id)

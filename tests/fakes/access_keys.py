@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,12 +23,15 @@ class FakeAccessKeyRecords:
         self._rows: dict[str, AccessKeyRecord] = {}
         self._lock = threading.Lock()
         self.lookups = 0
+        self.audit_records: list[dict[str, Any]] = []  # the records changes were committed with
 
-    def insert_access_key(self, record: AccessKeyRecord) -> None:
+    def insert_access_key(self, record: AccessKeyRecord, *, audit: Mapping[str, Any] | None = None) -> None:
         with self._lock:
             if record.access_key_id in self._rows:
                 raise errors.AlreadyExistsException(f"access key {record.access_key_id} exists")
             self._rows[record.access_key_id] = record
+            if audit is not None:
+                self.audit_records.append(dict(audit))
 
     def get_access_key(self, access_key_id: str) -> AccessKeyRecord | None:
         self.lookups += 1
@@ -41,7 +45,9 @@ class FakeAccessKeyRecords:
         ]
         return sorted(rows, key=lambda row: (row.tenant, row.principal, row.access_key_id))
 
-    def set_access_key_status(self, access_key_id: str, status: AccessKeyStatus) -> bool:
+    def set_access_key_status(
+        self, access_key_id: str, status: AccessKeyStatus, *, audit: Mapping[str, Any] | None = None
+    ) -> bool:
         with self._lock:
             row = self._rows.get(access_key_id)
             if row is None:
@@ -49,6 +55,8 @@ class FakeAccessKeyRecords:
             if row.status is AccessKeyStatus.REVOKED:  # revoked for good
                 return status is AccessKeyStatus.REVOKED
             self._rows[access_key_id] = replace(row, status=status)
+            if audit is not None:
+                self.audit_records.append(dict(audit))
             return True
 
     def note_access_key_used(self, access_key_id: str, when: datetime) -> None:

@@ -193,3 +193,33 @@ def test_refused_signatures_are_audited_without_any_secret(
         if p.is_file() and "spool" in str(p)
     )
     assert secret not in spooled
+
+
+def test_access_keys_made_and_revoked_by_an_operator_are_in_the_audit_trail_without_their_secret(
+    tmp_path: Path,
+) -> None:
+    """Like IAM's CreateAccessKey and DeleteAccessKey in CloudTrail: each change is one record,
+    committed with it, naming the operator, the principal and the key id, never the secret."""
+    server = ServerProcess(tmp_path / "data", ["--aws-listen", "127.0.0.1:0"]).start()
+    try:
+        created = create_access_key(server, "--principal", "user/ci")
+        revoked = hsmstore_cli(
+            "admin", "access-keys", "revoke", created["AccessKeyId"], "--data-dir", str(tmp_path / "data")
+        )
+        assert revoked.returncode == 0, revoked.stderr
+    finally:
+        server.stop()
+    exported = hsmstore_cli("audit", "export", "--format", "jsonl", "--data-dir", str(tmp_path / "data"))
+    assert exported.returncode == 0, exported.stderr
+    assert created["SecretAccessKey"] not in exported.stdout
+    records = [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+    changes = [r for r in records if r["eventName"] in ("CreateAccessKey", "RevokeAccessKey")]
+    assert [r["eventName"] for r in changes] == ["CreateAccessKey", "RevokeAccessKey"]
+    for record in changes:
+        assert record["requestParameters"] == {
+            "principal": created["Principal"],
+            "accessKeyId": created["AccessKeyId"],
+        }
+        assert record["userIdentity"]["arn"].startswith("arn:hsmstore:iam::local:operator/")
+    verified = hsmstore_cli("audit", "verify", "--data-dir", str(tmp_path / "data"))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
