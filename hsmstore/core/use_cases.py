@@ -108,7 +108,12 @@ def build_use_cases(
         gate=gate,
         keys=KeyManagement(gate, store),
         creation=creation,
-        crypto=EnvelopeEncryption(gate, material, key_stores),
+        crypto=EnvelopeEncryption(
+            gate,
+            material,
+            key_stores,
+            None if custom_key_stores is None else custom_key_stores.store_for_random,
+        ),
         rotation=rotation,
         deletion=KeyDeletion(gate, store, key_stores, material, clock, failpoint),
         aliases=Aliases(gate, store, clock, limits),

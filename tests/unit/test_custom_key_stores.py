@@ -32,6 +32,7 @@ from hsmstore.errors import (
     CustomKeyStoreInvalidStateException,
     CustomKeyStoreNameInUseException,
     CustomKeyStoreNotFoundException,
+    DependencyUnavailableException,
     IncorrectTrustAnchorException,
     InvalidMarkerException,
     KMSError,
@@ -559,3 +560,56 @@ def test_an_interrupted_create_key_rolls_back_on_the_custom_token() -> None:
     assert world.store.get_key(key.key_id) is None
     assert not world.vaults.vaults[custom_key_store_id].key_exists(version.material)
     assert world.store.count_keys_in_key_store(custom_key_store_id) == 0
+
+
+# -- GenerateRandom with CustomKeyStoreId ----------------------------------------------
+
+
+def test_generate_random_in_a_custom_store_draws_from_that_store_s_token() -> None:
+    """AWS: GenerateRandom with CustomKeyStoreId "generates the random byte string in the
+    [HSM] associated with the specified ... key store"."""
+    world = World()
+    custom_key_store_id = world.connected()
+    drawn: list[int] = []
+    vault = world.vaults.vaults.setdefault(
+        custom_key_store_id, FakeKeyVault(key_store_id=custom_key_store_id)
+    )
+    original = vault.generate_random
+
+    def counted(number_of_bytes: int) -> bytes:
+        drawn.append(number_of_bytes)
+        return original(number_of_bytes)
+
+    vault.generate_random = counted  # type: ignore[method-assign]
+    assert len(world.service.crypto.generate_random(ACME, 24, custom_key_store_id)) == 24
+    assert drawn == [24]
+
+
+def test_generate_random_in_a_store_that_is_not_connected_or_not_the_tenant_s_is_refused() -> None:
+    world = World()
+    disconnected = world.create()
+    with pytest.raises(CustomKeyStoreInvalidStateException):
+        world.service.crypto.generate_random(ACME, 8, disconnected)
+    theirs = world.connected(GLOBEX)
+    with pytest.raises(CustomKeyStoreNotFoundException):
+        world.service.crypto.generate_random(ACME, 8, theirs)
+
+
+def test_generate_random_in_a_store_whose_token_is_down_goes_to_the_token_for_the_retryable_error() -> None:
+    """Issue 17: during an outage the store's calls answer the contract's retryable error
+    (the token's DependencyUnavailableException), not CustomKeyStoreInvalidStateException."""
+    world = World()
+    custom_key_store_id = world.connected()
+    world.status[custom_key_store_id] = ConnectionStatus(
+        ConnectionState.CONNECTING, ConnectionErrorCode.NETWORK_ERRORS, "the token does not answer"
+    )
+    vault = world.vaults.vaults.setdefault(
+        custom_key_store_id, FakeKeyVault(key_store_id=custom_key_store_id)
+    )
+
+    def token_down(number_of_bytes: int) -> bytes:
+        raise DependencyUnavailableException("the HSM token does not answer")
+
+    vault.generate_random = token_down  # type: ignore[method-assign]
+    with pytest.raises(DependencyUnavailableException):
+        world.service.crypto.generate_random(ACME, 8, custom_key_store_id)

@@ -11,7 +11,7 @@ is never logged or returned in an error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hsmstore.core.audit import capture
 from hsmstore.core.crypto.requests import (
@@ -38,10 +38,21 @@ from hsmstore.errors import (
 
 
 class EnvelopeEncryption:
-    def __init__(self, gate: KeyGate, material: VersionMaterial, key_stores: KeyStores) -> None:
+    def __init__(
+        self,
+        gate: KeyGate,
+        material: VersionMaterial,
+        key_stores: KeyStores,
+        connected_custom_key_store: Callable[[Caller, str], str] | None = None,
+    ) -> None:
+        """``connected_custom_key_store(caller, id)``: the id of the caller's tenant's custom key
+        store if it is connected here, or reconnecting after an outage
+        (core/key_stores/management.py ``store_for_random``); None on a server without
+        custom key stores."""
         self._gate = gate
         self._material = material
         self._key_stores = key_stores
+        self._connected_custom_key_store = connected_custom_key_store
 
     def encrypt(
         self,
@@ -167,12 +178,21 @@ class EnvelopeEncryption:
     def generate_random(
         self, caller: Caller, number_of_bytes: int | None, custom_key_store_id: str = ""
     ) -> bytes:
-        """GenerateRandom: from the default key store's token RNG."""
-        if custom_key_store_id:
-            raise UnsupportedOperationException("Custom key stores are not supported by this server yet")
+        """GenerateRandom: from the default key store's token RNG, or from a custom key store's.
+
+        AWS: "CustomKeyStoreId: generates the random byte string in the AWS CloudHSM
+        cluster that is associated with the specified CloudHSM key store"; a store of
+        another tenant is CustomKeyStoreNotFoundException, one that is not connected
+        CustomKeyStoreInvalidStateException (issue 17).
+        """
         size = check_number(number_of_bytes, "NumberOfBytes", 1, MAX_RANDOM_BYTES)
         self._gate.access.check(caller, "kms:GenerateRandom", None)
-        return self._key_stores.default().generate_random(size)
+        if not custom_key_store_id:
+            return self._key_stores.default().generate_random(size)
+        if self._connected_custom_key_store is None:
+            raise UnsupportedOperationException("Custom key stores are not supported by this server")
+        store_id = self._connected_custom_key_store(caller, custom_key_store_id)
+        return self._key_stores.key_store(store_id).generate_random(size)
 
     def _seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
         version = key.current_version

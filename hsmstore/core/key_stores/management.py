@@ -55,6 +55,7 @@ from hsmstore.core.audit import capture
 from hsmstore.core.key_stores import requests
 from hsmstore.core.key_stores.model import (
     CUSTOM_KEY_STORE_ID_PREFIX,
+    ConnectionErrorCode,
     ConnectionState,
     ConnectionStatus,
     CustomKeyStore,
@@ -324,6 +325,29 @@ class CustomKeyStores:
             raise CustomKeyStoreInvalidStateException(
                 f"Custom key store {store.custom_key_store_id} is {state.value}, not CONNECTED: "
                 "connect it (ConnectCustomKeyStore) and wait for CONNECTED before CreateKey"
+            )
+        return store.custom_key_store_id
+
+    def store_for_random(self, caller: Caller, custom_key_store_id: str) -> str:
+        """GenerateRandom with CustomKeyStoreId: the caller's tenant's store
+        (CustomKeyStoreNotFoundException), connected or reconnecting after an outage here.
+
+        A store that is not connected is CustomKeyStoreInvalidStateException (AWS). One
+        whose token stopped answering (CONNECTING with NETWORK_ERRORS) is passed on: its
+        token call then answers the contract's retryable error at once (issue 17, "calls
+        that need it fail within 100 ms with the contract's error"), as its keys' calls do.
+        """
+        requests.check_id(custom_key_store_id)
+        store = self._find(caller, custom_key_store_id)
+        status = self.connection_status(store)
+        reconnecting = (
+            status.state is ConnectionState.CONNECTING
+            and status.error_code is ConnectionErrorCode.NETWORK_ERRORS
+        )
+        if status.state is not ConnectionState.CONNECTED and not reconnecting:
+            raise CustomKeyStoreInvalidStateException(
+                f"Custom key store {store.custom_key_store_id} is {status.state.value}, not CONNECTED: "
+                "connect it (ConnectCustomKeyStore) and wait for CONNECTED"
             )
         return store.custom_key_store_id
 
