@@ -512,11 +512,17 @@ def test_generate_random_size_outside_1_to_1024_is_validation_error(
     )
 
 
-def test_generate_random_in_a_custom_key_store_is_unsupported(stub: pb_grpc.KeyStoreStub) -> None:
+def test_generate_random_in_a_custom_key_store_the_tenant_does_not_have_is_not_found(
+    stub: pb_grpc.KeyStoreStub,
+) -> None:
+    """Issue 17: GenerateRandom takes a CustomKeyStoreId as AWS does (the bytes come from that
+    store's token; tests/integration/test_custom_key_store_outage.py draws from one)."""
     expect_error(
-        lambda: stub.GenerateRandom(pb.GenerateRandomRequest(number_of_bytes=8, custom_key_store_id="cks-1")),
-        "UnsupportedOperationException",
-        grpc.StatusCode.UNIMPLEMENTED,
+        lambda: stub.GenerateRandom(
+            pb.GenerateRandomRequest(number_of_bytes=8, custom_key_store_id="cks-0123456789abcdef0")
+        ),
+        "CustomKeyStoreNotFoundException",
+        grpc.StatusCode.NOT_FOUND,
     )
 
 
