@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,29 +91,45 @@ def server_failure_seconds(server: ServerProcess, operation: str) -> list[float]
     return durations
 
 
-def keep_generating(stub: pb_grpc.KeyStoreStub, key_id: str, load: Load) -> None:
-    request = pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256")
+def keep_calling(call: Callable[[], object], target: str, load: Load) -> None:
+    """Call until told to stop, recording each outcome under ``target`` (a key or store id)."""
     while not load.stop.is_set():
         started = time.monotonic()
         try:
-            stub.GenerateDataKey(request, timeout=CALL_TIMEOUT_SECONDS)
+            call()
             code, reason = None, None
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             reason = reason_of(error)
-        outcome = Outcome(key_id, started, time.monotonic() - started, code, reason)
+        outcome = Outcome(target, started, time.monotonic() - started, code, reason)
         with load.lock:
             load.outcomes.append(outcome)
         time.sleep(0.01)
 
 
+def keep_generating(stub: pb_grpc.KeyStoreStub, key_id: str, load: Load) -> None:
+    request = pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256")
+    keep_calling(lambda: stub.GenerateDataKey(request, timeout=CALL_TIMEOUT_SECONDS), key_id, load)
+
+
+def keep_drawing_random(stub: pb_grpc.KeyStoreStub, custom_key_store_id: str, load: Load) -> None:
+    request = pb.GenerateRandomRequest(number_of_bytes=32, custom_key_store_id=custom_key_store_id)
+    keep_calling(
+        lambda: stub.GenerateRandom(request, timeout=CALL_TIMEOUT_SECONDS), custom_key_store_id, load
+    )
+
+
+def exported_trail(server: ServerProcess) -> list[str]:
+    """The audit trail's records, one JSON line each (``hsmstore audit export``)."""
+    return subprocess.run(
+        [*EXPORT, "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
+
 def recorded_per_key(server: ServerProcess, key_ids: list[str]) -> Counter[str]:
     """GenerateDataKey records in the audit trail, per key (each record names its key's ARN)."""
-    exported = subprocess.run(
-        [*EXPORT, "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True
-    ).stdout
     counts: Counter[str] = Counter()
-    for line in exported.splitlines():
+    for line in exported_trail(server):
         record = json.loads(line)
         if record["eventName"] == "GenerateDataKey":
             for key_id in key_ids:
@@ -215,27 +232,8 @@ def test_a_store_token_outage_fails_fast_spares_the_others_recovers_within_5_s_a
         )
 
 
-def keep_drawing_random(stub: pb_grpc.KeyStoreStub, custom_key_store_id: str, load: Load) -> None:
-    request = pb.GenerateRandomRequest(number_of_bytes=32, custom_key_store_id=custom_key_store_id)
-    while not load.stop.is_set():
-        started = time.monotonic()
-        try:
-            stub.GenerateRandom(request, timeout=CALL_TIMEOUT_SECONDS)
-            code, reason = None, None
-        except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-            reason = reason_of(error)
-        outcome = Outcome(custom_key_store_id, started, time.monotonic() - started, code, reason)
-        with load.lock:
-            load.outcomes.append(outcome)
-        time.sleep(0.01)
-
-
 def recorded_random_calls(server: ServerProcess) -> int:
-    exported = subprocess.run(
-        [*EXPORT, "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True
-    ).stdout
-    return sum(json.loads(line)["eventName"] == "GenerateRandom" for line in exported.splitlines())
+    return sum(json.loads(line)["eventName"] == "GenerateRandom" for line in exported_trail(server))
 
 
 def test_killing_the_p11_kit_server_of_a_store_fails_its_calls_fast_and_it_comes_back_by_itself(
