@@ -14,7 +14,12 @@ import pytest
 
 from hsmstore.core.audit import capture
 from hsmstore.core.audit.record import CallAudit
-from hsmstore.core.key_stores.management import CustomKeyStorePorts, CustomKeyStores
+from hsmstore.core.key_stores.management import (
+    CustomKeyStorePorts,
+    CustomKeyStores,
+    pin_of,
+    record_token_serial,
+)
 from hsmstore.core.key_stores.model import (
     ConnectionErrorCode,
     ConnectionState,
@@ -141,7 +146,7 @@ def test_a_new_store_is_disconnected_with_its_pin_only_sealed() -> None:
     assert row.desired is DesiredConnection.DISCONNECTED and row.tenant == "acme"
     assert PIN.encode() not in row.sealed_pin and PIN not in repr(row)
     assert world.sealer.unseal(row.sealed_pin, pin_seal_context(custom_key_store_id, "acme")) == PIN.encode()
-    assert world.stores.pin_of(row) == PIN
+    assert pin_of(world.sealer, row) == PIN
     assert world.state(custom_key_store_id) is ConnectionState.DISCONNECTED
 
 
@@ -353,7 +358,7 @@ def test_a_failed_store_is_disconnected_then_connected_again() -> None:
     world.stores.update_custom_key_store(ACME, custom_key_store_id, pin="the-right-pin")
     world.stores.connect_custom_key_store(ACME, custom_key_store_id)
     row = world.row(custom_key_store_id)
-    assert row.desired is DesiredConnection.CONNECTED and world.stores.pin_of(row) == "the-right-pin"
+    assert row.desired is DesiredConnection.CONNECTED and pin_of(world.sealer, row) == "the-right-pin"
 
 
 def test_disconnect_is_refused_when_already_disconnected() -> None:
@@ -398,7 +403,7 @@ def test_update_renames_reseals_and_renames_the_token() -> None:
     assert after.name == "renamed" and after.generation == before.generation + 1
     assert after.locator.token_serial == "77aa" and after.locator.token_label is None
     assert after.locator.module == "softhsm" and after.locator.hsm_profile == "cloudhsm"
-    assert world.stores.pin_of(after) == "new-pin-5678" and b"new-pin-5678" not in after.sealed_pin
+    assert pin_of(world.sealer, after) == "new-pin-5678" and b"new-pin-5678" not in after.sealed_pin
     assert after.creation_date == before.creation_date
 
 
@@ -425,7 +430,7 @@ def test_update_refusals(fields: dict[str, str], error: type[KMSError]) -> None:
 def test_update_naming_another_tokens_serial_is_an_incorrect_trust_anchor() -> None:
     world = World()
     custom_key_store_id = world.create()
-    assert world.stores.record_token_serial(custom_key_store_id, "9f3a11")
+    assert record_token_serial(world.store, custom_key_store_id, "9f3a11")
     with pytest.raises(IncorrectTrustAnchorException):
         world.stores.update_custom_key_store(ACME, custom_key_store_id, token_serial="0000aa")
     world.stores.update_custom_key_store(ACME, custom_key_store_id, token_serial="9f3a11")
@@ -436,11 +441,11 @@ def test_update_naming_another_tokens_serial_is_an_incorrect_trust_anchor() -> N
 def test_the_first_serial_seen_is_kept_and_another_is_refused() -> None:
     world = World()
     custom_key_store_id = world.create()
-    assert world.stores.record_token_serial(custom_key_store_id, "9f3a11")
-    assert world.stores.record_token_serial(custom_key_store_id, "9f3a11")
-    assert not world.stores.record_token_serial(custom_key_store_id, "other")
+    assert record_token_serial(world.store, custom_key_store_id, "9f3a11")
+    assert record_token_serial(world.store, custom_key_store_id, "9f3a11")
+    assert not record_token_serial(world.store, custom_key_store_id, "other")
     assert world.row(custom_key_store_id).token_serial == "9f3a11"
-    assert not world.stores.record_token_serial("cks-ffffffffffffffff0", "9f3a11")
+    assert not record_token_serial(world.store, "cks-ffffffffffffffff0", "9f3a11")
     [entry] = world.stores.describe_custom_key_stores(ACME, custom_key_store_id).entries
     assert entry.connected_token_serial == "9f3a11"
 

@@ -7,6 +7,7 @@ credential error is never retried (no lockout); other failures are retried.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -203,10 +204,13 @@ def test_the_follower_thread_applies_a_decision_after_wake(parts) -> None:  # ty
     directory, records, connector, _ = parts
     directory.start()
     try:
-        records.rows[STORE_ID] = a_store(DesiredConnection.CONNECTED)
+        row = records.rows[STORE_ID] = a_store(DesiredConnection.CONNECTED)
         directory.wake()
-        status = directory.wait_settled(STORE_ID, timeout=5)
-        assert status is not None and status.state is ConnectionState.CONNECTED
+        deadline = time.monotonic() + 5  # only the follower thread syncs here, never this one
+        while directory.status_of(row).state is not ConnectionState.CONNECTED:
+            assert time.monotonic() < deadline, "the follower did not connect the store"
+            time.sleep(0.02)
+        assert directory.key_store(STORE_ID) is connector.stores[0]
     finally:
         directory.close()
     assert connector.stores[0].closed

@@ -33,13 +33,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hsmstore import errors
+from hsmstore.core.key_stores.management import pin_of
 from hsmstore.core.key_stores.model import (
     ConnectionErrorCode,
     ConnectionState,
     ConnectionStatus,
     CustomKeyStore,
     DesiredConnection,
-    pin_seal_context,
 )
 from hsmstore.core.ports.custom_key_stores import CustomKeyStoreRecords
 from hsmstore.core.ports.key_store import (
@@ -94,7 +94,7 @@ class KeyStoreDirectory:
         self._sealer = sealer
         self._record_serial = record_serial
         self._interval = follow_interval
-        self._live: dict[str, tuple[ConnectedKeyStore, int]] = {}  # id -> (store, generation opened)
+        self._live: dict[str, ConnectedKeyStore] = {}
         self._known: dict[str, CustomKeyStore] = {}
         self._attempts: dict[str, _Attempt] = {}
         self._sync_lock = threading.Lock()
@@ -114,7 +114,7 @@ class KeyStoreDirectory:
             return self._default
         live = self._live.get(key_store_id)
         if live is not None:
-            return live[0]
+            return live
         known = self._known.get(key_store_id)
         if known is None:
             raise errors.KMSInternalException(
@@ -131,7 +131,7 @@ class KeyStoreDirectory:
         return self._default
 
     def all(self) -> Sequence[SymmetricKeyStore]:
-        return (self._default, *(store for store, _ in self._live.values()))
+        return (self._default, *self._live.values())
 
     # -- what the custom key store use case asks --
 
@@ -143,7 +143,7 @@ class KeyStoreDirectory:
                 return ConnectionStatus(ConnectionState.DISCONNECTING)
             return ConnectionStatus(ConnectionState.DISCONNECTED)
         if live is not None:
-            return live[0].connection_status()
+            return live.connection_status()
         attempt = self._attempts.get(store.custom_key_store_id)
         if attempt is not None and attempt.generation == store.generation:
             return attempt.status
@@ -152,20 +152,6 @@ class KeyStoreDirectory:
     def wake(self) -> None:
         """Follow the stored decisions now rather than at the next interval (after Connect/Disconnect)."""
         self._wake.set()
-
-    def wait_settled(self, custom_key_store_id: str, timeout: float) -> ConnectionStatus | None:
-        """Sync and wait up to ``timeout`` for the store to leave CONNECTING/DISCONNECTING here."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sync()
-            known = self._known.get(custom_key_store_id)
-            if known is None:
-                return None
-            status = self.status_of(known)
-            settled = status.state not in (ConnectionState.CONNECTING, ConnectionState.DISCONNECTING)
-            if settled or time.monotonic() >= deadline:
-                return status
-            time.sleep(0.05)
 
     # -- the follower --
 
@@ -183,7 +169,7 @@ class KeyStoreDirectory:
             self._thread.join(timeout=10)
         with self._sync_lock:
             live, self._live = self._live, {}
-            for store, _ in live.values():
+            for store in live.values():
                 store.close()
 
     def _follow(self) -> None:
@@ -206,7 +192,7 @@ class KeyStoreDirectory:
             for store_id in list(live):
                 row = rows.get(store_id)
                 if row is None or row.desired is DesiredConnection.DISCONNECTED:
-                    store, _ = live.pop(store_id)
+                    store = live.pop(store_id)
                     self._live = dict(live)  # callers stop finding it before it closes
                     store.close()
                     log.info("custom key store %s disconnected in this process", store_id)
@@ -214,7 +200,7 @@ class KeyStoreDirectory:
                 if row.desired is DesiredConnection.CONNECTED and store_id not in live:
                     opened = self._try_connect(row)
                     if opened is not None:
-                        live[store_id] = (opened, row.generation)
+                        live[store_id] = opened
             for store_id in list(self._attempts):
                 row = rows.get(store_id)
                 if row is None or row.desired is DesiredConnection.DISCONNECTED:
@@ -228,8 +214,7 @@ class KeyStoreDirectory:
         if attempt is not None and attempt.generation == row.generation and now < attempt.retry_at:
             return None
         try:
-            pin = self._sealer.unseal(row.sealed_pin, pin_seal_context(store_id, row.tenant)).decode()
-            opened, serial = self._connector.open(store_id, row.locator, pin)
+            opened, serial = self._connector.open(store_id, row.locator, pin_of(self._sealer, row))
         except KeyStoreConnectFailed as failure:
             self._note_failure(row, attempt, failure.code, failure.message)
             return None

@@ -21,10 +21,13 @@ For the connection follower (core/key_stores/directory.py) and CreateKey, no cal
 * ``describe(store) -> CustomKeyStoreDescription`` and ``connection_status(store) ->
   ConnectionStatus``: the state a caller sees (below); ``CustomKeyStoreDescription``
   (results.py) is what DescribeCustomKeyStores pages hold, never the PIN.
-* ``pin_of(store) -> str`` -- the unsealed PIN, to log in; never log it.
-* ``record_token_serial(custom_key_store_id, serial) -> bool`` -- at a connect: stores the
-  serial the first time; False if the store already saw another serial (the wrong token).
-* ``store_for_new_key(caller, custom_key_store_id) -> str`` -- CreateKey's check.
+* ``store_for_new_key(caller, custom_key_store_id) -> str`` -- CreateKey's check;
+  ``store_for_random`` -- GenerateRandom's, which lets a store in an outage through.
+
+Module functions for the follower: ``pin_of(sealer, store) -> str`` (the unsealed PIN, to
+log in; never log it) and ``record_token_serial(records, custom_key_store_id, serial) ->
+bool`` (at a connect: stores the serial the first time; False if the store already saw
+another serial: the wrong token).
 
 Transports: the PIN is the one request field that must never reach the audit record's
 ``requestParameters`` (issue 17: "never in a log or the audit trail"); leave it out there.
@@ -318,30 +321,25 @@ class CustomKeyStores:
         """CreateKey with CustomKeyStoreId: the store must be the caller's tenant's
         (CustomKeyStoreNotFoundException) and CONNECTED here and now
         (CustomKeyStoreInvalidStateException, AWS). Returns the key store id."""
-        requests.check_id(custom_key_store_id)
-        store = self._find(caller, custom_key_store_id)
-        state = self.connection_status(store).state
-        if state is not ConnectionState.CONNECTED:
-            raise CustomKeyStoreInvalidStateException(
-                f"Custom key store {store.custom_key_store_id} is {state.value}, not CONNECTED: "
-                "connect it (ConnectCustomKeyStore) and wait for CONNECTED before CreateKey"
-            )
-        return store.custom_key_store_id
+        return self._usable_store(caller, custom_key_store_id, during_outage=False)
 
     def store_for_random(self, caller: Caller, custom_key_store_id: str) -> str:
-        """GenerateRandom with CustomKeyStoreId: the caller's tenant's store
-        (CustomKeyStoreNotFoundException), connected or reconnecting after an outage here.
-
-        A store that is not connected is CustomKeyStoreInvalidStateException (AWS). One
+        """GenerateRandom with CustomKeyStoreId: as :meth:`store_for_new_key`, but a store
         whose token stopped answering (CONNECTING with NETWORK_ERRORS) is passed on: its
         token call then answers the contract's retryable error at once (issue 17, "calls
         that need it fail within 100 ms with the contract's error"), as its keys' calls do.
         """
+        return self._usable_store(caller, custom_key_store_id, during_outage=True)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _usable_store(self, caller: Caller, custom_key_store_id: str, *, during_outage: bool) -> str:
         requests.check_id(custom_key_store_id)
         store = self._find(caller, custom_key_store_id)
         status = self.connection_status(store)
         reconnecting = (
-            status.state is ConnectionState.CONNECTING
+            during_outage
+            and status.state is ConnectionState.CONNECTING
             and status.error_code is ConnectionErrorCode.NETWORK_ERRORS
         )
         if status.state is not ConnectionState.CONNECTED and not reconnecting:
@@ -350,18 +348,6 @@ class CustomKeyStores:
                 "connect it (ConnectCustomKeyStore) and wait for CONNECTED"
             )
         return store.custom_key_store_id
-
-    def pin_of(self, store: CustomKeyStore) -> str:
-        """The crypto user's PIN, unsealed for a login; never log or store it."""
-        return self._sealer.unseal(
-            store.sealed_pin, pin_seal_context(store.custom_key_store_id, store.tenant)
-        ).decode()
-
-    def record_token_serial(self, custom_key_store_id: str, serial: str) -> bool:
-        """See :func:`record_token_serial`."""
-        return record_token_serial(self._records, custom_key_store_id, serial)
-
-    # -- helpers ------------------------------------------------------------------
 
     def _find(self, caller: Caller, custom_key_store_id: str) -> CustomKeyStore:
         store = (
@@ -463,6 +449,11 @@ def _refusal(store: CustomKeyStore, state: ConnectionState, desired: DesiredConn
 
 def _changed_concurrently() -> KMSInternalException:
     return KMSInternalException("The custom key store changed concurrently; retry the request")
+
+
+def pin_of(sealer: SecretSealer, store: CustomKeyStore) -> str:
+    """The crypto user's PIN, unsealed for a login (the connection follower); never log or store it."""
+    return sealer.unseal(store.sealed_pin, pin_seal_context(store.custom_key_store_id, store.tenant)).decode()
 
 
 def record_token_serial(records: CustomKeyStoreRecords, custom_key_store_id: str, serial: str) -> bool:
