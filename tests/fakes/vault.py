@@ -6,7 +6,7 @@ AES-256-GCM through ``cryptography``'s AESGCM, random 12-byte IVs,
 ``ciphertext || tag`` output, and the same errors in the same order (a
 reference to another key store or a ``WRAPPED`` one is refused first, then
 lengths are checked before the key is looked up). Key bytes stay in this
-object and are never returned. ``hsmstore.hsm.key_stores.TokenKeyStores``
+object and are never returned. ``tests.fakes.key_stores.TokenKeyStores``
 needs no token, so unit tests wrap fakes in it when they need ``KeyStores``.
 
 ``set_available(False)`` makes every call fail like an unreachable HSM

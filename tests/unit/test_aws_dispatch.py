@@ -32,7 +32,7 @@ from hsmstore.errors import (
     NotFoundException,
     ThrottlingException,
 )
-from hsmstore.hsm.key_stores import TokenKeyStores
+from tests.fakes.key_stores import TokenKeyStores
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault
 

@@ -18,7 +18,7 @@ import pytest
 from hsmstore.aws_json import server as aws_server
 from hsmstore.aws_json.server import RunningAwsServer, start_aws_server
 from hsmstore.core.use_cases import build_use_cases
-from hsmstore.hsm.key_stores import TokenKeyStores
+from tests.fakes.key_stores import TokenKeyStores
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault
 from tests.unit.test_aws_dispatch import ADMIN, FixedClock

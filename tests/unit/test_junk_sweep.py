@@ -27,7 +27,7 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.use_cases import UseCases, build_use_cases
-from hsmstore.hsm.key_stores import TokenKeyStores
+from tests.fakes.key_stores import TokenKeyStores
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault
 

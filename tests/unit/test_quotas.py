@@ -22,8 +22,8 @@ from hsmstore.core.quotas import (
 )
 from hsmstore.core.use_cases import UseCases, build_use_cases
 from hsmstore.errors import LimitExceededException, ThrottlingException
-from hsmstore.hsm.key_stores import TokenKeyStores
 from hsmstore.store.rate_buckets import SharedTokenBuckets
+from tests.fakes.key_stores import TokenKeyStores
 from tests.fakes.rate_limiter import FakeRateLimiter
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault

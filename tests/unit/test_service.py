@@ -17,7 +17,7 @@ from hsmstore.errors import (
     NotFoundException,
     ValidationException,
 )
-from hsmstore.hsm.key_stores import TokenKeyStores
+from tests.fakes.key_stores import TokenKeyStores
 from tests.fakes.store import FakeMetadataStore
 from tests.fakes.vault import FakeKeyVault
 

@@ -1,4 +1,4 @@
-"""``TokenKeyStores`` (hsmstore/hsm/key_stores.py): finding the key store a reference names (issue 15)."""
+"""``TokenKeyStores`` (tests/fakes/key_stores.py): finding the key store a reference names (issue 15)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from hsmstore import errors
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID
-from hsmstore.hsm.key_stores import TokenKeyStores
+from tests.fakes.key_stores import TokenKeyStores
 from tests.fakes.vault import FakeKeyVault
 
 

@@ -1,10 +1,10 @@
-"""``TokenKeyStores``: the ``KeyStores`` port over the key stores this server opened.
+"""``TokenKeyStores``: a fixed ``KeyStores`` port over the key stores given, for unit tests.
 
-A version's :class:`~hsmstore.core.model.KeyMaterialRef` names its key store
-by id; this finds it (hsmstore/core/ports/key_store.py). Today a server opens
-one key store, the default (``model.DEFAULT_KEY_STORE_ID``); an id it did not
-open means the metadata DB names a key store this server is not configured
-for, which is ``KMSInternalException`` (issue 15), never a guess.
+``hsmstore serve`` uses the core's ``KeyStoreDirectory`` (core/key_stores/directory.py),
+which also follows the custom key stores' connect decisions. Here, as there, a
+version's :class:`~hsmstore.core.model.KeyMaterialRef` names its key store by id; an
+id no store has means the metadata DB names a key store this server is not
+configured for, which is ``KMSInternalException`` (issue 15), never a guess.
 """
 
 from __future__ import annotations
