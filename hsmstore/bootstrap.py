@@ -372,7 +372,9 @@ def custom_key_stores_of(
         sealer,
         record_serial=lambda store_id, serial: record_token_serial(store, store_id, serial),
     )
-    return directory, CustomKeyStorePorts(store, sealer, connector, directory.status_of, directory.wake)
+    return directory, CustomKeyStorePorts(
+        store, sealer, connector, directory.status_of, directory.wake, directory.followed
+    )
 
 
 def aws_authenticator(settings: Settings, runtime: Runtime) -> SigV4Callers:

@@ -97,6 +97,7 @@ def build_use_cases(
             clock,
             custom_key_store_ports.status_of,
             custom_key_store_ports.wake,
+            custom_key_store_ports.followed,
         )
     )
     creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits, custom_key_stores)

@@ -87,6 +87,7 @@ class World:
         self.sealer = FakeSecretSealer()
         self.status: dict[str, ConnectionStatus] = {}
         self.wakes = 0
+        self.followed: dict[str, CustomKeyStore] = {}  # the follower's copies of rows
         ports = CustomKeyStorePorts(
             records=self.store,
             sealer=self.sealer,
@@ -95,6 +96,7 @@ class World:
                 s.custom_key_store_id, ConnectionStatus(ConnectionState.DISCONNECTED)
             ),
             wake=self._wake,
+            followed=self.followed.get,
         )
         self.service: UseCases = build_use_cases(
             self.vaults, self.store, self.clock, custom_key_store_ports=ports
@@ -618,3 +620,23 @@ def test_generate_random_in_a_store_whose_token_is_down_goes_to_the_token_for_th
     vault.generate_random = token_down  # type: ignore[method-assign]
     with pytest.raises(DependencyUnavailableException):
         world.service.crypto.generate_random(ACME, 8, custom_key_store_id)
+
+
+def test_generate_random_in_a_store_the_follower_knows_reads_no_custom_key_store_row() -> None:
+    """A cryptographic call: the follower's copy of the row (at most 0.5 s old) decides,
+    not a DB read per call; another tenant's store is still not found."""
+    world = World()
+    custom_key_store_id = world.connected()
+    world.followed[custom_key_store_id] = world.row(custom_key_store_id)
+    reads: list[str] = []
+    read = world.store.get_custom_key_store
+
+    def counted(store_id: str) -> CustomKeyStore | None:
+        reads.append(store_id)
+        return read(store_id)
+
+    world.store.get_custom_key_store = counted  # type: ignore[method-assign]
+    assert len(world.service.crypto.generate_random(ACME, 8, custom_key_store_id)) == 8
+    assert reads == []
+    with pytest.raises(CustomKeyStoreNotFoundException):
+        world.service.crypto.generate_random(GLOBEX, 8, custom_key_store_id)

@@ -149,6 +149,10 @@ class KeyStoreDirectory:
             return attempt.status
         return ConnectionStatus(ConnectionState.CONNECTING)
 
+    def followed(self, custom_key_store_id: str) -> CustomKeyStore | None:
+        """The store's row as the follower last read it (at most its interval old), or None."""
+        return self._known.get(custom_key_store_id)
+
     def wake(self) -> None:
         """Follow the stored decisions now rather than at the next interval (after Connect/Disconnect)."""
         self._wake.set()

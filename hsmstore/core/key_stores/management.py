@@ -90,8 +90,11 @@ _DISCONNECTED = ConnectionStatus(ConnectionState.DISCONNECTED)
 class CustomKeyStorePorts:
     """What ``build_use_cases`` needs to offer custom key stores (bootstrap.py supplies them).
 
-    ``status_of`` and ``wake`` come from the connection follower; they may be
-    late-bound lambdas when the follower itself is built after the use cases.
+    ``status_of``, ``wake`` and ``followed`` come from the connection follower
+    (core/key_stores/directory.py); they may be late-bound lambdas when the
+    follower itself is built after the use cases. ``followed`` is the follower's
+    copy of a store's row (at most its interval old, within the 1 s staleness bound
+    of docs/deployment.md), so GenerateRandom needs no DB read.
     """
 
     records: CustomKeyStoreRecords
@@ -99,6 +102,7 @@ class CustomKeyStorePorts:
     connector: KeyStoreConnector
     status_of: Callable[[CustomKeyStore], ConnectionStatus]
     wake: Callable[[], None]
+    followed: Callable[[str], CustomKeyStore | None] = lambda _custom_key_store_id: None
 
 
 def _not_connected(store: CustomKeyStore) -> ConnectionStatus:
@@ -121,6 +125,7 @@ class CustomKeyStores:
         clock: Clock,
         status_of: Callable[[CustomKeyStore], ConnectionStatus] = _not_connected,
         wake: Callable[[], None] = _no_wake,
+        followed: Callable[[str], CustomKeyStore | None] = lambda _custom_key_store_id: None,
     ) -> None:
         self._records = records
         self._sealer = sealer
@@ -129,6 +134,7 @@ class CustomKeyStores:
         self._clock = clock
         self._status_of = status_of
         self._wake = wake
+        self._followed = followed
 
     # -- the operations ---------------------------------------------------------
 
@@ -334,8 +340,15 @@ class CustomKeyStores:
     # -- helpers ------------------------------------------------------------------
 
     def _usable_store(self, caller: Caller, custom_key_store_id: str, *, during_outage: bool) -> str:
+        """``during_outage`` (GenerateRandom, a cryptographic call): the follower's copy of the
+        row will do, so the request path reads the DB only for a store the follower does not know."""
         requests.check_id(custom_key_store_id)
-        store = self._find(caller, custom_key_store_id)
+        followed = self._followed(custom_key_store_id) if during_outage else None
+        store = (
+            followed
+            if followed is not None and followed.tenant == caller.tenant
+            else self._find(caller, custom_key_store_id)
+        )
         status = self.connection_status(store)
         reconnecting = (
             during_outage
