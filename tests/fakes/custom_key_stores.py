@@ -172,7 +172,7 @@ class FakeLocatorChecks:
             raise errors.ValidationException(
                 f"Module {locator.module!r} is not configured: name one of {sorted(self._modules)}"
             )
-        if locator.hsm_profile not in ("", "softhsm2", "cloudhsm"):
+        if locator.hsm_profile not in ("softhsm2", "cloudhsm"):
             raise errors.ValidationException(f"HsmProfile {locator.hsm_profile!r} is not known")
 
     def open(self, key_store_id: str, locator: TokenLocator, pin: str) -> tuple[ConnectedKeyStore, str]:

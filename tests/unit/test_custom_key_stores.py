@@ -188,10 +188,14 @@ def test_create_refuses_invalid_fields_without_repeating_the_pin(name: str, fiel
     assert world.store.list_all_custom_key_stores() == []
 
 
-def test_the_type_may_be_given_and_the_profile_left_to_the_module() -> None:
+def test_the_type_may_be_given_but_the_profile_may_not_be_left_out() -> None:
+    """The real connector (hsm/connector.py) knows no default profile for a module, so an
+    empty HsmProfile is refused here rather than stored and refused at every Connect."""
     world = World()
-    custom_key_store_id = world.create(custom_key_store_type="PKCS11", hsm_profile="")
-    assert world.row(custom_key_store_id).locator.hsm_profile == ""
+    custom_key_store_id = world.create(custom_key_store_type="PKCS11")
+    assert world.row(custom_key_store_id).locator.hsm_profile == "softhsm2"
+    with pytest.raises(ValidationException, match="HsmProfile"):
+        world.create(name="no-profile", hsm_profile="")
 
 
 def test_a_token_may_be_named_by_serial() -> None:

@@ -4,7 +4,7 @@ API (every method takes the ``Caller`` first; failures are ``KMSError`` reasons)
 
 * ``create_custom_key_store(caller, name, module, hsm_profile, token_label="", token_serial="",
   pin="", custom_key_store_type="") -> str`` -- the new id (``cks-`` + 17 hex). Exactly one
-  of label/serial; type "" or PKCS11; hsm_profile "" is the module's own.
+  of label/serial; type "" or PKCS11; hsm_profile required.
   Starts DISCONNECTED (AWS). ValidationException, CustomKeyStoreNameInUseException,
   AccessDeniedException (``kms:CreateCustomKeyStore``).
 * ``describe_custom_key_stores(caller, custom_key_store_id="", custom_key_store_name="",
@@ -152,8 +152,7 @@ class CustomKeyStores:
         """CreateCustomKeyStore: a PKCS11 store, DISCONNECTED until ConnectCustomKeyStore (AWS).
 
         The PIN is sealed under the default store's token with the store's id and
-        tenant as context, and only the sealed bytes are stored. An empty
-        ``hsm_profile`` means the module's own (the connector resolves it).
+        tenant as context, and only the sealed bytes are stored.
         """
         requests.check_name(name)
         requests.check_type(custom_key_store_type)

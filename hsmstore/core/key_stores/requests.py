@@ -64,13 +64,11 @@ def check_pin(pin: str, field: str = "KeyStorePassword") -> str:
 
 
 def locator(module: str, hsm_profile: str, token_label: str, token_serial: str) -> TokenLocator:
-    """A token named by exactly one of label and serial, in a module by its configured name.
-
-    An empty ``hsm_profile`` means the module's own profile (docs/api.md: "default:
-    the module's"), which the ``KeyStoreConnector`` resolves from its configuration.
-    """
+    """A token named by exactly one of label and serial, in a module by its configured name,
+    with its HSM profile (docs/api.md, "Custom key stores": required; a module's
+    configuration names no profile, so there is no default to fall back to)."""
     check_text(module, "Module", min_length=1, max_length=MAX_MODULE_CHARS)
-    check_text(hsm_profile, "HsmProfile", max_length=MAX_PROFILE_CHARS)  # "": the module's own
+    check_text(hsm_profile, "HsmProfile", min_length=1, max_length=MAX_PROFILE_CHARS)
     if bool(token_label) == bool(token_serial):
         raise ValidationException("Give exactly one of TokenLabel and TokenSerial to name the token")
     if token_label:
