@@ -97,6 +97,11 @@ def key_version_template(token_id: bytes, label: str, *, lock_object: bool = Tru
         raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
     if not label or len(label) > MAX_LABEL_CHARS:
         raise ValueError(f"label must be 1 to {MAX_LABEL_CHARS} characters")
+    return _aes_256_template(token_id, label, lock_object=lock_object)
+
+
+def _aes_256_template(token_id: bytes, label: str, *, lock_object: bool) -> dict[Attribute, Any]:
+    """A non-extractable AES-256 ENCRYPT/DECRYPT key (:data:`KEY_VERSION_FLAGS`), this CKA_ID and label."""
     template: dict[Attribute, Any] = {
         Attribute.CLASS: ObjectClass.SECRET_KEY,
         Attribute.KEY_TYPE: KeyType.AES,
@@ -163,26 +168,13 @@ SECRETS_KEY_LABEL_PREFIX: Final = "hsmstore/secrets/"
 """Followed by 16 random hex digits: after a first-use race, every process
 chooses the secrets key with the smallest label (hsm/secret_sealer.py)."""
 
-SECRETS_KEY_BITS: Final = 256
-
-SECRETS_KEY_FLAGS: Final[dict[Attribute, bool]] = {
-    **KEY_VERSION_FLAGS,  # ENCRYPT and DECRYPT only, sensitive, never extractable
-}
-"""The secrets key is an AES-256-GCM key like a key version: the same flags, for the same reasons."""
+SECRETS_KEY_BITS: Final = KEY_VERSION_BITS
 
 
 def secrets_key_template(label: str, *, lock_object: bool = True) -> dict[Attribute, Any]:
-    """The full ``C_GenerateKey`` template of the secrets key (CKK_AES, 256 bits)."""
+    """The full ``C_GenerateKey`` template of the secrets key: an AES-256-GCM key like a key
+    version, with the same flags (ENCRYPT and DECRYPT only, sensitive, never extractable) for
+    the same reasons, found by :data:`SECRETS_KEY_ID`."""
     if not label.startswith(SECRETS_KEY_LABEL_PREFIX) or len(label) > MAX_LABEL_CHARS:
         raise ValueError(f"a secrets key label starts with {SECRETS_KEY_LABEL_PREFIX!r}")
-    template: dict[Attribute, Any] = {
-        Attribute.CLASS: ObjectClass.SECRET_KEY,
-        Attribute.KEY_TYPE: KeyType.AES,
-        Attribute.VALUE_LEN: SECRETS_KEY_BITS // 8,
-        Attribute.LABEL: label,
-        Attribute.ID: SECRETS_KEY_ID,
-    }
-    template.update(SECRETS_KEY_FLAGS)
-    if lock_object:
-        template.update(LOCKED_OBJECT_FLAGS)
-    return template
+    return _aes_256_template(SECRETS_KEY_ID, label, lock_object=lock_object)
