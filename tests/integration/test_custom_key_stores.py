@@ -547,7 +547,7 @@ def test_the_pin_appears_nowhere(stores: Stores, tmp_path: Path) -> None:
         "-",
     )
     assert created.returncode == 0, created.stderr
-    store_id = json.loads(created.stdout)["custom_key_store_id"]
+    store_id = json.loads(created.stdout)["CustomKeyStoreId"]
     pin_file = tmp_path / "pin"
     pin_file.write_text(token.pin + "\n")
     pin_file.chmod(0o600)
@@ -565,7 +565,7 @@ def test_the_pin_appears_nowhere(stores: Stores, tmp_path: Path) -> None:
     wait_for_state(stores.acme, store_id, "CONNECTED")
     key = kms_cli(stores, "create-key", "--custom-key-store-id", store_id)
     assert key.returncode == 0, key.stderr
-    assert json.loads(key.stdout)["key_metadata"]["custom_key_store_id"] == store_id
+    assert json.loads(key.stdout)["KeyMetadata"]["CustomKeyStoreId"] == store_id
     described = kms_cli(stores, "describe-custom-key-stores", "--custom-key-store-id", store_id)
     assert described.returncode == 0, described.stderr
 

@@ -185,7 +185,7 @@ def test_the_kms_cli_calls_over_mutual_tls(
     ]
     described = hsmstore_cli("kms", *tls, "describe-key", "--key-id", acme_key.arn)
     assert described.returncode == 0, described.stderr
-    assert json.loads(described.stdout)["key_metadata"]["aws_account_id"] == "acme"
+    assert json.loads(described.stdout)["KeyMetadata"]["AWSAccountId"] == "acme"
 
     without_certificate = hsmstore_cli(
         "kms",

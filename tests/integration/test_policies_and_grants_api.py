@@ -220,9 +220,9 @@ def test_identity_policies_through_the_admin_cli(server: ServerProcess, tmp_path
     )
     assert put.returncode == 0, put.stderr
     got = cli(server, "admin", "get-identity-policy", "--principal", CAROL, "--policy-name", "use")
-    assert json.loads(json.loads(got.stdout)["policy"]) == json.loads(document.read_text())
+    assert json.loads(json.loads(got.stdout)["Policy"]) == json.loads(document.read_text())
     listed = cli(server, "admin", "list-identity-policies", "--principal", CAROL)
-    assert [p["policy_name"] for p in json.loads(listed.stdout)["policies"]] == ["use"]
+    assert [p["PolicyName"] for p in json.loads(listed.stdout)["Policies"]] == ["use"]
     bad = cli(
         server,
         "admin",
