@@ -5,14 +5,19 @@ from pathlib import Path
 
 import pytest
 
+from hsmstore.testing.plugin import start_or_fail
 from tests.integration.harness import ServerProcess
 from tests.integration.mtls import Pki, start_mtls_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real server per test module: SoftHSM2 token + SQLite in a temp dir."""
-    running = ServerProcess(tmp_path_factory.mktemp("server")).start()
+    """One real server per test module: SoftHSM2 token + SQLite in a temp dir.
+
+    Started as the pytest plugin starts its servers (hsmstore.testing, issue 20): a start that
+    fails fails the tests with the server's last lines, in seconds."""
+    running = ServerProcess(tmp_path_factory.mktemp("server"))
+    start_or_fail(running)
     yield running
     running.stop()
 

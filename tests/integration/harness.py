@@ -3,7 +3,7 @@
 Each server gets its own data directory (so its own SoftHSM2 token and SQLite
 file), listens on a free loopback port (``--listen 127.0.0.1:0``) and is
 driven through a real gRPC channel. Starting, waiting until it serves and
-stopping are tests/servers.py's, shared with bench/ (issue 15); this adds what
+stopping are hsmstore.testing's (tests/servers.py re-exports it; issues 15, 20); this adds what
 only the tests need: a KeyStore stub and access to the server's token.
 """
 
@@ -26,24 +26,12 @@ TEST_HOOKS = {"HSMSTORE_ENABLE_TEST_HOOKS": "1"}  # lets a server honour the clo
 DEV_TOKEN_LABEL = "hsmstore-dev"
 
 
-class ServerProcess(servers.ServerProcess):
-    """``hsmstore serve --data-dir data_dir *extra_args``; ``start`` returns once health is SERVING."""
+class ServerProcess(servers.HsmstoreServer):
+    """``hsmstore serve --data-dir data_dir *extra_args``; ``start`` returns once health is SERVING.
 
-    def __init__(
-        self,
-        data_dir: Path,
-        extra_args: Sequence[str] = (),
-        extra_env: Mapping[str, str] | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        command_prefix: Sequence[str] = (),
-    ) -> None:
-        super().__init__(
-            servers.serve_command(data_dir, extra_args=extra_args),
-            extra_env=dict(extra_env or {}),
-            credentials=credentials,
-            command_prefix=command_prefix,
-        )
-        self.data_dir = data_dir
+    The pytest plugin's server (hsmstore.testing.servers ``HsmstoreServer``, issue 20: "one
+    harness, not two"), plus what only these tests need: a raw stub and the server's token.
+    """
 
     @property
     def stub(self) -> pb_grpc.KeyStoreStub:

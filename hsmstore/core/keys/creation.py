@@ -115,9 +115,14 @@ class KeyCreation:
         policy: str = "",
         bypass_policy_lockout_safety_check: bool = False,
         custom_key_store_id: str = "",
+        *,
+        key_id: str = "",
     ) -> KeyDescription:
         """CreateKey: a customer managed key, within the tenant's key quota, in the default key
         store or, with ``custom_key_store_id``, on that custom key store's token (issue 17).
+
+        ``key_id`` (a canonical lower-case UUID) is for ``hsmstore serve --seed`` only (issue 20:
+        a test refers to a seeded key by a fixed id, as local-kms allows); no RPC passes it.
 
         A custom store's key is SYMMETRIC_DEFAULT with origin PKCS11 (AWS: a CloudHSM key
         store's keys are symmetric, origin AWS_CLOUDHSM); every later version of it goes
@@ -133,7 +138,7 @@ class KeyCreation:
         if len(valid_tags) > MAX_TAGS_PER_KEY:
             raise LimitExceededException(f"A key can have at most {MAX_TAGS_PER_KEY} tags")
         key = KeyRecord(
-            key_id=new_key_id(),
+            key_id=key_id or new_key_id(),
             tenant=caller.tenant,
             description=description,
             state=KeyState.CREATING,
