@@ -28,6 +28,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/aws_protocol.py
+	$(BIN)/python bench/xks.py
 	$(MAKE) soak
 
 # Mixed load for SOAK_MINUTES (30) with --workers 2: memory, descriptors, errors, audit, metrics (issue 16).
@@ -67,7 +68,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[server,dev]'
 	touch $@
 
 # Regenerate hsmstore/_proto from proto/ (the generated code is committed).

@@ -93,6 +93,21 @@ class Settings:
     # Issue 19 (hsmstore/aws_json/): HOST:PORT of the AWS JSON 1.1 endpoint (boto3, aws kms), port 0
     # picks one; empty: off. Non-loopback needs TLS, like listen.
     aws_listen: str = ""
+    # Issue 20 (cli/seed.py; docs/testing.md "Seed file"): a TOML/JSON file of keys and aliases made at
+    # start-up when missing; empty: none.
+    seed: str = ""
+    # Issue 21 (hsmstore/xks/, docs/xks.md): HOST:PORT of the AWS KMS external key store (XKS)
+    # proxy API, port 0 picks one; empty: off. xks_config: its TOML file (region, URI prefixes,
+    # credentials), required with xks_listen. TLS when xks_tls_cert and xks_tls_key are given,
+    # mutual TLS with xks_tls_client_ca too.
+    xks_listen: str = ""
+    xks_config: str = ""
+    xks_tls_cert: str = ""
+    xks_tls_key: str = ""
+    xks_tls_client_ca: str = ""
+    # The subject name (CN or DNS SAN) the XKS client certificate must carry, e.g. AWS KMS's
+    # cks.kms.<region>.amazonaws.com; empty: any certificate from xks_tls_client_ca.
+    xks_tls_client_name: str = ""
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
     metadata_cache_seconds: float = 0.5  # how stale key metadata may be in one process (at most 1)
@@ -252,6 +267,7 @@ def validate(settings: Settings) -> None:
         )
     _validate_observability(settings)
     _validate_aws_listen(settings)
+    _validate_xks(settings)
     if settings.workers < 0:
         raise refuse("workers", "workers must be at least 1", "give a number of processes, or 0 (default)")
     if not 0 <= settings.metadata_cache_seconds <= MAX_METADATA_STALENESS_SECONDS:
@@ -413,6 +429,43 @@ def _validate_aws_listen(settings: Settings) -> None:
                 "loopback only",
                 "set tls_cert, tls_key and client_ca, or give aws_listen 127.0.0.1:PORT",
             )
+        )
+
+
+def _validate_xks(settings: Settings) -> None:
+    """The ``xks_*`` settings (issue 21, docs/xks.md); the config file itself is read at start."""
+
+    def refuse(name: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(refusal(settings, name, problem, fix))
+
+    if settings.xks_listen:
+        host, _, port = settings.xks_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise refuse(
+                "xks_listen",
+                f"xks_listen must be HOST:PORT, got {settings.xks_listen!r}",
+                "give e.g. 127.0.0.1:4600 (port 0 picks a free port)",
+            )
+        if not settings.xks_config:
+            raise refuse(
+                "xks_listen",
+                "xks_listen needs xks_config, the XKS configuration file",
+                "give --xks-config FILE (docs/xks.md, Configuration)",
+            )
+    if bool(settings.xks_tls_cert) != bool(settings.xks_tls_key):
+        name = "xks_tls_cert" if settings.xks_tls_cert else "xks_tls_key"
+        raise refuse(name, "xks_tls_cert and xks_tls_key go together", "give both, or neither")
+    if settings.xks_tls_client_ca and not settings.xks_tls_cert:
+        raise refuse(
+            "xks_tls_client_ca",
+            "xks_tls_client_ca needs xks_tls_cert and xks_tls_key",
+            "give them too, or drop it",
+        )
+    if settings.xks_tls_client_name and not settings.xks_tls_client_ca:
+        raise refuse(
+            "xks_tls_client_name",
+            "xks_tls_client_name needs xks_tls_client_ca (mutual TLS)",
+            "give --xks-tls-client-ca too, or drop it",
         )
 
 

@@ -13,18 +13,45 @@ hsmstore backup --output DIR|FILE.tar.gz   /   hsmstore restore --input DIR|FILE
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from hsmstore.cli import startup
-from hsmstore.cli.access_keys import add_access_keys_parser
-from hsmstore.cli.audit import add_audit_parser
-from hsmstore.cli.backup import add_backup_parsers
-from hsmstore.cli.certs import add_certs_parser
+from hsmstore.cli.files import add_files_parsers
 from hsmstore.cli.kms import USAGE_ERROR_EXIT, add_kms_parser
 from hsmstore.cli.quota_flags import add_quota_arguments
 from hsmstore.cli.status import add_status_parser
+
+SERVER_EXTRA_MODULES = frozenset(
+    {"pkcs11", "sqlalchemy", "psycopg", "alembic", "setproctitle", "prometheus_client"}
+    | {"cryptography", "orjson", "grpc_reflection", "botocore"}  # also hsmstore[server]'s only
+    | {"uvicorn", "httptools", "uvloop"}  # --xks-listen (issue 21)
+)
+"""Installed by ``hsmstore[server]`` only (issue 20: "`pip install hsmstore` for the client"); the
+server commands import them, and are imported only when run (or listed by ``--help``)."""
+CLIENT_COMMANDS = frozenset({"kms", "admin", "status", "encrypt", "decrypt"})
+SERVER_PARSERS = (  # (module, function, the commands it adds)
+    ("hsmstore.cli.audit", "add_audit_parser", ("audit",)),
+    ("hsmstore.cli.certs", "add_certs_parser", ("certs",)),
+    ("hsmstore.cli.backup", "add_backup_parsers", ("backup", "restore")),
+)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("hsmstore")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def missing_server_extra(error: ImportError) -> bool:
+    return (error.name or "").split(".")[0] in SERVER_EXTRA_MODULES
+
+
+def needs_server_extra(command: str) -> str:
+    return f"hsmstore {command} needs the server extra: pip install 'hsmstore[server]'"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,13 +60,18 @@ class OneLineParser(argparse.ArgumentParser):
     Subcommand parsers are of the same class (argparse makes them with ``type(self)``).
     """
 
+    stand_ins: set[str]  # server commands whose modules cannot be imported (no server extra)
+
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR_EXIT, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(server_commands: bool = True) -> OneLineParser:
+    """The whole CLI; with ``server_commands=False`` (a client command is being run) the
+    server commands' modules, which import the server extra, are not imported."""
     parser = OneLineParser(prog="hsmstore", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--version", action="version", version=f"hsmstore {startup.version()}")
+    parser.stand_ins = set()
+    parser.add_argument("--version", action="version", version=f"hsmstore {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gRPC key store")
@@ -107,6 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the AWS JSON protocol endpoint for boto3 / aws kms (port 0 picks one; "
         "default: none; non-loopback needs TLS)",
     )
+    # Issue 21 (docs/xks.md): the AWS KMS external key store proxy API.
+    for flag, dest, text in (
+        (
+            "--xks-listen",
+            "xks_listen",
+            "HOST:PORT of the AWS KMS external key store (XKS) proxy API (port 0 picks one; default: none)",
+        ),
+        (
+            "--xks-config",
+            "xks_config",
+            "the XKS configuration file (TOML: region, URI prefixes, credentials)",
+        ),
+        ("--xks-tls-cert", "xks_tls_cert", "PEM certificate chain of the XKS endpoint (TLS)"),
+        ("--xks-tls-key", "xks_tls_key", "PEM private key of the XKS endpoint"),
+        (
+            "--xks-tls-client-ca",
+            "xks_tls_client_ca",
+            "CA of the client certificates the XKS endpoint requires (mTLS)",
+        ),
+        (
+            "--xks-tls-client-name",
+            "xks_tls_client_name",
+            "subject name (CN or DNS SAN) the XKS client certificate must carry, e.g. "
+            "cks.kms.us-east-1.amazonaws.com (default: any from --xks-tls-client-ca)",
+        ),
+    ):
+        serve.add_argument(flag, dest=dest, help=text)
+    serve.add_argument(
+        "--seed",
+        help="TOML (or .json) file of keys and aliases to make at start when missing (docs/testing.md)",
+    )
     serve.add_argument(
         "--no-audit",
         dest="audit",
@@ -146,16 +209,61 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", dest="data_dir")
 
     add_kms_parser(commands)
-    add_access_keys_parser(commands.choices["admin"])  # hsmstore admin access-keys (issue 19)
     add_status_parser(commands)
-    add_audit_parser(commands)
-    add_certs_parser(commands)
-    add_backup_parsers(commands)
+    add_files_parsers(commands)  # hsmstore encrypt / decrypt (issue 20, hsmstore/cli/files.py)
+    if server_commands:
+        parser.stand_ins = _add_server_parsers(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
-    args = build_parser().parse_args(argv)
+def _add_server_parsers(commands: Any) -> set[str]:
+    """Each server command's parser, or, without the server extra, a stand-in that says so."""
+    stand_ins: set[str] = set()
+    try:
+        from hsmstore.cli.access_keys import add_access_keys_parser
+
+        add_access_keys_parser(commands.choices["admin"])  # hsmstore admin access-keys (issue 19)
+    except ImportError as error:
+        if not missing_server_extra(error):
+            raise
+    for module_name, function, names in SERVER_PARSERS:
+        try:
+            getattr(importlib.import_module(module_name), function)(commands)
+        except ImportError as error:
+            if not missing_server_extra(error):
+                raise
+            for name in names:
+                commands.add_parser(name, help="(needs the server extra)", add_help=False)
+                stand_ins.add(name)
+    return stand_ins
+
+
+def _is_client_command(argv: Sequence[str]) -> bool:
+    """``hsmstore kms ...`` and the other client commands need no server module (issue 20)."""
+    words = [word for word in argv if not word.startswith("-")]
+    return (
+        bool(words) and words[0] in CLIENT_COMMANDS and not (words[0] == "admin" and "access-keys" in words)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(server_commands=not _is_client_command(arguments))
+    command = next((word for word in arguments if not word.startswith("-")), None)
+    if command is not None and command in parser.stand_ins:
+        print(needs_server_extra(command), file=sys.stderr)
+        return USAGE_ERROR_EXIT
+    args = parser.parse_args(arguments)
+    try:
+        return _run(args)
+    except ImportError as error:
+        if not missing_server_extra(error):
+            raise
+        print(needs_server_extra(args.command), file=sys.stderr)
+        return USAGE_ERROR_EXIT
+
+
+def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per command
     from hsmstore.client.errors import ClientSetupError
     from hsmstore.config import ConfigError
 
@@ -177,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
 
             return run_backup(args) if args.command == "backup" else run_restore(args)
         if args.command == "db":
+            from hsmstore.cli import startup
             from hsmstore.cli.db import run_db
 
             return startup.run_guarded(lambda: run_db(args), debug=startup.debug_requested(args))
@@ -188,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             from hsmstore.cli.access_keys import run_access_keys
 
             return run_access_keys(args)
+        if args.command in ("encrypt", "decrypt"):
+            from hsmstore.cli.files import run_files
+
+            return run_files(args)
         from hsmstore.cli.kms import run_kms
 
         return run_kms(args)

@@ -23,11 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from hsmstore import bootstrap
 from hsmstore.aws_json.server import RunningAwsServer, start_aws_server, tls_context
-from hsmstore.cli import preflight, startup
+from hsmstore.cli import preflight, seed, startup, xks_endpoint
 from hsmstore.cli.shutdown import (
     INGESTER_STOP_SECONDS,
     SERVER_DONE_SIGNAL,
@@ -45,6 +45,9 @@ from hsmstore.server.access_log import log_handler
 from hsmstore.server.app import RunningServer, TlsFiles, start_server
 from hsmstore.server.tls import pinned_trust_domain
 from hsmstore.server.tls_reload import TlsPaths
+
+if TYPE_CHECKING:
+    from hsmstore.xks.server import RunningXksServer
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -99,8 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
     startup.set_process_title("server")
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings.log_format)])
-    preflight.check_tls_files(settings)
-    preflight.check_listen_address(settings)
+    seeds = seed.load_seed(settings)  # a bad seed file fails first, before the token opens (issue 20)
+    _preflight(settings)
     settings = pin_trust_domain(settings)
     token = bootstrap.prepare(settings)
     endpoint = start_metrics_endpoint(settings)  # before any child: they inherit its directory
@@ -108,12 +111,14 @@ def _serve(args: argparse.Namespace) -> int:
     host = settings.listen.rpartition(":")[0]
     bootstrap.check_token(settings, token)  # a wrong label or PIN: said once, before any child starts
     if settings.worker_count > 1:
+        seed.apply_seed_in_own_runtime(seeds, settings, token)
         return _serve_with_workers(settings, token, host, metrics_url)
     ingester = AuditIngester(settings)
     ingester.start()  # before pinning: the ingester keeps every CPU (a failed start stops it: startup.py)
     if settings.cpu_affinity:
         pin_to_one_cpu(0)
     runtime = bootstrap.open_runtime(settings, token)
+    seed.apply_seed_at_start(seeds, settings, runtime)  # made before anything serves (cli/seed.py)
     tls = _tls_files(settings)
     try:
         running = start_server(
@@ -135,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         running.stop(0)
         runtime.close()
         raise
+    xks = _start_xks_or_stop(settings, runtime, running, aws)  # issue 21
     runtime.start_background_work()
     logging.getLogger(__name__).info(
         startup.banner(
@@ -148,17 +154,40 @@ def _serve(args: argparse.Namespace) -> int:
         )
     )
     say_aws_endpoint(aws)  # before the gRPC line: tests/servers.py reads both once that one is printed
+    xks_endpoint.say_xks_endpoint(xks)
     print(f"hsmstore listening on {host}:{running.port}", flush=True)
     stop = StopSignal().install()
-    on_reload_signal(lambda: reload_tls(settings, running, aws))
+    on_reload_signal(xks_endpoint.with_xks_reload(settings, xks, lambda: reload_tls(settings, running, aws)))
     while not stop.wait(1.0):
         ingester.keep_alive()
+    xks_endpoint.stop_xks(xks, settings.shutdown_grace_seconds)
     if aws is not None:
         aws.stop(settings.shutdown_grace_seconds)
     stop_serving(running, runtime, settings.shutdown_grace_seconds, stop)  # cli/shutdown.py
     ingester.stop()
     logging.getLogger(__name__).info("stopped")
     return 0
+
+
+def _preflight(settings: Settings) -> None:
+    """The cheap checks of files and addresses, before the token opens (issue 16: fail fast)."""
+    preflight.check_tls_files(settings)
+    preflight.check_listen_address(settings)
+    xks_endpoint.check_xks_config(settings)
+
+
+def _start_xks_or_stop(
+    settings: Settings, runtime: bootstrap.Runtime, running: RunningServer, aws: RunningAwsServer | None
+) -> RunningXksServer | None:
+    """The XKS endpoint (issue 21); if it cannot start, the ports already serving stop first."""
+    try:
+        return xks_endpoint.start_xks_endpoint(settings, runtime, settings.xks_listen)
+    except ConfigError:
+        if aws is not None:
+            aws.stop(0)
+        running.stop(0)
+        runtime.close()
+        raise
 
 
 class AuditIngester:
@@ -255,11 +284,12 @@ def _serve_with_workers(
     context = multiprocessing.get_context("spawn")
     port = _pick_port(host, int(settings.listen.rpartition(":")[2]))
     aws_listen = _aws_listen_of_workers(settings)
+    xks_listen = xks_endpoint.xks_listen_of_workers(settings, _pick_port)
     ready = context.Queue()
     workers = [
         context.Process(
             target=_worker_main,
-            args=(settings, token, f"{host}:{port}", ready, n, aws_listen),
+            args=(settings, token, f"{host}:{port}", ready, n, aws_listen, xks_listen),
             name=f"worker-{n + 1}",
         )
         for n in range(settings.worker_count)
@@ -288,6 +318,7 @@ def _serve_with_workers(
     if aws_listen:
         scheme = "https" if settings.tls_enabled else "http"
         print(f"hsmstore AWS endpoint on {scheme}://{aws_listen}", flush=True)
+    xks_endpoint.say_xks_endpoint_of_workers(settings, xks_listen)
     print(f"hsmstore listening on {host}:{port} ({settings.worker_count} workers)", flush=True)
     while not stop.wait(0.5):
         ingester.keep_alive()
@@ -380,6 +411,7 @@ def _worker_main(
     ready: multiprocessing.queues.Queue[WorkerStatus],
     index: int,
     aws_listen: str = "",
+    xks_listen: str = "",
 ) -> None:
     startup.set_process_title(f"worker {index + 1}")
     parent = os.getppid()
@@ -404,6 +436,7 @@ def _worker_main(
             observers=runtime.observers,
         )
         aws = start_aws_endpoint(settings, runtime, aws_listen, reuse_port=True)
+        xks = xks_endpoint.start_xks_endpoint(settings, runtime, xks_listen, reuse_port=True)
     except ConfigError as error:  # its one line goes to the serve process, which says it
         ready.put(("failed", error.exit_code, str(error)))
         _flush_and_exit(ready, error.exit_code)
@@ -416,12 +449,14 @@ def _worker_main(
         ready.put(("failed", EXIT_RUNTIME, f"worker {index + 1}: {type(error).__name__}: {error}"))
         _flush_and_exit(ready, EXIT_RUNTIME)
     runtime.start_background_work()
-    on_reload_signal(lambda: reload_tls(settings, running, aws))
+    on_reload_signal(xks_endpoint.with_xks_reload(settings, xks, lambda: reload_tls(settings, running, aws)))
     ready.put(("ready", 0, ""))
     while not stop.wait(1.0):
         if os.getppid() != parent:  # the serve process is gone (SIGKILL): never serve on alone
             logging.getLogger(__name__).error("the serve process exited: worker %d stops too", index + 1)
             break
+    if xks is not None:
+        xks.stop(settings.shutdown_grace_seconds)
     if aws is not None:
         aws.stop(settings.shutdown_grace_seconds)
     stop_serving(running, runtime, settings.shutdown_grace_seconds, stop)  # cli/shutdown.py

@@ -12,6 +12,8 @@ about one. The families and what they own:
 * ``authorization`` -- key policies, grants, Simulate; ``identity_policies`` -- the Admin service;
 * ``recovery``, ``junk_sweep`` -- the lifecycle jobs besides rotation and the reaper;
 * ``health`` -- what the health probe asks;
+* ``external`` -- the AWS KMS external key store (XKS) operations on the same gate (issue 21,
+  core/crypto/external.py);
 * ``custom_key_stores`` -- the six custom key store operations (issue 17), when the
   composition root gives ``custom_key_store_ports``; CreateKey then takes a CustomKeyStoreId;
 * ``quotas`` -- the request quotas the call envelope asks before any of them runs
@@ -20,12 +22,14 @@ about one. The families and what they own:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hsmstore.core.access.control import AccessControl
 from hsmstore.core.authz.identity_policies import IdentityPolicies
 from hsmstore.core.authz.service import AuthorizationService
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS
+from hsmstore.core.crypto.external import ExternalKeyOperations
 from hsmstore.core.crypto.symmetric import EnvelopeEncryption
 from hsmstore.core.failpoints import Failpoint, no_failpoint
 from hsmstore.core.health import Health
@@ -66,6 +70,8 @@ class UseCases:
     quotas: RequestQuotas = field(default_factory=lambda: RequestQuotas(None))
     # Issue 17: None when the server offers no custom key stores.
     custom_key_stores: CustomKeyStores | None = None
+    # Issue 21: the XKS operations (built by build_use_cases; None only for hand-made UseCases).
+    external: ExternalKeyOperations | None = None
 
     @property
     def access(self) -> AccessControl:
@@ -105,6 +111,7 @@ def build_use_cases(
     gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds)
     material = VersionMaterial(store, key_stores)
     rotation = KeyRotation(gate, store, key_stores, clock, failpoint)
+    health = Health(key_stores, store)
     return UseCases(
         gate=gate,
         keys=KeyManagement(gate, store),
@@ -124,7 +131,23 @@ def build_use_cases(
         identity_policies=IdentityPolicies(access, store, clock, limits),
         recovery=Recovery(store, clock, creation, rotation, gate),
         junk_sweep=JunkSweep(store, key_stores, clock),
-        health=Health(key_stores, store),
+        health=health,
         quotas=request_quotas or RequestQuotas(None),
         custom_key_stores=custom_key_stores,
+        external=ExternalKeyOperations(
+            gate, material, key_stores, health.check_health, _key_store_owner(custom_key_store_ports)
+        ),
     )
+
+
+def _key_store_owner(ports: CustomKeyStorePorts | None) -> Callable[[str], str | None] | None:
+    """The tenant of a custom key store, from the follower's copy of its row (XKS health)."""
+    if ports is None:
+        return None
+    followed = ports.followed
+
+    def owner_of(custom_key_store_id: str) -> str | None:
+        row = followed(custom_key_store_id)
+        return None if row is None else row.tenant
+
+    return owner_of

@@ -132,6 +132,7 @@ class AccessControl:
         grant_tokens: Sequence[str] = (),
         grant_request: GrantRequestFacts | None = None,
         hidden: Callable[[], KMSError] = cross_tenant_not_found,
+        request_values: Mapping[str, str] | None = None,
     ) -> Decision:
         """Allow, or raise: ``AccessDeniedException`` in the caller's tenant; for another
         tenant's key, ``hidden()`` -- what a missing key answers on that path (NotFound
@@ -154,6 +155,7 @@ class AccessControl:
             request_alias=request_alias,
             grant_tokens=grant_tokens,
             grant_request=grant_request,
+            request_values=request_values,
         )
         if decision.allowed:
             if decision.grant_id is not None:
@@ -179,6 +181,7 @@ class AccessControl:
         grant_request: GrantRequestFacts | None = None,
         via_service: str | None = None,
         key_policy: PolicyDocument | None = None,
+        request_values: Mapping[str, str] | None = None,
     ) -> Decision:
         """The decision without raising (Simulate explains it; ``check`` enforces it).
 
@@ -198,6 +201,7 @@ class AccessControl:
             grantee_principal=None if grant_request is None else grant_request.grantee_principal,
             retiring_principal=None if grant_request is None else grant_request.retiring_principal,
             grant_constraints=None if grant_request is None else grant_request.constraints,
+            request_values=request_values,
         )
         policy = key_policy if key_policy is not None or key is None else self.key_policy(key)
         grants = () if key is None else self._grants_for(key, grant_tokens)

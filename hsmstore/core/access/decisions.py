@@ -52,6 +52,7 @@ class AccessRequest:
     grantee_principal: str | None = None  # kms:GranteePrincipal (CreateGrant)
     retiring_principal: str | None = None  # kms:RetiringPrincipal
     grant_constraints: GrantConstraints | None = None  # the constraints a CreateGrant asks for
+    request_values: Mapping[str, str] | None = None  # xks:* condition keys (policy_conditions.py)
 
     def __post_init__(self) -> None:
         if (self.key_arn is None) != (self.key_tenant is None):
@@ -68,6 +69,7 @@ class AccessRequest:
             grant_operations=self.grant_operations,
             grantee_principal=self.grantee_principal,
             retiring_principal=self.retiring_principal,
+            request_values=self.request_values,
         )
 
 

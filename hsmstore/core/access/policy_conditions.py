@@ -41,6 +41,18 @@ _KEY_RETIRING = "kms:retiringprincipal"
 _KEY_REQUEST_ALIAS = "kms:requestalias"
 _KEY_GRANT_FOR_RESOURCE = "kms:grantisforawsresource"
 _KEY_PRINCIPAL_ARN = "aws:principalarn"
+# Issue 21 (docs/xks.md): an XKS call's requestMetadata, as AWS KMS sends it to an external key
+# store proxy; missing on every other call.
+XKS_CONDITION_KEYS = frozenset(
+    {
+        "xks:awsprincipalarn",
+        "xks:kmskeyarn",
+        "xks:kmsoperation",
+        "xks:awssourcevpc",
+        "xks:awssourcevpce",
+        "xks:kmsviaservice",
+    }
+)
 _MULTIVALUED_KEYS = frozenset({_KEY_CONTEXT_KEYS, _KEY_GRANT_OPERATIONS})
 _BOOLEAN_KEYS = frozenset({_KEY_GRANT_FOR_RESOURCE})
 _KNOWN_KEYS = frozenset(
@@ -54,6 +66,7 @@ _KNOWN_KEYS = frozenset(
         _KEY_REQUEST_ALIAS,
         _KEY_GRANT_FOR_RESOURCE,
         _KEY_PRINCIPAL_ARN,
+        *XKS_CONDITION_KEYS,
     }
 )
 # AWS: kms:GrantIsForAWSResource applies to CreateGrant, ListGrants and RevokeGrant.
@@ -78,6 +91,8 @@ class ConditionContext:
     grant_operations: Sequence[str] | None = None
     grantee_principal: str | None = None
     retiring_principal: str | None = None
+    # Request values by lower-cased condition key (:data:`XKS_CONDITION_KEYS`); only those keys are read.
+    request_values: Mapping[str, str] | None = None
 
     @cached_property
     def _context_by_folded_key(self) -> dict[str, tuple[str, ...]]:
@@ -87,7 +102,7 @@ class ConditionContext:
             values[folded] = (*values.get(folded, ()), value)
         return values
 
-    def lookup(self, key: str) -> tuple[str, ...] | None:
+    def lookup(self, key: str) -> tuple[str, ...] | None:  # noqa: PLR0912 - one branch per key
         """The values of condition key ``key`` (lower-cased), or None when missing."""
         if key.startswith(_ENCRYPTION_CONTEXT_PREFIX):
             return self._context_by_folded_key.get(key[len(_ENCRYPTION_CONTEXT_PREFIX) :])
@@ -108,6 +123,8 @@ class ConditionContext:
             value = self.grantee_principal
         elif key == _KEY_RETIRING:
             value = self.retiring_principal
+        elif key in XKS_CONDITION_KEYS:
+            value = (self.request_values or {}).get(key)
         elif key == _KEY_GRANT_FOR_RESOURCE:
             if self.action not in _GRANT_RESOURCE_ACTIONS:
                 return None

@@ -24,6 +24,7 @@ CRYPTOGRAPHIC_EVENTS = frozenset(
     {
         "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
         "GenerateDataKeyWithoutPlaintext", "GenerateRandom",
+        "XksEncrypt", "XksDecrypt",  # issue 21: AWS KMS using the key through the XKS proxy
     }
 )  # fmt: skip
 
