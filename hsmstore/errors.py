@@ -159,6 +159,18 @@ class IncorrectTrustAnchorException(KMSError):
     reason = "IncorrectTrustAnchorException"
 
 
+class KMSInvalidSignatureException(KMSError):
+    """Verify: "The request was rejected because the signature verification failed" (issue 23)."""
+
+    reason = "KMSInvalidSignatureException"
+
+
+class KMSInvalidMacException(KMSError):
+    """VerifyMac: "The request was rejected because the HMAC verification failed" (issue 23)."""
+
+    reason = "KMSInvalidMacException"
+
+
 class TagException(KMSError):
     """AWS TagResource/UntagResource/CreateKey: a tag key or value is not valid."""
 

@@ -55,11 +55,29 @@ class RotationType(StrEnum):
 
 
 class KeyUsage(StrEnum):
+    """AWS ``KeyUsage``; which spec allows which usage is ``core/keys/specs.py`` (issue 23)."""
+
     ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+    SIGN_VERIFY = "SIGN_VERIFY"
+    GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+    KEY_AGREEMENT = "KEY_AGREEMENT"
 
 
 class KeySpec(StrEnum):
+    """AWS ``KeySpec`` (SM2, China Regions only, is left out); the table is ``core/keys/specs.py``."""
+
     SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+    RSA_2048 = "RSA_2048"
+    RSA_3072 = "RSA_3072"
+    RSA_4096 = "RSA_4096"
+    ECC_NIST_P256 = "ECC_NIST_P256"
+    ECC_NIST_P384 = "ECC_NIST_P384"
+    ECC_NIST_P521 = "ECC_NIST_P521"
+    ECC_SECG_P256K1 = "ECC_SECG_P256K1"
+    HMAC_224 = "HMAC_224"
+    HMAC_256 = "HMAC_256"
+    HMAC_384 = "HMAC_384"
+    HMAC_512 = "HMAC_512"
 
 
 class Origin(StrEnum):
@@ -75,6 +93,40 @@ class KeyManager(StrEnum):
 
 class EncryptionAlgorithm(StrEnum):
     SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+    RSAES_OAEP_SHA_1 = "RSAES_OAEP_SHA_1"
+    RSAES_OAEP_SHA_256 = "RSAES_OAEP_SHA_256"
+
+
+class SigningAlgorithm(StrEnum):
+    """AWS ``SigningAlgorithmSpec``: the signature scheme and the hash the message is digested with."""
+
+    RSASSA_PSS_SHA_256 = "RSASSA_PSS_SHA_256"
+    RSASSA_PSS_SHA_384 = "RSASSA_PSS_SHA_384"
+    RSASSA_PSS_SHA_512 = "RSASSA_PSS_SHA_512"
+    RSASSA_PKCS1_V1_5_SHA_256 = "RSASSA_PKCS1_V1_5_SHA_256"
+    RSASSA_PKCS1_V1_5_SHA_384 = "RSASSA_PKCS1_V1_5_SHA_384"
+    RSASSA_PKCS1_V1_5_SHA_512 = "RSASSA_PKCS1_V1_5_SHA_512"
+    ECDSA_SHA_256 = "ECDSA_SHA_256"
+    ECDSA_SHA_384 = "ECDSA_SHA_384"
+    ECDSA_SHA_512 = "ECDSA_SHA_512"
+
+
+class MacAlgorithm(StrEnum):
+    HMAC_SHA_224 = "HMAC_SHA_224"
+    HMAC_SHA_256 = "HMAC_SHA_256"
+    HMAC_SHA_384 = "HMAC_SHA_384"
+    HMAC_SHA_512 = "HMAC_SHA_512"
+
+
+class KeyAgreementAlgorithm(StrEnum):
+    ECDH = "ECDH"
+
+
+class MessageType(StrEnum):
+    """Sign/Verify ``MessageType``: RAW is hashed by hsmstore; DIGEST is already the hash."""
+
+    RAW = "RAW"
+    DIGEST = "DIGEST"
 
 
 # The key store every key lives in unless it names a custom key store (AWS:

@@ -34,6 +34,8 @@ STATUS_CODES: dict[type[errors.KMSError], grpc.StatusCode] = {
     errors.InvalidCiphertextException: grpc.StatusCode.INVALID_ARGUMENT,
     errors.IncorrectKeyException: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidKeyUsageException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.KMSInvalidSignatureException: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.KMSInvalidMacException: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ValidationException: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidAliasNameException: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidArnException: grpc.StatusCode.INVALID_ARGUMENT,

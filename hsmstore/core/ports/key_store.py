@@ -22,7 +22,7 @@ threads at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from hsmstore.core.key_stores.model import ConnectionErrorCode, ConnectionStatus, TokenLocator
 from hsmstore.core.model import KeyMaterialRef
@@ -94,6 +94,72 @@ class RandomSource(Protocol):
 
 class SymmetricKeyStore(KeyMaterial, SymmetricEncryption, RandomSource, Protocol):
     """What every key store offers today: symmetric keys, their material and random bytes."""
+
+
+@runtime_checkable
+class KeyPairs(Protocol):
+    """RSA and EC key pairs on the token (issue 23): private keys never leave it.
+
+    Algorithm and spec names are AWS's (``core/keys/specs.py``). The host hashes
+    RAW messages (``hashlib``; a message is the caller's, not a secret) and the
+    token signs the digest, so RAW and DIGEST take one path; public-key
+    operations (Verify, Encrypt with an RSA key) run on the host with the public
+    key the metadata DB keeps, as anyone holding GetPublicKey's answer can.
+    """
+
+    def offered_algorithms(self) -> frozenset[str]:
+        """The AWS algorithm names this token can run: its profile's data, not a probe.
+
+        Signing, encryption, MAC and key agreement names alike (SoftHSM2 2.6.1 has
+        ``RSAES_OAEP_SHA_1`` but not ``RSAES_OAEP_SHA_256``).
+        """
+        ...
+
+    def create_key_pair(self, material: KeyMaterialRef, label: str, key_spec: str, key_usage: str) -> bytes:
+        """Generate the pair on the token (the private key SENSITIVE, never extractable, with only
+        ``key_usage``'s capability: SIGN, DECRYPT or DERIVE; the public key a token object with the
+        same CKA_ID); return the public key as DER SubjectPublicKeyInfo."""
+        ...
+
+    def sign_digest(self, material: KeyMaterialRef, signing_algorithm: str, digest: bytes) -> bytes:
+        """Sign ``digest`` (already the algorithm's hash) with the private key; the signature as AWS
+        returns it: RSA as is, ECDSA DER-encoded (``Ecdsa-Sig-Value``), not PKCS#11's raw r||s."""
+        ...
+
+    def decrypt_asymmetric(
+        self, material: KeyMaterialRef, encryption_algorithm: str, ciphertext: bytes
+    ) -> bytes:
+        """RSA-OAEP decryption on the token; ``CiphertextAuthenticationFailed`` if it does not decrypt."""
+        ...
+
+    def derive_shared_secret(self, material: KeyMaterialRef, peer_public_key: bytes) -> bytes:
+        """ECDH (``CKM_ECDH1_DERIVE``) with the peer's DER SubjectPublicKeyInfo: the raw shared secret
+        (the x coordinate), as AWS's DeriveSharedSecret returns it. ``ValueError`` for a peer key not
+        on the key's curve."""
+        ...
+
+    def generate_key_pair_for_export(self, key_pair_spec: str) -> tuple[bytes, bytes]:
+        """GenerateDataKeyPair: a pair generated on the token as session objects, the private key
+        read out as DER PKCS#8 (it is returned to the caller, as AWS does) and the session objects
+        destroyed: ``(private_key_pkcs8_der, public_key_spki_der)``."""
+        ...
+
+
+@runtime_checkable
+class MacKeys(Protocol):
+    """HMAC keys on the token (issue 23): generic secret keys, SENSITIVE, never extractable,
+    SIGN/VERIFY only."""
+
+    def create_mac_key(self, material: KeyMaterialRef, label: str, key_spec: str) -> None:
+        """Generate an HMAC key of ``key_spec``'s length (HMAC_256: 32 bytes) on the token."""
+
+    def generate_mac(self, material: KeyMaterialRef, mac_algorithm: str, message: bytes) -> bytes:
+        """HMAC on the token (``CKM_SHA256_HMAC`` for HMAC_SHA_256)."""
+        ...
+
+    def verify_mac(self, material: KeyMaterialRef, mac_algorithm: str, message: bytes, mac: bytes) -> bool:
+        """C_Verify on the token: False for a MAC that does not match (never a host comparison)."""
+        ...
 
 
 class KeyStores(Protocol):
