@@ -57,6 +57,7 @@ from urllib.parse import quote, unquote
 
 from hsmstore.aws_json.errors import MissingAuthenticationTokenException, UnrecognizedClientException
 from hsmstore.errors import KMSError, UnauthenticatedException
+from hsmstore.sigv4_header import authorization_parameters
 
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
 SERVICE: Final = "kms"
@@ -163,7 +164,7 @@ def parse_claim(request: HttpRequest) -> SignatureClaim:
         raise IncompleteSignatureException(
             f"Unsupported AWS 'algorithm': only {ALGORITHM} (Signature Version 4) is accepted"
         )
-    parameters = _parameters(rest)
+    parameters = authorization_parameters(rest)
     missing = [
         f"Authorization header requires '{name}' parameter."
         for name in ("Credential", "Signature", "SignedHeaders")
@@ -310,16 +311,6 @@ def canonical_header_value(values: Iterable[str]) -> str:
 
 def _uri_encode(text: str) -> str:
     return quote(text, safe="-_.~")
-
-
-def _parameters(text: str) -> dict[str, str]:
-    """``Credential=..., SignedHeaders=..., Signature=...`` -> a dict (the first of each name wins)."""
-    parameters: dict[str, str] = {}
-    for part in text.split(","):
-        name, equals, value = part.strip().partition("=")
-        if equals and name not in parameters:
-            parameters[name] = value.strip()
-    return parameters
 
 
 def _request_date(request: HttpRequest) -> str | None:

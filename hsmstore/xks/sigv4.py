@@ -39,6 +39,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from hsmstore.errors import UnauthenticatedException
+from hsmstore.sigv4_header import authorization_parameters
 
 SERVICE: Final = "kms-xks-proxy"
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
@@ -78,7 +79,7 @@ def verify(request: ReceivedRequest, secrets: Mapping[str, str], region: str, no
     algorithm, _, rest = authorization[0].strip().partition(" ")
     if algorithm != ALGORITHM:
         raise _failed(f"the Authorization header must use {ALGORITHM}")
-    parameters = _parameters(rest)
+    parameters = authorization_parameters(rest)
     credential = parameters.get("Credential", "").split("/")
     signed_headers = parameters.get("SignedHeaders", "").split(";")
     signature = parameters.get("Signature", "")
@@ -146,15 +147,6 @@ def _amz_date(request: ReceivedRequest) -> str:
     except ValueError:
         raise _failed("X-Amz-Date is not a date") from None
     return values[0].strip()
-
-
-def _parameters(text: str) -> dict[str, str]:
-    parameters: dict[str, str] = {}
-    for part in text.split(","):
-        name, equals, value = part.strip().partition("=")
-        if equals and name not in parameters:
-            parameters[name] = value.strip()
-    return parameters
 
 
 def _failed(why: str) -> AuthenticationFailedException:
