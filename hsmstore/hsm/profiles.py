@@ -13,6 +13,9 @@ The vault and the session code read a :class:`HsmProfile` instead of testing
 * Limits: CloudHSM takes at most 16,224 bytes per GCM call.
 * Locked objects ("Templates and defaults"): whether the token accepts
   CKA_MODIFIABLE and CKA_COPYABLE False at generation.
+* Asymmetric and HMAC algorithms (issue 23; docs/hsm.md, "Key pairs and HMAC
+  keys"): which AWS algorithms the token runs (``offered_algorithms``), and
+  the PKCS#11 mechanism each one takes (:data:`ALGORITHM_MECHANISMS`).
 
 This module also builds the GCM mechanism parameter for each IV source. It
 imports ``pkcs11`` (the Python package) but never loads a PKCS#11 library.
@@ -25,7 +28,15 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pkcs11 import GCMParams
+from pkcs11 import MGF, GCMParams, Mechanism
+
+from hsmstore import errors
+from hsmstore.core.model import (
+    EncryptionAlgorithm,
+    KeyAgreementAlgorithm,
+    MacAlgorithm,
+    SigningAlgorithm,
+)
 
 GCM_IV_BYTES = 12
 """NIST SP 800-38D §8.2: 96-bit IVs; the only length we ever produce or accept."""
@@ -84,6 +95,23 @@ class HsmProfile:
     and does not list CKA_COPYABLE at all (docs/hsm.md, "Templates and defaults");
     attribute changes there go through the CloudHSM CLI (``key set-attribute``),
     so on CloudHSM the load-time check of every version is the defence."""
+    offered_algorithms: frozenset[str] = frozenset()
+    """The AWS algorithm names (signing, encryption, MAC, key agreement) this token runs on
+    its own keys (issue 23): profile data, not a probe. An algorithm AWS allows but the
+    token lacks is refused, never run on the host instead (core/keys/specs.py)."""
+
+    def mechanism(self, algorithm: str) -> Mechanism:
+        """The PKCS#11 mechanism of an AWS algorithm this token offers.
+
+        ``UnsupportedOperationException`` for one it does not offer (SoftHSM2
+        2.6.1 and RSAES_OAEP_SHA_256), before any token call.
+        """
+        if algorithm not in self.offered_algorithms or algorithm not in ALGORITHM_MECHANISMS:
+            raise errors.UnsupportedOperationException(
+                f"{algorithm} is not supported by this key's HSM ({self.name}); "
+                "use one of the algorithms DescribeKey lists"
+            )
+        return ALGORITHM_MECHANISMS[algorithm]
 
     def validate_pin(self, pin: str) -> None:
         """Raise ``ValueError`` if ``pin`` cannot be a login string of this profile.
@@ -102,6 +130,61 @@ class HsmProfile:
         _validate_cloudhsm_password(password)
 
 
+ALGORITHM_MECHANISMS: dict[str, Mechanism] = {
+    # The host hashes (docs/hsm.md, "Key pairs and HMAC keys"), so the token gets the
+    # digest-only mechanisms: CKM_RSA_PKCS over DigestInfo, CKM_RSA_PKCS_PSS, CKM_ECDSA.
+    **{a.value: Mechanism.RSA_PKCS_PSS for a in SigningAlgorithm if a.value.startswith("RSASSA_PSS")},
+    **{a.value: Mechanism.RSA_PKCS for a in SigningAlgorithm if a.value.startswith("RSASSA_PKCS1")},
+    **{a.value: Mechanism.ECDSA for a in SigningAlgorithm if a.value.startswith("ECDSA")},
+    EncryptionAlgorithm.RSAES_OAEP_SHA_1.value: Mechanism.RSA_PKCS_OAEP,
+    EncryptionAlgorithm.RSAES_OAEP_SHA_256.value: Mechanism.RSA_PKCS_OAEP,
+    MacAlgorithm.HMAC_SHA_224.value: Mechanism.SHA224_HMAC,
+    MacAlgorithm.HMAC_SHA_256.value: Mechanism.SHA256_HMAC,
+    MacAlgorithm.HMAC_SHA_384.value: Mechanism.SHA384_HMAC,
+    MacAlgorithm.HMAC_SHA_512.value: Mechanism.SHA512_HMAC,
+    KeyAgreementAlgorithm.ECDH.value: Mechanism.ECDH1_DERIVE,  # KDF CKD_NULL: the raw x coordinate
+}
+"""AWS algorithm -> the PKCS#11 mechanism the token runs it with (PKCS#11 v2.40 ids, the same
+on SoftHSM2 and CloudHSM)."""
+
+HASH_MECHANISMS: dict[str, tuple[Mechanism, MGF]] = {
+    "sha1": (Mechanism.SHA_1, MGF.SHA1),
+    "sha224": (Mechanism.SHA224, MGF.SHA224),
+    "sha256": (Mechanism.SHA256, MGF.SHA256),
+    "sha384": (Mechanism.SHA384, MGF.SHA384),
+    "sha512": (Mechanism.SHA512, MGF.SHA512),
+}
+"""``hashAlg`` and ``mgf`` of CK_RSA_PKCS_PSS_PARAMS / CK_RSA_PKCS_OAEP_PARAMS for each hash."""
+
+_ALL_SIGNING = frozenset(a.value for a in SigningAlgorithm)
+_ALL_MACS = frozenset(a.value for a in MacAlgorithm)
+
+SOFTHSM2_ALGORITHMS = (
+    _ALL_SIGNING
+    | _ALL_MACS
+    | {
+        EncryptionAlgorithm.RSAES_OAEP_SHA_1.value,
+        KeyAgreementAlgorithm.ECDH.value,
+    }
+)
+"""Measured on SoftHSM2 2.6.1 (tests/contract/test_vault_key_pairs.py): every signing algorithm,
+HMAC-SHA-224 to 512, ECDH (CKD_NULL) on all four curves; RSA-OAEP with SHA-1 only (a SHA-256
+hashAlg answers CKR_ARGUMENTS_BAD)."""
+
+CLOUDHSM_ALGORITHMS = (
+    _ALL_SIGNING
+    | _ALL_MACS
+    | {
+        EncryptionAlgorithm.RSAES_OAEP_SHA_1.value,
+        EncryptionAlgorithm.RSAES_OAEP_SHA_256.value,
+    }
+)
+"""From the AWS CloudHSM user guide (page ``pkcs11-mechanisms``, Client SDK 5), not run here:
+CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_ECDSA (single-part), CKM_RSA_PKCS_OAEP with SHA-1 to
+SHA-512, CKM_SHA224_HMAC..CKM_SHA512_HMAC (SHA-224's by name unconfirmed). ECDH is left out:
+it lists CKM_ECDH1_DERIVE only "with KDF (X9.63 with SHA1 ... SHA512)", and DeriveSharedSecret
+returns the raw secret (CKD_NULL)."""
+
 SOFTHSM2 = HsmProfile(
     name="softhsm2",
     default_module_path="/usr/lib/softhsm/libsofthsm2.so",
@@ -109,6 +192,7 @@ SOFTHSM2 = HsmProfile(
     pin_form=PinForm.PLAIN,
     threading_mode=ThreadingMode.GLOBAL_LOCK,
     max_gcm_payload=None,
+    offered_algorithms=SOFTHSM2_ALGORITHMS,
 )
 
 CLOUDHSM = HsmProfile(
@@ -119,6 +203,7 @@ CLOUDHSM = HsmProfile(
     threading_mode=ThreadingMode.OS_LOCKING,
     max_gcm_payload=16_224,
     lock_objects=False,
+    offered_algorithms=CLOUDHSM_ALGORITHMS,
 )
 
 PROFILES: dict[str, HsmProfile] = {p.name: p for p in (SOFTHSM2, CLOUDHSM)}

@@ -36,6 +36,10 @@ from typing import Any, Final
 
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 
+from hsmstore.core.keys.specs import EC_SPECS, HMAC_KEY_BYTES, RSA_MODULUS_BYTES, RSA_SPECS, is_valid_pair
+from hsmstore.core.model import KeySpec, KeyUsage
+from hsmstore.hsm.der import CURVES
+
 KEY_VERSION_BITS: Final = 256
 """AES-256: ``generate_key`` takes the length in bits, CKA_VALUE_LEN in bytes."""
 
@@ -178,3 +182,218 @@ def secrets_key_template(label: str, *, lock_object: bool = True) -> dict[Attrib
     if not label.startswith(SECRETS_KEY_LABEL_PREFIX) or len(label) > MAX_LABEL_CHARS:
         raise ValueError(f"a secrets key label starts with {SECRETS_KEY_LABEL_PREFIX!r}")
     return _aes_256_template(SECRETS_KEY_ID, label, lock_object=lock_object)
+
+
+# -- key pairs and HMAC keys (issue 23) -----------------------------------------
+#
+# The same rules as a key version's: every flag explicit, private halves and HMAC
+# keys SENSITIVE and never EXTRACTABLE, only the one capability their key usage
+# needs (no UNWRAP: it would import keys; no DERIVE unless KEY_AGREEMENT), locked
+# where the profile allows, and checked when their handle is loaded.
+
+RSA_PUBLIC_EXPONENT: Final = b"\x01\x00\x01"
+"""65537, as AWS KMS's RSA keys have (GetPublicKey)."""
+
+RSA_MODULUS_BITS: Final[dict[KeySpec, int]] = {spec: size * 8 for spec, size in RSA_MODULUS_BYTES.items()}
+
+_USAGE_CAPABILITY: Final[dict[KeyUsage, Attribute]] = {
+    KeyUsage.SIGN_VERIFY: Attribute.SIGN,
+    KeyUsage.ENCRYPT_DECRYPT: Attribute.DECRYPT,
+    KeyUsage.KEY_AGREEMENT: Attribute.DERIVE,
+}
+_PUBLIC_CAPABILITY: Final[dict[KeyUsage, Attribute | None]] = {
+    KeyUsage.SIGN_VERIFY: Attribute.VERIFY,
+    KeyUsage.ENCRYPT_DECRYPT: Attribute.ENCRYPT,
+    KeyUsage.KEY_AGREEMENT: None,  # the peer's public key is the input, never ours
+}
+PRIVATE_CAPABILITIES: Final = (Attribute.SIGN, Attribute.DECRYPT, Attribute.DERIVE)
+
+
+def private_capability(usage: KeyUsage) -> Attribute:
+    """The one private-key capability a key usage needs (SIGN, DECRYPT or DERIVE)."""
+    return _USAGE_CAPABILITY[usage]
+
+
+def _key_type(spec: KeySpec) -> KeyType:
+    if spec in RSA_SPECS:
+        return KeyType.RSA
+    if spec in EC_SPECS:
+        return KeyType.EC
+    raise ValueError(f"{spec} is not an RSA or ECC key spec")
+
+
+def _domain(spec: KeySpec) -> dict[Attribute, Any]:
+    """What C_GenerateKeyPair needs in the public template: modulus bits and exponent, or the curve."""
+    if spec in RSA_SPECS:
+        return {
+            Attribute.MODULUS_BITS: RSA_MODULUS_BITS[spec],
+            Attribute.PUBLIC_EXPONENT: RSA_PUBLIC_EXPONENT,
+        }
+    return {Attribute.EC_PARAMS: CURVES[spec].ec_params}
+
+
+def key_pair_templates(
+    spec: KeySpec, usage: KeyUsage, token_id: bytes, label: str, *, lock_object: bool = True
+) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
+    """``(public, private)`` C_GenerateKeyPair templates of an asymmetric KMS key version.
+
+    Both halves carry the version's CKA_ID and label. The private half is a
+    TOKEN, PRIVATE, SENSITIVE, never EXTRACTABLE object with exactly the
+    usage's capability; the public half a public token object (issue 23: "the
+    public key may be a public token object") with VERIFY or ENCRYPT.
+    """
+    if len(token_id) != TOKEN_ID_BYTES:
+        raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
+    if not label or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label must be 1 to {MAX_LABEL_CHARS} characters")
+    if not is_valid_pair(spec, usage) or usage not in _USAGE_CAPABILITY:
+        raise ValueError(f"{spec} cannot have key usage {usage}")
+    key_type = _key_type(spec)
+    public_capability = _PUBLIC_CAPABILITY[usage]
+    public: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.KEY_TYPE: key_type,
+        Attribute.LABEL: label,
+        Attribute.ID: token_id,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.ENCRYPT: public_capability is Attribute.ENCRYPT,
+        Attribute.VERIFY: public_capability is Attribute.VERIFY,
+        Attribute.VERIFY_RECOVER: False,
+        Attribute.WRAP: False,
+        Attribute.DERIVE: False,
+        **_domain(spec),
+    }
+    capability = _USAGE_CAPABILITY[usage]
+    private: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+        Attribute.KEY_TYPE: key_type,
+        Attribute.LABEL: label,
+        Attribute.ID: token_id,
+        **PRIVATE_KEY_FLAGS,
+        **{attribute: attribute is capability for attribute in PRIVATE_CAPABILITIES},
+    }
+    if lock_object:
+        public.update(LOCKED_OBJECT_FLAGS)
+        private.update(LOCKED_OBJECT_FLAGS)
+    return public, private
+
+
+PRIVATE_KEY_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.UNWRAP: False,  # would import keys under this one
+    Attribute.SIGN_RECOVER: False,
+}
+"""Every private half's flags beside its one capability (SIGN, DECRYPT or DERIVE)."""
+
+
+def private_key_required(capability: Attribute) -> dict[Attribute, bool]:
+    """What a private half must show when its handle is loaded for an operation needing ``capability``:
+    generated on the token sensitive and unextractable, that capability and no other."""
+    return {
+        **PRIVATE_KEY_FLAGS,
+        Attribute.ALWAYS_SENSITIVE: True,
+        Attribute.NEVER_EXTRACTABLE: True,
+        Attribute.LOCAL: True,
+        **{attribute: attribute is capability for attribute in PRIVATE_CAPABILITIES},
+    }
+
+
+EXPORT_PAIR_LABEL: Final = "hsmstore/data-key-pair"
+
+
+def export_pair_templates(
+    spec: KeySpec, token_id: bytes
+) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
+    """``(public, private)`` templates of a GenerateDataKeyPair pair: session objects (TOKEN False)
+    whose private half is read out (SENSITIVE False, EXTRACTABLE True: AWS returns it in
+    plaintext) and destroyed at once. No usage: nothing is done with them on the token."""
+    key_type = _key_type(spec)
+    common: dict[Attribute, Any] = {
+        Attribute.KEY_TYPE: key_type,
+        Attribute.LABEL: EXPORT_PAIR_LABEL,
+        Attribute.ID: token_id,
+        Attribute.TOKEN: False,
+    }
+    public: dict[Attribute, Any] = {
+        **common,
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.PRIVATE: False,
+        Attribute.ENCRYPT: False,
+        Attribute.VERIFY: False,
+        Attribute.WRAP: False,
+        Attribute.DERIVE: False,
+        **_domain(spec),
+    }
+    private: dict[Attribute, Any] = {
+        **common,
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: False,
+        Attribute.EXTRACTABLE: True,
+        Attribute.SIGN: False,
+        Attribute.DECRYPT: False,
+        Attribute.DERIVE: False,
+        Attribute.UNWRAP: False,
+    }
+    return public, private
+
+
+MAC_KEY_FLAGS: Final[dict[Attribute, bool]] = dict(AUDIT_SEAL_FLAGS)
+"""An HMAC KMS key: SIGN (GenerateMac) and VERIFY (VerifyMac) only, like the audit seal key."""
+
+MAC_KEY_REQUIRED: Final[dict[Attribute, bool]] = {
+    **MAC_KEY_FLAGS,
+    Attribute.ALWAYS_SENSITIVE: True,
+    Attribute.NEVER_EXTRACTABLE: True,
+    Attribute.LOCAL: True,
+}
+
+
+def mac_key_template(
+    spec: KeySpec, token_id: bytes, label: str, *, lock_object: bool = True
+) -> dict[Attribute, Any]:
+    """The full C_GenerateKey template of an HMAC KMS key version (CKK_GENERIC_SECRET, CKA_VALUE_LEN
+    from AWS's key spec: HMAC_256 is 32 bytes)."""
+    if len(token_id) != TOKEN_ID_BYTES:
+        raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
+    if not label or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label must be 1 to {MAX_LABEL_CHARS} characters")
+    if spec not in HMAC_KEY_BYTES:
+        raise ValueError(f"{spec} is not an HMAC key spec")
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+        Attribute.VALUE_LEN: HMAC_KEY_BYTES[spec],
+        Attribute.LABEL: label,
+        Attribute.ID: token_id,
+        **MAC_KEY_FLAGS,
+    }
+    if lock_object:
+        template.update(LOCKED_OBJECT_FLAGS)
+    return template
+
+
+def shared_secret_template(byte_length: int) -> dict[Attribute, Any]:
+    """CKM_ECDH1_DERIVE's output: a session generic secret read out once (DeriveSharedSecret
+    returns it) and destroyed; no usage."""
+    return {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+        Attribute.VALUE_LEN: byte_length,
+        Attribute.LABEL: "hsmstore/shared-secret",
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: False,
+        Attribute.EXTRACTABLE: True,
+        Attribute.ENCRYPT: False,
+        Attribute.DECRYPT: False,
+        Attribute.SIGN: False,
+        Attribute.VERIFY: False,
+        Attribute.WRAP: False,
+        Attribute.UNWRAP: False,
+        Attribute.DERIVE: False,
+    }

@@ -1,8 +1,10 @@
 """``Pkcs11KeyVault``: one key store on a PKCS#11 token (SoftHSM2, AWS CloudHSM).
 
 It implements the key-store ports (hsmstore/core/ports/key_store.py:
-``SymmetricKeyStore``) and, through :class:`~hsmstore.hsm.audit_sealer.TokenAuditSealer`
-on the same sessions, ``AuditSealer`` (hsmstore/core/ports/audit.py).
+``SymmetricKeyStore``; ``KeyPairs`` and ``MacKeys`` of issue 23 by delegation
+to :mod:`hsmstore.hsm.key_pairs` and :mod:`hsmstore.hsm.macs`) and, through
+:class:`~hsmstore.hsm.audit_sealer.TokenAuditSealer` on the same sessions,
+``AuditSealer`` (hsmstore/core/ports/audit.py).
 
 Each KMS key version is one AES-256 token object, generated on the token from
 the explicit template of :mod:`hsmstore.hsm.templates` and addressed by its
@@ -56,6 +58,9 @@ from hsmstore.core.key_stores.model import ConnectionStatus
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm import templates
 from hsmstore.hsm.audit_sealer import TokenAuditSealer
+from hsmstore.hsm.key_pairs import TokenKeyPairs
+from hsmstore.hsm.loaded_keys import LoadedKeys
+from hsmstore.hsm.macs import TokenMacs
 from hsmstore.hsm.profiles import (
     GCM_IV_BYTES,
     GCM_TAG_BYTES,
@@ -139,6 +144,10 @@ class Pkcs11KeyVault:
         # token_id -> why its object was refused (see _admit); never used again in this process.
         self._refused: dict[bytes, str] = {}
         self._flag_reads = ThreadSafeCounter()
+        # Issue 23: private halves and HMAC keys, found and cached on the same sessions.
+        self._loaded = LoadedKeys(self._calls)
+        self._key_pairs = TokenKeyPairs(self._calls, self.profile, self._loaded)
+        self._macs = TokenMacs(self._calls, self.profile, self._loaded)
 
     @classmethod
     def open(
@@ -423,13 +432,14 @@ class Pkcs11KeyVault:
             self._sessions.forget_key(token_id)
 
     def key_exists(self, material: KeyMaterialRef) -> bool:
-        """Search the token for a secret key with the reference's CKA_ID (recovery and tests only)."""
+        """Search the token for any object with the reference's CKA_ID (recovery and tests only):
+        an AES or HMAC key, or a key pair (issue 23)."""
         token_id = self._token_id(material)
         rescanned = False
 
         def exists(ws: WorkingSession) -> bool:
             nonlocal rescanned
-            found = bool(self._calls.search(ws, _secret_key_query(token_id)))
+            found = bool(self._calls.search(ws, {Attribute.ID: token_id}))
             if not found and not rescanned:
                 rescanned = True
                 raise TokenViewStale()  # rescan before answering "absent" (see destroy_key)
@@ -447,7 +457,9 @@ class Pkcs11KeyVault:
         self.generate_random(1)
 
     def list_key_versions(self) -> list[tuple[bytes, str]]:
-        """``(CKA_ID, CKA_LABEL)`` of every AES secret key with a 16-byte CKA_ID on the token.
+        """``(CKA_ID, CKA_LABEL)`` of every key version object with a 16-byte CKA_ID on the token:
+        AES and HMAC secret keys and private keys (issue 23; a pair's public half shares its
+        private half's CKA_ID, and ``destroy_key`` destroys both).
 
         A full walk of the token, for the periodic sweep of junk objects only,
         never the request path. It holds the token for one C_FindObjects walk,
@@ -458,9 +470,11 @@ class Pkcs11KeyVault:
 
         def find(ws: WorkingSession) -> list[int]:
             with self._sessions.object_store_lock:
-                return self._sessions.find_handles(
-                    ws, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}
-                )
+                return [
+                    handle
+                    for query in _KEY_VERSION_CLASSES
+                    for handle in self._sessions.find_handles(ws, query)
+                ]
 
         handles = self._calls.run(find, "the HSM failed to list its keys", key_id=None)
         found: list[tuple[bytes, str]] = []
@@ -474,6 +488,46 @@ class Pkcs11KeyVault:
                 if entry is not None and len(entry[0]) == templates.TOKEN_ID_BYTES:
                     found.append(entry)
         return found
+
+    # -- KeyPairs and MacKeys (hsmstore/core/ports/key_store.py, issue 23) --
+
+    def offered_algorithms(self) -> frozenset[str]:
+        """The AWS algorithms this token runs: its profile's data (hsm/profiles.py)."""
+        return self._key_pairs.offered_algorithms()
+
+    def create_key_pair(self, material: KeyMaterialRef, label: str, key_spec: str, key_usage: str) -> bytes:
+        """C_GenerateKeyPair with the reference's CKA_ID; the public key as DER SPKI (hsm/key_pairs.py)."""
+        return self._key_pairs.create_key_pair(self._token_id(material), label, key_spec, key_usage)
+
+    def sign_digest(self, material: KeyMaterialRef, signing_algorithm: str, digest: bytes) -> bytes:
+        """C_Sign of a digest; ECDSA signatures DER-encoded (hsm/key_pairs.py)."""
+        return self._key_pairs.sign_digest(self._token_id(material), signing_algorithm, digest)
+
+    def decrypt_asymmetric(
+        self, material: KeyMaterialRef, encryption_algorithm: str, ciphertext: bytes
+    ) -> bytes:
+        """RSA-OAEP C_Decrypt; ``CiphertextAuthenticationFailed`` if it does not decrypt."""
+        return self._key_pairs.decrypt_asymmetric(self._token_id(material), encryption_algorithm, ciphertext)
+
+    def derive_shared_secret(self, material: KeyMaterialRef, peer_public_key: bytes) -> bytes:
+        """ECDH on the token; ``ValueError`` for a peer key not on the key's curve."""
+        return self._key_pairs.derive_shared_secret(self._token_id(material), peer_public_key)
+
+    def generate_key_pair_for_export(self, key_pair_spec: str) -> tuple[bytes, bytes]:
+        """GenerateDataKeyPair's pair: ``(PKCS#8 DER, SPKI DER)`` of a session pair, destroyed after."""
+        return self._key_pairs.generate_key_pair_for_export(key_pair_spec)
+
+    def create_mac_key(self, material: KeyMaterialRef, label: str, key_spec: str) -> None:
+        """C_GenerateKey of an HMAC key with the reference's CKA_ID (hsm/macs.py)."""
+        self._macs.create_mac_key(self._token_id(material), label, key_spec)
+
+    def generate_mac(self, material: KeyMaterialRef, mac_algorithm: str, message: bytes) -> bytes:
+        """HMAC on the token (C_Sign)."""
+        return self._macs.generate_mac(self._token_id(material), mac_algorithm, message)
+
+    def verify_mac(self, material: KeyMaterialRef, mac_algorithm: str, message: bytes, mac: bytes) -> bool:
+        """C_Verify on the token; False for a MAC that does not match."""
+        return self._macs.verify_mac(self._token_id(material), mac_algorithm, message, mac)
 
     # -- AuditSealer (hsmstore/core/ports/audit.py), on the same sessions --
 
@@ -639,13 +693,21 @@ class Pkcs11KeyVault:
                 self._admit(ws, token_id, obj)
 
 
+_KEY_VERSION_CLASSES: tuple[dict[int, int], ...] = (
+    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES},
+    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.GENERIC_SECRET},  # HMAC keys
+    {Attribute.CLASS: ObjectClass.PRIVATE_KEY},  # key pairs, by their private half
+)
+"""What :meth:`Pkcs11KeyVault.list_key_versions` walks (the audit seal key's CKA_ID is not 16 bytes)."""
+
+
 def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
     return {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES, Attribute.ID: token_id}
 
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
-    from hsmstore.core.ports.key_store import ConnectedKeyStore
+    from hsmstore.core.ports.key_store import ConnectedKeyStore, KeyPairs, MacKeys
 
     def _implements_key_store_port(vault: Pkcs11KeyVault) -> SymmetricKeyStore:
         """mypy checks here that the class matches the ``SymmetricKeyStore`` Protocol."""
@@ -657,4 +719,12 @@ if TYPE_CHECKING:
 
     def _implements_audit_sealer_port(vault: Pkcs11KeyVault) -> AuditSealer:
         """mypy checks here that the class matches the ``AuditSealer`` Protocol."""
+        return vault
+
+    def _implements_key_pairs_port(vault: Pkcs11KeyVault) -> KeyPairs:
+        """mypy checks here that the class matches the ``KeyPairs`` Protocol (issue 23)."""
+        return vault
+
+    def _implements_mac_keys_port(vault: Pkcs11KeyVault) -> MacKeys:
+        """mypy checks here that the class matches the ``MacKeys`` Protocol (issue 23)."""
         return vault
