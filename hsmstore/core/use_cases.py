@@ -7,7 +7,9 @@ about one. The families and what they own:
 
 * ``keys`` -- DescribeKey, ListKeys, EnableKey, DisableKey, UpdateKeyDescription;
 * ``creation`` -- CreateKey (and every new key, service-managed ones included);
-* ``crypto`` -- Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateRandom;
+* ``crypto`` -- Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateRandom (RSA keys too);
+* ``asymmetric`` -- Sign, Verify, GetPublicKey, GenerateMac, VerifyMac, GenerateDataKeyPair*,
+  DeriveSharedSecret (issue 23, core/crypto/asymmetric.py);
 * ``rotation``, ``deletion``, ``aliases``, ``tags``, ``last_usage``;
 * ``authorization`` -- key policies, grants, Simulate; ``identity_policies`` -- the Admin service;
 * ``recovery``, ``junk_sweep`` -- the lifecycle jobs besides rotation and the reaper;
@@ -29,7 +31,9 @@ from hsmstore.core.access.control import AccessControl
 from hsmstore.core.authz.identity_policies import IdentityPolicies
 from hsmstore.core.authz.service import AuthorizationService
 from hsmstore.core.cache import DEFAULT_TTL_SECONDS
+from hsmstore.core.crypto.asymmetric import AsymmetricCryptography
 from hsmstore.core.crypto.external import ExternalKeyOperations
+from hsmstore.core.crypto.public_keys import PublicKeys
 from hsmstore.core.crypto.symmetric import EnvelopeEncryption
 from hsmstore.core.failpoints import Failpoint, no_failpoint
 from hsmstore.core.health import Health
@@ -66,6 +70,8 @@ class UseCases:
     recovery: Recovery
     junk_sweep: JunkSweep
     health: Health
+    # Issue 23: Sign, Verify, GetPublicKey, GenerateMac, VerifyMac, GenerateDataKeyPair*, DeriveSharedSecret.
+    asymmetric: AsymmetricCryptography
     # Request quotas, asked by the call envelope before a use case runs (none enforced by default).
     quotas: RequestQuotas = field(default_factory=lambda: RequestQuotas(None))
     # Issue 17: None when the server offers no custom key stores.
@@ -108,20 +114,25 @@ def build_use_cases(
     )
     creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits, custom_key_stores)
     service_keys = ServiceManagedKeys(creation, store, clock, key_stores)
-    gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds)
+    gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds, key_stores)
     material = VersionMaterial(store, key_stores)
     rotation = KeyRotation(gate, store, key_stores, clock, failpoint)
     health = Health(key_stores, store)
+    public_keys = PublicKeys(store)
+    material.on_forget(public_keys.forget)
+    crypto = EnvelopeEncryption(
+        gate,
+        material,
+        key_stores,
+        None if custom_key_stores is None else custom_key_stores.store_for_random,
+        public_keys,
+    )
     return UseCases(
         gate=gate,
         keys=KeyManagement(gate, store),
         creation=creation,
-        crypto=EnvelopeEncryption(
-            gate,
-            material,
-            key_stores,
-            None if custom_key_stores is None else custom_key_stores.store_for_random,
-        ),
+        crypto=crypto,
+        asymmetric=AsymmetricCryptography(gate, material, key_stores, public_keys, crypto),
         rotation=rotation,
         deletion=KeyDeletion(gate, store, key_stores, material, clock, failpoint),
         aliases=Aliases(gate, store, clock, limits),

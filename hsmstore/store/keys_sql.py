@@ -175,6 +175,35 @@ class SqlKeys:
             row = connection.execute(query).first()
         return None if row is None else version_from_row(row._mapping)
 
+    def set_public_key(self, key_id: str, version: int, public_key: bytes) -> bool:
+        """Record a PENDING version's public key (issue 23); False if no such version is PENDING.
+
+        Only while PENDING: once the version is ACTIVE its public key is immutable,
+        which is what lets readers cache it for the life of the process.
+        """
+        if not public_key:
+            raise ValueError("a public key must not be empty")
+        with self._writer.begin() as connection:
+            changed = connection.execute(
+                key_versions.update()
+                .where(
+                    key_versions.c.key_id == key_id,
+                    key_versions.c.version == version,
+                    key_versions.c.state == VersionState.PENDING.value,
+                )
+                .values(public_key=public_key)
+            ).rowcount
+        return changed == 1
+
+    def get_public_key(self, key_id: str, version: int) -> bytes | None:
+        """A primary-key lookup: the version's DER SubjectPublicKeyInfo, None if it has none."""
+        query = select(key_versions.c.public_key).where(
+            key_versions.c.key_id == key_id, key_versions.c.version == version
+        )
+        with self._reader.connect() as connection:
+            value = connection.execute(query).scalar()
+        return None if value is None else bytes(value)
+
     def list_versions(self, key_id: str) -> Sequence[KeyVersion]:
         query = select(key_versions).where(key_versions.c.key_id == key_id).order_by(key_versions.c.version)
         with self._reader.connect() as connection:

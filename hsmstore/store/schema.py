@@ -137,6 +137,8 @@ key_versions = Table(
     # Migration 0007: always its key's key store; how the material resides there.
     Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False, server_default=DEFAULT_KEY_STORE_ID),
     Column("residency", String(ENUM_LENGTH), nullable=False, server_default=Residency.TOKEN_OBJECT.value),
+    # Migration 0010 (issue 23): an RSA or EC version's DER SubjectPublicKeyInfo; NULL otherwise.
+    Column("public_key", LargeBinary(), nullable=True),
     # The primary key also serves get_version and list_versions (key_id first).
     # It is also what makes a rotation happen once: two rotators both try to
     # insert version n+1 and only one can.

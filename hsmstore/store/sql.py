@@ -72,6 +72,8 @@ class SqlMetadataStore:
         self.get_key = keys.get_key
         self.get_version = keys.get_version
         self.list_versions = keys.list_versions
+        self.set_public_key = keys.set_public_key
+        self.get_public_key = keys.get_public_key
         self.list_keys = keys.list_keys
         self.count_customer_keys = keys.count_customer_keys
         self.count_keys_by_state = keys.count_keys_by_state

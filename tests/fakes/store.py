@@ -62,6 +62,7 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords):
         self._lock = threading.Lock()
         self._keys: dict[str, KeyRecord] = {}
         self._versions: dict[tuple[str, int], KeyVersion] = {}
+        self._public_keys: dict[tuple[str, int], bytes] = {}  # issue 23: RSA and EC versions only
         self._aliases: dict[tuple[str, str], AliasRecord] = {}
         self._tags: dict[str, dict[str, str]] = {}
         self._destructions: dict[tuple[str, int], DestructionRecord] = {}
@@ -150,6 +151,7 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords):
         with self._lock:
             self._keys.pop(key_id, None)
             for version_id in [version_id for version_id in self._versions if version_id[0] == key_id]:
+                self._public_keys.pop(version_id, None)
                 self._abandon(self._versions.pop(version_id), abandoned_at)
             for alias_id, alias in list(self._aliases.items()):
                 if alias.target_key_id == key_id:
@@ -172,6 +174,22 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords):
     def list_versions(self, key_id: str) -> Sequence[KeyVersion]:
         with self._lock:
             return self._versions_of(key_id)
+
+    def set_public_key(self, key_id: str, version: int, public_key: bytes) -> bool:
+        if not public_key:
+            raise ValueError("a public key must not be empty")
+        with self._lock:
+            found = self._versions.get((key_id, version))
+            if found is None or found.state is not VersionState.PENDING:
+                return False
+            self._public_keys[(key_id, version)] = bytes(public_key)
+            return True
+
+    def get_public_key(self, key_id: str, version: int) -> bytes | None:
+        with self._lock:
+            if (key_id, version) not in self._versions:
+                return None
+            return self._public_keys.get((key_id, version))
 
     def count_keys_by_state(self) -> Mapping[KeyState, int]:
         with self._lock:
@@ -396,6 +414,7 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords):
                 and existing.token_id == token_id
                 and existing.state is not VersionState.ACTIVE
             ):
+                self._public_keys.pop((key_id, version), None)
                 self._abandon(self._versions.pop((key_id, version)), abandoned_at)
 
     def _abandon(self, version: KeyVersion, abandoned_at: datetime | None) -> None:

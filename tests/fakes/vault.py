@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmstore import errors
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
+from tests.fakes.key_pairs import FakeKeyPairsAndMacs
 
 IV_BYTES = 12
 TAG_BYTES = 16
@@ -34,10 +35,20 @@ TOKEN_ID_BYTES = 16
 MAX_RANDOM_BYTES = 1024
 
 
-class FakeKeyVault:
-    """Keys in a dict by CKA_ID; thread-safe; close() is a no-op kept for symmetry."""
+class FakeKeyVault(FakeKeyPairsAndMacs):
+    """Keys in a dict by CKA_ID; thread-safe; close() is a no-op kept for symmetry.
 
-    def __init__(self, max_gcm_payload: int | None = None, key_store_id: str = DEFAULT_KEY_STORE_ID) -> None:
+    Also the ``KeyPairs`` and ``MacKeys`` ports (issue 23, tests/fakes/key_pairs.py);
+    ``offered_algorithms``: the token profile's algorithms (None: all AWS names).
+    """
+
+    def __init__(
+        self,
+        max_gcm_payload: int | None = None,
+        key_store_id: str = DEFAULT_KEY_STORE_ID,
+        offered_algorithms: frozenset[str] | None = None,
+    ) -> None:
+        self._init_key_pairs(offered_algorithms)
         self._key_store_id = key_store_id
         self._keys: dict[bytes, AESGCM] = {}
         self._labels: dict[bytes, str] = {}
@@ -105,15 +116,16 @@ class FakeKeyVault:
     def destroy_key(self, material: KeyMaterialRef) -> bool:
         token_id = self._token_id(material)
         self._check_available()
+        pair = self._destroy_pair(token_id)
         with self._lock:
             self._labels.pop(token_id, None)
-            return self._keys.pop(token_id, None) is not None
+            return self._keys.pop(token_id, None) is not None or pair
 
     def key_exists(self, material: KeyMaterialRef) -> bool:
         token_id = self._token_id(material)
         self._check_available()
         with self._lock:
-            return token_id in self._keys
+            return token_id in self._keys or self._has_pair(token_id)
 
     def ping(self) -> None:
         self._check_available()
@@ -121,7 +133,7 @@ class FakeKeyVault:
     def list_key_versions(self) -> list[tuple[bytes, str]]:
         self._check_available()
         with self._lock:
-            return list(self._labels.items())
+            return list(self._labels.items()) + self._pair_objects()
 
     def audit_seal(self, data: bytes) -> bytes:
         """HMAC-SHA256 with this fake token's seal key (the real one is CKM_SHA256_HMAC)."""
@@ -135,12 +147,13 @@ class FakeKeyVault:
     def object_count(self) -> int:
         """How many key objects the fake token holds (a real token would need an enumeration)."""
         with self._lock:
-            return len(self._keys)
+            return len(self._keys) + len(self._pair_objects())
 
     def label_of(self, token_id: bytes) -> str | None:
         """The label of the key with this CKA_ID (what an operator would see on a token)."""
         with self._lock:
-            return self._labels.get(token_id)
+            label = self._labels.get(token_id)
+        return label if label is not None else dict(self._pair_objects()).get(token_id)
 
     def _token_id(self, material: KeyMaterialRef) -> bytes:
         """The CKA_ID of a token object of this fake key store; anything else is refused (issue 15)."""
@@ -170,9 +183,16 @@ class FakeKeyVault:
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
+    from hsmstore.core.ports.key_store import KeyPairs, MacKeys
 
     def _implements_key_store_port(vault: FakeKeyVault) -> SymmetricKeyStore:
         """mypy checks here that the fake matches the ``SymmetricKeyStore`` Protocol."""
+        return vault
+
+    def _implements_key_pairs_port(vault: FakeKeyVault) -> KeyPairs:
+        return vault
+
+    def _implements_mac_keys_port(vault: FakeKeyVault) -> MacKeys:
         return vault
 
     def _implements_audit_sealer_port(vault: FakeKeyVault) -> AuditSealer:

@@ -45,6 +45,15 @@ ROWS: dict[Operation, tuple[Expected, Expected, Expected, Expected]] = {
     Op.UNTAG_RESOURCE:                      (ENABLED, DISABLED, INVALID, INVALID),
     Op.LIST_RESOURCE_TAGS:                  (ENABLED, DISABLED, PENDING, DESTROYING),
     Op.GET_KEY_LAST_USAGE:                  (ENABLED, DISABLED, PENDING, DESTROYING),
+    # issue 23: like Encrypt (AWS's key state table), GetPublicKey too
+    Op.SIGN:                                (ENABLED, OFF, INVALID, INVALID),
+    Op.VERIFY:                              (ENABLED, OFF, INVALID, INVALID),
+    Op.GET_PUBLIC_KEY:                      (ENABLED, OFF, INVALID, INVALID),
+    Op.GENERATE_MAC:                        (ENABLED, OFF, INVALID, INVALID),
+    Op.VERIFY_MAC:                          (ENABLED, OFF, INVALID, INVALID),
+    Op.GENERATE_DATA_KEY_PAIR:              (ENABLED, OFF, INVALID, INVALID),
+    Op.GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT: (ENABLED, OFF, INVALID, INVALID),
+    Op.DERIVE_SHARED_SECRET:                (ENABLED, OFF, INVALID, INVALID),
 }  # fmt: skip
 STATES = (ENABLED, DISABLED, PENDING, DESTROYING)
 

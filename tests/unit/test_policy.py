@@ -295,7 +295,7 @@ KEY_MALFORMED: list[tuple[list[dict[str, Any]], str]] = [
         [statement(Condition={"ForAllValues:Null": {"kms:EncryptionContextKeys": "true"}})],
         "Null takes neither",
     ),
-    ([statement(Condition={"StringEquals": {"kms:KeySpec": "x"}})], 'unknown condition key "kms:KeySpec"'),
+    ([statement(Condition={"StringEquals": {"kms:KeyOrigin": "x"}})], "unknown condition key"),
     ([statement(Condition={"StringEquals": {"aws:SourceIp": "x"}})], "unknown condition key"),
     (
         [statement(Condition={"StringEquals": {"kms:EncryptionContext:": "x"}})],

@@ -64,6 +64,15 @@ CROSS_TENANT_ACTIONS = frozenset(
         "kms:ReEncryptTo",
         "kms:RetireGrant",
         "kms:RevokeGrant",
+        # issue 23: every one "Yes" in AWS's cross-account column too
+        "kms:Sign",
+        "kms:Verify",
+        "kms:GetPublicKey",
+        "kms:GenerateMac",
+        "kms:VerifyMac",
+        "kms:GenerateDataKeyPair",
+        "kms:GenerateDataKeyPairWithoutPlaintext",
+        "kms:DeriveSharedSecret",
     }
 )
 
@@ -188,6 +197,13 @@ class AccessControl:
         ``key_policy`` overrides the stored one: the lock-out safety check asks
         what a *new* policy would decide.
         """
+        if key is not None:
+            # kms:KeySpec and kms:KeyUsage of the key acted on (issue 23); the use case's own win.
+            request_values = {
+                "kms:keyspec": key.key_spec.value,
+                "kms:keyusage": key.key_usage.value,
+                **(request_values or {}),
+            }
         request = AccessRequest(
             principal=caller.principal,
             caller_tenant=caller.tenant,

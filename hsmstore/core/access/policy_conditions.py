@@ -53,6 +53,22 @@ XKS_CONDITION_KEYS = frozenset(
         "xks:kmsviaservice",
     }
 )
+# Issue 23: single-valued request facts the use cases pass by lower-cased key (AWS condition keys
+# kms:SigningAlgorithm, kms:MessageType, kms:MacAlgorithm, kms:EncryptionAlgorithm,
+# kms:KeyAgreementAlgorithm and kms:DataKeyPairSpec; kms:KeySpec and kms:KeyUsage, of the key acted
+# on or, for CreateKey, of the key requested). Missing on a request that has no such fact.
+REQUEST_CONDITION_KEYS = frozenset(
+    {
+        "kms:signingalgorithm",
+        "kms:messagetype",
+        "kms:macalgorithm",
+        "kms:encryptionalgorithm",
+        "kms:keyagreementalgorithm",
+        "kms:datakeypairspec",
+        "kms:keyspec",
+        "kms:keyusage",
+    }
+)
 _MULTIVALUED_KEYS = frozenset({_KEY_CONTEXT_KEYS, _KEY_GRANT_OPERATIONS})
 _BOOLEAN_KEYS = frozenset({_KEY_GRANT_FOR_RESOURCE})
 _KNOWN_KEYS = frozenset(
@@ -67,6 +83,7 @@ _KNOWN_KEYS = frozenset(
         _KEY_GRANT_FOR_RESOURCE,
         _KEY_PRINCIPAL_ARN,
         *XKS_CONDITION_KEYS,
+        *REQUEST_CONDITION_KEYS,
     }
 )
 # AWS: kms:GrantIsForAWSResource applies to CreateGrant, ListGrants and RevokeGrant.
@@ -91,7 +108,8 @@ class ConditionContext:
     grant_operations: Sequence[str] | None = None
     grantee_principal: str | None = None
     retiring_principal: str | None = None
-    # Request values by lower-cased condition key (:data:`XKS_CONDITION_KEYS`); only those keys are read.
+    # Request values by lower-cased condition key (:data:`XKS_CONDITION_KEYS`,
+    # :data:`REQUEST_CONDITION_KEYS`); only those keys are read.
     request_values: Mapping[str, str] | None = None
 
     @cached_property
@@ -123,7 +141,7 @@ class ConditionContext:
             value = self.grantee_principal
         elif key == _KEY_RETIRING:
             value = self.retiring_principal
-        elif key in XKS_CONDITION_KEYS:
+        elif key in XKS_CONDITION_KEYS or key in REQUEST_CONDITION_KEYS:
             value = (self.request_values or {}).get(key)
         elif key == _KEY_GRANT_FOR_RESOURCE:
             if self.action not in _GRANT_RESOURCE_ACTIONS:

@@ -25,6 +25,9 @@ CRYPTOGRAPHIC_EVENTS = frozenset(
         "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
         "GenerateDataKeyWithoutPlaintext", "GenerateRandom",
         "XksEncrypt", "XksDecrypt",  # issue 21: AWS KMS using the key through the XKS proxy
+        # issue 23: asymmetric and HMAC keys
+        "Sign", "Verify", "GenerateMac", "VerifyMac", "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext", "DeriveSharedSecret",
     }
 )  # fmt: skip
 

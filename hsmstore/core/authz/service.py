@@ -35,6 +35,7 @@ from hsmstore.core.audit import capture
 from hsmstore.core.formats.encryption_context import check_encryption_context
 from hsmstore.core.identifiers import PRINCIPAL_NAME_PATTERN, key_arn, parse_principal_arn
 from hsmstore.core.keys.gate import KeyGate
+from hsmstore.core.keys.usage import check_grant_operations
 from hsmstore.core.model import Caller, KeyManager, KeyRecord, KeyState, tenant_root_arn
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import Clock, Store
@@ -148,6 +149,7 @@ class AuthorizationService:
             caller, key_id, "kms:CreateGrant", fresh=True, grant_tokens=grant_tokens, grant_request=facts
         )
         _refuse_pending_deletion(key)
+        check_grant_operations(key, operations)  # issue 23: only operations the key's type supports
         if key.key_manager is KeyManager.CUSTOMER:  # AWS: the quota "does not apply to AWS managed keys"
             self._quotas.check_grants(self._store.count_grants(key.key_id))
         grant = GrantRecord(

@@ -14,26 +14,31 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from hsmstore.core.audit import capture
+from hsmstore.core.crypto.public_keys import PublicKeys, oaep_encrypt
 from hsmstore.core.crypto.requests import (
     MAX_CIPHERTEXT_BLOB_BYTES,
     MAX_RANDOM_BYTES,
-    check_algorithm,
+    check_encryption_key,
     check_plaintext,
     data_key_size,
+    parse_encryption_algorithm,
 )
 from hsmstore.core.crypto.results import DataKeyResult, DecryptResult, EncryptResult, ReEncryptResult
 from hsmstore.core.formats import blob as blob_format
 from hsmstore.core.formats.encryption_context import canonical_encryption_context, check_encryption_context
+from hsmstore.core.keys import specs
 from hsmstore.core.keys.gate import KeyGate
 from hsmstore.core.keys.material import VersionMaterial
 from hsmstore.core.keys.states import Operation, next_state
-from hsmstore.core.model import Caller, KeyRecord
+from hsmstore.core.keys.usage import key_pairs_of, require_offered
+from hsmstore.core.model import Caller, EncryptionAlgorithm, KeyRecord, KeySpec
 from hsmstore.core.ports import KeyStores
 from hsmstore.core.validation import check_bytes, check_number
 from hsmstore.errors import (
     CiphertextAuthenticationFailed,
     IncorrectKeyException,
     UnsupportedOperationException,
+    ValidationException,
 )
 
 
@@ -44,6 +49,7 @@ class EnvelopeEncryption:
         material: VersionMaterial,
         key_stores: KeyStores,
         connected_custom_key_store: Callable[[Caller, str], str] | None = None,
+        public_keys: PublicKeys | None = None,
     ) -> None:
         """``connected_custom_key_store(caller, id)``: the id of the caller's tenant's custom key
         store if it is connected here, or reconnecting after an outage
@@ -53,6 +59,8 @@ class EnvelopeEncryption:
         self._material = material
         self._key_stores = key_stores
         self._connected_custom_key_store = connected_custom_key_store
+        # Issue 23: the public keys RSA Encrypt uses; None only on a server without asymmetric keys.
+        self._public_keys = public_keys
 
     def encrypt(
         self,
@@ -63,17 +71,27 @@ class EnvelopeEncryption:
         encryption_algorithm: str = "",
         grant_tokens: Sequence[str] = (),
     ) -> EncryptResult:
+        """Encrypt: AES-256-GCM on the token with a symmetric key, or RSAES-OAEP on the host with an RSA
+        ENCRYPT_DECRYPT key's public key (issue 23; the raw RSA ciphertext, as AWS returns it)."""
         check_plaintext(plaintext)
         context = canonical_encryption_context(encryption_context)
-        algorithm = check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
+        algorithm = parse_encryption_algorithm(encryption_algorithm, "EncryptionAlgorithm")
         key = self._gate.admit(
             caller,
             key_id,
             Operation.ENCRYPT,
             encryption_context=encryption_context,
             grant_tokens=grant_tokens,
+            request_values={"kms:encryptionalgorithm": algorithm},
         )
-        return EncryptResult(self._seal(key, plaintext, context), self._gate.arn(key), algorithm)
+        check_encryption_key(key, algorithm, Operation.ENCRYPT, self._gate.arn(key))
+        if key.key_spec is KeySpec.SYMMETRIC_DEFAULT:
+            return EncryptResult(self._seal(key, plaintext, context), self._gate.arn(key), algorithm)
+        return EncryptResult(
+            self._rsa_encrypt(key, EncryptionAlgorithm(algorithm), plaintext, encryption_context),
+            self._gate.arn(key),
+            algorithm,
+        )
 
     def decrypt(
         self,
@@ -84,7 +102,20 @@ class EnvelopeEncryption:
         encryption_algorithm: str = "",
         grant_tokens: Sequence[str] = (),
     ) -> DecryptResult:
-        algorithm = check_algorithm(encryption_algorithm, "EncryptionAlgorithm")
+        """Decrypt a blob (symmetric keys), or, with an RSA algorithm, a raw RSA-OAEP ciphertext on the
+        token (issue 23): AWS "KeyId ... required when decrypting with an asymmetric KMS key"."""
+        algorithm = parse_encryption_algorithm(encryption_algorithm, "EncryptionAlgorithm")
+        if algorithm != EncryptionAlgorithm.SYMMETRIC_DEFAULT:
+            key, plaintext = self._rsa_open(
+                caller,
+                ciphertext_blob,
+                encryption_context,
+                key_id,
+                algorithm,
+                Operation.DECRYPT,
+                grant_tokens,
+            )
+            return DecryptResult(plaintext, self._gate.arn(key), algorithm)
         key, plaintext = self._open(
             caller, ciphertext_blob, encryption_context, key_id, Operation.DECRYPT, grant_tokens
         )
@@ -109,8 +140,10 @@ class EnvelopeEncryption:
         """
         check_bytes(ciphertext_blob, "CiphertextBlob", max_length=MAX_CIPHERTEXT_BLOB_BYTES)
         check_encryption_context(source_encryption_context, "SourceEncryptionContext")
-        source_algorithm = check_algorithm(source_encryption_algorithm, "SourceEncryptionAlgorithm")
-        destination_algorithm = check_algorithm(
+        source_algorithm = parse_encryption_algorithm(
+            source_encryption_algorithm, "SourceEncryptionAlgorithm"
+        )
+        destination_algorithm = parse_encryption_algorithm(
             destination_encryption_algorithm, "DestinationEncryptionAlgorithm"
         )
         destination_context = canonical_encryption_context(
@@ -123,17 +156,40 @@ class EnvelopeEncryption:
             "DestinationKeyId",
             encryption_context=destination_encryption_context,
             grant_tokens=grant_tokens,
+            request_values={"kms:encryptionalgorithm": destination_algorithm},
         )
-        source, plaintext = self._open(
-            caller,
-            ciphertext_blob,
-            source_encryption_context,
-            source_key_id,
-            Operation.RE_ENCRYPT_FROM,
-            grant_tokens,
+        check_encryption_key(
+            destination, destination_algorithm, Operation.RE_ENCRYPT_TO, self._gate.arn(destination)
         )
+        if source_algorithm != EncryptionAlgorithm.SYMMETRIC_DEFAULT:
+            source, plaintext = self._rsa_open(
+                caller,
+                ciphertext_blob,
+                source_encryption_context,
+                source_key_id,
+                source_algorithm,
+                Operation.RE_ENCRYPT_FROM,
+                grant_tokens,
+            )
+        else:
+            source, plaintext = self._open(
+                caller,
+                ciphertext_blob,
+                source_encryption_context,
+                source_key_id,
+                Operation.RE_ENCRYPT_FROM,
+                grant_tokens,
+            )
         next_state(destination.state, Operation.RE_ENCRYPT_TO, destination.key_id)
-        new_blob = self._seal(destination, plaintext, destination_context)
+        if destination.key_spec is KeySpec.SYMMETRIC_DEFAULT:
+            new_blob = self._seal(destination, plaintext, destination_context)
+        else:
+            new_blob = self._rsa_encrypt(
+                destination,
+                EncryptionAlgorithm(destination_algorithm),
+                plaintext,
+                destination_encryption_context,
+            )
         return ReEncryptResult(
             new_blob,
             self._gate.arn(source),
@@ -165,6 +221,7 @@ class EnvelopeEncryption:
         key = self._gate.admit(
             caller, key_id, operation, encryption_context=encryption_context, grant_tokens=grant_tokens
         )
+        check_encryption_key(key, EncryptionAlgorithm.SYMMETRIC_DEFAULT.value, operation, self._gate.arn(key))
         version = key.current_version
         capture.note_key(self._gate.arn(key), version)
         aad = blob_format.aad_for(key.key_id, version, context)
@@ -193,6 +250,79 @@ class EnvelopeEncryption:
             raise UnsupportedOperationException("Custom key stores are not supported by this server")
         store_id = self._connected_custom_key_store(caller, custom_key_store_id)
         return self._key_stores.key_store(store_id).generate_random(size)
+
+    def seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
+        """Encrypt's blob under a symmetric key: how GenerateDataKeyPair seals a private key."""
+        return self._seal(key, plaintext, canonical_context)
+
+    def _rsa_encrypt(
+        self,
+        key: KeyRecord,
+        algorithm: EncryptionAlgorithm,
+        plaintext: bytes,
+        encryption_context: Mapping[str, str],
+    ) -> bytes:
+        """RSAES-OAEP with the key's stored public key, on the host (anyone with GetPublicKey can).
+
+        AWS: no encryption context with an asymmetric key; the plaintext at most
+        ``specs.max_oaep_plaintext`` bytes (RSA_2048: 214 with SHA-1, 190 with SHA-256).
+        """
+        if encryption_context:
+            raise ValidationException(
+                "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs."
+            )
+        limit = specs.max_oaep_plaintext(key.key_spec, algorithm)
+        if len(plaintext) > limit:
+            raise ValidationException(
+                f"Plaintext must be at most {limit} bytes for a {key.key_spec.value} key "
+                f"with {algorithm.value}, not {len(plaintext)}"
+            )
+        material = self._material.current(key)
+        require_offered(self._material.key_store(material), algorithm.value)
+        capture.note_key(self._gate.arn(key), key.current_version)
+        if self._public_keys is None:
+            raise UnsupportedOperationException("This server has no asymmetric keys")
+        return oaep_encrypt(self._public_keys.parsed(key.key_id, key.current_version), algorithm, plaintext)
+
+    def _rsa_open(
+        self,
+        caller: Caller,
+        ciphertext: bytes,
+        encryption_context: Mapping[str, str],
+        key_id: str,
+        algorithm: str,
+        operation: Operation,
+        grant_tokens: Sequence[str],
+    ) -> tuple[KeyRecord, bytes]:
+        """RSA-OAEP decryption on the token (never on the host); any failure is InvalidCiphertextException."""
+        check_bytes(ciphertext, "CiphertextBlob", max_length=MAX_CIPHERTEXT_BLOB_BYTES)
+        field_name = "SourceKeyId" if operation is Operation.RE_ENCRYPT_FROM else "KeyId"
+        if not key_id:
+            raise ValidationException(f"{field_name} is required when decrypting with an asymmetric KMS key")
+        key = self._gate.admit(
+            caller,
+            key_id,
+            operation,
+            field_name,
+            encryption_context=encryption_context,
+            grant_tokens=grant_tokens,
+            request_values={"kms:encryptionalgorithm": algorithm},
+        )
+        arn = self._gate.arn(key)
+        check_encryption_key(key, algorithm, operation, arn)
+        if encryption_context:
+            raise ValidationException(
+                "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs."
+            )
+        material = self._material.current(key)
+        key_store = self._material.key_store(material)
+        require_offered(key_store, algorithm)
+        capture.note_key(arn, key.current_version)
+        try:
+            plaintext = key_pairs_of(key_store).decrypt_asymmetric(material, algorithm, ciphertext)
+        except CiphertextAuthenticationFailed:
+            raise blob_format.invalid_ciphertext() from None
+        return key, plaintext
 
     def _seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
         version = key.current_version
@@ -235,6 +365,10 @@ class EnvelopeEncryption:
             if key_id
             else None
         )
+        if named_key is not None:
+            check_encryption_key(
+                named_key, EncryptionAlgorithm.SYMMETRIC_DEFAULT.value, operation, self._gate.arn(named_key)
+            )
         parsed = blob_format.parse_blob(ciphertext_blob)
         if named_key is not None and named_key.key_id != parsed.key_id:
             raise IncorrectKeyException(

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from hsmstore.core.access.control import AccessControl
 from hsmstore.core.access.default_policies import default_key_policy
 from hsmstore.core.audit import capture
 from hsmstore.core.failpoints import Failpoint, no_failpoint
 from hsmstore.core.identifiers import key_arn
+from hsmstore.core.keys import specs
 from hsmstore.core.keys.material import token_label
 from hsmstore.core.keys.results import KeyDescription
+from hsmstore.core.keys.specs import algorithms_of
 from hsmstore.core.keys.tags import MAX_TAGS_PER_KEY, validate_tags
+from hsmstore.core.keys.usage import key_pairs_of, mac_keys_of, offered_for
 from hsmstore.core.model import (
     AliasRecord,
     Caller,
@@ -47,6 +50,9 @@ from hsmstore.errors import (
     ValidationException,
 )
 
+if TYPE_CHECKING:
+    from hsmstore.core.ports.key_store import KeyMaterial
+
 log = logging.getLogger(__name__)
 
 
@@ -60,25 +66,8 @@ class CustomKeyStoreChoice(Protocol):
 
 EnumT = TypeVar("EnumT", KeyUsage, KeySpec, Origin)
 
-_UNSUPPORTED_KEY_SPECS = frozenset(
-    {
-        "RSA_2048",
-        "RSA_3072",
-        "RSA_4096",
-        "ECC_NIST_P256",
-        "ECC_NIST_P384",
-        "ECC_NIST_P521",
-        "ECC_SECG_P256K1",
-        "HMAC_224",
-        "HMAC_256",
-        "HMAC_384",
-        "HMAC_512",
-        "SM2",
-        "ML_DSA_44",
-        "ML_DSA_65",
-        "ML_DSA_87",
-    }
-)
+# AWS key specs this server does not make: SM2 (China Regions only) and ML-DSA.
+_UNSUPPORTED_KEY_SPECS = frozenset({"SM2", "ML_DSA_44", "ML_DSA_65", "ML_DSA_87"})
 
 
 class KeyCreation:
@@ -129,11 +118,17 @@ class KeyCreation:
         to the same store (``KeyRecord.key_store_id``, read by rotation).
         """
         check_description(description)
-        self._access.check(caller, "kms:CreateKey", None)
-        usage = _parse_enum(KeyUsage, key_usage or KeyUsage.ENCRYPT_DECRYPT, "KeyUsage")
         spec = _parse_key_spec(key_spec)
+        usage = _parse_usage(key_usage, spec)
+        self._access.check(
+            caller,
+            "kms:CreateKey",
+            None,
+            request_values={"kms:keyspec": spec.value, "kms:keyusage": usage.value},
+        )
         key_origin = _parse_origin(origin, custom=bool(custom_key_store_id))
         key_store_id = self._key_store_for(caller, custom_key_store_id, spec)
+        _require_capability(self._key_stores.key_store(key_store_id), spec)
         valid_tags = validate_tags(tags)
         if len(valid_tags) > MAX_TAGS_PER_KEY:
             raise LimitExceededException(f"A key can have at most {MAX_TAGS_PER_KEY} tags")
@@ -190,7 +185,7 @@ class KeyCreation:
             if alias is not None:
                 self._store.create_alias(alias)
             key_store = self._key_stores.key_store(key.key_store_id)
-            key_store.create_key(version.material, token_label(key.key_id, 1))
+            self._make_material(key_store, key, version)
             self._failpoint("create_key.after_token_create")
             if alias is None:
                 finished = capture.change(
@@ -204,7 +199,33 @@ class KeyCreation:
         if not finished:
             self.roll_back(key.key_id, [version])
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
-        return KeyDescription(key.with_state(KeyState.ENABLED), arn)
+        return KeyDescription(
+            key.with_state(KeyState.ENABLED),
+            arn,
+            algorithms_of(
+                key.key_spec,
+                key.key_usage,
+                offered_for(self._key_stores.key_store(key.key_store_id), key.key_spec),
+            ),
+        )
+
+    def _make_material(self, key_store: object, key: KeyRecord, version: KeyVersion) -> None:
+        """The token step: an AES key, an RSA or EC key pair, or an HMAC key (issue 23).
+
+        A key pair's public key is stored with its PENDING version before the key is
+        finished, so GetPublicKey, Verify and Encrypt never find an ACTIVE version without it.
+        """
+        label = token_label(key.key_id, version.version)
+        if key.key_spec in specs.ASYMMETRIC_SPECS:
+            public_key = key_pairs_of(key_store).create_key_pair(
+                version.material, label, key.key_spec.value, key.key_usage.value
+            )
+            if not self._store.set_public_key(key.key_id, version.version, public_key):
+                raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
+        elif key.key_spec in specs.HMAC_SPECS:
+            mac_keys_of(key_store).create_mac_key(version.material, label, key.key_spec.value)
+        else:
+            cast("KeyMaterial", key_store).create_key(version.material, label)
 
     def _key_store_for(self, caller: Caller, custom_key_store_id: str, spec: KeySpec) -> str:
         if not custom_key_store_id:
@@ -242,6 +263,32 @@ def _parse_key_spec(key_spec: str) -> KeySpec:
     if key_spec in _UNSUPPORTED_KEY_SPECS:
         raise UnsupportedOperationException(f"KeySpec {key_spec} is not supported by this server yet")
     return _parse_enum(KeySpec, key_spec or KeySpec.SYMMETRIC_DEFAULT, "KeySpec")
+
+
+def _parse_usage(key_usage: str, spec: KeySpec) -> KeyUsage:
+    """AWS CreateKey ``KeyUsage``: "Required for asymmetric KMS keys"; a (spec, usage) pair outside
+    the key spec table (``specs.USAGES``) is ValidationException naming both."""
+    if not key_usage:
+        default = specs.DEFAULT_USAGE.get(spec)
+        if default is None:
+            allowed = " or ".join(sorted(specs.USAGES[spec]))
+            raise ValidationException(f"KeyUsage is required for a {spec.value} key: {allowed}")
+        return default
+    usage = _parse_enum(KeyUsage, key_usage, "KeyUsage")
+    if not specs.is_valid_pair(spec, usage):
+        allowed = ", ".join(sorted(specs.USAGES[spec]))
+        raise ValidationException(
+            f"KeyUsage {usage.value} is not compatible with KeySpec {spec.value}; it allows {allowed}"
+        )
+    return usage
+
+
+def _require_capability(key_store: object, spec: KeySpec) -> None:
+    """A key store that cannot make the key is refused before anything is written."""
+    if spec in specs.ASYMMETRIC_SPECS:
+        key_pairs_of(key_store)
+    elif spec in specs.HMAC_SPECS:
+        mac_keys_of(key_store)
 
 
 def _parse_origin(origin: str, *, custom: bool) -> Origin:

@@ -32,9 +32,11 @@ from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
 from hsmstore.core.identifiers import IdentifierKind, KeyReference, key_arn, parse_key_identifier
 from hsmstore.core.keys.results import KeyDescription
 from hsmstore.core.keys.service_managed import ServiceManagedKeys
+from hsmstore.core.keys.specs import algorithms_of
 from hsmstore.core.keys.states import Operation, next_state
-from hsmstore.core.model import Caller, KeyRecord
-from hsmstore.core.ports import MetadataStore
+from hsmstore.core.keys.usage import offered_by
+from hsmstore.core.model import Caller, KeyRecord, KeySpec
+from hsmstore.core.ports import KeyStores, MetadataStore
 from hsmstore.errors import NotFoundException
 
 
@@ -48,7 +50,11 @@ class KeyGate:
         region: str,
         service_keys: ServiceManagedKeys,
         metadata_ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        key_stores: KeyStores | None = None,
     ) -> None:
+        """``key_stores``: where DescribeKey asks which algorithms an asymmetric or HMAC key's token
+        offers (issue 23); None reports AWS's whole lists."""
+        self._key_stores = key_stores
         self._store = store
         self._access = access
         self._region = region
@@ -74,8 +80,13 @@ class KeyGate:
         fresh: bool = False,
         encryption_context: Mapping[str, str] | None = None,
         grant_tokens: Sequence[str] = (),
+        request_values: Mapping[str, str] | None = None,
     ) -> KeyRecord:
-        """The whole gate for ``kms:<operation>``: the key, once its state allows the operation."""
+        """The whole gate for ``kms:<operation>``: the key, once its state allows the operation.
+
+        ``request_values``: the request's condition key values by lower-cased key
+        (``kms:signingalgorithm``...: core/access/policy_conditions.py ``REQUEST_CONDITION_KEYS``).
+        """
         key = self.resolve(
             caller,
             identifier,
@@ -84,6 +95,7 @@ class KeyGate:
             fresh=fresh,
             encryption_context=encryption_context,
             grant_tokens=grant_tokens,
+            request_values=request_values,
         )
         next_state(key.state, operation, key.key_id)
         return key
@@ -99,6 +111,7 @@ class KeyGate:
         encryption_context: Mapping[str, str] | None = None,
         grant_tokens: Sequence[str] = (),
         grant_request: GrantRequestFacts | None = None,
+        request_values: Mapping[str, str] | None = None,
     ) -> KeyRecord:
         """Find a key and authorize ``action`` on it (the state check is the caller's, or ``admit``'s).
 
@@ -117,6 +130,7 @@ class KeyGate:
             request_alias=request_alias,
             grant_tokens=grant_tokens,
             grant_request=grant_request,
+            request_values=request_values,
         )
         if key.tenant != caller.tenant:
             capture.note_key(self.arn(key))  # only once allowed (_find noted the caller's own)
@@ -147,7 +161,11 @@ class KeyGate:
         return key_arn(self._region, key.tenant, key.key_id)
 
     def describe(self, key: KeyRecord) -> KeyDescription:
-        return KeyDescription(key, self.arn(key))
+        """KeyMetadata, with the algorithms AWS lists for the key less those its token lacks."""
+        offered = None
+        if self._key_stores is not None and key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+            offered = offered_by(self._key_stores.key_store(key.key_store_id))
+        return KeyDescription(key, self.arn(key), algorithms_of(key.key_spec, key.key_usage, offered))
 
     def _find(
         self,

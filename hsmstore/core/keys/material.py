@@ -8,6 +8,8 @@ a version lives where its key was made, whatever the default store is now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hsmstore.core.model import KeyMaterialRef, KeyRecord, VersionState
 from hsmstore.core.ports import KeyStores, MetadataStore, SymmetricKeyStore
 from hsmstore.errors import KMSInternalException
@@ -34,6 +36,11 @@ class VersionMaterial:
         self._store = store
         self._key_stores = key_stores
         self._refs: dict[tuple[str, int], KeyMaterialRef] = {}
+        self._forget_listeners: list[Callable[[str], None]] = []
+
+    def on_forget(self, listener: Callable[[str], None]) -> None:
+        """Also forget with the references: what else a process keeps per key (issue 23's public keys)."""
+        self._forget_listeners.append(listener)
 
     def current(self, key: KeyRecord) -> KeyMaterialRef:
         """The material of the key's current version; it must exist (the DB committed it ACTIVE)."""
@@ -60,3 +67,5 @@ class VersionMaterial:
         """The key was destroyed: its references go with it."""
         for cached in [cached for cached in self._refs if cached[0] == key_id]:
             self._refs.pop(cached, None)
+        for listener in self._forget_listeners:
+            listener(key_id)

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from hsmstore.core.model import EncryptionAlgorithm, KeyRecord
+from hsmstore.core.keys.specs import KeyAlgorithms, algorithms_of
+from hsmstore.core.model import KeyRecord
 
 
 @dataclass(frozen=True)
 class KeyDescription:
-    """KeyMetadata: the record plus what derives from the server's region."""
+    """KeyMetadata: the record plus what derives from the server's region and the key's token.
+
+    ``algorithms``: DescribeKey's EncryptionAlgorithms, SigningAlgorithms, MacAlgorithms and
+    KeyAgreementAlgorithms (issue 23) -- AWS's list for the key's spec and usage less what its
+    token does not offer (``specs.algorithms_of``); None fills in AWS's whole list.
+    """
 
     key: KeyRecord
     arn: str
+    algorithms: KeyAlgorithms = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.algorithms is None:
+            object.__setattr__(self, "algorithms", algorithms_of(self.key.key_spec, self.key.key_usage))
 
     @property
     def encryption_algorithms(self) -> list[str]:
-        return [EncryptionAlgorithm.SYMMETRIC_DEFAULT.value]
+        return list(self.algorithms.encryption)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,24 @@ from hsmstore.core.keys.gate import KeyGate
 from hsmstore.core.keys.material import token_label
 from hsmstore.core.keys.results import RotationEntry, RotationStatus
 from hsmstore.core.keys.states import Operation
-from hsmstore.core.model import Caller, KeyRecord, KeyVersion, RotationType, VersionState, new_token_id
+from hsmstore.core.model import (
+    Caller,
+    KeyRecord,
+    KeySpec,
+    KeyUsage,
+    KeyVersion,
+    RotationType,
+    VersionState,
+    new_token_id,
+)
 from hsmstore.core.paging import Page, check_limit, decode_marker, encode_marker
 from hsmstore.core.ports import Clock, KeyStores, MetadataStore
-from hsmstore.errors import InvalidMarkerException, KMSInternalException, ValidationException
+from hsmstore.errors import (
+    InvalidMarkerException,
+    KMSInternalException,
+    UnsupportedOperationException,
+    ValidationException,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +67,19 @@ class KeyRotation:
         if not low <= period <= high:
             raise ValidationException(f"RotationPeriodInDays must be between {low} and {high}")
         key = self._gate.admit(caller, key_id, Operation.ENABLE_KEY_ROTATION, fresh=True)
+        _require_rotatable(key)
         next_date = self._clock.now() + timedelta(days=period)
         capture.change(lambda record: self._store.set_rotation(key.key_id, period, next_date, audit=record))
         self._gate.forget_key(key.key_id)
 
     def disable_key_rotation(self, caller: Caller, key_id: str) -> None:
         key = self._gate.admit(caller, key_id, Operation.DISABLE_KEY_ROTATION, fresh=True)
+        _require_rotatable(key)
         capture.change(lambda record: self._store.set_rotation(key.key_id, None, None, audit=record))
         self._gate.forget_key(key.key_id)
 
     def get_key_rotation_status(self, caller: Caller, key_id: str) -> RotationStatus:
+        """AWS: asymmetric and HMAC keys answer KeyRotationEnabled false (they can never enable it)."""
         key = self._gate.admit(caller, key_id, Operation.GET_KEY_ROTATION_STATUS)
         return RotationStatus(
             self._gate.arn(key), key.rotation_enabled, key.rotation_period_days, key.next_rotation_date
@@ -78,6 +95,7 @@ class KeyRotation:
         deadline = time.monotonic() + ROTATION_RETRY_SECONDS
         while True:
             key = self._gate.admit(caller, key_id, Operation.ROTATE_KEY_ON_DEMAND, fresh=True)
+            _require_rotatable(key)
             if self._rotate(key, RotationType.ON_DEMAND, next_rotation_date=None):
                 return self._gate.arn(key)
             if time.monotonic() > deadline:
@@ -94,6 +112,8 @@ class KeyRotation:
         now = self._clock.now()
         for key in self._store.list_due_rotations(now, JOB_BATCH_SIZE):
             assert key.rotation_period_days is not None
+            if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+                continue  # never enabled for them (_require_rotatable); a stray row is not rotated
             next_date = now + timedelta(days=key.rotation_period_days)
             if self._rotate(key, RotationType.AUTOMATIC, next_rotation_date=next_date):
                 rotated += 1
@@ -169,6 +189,16 @@ class KeyRotation:
         if not finished:
             self.roll_back(version)
         return finished
+
+
+def _require_rotatable(key: KeyRecord) -> None:
+    """AWS: "You cannot perform this operation on a non-symmetric key or a key with non-ENCRYPT_DECRYPT
+    key usage." (UnsupportedOperationException): asymmetric and HMAC keys are never rotated."""
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.key_usage is not KeyUsage.ENCRYPT_DECRYPT:
+        raise UnsupportedOperationException(
+            "You cannot perform this operation on a non-symmetric key "
+            "or a key with non-ENCRYPT_DECRYPT key usage."
+        )
 
 
 def _decode_version_marker(marker: str) -> int:

@@ -62,6 +62,16 @@ class Operation(StrEnum):
     UNTAG_RESOURCE = "UntagResource"
     LIST_RESOURCE_TAGS = "ListResourceTags"
     GET_KEY_LAST_USAGE = "GetKeyLastUsage"
+    # Issue 23: asymmetric and HMAC keys. AWS's key state table treats each like Encrypt
+    # (usable only while Enabled); GetPublicKey too ("Disabled: DisabledException").
+    SIGN = "Sign"
+    VERIFY = "Verify"
+    GET_PUBLIC_KEY = "GetPublicKey"
+    GENERATE_MAC = "GenerateMac"
+    VERIFY_MAC = "VerifyMac"
+    GENERATE_DATA_KEY_PAIR = "GenerateDataKeyPair"
+    GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT = "GenerateDataKeyPairWithoutPlaintext"
+    DERIVE_SHARED_SECRET = "DeriveSharedSecret"  # noqa: S105 - an operation name
 
 
 CRYPTOGRAPHIC_OPERATIONS = frozenset(
@@ -72,6 +82,14 @@ CRYPTOGRAPHIC_OPERATIONS = frozenset(
         Operation.RE_ENCRYPT_TO,
         Operation.GENERATE_DATA_KEY,
         Operation.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT,
+        Operation.SIGN,
+        Operation.VERIFY,
+        Operation.GET_PUBLIC_KEY,
+        Operation.GENERATE_MAC,
+        Operation.VERIFY_MAC,
+        Operation.GENERATE_DATA_KEY_PAIR,
+        Operation.GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT,
+        Operation.DERIVE_SHARED_SECRET,
     }
 )
 READ_OPERATIONS = frozenset(

@@ -87,6 +87,15 @@ class KeyRecords(Protocol):
 
     def list_versions(self, key_id: str) -> Sequence[KeyVersion]: ...
 
+    def set_public_key(self, key_id: str, version: int, public_key: bytes) -> bool:
+        """Record the DER SubjectPublicKeyInfo of a PENDING version (issue 23: an RSA or EC key pair's,
+        as the token answered it); False if that version is not PENDING. Never changed once ACTIVE."""
+        ...
+
+    def get_public_key(self, key_id: str, version: int) -> bytes | None:
+        """The version's public key; None for a symmetric or HMAC version or a missing one."""
+        ...
+
     def list_keys(self, tenant: str, limit: int, after_key_id: str | None) -> Sequence[KeyRecord]:
         """Keys of a tenant ordered by key_id, excluding CREATING and FAILED ones."""
         ...
