@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/aws_protocol.py
 	$(BIN)/python bench/xks.py
+	$(BIN)/python bench/asymmetric.py
 	$(MAKE) soak
 
 # Mixed load for SOAK_MINUTES (30) with --workers 2: memory, descriptors, errors, audit, metrics (issue 16).

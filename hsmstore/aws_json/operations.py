@@ -134,7 +134,11 @@ KEY_METADATA = (
     Out("KeyManager", attr("key.key_manager"), enum_out(KEY_MANAGERS)),
     Out("CustomerMasterKeySpec", attr("key.key_spec"), enum_out()),  # deprecated by AWS, still returned
     Out("KeySpec", attr("key.key_spec"), enum_out()),
-    Out("EncryptionAlgorithms", attr("encryption_algorithms"), list_out()),
+    # Issue 23: the list of the key's usage; AWS leaves the others out.
+    Out("EncryptionAlgorithms", attr("algorithms.encryption"), list_out(), omit_empty=True),
+    Out("SigningAlgorithms", attr("algorithms.signing"), list_out(), omit_empty=True),
+    Out("MacAlgorithms", attr("algorithms.mac"), list_out(), omit_empty=True),
+    Out("KeyAgreementAlgorithms", attr("algorithms.key_agreement"), list_out(), omit_empty=True),
     Out("MultiRegion", lambda _description: False),
     Out("PendingDeletionWindowInDays", attr("key.pending_window_days")),
 )
@@ -526,6 +530,147 @@ OPERATIONS: tuple[Operation, ...] = (
         "revoke_grant",
         inputs=(KEY_ID, In("GrantId", STRING, "grant_id")),
         refused=(DRY_RUN,),
+    ),
+)
+
+# Asymmetric and HMAC keys (issue 23, core/crypto/asymmetric.py). RSA Encrypt/Decrypt are the rows
+# above. Every blob (message, signature, MAC, private key, shared secret) stays out of the audit record.
+MESSAGE = In("Message", BLOB, "message", b"")
+DATA_KEY_PAIR_IN = (
+    ENCRYPTION_CONTEXT,
+    KEY_ID,
+    In("KeyPairSpec", STRING, "key_pair_spec"),
+    GRANT_TOKENS,
+)
+DATA_KEY_PAIR_OUT = (
+    Out("PrivateKeyCiphertextBlob", attr("private_key_ciphertext_blob"), blob_out),
+    Out("PublicKey", attr("public_key"), blob_out),
+    Out("KeyId", attr("key_arn")),
+    Out("KeyPairSpec", attr("key_pair_spec"), enum_out()),
+)
+OPERATIONS += (
+    Operation(
+        "Sign",
+        "asymmetric",
+        "sign",
+        inputs=(
+            KEY_ID,
+            MESSAGE,
+            In("MessageType", STRING, "message_type"),
+            GRANT_TOKENS,
+            In("SigningAlgorithm", STRING, "signing_algorithm"),
+        ),
+        outputs=(
+            Out("KeyId", attr("key_arn")),
+            Out("Signature", attr("signature"), blob_out),
+            Out("SigningAlgorithm", attr("signing_algorithm"), enum_out()),
+        ),
+        refused=(DRY_RUN,),
+    ),
+    Operation(
+        "Verify",
+        "asymmetric",
+        "verify",
+        inputs=(
+            KEY_ID,
+            MESSAGE,
+            In("MessageType", STRING, "message_type"),
+            In("Signature", BLOB, "signature", b""),
+            In("SigningAlgorithm", STRING, "signing_algorithm"),
+            GRANT_TOKENS,
+        ),
+        outputs=(
+            Out("KeyId", attr("key_arn")),
+            Out("SignatureValid", attr("signature_valid")),
+            Out("SigningAlgorithm", attr("signing_algorithm"), enum_out()),
+        ),
+        refused=(DRY_RUN,),
+    ),
+    Operation(
+        "GetPublicKey",
+        "asymmetric",
+        "get_public_key",
+        inputs=(KEY_ID, GRANT_TOKENS),
+        outputs=(
+            Out("KeyId", attr("key_arn")),
+            Out("PublicKey", attr("public_key"), blob_out),
+            Out("CustomerMasterKeySpec", attr("key_spec"), enum_out()),  # deprecated by AWS, still returned
+            Out("KeySpec", attr("key_spec"), enum_out()),
+            Out("KeyUsage", attr("key_usage"), enum_out()),
+            Out("EncryptionAlgorithms", attr("algorithms.encryption"), list_out(), omit_empty=True),
+            Out("SigningAlgorithms", attr("algorithms.signing"), list_out(), omit_empty=True),
+            Out("KeyAgreementAlgorithms", attr("algorithms.key_agreement"), list_out(), omit_empty=True),
+        ),
+    ),
+    Operation(
+        "GenerateMac",
+        "asymmetric",
+        "generate_mac",
+        inputs=(MESSAGE, KEY_ID, In("MacAlgorithm", STRING, "mac_algorithm"), GRANT_TOKENS),
+        outputs=(
+            Out("Mac", attr("mac"), blob_out),
+            Out("MacAlgorithm", attr("mac_algorithm"), enum_out()),
+            Out("KeyId", attr("key_arn")),
+        ),
+        refused=(DRY_RUN,),
+    ),
+    Operation(
+        "VerifyMac",
+        "asymmetric",
+        "verify_mac",
+        inputs=(
+            MESSAGE,
+            KEY_ID,
+            In("MacAlgorithm", STRING, "mac_algorithm"),
+            In("Mac", BLOB, "mac", b""),
+            GRANT_TOKENS,
+        ),
+        outputs=(
+            Out("KeyId", attr("key_arn")),
+            Out("MacValid", attr("mac_valid")),
+            Out("MacAlgorithm", attr("mac_algorithm"), enum_out()),
+        ),
+        refused=(DRY_RUN,),
+    ),
+    Operation(
+        "GenerateDataKeyPair",
+        "asymmetric",
+        "generate_data_key_pair",
+        inputs=DATA_KEY_PAIR_IN,
+        outputs=(
+            DATA_KEY_PAIR_OUT[0],
+            Out("PrivateKeyPlaintext", attr("private_key_plaintext"), blob_out),
+            *DATA_KEY_PAIR_OUT[1:],
+        ),
+        refused=(RECIPIENT, DRY_RUN),
+        fixed={"with_plaintext": True},
+    ),
+    Operation(
+        "GenerateDataKeyPairWithoutPlaintext",
+        "asymmetric",
+        "generate_data_key_pair",
+        inputs=DATA_KEY_PAIR_IN,
+        outputs=DATA_KEY_PAIR_OUT,
+        refused=(DRY_RUN,),
+        fixed={"with_plaintext": False},
+    ),
+    Operation(
+        "DeriveSharedSecret",
+        "asymmetric",
+        "derive_shared_secret",
+        inputs=(
+            KEY_ID,
+            In("KeyAgreementAlgorithm", STRING, "key_agreement_algorithm"),
+            In("PublicKey", BLOB, "public_key", b""),
+            GRANT_TOKENS,
+        ),
+        outputs=(
+            Out("KeyId", attr("key_arn")),
+            Out("SharedSecret", attr("shared_secret"), blob_out),
+            Out("KeyAgreementAlgorithm", attr("key_agreement_algorithm"), enum_out()),
+            Out("KeyOrigin", attr("key_origin"), enum_out()),
+        ),
+        refused=(DRY_RUN, RECIPIENT),
     ),
 )
 

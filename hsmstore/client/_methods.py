@@ -18,16 +18,21 @@ from hsmstore.client.types import (
     CreateKeyResult,
     CustomKeyStoresListEntry,
     DecryptResult,
+    DeriveSharedSecretResult,
     DescribeCustomKeyStoresResult,
     DescribeKeyResult,
     EncryptResult,
+    GenerateDataKeyPairResult,
+    GenerateDataKeyPairWithoutPlaintextResult,
     GenerateDataKeyResult,
     GenerateDataKeyWithoutPlaintextResult,
+    GenerateMacResult,
     GenerateRandomResult,
     GetIdentityPolicyResult,
     GetKeyLastUsageResult,
     GetKeyPolicyResult,
     GetKeyRotationStatusResult,
+    GetPublicKeyResult,
     GrantConstraints,
     GrantListEntry,
     IdentityPolicyEntry,
@@ -45,8 +50,11 @@ from hsmstore.client.types import (
     RotateKeyOnDemandResult,
     RotationsListEntry,
     ScheduleKeyDeletionResult,
+    SignResult,
     SimulateResult,
     Tag,
+    VerifyMacResult,
+    VerifyResult,
 )
 
 
@@ -271,6 +279,184 @@ class GeneratedMethods:
                 "KeyStore",
                 "GenerateRandom",
                 {"number_of_bytes": number_of_bytes, "custom_key_store_id": custom_key_store_id},
+            ),
+        )
+
+    def sign(
+        self,
+        *,
+        key_id: str | None = None,
+        message: bytes | None = None,
+        message_type: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        signing_algorithm: str | None = None,
+    ) -> SignResult:
+        """KeyStore.Sign: retried (stateless)."""
+        return cast(
+            SignResult,
+            self._invoke(
+                "KeyStore",
+                "Sign",
+                {
+                    "key_id": key_id,
+                    "message": message,
+                    "message_type": message_type,
+                    "grant_tokens": grant_tokens,
+                    "signing_algorithm": signing_algorithm,
+                },
+            ),
+        )
+
+    def verify(
+        self,
+        *,
+        key_id: str | None = None,
+        message: bytes | None = None,
+        message_type: str | None = None,
+        signature: bytes | None = None,
+        signing_algorithm: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+    ) -> VerifyResult:
+        """KeyStore.Verify: retried (stateless)."""
+        return cast(
+            VerifyResult,
+            self._invoke(
+                "KeyStore",
+                "Verify",
+                {
+                    "key_id": key_id,
+                    "message": message,
+                    "message_type": message_type,
+                    "signature": signature,
+                    "signing_algorithm": signing_algorithm,
+                    "grant_tokens": grant_tokens,
+                },
+            ),
+        )
+
+    def get_public_key(
+        self, *, key_id: str | None = None, grant_tokens: Sequence[str] | None = None
+    ) -> GetPublicKeyResult:
+        """KeyStore.GetPublicKey: retried (stateless)."""
+        return cast(
+            GetPublicKeyResult,
+            self._invoke("KeyStore", "GetPublicKey", {"key_id": key_id, "grant_tokens": grant_tokens}),
+        )
+
+    def generate_mac(
+        self,
+        *,
+        message: bytes | None = None,
+        key_id: str | None = None,
+        mac_algorithm: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+    ) -> GenerateMacResult:
+        """KeyStore.GenerateMac: retried (stateless)."""
+        return cast(
+            GenerateMacResult,
+            self._invoke(
+                "KeyStore",
+                "GenerateMac",
+                {
+                    "message": message,
+                    "key_id": key_id,
+                    "mac_algorithm": mac_algorithm,
+                    "grant_tokens": grant_tokens,
+                },
+            ),
+        )
+
+    def verify_mac(
+        self,
+        *,
+        message: bytes | None = None,
+        key_id: str | None = None,
+        mac_algorithm: str | None = None,
+        mac: bytes | None = None,
+        grant_tokens: Sequence[str] | None = None,
+    ) -> VerifyMacResult:
+        """KeyStore.VerifyMac: retried (stateless)."""
+        return cast(
+            VerifyMacResult,
+            self._invoke(
+                "KeyStore",
+                "VerifyMac",
+                {
+                    "message": message,
+                    "key_id": key_id,
+                    "mac_algorithm": mac_algorithm,
+                    "mac": mac,
+                    "grant_tokens": grant_tokens,
+                },
+            ),
+        )
+
+    def generate_data_key_pair(
+        self,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+        key_id: str | None = None,
+        key_pair_spec: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+    ) -> GenerateDataKeyPairResult:
+        """KeyStore.GenerateDataKeyPair: retried (stateless)."""
+        return cast(
+            GenerateDataKeyPairResult,
+            self._invoke(
+                "KeyStore",
+                "GenerateDataKeyPair",
+                {
+                    "encryption_context": encryption_context,
+                    "key_id": key_id,
+                    "key_pair_spec": key_pair_spec,
+                    "grant_tokens": grant_tokens,
+                },
+            ),
+        )
+
+    def generate_data_key_pair_without_plaintext(
+        self,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+        key_id: str | None = None,
+        key_pair_spec: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+    ) -> GenerateDataKeyPairWithoutPlaintextResult:
+        """KeyStore.GenerateDataKeyPairWithoutPlaintext: retried (stateless)."""
+        return cast(
+            GenerateDataKeyPairWithoutPlaintextResult,
+            self._invoke(
+                "KeyStore",
+                "GenerateDataKeyPairWithoutPlaintext",
+                {
+                    "encryption_context": encryption_context,
+                    "key_id": key_id,
+                    "key_pair_spec": key_pair_spec,
+                    "grant_tokens": grant_tokens,
+                },
+            ),
+        )
+
+    def derive_shared_secret(
+        self,
+        *,
+        key_id: str | None = None,
+        key_agreement_algorithm: str | None = None,
+        public_key: bytes | None = None,
+        grant_tokens: Sequence[str] | None = None,
+    ) -> DeriveSharedSecretResult:
+        """KeyStore.DeriveSharedSecret: retried (stateless)."""
+        return cast(
+            DeriveSharedSecretResult,
+            self._invoke(
+                "KeyStore",
+                "DeriveSharedSecret",
+                {
+                    "key_id": key_id,
+                    "key_agreement_algorithm": key_agreement_algorithm,
+                    "public_key": public_key,
+                    "grant_tokens": grant_tokens,
+                },
             ),
         )
 

@@ -26,7 +26,8 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2
 from hsmstore.client.codegen_names import is_idempotent, snake
 
 SERVICES = ("KeyStore", "Admin", "Audit")
-SECRET_FIELDS = frozenset({"plaintext", "key_store_password"})
+# Issue 23: a data key pair's private key and an ECDH secret are plaintext too.
+SECRET_FIELDS = frozenset({"plaintext", "key_store_password", "private_key_plaintext", "shared_secret"})
 Field = Any  # protobuf's stubs type descriptor fields as the Python or the upb class
 TIMESTAMP = "google.protobuf.Timestamp"
 HERE = Path(__file__).parent

@@ -6,7 +6,20 @@ import re
 
 # Stateless calls: a retry cannot do anything twice (retry.py).
 IDEMPOTENT_PREFIXES = ("Describe", "List", "Get", "Generate")
-IDEMPOTENT_NAMES = frozenset({"Decrypt", "Encrypt", "ReEncrypt", "Simulate", "LookupEvents"})
+# Sign, Verify, VerifyMac and DeriveSharedSecret (issue 23) compute without changing anything.
+IDEMPOTENT_NAMES = frozenset(
+    {
+        "Decrypt",
+        "Encrypt",
+        "ReEncrypt",
+        "Simulate",
+        "LookupEvents",
+        "Sign",
+        "Verify",
+        "VerifyMac",
+        "DeriveSharedSecret",
+    }
+)
 
 
 def snake(name: str) -> str:

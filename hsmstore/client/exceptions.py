@@ -108,6 +108,18 @@ class InvalidKeyUsageException(HsmstoreError):
     reason = "InvalidKeyUsageException"
 
 
+class KMSInvalidSignatureException(HsmstoreError):
+    """Verify: the signature does not verify with the key and algorithm (issue 23)."""
+
+    reason = "KMSInvalidSignatureException"
+
+
+class KMSInvalidMacException(HsmstoreError):
+    """VerifyMac: the MAC does not verify with the key and algorithm (issue 23)."""
+
+    reason = "KMSInvalidMacException"
+
+
 class ValidationException(HsmstoreError):
     """A parameter is missing or out of its limits."""
 
@@ -267,6 +279,8 @@ BY_REASON: dict[str, type[HsmstoreError]] = {
         InvalidCiphertextException,
         IncorrectKeyException,
         InvalidKeyUsageException,
+        KMSInvalidSignatureException,
+        KMSInvalidMacException,
         ValidationException,
         InvalidAliasNameException,
         InvalidArnException,

@@ -2,7 +2,8 @@
 UNAVAILABLE/Throttling only for idempotent calls").
 
 Retried: a call that changes nothing (codegen.is_idempotent: Describe*, List*, Get*,
-Generate*, Encrypt, Decrypt, ReEncrypt, Simulate, LookupEvents) that failed with
+Generate*, Encrypt, Decrypt, ReEncrypt, Simulate, LookupEvents, Sign, Verify, VerifyMac,
+DeriveSharedSecret) that failed with
 gRPC UNAVAILABLE (the server cannot be reached, is stopping, or a dependency is
 down: docs/api.md, "Additions", KMSInternalException on UNAVAILABLE "so gRPC
 clients and retry policies treat it as retryable") or ThrottlingException.

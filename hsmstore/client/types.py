@@ -31,6 +31,9 @@ class KeyMetadata:
     encryption_algorithms: tuple[str, ...] = ()
     multi_region: bool = False
     pending_deletion_window_in_days: int = 0
+    signing_algorithms: tuple[str, ...] = ()
+    mac_algorithms: tuple[str, ...] = ()
+    key_agreement_algorithms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,86 @@ class GenerateRandomResult:
     """``hsmstore.v1.GenerateRandomResponse``."""
 
     plaintext: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class SignResult:
+    """``hsmstore.v1.SignResponse``."""
+
+    key_id: str = ""
+    signature: bytes = b""
+    signing_algorithm: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``hsmstore.v1.VerifyResponse``."""
+
+    key_id: str = ""
+    signature_valid: bool = False
+    signing_algorithm: str = ""
+
+
+@dataclass(frozen=True)
+class GetPublicKeyResult:
+    """``hsmstore.v1.GetPublicKeyResponse``."""
+
+    key_id: str = ""
+    public_key: bytes = b""
+    key_spec: str = ""
+    key_usage: str = ""
+    encryption_algorithms: tuple[str, ...] = ()
+    signing_algorithms: tuple[str, ...] = ()
+    key_agreement_algorithms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateMacResult:
+    """``hsmstore.v1.GenerateMacResponse``."""
+
+    mac: bytes = b""
+    mac_algorithm: str = ""
+    key_id: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyMacResult:
+    """``hsmstore.v1.VerifyMacResponse``."""
+
+    key_id: str = ""
+    mac_valid: bool = False
+    mac_algorithm: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateDataKeyPairResult:
+    """``hsmstore.v1.GenerateDataKeyPairResponse``."""
+
+    private_key_ciphertext_blob: bytes = b""
+    private_key_plaintext: bytes = field(default=b"", repr=False)
+    public_key: bytes = b""
+    key_id: str = ""
+    key_pair_spec: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateDataKeyPairWithoutPlaintextResult:
+    """``hsmstore.v1.GenerateDataKeyPairWithoutPlaintextResponse``."""
+
+    private_key_ciphertext_blob: bytes = b""
+    public_key: bytes = b""
+    key_id: str = ""
+    key_pair_spec: str = ""
+
+
+@dataclass(frozen=True)
+class DeriveSharedSecretResult:
+    """``hsmstore.v1.DeriveSharedSecretResponse``."""
+
+    key_id: str = ""
+    shared_secret: bytes = field(default=b"", repr=False)
+    key_agreement_algorithm: str = ""
+    key_origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -405,6 +488,14 @@ DATACLASSES: dict[str, type] = {
     "hsmstore.v1.GenerateDataKeyResponse": GenerateDataKeyResult,
     "hsmstore.v1.GenerateDataKeyWithoutPlaintextResponse": GenerateDataKeyWithoutPlaintextResult,
     "hsmstore.v1.GenerateRandomResponse": GenerateRandomResult,
+    "hsmstore.v1.SignResponse": SignResult,
+    "hsmstore.v1.VerifyResponse": VerifyResult,
+    "hsmstore.v1.GetPublicKeyResponse": GetPublicKeyResult,
+    "hsmstore.v1.GenerateMacResponse": GenerateMacResult,
+    "hsmstore.v1.VerifyMacResponse": VerifyMacResult,
+    "hsmstore.v1.GenerateDataKeyPairResponse": GenerateDataKeyPairResult,
+    "hsmstore.v1.GenerateDataKeyPairWithoutPlaintextResponse": GenerateDataKeyPairWithoutPlaintextResult,
+    "hsmstore.v1.DeriveSharedSecretResponse": DeriveSharedSecretResult,
     "hsmstore.v1.ScheduleKeyDeletionResponse": ScheduleKeyDeletionResult,
     "hsmstore.v1.CancelKeyDeletionResponse": CancelKeyDeletionResult,
     "hsmstore.v1.GetKeyRotationStatusResponse": GetKeyRotationStatusResult,

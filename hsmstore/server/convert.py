@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -28,6 +28,9 @@ from hsmstore.core.keys.results import (
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID
 from hsmstore.core.paging import Page
 from hsmstore.errors import ValidationException
+
+if TYPE_CHECKING:  # issue 23's results (core/crypto/results.py); annotations only
+    from hsmstore.core.crypto.results import PublicKeyResult
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,11 @@ def key_metadata(description: KeyDescription) -> pb.KeyMetadata:
         origin=key.origin.value,
         key_manager=key.key_manager.value,
         key_spec=key.key_spec.value,
-        encryption_algorithms=description.encryption_algorithms,
+        # Issue 23: AWS fills the list of the key's usage; the others stay empty.
+        encryption_algorithms=description.algorithms.encryption,
+        signing_algorithms=description.algorithms.signing,
+        mac_algorithms=description.algorithms.mac,
+        key_agreement_algorithms=description.algorithms.key_agreement,
         multi_region=False,
         pending_deletion_window_in_days=key.pending_window_days or 0,
         # AWS: CustomKeyStoreId is present only for a key in a custom key store.
@@ -85,6 +92,20 @@ def key_metadata(description: KeyDescription) -> pb.KeyMetadata:
     if key.deletion_date is not None:
         metadata.deletion_date.FromDatetime(key.deletion_date)
     return metadata
+
+
+def get_public_key_response(result: PublicKeyResult) -> pb.GetPublicKeyResponse:
+    """AWS GetPublicKey: the DER SubjectPublicKeyInfo and the lists of the key's usage (no MAC list:
+    HMAC keys have no public key)."""
+    return pb.GetPublicKeyResponse(
+        key_id=result.key_arn,
+        public_key=result.public_key,
+        key_spec=str(result.key_spec),
+        key_usage=str(result.key_usage),
+        encryption_algorithms=result.algorithms.encryption,
+        signing_algorithms=result.algorithms.signing,
+        key_agreement_algorithms=result.algorithms.key_agreement,
+    )
 
 
 def list_keys_response(page: Page[KeyListEntry]) -> pb.ListKeysResponse:

@@ -4,7 +4,7 @@ Each method converts the request, calls the matching use case family
 (``core/use_cases.py``) and converts the answer; ``handle_errors``
 (server/calls.py) runs it in the call envelope. Nothing here decides
 anything. gRPC serves one servicer object per service, so ``KeyStoreServicer``
-is composed of one mixin per family: ``rpc_keys.py``, ``rpc_crypto.py``,
+is composed of one mixin per family: ``rpc_keys.py``, ``rpc_crypto.py``, ``rpc_asymmetric.py``,
 ``rpc_lifecycle.py``, ``rpc_authorization.py``, ``rpc_custom_key_stores.py``.
 """
 
@@ -20,6 +20,7 @@ from hsmstore.core.calls import current_caller
 from hsmstore.core.use_cases import UseCases
 from hsmstore.server import convert
 from hsmstore.server.calls import CallerResolver, CallRunner, handle_errors
+from hsmstore.server.rpc_asymmetric import AsymmetricRpcs
 from hsmstore.server.rpc_authorization import AuthorizationRpcs
 from hsmstore.server.rpc_crypto import CryptoRpcs
 from hsmstore.server.rpc_custom_key_stores import CustomKeyStoreRpcs
@@ -40,6 +41,7 @@ __all__ = [
 class KeyStoreServicer(
     KeyRpcs,
     CryptoRpcs,
+    AsymmetricRpcs,
     LifecycleRpcs,
     AuthorizationRpcs,
     CustomKeyStoreRpcs,

@@ -73,6 +73,9 @@ CONTRACT_CODES: dict[str, frozenset[str]] = {
             "InvalidMarkerException",
             "TagException",
             "IncorrectTrustAnchorException",
+            # Issue 23, asymmetric and HMAC keys (docs/api.md, "Asymmetric and HMAC keys"):
+            "KMSInvalidSignatureException",
+            "KMSInvalidMacException",
         ],
         frozenset({"INVALID_ARGUMENT"}),
     ),

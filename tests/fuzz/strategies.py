@@ -127,6 +127,15 @@ ENUM_LIKE = [
     "AWS_CLOUDHSM",
     "RSAES_OAEP_SHA_256",
     "symmetric_default",
+    # Issue 23: asymmetric and HMAC keys.
+    "ECC_NIST_P256",
+    "KEY_AGREEMENT",
+    "ECDSA_SHA_256",
+    "RSASSA_PSS_SHA_256",
+    "HMAC_SHA_256",
+    "RAW",
+    "DIGEST",
+    "ECDH",
 ]
 LOOKUP_KEYS = ["EventName", "Username", "ResourceName", "EventId", "ResourceType", "AccessKeyId", "eventname"]
 EVENT_NAMES = ["Encrypt", "Decrypt", "CreateKey", "GenerateDataKey", "LookupEvents", "PutKeyPolicy"]

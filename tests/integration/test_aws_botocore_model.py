@@ -23,6 +23,8 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore.model import OperationModel, Shape, StructureShape
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from hsmstore.aws_json.operations import OPERATIONS, Operation
 from tests.integration.harness import ServerProcess
@@ -34,6 +36,15 @@ REFUSALS = {"UnsupportedOperationException", "ValidationException"}
 # They need a second token: tests/integration/test_custom_key_stores.py drives them over gRPC.
 NEED_A_CUSTOM_KEY_STORE = {"ConnectCustomKeyStore", "DisconnectCustomKeyStore", "DeleteCustomKeyStore"}
 NEVER = {"SerializationException", "UnknownOperationException", "KMSInternalException"}
+# Issue 23: the key each asymmetric or HMAC operation needs (the scene's own key is symmetric).
+ASYMMETRIC_KEYS = {
+    "Sign": ("ECC_NIST_P256", "SIGN_VERIFY"),
+    "Verify": ("ECC_NIST_P256", "SIGN_VERIFY"),
+    "GetPublicKey": ("ECC_NIST_P256", "SIGN_VERIFY"),
+    "GenerateMac": ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    "VerifyMac": ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    "DeriveSharedSecret": ("ECC_NIST_P256", "KEY_AGREEMENT"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +105,7 @@ class Scene:
         self.grant_id, self.grant_token = grant["GrantId"], grant["GrantToken"]
         _, policy = call(server, "GetKeyPolicy", {"KeyId": self.key_id, "PolicyName": "default"})
         self.policy = policy["Policy"]
+        self.extra: dict[str, Any] = {}
 
     def good(self, member: str, shape: Shape) -> Any:
         """A value that names this scene's resources where it has one, else a sample of the shape."""
@@ -122,6 +134,14 @@ class Scene:
             "RotationPeriodInDays": 90,
             "Limit": 10,
             "Policy": self.policy,
+            # Issue 23: what the asymmetric and HMAC operations name (their key is set by prepare).
+            "Message": sample_blob(),
+            "MessageType": "RAW",
+            "SigningAlgorithm": "ECDSA_SHA_256",
+            "MacAlgorithm": "HMAC_SHA_256",
+            "KeyPairSpec": "ECC_NIST_P256",
+            "KeyAgreementAlgorithm": "ECDH",
+            **self.extra,
         }
 
     def prepare(self, operation: str) -> None:
@@ -130,6 +150,30 @@ class Scene:
             call(self.server, "ScheduleKeyDeletion", {"KeyId": self.key_id, "PendingWindowInDays": 7})
         if operation == "CreateAlias":
             self.alias = f"alias/model-{uuid.uuid4().hex[:10]}"
+        usage = ASYMMETRIC_KEYS.get(operation)
+        if usage is not None:
+            _, created = call(self.server, "CreateKey", {"KeySpec": usage[0], "KeyUsage": usage[1]})
+            self.key_id = created["KeyMetadata"]["KeyId"]
+        if operation == "Verify":
+            _, signed = call(
+                self.server,
+                "Sign",
+                {"KeyId": self.key_id, "Message": sample_blob(), "SigningAlgorithm": "ECDSA_SHA_256"},
+            )
+            self.extra["Signature"] = signed["Signature"]
+        if operation == "VerifyMac":
+            _, made = call(
+                self.server,
+                "GenerateMac",
+                {"KeyId": self.key_id, "Message": sample_blob(), "MacAlgorithm": "HMAC_SHA_256"},
+            )
+            self.extra["Mac"] = made["Mac"]
+        if operation == "DeriveSharedSecret":
+            peer = ec.generate_private_key(ec.SECP256R1()).public_key()
+            der = peer.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            self.extra["PublicKey"] = base64.b64encode(der).decode()
 
 
 def sample_blob() -> str:

@@ -131,7 +131,7 @@ def test_empty_key_id_is_validation_error(stub: pb_grpc.KeyStoreStub) -> None:
 
 def test_create_key_with_unsupported_spec_is_unsupported_operation(stub: pb_grpc.KeyStoreStub) -> None:
     expect_error(
-        lambda: stub.CreateKey(pb.CreateKeyRequest(key_spec="RSA_2048")),
+        lambda: stub.CreateKey(pb.CreateKeyRequest(key_spec="SM2", key_usage="SIGN_VERIFY")),
         "UnsupportedOperationException",
         grpc.StatusCode.UNIMPLEMENTED,
     )

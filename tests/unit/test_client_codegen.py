@@ -81,6 +81,9 @@ def test_aws_shape_matches_members_by_name_and_keeps_false_booleans() -> None:
             "Enabled": False,
             "MultiRegion": False,
             "EncryptionAlgorithms": [],
+            "SigningAlgorithms": [],  # issue 23: lists are always present, empty too
+            "MacAlgorithms": [],
+            "KeyAgreementAlgorithms": [],
         }
     }
 

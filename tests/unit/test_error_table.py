@@ -39,6 +39,9 @@ CONTRACT = {
     "CustomKeyStoreInvalidStateException": grpc.StatusCode.FAILED_PRECONDITION,
     "CustomKeyStoreHasCMKsException": grpc.StatusCode.FAILED_PRECONDITION,
     "IncorrectTrustAnchorException": grpc.StatusCode.INVALID_ARGUMENT,
+    # docs/api.md, "Asymmetric and HMAC keys" (issue 23):
+    "KMSInvalidSignatureException": grpc.StatusCode.INVALID_ARGUMENT,
+    "KMSInvalidMacException": grpc.StatusCode.INVALID_ARGUMENT,
 }
 ERROR_CLASSES = errors.KMSError.__subclasses__()
 # docs/api.md, "Additions": the same reason with a retryable code.

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KeyMetadata(_message.Message):
-    __slots__ = ("aws_account_id", "key_id", "arn", "creation_date", "enabled", "description", "key_usage", "key_state", "deletion_date", "origin", "custom_key_store_id", "key_manager", "key_spec", "encryption_algorithms", "multi_region", "pending_deletion_window_in_days")
+    __slots__ = ("aws_account_id", "key_id", "arn", "creation_date", "enabled", "description", "key_usage", "key_state", "deletion_date", "origin", "custom_key_store_id", "key_manager", "key_spec", "encryption_algorithms", "multi_region", "pending_deletion_window_in_days", "signing_algorithms", "mac_algorithms", "key_agreement_algorithms")
     AWS_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ARN_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,9 @@ class KeyMetadata(_message.Message):
     ENCRYPTION_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
     MULTI_REGION_FIELD_NUMBER: _ClassVar[int]
     PENDING_DELETION_WINDOW_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    MAC_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    KEY_AGREEMENT_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
     aws_account_id: str
     key_id: str
     arn: str
@@ -43,7 +46,10 @@ class KeyMetadata(_message.Message):
     encryption_algorithms: _containers.RepeatedScalarFieldContainer[str]
     multi_region: bool
     pending_deletion_window_in_days: int
-    def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ...) -> None: ...
+    signing_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    mac_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    key_agreement_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ..., signing_algorithms: _Optional[_Iterable[str]] = ..., mac_algorithms: _Optional[_Iterable[str]] = ..., key_agreement_algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("description", "key_usage", "key_spec", "origin", "tags", "policy", "bypass_policy_lockout_safety_check", "custom_key_store_id")
@@ -326,6 +332,216 @@ class GenerateRandomResponse(_message.Message):
     PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     plaintext: bytes
     def __init__(self, plaintext: _Optional[bytes] = ...) -> None: ...
+
+class SignRequest(_message.Message):
+    __slots__ = ("key_id", "message", "message_type", "grant_tokens", "signing_algorithm")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    message: bytes
+    message_type: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    signing_algorithm: str
+    def __init__(self, key_id: _Optional[str] = ..., message: _Optional[bytes] = ..., message_type: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ..., signing_algorithm: _Optional[str] = ...) -> None: ...
+
+class SignResponse(_message.Message):
+    __slots__ = ("key_id", "signature", "signing_algorithm")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    signature: bytes
+    signing_algorithm: str
+    def __init__(self, key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signing_algorithm: _Optional[str] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("key_id", "message", "message_type", "signature", "signing_algorithm", "grant_tokens")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    message: bytes
+    message_type: str
+    signature: bytes
+    signing_algorithm: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., message: _Optional[bytes] = ..., message_type: _Optional[str] = ..., signature: _Optional[bytes] = ..., signing_algorithm: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("key_id", "signature_valid", "signing_algorithm")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_VALID_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    signature_valid: bool
+    signing_algorithm: str
+    def __init__(self, key_id: _Optional[str] = ..., signature_valid: _Optional[bool] = ..., signing_algorithm: _Optional[str] = ...) -> None: ...
+
+class GetPublicKeyRequest(_message.Message):
+    __slots__ = ("key_id", "grant_tokens")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("key_id", "public_key", "key_spec", "key_usage", "encryption_algorithms", "signing_algorithms", "key_agreement_algorithms")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    KEY_USAGE_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    KEY_AGREEMENT_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key: bytes
+    key_spec: str
+    key_usage: str
+    encryption_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    signing_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    key_agreement_algorithms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., key_spec: _Optional[str] = ..., key_usage: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., signing_algorithms: _Optional[_Iterable[str]] = ..., key_agreement_algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateMacRequest(_message.Message):
+    __slots__ = ("message", "key_id", "mac_algorithm", "grant_tokens")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MAC_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
+    key_id: str
+    mac_algorithm: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message: _Optional[bytes] = ..., key_id: _Optional[str] = ..., mac_algorithm: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateMacResponse(_message.Message):
+    __slots__ = ("mac", "mac_algorithm", "key_id")
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    MAC_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    mac: bytes
+    mac_algorithm: str
+    key_id: str
+    def __init__(self, mac: _Optional[bytes] = ..., mac_algorithm: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class VerifyMacRequest(_message.Message):
+    __slots__ = ("message", "key_id", "mac_algorithm", "mac", "grant_tokens")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MAC_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
+    key_id: str
+    mac_algorithm: str
+    mac: bytes
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message: _Optional[bytes] = ..., key_id: _Optional[str] = ..., mac_algorithm: _Optional[str] = ..., mac: _Optional[bytes] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyMacResponse(_message.Message):
+    __slots__ = ("key_id", "mac_valid", "mac_algorithm")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MAC_VALID_FIELD_NUMBER: _ClassVar[int]
+    MAC_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    mac_valid: bool
+    mac_algorithm: str
+    def __init__(self, key_id: _Optional[str] = ..., mac_valid: _Optional[bool] = ..., mac_algorithm: _Optional[str] = ...) -> None: ...
+
+class GenerateDataKeyPairRequest(_message.Message):
+    __slots__ = ("encryption_context", "key_id", "key_pair_spec", "grant_tokens")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_PAIR_SPEC_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    encryption_context: _containers.ScalarMap[str, str]
+    key_id: str
+    key_pair_spec: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, encryption_context: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., key_pair_spec: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateDataKeyPairResponse(_message.Message):
+    __slots__ = ("private_key_ciphertext_blob", "private_key_plaintext", "public_key", "key_id", "key_pair_spec")
+    PRIVATE_KEY_CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_PAIR_SPEC_FIELD_NUMBER: _ClassVar[int]
+    private_key_ciphertext_blob: bytes
+    private_key_plaintext: bytes
+    public_key: bytes
+    key_id: str
+    key_pair_spec: str
+    def __init__(self, private_key_ciphertext_blob: _Optional[bytes] = ..., private_key_plaintext: _Optional[bytes] = ..., public_key: _Optional[bytes] = ..., key_id: _Optional[str] = ..., key_pair_spec: _Optional[str] = ...) -> None: ...
+
+class GenerateDataKeyPairWithoutPlaintextRequest(_message.Message):
+    __slots__ = ("encryption_context", "key_id", "key_pair_spec", "grant_tokens")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_PAIR_SPEC_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    encryption_context: _containers.ScalarMap[str, str]
+    key_id: str
+    key_pair_spec: str
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, encryption_context: _Optional[_Mapping[str, str]] = ..., key_id: _Optional[str] = ..., key_pair_spec: _Optional[str] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateDataKeyPairWithoutPlaintextResponse(_message.Message):
+    __slots__ = ("private_key_ciphertext_blob", "public_key", "key_id", "key_pair_spec")
+    PRIVATE_KEY_CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_PAIR_SPEC_FIELD_NUMBER: _ClassVar[int]
+    private_key_ciphertext_blob: bytes
+    public_key: bytes
+    key_id: str
+    key_pair_spec: str
+    def __init__(self, private_key_ciphertext_blob: _Optional[bytes] = ..., public_key: _Optional[bytes] = ..., key_id: _Optional[str] = ..., key_pair_spec: _Optional[str] = ...) -> None: ...
+
+class DeriveSharedSecretRequest(_message.Message):
+    __slots__ = ("key_id", "key_agreement_algorithm", "public_key", "grant_tokens")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_AGREEMENT_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    GRANT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_agreement_algorithm: str
+    public_key: bytes
+    grant_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., key_agreement_algorithm: _Optional[str] = ..., public_key: _Optional[bytes] = ..., grant_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeriveSharedSecretResponse(_message.Message):
+    __slots__ = ("key_id", "shared_secret", "key_agreement_algorithm", "key_origin")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARED_SECRET_FIELD_NUMBER: _ClassVar[int]
+    KEY_AGREEMENT_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    KEY_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    shared_secret: bytes
+    key_agreement_algorithm: str
+    key_origin: str
+    def __init__(self, key_id: _Optional[str] = ..., shared_secret: _Optional[bytes] = ..., key_agreement_algorithm: _Optional[str] = ..., key_origin: _Optional[str] = ...) -> None: ...
 
 class ScheduleKeyDeletionRequest(_message.Message):
     __slots__ = ("key_id", "pending_window_in_days")

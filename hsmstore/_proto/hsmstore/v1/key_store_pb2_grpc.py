@@ -94,6 +94,46 @@ class KeyStoreStub:
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomRequest.SerializeToString,
                 response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomResponse.FromString,
                 _registered_method=True)
+        self.Sign = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/Sign',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.SignRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.SignResponse.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/Verify',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyResponse.FromString,
+                _registered_method=True)
+        self.GetPublicKey = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GetPublicKey',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetPublicKeyRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetPublicKeyResponse.FromString,
+                _registered_method=True)
+        self.GenerateMac = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GenerateMac',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateMacRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateMacResponse.FromString,
+                _registered_method=True)
+        self.VerifyMac = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/VerifyMac',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyMacRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyMacResponse.FromString,
+                _registered_method=True)
+        self.GenerateDataKeyPair = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GenerateDataKeyPair',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairResponse.FromString,
+                _registered_method=True)
+        self.GenerateDataKeyPairWithoutPlaintext = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GenerateDataKeyPairWithoutPlaintext',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairWithoutPlaintextRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairWithoutPlaintextResponse.FromString,
+                _registered_method=True)
+        self.DeriveSharedSecret = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DeriveSharedSecret',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretResponse.FromString,
+                _registered_method=True)
         self.ScheduleKeyDeletion = channel.unary_unary(
                 '/hsmstore.v1.KeyStore/ScheduleKeyDeletion',
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionRequest.SerializeToString,
@@ -316,6 +356,55 @@ class KeyStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateRandom(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sign(self, request, context):
+        """Asymmetric and HMAC keys (issue 23; docs/api.md, "Asymmetric and HMAC keys").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPublicKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateMac(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyMac(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateDataKeyPair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateDataKeyPairWithoutPlaintext(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeriveSharedSecret(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -565,6 +654,46 @@ def add_KeyStoreServicer_to_server(servicer, server):
                     servicer.GenerateRandom,
                     request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomRequest.FromString,
                     response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomResponse.SerializeToString,
+            ),
+            'Sign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sign,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.SignRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.SignResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyResponse.SerializeToString,
+            ),
+            'GetPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPublicKey,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetPublicKeyRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetPublicKeyResponse.SerializeToString,
+            ),
+            'GenerateMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateMac,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateMacRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateMacResponse.SerializeToString,
+            ),
+            'VerifyMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyMac,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyMacRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.VerifyMacResponse.SerializeToString,
+            ),
+            'GenerateDataKeyPair': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDataKeyPair,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairResponse.SerializeToString,
+            ),
+            'GenerateDataKeyPairWithoutPlaintext': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDataKeyPairWithoutPlaintext,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairWithoutPlaintextRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairWithoutPlaintextResponse.SerializeToString,
+            ),
+            'DeriveSharedSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeriveSharedSecret,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretResponse.SerializeToString,
             ),
             'ScheduleKeyDeletion': grpc.unary_unary_rpc_method_handler(
                     servicer.ScheduleKeyDeletion,
@@ -1041,6 +1170,222 @@ class KeyStore:
             '/hsmstore.v1.KeyStore/GenerateRandom',
             hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomRequest.SerializeToString,
             hsmstore_dot_v1_dot_key__store__pb2.GenerateRandomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/Sign',
+            hsmstore_dot_v1_dot_key__store__pb2.SignRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/Verify',
+            hsmstore_dot_v1_dot_key__store__pb2.VerifyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GetPublicKey',
+            hsmstore_dot_v1_dot_key__store__pb2.GetPublicKeyRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GenerateMac',
+            hsmstore_dot_v1_dot_key__store__pb2.GenerateMacRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GenerateMacResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/VerifyMac',
+            hsmstore_dot_v1_dot_key__store__pb2.VerifyMacRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.VerifyMacResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateDataKeyPair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GenerateDataKeyPair',
+            hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateDataKeyPairWithoutPlaintext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GenerateDataKeyPairWithoutPlaintext',
+            hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairWithoutPlaintextRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GenerateDataKeyPairWithoutPlaintextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeriveSharedSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DeriveSharedSecret',
+            hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,
