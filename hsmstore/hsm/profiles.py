@@ -95,6 +95,12 @@ class HsmProfile:
     and does not list CKA_COPYABLE at all (docs/hsm.md, "Templates and defaults");
     attribute changes there go through the CloudHSM CLI (``key set-attribute``),
     so on CloudHSM the load-time check of every version is the defence."""
+    wrapping_algorithms: frozenset[str] = frozenset()
+    """The GetParametersForImport WrappingAlgorithm names this token unwraps (issue 22): profile
+    data, not a probe (hsm/key_import.py; docs/hsm.md, "Imported key material")."""
+    rsa_aes_key_wrap: bool = False
+    """The token has ``CKM_RSA_AES_KEY_WRAP`` (PKCS#11 v2.40 §2.1.21): RSA_AES_KEY_WRAP_* is one
+    C_UnwrapKey. Without it (SoftHSM2 2.6.1) the vault unwraps in two steps on the token."""
     offered_algorithms: frozenset[str] = frozenset()
     """The AWS algorithm names (signing, encryption, MAC, key agreement) this token runs on
     its own keys (issue 23): profile data, not a probe. An algorithm AWS allows but the
@@ -185,6 +191,17 @@ SHA-512, CKM_SHA224_HMAC..CKM_SHA512_HMAC (SHA-224's by name unconfirmed). ECDH 
 it lists CKM_ECDH1_DERIVE only "with KDF (X9.63 with SHA1 ... SHA512)", and DeriveSharedSecret
 returns the raw secret (CKD_NULL)."""
 
+SOFTHSM2_WRAPPING_ALGORITHMS = frozenset({"RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1"})
+"""Measured on SoftHSM2 2.6.1 (tests/contract/test_vault_key_import.py): C_UnwrapKey with
+CKM_RSA_PKCS_OAEP takes SHA-1 only (SHA-256 answers CKR_ARGUMENTS_BAD) and there is no
+CKM_RSA_AES_KEY_WRAP, so RSA_AES_KEY_WRAP_SHA_1 runs as RSA-OAEP then CKM_AES_KEY_WRAP_PAD."""
+
+CLOUDHSM_WRAPPING_ALGORITHMS = frozenset(
+    {"RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1", "RSA_AES_KEY_WRAP_SHA_256"}
+)
+"""From the AWS CloudHSM user guide (``pkcs11-mechanisms``, Client SDK 5), not run here:
+CKM_RSA_PKCS_OAEP with SHA-1 to SHA-512 and CKM_RSA_AES_KEY_WRAP for wrap and unwrap."""
+
 SOFTHSM2 = HsmProfile(
     name="softhsm2",
     default_module_path="/usr/lib/softhsm/libsofthsm2.so",
@@ -193,6 +210,7 @@ SOFTHSM2 = HsmProfile(
     threading_mode=ThreadingMode.GLOBAL_LOCK,
     max_gcm_payload=None,
     offered_algorithms=SOFTHSM2_ALGORITHMS,
+    wrapping_algorithms=SOFTHSM2_WRAPPING_ALGORITHMS,
 )
 
 CLOUDHSM = HsmProfile(
@@ -204,6 +222,8 @@ CLOUDHSM = HsmProfile(
     max_gcm_payload=16_224,
     lock_objects=False,
     offered_algorithms=CLOUDHSM_ALGORITHMS,
+    wrapping_algorithms=CLOUDHSM_WRAPPING_ALGORITHMS,
+    rsa_aes_key_wrap=True,
 )
 
 PROFILES: dict[str, HsmProfile] = {p.name: p for p in (SOFTHSM2, CLOUDHSM)}

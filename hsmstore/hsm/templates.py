@@ -397,3 +397,140 @@ def shared_secret_template(byte_length: int) -> dict[Attribute, Any]:
         Attribute.UNWRAP: False,
         Attribute.DERIVE: False,
     }
+
+
+# -- imported key material (issue 22; hsm/key_import.py) ------------------------
+#
+# The wrapping key's private half only unwraps; the material lands in an object with a
+# key version's flags. C_UnwrapKey makes objects the token did not generate: CKA_LOCAL,
+# CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE read False (PKCS#11 v2.40 §4.4; measured
+# on SoftHSM2 2.6.1), so an imported version is checked against its own set.
+
+WRAPPING_KEY_FLAGS: Final[dict[Attribute, bool]] = {
+    **PRIVATE_KEY_FLAGS,
+    Attribute.UNWRAP: True,  # ImportKeyMaterial's C_UnwrapKey, and nothing else
+    **dict.fromkeys(PRIVATE_CAPABILITIES, False),  # no DECRYPT, SIGN or DERIVE
+}
+"""An import wrapping key's private half: TOKEN, PRIVATE, SENSITIVE, never EXTRACTABLE, UNWRAP only."""
+
+WRAPPING_KEY_REQUIRED: Final[dict[Attribute, bool]] = {
+    **WRAPPING_KEY_FLAGS,
+    Attribute.ALWAYS_SENSITIVE: True,
+    Attribute.NEVER_EXTRACTABLE: True,
+    Attribute.LOCAL: True,
+}
+"""What a wrapping key's private half must show when its handle is loaded."""
+
+
+def wrapping_key_templates(
+    modulus_bits: int, token_id: bytes, label: str, *, lock_object: bool = True
+) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
+    """``(public, private)`` C_GenerateKeyPair templates of a GetParametersForImport wrapping key.
+
+    The private half is a token object (it must outlive the call: ImportKeyMaterial comes
+    later, maybe to another node) with :data:`WRAPPING_KEY_FLAGS`; the public half is a
+    session object with no usage, read once for its modulus (the SPKI is the answer) and
+    destroyed: nobody wraps on the token with it.
+    """
+    if len(token_id) != TOKEN_ID_BYTES:
+        raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
+    if not label or len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label must be 1 to {MAX_LABEL_CHARS} characters")
+    if modulus_bits not in (2048, 3072, 4096):
+        raise ValueError("a wrapping key is RSA_2048, RSA_3072 or RSA_4096")
+    public: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.KEY_TYPE: KeyType.RSA,
+        Attribute.LABEL: label,
+        Attribute.ID: token_id,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: False,
+        Attribute.ENCRYPT: False,
+        Attribute.VERIFY: False,
+        Attribute.VERIFY_RECOVER: False,
+        Attribute.WRAP: False,
+        Attribute.DERIVE: False,
+        Attribute.MODULUS_BITS: modulus_bits,
+        Attribute.PUBLIC_EXPONENT: RSA_PUBLIC_EXPONENT,
+    }
+    private: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+        Attribute.KEY_TYPE: KeyType.RSA,
+        Attribute.LABEL: label,
+        Attribute.ID: token_id,
+        **WRAPPING_KEY_FLAGS,
+    }
+    if lock_object:
+        private.update(LOCKED_OBJECT_FLAGS)
+    return public, private
+
+
+def imported_version_template(
+    token_id: bytes, label: str, *, lock_object: bool = True
+) -> dict[Attribute, Any]:
+    """The C_UnwrapKey template of an imported key version: a key version's template
+    (:func:`key_version_template`) without CKA_VALUE_LEN, which the wrapped material sets
+    (SoftHSM2 answers CKR_ATTRIBUTE_READ_ONLY to it), and with CKA_COPYABLE before
+    CKA_MODIFIABLE: SoftHSM2 applies an unwrap template in order and refuses any attribute
+    after CKA_MODIFIABLE False (measured on 2.6.1; C_GenerateKey does not mind)."""
+    template = key_version_template(token_id, label, lock_object=False)
+    del template[Attribute.VALUE_LEN]
+    if lock_object:
+        template[Attribute.COPYABLE] = False
+        template[Attribute.MODIFIABLE] = False
+    return template
+
+
+IMPORTED_VERSION_REQUIRED: Final[dict[Attribute, bool]] = {
+    **KEY_VERSION_FLAGS,
+    Attribute.LOCAL: False,  # made by C_UnwrapKey: an imported version
+}
+"""What an imported key version's object must show when its handle is loaded (the vault takes a
+version showing this set or :data:`KEY_VERSION_REQUIRED`): the same usage, SENSITIVE and never
+EXTRACTABLE, but not generated on the token (docs/hsm.md, "Imported key material")."""
+
+_SESSION_SECRET: Final[dict[Attribute, Any]] = {
+    Attribute.CLASS: ObjectClass.SECRET_KEY,
+    Attribute.KEY_TYPE: KeyType.AES,
+    Attribute.TOKEN: False,  # a session object: no other process sees it; gone with the session
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+
+
+def ephemeral_unwrapping_key_template() -> dict[Attribute, Any]:
+    """RSA_AES_KEY_WRAP's ephemeral AES key, unwrapped on the token (two-step path): a session
+    object, SENSITIVE, never EXTRACTABLE, UNWRAP only; destroyed right after the material's unwrap."""
+    return {
+        **_SESSION_SECRET,
+        Attribute.LABEL: "hsmstore/import-ephemeral",
+        Attribute.EXTRACTABLE: False,
+        Attribute.UNWRAP: True,
+    }
+
+
+def length_probe_template() -> dict[Attribute, Any]:
+    """A second unwrap of the material, only to learn its length on a token that leaves an unwrapped
+    key's CKA_VALUE_LEN at 0 (SoftHSM2 2.6.1): a session object, SENSITIVE (CKA_VALUE unreadable),
+    no usage, EXTRACTABLE so :func:`length_probe_wrapping_key_template`'s key can wrap it; the
+    host sees only the wrapped length. Both are destroyed at once (hsm/key_import.py)."""
+    return {**_SESSION_SECRET, Attribute.LABEL: "hsmstore/import-length-probe", Attribute.EXTRACTABLE: True}
+
+
+def length_probe_wrapping_key_template() -> dict[Attribute, Any]:
+    """A fresh AES-256 session key generated on the token, WRAP only, never extractable: it wraps the
+    length probe once (RFC 3394: the output is 8 bytes longer than the key) and is destroyed."""
+    return {
+        **_SESSION_SECRET,
+        Attribute.VALUE_LEN: KEY_VERSION_BITS // 8,
+        Attribute.LABEL: "hsmstore/import-length-probe-kek",
+        Attribute.EXTRACTABLE: False,
+        Attribute.WRAP: True,
+    }

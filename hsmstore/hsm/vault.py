@@ -2,7 +2,8 @@
 
 It implements the key-store ports (hsmstore/core/ports/key_store.py:
 ``SymmetricKeyStore``; ``KeyPairs`` and ``MacKeys`` of issue 23 by delegation
-to :mod:`hsmstore.hsm.key_pairs` and :mod:`hsmstore.hsm.macs`) and, through
+to :mod:`hsmstore.hsm.key_pairs` and :mod:`hsmstore.hsm.macs`; ``KeyImport`` of
+issue 22 by delegation to :mod:`hsmstore.hsm.key_import`) and, through
 :class:`~hsmstore.hsm.audit_sealer.TokenAuditSealer` on the same sessions,
 ``AuditSealer`` (hsmstore/core/ports/audit.py).
 
@@ -58,6 +59,7 @@ from hsmstore.core.key_stores.model import ConnectionStatus
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm import templates
 from hsmstore.hsm.audit_sealer import TokenAuditSealer
+from hsmstore.hsm.key_import import TokenKeyImport
 from hsmstore.hsm.key_pairs import TokenKeyPairs
 from hsmstore.hsm.loaded_keys import LoadedKeys
 from hsmstore.hsm.macs import TokenMacs
@@ -148,6 +150,10 @@ class Pkcs11KeyVault:
         self._loaded = LoadedKeys(self._calls)
         self._key_pairs = TokenKeyPairs(self._calls, self.profile, self._loaded)
         self._macs = TokenMacs(self._calls, self.profile, self._loaded)
+        # Issue 22: wrapping keys and imported material (hsm/key_import.py).
+        self._import = TokenKeyImport(
+            self._calls, self.profile, self._loaded, self._admit, self._encrypting_key
+        )
 
     @classmethod
     def open(
@@ -529,6 +535,37 @@ class Pkcs11KeyVault:
         """C_Verify on the token; False for a MAC that does not match."""
         return self._macs.verify_mac(self._token_id(material), mac_algorithm, message, mac)
 
+    # -- KeyImport (hsmstore/core/ports/key_store.py, issue 22) --
+
+    def offered_wrapping_algorithms(self) -> frozenset[str]:
+        """The WrappingAlgorithm names this token unwraps: its profile's data (hsm/profiles.py)."""
+        return self._import.offered_wrapping_algorithms()
+
+    def create_wrapping_key(self, wrapping_key: KeyMaterialRef, label: str, wrapping_key_spec: str) -> bytes:
+        """An RSA wrapping pair (private half UNWRAP only) with the reference's CKA_ID; DER SPKI."""
+        return self._import.create_wrapping_key(self._token_id(wrapping_key), label, wrapping_key_spec)
+
+    def import_key_material(
+        self,
+        wrapping_key: KeyMaterialRef,
+        material: KeyMaterialRef,
+        label: str,
+        wrapping_algorithm: str,
+        encrypted_key_material: bytes,
+    ) -> bytes:
+        """C_UnwrapKey the material on the token into a key version; its key check value."""
+        return self._import.import_key_material(
+            self._token_id(wrapping_key),
+            self._token_id(material),
+            label,
+            wrapping_algorithm,
+            encrypted_key_material,
+        )
+
+    def key_check_value(self, material: KeyMaterialRef) -> bytes:
+        """AES-ECB of a zero block under the version's key, on the token (hsm/key_import.py)."""
+        return self._import.key_check_value(self._token_id(material))
+
     # -- AuditSealer (hsmstore/core/ports/audit.py), on the same sessions --
 
     def audit_seal(self, data: bytes) -> bytes:
@@ -631,7 +668,9 @@ class Pkcs11KeyVault:
         switched on with the user PIN) or that was not generated sensitive and
         unextractable on the token is refused for the life of this process:
         KeyUnavailableException, one log line, and the call's audit record
-        carries the error.
+        carries the error. An imported version (issue 22) shows
+        :data:`templates.IMPORTED_VERSION_REQUIRED` instead: C_UnwrapKey leaves
+        CKA_LOCAL, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE False.
         """
         self._flag_reads.increment()
         flags = self._sessions.read_flags(ws, _object_handle(key), _REQUIRED_ATTRIBUTES)
@@ -640,6 +679,8 @@ class Pkcs11KeyVault:
             for attribute, wanted in templates.KEY_VERSION_REQUIRED.items()
             if flags[attribute] is not wanted
         ]
+        if wrong and all(flags[a] is w for a, w in templates.IMPORTED_VERSION_REQUIRED.items()):
+            wrong = []  # an imported version (issue 22): made by C_UnwrapKey, same usage and flags
         if wrong:
             self._refuse(token_id, ", ".join(wrong))
             raise _key_refused()
@@ -707,7 +748,7 @@ def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
-    from hsmstore.core.ports.key_store import ConnectedKeyStore, KeyPairs, MacKeys
+    from hsmstore.core.ports.key_store import ConnectedKeyStore, KeyImport, KeyPairs, MacKeys
 
     def _implements_key_store_port(vault: Pkcs11KeyVault) -> SymmetricKeyStore:
         """mypy checks here that the class matches the ``SymmetricKeyStore`` Protocol."""
@@ -727,4 +768,8 @@ if TYPE_CHECKING:
 
     def _implements_mac_keys_port(vault: Pkcs11KeyVault) -> MacKeys:
         """mypy checks here that the class matches the ``MacKeys`` Protocol (issue 23)."""
+        return vault
+
+    def _implements_key_import_port(vault: Pkcs11KeyVault) -> KeyImport:
+        """mypy checks here that the class matches the ``KeyImport`` Protocol (issue 22)."""
         return vault
