@@ -171,6 +171,25 @@ class KMSInvalidMacException(KMSError):
     reason = "KMSInvalidMacException"
 
 
+class InvalidImportTokenException(KMSError):
+    """ImportKeyMaterial: "the provided import token is invalid or is associated with a different KMS key"."""
+
+    reason = "InvalidImportTokenException"
+
+
+class ExpiredImportTokenException(KMSError):
+    """ImportKeyMaterial: "the specified import token is expired" (ParametersValidTo, 24 hours)."""
+
+    reason = "ExpiredImportTokenException"
+
+
+class IncorrectKeyMaterialException(KMSError):
+    """ImportKeyMaterial: "the key material ... is not the same key material that was previously
+    imported into this KMS key"."""
+
+    reason = "IncorrectKeyMaterialException"
+
+
 class TagException(KMSError):
     """AWS TagResource/UntagResource/CreateKey: a tag key or value is not valid."""
 

@@ -34,6 +34,7 @@ from hsmstore.aws_json.shapes import (
     STRING_LIST,
     STRING_MAP,
     TAGS,
+    TIMESTAMP,
     InKind,
     Out,
     attr,
@@ -129,8 +130,11 @@ KEY_METADATA = (
     Out("KeyUsage", attr("key.key_usage"), enum_out()),
     Out("KeyState", attr("key.state"), pascal_out),
     Out("DeletionDate", attr("key.deletion_date"), timestamp_out),
+    # Issue 22: an EXTERNAL key's material expiry; AWS leaves both out for other keys.
+    Out("ValidTo", attr("key.valid_to"), timestamp_out),
     Out("Origin", attr("key.origin"), enum_out()),
     Out("CustomKeyStoreId", _custom_key_store_id),
+    Out("ExpirationModel", attr("key.expiration_model"), enum_out()),
     Out("KeyManager", attr("key.key_manager"), enum_out(KEY_MANAGERS)),
     Out("CustomerMasterKeySpec", attr("key.key_spec"), enum_out()),  # deprecated by AWS, still returned
     Out("KeySpec", attr("key.key_spec"), enum_out()),
@@ -671,6 +675,67 @@ OPERATIONS += (
             Out("KeyOrigin", attr("key_origin"), enum_out()),
         ),
         refused=(DRY_RUN, RECIPIENT),
+    ),
+)
+
+# Imported key material (issue 22, core/keys/imports.py). The import token and the wrapped
+# material are blobs: never in the audit record. One material per key: AWS's multi-material
+# members (ImportType, KeyMaterialId, KeyMaterialDescription) ask for what hsmstore does not keep.
+KEY_MATERIAL_ID = Refused(
+    "KeyMaterialId",
+    "KeyMaterialId is not supported: an hsmstore key holds one imported key material; leave it out",
+)
+OPERATIONS += (
+    Operation(
+        "GetParametersForImport",
+        "imports",
+        "get_parameters_for_import",
+        inputs=(
+            KEY_ID,
+            In("WrappingAlgorithm", STRING, "wrapping_algorithm"),
+            In("WrappingKeySpec", STRING, "wrapping_key_spec"),
+        ),
+        outputs=(
+            Out("KeyId", attr("key_arn")),
+            Out("ImportToken", attr("import_token"), blob_out),
+            Out("PublicKey", attr("public_key"), blob_out),
+            Out("ParametersValidTo", attr("parameters_valid_to"), timestamp_out),
+        ),
+    ),
+    Operation(
+        "ImportKeyMaterial",
+        "imports",
+        "import_key_material",
+        inputs=(
+            KEY_ID,
+            In("ImportToken", BLOB, "import_token", b""),
+            In("EncryptedKeyMaterial", BLOB, "encrypted_key_material", b""),
+            In("ValidTo", TIMESTAMP, "valid_to", None),
+            In("ExpirationModel", STRING, "expiration_model"),
+        ),
+        outputs=(Out("KeyId", attr("key_arn")),),
+        refused=(
+            Refused(
+                "ImportType",
+                "ImportType is not supported: an hsmstore key holds one imported key material "
+                "(a first import is new material, a re-import the same material); leave it out",
+            ),
+            Refused(
+                "KeyMaterialDescription",
+                "KeyMaterialDescription is not supported: an hsmstore key holds one imported key material; "
+                "leave it out",
+                allowed=(None, ""),
+            ),
+            KEY_MATERIAL_ID,
+        ),
+    ),
+    Operation(
+        "DeleteImportedKeyMaterial",
+        "imports",
+        "delete_imported_key_material",
+        inputs=(KEY_ID,),
+        outputs=(Out("KeyId", attr("key_arn")),),
+        refused=(KEY_MATERIAL_ID,),
     ),
 )
 

@@ -16,7 +16,7 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from hsmstore.aws_json.errors import SerializationException
@@ -71,6 +71,16 @@ def _blob(member: str, value: Any) -> bytes:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise _type_error(member, "a base64 string") from None
+
+
+def _timestamp(member: str, value: Any) -> datetime:
+    """Epoch seconds as a JSON number, as AWS JSON 1.1 sends a timestamp (ImportKeyMaterial ``ValidTo``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _type_error(member, "a timestamp (epoch seconds)")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _type_error(member, "a timestamp (epoch seconds) between years 1 and 9999") from None
 
 
 def _string_map(member: str, value: Any) -> dict[str, str]:
@@ -137,6 +147,7 @@ STRING = InKind("string", _string)
 INTEGER = InKind("integer", _integer)
 BOOLEAN = InKind("boolean", _boolean)
 BLOB = InKind("blob", _blob, audit=None)  # plaintext or ciphertext: never in the audit record
+TIMESTAMP = InKind("timestamp", _timestamp)
 STRING_MAP = InKind("map", _string_map)
 STRING_LIST = InKind("list", _string_list)
 TAGS = InKind("tags", _tags, audit=_tags_audit)

@@ -97,6 +97,10 @@ REQUIRED: dict[str, frozenset[str]] = {
         "GenerateDataKeyPair": ("key_id", "key_pair_spec"),
         "GenerateDataKeyPairWithoutPlaintext": ("key_id", "key_pair_spec"),
         "DeriveSharedSecret": ("key_id", "key_agreement_algorithm", "public_key"),
+        # Issue 22: imported key material.
+        "GetParametersForImport": ("key_id", "wrapping_algorithm", "wrapping_key_spec"),
+        "ImportKeyMaterial": ("key_id", "import_token", "encrypted_key_material"),
+        "DeleteImportedKeyMaterial": ("key_id",),
         "ScheduleKeyDeletion": ("key_id",),
         "CancelKeyDeletion": ("key_id",),
         "EnableKeyRotation": ("key_id",),
@@ -150,7 +154,8 @@ FIELD_HELP = {
     "key_spec": "create-key: SYMMETRIC_DEFAULT, RSA_2048|3072|4096, ECC_NIST_P256|P384|P521, "
     "ECC_SECG_P256K1, HMAC_224|256|384|512; generate-data-key: AES_256 or AES_128",
     "key_usage": "ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT",
-    "origin": "AWS_KMS, or AWS_CLOUDHSM for a key in a custom key store",
+    "origin": "AWS_KMS; EXTERNAL to import your own key material; "
+    "AWS_CLOUDHSM for a key in a custom key store",
     "number_of_bytes": "how many bytes (1-1024)",
     "pending_window_in_days": "days before deletion (7-30, default 30)",
     "rotation_period_in_days": "days between automatic rotations (90-2560, default 365)",
@@ -180,6 +185,15 @@ FIELD_HELP = {
     "key_pair_spec": "RSA_2048|3072|4096, ECC_NIST_P256|P384|P521 or ECC_SECG_P256K1",
     "key_agreement_algorithm": "ECDH",
     "public_key": "the peer's public key, DER SubjectPublicKeyInfo: fileb://PATH or base64 text",
+    "wrapping_algorithm": "RSAES_OAEP_SHA_1 or RSA_AES_KEY_WRAP_SHA_1 (every token); "
+    "RSAES_OAEP_SHA_256 or RSA_AES_KEY_WRAP_SHA_256 where the token has them",
+    "wrapping_key_spec": "RSA_2048, RSA_3072 or RSA_4096",
+    "import_token": "the ImportToken of get-parameters-for-import: fileb://PATH or base64 text",
+    "encrypted_key_material": "the 32-byte key material wrapped under the PublicKey: "
+    "fileb://PATH or base64 text",
+    "valid_to": "when the material expires (with KEY_MATERIAL_EXPIRES): "
+    "2027-01-01T00:00:00Z or epoch seconds",
+    "expiration_model": "KEY_MATERIAL_EXPIRES (the default: give --valid-to) or KEY_MATERIAL_DOES_NOT_EXPIRE",
     "source_encryption_algorithm": "SYMMETRIC_DEFAULT",
     "destination_encryption_algorithm": "SYMMETRIC_DEFAULT",
     "custom_key_store_type": "PKCS11 (the default)",

@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -111,9 +111,25 @@ def _set_field(message: Message, field: FieldDescriptor, value: Any, where: str)
     elif is_structure(field):
         fill_message(getattr(message, field.name), _expect(value, dict, where, "an object"), f"{where}.")
     elif is_timestamp(field):
-        getattr(message, field.name).FromSeconds(int(_expect(value, (int, float), where, "epoch seconds")))
+        getattr(message, field.name).FromSeconds(_epoch_seconds(value, where))
     else:
         setattr(message, field.name, _scalar(field, value, where))
+
+
+def _epoch_seconds(value: Any, where: str) -> int:
+    """A timestamp as aws-cli takes one (``--valid-to``): epoch seconds, or ISO 8601 text
+    (``2027-01-01T00:00:00Z``; no zone is UTC). aws-cli hands botocore the text as given."""
+    what = "epoch seconds or an ISO 8601 time such as 2027-01-01T00:00:00Z"
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").replace(".", "", 1).isdigit():
+            return int(float(text))
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise RequestShapeError(f"{where} must be {what}, got {json.dumps(value)}") from None
+        return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+    return int(_expect(value, (int, float), where, what))
 
 
 def _scalar(field: FieldDescriptor, value: Any, where: str) -> Any:

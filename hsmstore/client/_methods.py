@@ -18,6 +18,7 @@ from hsmstore.client.types import (
     CreateKeyResult,
     CustomKeyStoresListEntry,
     DecryptResult,
+    DeleteImportedKeyMaterialResult,
     DeriveSharedSecretResult,
     DescribeCustomKeyStoresResult,
     DescribeKeyResult,
@@ -32,10 +33,12 @@ from hsmstore.client.types import (
     GetKeyLastUsageResult,
     GetKeyPolicyResult,
     GetKeyRotationStatusResult,
+    GetParametersForImportResult,
     GetPublicKeyResult,
     GrantConstraints,
     GrantListEntry,
     IdentityPolicyEntry,
+    ImportKeyMaterialResult,
     KeyListEntry,
     ListAliasesResult,
     ListGrantsResult,
@@ -458,6 +461,59 @@ class GeneratedMethods:
                     "grant_tokens": grant_tokens,
                 },
             ),
+        )
+
+    def get_parameters_for_import(
+        self,
+        *,
+        key_id: str | None = None,
+        wrapping_algorithm: str | None = None,
+        wrapping_key_spec: str | None = None,
+    ) -> GetParametersForImportResult:
+        """KeyStore.GetParametersForImport: retried (stateless)."""
+        return cast(
+            GetParametersForImportResult,
+            self._invoke(
+                "KeyStore",
+                "GetParametersForImport",
+                {
+                    "key_id": key_id,
+                    "wrapping_algorithm": wrapping_algorithm,
+                    "wrapping_key_spec": wrapping_key_spec,
+                },
+            ),
+        )
+
+    def import_key_material(
+        self,
+        *,
+        key_id: str | None = None,
+        import_token: bytes | None = None,
+        encrypted_key_material: bytes | None = None,
+        valid_to: datetime | None = None,
+        expiration_model: str | None = None,
+    ) -> ImportKeyMaterialResult:
+        """KeyStore.ImportKeyMaterial: never retried."""
+        return cast(
+            ImportKeyMaterialResult,
+            self._invoke(
+                "KeyStore",
+                "ImportKeyMaterial",
+                {
+                    "key_id": key_id,
+                    "import_token": import_token,
+                    "encrypted_key_material": encrypted_key_material,
+                    "valid_to": valid_to,
+                    "expiration_model": expiration_model,
+                },
+            ),
+        )
+
+    def delete_imported_key_material(self, *, key_id: str | None = None) -> DeleteImportedKeyMaterialResult:
+        """KeyStore.DeleteImportedKeyMaterial: never retried."""
+        return cast(
+            DeleteImportedKeyMaterialResult,
+            self._invoke("KeyStore", "DeleteImportedKeyMaterial", {"key_id": key_id}),
         )
 
     def schedule_key_deletion(

@@ -34,6 +34,8 @@ class KeyMetadata:
     signing_algorithms: tuple[str, ...] = ()
     mac_algorithms: tuple[str, ...] = ()
     key_agreement_algorithms: tuple[str, ...] = ()
+    valid_to: datetime | None = None
+    expiration_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,30 @@ class DeriveSharedSecretResult:
     shared_secret: bytes = field(default=b"", repr=False)
     key_agreement_algorithm: str = ""
     key_origin: str = ""
+
+
+@dataclass(frozen=True)
+class GetParametersForImportResult:
+    """``hsmstore.v1.GetParametersForImportResponse``."""
+
+    key_id: str = ""
+    import_token: bytes = b""
+    public_key: bytes = b""
+    parameters_valid_to: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImportKeyMaterialResult:
+    """``hsmstore.v1.ImportKeyMaterialResponse``."""
+
+    key_id: str = ""
+
+
+@dataclass(frozen=True)
+class DeleteImportedKeyMaterialResult:
+    """``hsmstore.v1.DeleteImportedKeyMaterialResponse``."""
+
+    key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -496,6 +522,9 @@ DATACLASSES: dict[str, type] = {
     "hsmstore.v1.GenerateDataKeyPairResponse": GenerateDataKeyPairResult,
     "hsmstore.v1.GenerateDataKeyPairWithoutPlaintextResponse": GenerateDataKeyPairWithoutPlaintextResult,
     "hsmstore.v1.DeriveSharedSecretResponse": DeriveSharedSecretResult,
+    "hsmstore.v1.GetParametersForImportResponse": GetParametersForImportResult,
+    "hsmstore.v1.ImportKeyMaterialResponse": ImportKeyMaterialResult,
+    "hsmstore.v1.DeleteImportedKeyMaterialResponse": DeleteImportedKeyMaterialResult,
     "hsmstore.v1.ScheduleKeyDeletionResponse": ScheduleKeyDeletionResult,
     "hsmstore.v1.CancelKeyDeletionResponse": CancelKeyDeletionResult,
     "hsmstore.v1.GetKeyRotationStatusResponse": GetKeyRotationStatusResult,

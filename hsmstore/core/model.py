@@ -27,6 +27,9 @@ class KeyState(StrEnum):
     DISABLED = "DISABLED"
     PENDING_DELETION = "PENDING_DELETION"
     DESTROYING = "DESTROYING"
+    # Issue 22: an EXTERNAL key with no material yet, or whose imported material was deleted
+    # (DeleteImportedKeyMaterial) or expired (ValidTo); AWS's "PendingImport".
+    PENDING_IMPORT = "PENDING_IMPORT"
 
     @property
     def exists_for_callers(self) -> bool:
@@ -84,6 +87,31 @@ class Origin(StrEnum):
     AWS_KMS = "AWS_KMS"
     # Material made on a custom key store's token (issue 17): the analogue of AWS_CLOUDHSM.
     PKCS11 = "PKCS11"
+    # Imported key material (issue 22): GetParametersForImport, then ImportKeyMaterial.
+    EXTERNAL = "EXTERNAL"
+
+
+class ExpirationModel(StrEnum):
+    """ImportKeyMaterial ``ExpirationModel``: whether the imported material has a ValidTo."""
+
+    KEY_MATERIAL_EXPIRES = "KEY_MATERIAL_EXPIRES"
+    KEY_MATERIAL_DOES_NOT_EXPIRE = "KEY_MATERIAL_DOES_NOT_EXPIRE"
+
+
+class WrappingAlgorithm(StrEnum):
+    """GetParametersForImport ``WrappingAlgorithm`` (issue 22). RSAES_PKCS1_V1_5 is refused, as AWS
+    now refuses it; what a token can unwrap is its profile's data."""
+
+    RSAES_OAEP_SHA_1 = "RSAES_OAEP_SHA_1"
+    RSAES_OAEP_SHA_256 = "RSAES_OAEP_SHA_256"
+    RSA_AES_KEY_WRAP_SHA_1 = "RSA_AES_KEY_WRAP_SHA_1"
+    RSA_AES_KEY_WRAP_SHA_256 = "RSA_AES_KEY_WRAP_SHA_256"
+
+
+class WrappingKeySpec(StrEnum):
+    RSA_2048 = "RSA_2048"
+    RSA_3072 = "RSA_3072"
+    RSA_4096 = "RSA_4096"
 
 
 class KeyManager(StrEnum):
@@ -185,6 +213,10 @@ class KeyRecord:
     rotation_period_days: int | None = None  # None: automatic rotation is off
     next_rotation_date: datetime | None = None
     key_store_id: str = DEFAULT_KEY_STORE_ID
+    # Issue 22 (EXTERNAL keys): DescribeKey's ValidTo and ExpirationModel of the imported material;
+    # None while PendingImport. Past valid_to the gate answers as PendingImport (keys/imports.py).
+    valid_to: datetime | None = None
+    expiration_model: ExpirationModel | None = None
 
     @property
     def rotation_enabled(self) -> bool:

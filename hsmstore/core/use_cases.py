@@ -18,6 +18,8 @@ about one. The families and what they own:
   core/crypto/external.py);
 * ``custom_key_stores`` -- the six custom key store operations (issue 17), when the
   composition root gives ``custom_key_store_ports``; CreateKey then takes a CustomKeyStoreId;
+* ``imports`` -- GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial and the
+  jobs that expire imported material and wrapping keys (issue 22, core/keys/imports.py);
 * ``quotas`` -- the request quotas the call envelope asks before any of them runs
   (core/quotas.py); the resource quotas go to the use cases that create resources.
 """
@@ -42,6 +44,7 @@ from hsmstore.core.keys.aliases import Aliases
 from hsmstore.core.keys.creation import KeyCreation
 from hsmstore.core.keys.deletion import KeyDeletion
 from hsmstore.core.keys.gate import KeyGate
+from hsmstore.core.keys.imports import KeyMaterialImports
 from hsmstore.core.keys.junk_sweep import JunkSweep
 from hsmstore.core.keys.last_usage import KeyLastUsageQuery
 from hsmstore.core.keys.management import KeyManagement
@@ -78,6 +81,9 @@ class UseCases:
     custom_key_stores: CustomKeyStores | None = None
     # Issue 21: the XKS operations (built by build_use_cases; None only for hand-made UseCases).
     external: ExternalKeyOperations | None = None
+    # Issue 22: GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial and their jobs
+    # (built by build_use_cases; None only for hand-made UseCases).
+    imports: KeyMaterialImports | None = None
 
     @property
     def access(self) -> AccessControl:
@@ -114,7 +120,7 @@ def build_use_cases(
     )
     creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits, custom_key_stores)
     service_keys = ServiceManagedKeys(creation, store, clock, key_stores)
-    gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds, key_stores)
+    gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds, key_stores, clock)
     material = VersionMaterial(store, key_stores)
     rotation = KeyRotation(gate, store, key_stores, clock, failpoint)
     health = Health(key_stores, store)
@@ -148,6 +154,7 @@ def build_use_cases(
         external=ExternalKeyOperations(
             gate, material, key_stores, health.check_health, _key_store_owner(custom_key_store_ports)
         ),
+        imports=KeyMaterialImports(gate, store, key_stores, material, clock, failpoint),
     )
 
 

@@ -91,6 +91,11 @@ def key_metadata(description: KeyDescription) -> pb.KeyMetadata:
     metadata.creation_date.FromDatetime(key.creation_date)
     if key.deletion_date is not None:
         metadata.deletion_date.FromDatetime(key.deletion_date)
+    # Issue 22: AWS sets ExpirationModel for EXTERNAL keys only, ValidTo only when the material expires.
+    if key.valid_to is not None:
+        metadata.valid_to.FromDatetime(key.valid_to)
+    if key.expiration_model is not None:
+        metadata.expiration_model = key.expiration_model.value
     return metadata
 
 

@@ -5,7 +5,7 @@ Each method converts the request, calls the matching use case family
 (server/calls.py) runs it in the call envelope. Nothing here decides
 anything. gRPC serves one servicer object per service, so ``KeyStoreServicer``
 is composed of one mixin per family: ``rpc_keys.py``, ``rpc_crypto.py``, ``rpc_asymmetric.py``,
-``rpc_lifecycle.py``, ``rpc_authorization.py``, ``rpc_custom_key_stores.py``.
+``rpc_imports.py``, ``rpc_lifecycle.py``, ``rpc_authorization.py``, ``rpc_custom_key_stores.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hsmstore.server.rpc_asymmetric import AsymmetricRpcs
 from hsmstore.server.rpc_authorization import AuthorizationRpcs
 from hsmstore.server.rpc_crypto import CryptoRpcs
 from hsmstore.server.rpc_custom_key_stores import CustomKeyStoreRpcs
+from hsmstore.server.rpc_imports import ImportRpcs
 from hsmstore.server.rpc_keys import KeyRpcs
 from hsmstore.server.rpc_lifecycle import LifecycleRpcs
 
@@ -42,6 +43,7 @@ class KeyStoreServicer(
     KeyRpcs,
     CryptoRpcs,
     AsymmetricRpcs,
+    ImportRpcs,
     LifecycleRpcs,
     AuthorizationRpcs,
     CustomKeyStoreRpcs,

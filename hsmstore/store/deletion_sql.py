@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, case, or_, select
 
-from hsmstore.core.model import DestructionRecord, KeyRecord, KeyState
+from hsmstore.core.model import DestructionRecord, KeyRecord, KeyState, Origin
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.database import Database
@@ -56,11 +56,15 @@ class SqlKeyDeletion:
         return changed == 1
 
     def cancel_deletion(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
+        """PENDING_DELETION -> DISABLED; an EXTERNAL key without material -> PENDING_IMPORT (issue 22:
+        its expiration_model is set exactly while it has imported material)."""
+        without_material = and_(keys.c.origin == Origin.EXTERNAL.value, keys.c.expiration_model.is_(None))
+        state_after = case((without_material, KeyState.PENDING_IMPORT.value), else_=KeyState.DISABLED.value)
         with self._writer.begin() as connection:
             changed = connection.execute(
                 keys.update()
                 .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.PENDING_DELETION.value)
-                .values(key_state=KeyState.DISABLED.value, deletion_date=None, pending_window_days=None)
+                .values(key_state=state_after, deletion_date=None, pending_window_days=None)
             ).rowcount
             if changed == 1:
                 self._trail.record_change(connection, audit)

@@ -13,6 +13,7 @@ from sqlalchemy.engine import RowMapping
 
 from hsmstore.core.model import (
     DestructionRecord,
+    ExpirationModel,
     KeyManager,
     KeyRecord,
     KeySpec,
@@ -51,6 +52,8 @@ def key_values(key: KeyRecord) -> dict[str, Any]:
         "rotation_period_days": key.rotation_period_days,
         "next_rotation_date": key.next_rotation_date,
         "key_store_id": key.key_store_id,
+        "valid_to": key.valid_to,
+        "expiration_model": key.expiration_model.value if key.expiration_model else None,
     }
 
 
@@ -98,6 +101,8 @@ def key_from_row(row: RowMapping) -> KeyRecord:
         rotation_period_days=row["rotation_period_days"],
         next_rotation_date=row["next_rotation_date"],
         key_store_id=row["key_store_id"],
+        valid_to=row["valid_to"],
+        expiration_model=ExpirationModel(row["expiration_model"]) if row["expiration_model"] else None,
     )
 
 

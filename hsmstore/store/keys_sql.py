@@ -69,8 +69,11 @@ class SqlKeys:
                 f"key {key.key_id} or its token object id already exists"
             ) from None
 
-    def finish_creating_key(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
-        """CREATING -> ENABLED and the key's PENDING versions -> ACTIVE, in one transaction.
+    def finish_creating_key(
+        self, key_id: str, *, audit: Mapping[str, Any] | None = None, state: KeyState = KeyState.ENABLED
+    ) -> bool:
+        """CREATING -> ``state`` (ENABLED; PENDING_IMPORT for an EXTERNAL key, issue 22) and the
+        key's PENDING versions -> ACTIVE, in one transaction.
 
         False for a key that is no longer CREATING (recovery claimed it);
         raises ``NotFoundException`` if the key is gone (recovery deleted it).
@@ -79,7 +82,7 @@ class SqlKeys:
             flipped = connection.execute(
                 keys.update()
                 .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
-                .values(key_state=KeyState.ENABLED.value)
+                .values(key_state=state.value)
             ).rowcount
             if flipped:
                 connection.execute(

@@ -53,6 +53,7 @@ KEY_ID_LENGTH = 36  # a UUID in its canonical text form
 NAME_LENGTH = 256  # tenants and alias names (AWS allows 256 characters)
 ENUM_LENGTH = 32  # enum values of hsmstore.core.model, stored by value
 TOKEN_ID_LENGTH = 16  # the token object's CKA_ID
+IMPORT_CLAIM_LENGTH = 64  # keys.import_claim: a random hex claim (issue 22)
 TAG_KEY_LENGTH = 128  # AWS TagKey: 1-128 characters
 KEY_STORE_ID_LENGTH = 64  # AWS CustomKeyStoreId: 1-64 characters
 
@@ -113,11 +114,40 @@ keys = Table(
     # Migration 0007. The server defaults are what rows written before it (and by
     # nodes still on the previous release) get: the default key store, a token object.
     Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False, server_default=DEFAULT_KEY_STORE_ID),
+    # Migration 0011 (issue 22, EXTERNAL keys): the imported material's validity, its key check
+    # value (first import; never the material) and the import claim (one import at a time).
+    Column("valid_to", UtcDateTime(), nullable=True),
+    Column("expiration_model", String(ENUM_LENGTH), nullable=True),
+    Column("key_check_value", LargeBinary(), nullable=True),
+    Column("import_claim", String(IMPORT_CLAIM_LENGTH), nullable=True),
+    Column("import_claimed_at", UtcDateTime(), nullable=True),
     PrimaryKeyConstraint("key_id"),
     # list_keys: WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?
     Index(None, "tenant", "key_id"),
     # Migration 0008: DeleteCustomKeyStore's "no key names the store" (WHERE key_store_id = ?)
     Index(None, "key_store_id"),
+    # Migration 0011: the expired-material job (WHERE valid_to < ?)
+    Index(None, "valid_to"),
+)
+
+# Import parameters (issue 22; migration 0011): one GetParametersForImport's RSA wrapping key
+# (a token object with CKA_ID wrapping_token_id on the key's store) and the SHA-256 of its
+# import token (never the token). Written before the token step; the job destroys expired ones.
+import_parameters = Table(
+    "import_parameters",
+    metadata,
+    Column("wrapping_token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
+    Column("key_id", ordered_string(KEY_ID_LENGTH), nullable=False),
+    Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False),
+    Column("token_hash", LargeBinary(32), nullable=False),
+    Column("wrapping_algorithm", String(ENUM_LENGTH), nullable=False),
+    Column("wrapping_key_spec", String(ENUM_LENGTH), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("valid_to", UtcDateTime(), nullable=False),
+    Column("public_key", LargeBinary(), nullable=True),
+    PrimaryKeyConstraint("wrapping_token_id"),
+    UniqueConstraint("token_hash"),
+    Index(None, "valid_to"),
 )
 
 key_versions = Table(

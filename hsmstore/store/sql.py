@@ -35,6 +35,7 @@ from hsmstore.store.authz_sql import SqlAuthorizationStore
 from hsmstore.store.custom_key_stores_sql import SqlCustomKeyStores
 from hsmstore.store.database import Database
 from hsmstore.store.deletion_sql import SqlKeyDeletion
+from hsmstore.store.imports_sql import SqlKeyImports
 from hsmstore.store.keys_sql import SqlKeys
 from hsmstore.store.rotation_sql import SqlKeyRotation
 from hsmstore.store.tags_sql import SqlTags
@@ -43,6 +44,7 @@ from hsmstore.store.tombstones_sql import SqlTokenObjects
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditLog, AuthorizationStore, MetadataStore
     from hsmstore.core.ports.custom_key_stores import CustomKeyStoreRecords
+    from hsmstore.core.ports.key_imports import KeyImportRecords
 
 
 class SqlMetadataStore:
@@ -140,6 +142,20 @@ class SqlMetadataStore:
         self.delete_identity_policy = authorization.delete_identity_policy
         self.list_identity_policies = authorization.list_identity_policies
 
+        # Issue 22: imported key material (the KeyImportRecords port).
+        imports = SqlKeyImports(database, trail)
+        self.insert_import_parameters = imports.insert_import_parameters
+        self.set_import_public_key = imports.set_import_public_key
+        self.find_import_parameters = imports.find_import_parameters
+        self.list_expired_import_parameters = imports.list_expired_import_parameters
+        self.delete_import_parameters = imports.delete_import_parameters
+        self.claim_import = imports.claim_import
+        self.release_import_claim = imports.release_import_claim
+        self.get_key_check_value = imports.get_key_check_value
+        self.finish_import = imports.finish_import
+        self.delete_imported_material = imports.delete_imported_material
+        self.list_keys_with_expired_material = imports.list_keys_with_expired_material
+
         # Issue 17: custom key stores (the CustomKeyStoreRecords port).
         custom_key_stores = SqlCustomKeyStores(database, trail)
         self.insert_custom_key_store = custom_key_stores.insert_custom_key_store
@@ -168,4 +184,8 @@ if TYPE_CHECKING:
 
     def _implements_custom_key_store_records(store: SqlMetadataStore) -> CustomKeyStoreRecords:
         """Never called: mypy checks the custom key store delegations (issue 17)."""
+        return store
+
+    def _implements_key_import_records(store: SqlMetadataStore) -> KeyImportRecords:
+        """Never called: mypy checks the imported key material delegations (issue 22)."""
         return store

@@ -33,6 +33,7 @@ from hsmstore.core.model import (
     KeyRecord,
     KeyState,
     KeyVersion,
+    Origin,
     PendingCreation,
     RotationType,
     VersionState,
@@ -45,6 +46,7 @@ from hsmstore.core.ports import (
     KnownTokenIds,
 )
 from tests.fakes.custom_key_stores import FakeCustomKeyStoreRecords
+from tests.fakes.key_imports import FakeKeyImportRecords
 
 ITER_BATCH = 1000
 
@@ -57,7 +59,7 @@ class _Row:
     event: StoredAuditEvent
 
 
-class FakeMetadataStore(FakeCustomKeyStoreRecords):
+class FakeMetadataStore(FakeCustomKeyStoreRecords, FakeKeyImportRecords):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._keys: dict[str, KeyRecord] = {}
@@ -109,14 +111,16 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords):
             if policy is not None:
                 self._key_policies[key.key_id] = policy
 
-    def finish_creating_key(self, key_id: str, *, audit: Audit = None) -> bool:
+    def finish_creating_key(
+        self, key_id: str, *, audit: Audit = None, state: KeyState = KeyState.ENABLED
+    ) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None:
                 raise errors.NotFoundException(f"key {key_id} does not exist")
             if key.state is not KeyState.CREATING:
                 return False
-            self._keys[key_id] = key.with_state(KeyState.ENABLED)
+            self._keys[key_id] = key.with_state(state)
             for version_id, version in self._versions.items():
                 if version.key_id == key_id and version.state is VersionState.PENDING:
                     self._versions[version_id] = replace(version, state=VersionState.ACTIVE)
@@ -269,9 +273,9 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords):
             key = self._keys.get(key_id)
             if key is None or key.state is not KeyState.PENDING_DELETION:
                 return False
-            self._keys[key_id] = replace(
-                key, state=KeyState.DISABLED, deletion_date=None, pending_window_days=None
-            )
+            without_material = key.origin is Origin.EXTERNAL and key.expiration_model is None  # issue 22
+            state = KeyState.PENDING_IMPORT if without_material else KeyState.DISABLED
+            self._keys[key_id] = replace(key, state=state, deletion_date=None, pending_window_days=None)
             self._audit_change(audit)
             return True
 

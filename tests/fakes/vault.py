@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsmstore import errors
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
+from tests.fakes.key_import import FakeKeyImport, key_check_value_of
 from tests.fakes.key_pairs import FakeKeyPairsAndMacs
 
 IV_BYTES = 12
@@ -35,7 +36,7 @@ TOKEN_ID_BYTES = 16
 MAX_RANDOM_BYTES = 1024
 
 
-class FakeKeyVault(FakeKeyPairsAndMacs):
+class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
     """Keys in a dict by CKA_ID; thread-safe; close() is a no-op kept for symmetry.
 
     Also the ``KeyPairs`` and ``MacKeys`` ports (issue 23, tests/fakes/key_pairs.py);
@@ -47,8 +48,11 @@ class FakeKeyVault(FakeKeyPairsAndMacs):
         max_gcm_payload: int | None = None,
         key_store_id: str = DEFAULT_KEY_STORE_ID,
         offered_algorithms: frozenset[str] | None = None,
+        offered_wrapping_algorithms: frozenset[str] | None = None,
     ) -> None:
+        """``offered_wrapping_algorithms``: the token profile's import algorithms (None: all four)."""
         self._init_key_pairs(offered_algorithms)
+        self._init_key_import(offered_wrapping_algorithms)
         self._key_store_id = key_store_id
         self._keys: dict[bytes, AESGCM] = {}
         self._labels: dict[bytes, str] = {}
@@ -75,9 +79,11 @@ class FakeKeyVault(FakeKeyPairsAndMacs):
         self._check_available()
         if len(token_id) != TOKEN_ID_BYTES or not label:
             raise errors.KMSInternalException("invalid token_id or label for a key version")
+        key = AESGCM.generate_key(bit_length=256)
         with self._lock:
-            self._keys[token_id] = AESGCM(AESGCM.generate_key(bit_length=256))
+            self._keys[token_id] = AESGCM(key)
             self._labels[token_id] = label
+            self._check_values[token_id] = key_check_value_of(key)
 
     def encrypt(self, material: KeyMaterialRef, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
         token_id = self._token_id(material)
@@ -116,7 +122,7 @@ class FakeKeyVault(FakeKeyPairsAndMacs):
     def destroy_key(self, material: KeyMaterialRef) -> bool:
         token_id = self._token_id(material)
         self._check_available()
-        pair = self._destroy_pair(token_id)
+        pair = self._destroy_pair(token_id) | self._destroy_wrapping_key(token_id)
         with self._lock:
             self._labels.pop(token_id, None)
             return self._keys.pop(token_id, None) is not None or pair
@@ -125,7 +131,8 @@ class FakeKeyVault(FakeKeyPairsAndMacs):
         token_id = self._token_id(material)
         self._check_available()
         with self._lock:
-            return token_id in self._keys or self._has_pair(token_id)
+            found = token_id in self._keys or token_id in self._wrapping_keys
+        return found or self._has_pair(token_id)
 
     def ping(self) -> None:
         self._check_available()
@@ -183,7 +190,7 @@ class FakeKeyVault(FakeKeyPairsAndMacs):
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
-    from hsmstore.core.ports.key_store import KeyPairs, MacKeys
+    from hsmstore.core.ports.key_store import KeyImport, KeyPairs, MacKeys
 
     def _implements_key_store_port(vault: FakeKeyVault) -> SymmetricKeyStore:
         """mypy checks here that the fake matches the ``SymmetricKeyStore`` Protocol."""
@@ -193,6 +200,9 @@ if TYPE_CHECKING:
         return vault
 
     def _implements_mac_keys_port(vault: FakeKeyVault) -> MacKeys:
+        return vault
+
+    def _implements_key_import_port(vault: FakeKeyVault) -> KeyImport:
         return vault
 
     def _implements_audit_sealer_port(vault: FakeKeyVault) -> AuditSealer:

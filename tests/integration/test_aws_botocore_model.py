@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hsmstore.aws_json.operations import OPERATIONS, Operation
+from tests.integration.byok import wrap
 from tests.integration.harness import ServerProcess
 from tests.integration.test_aws_protocol import raw_post
 
@@ -36,6 +39,7 @@ REFUSALS = {"UnsupportedOperationException", "ValidationException"}
 # They need a second token: tests/integration/test_custom_key_stores.py drives them over gRPC.
 NEED_A_CUSTOM_KEY_STORE = {"ConnectCustomKeyStore", "DisconnectCustomKeyStore", "DeleteCustomKeyStore"}
 NEVER = {"SerializationException", "UnknownOperationException", "KMSInternalException"}
+IMPORT_OPERATIONS = {"GetParametersForImport", "ImportKeyMaterial", "DeleteImportedKeyMaterial"}
 # Issue 23: the key each asymmetric or HMAC operation needs (the scene's own key is symmetric).
 ASYMMETRIC_KEYS = {
     "Sign": ("ECC_NIST_P256", "SIGN_VERIFY"),
@@ -141,6 +145,11 @@ class Scene:
             "MacAlgorithm": "HMAC_SHA_256",
             "KeyPairSpec": "ECC_NIST_P256",
             "KeyAgreementAlgorithm": "ECDH",
+            # Issue 22: imported key material (ImportToken and EncryptedKeyMaterial come from prepare).
+            "WrappingAlgorithm": "RSAES_OAEP_SHA_1",
+            "WrappingKeySpec": "RSA_2048",
+            "ExpirationModel": "KEY_MATERIAL_EXPIRES",
+            "ValidTo": int(time.time()) + 86400,
             **self.extra,
         }
 
@@ -168,12 +177,39 @@ class Scene:
                 {"KeyId": self.key_id, "Message": sample_blob(), "MacAlgorithm": "HMAC_SHA_256"},
             )
             self.extra["Mac"] = made["Mac"]
+        if operation in IMPORT_OPERATIONS:
+            self.prepare_import(operation)
         if operation == "DeriveSharedSecret":
             peer = ec.generate_private_key(ec.SECP256R1()).public_key()
             der = peer.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             self.extra["PublicKey"] = base64.b64encode(der).decode()
+
+    def prepare_import(self, operation: str) -> None:
+        """An EXTERNAL key; for ImportKeyMaterial a token and 32 bytes wrapped for it; for
+        DeleteImportedKeyMaterial the material already imported."""
+        _, created = call(self.server, "CreateKey", {"Origin": "EXTERNAL"})
+        self.key_id = created["KeyMetadata"]["KeyId"]
+        if operation == "GetParametersForImport":
+            return
+        _, params = call(
+            self.server,
+            "GetParametersForImport",
+            {"KeyId": self.key_id, "WrappingAlgorithm": "RSAES_OAEP_SHA_1", "WrappingKeySpec": "RSA_2048"},
+        )
+        wrapped = wrap(base64.b64decode(params["PublicKey"]), os.urandom(32))
+        self.extra["ImportToken"] = params["ImportToken"]
+        self.extra["EncryptedKeyMaterial"] = base64.b64encode(wrapped).decode()
+        if operation == "DeleteImportedKeyMaterial":
+            body = {
+                "KeyId": self.key_id,
+                "ImportToken": params["ImportToken"],
+                "EncryptedKeyMaterial": self.extra["EncryptedKeyMaterial"],
+                "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE",
+            }
+            status, answer = call(self.server, "ImportKeyMaterial", body)
+            assert status == 200, answer
 
 
 def sample_blob() -> str:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
@@ -304,6 +306,13 @@ def build_world(pki: Pki, server: ServerProcess) -> World:
 
 # --------------------------------------------------------------------------------- the cases
 
+# A peer's P-256 public key (DER SubjectPublicKeyInfo) for DeriveSharedSecret's cases.
+PEER_PUBLIC_KEY = (
+    ec.generate_private_key(ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+)
+
 Call = Callable[[World, Names], Message]
 FORMS = ("key id", "key ARN", "alias name", "alias ARN")
 KEY_FORMS = ("key id", "key ARN")  # where AWS takes only a key (TargetKeyId)
@@ -398,6 +407,80 @@ CASES: list[Case] = [
         lambda w, n, k: ks(w).GenerateDataKeyWithoutPlaintext(
             pb.GenerateDataKeyWithoutPlaintextRequest(key_id=k, key_spec="AES_256")
         ),
+    ),
+    # Issue 23: signing, MAC, key agreement and data key pairs name a key the same way.
+    *key_cases(
+        "Sign",
+        lambda w, n, k: ks(w).Sign(
+            pb.SignRequest(key_id=k, message=b"m", message_type="RAW", signing_algorithm="ECDSA_SHA_256")
+        ),
+    ),
+    *key_cases(
+        "Verify",
+        lambda w, n, k: ks(w).Verify(
+            pb.VerifyRequest(
+                key_id=k,
+                message=b"m",
+                message_type="RAW",
+                signature=bytes(70),
+                signing_algorithm="ECDSA_SHA_256",
+            )
+        ),
+    ),
+    *key_cases("GetPublicKey", lambda w, n, k: ks(w).GetPublicKey(pb.GetPublicKeyRequest(key_id=k))),
+    *key_cases(
+        "GenerateMac",
+        lambda w, n, k: ks(w).GenerateMac(
+            pb.GenerateMacRequest(key_id=k, message=b"m", mac_algorithm="HMAC_SHA_256")
+        ),
+    ),
+    *key_cases(
+        "VerifyMac",
+        lambda w, n, k: ks(w).VerifyMac(
+            pb.VerifyMacRequest(key_id=k, message=b"m", mac_algorithm="HMAC_SHA_256", mac=bytes(32))
+        ),
+    ),
+    *key_cases(
+        "GenerateDataKeyPair",
+        lambda w, n, k: ks(w).GenerateDataKeyPair(
+            pb.GenerateDataKeyPairRequest(key_id=k, key_pair_spec="ECC_NIST_P256")
+        ),
+    ),
+    *key_cases(
+        "GenerateDataKeyPairWithoutPlaintext",
+        lambda w, n, k: ks(w).GenerateDataKeyPairWithoutPlaintext(
+            pb.GenerateDataKeyPairWithoutPlaintextRequest(key_id=k, key_pair_spec="ECC_NIST_P256")
+        ),
+    ),
+    *key_cases(
+        "DeriveSharedSecret",
+        lambda w, n, k: ks(w).DeriveSharedSecret(
+            pb.DeriveSharedSecretRequest(key_id=k, key_agreement_algorithm="ECDH", public_key=PEER_PUBLIC_KEY)
+        ),
+    ),
+    # Issue 22: imported key material names a key the same way.
+    *key_cases(
+        "GetParametersForImport",
+        lambda w, n, k: ks(w).GetParametersForImport(
+            pb.GetParametersForImportRequest(
+                key_id=k, wrapping_algorithm="RSAES_OAEP_SHA_1", wrapping_key_spec="RSA_2048"
+            )
+        ),
+    ),
+    *key_cases(
+        "ImportKeyMaterial",
+        lambda w, n, k: ks(w).ImportKeyMaterial(
+            pb.ImportKeyMaterialRequest(
+                key_id=k,
+                import_token=bytes(32),
+                encrypted_key_material=bytes(256),
+                expiration_model="KEY_MATERIAL_DOES_NOT_EXPIRE",
+            )
+        ),
+    ),
+    *key_cases(
+        "DeleteImportedKeyMaterial",
+        lambda w, n, k: ks(w).DeleteImportedKeyMaterial(pb.DeleteImportedKeyMaterialRequest(key_id=k)),
     ),
     *key_cases(
         "ScheduleKeyDeletion",

@@ -230,6 +230,54 @@ VECTORS: list[tuple[str, ...]] = [
         "fileb://{plain}",
     ),
     ("get-public-key", "--key-id", "k"),
+    # Issue 22: imported key material; the token and the wrapped material are binary (fileb://).
+    (
+        "get-parameters-for-import",
+        "--key-id",
+        "k",
+        "--wrapping-algorithm",
+        "RSAES_OAEP_SHA_1",
+        "--wrapping-key-spec",
+        "RSA_2048",
+    ),
+    (
+        "import-key-material",
+        "--key-id",
+        "k",
+        "--import-token",
+        "fileb://{plain}",
+        "--encrypted-key-material",
+        "fileb://{plain}",
+        "--expiration-model",
+        "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    ),
+    (
+        "import-key-material",
+        "--key-id",
+        "k",
+        "--import-token",
+        "fileb://{plain}",
+        "--encrypted-key-material",
+        "fileb://{plain}",
+        "--valid-to",
+        "2027-01-01T00:00:00Z",
+        "--expiration-model",
+        "KEY_MATERIAL_EXPIRES",
+    ),
+    (
+        "import-key-material",
+        "--key-id",
+        "k",
+        "--import-token",
+        "fileb://{plain}",
+        "--encrypted-key-material",
+        "fileb://{plain}",
+        "--valid-to",
+        "1798761600",
+        "--expiration-model",
+        "KEY_MATERIAL_EXPIRES",
+    ),
+    ("delete-imported-key-material", "--key-id", "k"),
 ]
 
 
@@ -294,6 +342,20 @@ def test_hsmstore_kms_builds_the_request_aws_cli_builds(
 ) -> None:
     argv = [_fill(word, files) for word in vector]
     assert hsmstore_request(argv) == aws_kms(argv)
+
+
+def test_valid_to_as_iso_8601_or_epoch_seconds_is_the_same_instant(files: dict[str, str]) -> None:
+    """aws-cli hands botocore ``--valid-to`` as text; hsmstore reads both of its forms alike."""
+    messages = []
+    for when in ("2027-01-01T00:00:00Z", "1798761600"):
+        blob = f"fileb://{files['plain']}"
+        argv = ["kms", "import-key-material", "--key-id", "k", "--import-token", blob]
+        args = build_parser(server_commands=False).parse_args(
+            [*argv, "--encrypted-key-material", blob, "--valid-to", when]
+        )
+        messages.append(to_message(args.method, aws_request(args.method, args)))
+    seconds = [message.valid_to.seconds for message in messages]  # type: ignore[attr-defined]
+    assert seconds == [1798761600, 1798761600]
 
 
 def test_the_encryption_context_shorthand_is_two_pairs_not_one(files: dict[str, str]) -> None:

@@ -25,6 +25,10 @@ CONTRACT = {
     "InvalidGrantTokenException": grpc.StatusCode.INVALID_ARGUMENT,
     "InvalidGrantIdException": grpc.StatusCode.INVALID_ARGUMENT,
     "TagException": grpc.StatusCode.INVALID_ARGUMENT,
+    # The seed contract's import reasons (issue 22).
+    "InvalidImportTokenException": grpc.StatusCode.INVALID_ARGUMENT,
+    "ExpiredImportTokenException": grpc.StatusCode.INVALID_ARGUMENT,
+    "IncorrectKeyMaterialException": grpc.StatusCode.INVALID_ARGUMENT,
     "AlreadyExistsException": grpc.StatusCode.ALREADY_EXISTS,
     "AccessDeniedException": grpc.StatusCode.PERMISSION_DENIED,
     "UnauthenticatedException": grpc.StatusCode.UNAUTHENTICATED,

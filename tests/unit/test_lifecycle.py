@@ -10,52 +10,58 @@ from hsmstore.errors import DisabledException, KMSError, KMSInvalidStateExceptio
 
 Expected = KeyState | type[KMSError]
 Op = Operation
-ENABLED, DISABLED, PENDING, DESTROYING, CREATING = (
+ENABLED, DISABLED, PENDING, DESTROYING, CREATING, IMPORT = (
     KeyState.ENABLED,
     KeyState.DISABLED,
     KeyState.PENDING_DELETION,
     KeyState.DESTROYING,
     KeyState.CREATING,
+    KeyState.PENDING_IMPORT,
 )
 INVALID, OFF = KMSInvalidStateException, DisabledException
 
-#                                         ENABLED   DISABLED  PENDING   DESTROYING
-ROWS: dict[Operation, tuple[Expected, Expected, Expected, Expected]] = {
-    Op.DESCRIBE_KEY:                        (ENABLED, DISABLED, PENDING, DESTROYING),
-    Op.ENCRYPT:                             (ENABLED, OFF, INVALID, INVALID),
-    Op.DECRYPT:                             (ENABLED, OFF, INVALID, INVALID),
-    Op.RE_ENCRYPT_FROM:                     (ENABLED, OFF, INVALID, INVALID),
-    Op.RE_ENCRYPT_TO:                       (ENABLED, OFF, INVALID, INVALID),
-    Op.GENERATE_DATA_KEY:                   (ENABLED, OFF, INVALID, INVALID),
-    Op.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT: (ENABLED, OFF, INVALID, INVALID),
-    Op.ENABLE_KEY:                          (ENABLED, ENABLED, INVALID, INVALID),
-    Op.DISABLE_KEY:                         (DISABLED, DISABLED, INVALID, INVALID),
-    Op.UPDATE_KEY_DESCRIPTION:              (ENABLED, DISABLED, INVALID, INVALID),
-    Op.SCHEDULE_KEY_DELETION:               (PENDING, PENDING, INVALID, INVALID),
-    Op.CANCEL_KEY_DELETION:                 (INVALID, INVALID, DISABLED, INVALID),
-    Op.ENABLE_KEY_ROTATION:                 (ENABLED, OFF, INVALID, INVALID),
-    Op.DISABLE_KEY_ROTATION:                (ENABLED, OFF, INVALID, INVALID),
-    Op.GET_KEY_ROTATION_STATUS:             (ENABLED, DISABLED, PENDING, DESTROYING),
-    Op.ROTATE_KEY_ON_DEMAND:                (ENABLED, OFF, INVALID, INVALID),
-    Op.AUTOMATIC_ROTATION:                  (ENABLED, OFF, INVALID, INVALID),
-    Op.LIST_KEY_ROTATIONS:                  (ENABLED, DISABLED, PENDING, DESTROYING),
-    Op.CREATE_ALIAS:                        (ENABLED, DISABLED, INVALID, INVALID),
-    Op.UPDATE_ALIAS:                        (ENABLED, DISABLED, INVALID, INVALID),
-    Op.TAG_RESOURCE:                        (ENABLED, DISABLED, INVALID, INVALID),
-    Op.UNTAG_RESOURCE:                      (ENABLED, DISABLED, INVALID, INVALID),
-    Op.LIST_RESOURCE_TAGS:                  (ENABLED, DISABLED, PENDING, DESTROYING),
-    Op.GET_KEY_LAST_USAGE:                  (ENABLED, DISABLED, PENDING, DESTROYING),
+#                                         ENABLED   DISABLED  PENDING   DESTROYING  PENDING_IMPORT
+ROWS: dict[Operation, tuple[Expected, Expected, Expected, Expected, Expected]] = {
+    Op.DESCRIBE_KEY:                        (ENABLED, DISABLED, PENDING, DESTROYING, IMPORT),
+    Op.ENCRYPT:                             (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.DECRYPT:                             (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.RE_ENCRYPT_FROM:                     (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.RE_ENCRYPT_TO:                       (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GENERATE_DATA_KEY:                   (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT: (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.ENABLE_KEY:                          (ENABLED, ENABLED, INVALID, INVALID, INVALID),
+    Op.DISABLE_KEY:                         (DISABLED, DISABLED, INVALID, INVALID, INVALID),
+    Op.UPDATE_KEY_DESCRIPTION:              (ENABLED, DISABLED, INVALID, INVALID, IMPORT),
+    Op.SCHEDULE_KEY_DELETION:               (PENDING, PENDING, INVALID, INVALID, PENDING),
+    Op.CANCEL_KEY_DELETION:                 (INVALID, INVALID, DISABLED, INVALID, INVALID),
+    Op.ENABLE_KEY_ROTATION:                 (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.DISABLE_KEY_ROTATION:                (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GET_KEY_ROTATION_STATUS:             (ENABLED, DISABLED, PENDING, DESTROYING, IMPORT),
+    Op.ROTATE_KEY_ON_DEMAND:                (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.AUTOMATIC_ROTATION:                  (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.LIST_KEY_ROTATIONS:                  (ENABLED, DISABLED, PENDING, DESTROYING, IMPORT),
+    Op.CREATE_ALIAS:                        (ENABLED, DISABLED, INVALID, INVALID, IMPORT),
+    Op.UPDATE_ALIAS:                        (ENABLED, DISABLED, INVALID, INVALID, IMPORT),
+    Op.TAG_RESOURCE:                        (ENABLED, DISABLED, INVALID, INVALID, IMPORT),
+    Op.UNTAG_RESOURCE:                      (ENABLED, DISABLED, INVALID, INVALID, IMPORT),
+    Op.LIST_RESOURCE_TAGS:                  (ENABLED, DISABLED, PENDING, DESTROYING, IMPORT),
+    Op.GET_KEY_LAST_USAGE:                  (ENABLED, DISABLED, PENDING, DESTROYING, IMPORT),
     # issue 23: like Encrypt (AWS's key state table), GetPublicKey too
-    Op.SIGN:                                (ENABLED, OFF, INVALID, INVALID),
-    Op.VERIFY:                              (ENABLED, OFF, INVALID, INVALID),
-    Op.GET_PUBLIC_KEY:                      (ENABLED, OFF, INVALID, INVALID),
-    Op.GENERATE_MAC:                        (ENABLED, OFF, INVALID, INVALID),
-    Op.VERIFY_MAC:                          (ENABLED, OFF, INVALID, INVALID),
-    Op.GENERATE_DATA_KEY_PAIR:              (ENABLED, OFF, INVALID, INVALID),
-    Op.GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT: (ENABLED, OFF, INVALID, INVALID),
-    Op.DERIVE_SHARED_SECRET:                (ENABLED, OFF, INVALID, INVALID),
+    Op.SIGN:                                (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.VERIFY:                              (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GET_PUBLIC_KEY:                      (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GENERATE_MAC:                        (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.VERIFY_MAC:                          (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GENERATE_DATA_KEY_PAIR:              (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT: (ENABLED, OFF, INVALID, INVALID, INVALID),
+    Op.DERIVE_SHARED_SECRET:                (ENABLED, OFF, INVALID, INVALID, INVALID),
+    # issue 22: GetParametersForImport and DeleteImportedKeyMaterial as AWS's table; ImportKeyMaterial:
+    # "its KeyState must be PendingImport" (AWS API reference)
+    Op.GET_PARAMETERS_FOR_IMPORT:           (ENABLED, DISABLED, INVALID, INVALID, IMPORT),
+    Op.IMPORT_KEY_MATERIAL:                 (INVALID, INVALID, INVALID, INVALID, ENABLED),
+    Op.DELETE_IMPORTED_KEY_MATERIAL:        (IMPORT, IMPORT, PENDING, INVALID, IMPORT),
 }  # fmt: skip
-STATES = (ENABLED, DISABLED, PENDING, DESTROYING)
+STATES = (ENABLED, DISABLED, PENDING, DESTROYING, IMPORT)
 
 
 def expected(state: KeyState, operation: Operation) -> Expected:

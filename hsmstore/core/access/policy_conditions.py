@@ -67,6 +67,11 @@ REQUEST_CONDITION_KEYS = frozenset(
         "kms:datakeypairspec",
         "kms:keyspec",
         "kms:keyusage",
+        # Issue 22: GetParametersForImport and ImportKeyMaterial (AWS's condition keys).
+        "kms:wrappingalgorithm",
+        "kms:wrappingkeyspec",
+        "kms:expirationmodel",
+        "kms:validto",
     }
 )
 _MULTIVALUED_KEYS = frozenset({_KEY_CONTEXT_KEYS, _KEY_GRANT_OPERATIONS})

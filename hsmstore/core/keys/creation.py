@@ -41,6 +41,7 @@ from hsmstore.core.model import (
     new_token_id,
 )
 from hsmstore.core.ports import Clock, KeyStores, Store
+from hsmstore.core.ports.key_store import KeyImport
 from hsmstore.core.quotas import ResourceQuotas
 from hsmstore.core.validation import check_description
 from hsmstore.errors import (
@@ -129,6 +130,8 @@ class KeyCreation:
         key_origin = _parse_origin(origin, custom=bool(custom_key_store_id))
         key_store_id = self._key_store_for(caller, custom_key_store_id, spec)
         _require_capability(self._key_stores.key_store(key_store_id), spec)
+        if key_origin is Origin.EXTERNAL:
+            _require_importable(self._key_stores.key_store(key_store_id), spec, usage)
         valid_tags = validate_tags(tags)
         if len(valid_tags) > MAX_TAGS_PER_KEY:
             raise LimitExceededException(f"A key can have at most {MAX_TAGS_PER_KEY} tags")
@@ -184,15 +187,20 @@ class KeyCreation:
                 self._store.put_tags(key.key_id, valid_tags, MAX_TAGS_PER_KEY)
             if alias is not None:
                 self._store.create_alias(alias)
-            key_store = self._key_stores.key_store(key.key_store_id)
-            self._make_material(key_store, key, version)
+            # Issue 22: an EXTERNAL key has no material until ImportKeyMaterial; its version row
+            # names the CKA_ID the material will be unwrapped under (core/keys/imports.py).
+            external = key.origin is Origin.EXTERNAL
+            if not external:
+                key_store = self._key_stores.key_store(key.key_store_id)
+                self._make_material(key_store, key, version)
             self._failpoint("create_key.after_token_create")
+            state = KeyState.PENDING_IMPORT if external else KeyState.ENABLED
             if alias is None:
                 finished = capture.change(
-                    lambda record: self._store.finish_creating_key(key.key_id, audit=record)
+                    lambda record: self._store.finish_creating_key(key.key_id, audit=record, state=state)
                 )
             else:
-                finished = self._store.finish_creating_key(key.key_id, audit=None)
+                finished = self._store.finish_creating_key(key.key_id, audit=None, state=state)
         except BaseException:
             self.roll_back(key.key_id, [version])
             raise
@@ -200,7 +208,7 @@ class KeyCreation:
             self.roll_back(key.key_id, [version])
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
         return KeyDescription(
-            key.with_state(KeyState.ENABLED),
+            key.with_state(state),
             arn,
             algorithms_of(
                 key.key_spec,
@@ -291,15 +299,31 @@ def _require_capability(key_store: object, spec: KeySpec) -> None:
         mac_keys_of(key_store)
 
 
+def _require_importable(key_store: object, spec: KeySpec, usage: KeyUsage) -> None:
+    """Issue 22 imports SYMMETRIC_DEFAULT material only (AWS also imports asymmetric and HMAC
+    material; not here yet), into a key store whose token can unwrap it (``KeyImport``)."""
+    if spec is not KeySpec.SYMMETRIC_DEFAULT or usage is not KeyUsage.ENCRYPT_DECRYPT:
+        raise UnsupportedOperationException(
+            f"KeySpec {spec.value} cannot have Origin EXTERNAL here: only SYMMETRIC_DEFAULT key material "
+            "can be imported; leave KeySpec unset"
+        )
+    if not isinstance(key_store, KeyImport):
+        raise UnsupportedOperationException(
+            "This key store cannot import key material (Origin EXTERNAL): its token offers no unwrapping"
+        )
+
+
 def _parse_origin(origin: str, *, custom: bool) -> Origin:
     """AWS_KMS for the default key store, PKCS11 (the AWS_CLOUDHSM analogue) for a custom one.
 
     AWS: a key in a CloudHSM key store needs Origin AWS_CLOUDHSM with CustomKeyStoreId;
     here an unset Origin means the store's own, and the other pairing is refused.
     """
-    if origin in {"EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"}:
+    if origin in {"AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"}:
         raise UnsupportedOperationException(f"Origin {origin} is not supported by this server yet")
     parsed = _parse_enum(Origin, origin or (Origin.PKCS11 if custom else Origin.AWS_KMS), "Origin")
+    if parsed is Origin.EXTERNAL:
+        return parsed  # issue 22: imported material, in the default or a custom key store
     if custom and parsed is not Origin.PKCS11:
         raise ValidationException("A key in a custom key store has Origin PKCS11; leave Origin unset")
     if not custom and parsed is Origin.PKCS11:

@@ -20,6 +20,7 @@ which :meth:`KeyGate.admit` and :meth:`KeyGate.resolve` call explicitly.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from hsmstore.core.access.control import (
     CROSS_TENANT_ACTIONS,
@@ -35,8 +36,8 @@ from hsmstore.core.keys.service_managed import ServiceManagedKeys
 from hsmstore.core.keys.specs import algorithms_of
 from hsmstore.core.keys.states import Operation, next_state
 from hsmstore.core.keys.usage import offered_by
-from hsmstore.core.model import Caller, KeyRecord, KeySpec
-from hsmstore.core.ports import KeyStores, MetadataStore
+from hsmstore.core.model import Caller, ExpirationModel, KeyRecord, KeySpec, KeyState
+from hsmstore.core.ports import Clock, KeyStores, MetadataStore
 from hsmstore.errors import NotFoundException
 
 
@@ -51,10 +52,13 @@ class KeyGate:
         service_keys: ServiceManagedKeys,
         metadata_ttl_seconds: float = DEFAULT_TTL_SECONDS,
         key_stores: KeyStores | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``key_stores``: where DescribeKey asks which algorithms an asymmetric or HMAC key's token
-        offers (issue 23); None reports AWS's whole lists."""
+        offers (issue 23); None reports AWS's whole lists. ``clock``: when imported material
+        expires (issue 22); None never expires it here (the job still does)."""
         self._key_stores = key_stores
+        self._clock = clock
         self._store = store
         self._access = access
         self._region = region
@@ -147,8 +151,10 @@ class KeyGate:
         return self._find(caller, identifier, action, field_name, fresh, create_service_key=False)
 
     def cached_key(self, key_id: str) -> KeyRecord | None:
-        """A key by id, at most the metadata TTL old (Decrypt finds its key in the blob)."""
-        return self._keys.get(key_id, lambda: self._store.get_key(key_id))
+        """A key by id, at most the metadata TTL old (Decrypt finds its key in the blob), as of now
+        (:meth:`_as_of_now`: expired imported material)."""
+        key = self._keys.get(key_id, lambda: self._store.get_key(key_id))
+        return None if key is None else self._as_of_now(key)
 
     def forget_key(self, key_id: str) -> None:
         """This process changed the key: the next read is fresh."""
@@ -193,6 +199,22 @@ class KeyGate:
         if not cross_tenant:
             capture.note_key(self.arn(key))
         return key, reference.value if reference.kind is IdentifierKind.ALIAS else None
+
+    def _as_of_now(self, key: KeyRecord) -> KeyRecord:
+        """Issue 22: material past its ValidTo is gone "from that instant, on every node, even
+        before the job runs": the key answers as PendingImport (AWS: "When the key material
+        expires, KMS deletes the key material ... the KMS key is unusable") with no DB write.
+        Fresh reads (the writers' compare-and-sets) see the stored state; the expiry job
+        (keys/imports.py) makes it the stored one."""
+        if (
+            self._clock is None
+            or key.valid_to is None
+            or key.expiration_model is not ExpirationModel.KEY_MATERIAL_EXPIRES
+            or key.state not in (KeyState.ENABLED, KeyState.DISABLED)
+            or self._clock.now() < key.valid_to
+        ):
+            return key
+        return replace(key, state=KeyState.PENDING_IMPORT, valid_to=None, expiration_model=None)
 
     def _key_id_of(
         self, caller: Caller, tenant: str, reference: KeyReference, fresh: bool, create_service_key: bool

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hsmstore.core.keys.specs import KeyAlgorithms, algorithms_of
-from hsmstore.core.model import KeyRecord
+from hsmstore.core.model import ExpirationModel, KeyRecord
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,17 @@ class KeyDescription:
     @property
     def encryption_algorithms(self) -> list[str]:
         return list(self.algorithms.encryption)
+
+    @property
+    def valid_to(self) -> datetime | None:
+        """DescribeKey ValidTo (issue 22): "present only for KMS keys whose Origin is EXTERNAL and
+        the ExpirationModel is KEY_MATERIAL_EXPIRES"."""
+        return self.key.valid_to
+
+    @property
+    def expiration_model(self) -> ExpirationModel | None:
+        """DescribeKey ExpirationModel (issue 22): an EXTERNAL key's, None until material is imported."""
+        return self.key.expiration_model
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from hsmstore.core.model import (
     KeySpec,
     KeyUsage,
     KeyVersion,
+    Origin,
     RotationType,
     VersionState,
     new_token_id,
@@ -112,7 +113,7 @@ class KeyRotation:
         now = self._clock.now()
         for key in self._store.list_due_rotations(now, JOB_BATCH_SIZE):
             assert key.rotation_period_days is not None
-            if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+            if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.origin is Origin.EXTERNAL:
                 continue  # never enabled for them (_require_rotatable); a stray row is not rotated
             next_date = now + timedelta(days=key.rotation_period_days)
             if self._rotate(key, RotationType.AUTOMATIC, next_rotation_date=next_date):
@@ -193,11 +194,16 @@ class KeyRotation:
 
 def _require_rotatable(key: KeyRecord) -> None:
     """AWS: "You cannot perform this operation on a non-symmetric key or a key with non-ENCRYPT_DECRYPT
-    key usage." (UnsupportedOperationException): asymmetric and HMAC keys are never rotated."""
+    key usage." (UnsupportedOperationException): asymmetric and HMAC keys are never rotated; nor are
+    keys with imported material (issue 22: "Rotation of imported keys is refused")."""
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.key_usage is not KeyUsage.ENCRYPT_DECRYPT:
         raise UnsupportedOperationException(
             "You cannot perform this operation on a non-symmetric key "
             "or a key with non-ENCRYPT_DECRYPT key usage."
+        )
+    if key.origin is Origin.EXTERNAL:
+        raise UnsupportedOperationException(
+            f"Key '{key.key_id}' has imported key material (Origin EXTERNAL): it cannot be rotated"
         )
 
 

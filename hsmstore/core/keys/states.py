@@ -72,6 +72,13 @@ class Operation(StrEnum):
     GENERATE_DATA_KEY_PAIR = "GenerateDataKeyPair"
     GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT = "GenerateDataKeyPairWithoutPlaintext"
     DERIVE_SHARED_SECRET = "DeriveSharedSecret"  # noqa: S105 - an operation name
+    # Issue 22: imported key material. GetParametersForImport: Enabled, Disabled, PendingImport;
+    # ImportKeyMaterial: PendingImport only (AWS: "its KeyState must be PendingImport"; to change
+    # the expiry, DeleteImportedKeyMaterial then re-import); DeleteImportedKeyMaterial: Enabled,
+    # Disabled, PendingImport and PendingDeletion (the key stays PendingDeletion).
+    GET_PARAMETERS_FOR_IMPORT = "GetParametersForImport"
+    IMPORT_KEY_MATERIAL = "ImportKeyMaterial"
+    DELETE_IMPORTED_KEY_MATERIAL = "DeleteImportedKeyMaterial"
 
 
 CRYPTOGRAPHIC_OPERATIONS = frozenset(
@@ -118,6 +125,8 @@ def _enabled(operation: Operation) -> Outcome:
         Operation.DISABLE_KEY: KeyState.DISABLED,
         Operation.SCHEDULE_KEY_DELETION: KeyState.PENDING_DELETION,
         Operation.CANCEL_KEY_DELETION: KMSInvalidStateException,
+        Operation.DELETE_IMPORTED_KEY_MATERIAL: KeyState.PENDING_IMPORT,
+        Operation.IMPORT_KEY_MATERIAL: KMSInvalidStateException,
     }
     return special.get(operation)
 
@@ -127,6 +136,8 @@ def _disabled(operation: Operation) -> Outcome:
         return DisabledException
     special: dict[Operation, Outcome] = {
         Operation.ENABLE_KEY: KeyState.ENABLED,
+        Operation.DELETE_IMPORTED_KEY_MATERIAL: KeyState.PENDING_IMPORT,
+        Operation.IMPORT_KEY_MATERIAL: KMSInvalidStateException,
         Operation.SCHEDULE_KEY_DELETION: KeyState.PENDING_DELETION,
         Operation.CANCEL_KEY_DELETION: KMSInvalidStateException,
     }
@@ -134,11 +145,27 @@ def _disabled(operation: Operation) -> Outcome:
 
 
 def _pending_deletion(operation: Operation) -> Outcome:
-    if operation in READ_OPERATIONS:
+    if operation in READ_OPERATIONS or operation is Operation.DELETE_IMPORTED_KEY_MATERIAL:
         return None
     if operation is Operation.CANCEL_KEY_DELETION:
         return KeyState.DISABLED
     return KMSInvalidStateException
+
+
+def _pending_import(operation: Operation) -> Outcome:
+    """AWS PendingImport: no cryptographic use, no Enable/DisableKey, no rotation, no
+    CancelKeyDeletion (KMSInvalidStateException); management, tags, aliases, ScheduleKeyDeletion
+    and the import operations work; ImportKeyMaterial makes it Enabled."""
+    if operation in CRYPTOGRAPHIC_OPERATIONS or operation in ROTATION_OPERATIONS:
+        return KMSInvalidStateException
+    special: dict[Operation, Outcome] = {
+        Operation.ENABLE_KEY: KMSInvalidStateException,
+        Operation.DISABLE_KEY: KMSInvalidStateException,
+        Operation.CANCEL_KEY_DELETION: KMSInvalidStateException,
+        Operation.SCHEDULE_KEY_DELETION: KeyState.PENDING_DELETION,
+        Operation.IMPORT_KEY_MATERIAL: KeyState.ENABLED,
+    }
+    return special.get(operation)
 
 
 def _destroying(operation: Operation) -> Outcome:
@@ -150,6 +177,7 @@ TRANSITIONS: dict[KeyState, dict[Operation, Outcome]] = {
     KeyState.DISABLED: {operation: _disabled(operation) for operation in Operation},
     KeyState.PENDING_DELETION: {operation: _pending_deletion(operation) for operation in Operation},
     KeyState.DESTROYING: {operation: _destroying(operation) for operation in Operation},
+    KeyState.PENDING_IMPORT: {operation: _pending_import(operation) for operation in Operation},
     KeyState.CREATING: dict.fromkeys(Operation, NotFoundException),
     KeyState.FAILED: dict.fromkeys(Operation, NotFoundException),
 }

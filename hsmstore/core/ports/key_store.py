@@ -162,6 +162,47 @@ class MacKeys(Protocol):
         ...
 
 
+@runtime_checkable
+class KeyImport(Protocol):
+    """Imported key material (issue 22): RSA wrapping keys on the token, and the material unwrapped
+    on the token straight into a key version; the host never holds it in plaintext."""
+
+    def offered_wrapping_algorithms(self) -> frozenset[str]:
+        """The AWS WrappingAlgorithm names this token can unwrap: profile data, not a probe
+        (SoftHSM2 2.6.1: RSAES_OAEP_SHA_1 and RSA_AES_KEY_WRAP_SHA_1, the latter in two steps)."""
+        ...
+
+    def create_wrapping_key(self, wrapping_key: KeyMaterialRef, label: str, wrapping_key_spec: str) -> bytes:
+        """Generate an RSA pair for GetParametersForImport (the private key a token object,
+        SENSITIVE, never extractable, UNWRAP only); return the public key as DER SubjectPublicKeyInfo.
+        Destroyed with ``KeyMaterial.destroy_key`` (every object with the CKA_ID)."""
+        ...
+
+    def import_key_material(
+        self,
+        wrapping_key: KeyMaterialRef,
+        material: KeyMaterialRef,
+        label: str,
+        wrapping_algorithm: str,
+        encrypted_key_material: bytes,
+    ) -> bytes:
+        """``C_UnwrapKey`` the material into a new key version object (the usual AES-256 key version
+        template) that ``material`` will find; return its key check value (:meth:`key_check_value`).
+
+        RSA_AES_KEY_WRAP_*: the first modulus-length bytes are the RSA-OAEP-wrapped ephemeral AES
+        key (unwrapped into a session object, UNWRAP only), the rest the RFC 5649 (AES key wrap
+        with padding) wrapped material, if the token has no single mechanism for it.
+        ``CiphertextAuthenticationFailed``: it does not unwrap. ``ValueError``: it unwraps to
+        material that is not 32 bytes (nothing is left on the token in either case)."""
+        ...
+
+    def key_check_value(self, material: KeyMaterialRef) -> bytes:
+        """A value that identifies the material without revealing it, computed on the token (e.g.
+        AES-ECB of a zero block, the industry's key check value): ImportKeyMaterial decides
+        "the same material" by comparing it, never by reading the key."""
+        ...
+
+
 class KeyStores(Protocol):
     """The key stores this server reaches, by id."""
 

@@ -19,6 +19,7 @@ from hsmstore.core.model import (
     KeyVersion,
     PendingCreation,
 )
+from hsmstore.core.ports.key_imports import KeyImportRecords
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,12 @@ class KeyRecords(Protocol):
         ``policy`` None stores none: the service then answers the default key policy.
         """
 
-    def finish_creating_key(self, key_id: str, *, audit: Mapping[str, Any] | None = None) -> bool:
-        """CREATING -> ENABLED and its versions PENDING -> ACTIVE, atomically.
+    def finish_creating_key(
+        self, key_id: str, *, audit: Mapping[str, Any] | None = None, state: KeyState = KeyState.ENABLED
+    ) -> bool:
+        """CREATING -> ``state`` (ENABLED, or PENDING_IMPORT for an EXTERNAL key: issue 22, its
+        version row names the CKA_ID the material will be imported under) and its versions
+        PENDING -> ACTIVE, atomically.
 
         ``audit`` (on every write that completes a management change): the
         call's audit record, appended to the chain in the same transaction as
@@ -306,7 +311,14 @@ class KeyAliases(Protocol):
 
 
 class MetadataStore(
-    KeyRecords, KeyDeletions, KeyRotations, TokenObjectTombstones, KeyTags, KeyAliases, Protocol
+    KeyRecords,
+    KeyDeletions,
+    KeyRotations,
+    TokenObjectTombstones,
+    KeyTags,
+    KeyAliases,
+    KeyImportRecords,
+    Protocol,
 ):
     """Names, states and versions of keys; aliases and tags. One role per use-case family,
     so a use case can ask for the narrow one; the store implements them all."""

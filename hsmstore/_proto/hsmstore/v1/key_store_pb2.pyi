@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KeyMetadata(_message.Message):
-    __slots__ = ("aws_account_id", "key_id", "arn", "creation_date", "enabled", "description", "key_usage", "key_state", "deletion_date", "origin", "custom_key_store_id", "key_manager", "key_spec", "encryption_algorithms", "multi_region", "pending_deletion_window_in_days", "signing_algorithms", "mac_algorithms", "key_agreement_algorithms")
+    __slots__ = ("aws_account_id", "key_id", "arn", "creation_date", "enabled", "description", "key_usage", "key_state", "deletion_date", "origin", "custom_key_store_id", "key_manager", "key_spec", "encryption_algorithms", "multi_region", "pending_deletion_window_in_days", "signing_algorithms", "mac_algorithms", "key_agreement_algorithms", "valid_to", "expiration_model")
     AWS_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ARN_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class KeyMetadata(_message.Message):
     SIGNING_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
     MAC_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
     KEY_AGREEMENT_ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    VALID_TO_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_MODEL_FIELD_NUMBER: _ClassVar[int]
     aws_account_id: str
     key_id: str
     arn: str
@@ -49,7 +51,9 @@ class KeyMetadata(_message.Message):
     signing_algorithms: _containers.RepeatedScalarFieldContainer[str]
     mac_algorithms: _containers.RepeatedScalarFieldContainer[str]
     key_agreement_algorithms: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ..., signing_algorithms: _Optional[_Iterable[str]] = ..., mac_algorithms: _Optional[_Iterable[str]] = ..., key_agreement_algorithms: _Optional[_Iterable[str]] = ...) -> None: ...
+    valid_to: _timestamp_pb2.Timestamp
+    expiration_model: str
+    def __init__(self, aws_account_id: _Optional[str] = ..., key_id: _Optional[str] = ..., arn: _Optional[str] = ..., creation_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., description: _Optional[str] = ..., key_usage: _Optional[str] = ..., key_state: _Optional[str] = ..., deletion_date: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ..., custom_key_store_id: _Optional[str] = ..., key_manager: _Optional[str] = ..., key_spec: _Optional[str] = ..., encryption_algorithms: _Optional[_Iterable[str]] = ..., multi_region: _Optional[bool] = ..., pending_deletion_window_in_days: _Optional[int] = ..., signing_algorithms: _Optional[_Iterable[str]] = ..., mac_algorithms: _Optional[_Iterable[str]] = ..., key_agreement_algorithms: _Optional[_Iterable[str]] = ..., valid_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration_model: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("description", "key_usage", "key_spec", "origin", "tags", "policy", "bypass_policy_lockout_safety_check", "custom_key_store_id")
@@ -542,6 +546,60 @@ class DeriveSharedSecretResponse(_message.Message):
     key_agreement_algorithm: str
     key_origin: str
     def __init__(self, key_id: _Optional[str] = ..., shared_secret: _Optional[bytes] = ..., key_agreement_algorithm: _Optional[str] = ..., key_origin: _Optional[str] = ...) -> None: ...
+
+class GetParametersForImportRequest(_message.Message):
+    __slots__ = ("key_id", "wrapping_algorithm", "wrapping_key_spec")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    WRAPPING_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    WRAPPING_KEY_SPEC_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    wrapping_algorithm: str
+    wrapping_key_spec: str
+    def __init__(self, key_id: _Optional[str] = ..., wrapping_algorithm: _Optional[str] = ..., wrapping_key_spec: _Optional[str] = ...) -> None: ...
+
+class GetParametersForImportResponse(_message.Message):
+    __slots__ = ("key_id", "import_token", "public_key", "parameters_valid_to")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_VALID_TO_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    import_token: bytes
+    public_key: bytes
+    parameters_valid_to: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., import_token: _Optional[bytes] = ..., public_key: _Optional[bytes] = ..., parameters_valid_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ImportKeyMaterialRequest(_message.Message):
+    __slots__ = ("key_id", "import_token", "encrypted_key_material", "valid_to", "expiration_model")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_KEY_MATERIAL_FIELD_NUMBER: _ClassVar[int]
+    VALID_TO_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_MODEL_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    import_token: bytes
+    encrypted_key_material: bytes
+    valid_to: _timestamp_pb2.Timestamp
+    expiration_model: str
+    def __init__(self, key_id: _Optional[str] = ..., import_token: _Optional[bytes] = ..., encrypted_key_material: _Optional[bytes] = ..., valid_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration_model: _Optional[str] = ...) -> None: ...
+
+class ImportKeyMaterialResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class DeleteImportedKeyMaterialRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class DeleteImportedKeyMaterialResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class ScheduleKeyDeletionRequest(_message.Message):
     __slots__ = ("key_id", "pending_window_in_days")

@@ -134,6 +134,21 @@ class KeyStoreStub:
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretRequest.SerializeToString,
                 response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretResponse.FromString,
                 _registered_method=True)
+        self.GetParametersForImport = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/GetParametersForImport',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetParametersForImportRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetParametersForImportResponse.FromString,
+                _registered_method=True)
+        self.ImportKeyMaterial = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/ImportKeyMaterial',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ImportKeyMaterialRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ImportKeyMaterialResponse.FromString,
+                _registered_method=True)
+        self.DeleteImportedKeyMaterial = channel.unary_unary(
+                '/hsmstore.v1.KeyStore/DeleteImportedKeyMaterial',
+                request_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteImportedKeyMaterialRequest.SerializeToString,
+                response_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteImportedKeyMaterialResponse.FromString,
+                _registered_method=True)
         self.ScheduleKeyDeletion = channel.unary_unary(
                 '/hsmstore.v1.KeyStore/ScheduleKeyDeletion',
                 request_serializer=hsmstore_dot_v1_dot_key__store__pb2.ScheduleKeyDeletionRequest.SerializeToString,
@@ -405,6 +420,25 @@ class KeyStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeriveSharedSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetParametersForImport(self, request, context):
+        """Imported key material, "bring your own key" (issue 22; docs/api.md, "Imported key material").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportKeyMaterial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImportedKeyMaterial(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -694,6 +728,21 @@ def add_KeyStoreServicer_to_server(servicer, server):
                     servicer.DeriveSharedSecret,
                     request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretRequest.FromString,
                     response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretResponse.SerializeToString,
+            ),
+            'GetParametersForImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParametersForImport,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.GetParametersForImportRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.GetParametersForImportResponse.SerializeToString,
+            ),
+            'ImportKeyMaterial': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportKeyMaterial,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.ImportKeyMaterialRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.ImportKeyMaterialResponse.SerializeToString,
+            ),
+            'DeleteImportedKeyMaterial': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImportedKeyMaterial,
+                    request_deserializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteImportedKeyMaterialRequest.FromString,
+                    response_serializer=hsmstore_dot_v1_dot_key__store__pb2.DeleteImportedKeyMaterialResponse.SerializeToString,
             ),
             'ScheduleKeyDeletion': grpc.unary_unary_rpc_method_handler(
                     servicer.ScheduleKeyDeletion,
@@ -1386,6 +1435,87 @@ class KeyStore:
             '/hsmstore.v1.KeyStore/DeriveSharedSecret',
             hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretRequest.SerializeToString,
             hsmstore_dot_v1_dot_key__store__pb2.DeriveSharedSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParametersForImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/GetParametersForImport',
+            hsmstore_dot_v1_dot_key__store__pb2.GetParametersForImportRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.GetParametersForImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportKeyMaterial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/ImportKeyMaterial',
+            hsmstore_dot_v1_dot_key__store__pb2.ImportKeyMaterialRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.ImportKeyMaterialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImportedKeyMaterial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsmstore.v1.KeyStore/DeleteImportedKeyMaterial',
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteImportedKeyMaterialRequest.SerializeToString,
+            hsmstore_dot_v1_dot_key__store__pb2.DeleteImportedKeyMaterialResponse.FromString,
             options,
             channel_credentials,
             insecure,
