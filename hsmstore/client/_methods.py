@@ -470,7 +470,7 @@ class GeneratedMethods:
         wrapping_algorithm: str | None = None,
         wrapping_key_spec: str | None = None,
     ) -> GetParametersForImportResult:
-        """KeyStore.GetParametersForImport: retried (stateless)."""
+        """KeyStore.GetParametersForImport: never retried."""
         return cast(
             GetParametersForImportResult,
             self._invoke(

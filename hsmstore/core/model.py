@@ -182,12 +182,17 @@ class KeyMaterialRef:
 
     ``handle`` is the token object's CKA_ID for ``TOKEN_OBJECT`` material and
     the wrapped blob for ``WRAPPED`` material. It never holds key bytes in
-    plaintext.
+    plaintext. ``imported``: the material came in by ImportKeyMaterial (issue
+    22), so the token shows it unwrapped (CKA_LOCAL, CKA_ALWAYS_SENSITIVE and
+    CKA_NEVER_EXTRACTABLE false); a key store accepts such an object only for
+    a reference that says so, so a key planted under a generated version's
+    CKA_ID is still refused.
     """
 
     key_store_id: str
     residency: Residency
     handle: bytes
+    imported: bool = False
 
     @classmethod
     def token_object(cls, token_id: bytes, key_store_id: str = DEFAULT_KEY_STORE_ID) -> KeyMaterialRef:
@@ -246,11 +251,12 @@ class KeyVersion:
     rotation_type: RotationType | None = None
     key_store_id: str = DEFAULT_KEY_STORE_ID
     residency: Residency = Residency.TOKEN_OBJECT
+    imported: bool = False  # the version of an EXTERNAL key: its material comes by ImportKeyMaterial
 
     @property
     def material(self) -> KeyMaterialRef:
         """What the key-store ports take to use or destroy this version's material."""
-        return KeyMaterialRef(self.key_store_id, self.residency, self.token_id)
+        return KeyMaterialRef(self.key_store_id, self.residency, self.token_id, self.imported)
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,8 @@ class Pkcs11KeyVault:
         self._held = sessions.held_calls if self.profile.iv_source is IvSource.CALLER else None
         # token_id -> why its object was refused (see _admit); never used again in this process.
         self._refused: dict[bytes, str] = {}
+        # CKA_IDs a reference named as imported material (KeyMaterialRef.imported, issue 22).
+        self._imported_ids: set[bytes] = set()
         self._flag_reads = ThreadSafeCounter()
         # Issue 23: private halves and HMAC keys, found and cached on the same sessions.
         self._loaded = LoadedKeys(self._calls)
@@ -629,6 +631,8 @@ class Pkcs11KeyVault:
                 f"the metadata DB names {material.residency.value} key material; "
                 f"key store {self._key_store_id!r} holds only token objects"
             )
+        if material.imported:
+            self._imported_ids.add(material.handle)
         return material.handle
 
     def _cached_or_found(self, ws: WorkingSession, token_id: bytes) -> Object:
@@ -659,7 +663,7 @@ class Pkcs11KeyVault:
         self._admit(ws, token_id, found[0])
         return found[0]
 
-    def _admit(self, ws: WorkingSession, token_id: bytes, key: Object) -> None:
+    def _admit(self, ws: WorkingSession, token_id: bytes, key: Object, *, enumerating: bool = False) -> None:
         """Cache ``key`` for ``ws`` if its attributes are still those of a key version.
 
         Once per handle load (creation, preload, first use), never per request:
@@ -670,7 +674,13 @@ class Pkcs11KeyVault:
         KeyUnavailableException, one log line, and the call's audit record
         carries the error. An imported version (issue 22) shows
         :data:`templates.IMPORTED_VERSION_REQUIRED` instead: C_UnwrapKey leaves
-        CKA_LOCAL, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE False.
+        CKA_LOCAL, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE False. That is
+        accepted only for a CKA_ID a reference has named as imported
+        (``KeyMaterialRef.imported``, from the metadata DB): the token cannot tell
+        a genuine import from key bytes planted under a generated version's
+        CKA_ID with the user PIN, the metadata can. ``enumerating`` (the preload
+        walk, which knows no references): an object that looks imported is left
+        for its first use to decide, neither cached nor refused.
         """
         self._flag_reads.increment()
         flags = self._sessions.read_flags(ws, _object_handle(key), _REQUIRED_ATTRIBUTES)
@@ -680,7 +690,10 @@ class Pkcs11KeyVault:
             if flags[attribute] is not wanted
         ]
         if wrong and all(flags[a] is w for a, w in templates.IMPORTED_VERSION_REQUIRED.items()):
-            wrong = []  # an imported version (issue 22): made by C_UnwrapKey, same usage and flags
+            if token_id in self._imported_ids:
+                wrong = []  # an imported version (issue 22): made by C_UnwrapKey, same usage and flags
+            elif enumerating:
+                return
         if wrong:
             self._refuse(token_id, ", ".join(wrong))
             raise _key_refused()
@@ -731,7 +744,7 @@ class Pkcs11KeyVault:
             del by_id[token_id]
         for token_id, obj in by_id.items():
             with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
-                self._admit(ws, token_id, obj)
+                self._admit(ws, token_id, obj, enumerating=True)
 
 
 _KEY_VERSION_CLASSES: tuple[dict[int, int], ...] = (

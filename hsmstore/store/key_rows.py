@@ -67,6 +67,7 @@ def version_values(version: KeyVersion) -> dict[str, Any]:
         "rotation_type": version.rotation_type.value if version.rotation_type else None,
         "key_store_id": version.key_store_id,
         "residency": version.residency.value,
+        "imported": version.imported,
     }
 
 
@@ -118,6 +119,7 @@ def version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
         rotation_type=RotationType(rotation_type) if rotation_type else None,
         key_store_id=row[prefix + "key_store_id"],
         residency=Residency(row[prefix + "residency"]),
+        imported=bool(row[prefix + "imported"]),
     )
 
 

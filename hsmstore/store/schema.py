@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -169,6 +171,8 @@ key_versions = Table(
     Column("residency", String(ENUM_LENGTH), nullable=False, server_default=Residency.TOKEN_OBJECT.value),
     # Migration 0010 (issue 23): an RSA or EC version's DER SubjectPublicKeyInfo; NULL otherwise.
     Column("public_key", LargeBinary(), nullable=True),
+    # Migration 0011 (issue 22): the version of an EXTERNAL key (KeyMaterialRef.imported).
+    Column("imported", Boolean(), nullable=False, server_default=false()),
     # The primary key also serves get_version and list_versions (key_id first).
     # It is also what makes a rotation happen once: two rotators both try to
     # insert version n+1 and only one can.

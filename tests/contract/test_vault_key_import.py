@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from pkcs11 import Attribute, ObjectClass
 
 from hsmstore import errors
-from hsmstore.core.model import KeyMaterialRef
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm.devtoken import DevToken, SoftHsmNotInstalledError, ensure_dev_token
 from hsmstore.hsm.profiles import CLOUDHSM, SOFTHSM2, SOFTHSM2_WRAPPING_ALGORITHMS
 from hsmstore.hsm.session import WorkingSession
@@ -41,7 +41,8 @@ SHA_256_ALGORITHMS = ("RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_256")
 
 
 def ref(token_id: bytes) -> KeyMaterialRef:
-    return KeyMaterialRef.token_object(token_id)
+    """A reference as the metadata DB gives it for an EXTERNAL key's version (issue 22)."""
+    return KeyMaterialRef(DEFAULT_KEY_STORE_ID, Residency.TOKEN_OBJECT, token_id, imported=True)
 
 
 def new_ref() -> KeyMaterialRef:
@@ -254,6 +255,24 @@ def test_material_that_is_not_32_bytes_is_a_value_error_and_leaves_no_key(
             wrapping, version, label(version), algorithm, wrap(spki, algorithm, os.urandom(size))
         )
     assert not importer.vault.key_exists(version)
+
+
+def test_an_unwrapped_object_under_a_generated_versions_id_is_refused(softhsm_importer: Importer) -> None:
+    """Key bytes planted with the user PIN under a generated version's CKA_ID look exactly like an
+    import to the token; the metadata says the version is not imported, so the vault refuses it."""
+    material = os.urandom(32)
+    version, _ = softhsm_importer.import_("RSAES_OAEP_SHA_1", material)
+    token = softhsm_importer.token
+    assert token is not None
+    other = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
+    try:
+        generated = KeyMaterialRef.token_object(version.handle)  # imported=False: a generated version
+        with pytest.raises(errors.KeyUnavailableException):
+            other.encrypt(generated, b"secret", AAD)
+        with pytest.raises(errors.KeyUnavailableException):  # and for the life of the process
+            other.encrypt(version, b"secret", AAD)
+    finally:
+        other.close()
 
 
 @pytest.mark.parametrize("algorithm", SHA_256_ALGORITHMS)

@@ -179,3 +179,12 @@ def test_a_deadline_without_reason_is_deadline_exceeded() -> None:
 def test_max_attempts_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
+
+
+def test_get_parameters_for_import_is_never_retried_though_named_like_a_read() -> None:
+    """Each GetParametersForImport makes a wrapping key on the token (issue 22): a retry would
+    leave one behind until its 24 h expiry."""
+    from hsmstore.client.codegen_names import is_idempotent
+
+    assert not is_idempotent("GetParametersForImport")
+    assert is_idempotent("GetPublicKey")

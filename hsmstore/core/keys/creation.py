@@ -176,6 +176,7 @@ class KeyCreation:
             VersionState.PENDING,
             key.creation_date,
             key_store_id=key.key_store_id,
+            imported=key.origin is Origin.EXTERNAL,
         )
         arn = key_arn(self._region, key.tenant, key.key_id)
         if alias is None:

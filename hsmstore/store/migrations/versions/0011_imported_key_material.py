@@ -9,7 +9,9 @@ ValidTo/ExpirationModel), its ``key_check_value`` (computed on the token at the 
 re-import can be told "the same material" without reading it) and the import claim
 (``import_claim``, ``import_claimed_at``: one import at a time per key, across nodes). A new
 ``import_parameters`` table: one row per GetParametersForImport, written before its RSA wrapping
-key is made on the token, holding the SHA-256 of the import token, never the token. Additive
+key is made on the token, holding the SHA-256 of the import token, never the token. On
+``key_versions``: ``imported`` (KeyMaterialRef.imported: the vault admits an unwrapped object
+only for a version that says so, hsm/vault.py ``_admit``). Additive
 only: nodes still on the previous release never read or write them.
 """
 
@@ -37,6 +39,9 @@ def upgrade() -> None:
     op.add_column("keys", sa.Column("import_claim", sa.String(64), nullable=True))
     op.add_column("keys", sa.Column("import_claimed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("ix_keys_valid_to", "keys", ["valid_to"])
+    op.add_column(
+        "key_versions", sa.Column("imported", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
     op.create_table(
         "import_parameters",
         sa.Column("wrapping_token_id", sa.LargeBinary(16), nullable=False),
@@ -62,3 +67,4 @@ def downgrade() -> None:
     # drops it, and with foreign_keys on that cascades to every version row (as 0007).
     for column in ("import_claimed_at", "import_claim", "key_check_value", "expiration_model", "valid_to"):
         op.drop_column("keys", column)
+    op.drop_column("key_versions", "imported")
