@@ -27,6 +27,7 @@ import pytest
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.hsm.devtoken import find_softhsm_module, render_conf
+from tests.integration import byok
 from tests.integration.harness import DEV_TOKEN_LABEL, ServerProcess, error_of
 from tests.integration.mtls import ACME_ADMIN, GLOBEX_ADMIN, Pki
 
@@ -590,3 +591,28 @@ def test_the_pin_appears_nowhere(stores: Stores, tmp_path: Path) -> None:
         for path in stores.server.data_dir.rglob("*"):  # the SQLite file and its WAL, the audit spool
             if path.is_file() and "softhsm" not in path.relative_to(stores.server.data_dir).parts:
                 assert pin.encode() not in path.read_bytes(), f"the PIN is in {path}"
+
+
+# ------------------------------------------------------------------ imported material (issue 22)
+
+
+def test_imported_material_lives_on_the_custom_stores_token_and_is_the_material_in_use(
+    stores: Stores,
+) -> None:
+    """Issue 22, item 6: an EXTERNAL key in a custom key store gets its wrapping key and its
+    material on that store's token (nowhere else), and what it encrypts opens under the material."""
+    stub = stores.acme
+    key_id = stub.CreateKey(
+        pb.CreateKeyRequest(origin="EXTERNAL", custom_key_store_id=stores.store_a)
+    ).key_metadata.key_id
+    material = os.urandom(32)
+    byok.import_material(stub, key_id, material)
+    labels = {name: object_labels(stores.conf, token) for name, token in stores.tokens.items()}
+    holders = {name for name, found in labels.items() if any(key_id in label for label in found)}
+    assert holders == {"tenant-a"}
+    blob = stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"byok", encryption_context=CONTEXT))
+    assert byok.decrypt_outside(blob.ciphertext_blob, material, key_id, CONTEXT) == b"byok"
+    assert (
+        stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id)).key_metadata.custom_key_store_id
+        == stores.store_a
+    )
