@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,29 @@ from hsmstore.hsm.vault import Pkcs11KeyVault
 from tests.fakes.vault import FakeKeyVault
 
 TEST_TOKEN_LABEL = "hsmstore-test"
+
+
+@contextlib.contextmanager
+def module_softhsm_vault(
+    tmp_path_factory: pytest.TempPathFactory, name: str, token_label: str
+) -> Iterator[tuple[Pkcs11KeyVault, DevToken]]:
+    """A Pkcs11KeyVault (the shipped SoftHSM2 profile) on its own token, for a module-scoped fixture:
+    SOFTHSM2_CONF points at it while the vault is open and is restored afterwards."""
+    try:
+        token = ensure_dev_token(tmp_path_factory.mktemp(name) / "data", token_label=token_label)
+    except SoftHsmNotInstalledError as exc:
+        pytest.skip(str(exc))
+    previous = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(token.conf_path)
+    vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
+    try:
+        yield vault, token
+    finally:
+        vault.close()
+        if previous is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = previous
 
 
 @pytest.fixture

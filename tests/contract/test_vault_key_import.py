@@ -29,10 +29,11 @@ from pkcs11 import Attribute, ObjectClass
 
 from hsmstore import errors
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
-from hsmstore.hsm.devtoken import DevToken, SoftHsmNotInstalledError, ensure_dev_token
+from hsmstore.hsm.devtoken import DevToken
 from hsmstore.hsm.profiles import CLOUDHSM, SOFTHSM2, SOFTHSM2_WRAPPING_ALGORITHMS
 from hsmstore.hsm.session import WorkingSession
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from tests.contract.conftest import module_softhsm_vault
 from tests.fakes.vault import FakeKeyVault
 
 AnyVault = FakeKeyVault | Pkcs11KeyVault
@@ -105,23 +106,8 @@ class Importer:
 @pytest.fixture(scope="module")
 def softhsm_importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Importer]:
     """A Pkcs11KeyVault on its own SoftHSM2 token for this module (the shipped profile)."""
-    try:
-        token = ensure_dev_token(
-            tmp_path_factory.mktemp("key-import") / "data", token_label="hsmstore-import"
-        )
-    except SoftHsmNotInstalledError as exc:
-        pytest.skip(str(exc))
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(token.conf_path)
-    vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
-    try:
+    with module_softhsm_vault(tmp_path_factory, "key-import", "hsmstore-import") as (vault, token):
         yield Importer(vault, token)
-    finally:
-        vault.close()
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
 
 
 @pytest.fixture(scope="module")

@@ -39,10 +39,10 @@ from hsmstore.core.model import (
     KeyUsage,
     Residency,
 )
-from hsmstore.hsm.devtoken import SoftHsmNotInstalledError, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.session import WorkingSession
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from tests.contract.conftest import module_softhsm_vault
 from tests.fakes.key_pairs import SOFTHSM2_OFFERED
 from tests.fakes.vault import FakeKeyVault
 
@@ -111,21 +111,8 @@ class Keys:
 @pytest.fixture(scope="module")
 def softhsm_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     """A Pkcs11KeyVault on its own SoftHSM2 token for this module (the shipped profile)."""
-    try:
-        token = ensure_dev_token(tmp_path_factory.mktemp("key-pairs") / "data", token_label="hsmstore-kp")
-    except SoftHsmNotInstalledError as exc:
-        pytest.skip(str(exc))
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(token.conf_path)
-    vault = Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin())
-    try:
+    with module_softhsm_vault(tmp_path_factory, "key-pairs", "hsmstore-kp") as (vault, _):
         yield Keys(vault)
-    finally:
-        vault.close()
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
 
 
 @pytest.fixture(scope="module")
