@@ -341,14 +341,8 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
             ("rotation", service.rotation.rotate_due_keys),
             ("deletion", service.deletion.destroy_due_keys),
             # Issue 22: expired imported material, then expired wrapping keys (core/keys/imports.py).
-            *(
-                [
-                    ("expired-key-material", service.imports.delete_expired_key_material),
-                    ("expired-import-parameters", service.imports.destroy_expired_import_parameters),
-                ]
-                if service.imports is not None
-                else []
-            ),
+            ("expired-key-material", service.imports.delete_expired_key_material),
+            ("expired-import-parameters", service.imports.destroy_expired_import_parameters),
             *(audit_maintenance_jobs(store, vault, clock, settings.audit_retention_days) if audit else []),
         ],
         settings.jobs_interval_seconds,

@@ -75,15 +75,14 @@ class UseCases:
     health: Health
     # Issue 23: Sign, Verify, GetPublicKey, GenerateMac, VerifyMac, GenerateDataKeyPair*, DeriveSharedSecret.
     asymmetric: AsymmetricCryptography
+    # Issue 21: the XKS operations, on the same gate.
+    external: ExternalKeyOperations
+    # Issue 22: GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial and their jobs.
+    imports: KeyMaterialImports
     # Request quotas, asked by the call envelope before a use case runs (none enforced by default).
     quotas: RequestQuotas = field(default_factory=lambda: RequestQuotas(None))
     # Issue 17: None when the server offers no custom key stores.
     custom_key_stores: CustomKeyStores | None = None
-    # Issue 21: the XKS operations (built by build_use_cases; None only for hand-made UseCases).
-    external: ExternalKeyOperations | None = None
-    # Issue 22: GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial and their jobs
-    # (built by build_use_cases; None only for hand-made UseCases).
-    imports: KeyMaterialImports | None = None
 
     @property
     def access(self) -> AccessControl:

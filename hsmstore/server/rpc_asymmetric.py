@@ -16,7 +16,6 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore.core.calls import current_caller
 from hsmstore.core.crypto.asymmetric import AsymmetricCryptography
 from hsmstore.core.use_cases import UseCases
-from hsmstore.errors import UnsupportedOperationException
 from hsmstore.server import convert
 from hsmstore.server.calls import handle_errors
 
@@ -28,11 +27,7 @@ class AsymmetricRpcs:
 
     @property
     def _asymmetric(self) -> AsymmetricCryptography:
-        """The family; a server built without it (hand-made UseCases) answers as aws_json/dispatch.py does."""
-        family = self._use_cases.asymmetric
-        if family is None:
-            raise UnsupportedOperationException("This server does not offer asymmetric or HMAC keys")
-        return family
+        return self._use_cases.asymmetric
 
     @handle_errors
     def Sign(self, request: pb.SignRequest, context: grpc.ServicerContext) -> pb.SignResponse:

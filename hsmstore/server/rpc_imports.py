@@ -14,7 +14,6 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
 from hsmstore.core.calls import current_caller
 from hsmstore.core.keys.imports import KeyMaterialImports
 from hsmstore.core.use_cases import UseCases
-from hsmstore.errors import UnsupportedOperationException
 from hsmstore.server import convert
 from hsmstore.server.calls import handle_errors
 
@@ -26,11 +25,7 @@ class ImportRpcs:
 
     @property
     def _imports(self) -> KeyMaterialImports:
-        """The family; a server built without it (hand-made UseCases) answers as aws_json/dispatch.py does."""
-        family = self._use_cases.imports
-        if family is None:
-            raise UnsupportedOperationException("This server does not offer imported key material")
-        return family
+        return self._use_cases.imports
 
     @handle_errors
     def GetParametersForImport(
