@@ -153,6 +153,9 @@ def render_types() -> str:
         "",
     ]
     messages = result_messages()
+    lines += ["# What hsmstore.client re-exports: every result type, as generated.", "__all__ = ["]
+    lines += [f'    "{name}",' for name in sorted(dataclass_name(message) for message in messages)]
+    lines += ["]", ""]
     for message in messages:
         lines += ["", "@dataclass(frozen=True)", f"class {dataclass_name(message)}:"]
         lines.append(f'    """``hsmstore.v1.{message.name}``."""')
