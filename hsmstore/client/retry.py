@@ -1,9 +1,9 @@
 """When and how long to wait before calling again (issue 20: "retries with backoff and jitter on
 UNAVAILABLE/Throttling only for idempotent calls").
 
-Retried: a call that changes nothing (codegen.is_idempotent: Describe*, List*, Get*,
-Generate*, Encrypt, Decrypt, ReEncrypt, Simulate, LookupEvents, Sign, Verify, VerifyMac,
-DeriveSharedSecret) that failed with
+Retried: a call that changes nothing (codegen_names.RETRIED_CALLS: the Describe, List and
+read-only Get calls, the Generate calls, Encrypt, Decrypt, ReEncrypt, Simulate, LookupEvents,
+Sign, Verify, VerifyMac, DeriveSharedSecret; not GetParametersForImport) that failed with
 gRPC UNAVAILABLE (the server cannot be reached, is stopping, or a dependency is
 down: docs/api.md, "Additions", KMSInternalException on UNAVAILABLE "so gRPC
 clients and retry policies treat it as retryable") or ThrottlingException.

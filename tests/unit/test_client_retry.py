@@ -188,3 +188,10 @@ def test_get_parameters_for_import_is_never_retried_though_named_like_a_read() -
 
     assert not is_idempotent("GetParametersForImport")
     assert is_idempotent("GetPublicKey")
+
+
+def test_an_rpc_nobody_has_classified_is_never_retried() -> None:
+    from hsmstore.client.codegen_names import is_idempotent
+
+    assert not is_idempotent("GetSomethingNew")
+    assert not is_idempotent("ListAndDeleteEverything")
