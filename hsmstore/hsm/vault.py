@@ -145,8 +145,6 @@ class Pkcs11KeyVault:
         self._held = sessions.held_calls if self.profile.iv_source is IvSource.CALLER else None
         # token_id -> why its object was refused (see _admit); never used again in this process.
         self._refused: dict[bytes, str] = {}
-        # CKA_IDs a reference named as imported material (KeyMaterialRef.imported, issue 22).
-        self._imported_ids: set[bytes] = set()
         self._flag_reads = ThreadSafeCounter()
         # Issue 23: private halves and HMAC keys, found and cached on the same sessions.
         self._loaded = LoadedKeys(self._calls)
@@ -154,7 +152,11 @@ class Pkcs11KeyVault:
         self._macs = TokenMacs(self._calls, self.profile, self._loaded)
         # Issue 22: wrapping keys and imported material (hsm/key_import.py).
         self._import = TokenKeyImport(
-            self._calls, self.profile, self._loaded, self._admit, self._encrypting_key
+            self._calls,
+            self.profile,
+            self._loaded,
+            lambda ws, token_id, key: self._admit(ws, token_id, key, imported=True),
+            lambda ws, token_id: self._encrypting_key(ws, token_id, imported=True),
         )
 
     @classmethod
@@ -302,7 +304,7 @@ class Pkcs11KeyVault:
 
         def encrypt(ws: WorkingSession) -> tuple[bytes, bytes]:
             iv = self._caller_iv(ws, b"")
-            return self._seal(ws, token_id, plaintext, aad, iv)
+            return self._seal(ws, token_id, plaintext, aad, iv, material.imported)
 
         iv, ciphertext = self._calls.run(encrypt, "the HSM failed to encrypt", key_id=token_id)
         return self._checked(iv, ciphertext, len(plaintext))
@@ -327,7 +329,7 @@ class Pkcs11KeyVault:
                 ws, number_of_bytes + (GCM_IV_BYTES if self.profile.iv_source is IvSource.CALLER else 0)
             )
             data_key, iv_bytes = drawn[:number_of_bytes], drawn[number_of_bytes:]
-            iv, ciphertext = self._seal(ws, token_id, data_key, aad, iv_bytes or None)
+            iv, ciphertext = self._seal(ws, token_id, data_key, aad, iv_bytes or None, material.imported)
             return data_key, iv, ciphertext
 
         data_key, iv, ciphertext = self._calls.run(
@@ -352,9 +354,15 @@ class Pkcs11KeyVault:
         return as_bytes(ws.session.generate_random(number_of_bytes * 8))  # nbits, not bytes
 
     def _seal(
-        self, ws: WorkingSession, token_id: bytes, plaintext: bytes, aad: bytes, iv: bytes | None
+        self,
+        ws: WorkingSession,
+        token_id: bytes,
+        plaintext: bytes,
+        aad: bytes,
+        iv: bytes | None,
+        imported: bool,
     ) -> tuple[bytes, bytes]:
-        key = self._encrypting_key(ws, token_id)
+        key = self._encrypting_key(ws, token_id, imported)
         if iv is None and self.profile.iv_source is IvSource.CALLER:
             iv = self._caller_iv(ws, b"")
         if self._held is not None and iv is not None:
@@ -386,7 +394,7 @@ class Pkcs11KeyVault:
         param = gcm_decrypt_param(iv, aad) if self._held is None else None
 
         def decrypt(ws: WorkingSession) -> bytes:
-            key = self._decrypting_key(ws, token_id)
+            key = self._decrypting_key(ws, token_id, material.imported)
             try:
                 if self._held is not None:
                     return self._held.gcm_decrypt(ws.handle, _object_handle(key), iv, aad, ciphertext)
@@ -609,7 +617,7 @@ class Pkcs11KeyVault:
         token_id = self._token_id(material)
 
         def read(ws: WorkingSession) -> dict[str, bool]:
-            return read_back(self._cached_or_found(ws, token_id))
+            return read_back(self._cached_or_found(ws, token_id, material.imported))
 
         return self._calls.run(read, "the HSM failed to read key attributes", key_id=token_id)
 
@@ -631,11 +639,9 @@ class Pkcs11KeyVault:
                 f"the metadata DB names {material.residency.value} key material; "
                 f"key store {self._key_store_id!r} holds only token objects"
             )
-        if material.imported:
-            self._imported_ids.add(material.handle)
         return material.handle
 
-    def _cached_or_found(self, ws: WorkingSession, token_id: bytes) -> Object:
+    def _cached_or_found(self, ws: WorkingSession, token_id: bytes, imported: bool) -> Object:
         key = ws.keys.get(token_id)
         if key is not None:
             return key
@@ -660,10 +666,18 @@ class Pkcs11KeyVault:
         # Found: give the key its rescan back. A later re-initialisation drops every
         # cached handle, and this process's next write can hide the key once more.
         self._last_rescan.pop(token_id, None)
-        self._admit(ws, token_id, found[0])
+        self._admit(ws, token_id, found[0], imported=imported)
         return found[0]
 
-    def _admit(self, ws: WorkingSession, token_id: bytes, key: Object, *, enumerating: bool = False) -> None:
+    def _admit(
+        self,
+        ws: WorkingSession,
+        token_id: bytes,
+        key: Object,
+        *,
+        imported: bool = False,
+        enumerating: bool = False,
+    ) -> None:
         """Cache ``key`` for ``ws`` if its attributes are still those of a key version.
 
         Once per handle load (creation, preload, first use), never per request:
@@ -690,7 +704,7 @@ class Pkcs11KeyVault:
             if flags[attribute] is not wanted
         ]
         if wrong and all(flags[a] is w for a, w in templates.IMPORTED_VERSION_REQUIRED.items()):
-            if token_id in self._imported_ids:
+            if imported:
                 wrong = []  # an imported version (issue 22): made by C_UnwrapKey, same usage and flags
             elif enumerating:
                 return
@@ -710,14 +724,14 @@ class Pkcs11KeyVault:
                 why,
             )
 
-    def _encrypting_key(self, ws: WorkingSession, token_id: bytes) -> EncryptMixin:
-        key = self._cached_or_found(ws, token_id)
+    def _encrypting_key(self, ws: WorkingSession, token_id: bytes, imported: bool) -> EncryptMixin:
+        key = self._cached_or_found(ws, token_id, imported)
         if not isinstance(key, EncryptMixin):  # CKA_ENCRYPT is False: not one of our key versions
             raise key_unavailable()
         return key
 
-    def _decrypting_key(self, ws: WorkingSession, token_id: bytes) -> DecryptMixin:
-        key = self._cached_or_found(ws, token_id)
+    def _decrypting_key(self, ws: WorkingSession, token_id: bytes, imported: bool) -> DecryptMixin:
+        key = self._cached_or_found(ws, token_id, imported)
         if not isinstance(key, DecryptMixin):
             raise key_unavailable()
         return key
