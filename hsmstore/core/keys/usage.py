@@ -21,7 +21,6 @@ from collections.abc import Collection
 from enum import StrEnum
 from typing import TypeVar
 
-from hsmstore.core.keys import specs
 from hsmstore.core.model import KeyRecord, KeySpec, KeyUsage
 from hsmstore.core.ports.key_store import KeyPairs, MacKeys
 from hsmstore.errors import InvalidKeyUsageException, UnsupportedOperationException, ValidationException
@@ -132,7 +131,3 @@ def check_grant_operations(key: KeyRecord, operations: Collection[str]) -> None:
             f"Operations {', '.join(unsupported)} are not supported by a {key.key_spec.value} key "
             f"with KeyUsage {key.key_usage.value}"
         )
-
-
-def is_asymmetric(spec: KeySpec) -> bool:
-    return spec in specs.ASYMMETRIC_SPECS
