@@ -108,6 +108,16 @@ class Settings:
     # The subject name (CN or DNS SAN) the XKS client certificate must carry, e.g. AWS KMS's
     # cks.kms.<region>.amazonaws.com; empty: any certificate from xks_tls_client_ca.
     xks_tls_client_name: str = ""
+    # Issue 18 (docs/residency.md): where new key versions' material lives in the default key store:
+    # "token" (one non-extractable token object per version) or "wrapped" (a blob in the DB, wrapped
+    # under a token-resident domain key, unwrapped into a session object to use). key_cache_size bounds
+    # the session objects one process keeps; domain_key_rotation_days is the domain keys' schedule;
+    # gcm_usage_limit the encryptions one AES-GCM version may make (NIST SP 800-38D §8.3: 2^32) before
+    # the key rotates by itself; lower it only to test.
+    key_residency: str = "token"
+    key_cache_size: int = 10_000
+    domain_key_rotation_days: float = 7.0
+    gcm_usage_limit: int = 2**32
     recovery_grace_seconds: float = 60.0
     jobs_interval_seconds: float = 60.0  # rotation scheduler, deletion reaper, recovery
     metadata_cache_seconds: float = 0.5  # how stale key metadata may be in one process (at most 1)
@@ -176,6 +186,8 @@ class Settings:
 TOKEN_SETTINGS = ("pkcs11_module", "token_label", "pin_file", "hsm_profile")
 # Those a production token cannot do without (hsm_profile defaults to softhsm2).
 REQUIRED_TOKEN_SETTINGS = ("pkcs11_module", "token_label", "pin_file")
+KEY_RESIDENCIES = ("token", "wrapped")  # issue 18, docs/residency.md
+MAX_GCM_USAGE_LIMIT = 2**32  # NIST SP 800-38D §8.3, random 96-bit IVs
 HSM_PROFILES = ("softhsm2", "cloudhsm")  # hsm/profiles.py; a unit test keeps both equal
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 FLAG_NAMES = {"audit": "--no-audit"}  # settings whose flag is not --<name>
@@ -276,6 +288,7 @@ def validate(settings: Settings) -> None:
             f"metadata_cache_seconds must be between 0 and {MAX_METADATA_STALENESS_SECONDS}",
             "lower it",
         )
+    _validate_residency(settings)
     if settings.audit_retention_days < 1:
         raise refuse("audit_retention_days", "audit_retention_days must be at least 1", "raise it")
     if settings.jobs_interval_seconds <= 0:
@@ -598,3 +611,25 @@ def _coerce(settings: Settings, name: str, value: Any) -> Any:
     raise ConfigError(
         refusal(settings, name, f"{name} must be {kind}, got {value!r}", f"give e.g. {example}")
     )
+
+
+def _validate_residency(settings: Settings) -> None:
+    """Issue 18: the key residency and its bounds (docs/residency.md)."""
+    if settings.key_residency not in KEY_RESIDENCIES:
+        raise refuse(
+            "key_residency",
+            f"unknown key residency {settings.key_residency!r}",
+            f"use one of {', '.join(KEY_RESIDENCIES)}",
+        )
+    if settings.key_cache_size < 1:
+        raise refuse("key_cache_size", "key_cache_size must be at least 1", "raise it")
+    if settings.domain_key_rotation_days <= 0:
+        raise refuse(
+            "domain_key_rotation_days", "domain_key_rotation_days must be positive", "give e.g. 7"
+        )
+    if not 1 <= settings.gcm_usage_limit <= MAX_GCM_USAGE_LIMIT:
+        raise refuse(
+            "gcm_usage_limit",
+            f"gcm_usage_limit must be between 1 and {MAX_GCM_USAGE_LIMIT} (2^32, NIST SP 800-38D)",
+            "lower it",
+        )

@@ -195,6 +195,31 @@ def build_parser(server_commands: bool = True) -> OneLineParser:
         type=float,
         help="how often the TLS files are checked for a change and reloaded (default 10; 0: on SIGHUP only)",
     )
+    serve.add_argument(
+        "--key-residency",
+        dest="key_residency",
+        choices=("token", "wrapped"),
+        help="where new key versions' material lives: token objects (default) or wrapped blobs "
+        "under a domain key (docs/residency.md)",
+    )
+    serve.add_argument(
+        "--key-cache-size",
+        dest="key_cache_size",
+        type=int,
+        help="unwrapped key versions one process keeps on the token as session objects (default 10000)",
+    )
+    serve.add_argument(
+        "--domain-key-rotation-days",
+        dest="domain_key_rotation_days",
+        type=float,
+        help="how often a wrapped store's domain key rotates (default 7)",
+    )
+    serve.add_argument(
+        "--gcm-usage-limit",
+        dest="gcm_usage_limit",
+        type=int,
+        help="encryptions one key version may make before the key rotates by itself (default 2^32)",
+    )
     add_quota_arguments(serve)
 
     db = commands.add_parser("db", help="metadata DB maintenance")

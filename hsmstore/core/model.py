@@ -177,11 +177,71 @@ class Residency(StrEnum):
 
 
 @dataclass(frozen=True)
+class WrappedMaterial:
+    """A ``WRAPPED`` version's material (issue 18): its key bytes wrapped on the token under a
+    domain key, as the metadata DB keeps them.
+
+    ``domain_key_id`` names the token-resident domain key (hex, see :class:`DomainKey`);
+    ``mechanism`` is the profile's name of the RFC 5649 wrap it was made with (SoftHSM2
+    ``AES_KEY_WRAP_PAD``, CloudHSM ``CLOUDHSM_AES_KEY_WRAP_ZERO_PAD``), recorded next to the blob
+    so a blob is always unwrapped the way it was wrapped. ``blob`` is opaque wrapped bytes, never
+    key bytes in clear.
+    """
+
+    domain_key_id: str
+    mechanism: str
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"WrappedMaterial(domain_key_id={self.domain_key_id!r}, mechanism={self.mechanism!r})"
+
+
+class DomainKeyState(StrEnum):
+    """A domain key's life (issue 18), each step a DB commit around one token step.
+
+    PENDING: the row is written, the token object may or may not exist (a crash here is
+    rolled back by recovery). ACTIVE: new versions are wrapped under it (one per key store).
+    RETIRING: a newer key is ACTIVE; the versions wrapped under this one are being re-wrapped.
+    DESTROYING: nothing references it any more; processes drop it within the staleness bound,
+    then it is destroyed on the token. DESTROYED: gone from the token (``destroyed_at``): from
+    then on a blob wrapped under it, in the DB, a replica or a backup, is unusable.
+    """
+
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    RETIRING = "RETIRING"
+    DESTROYING = "DESTROYING"
+    DESTROYED = "DESTROYED"
+
+
+@dataclass(frozen=True)
+class DomainKey:
+    """A token-resident AES-256 key that wraps ``WRAPPED`` versions' material (issue 18).
+
+    ``domain_key_id`` is 32 hex characters (16 random bytes); the token object's CKA_ID is
+    derived from it by the key store (hsm/wrapped_keys.py). ``mechanism``: the wrap mechanism
+    name new blobs are made with.
+    """
+
+    domain_key_id: str
+    key_store_id: str
+    state: DomainKeyState
+    mechanism: str
+    created_at: datetime
+    activated_at: datetime | None = None
+    retiring_since: datetime | None = None
+    destroying_since: datetime | None = None
+    destroyed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class KeyMaterialRef:
     """Where one version's material is: what the key-store ports take instead of raw ids.
 
-    ``handle`` is the token object's CKA_ID for ``TOKEN_OBJECT`` material and
-    the wrapped blob for ``WRAPPED`` material. It never holds key bytes in
+    ``handle`` is the version's 16-byte token id: the token object's CKA_ID for
+    ``TOKEN_OBJECT`` material, and for ``WRAPPED`` material (issue 18) the identity a key
+    store caches the unwrapped session object under; ``wrapped`` then carries the blob and
+    its domain key (None for ``TOKEN_OBJECT``). It never holds key bytes in
     plaintext. ``imported``: the material came in by ImportKeyMaterial (issue
     22), so the token shows it unwrapped (CKA_LOCAL, CKA_ALWAYS_SENSITIVE and
     CKA_NEVER_EXTRACTABLE false); a key store accepts such an object only for
@@ -193,6 +253,7 @@ class KeyMaterialRef:
     residency: Residency
     handle: bytes
     imported: bool = False
+    wrapped: WrappedMaterial | None = None
 
     @classmethod
     def token_object(cls, token_id: bytes, key_store_id: str = DEFAULT_KEY_STORE_ID) -> KeyMaterialRef:
@@ -252,11 +313,12 @@ class KeyVersion:
     key_store_id: str = DEFAULT_KEY_STORE_ID
     residency: Residency = Residency.TOKEN_OBJECT
     imported: bool = False  # the version of an EXTERNAL key: its material comes by ImportKeyMaterial
+    wrapped: WrappedMaterial | None = None  # WRAPPED residency (issue 18); None while PENDING
 
     @property
     def material(self) -> KeyMaterialRef:
         """What the key-store ports take to use or destroy this version's material."""
-        return KeyMaterialRef(self.key_store_id, self.residency, self.token_id, self.imported)
+        return KeyMaterialRef(self.key_store_id, self.residency, self.token_id, self.imported, self.wrapped)
 
 
 @dataclass(frozen=True)
@@ -271,6 +333,9 @@ class DestructionRecord:
     destroyed_at: datetime | None = None
     key_store_id: str = DEFAULT_KEY_STORE_ID
     residency: Residency = Residency.TOKEN_OBJECT
+    # WRAPPED (issue 18): the domain key the deleted blob was wrapped under; its destroyed_at is
+    # when copies of the blob (replicas, backups) became unusable.
+    domain_key_id: str | None = None
 
     @property
     def material(self) -> KeyMaterialRef:
