@@ -1,8 +1,8 @@
 """Key, version and destruction records to and from their rows.
 
 The one place that lists their columns, so a new field (like ``key_store_id``
-and ``residency``, migration 0007) is written by every insert and read by
-every select at once.
+and ``residency``, migration 0007, or a WRAPPED version's material, migration 0012)
+is written by every insert and read by every select at once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hsmstore.core.model import (
     Residency,
     RotationType,
     VersionState,
+    WrappedMaterial,
 )
 from hsmstore.store.schema import key_versions
 
@@ -68,6 +69,18 @@ def version_values(version: KeyVersion) -> dict[str, Any]:
         "key_store_id": version.key_store_id,
         "residency": version.residency.value,
         "imported": version.imported,
+        **wrapped_values(version.wrapped),
+    }
+
+
+def wrapped_values(wrapped: WrappedMaterial | None) -> dict[str, Any]:
+    """A WRAPPED version's material as its three ``key_versions`` columns (issue 18); all NULL for none."""
+    if wrapped is None:
+        return {"wrapped_material": None, "wrapped_domain_key_id": None, "wrap_mechanism": None}
+    return {
+        "wrapped_material": wrapped.blob,
+        "wrapped_domain_key_id": wrapped.domain_key_id,
+        "wrap_mechanism": wrapped.mechanism,
     }
 
 
@@ -82,6 +95,8 @@ def destruction_values(key: KeyRecord, version: KeyVersion) -> dict[str, Any]:
         "destroyed_at": None,
         "key_store_id": version.key_store_id,
         "residency": version.residency.value,
+        # Issue 18: whose destroyed_at is when copies of the blob became unusable.
+        "domain_key_id": version.wrapped.domain_key_id if version.wrapped is not None else None,
     }
 
 
@@ -120,6 +135,19 @@ def version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
         key_store_id=row[prefix + "key_store_id"],
         residency=Residency(row[prefix + "residency"]),
         imported=bool(row[prefix + "imported"]),
+        wrapped=wrapped_from_row(row, prefix),
+    )
+
+
+def wrapped_from_row(row: RowMapping, prefix: str = "") -> WrappedMaterial | None:
+    """None for a version with no blob: a token object, or a WRAPPED version not stored yet."""
+    blob = row[prefix + "wrapped_material"]
+    if blob is None:
+        return None
+    return WrappedMaterial(
+        domain_key_id=row[prefix + "wrapped_domain_key_id"],
+        mechanism=row[prefix + "wrap_mechanism"],
+        blob=bytes(blob),
     )
 
 
@@ -133,4 +161,5 @@ def destruction_from_row(row: RowMapping) -> DestructionRecord:
         destroyed_at=row["destroyed_at"],
         key_store_id=row["key_store_id"],
         residency=Residency(row["residency"]),
+        domain_key_id=row["domain_key_id"],
     )

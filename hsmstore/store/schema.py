@@ -36,6 +36,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -58,6 +59,9 @@ TOKEN_ID_LENGTH = 16  # the token object's CKA_ID
 IMPORT_CLAIM_LENGTH = 64  # keys.import_claim: a random hex claim (issue 22)
 TAG_KEY_LENGTH = 128  # AWS TagKey: 1-128 characters
 KEY_STORE_ID_LENGTH = 64  # AWS CustomKeyStoreId: 1-64 characters
+DOMAIN_KEY_ID_LENGTH = 32  # issue 18: 16 random bytes in hex (core/model.py DomainKey)
+MECHANISM_LENGTH = 64  # a wrap mechanism's profile name (WrappedMaterial.mechanism)
+REWRAP_CLAIM_LENGTH = 64  # key_versions.rewrap_claim: the claimant's id (issue 18)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -173,12 +177,23 @@ key_versions = Table(
     Column("public_key", LargeBinary(), nullable=True),
     # Migration 0011 (issue 22): the version of an EXTERNAL key (KeyMaterialRef.imported).
     Column("imported", Boolean(), nullable=False, server_default=false()),
+    # Migration 0012 (issue 18): a WRAPPED version's material (KeyVersion.wrapped), all three NULL
+    # until set_wrapped_material; the re-wrap claim while a domain key retires; the AES-GCM
+    # encryptions leased under the version so far (NIST SP 800-38D §8.3).
+    Column("wrapped_material", LargeBinary(), nullable=True),
+    Column("wrapped_domain_key_id", String(DOMAIN_KEY_ID_LENGTH), nullable=True),
+    Column("wrap_mechanism", String(MECHANISM_LENGTH), nullable=True),
+    Column("rewrap_claim", String(REWRAP_CLAIM_LENGTH), nullable=True),
+    Column("rewrap_claim_until", UtcDateTime(), nullable=True),
+    Column("invocations_leased", BigInteger(), nullable=False, server_default=text("0")),
     # The primary key also serves get_version and list_versions (key_id first).
     # It is also what makes a rotation happen once: two rotators both try to
     # insert version n+1 and only one can.
     PrimaryKeyConstraint("key_id", "version"),
     # Two versions must never share one token object.
     UniqueConstraint("token_id"),
+    # Migration 0012: the re-wrap's claims and count_wrapped_under (WHERE wrapped_domain_key_id = ?).
+    Index(None, "wrapped_domain_key_id"),
 )
 
 aliases = Table(
@@ -228,7 +243,51 @@ key_destructions = Table(
     Column("destroyed_at", UtcDateTime(), nullable=True),
     Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False, server_default=DEFAULT_KEY_STORE_ID),
     Column("residency", String(ENUM_LENGTH), nullable=False, server_default=Residency.TOKEN_OBJECT.value),
+    # Migration 0012 (issue 18): the domain key a WRAPPED version's blob was wrapped under; copies
+    # of the blob (replicas, backups) are unusable from that domain key's destroyed_at on.
+    Column("domain_key_id", String(DOMAIN_KEY_ID_LENGTH), nullable=True),
     PrimaryKeyConstraint("key_id", "version"),
+)
+
+# Domain keys (issue 18; migration 0012): the token-resident keys WRAPPED versions are wrapped
+# under (core/model.py DomainKey, DomainKeyState). Few rows: one ACTIVE per key store, the ones
+# being retired, and the DESTROYED ones, kept as the dates destruction records point to.
+domain_keys = Table(
+    "domain_keys",
+    metadata,
+    Column("domain_key_id", String(DOMAIN_KEY_ID_LENGTH), nullable=False),
+    Column("key_store_id", String(KEY_STORE_ID_LENGTH), nullable=False),
+    Column("state", String(ENUM_LENGTH), nullable=False),
+    Column("mechanism", String(MECHANISM_LENGTH), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("activated_at", UtcDateTime(), nullable=True),
+    Column("retiring_since", UtcDateTime(), nullable=True),
+    Column("destroying_since", UtcDateTime(), nullable=True),
+    Column("destroyed_at", UtcDateTime(), nullable=True),
+    PrimaryKeyConstraint("domain_key_id"),
+    # At most one ACTIVE domain key per key store, whatever the writers do (a partial index).
+    Index(
+        "uq_domain_keys_active_key_store_id",
+        "key_store_id",
+        unique=True,
+        sqlite_where=text("state = 'ACTIVE'"),
+        postgresql_where=text("state = 'ACTIVE'"),
+    ),
+)
+
+# The feed of changes that may make cached WRAPPED material unusable (issue 18; migration 0012):
+# written only by the triggers migration 0012 creates on ``keys`` and ``key_versions`` (see its
+# docstring), so no write path can miss it; read by every process's follower, pruned by age.
+# ``sqlite_autoincrement``: SQLite never reuses an id, even after the newest rows were pruned.
+material_changes = Table(
+    "material_changes",
+    metadata,
+    Column("change_id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("token_id", LargeBinary(TOKEN_ID_LENGTH), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    # prune_material_changes: WHERE changed_at < ?
+    Index(None, "changed_at"),
+    sqlite_autoincrement=True,
 )
 
 # Tombstones (migration 0006): the token ids this DB gave up on, written in the

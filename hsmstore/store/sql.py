@@ -11,7 +11,9 @@ that each own some of the tables:
 * ``aliases_sql``, ``tags_sql``: aliases, tags;
 * ``audit_sql``: the audit hash chain;
 * ``authz_sql``: key policies, grants, identity policies;
-* ``custom_key_stores_sql``: custom key stores (issue 17).
+* ``custom_key_stores_sql``: custom key stores (issue 17);
+* ``domain_keys_sql``: domain keys and the re-wrap (issue 18);
+* ``usage_sql``: AES-GCM usage leases and the material change feed (issue 18).
 
 Every part is given the same :class:`~hsmstore.store.database.Database` (the
 engine, its write view and its single-statement view; store/engine.py,
@@ -35,11 +37,13 @@ from hsmstore.store.authz_sql import SqlAuthorizationStore
 from hsmstore.store.custom_key_stores_sql import SqlCustomKeyStores
 from hsmstore.store.database import Database
 from hsmstore.store.deletion_sql import SqlKeyDeletion
+from hsmstore.store.domain_keys_sql import SqlDomainKeys
 from hsmstore.store.imports_sql import SqlKeyImports
 from hsmstore.store.keys_sql import SqlKeys
 from hsmstore.store.rotation_sql import SqlKeyRotation
 from hsmstore.store.tags_sql import SqlTags
 from hsmstore.store.tombstones_sql import SqlTokenObjects
+from hsmstore.store.usage_sql import SqlMaterialChanges, SqlUsageLeases
 
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditLog, AuthorizationStore, MetadataStore
@@ -166,6 +170,26 @@ class SqlMetadataStore:
         self.replace_custom_key_store = custom_key_stores.replace_custom_key_store
         self.delete_custom_key_store = custom_key_stores.delete_custom_key_store
         self.count_keys_in_key_store = custom_key_stores.count_keys_in_key_store
+
+        # Issue 18: the wrapped residency (DomainKeyRecords, InvocationLeases, MaterialChanges).
+        domain_keys = SqlDomainKeys(database)
+        self.insert_domain_key = domain_keys.insert_domain_key
+        self.activate_domain_key = domain_keys.activate_domain_key
+        self.delete_pending_domain_key = domain_keys.delete_pending_domain_key
+        self.list_domain_keys = domain_keys.list_domain_keys
+        self.set_wrapped_material = domain_keys.set_wrapped_material
+        self.claim_rewrap_batch = domain_keys.claim_rewrap_batch
+        self.finish_rewrap = domain_keys.finish_rewrap
+        self.count_wrapped_under = domain_keys.count_wrapped_under
+        self.begin_domain_key_destruction = domain_keys.begin_domain_key_destruction
+        self.mark_domain_key_destroyed = domain_keys.mark_domain_key_destroyed
+        leases = SqlUsageLeases(database)
+        self.lease_invocations = leases.lease_invocations
+        self.leased_invocations = leases.leased_invocations
+        changes = SqlMaterialChanges(database)
+        self.material_changes_after = changes.material_changes_after
+        self.latest_material_change_id = changes.latest_material_change_id
+        self.prune_material_changes = changes.prune_material_changes
 
     def ping(self) -> None:
         with self.database.reader.connect() as connection:

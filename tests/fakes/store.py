@@ -47,6 +47,7 @@ from hsmstore.core.ports import (
 )
 from tests.fakes.custom_key_stores import FakeCustomKeyStoreRecords
 from tests.fakes.key_imports import FakeKeyImportRecords
+from tests.fakes.wrapped_key_records import FakeWrappedKeyRecords, KeyRows, MaterialFeed, VersionRows
 
 ITER_BATCH = 1000
 
@@ -59,11 +60,13 @@ class _Row:
     event: StoredAuditEvent
 
 
-class FakeMetadataStore(FakeCustomKeyStoreRecords, FakeKeyImportRecords):
+class FakeMetadataStore(FakeCustomKeyStoreRecords, FakeKeyImportRecords, FakeWrappedKeyRecords):
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: dict[str, KeyRecord] = {}
-        self._versions: dict[tuple[str, int], KeyVersion] = {}
+        # Issue 18: the rows record migration 0012's change feed (tests/fakes/wrapped_key_records.py).
+        self._feed = MaterialFeed()
+        self._versions: VersionRows = VersionRows(self._feed)
+        self._keys: dict[str, KeyRecord] = KeyRows(self._feed, self._versions)
         self._public_keys: dict[tuple[str, int], bytes] = {}  # issue 23: RSA and EC versions only
         self._aliases: dict[tuple[str, str], AliasRecord] = {}
         self._tags: dict[str, dict[str, str]] = {}
@@ -313,6 +316,7 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords, FakeKeyImportRecords):
                         key.deletion_date or version.creation_date,
                         key_store_id=version.key_store_id,
                         residency=version.residency,
+                        domain_key_id=None if version.wrapped is None else version.wrapped.domain_key_id,
                     ),
                 )
             return True

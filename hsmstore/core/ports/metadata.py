@@ -20,6 +20,7 @@ from hsmstore.core.model import (
     PendingCreation,
 )
 from hsmstore.core.ports.key_imports import KeyImportRecords
+from hsmstore.core.ports.wrapped_keys import DomainKeyRecords, InvocationLeases, MaterialChanges
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,9 @@ class MetadataStore(
     KeyTags,
     KeyAliases,
     KeyImportRecords,
+    DomainKeyRecords,
+    InvocationLeases,
+    MaterialChanges,
     Protocol,
 ):
     """Names, states and versions of keys; aliases and tags. One role per use-case family,

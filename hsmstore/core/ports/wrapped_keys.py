@@ -99,7 +99,9 @@ class DomainKeyRecords(Protocol):
         """Every domain key row (few: one ACTIVE per store plus those being retired), oldest first."""
         ...
 
-    def set_wrapped_material(self, key_id: str, version: int, token_id: bytes, wrapped: WrappedMaterial) -> bool:
+    def set_wrapped_material(
+        self, key_id: str, version: int, token_id: bytes, wrapped: WrappedMaterial
+    ) -> bool:
         """Store a PENDING ``WRAPPED`` version's blob (creation and rotation, before they finish).
 
         False if the version row is gone or not PENDING, or the blob's domain key is neither
