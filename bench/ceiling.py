@@ -11,6 +11,8 @@ with ``--start-warm-up`` requests, CPU from /proc over the server's processes):
   and answers a fixed response;
 * ``token``: ``bench/ceiling_server.py --level token``, which adds the token's part
   of the call and nothing else (context, AAD, blob, PKCS#11 calls);
+* ``token-session``: the same with the key a ``wrapped`` version used as a cached session
+  object (issue 18, ``--level token-session``);
 * ``no-audit``: ``hsmstore serve --no-audit``, the whole call without the audit trail;
 * ``hsmstore``: ``hsmstore serve``, the whole call (audit on, the default).
 
@@ -19,7 +21,7 @@ each (``--workers 1``), and the medians are printed. Each row's "/ floor" is
 its CPU over ``run.floor_us`` (the echo's median + ``bench/token_floor.py``'s
 CPU for that operation, one process): 1.6 is issue 7's target.
 
-    PYTHONPATH=. python bench/ceiling.py [--rounds 5] [--requests 5000]
+    PYTHONPATH=. python bench/ceiling.py [--rounds 5] [--requests 5000] [--servers echo,token,token-session]
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
 from tests.servers import ServerProcess
 
-SERVERS = ("echo", "typed", "token", "no-audit", "hsmstore")
+SERVERS = ("echo", "typed", "token", "token-session", "no-audit", "hsmstore")
 OPERATIONS = ("GenerateDataKey", "Decrypt")
 TARGET_RATIO = 1.6
 KEY_LINE = re.compile(r"KEY (?P<key_id>\S+)")
@@ -102,15 +104,21 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--grpc-threads", type=int, default=Settings.grpc_threads)
     parser.add_argument("--token-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of: " + ", ".join(SERVERS)
+    )
     args = parser.parse_args()
+    servers = tuple(name for name in SERVERS if name in args.servers.split(","))
+    if "echo" not in servers:
+        parser.error("--servers needs echo: the floor is measured against it")
     token = {(f.operation, f.processes): f.cpu_us_per_op for f in measure_all(args.token_seconds, (1,))}
     alone = ", ".join(f"{op} {run.floor_us(0.0, token, op, 1):.0f} µs" for op in OPERATIONS)
     print(f"token alone (1 process): {alone}", flush=True)
-    cpu: dict[tuple[str, str], list[float]] = {(s, o): [] for s in SERVERS for o in OPERATIONS}
-    rps: dict[tuple[str, str], list[float]] = {(s, o): [] for s in SERVERS for o in OPERATIONS}
+    cpu: dict[tuple[str, str], list[float]] = {(s, o): [] for s in servers for o in OPERATIONS}
+    rps: dict[tuple[str, str], list[float]] = {(s, o): [] for s in servers for o in OPERATIONS}
     with tempfile.TemporaryDirectory(prefix="hsmstore-ceiling-") as data_dir:
         for round_number in range(args.rounds):
-            for name in run.in_rotated_order(SERVERS, round_number):
+            for name in run.in_rotated_order(servers, round_number):
                 with start(name, Path(data_dir), args.grpc_threads) as server:
                     calls = calls_for(name, server)
                     run.warm_up_after_start(server, calls["GenerateDataKey"], args)
@@ -122,7 +130,7 @@ def main() -> int:
                         cpu[name, operation].append(cpu_us)
                         rps[name, operation].append(result.rps)
                         print(
-                            f"round {round_number + 1} {name:<9} {operation:<16}"
+                            f"round {round_number + 1} {name:<13} {operation:<16}"
                             f" {cpu_us:6.0f} µs/req {result.rps:7.0f} req/s",
                             flush=True,
                         )
@@ -132,10 +140,10 @@ def main() -> int:
         echo = statistics.median(cpu["echo", operation])
         floor = run.floor_us(echo, token, operation, 1)
         print(f"{operation} (floor = echo {echo:.0f} + token {floor - echo:.0f} = {floor:.0f} µs)")
-        for name in SERVERS:
+        for name in servers:
             median = statistics.median(cpu[name, operation])
             print(
-                f"  {name:<9} {median:6.0f} µs  {median / floor:5.2f} x floor"
+                f"  {name:<13} {median:6.0f} µs  {median / floor:5.2f} x floor"
                 f"  {statistics.median(rps[name, operation]):7.0f} req/s"
                 f"  rounds: {' '.join(f'{value:.0f}' for value in cpu[name, operation])}"
             )

@@ -11,6 +11,9 @@ Built like hsmstore's own server (``make_grpc_server``, the generated
   AES-GCM). No key lookup, no authorization, no audit. Its own key on a fresh
   dev token, in a vault opened as ``bench/token_floor.py`` opens its own (no
   metadata DB, no audit spool: this server uses neither).
+* ``--level token-session``: ``token``, with the key a ``wrapped`` version (issue 18): a
+  blob under a domain key, used as a session object from the vault's cache (unwrapped on
+  the first call), so the token does no per-call check of a key file.
 
 Prints ``KEY <key id>`` (the id its blobs name) and then ``listening on HOST:PORT``.
 
@@ -33,24 +36,24 @@ from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.config import Settings
 from hsmstore.core.formats import blob as blob_format
 from hsmstore.core.formats.encryption_context import canonical_encryption_context
-from hsmstore.core.model import KeyMaterialRef
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm.devtoken import activate, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
 from hsmstore.server.app import make_grpc_server
 
-LEVELS = ("typed", "token")
+LEVELS = ("typed", "token", "token-session")
 DATA_KEY_BYTES = 32
 
 
 class PartialKeyStore(pb_grpc.KeyStoreServicer):  # type: ignore[misc]
     """GenerateDataKey and Decrypt at one level (see the module docstring)."""
 
-    def __init__(self, level: str, vault: Pkcs11KeyVault, key_id: str, token_id: bytes) -> None:
+    def __init__(self, level: str, vault: Pkcs11KeyVault, key_id: str, material: KeyMaterialRef) -> None:
         self._level = level
         self._vault = vault
         self._key_id = key_id
-        self._material = KeyMaterialRef.token_object(token_id)
+        self._material = material
         self._fixed_data_key = pb.GenerateDataKeyResponse(
             key_id=key_id, plaintext=bytes(DATA_KEY_BYTES), ciphertext_blob=bytes(80)
         )
@@ -86,9 +89,21 @@ def main() -> int:
         activate(token)
         with Pkcs11KeyVault.open(SOFTHSM2, token.module_path, token.token_label, token.read_pin()) as vault:
             key_id, token_id = str(uuid.uuid4()), uuid.uuid4().bytes
-            vault.create_key(KeyMaterialRef.token_object(token_id), f"ceiling/{key_id}/v1")
+            material = KeyMaterialRef.token_object(token_id)
+            if args.level == "token-session":  # issue 18: a wrapped version, used as a session object
+                domain_key_id = uuid.uuid4().hex
+                vault.create_domain_key(domain_key_id)
+                pending = KeyMaterialRef(DEFAULT_KEY_STORE_ID, Residency.WRAPPED, token_id)
+                material = KeyMaterialRef(
+                    DEFAULT_KEY_STORE_ID,
+                    Residency.WRAPPED,
+                    token_id,
+                    wrapped=vault.create_wrapped_key(pending, domain_key_id),
+                )
+            else:
+                vault.create_key(material, f"ceiling/{key_id}/v1")
             server = make_grpc_server(args.grpc_threads, reuse_port=False)
-            servicer = PartialKeyStore(args.level, vault, key_id, token_id)
+            servicer = PartialKeyStore(args.level, vault, key_id, material)
             pb_grpc.add_KeyStoreServicer_to_server(servicer, server)
             port = server.add_insecure_port(args.listen)
             server.start()

@@ -16,6 +16,10 @@ The vault and the session code read a :class:`HsmProfile` instead of testing
 * Asymmetric and HMAC algorithms (issue 23; docs/hsm.md, "Key pairs and HMAC
   keys"): which AWS algorithms the token runs (``offered_algorithms``), and
   the PKCS#11 mechanism each one takes (:data:`ALGORITHM_MECHANISMS`).
+* Wrapped key versions (issue 18; docs/hsm.md, "Wrapped key versions (issue
+  18)"): the RFC 5649 key wrap new blobs are made with (``key_wrap_mechanism``),
+  the ones the token unwraps (``key_wrap_mechanisms``), and whether it offers
+  trusted wrapping (``trusted_wrapping``).
 
 This module also builds the GCM mechanism parameter for each IV source. It
 imports ``pkcs11`` (the Python package) but never loads a PKCS#11 library.
@@ -105,6 +109,17 @@ class HsmProfile:
     """The AWS algorithm names (signing, encryption, MAC, key agreement) this token runs on
     its own keys (issue 23): profile data, not a probe. An algorithm AWS allows but the
     token lacks is refused, never run on the host instead (core/keys/specs.py)."""
+    key_wrap_mechanism: str = "AES_KEY_WRAP_PAD"
+    """Issue 18: the name (a key of :data:`KEY_WRAP_MECHANISMS`) of the RFC 5649 key wrap that
+    wraps new versions' material under a domain key; stored next to each blob."""
+    key_wrap_mechanisms: frozenset[str] = frozenset({"AES_KEY_WRAP_PAD"})
+    """The key wrap names this token unwraps (a blob names its own); any other is refused
+    before the token is touched (KMSInternalException: the DB names a wrap this token lacks)."""
+    trusted_wrapping: bool = False
+    """Whether the token can restrict wrapping to trusted keys (issue 18): the transient
+    material then carries CKA_WRAP_WITH_TRUSTED True and the crypto officer marks each domain
+    key CKA_TRUSTED. SoftHSM2 2.6.1 lets only the SO set CKA_TRUSTED, and only on a public
+    object, which would let anyone who opens the token unwrap the DB blobs: False there."""
 
     def mechanism(self, algorithm: str) -> Mechanism:
         """The PKCS#11 mechanism of an AWS algorithm this token offers.
@@ -118,6 +133,18 @@ class HsmProfile:
                 "use one of the algorithms DescribeKey lists"
             )
         return ALGORITHM_MECHANISMS[algorithm]
+
+    def wrap_mechanism(self, name: str) -> Mechanism:
+        """The PKCS#11 mechanism of a key wrap name this token unwraps (issue 18).
+
+        ``KMSInternalException`` for any other: the metadata DB holds a blob made with a wrap
+        this key store does not have (another profile's, or a corrupted row).
+        """
+        if name not in self.key_wrap_mechanisms or name not in KEY_WRAP_MECHANISMS:
+            raise errors.KMSInternalException(
+                f"the metadata DB names a key wrap mechanism this HSM ({self.name}) does not use"
+            )
+        return KEY_WRAP_MECHANISMS[name]
 
     def validate_pin(self, pin: str) -> None:
         """Raise ``ValueError`` if ``pin`` cannot be a login string of this profile.
@@ -152,6 +179,29 @@ ALGORITHM_MECHANISMS: dict[str, Mechanism] = {
 }
 """AWS algorithm -> the PKCS#11 mechanism the token runs it with (PKCS#11 v2.40 ids, the same
 on SoftHSM2 and CloudHSM)."""
+
+
+def vendor_mechanism(value: int, name: str) -> Mechanism:
+    """A ``Mechanism`` member python-pkcs11 lacks (a vendor's, ``CKM_VENDOR_DEFINED`` and up):
+    python-pkcs11 takes only ``Mechanism`` instances."""
+    member = int.__new__(Mechanism, value)
+    member._name_ = name
+    member._value_ = value
+    return member
+
+
+CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD = 0x8000216F
+"""AWS CloudHSM Client SDK 5's vendor-defined AES key wrap with zero padding (user guide,
+``pkcs11-mechanisms``: "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD ... 0x8000216F"); not run here."""
+
+KEY_WRAP_MECHANISMS: dict[str, Mechanism] = {
+    # RFC 5649 (AES key wrap with padding): PKCS#11 v2.40 CKM_AES_KEY_WRAP_PAD, 0x210A.
+    "AES_KEY_WRAP_PAD": Mechanism.AES_KEY_WRAP_PAD,
+    "CLOUDHSM_AES_KEY_WRAP_ZERO_PAD": vendor_mechanism(
+        CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, "CLOUDHSM_AES_KEY_WRAP_ZERO_PAD"
+    ),
+}
+"""Issue 18: the key wrap name stored next to a blob (``WrappedMaterial.mechanism``) -> its mechanism."""
 
 HASH_MECHANISMS: dict[str, tuple[Mechanism, MGF]] = {
     "sha1": (Mechanism.SHA_1, MGF.SHA1),
@@ -211,6 +261,9 @@ SOFTHSM2 = HsmProfile(
     max_gcm_payload=None,
     offered_algorithms=SOFTHSM2_ALGORITHMS,
     wrapping_algorithms=SOFTHSM2_WRAPPING_ALGORITHMS,
+    key_wrap_mechanism="AES_KEY_WRAP_PAD",
+    key_wrap_mechanisms=frozenset({"AES_KEY_WRAP_PAD"}),
+    trusted_wrapping=False,
 )
 
 CLOUDHSM = HsmProfile(
@@ -224,6 +277,9 @@ CLOUDHSM = HsmProfile(
     offered_algorithms=CLOUDHSM_ALGORITHMS,
     wrapping_algorithms=CLOUDHSM_WRAPPING_ALGORITHMS,
     rsa_aes_key_wrap=True,
+    key_wrap_mechanism="CLOUDHSM_AES_KEY_WRAP_ZERO_PAD",
+    key_wrap_mechanisms=frozenset({"CLOUDHSM_AES_KEY_WRAP_ZERO_PAD"}),
+    trusted_wrapping=True,
 )
 
 PROFILES: dict[str, HsmProfile] = {p.name: p for p in (SOFTHSM2, CLOUDHSM)}

@@ -822,6 +822,11 @@ class TokenSessions:
         return self._module.held_calls
 
     @property
+    def function_list(self) -> FunctionList:
+        """The module's function list, for calls on raw handles (hsm/wrapped_keys.py, issue 18)."""
+        return self._module.function_list
+
+    @property
     def object_store_lock(self) -> threading.Lock:
         """Hold while creating, destroying or searching token objects (inside :meth:`run`).
 

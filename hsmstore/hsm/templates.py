@@ -534,3 +534,148 @@ def length_probe_wrapping_key_template() -> dict[Attribute, Any]:
         Attribute.EXTRACTABLE: False,
         Attribute.WRAP: True,
     }
+
+
+# -- wrapped key versions (issue 18; hsm/wrapped_keys.py) -------------------------
+#
+# A domain key is a token object that only wraps and unwraps: PRIVATE (SoftHSM2 encrypts its
+# value on disk), SENSITIVE, never EXTRACTABLE. Not CKA_TRUSTED on SoftHSM2: only the SO may set
+# it there, and only on a public object (docs/hsm.md, "Wrapped key versions (issue 18)"). A
+# version's material exists on the token only as session objects of this process: the transient
+# one C_WrapKey reads (EXTRACTABLE, destroyed in the same call), and the cached one requests use
+# (ENCRYPT and DECRYPT only, never EXTRACTABLE). RFC 5649 C_UnwrapKey takes no CKA_VALUE_LEN (the
+# blob sets it) and, as for imported versions, CKA_COPYABLE before CKA_MODIFIABLE.
+
+DOMAIN_KEY_ID_PREFIX: Final = b"hsmstore-dk:"
+"""A domain key's CKA_ID is this and its 16 id bytes: 28 bytes, never a version's 16, so neither
+the junk sweep nor a version's search can meet it."""
+
+DOMAIN_KEY_LABEL_PREFIX: Final = "hsmstore/domain-key/"
+
+WRAPPED_MATERIAL_ID_PREFIX: Final = b"hsmstore-wv:"
+"""The CKA_ID of a wrapped version's session objects: this and the version's token id (28 bytes),
+so a walk of this process's objects (list_key_versions, preload) never takes one for a version."""
+
+DOMAIN_KEY_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,  # it never leaves the token, even wrapped
+    Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False,
+    Attribute.WRAP: True,  # wraps new versions' material (C_WrapKey)
+    Attribute.UNWRAP: True,  # and unwraps it to use (C_UnwrapKey)
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+"""A domain key's boolean attributes: WRAP and UNWRAP only."""
+
+DOMAIN_KEY_REQUIRED: Final[dict[Attribute, bool]] = {
+    **DOMAIN_KEY_FLAGS,
+    Attribute.ALWAYS_SENSITIVE: True,
+    Attribute.NEVER_EXTRACTABLE: True,
+    Attribute.LOCAL: True,
+}
+"""What a domain key must show when its handle is loaded: generated on the token, sensitive and
+unextractable from birth, no usage beside wrapping."""
+
+TRANSIENT_MATERIAL_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.TOKEN: False,  # a session object of this process: no other process sees it
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,  # CKA_VALUE is never readable
+    Attribute.EXTRACTABLE: True,  # C_WrapKey needs it; destroyed right after the one wrap
+    Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+"""New or re-wrapped material between its birth and its wrap: no usage, extractable only so that
+the domain key can wrap it (and, where the profile offers it, only under a trusted key)."""
+
+UNWRAPPED_USE_FLAGS: Final[dict[Attribute, bool]] = {
+    Attribute.TOKEN: False,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,  # cannot be wrapped out again, even under the domain key
+    Attribute.ENCRYPT: True,
+    Attribute.DECRYPT: True,
+    Attribute.WRAP: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+"""A cached wrapped version: what a token-object version may do (ENCRYPT and DECRYPT), no more."""
+
+
+def domain_key_cka_id(domain_key_id: str) -> bytes:
+    """The CKA_ID of a domain key: :data:`DOMAIN_KEY_ID_PREFIX` and the 16 bytes of its 32-hex id."""
+    try:
+        raw = bytes.fromhex(domain_key_id)
+    except ValueError:
+        raise ValueError("a domain key id is 32 hex digits") from None
+    if len(raw) != TOKEN_ID_BYTES or domain_key_id != raw.hex():
+        raise ValueError("a domain key id is 32 lowercase hex digits")
+    return DOMAIN_KEY_ID_PREFIX + raw
+
+
+def domain_key_template(domain_key_id: str, *, lock_object: bool = True) -> dict[Attribute, Any]:
+    """The full ``C_GenerateKey`` template of a domain key (AES-256, :data:`DOMAIN_KEY_FLAGS`)."""
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.VALUE_LEN: KEY_VERSION_BITS // 8,
+        Attribute.LABEL: DOMAIN_KEY_LABEL_PREFIX + domain_key_id,
+        Attribute.ID: domain_key_cka_id(domain_key_id),
+        **DOMAIN_KEY_FLAGS,
+    }
+    if lock_object:
+        template.update(LOCKED_OBJECT_FLAGS)
+    return template
+
+
+def _wrapped_material_template(
+    token_id: bytes, label: str, flags: dict[Attribute, bool], *, generated: bool, lock_object: bool
+) -> dict[Attribute, Any]:
+    if len(token_id) != TOKEN_ID_BYTES:
+        raise ValueError(f"token_id must be {TOKEN_ID_BYTES} bytes")
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.LABEL: label,
+        Attribute.ID: WRAPPED_MATERIAL_ID_PREFIX + token_id,
+        **flags,
+    }
+    if generated:
+        template[Attribute.VALUE_LEN] = KEY_VERSION_BITS // 8
+    if lock_object:
+        template[Attribute.COPYABLE] = False  # before MODIFIABLE: SoftHSM2's unwrap order (above)
+        template[Attribute.MODIFIABLE] = False
+    return template
+
+
+def transient_material_template(
+    token_id: bytes, *, generated: bool, trusted_wrapping: bool, lock_object: bool = True
+) -> dict[Attribute, Any]:
+    """New material (``generated``: C_GenerateKey, with CKA_VALUE_LEN) or material being re-wrapped
+    (C_UnwrapKey) as a session object with :data:`TRANSIENT_MATERIAL_FLAGS`; CKA_WRAP_WITH_TRUSTED
+    is ``trusted_wrapping`` (the profile's flag) and always sent."""
+    return _wrapped_material_template(
+        token_id,
+        "hsmstore/wrapped-material",
+        {**TRANSIENT_MATERIAL_FLAGS, Attribute.WRAP_WITH_TRUSTED: trusted_wrapping},
+        generated=generated,
+        lock_object=lock_object,
+    )
+
+
+def unwrapped_use_template(token_id: bytes, *, lock_object: bool = True) -> dict[Attribute, Any]:
+    """The C_UnwrapKey template of a wrapped version's cached session object
+    (:data:`UNWRAPPED_USE_FLAGS`)."""
+    return _wrapped_material_template(
+        token_id, "hsmstore/wrapped-version", UNWRAPPED_USE_FLAGS, generated=False, lock_object=lock_object
+    )

@@ -36,6 +36,15 @@ AES-GCM, after NIST SP 800-38D: 96-bit IVs, 128-bit tags, output
 (``C_GenerateRandom``; SoftHSM2 would take any IV length, even empty), or the
 HSM itself on CloudHSM (docs/hsm.md, "AES-GCM and IVs").
 
+Wrapped key versions (issue 18): a ``Residency.WRAPPED`` reference carries its
+material as a blob wrapped under a token-resident domain key. Encrypt, decrypt
+and data keys take it like a token object, through a per-process cache of
+unwrapped session objects; the ``WrappedKeys`` port (domain keys, wrapping,
+re-wrapping, releasing) is delegated to :mod:`hsmstore.hsm.wrapped_keys`.
+``destroy_key`` and ``key_exists`` on a ``WRAPPED`` reference release its cached
+session object and answer False: nothing of it is on the token (docs/hsm.md,
+"Wrapped key versions (issue 18)").
+
 Errors: a GCM decrypt failure that is not a token fault is
 ``CiphertextAuthenticationFailed`` (SoftHSM2 answers a tag or AAD mismatch
 with CKR_GENERAL_ERROR); an absent or refused key is
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from contextlib import suppress
 from typing import TYPE_CHECKING, NoReturn
 
@@ -56,7 +66,7 @@ from pkcs11.types import DecryptMixin, EncryptMixin
 
 from hsmstore import errors
 from hsmstore.core.key_stores.model import ConnectionStatus
-from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency, WrappedMaterial
 from hsmstore.hsm import templates
 from hsmstore.hsm.audit_sealer import TokenAuditSealer
 from hsmstore.hsm.key_import import TokenKeyImport
@@ -89,6 +99,7 @@ from hsmstore.hsm.token_calls import (
     key_unavailable,
     read_back,
 )
+from hsmstore.hsm.wrapped_keys import DEFAULT_KEY_CACHE_SIZE, TokenWrappedKeys
 
 if TYPE_CHECKING:
     from pkcs11.types import Object
@@ -129,7 +140,12 @@ class Pkcs11KeyVault:
     Open with :meth:`open`, close with :meth:`close` (or use as a context manager).
     """
 
-    def __init__(self, sessions: TokenSessions, key_store_id: str = DEFAULT_KEY_STORE_ID) -> None:
+    def __init__(
+        self,
+        sessions: TokenSessions,
+        key_store_id: str = DEFAULT_KEY_STORE_ID,
+        key_cache_size: int = DEFAULT_KEY_CACHE_SIZE,
+    ) -> None:
         """Use :meth:`open`; this takes an already-open :class:`TokenSessions`."""
         if not key_store_id:
             raise ValueError("key_store_id must not be empty")
@@ -158,6 +174,8 @@ class Pkcs11KeyVault:
             lambda ws, token_id, key: self._admit(ws, token_id, key, imported=True),
             lambda ws, token_id: self._encrypting_key(ws, token_id, imported=True),
         )
+        # Issue 18: domain keys and the cache of unwrapped session objects (hsm/wrapped_keys.py).
+        self._wrapped = TokenWrappedKeys(self._calls, self.profile, self._loaded, key_cache_size)
 
     @classmethod
     def open(
@@ -170,6 +188,7 @@ class Pkcs11KeyVault:
         max_sessions: int | None = None,
         key_store_id: str = DEFAULT_KEY_STORE_ID,
         hung_call_seconds: float = HUNG_CALL_SECONDS,
+        key_cache_size: int = DEFAULT_KEY_CACHE_SIZE,
     ) -> Pkcs11KeyVault:
         """Load the module (``profile.default_module_path`` when None), log in, open a session.
 
@@ -180,7 +199,9 @@ class Pkcs11KeyVault:
         ``token_label`` may be a :class:`~hsmstore.hsm.session.TokenSelector`
         (a custom key store's token, by label or serial). ``hung_call_seconds``
         bounds how long a call may sit inside the module before the token is
-        treated as down (hsm/session.py ``HUNG_CALL_SECONDS``).
+        treated as down (hsm/session.py ``HUNG_CALL_SECONDS``). ``key_cache_size``
+        bounds the unwrapped session objects of ``WRAPPED`` versions this process keeps
+        (issue 18; hsm/wrapped_keys.py).
         Raises ``ValueError`` for a malformed PIN or an empty label or id, and
         ``KMSInternalException`` when the module, token or login fails; neither
         message holds the PIN.
@@ -190,6 +211,8 @@ class Pkcs11KeyVault:
             raise ValueError("token_label must not be empty")
         if not key_store_id:
             raise ValueError("key_store_id must not be empty")
+        if key_cache_size < 1:
+            raise ValueError("key_cache_size must be at least 1")
         sessions = TokenSessions.open(
             profile,
             module_path or profile.default_module_path,
@@ -198,7 +221,11 @@ class Pkcs11KeyVault:
             max_sessions,
             hung_call_seconds=hung_call_seconds,
         )
-        return cls(sessions, key_store_id)
+        try:
+            return cls(sessions, key_store_id, key_cache_size)
+        except BaseException:
+            sessions.close()
+            raise
 
     def close(self) -> None:
         """Close this vault's sessions; the last vault on the token logs out. Idempotent."""
@@ -299,12 +326,12 @@ class Pkcs11KeyVault:
 
     def encrypt(self, material: KeyMaterialRef, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
         """AES-256-GCM on the token; returns ``(iv, ciphertext || tag)`` with a 12-byte IV."""
-        token_id = self._token_id(material)
+        token_id = self._use_id(material)
         self._check_payload(len(plaintext))
 
         def encrypt(ws: WorkingSession) -> tuple[bytes, bytes]:
             iv = self._caller_iv(ws, b"")
-            return self._seal(ws, token_id, plaintext, aad, iv, material.imported)
+            return self._seal(ws, material, token_id, plaintext, aad, iv)
 
         iv, ciphertext = self._calls.run(encrypt, "the HSM failed to encrypt", key_id=token_id)
         return self._checked(iv, ciphertext, len(plaintext))
@@ -319,7 +346,7 @@ class Pkcs11KeyVault:
         session checkout, so the process-wide lock is taken once, not three times.
         Returns ``(data_key, iv, ciphertext || tag)``.
         """
-        token_id = self._token_id(material)
+        token_id = self._use_id(material)
         if not 1 <= number_of_bytes <= MAX_RANDOM_BYTES:
             raise errors.ValidationException(f"number_of_bytes must be between 1 and {MAX_RANDOM_BYTES}")
         self._check_payload(number_of_bytes)
@@ -329,7 +356,7 @@ class Pkcs11KeyVault:
                 ws, number_of_bytes + (GCM_IV_BYTES if self.profile.iv_source is IvSource.CALLER else 0)
             )
             data_key, iv_bytes = drawn[:number_of_bytes], drawn[number_of_bytes:]
-            iv, ciphertext = self._seal(ws, token_id, data_key, aad, iv_bytes or None, material.imported)
+            iv, ciphertext = self._seal(ws, material, token_id, data_key, aad, iv_bytes or None)
             return data_key, iv, ciphertext
 
         data_key, iv, ciphertext = self._calls.run(
@@ -356,15 +383,17 @@ class Pkcs11KeyVault:
     def _seal(
         self,
         ws: WorkingSession,
+        material: KeyMaterialRef,
         token_id: bytes,
         plaintext: bytes,
         aad: bytes,
         iv: bytes | None,
-        imported: bool,
     ) -> tuple[bytes, bytes]:
-        key = self._encrypting_key(ws, token_id, imported)
         if iv is None and self.profile.iv_source is IvSource.CALLER:
             iv = self._caller_iv(ws, b"")
+        if material.residency is Residency.WRAPPED:  # issue 18: a cached session object
+            return self._wrapped.encrypt(ws, material, self._held, iv, aad, plaintext)
+        key = self._encrypting_key(ws, token_id, material.imported)
         if self._held is not None and iv is not None:
             return iv, self._held.gcm_encrypt(ws.handle, _object_handle(key), iv, aad, plaintext)
         param = gcm_encrypt_param(self.profile.iv_source, aad, iv)
@@ -388,12 +417,14 @@ class Pkcs11KeyVault:
         A wrong IV length, a ciphertext shorter than the tag, or any token
         error of the decrypt itself raise ``CiphertextAuthenticationFailed``.
         """
-        token_id = self._token_id(material)
+        token_id = self._use_id(material)
         if len(iv) != GCM_IV_BYTES or len(ciphertext) < GCM_TAG_BYTES:
             raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate")
         param = gcm_decrypt_param(iv, aad) if self._held is None else None
 
         def decrypt(ws: WorkingSession) -> bytes:
+            if material.residency is Residency.WRAPPED:  # issue 18: a cached session object
+                return self._wrapped.decrypt(ws, material, self._held, iv, aad, ciphertext)
             key = self._decrypting_key(ws, token_id, material.imported)
             try:
                 if self._held is not None:
@@ -427,7 +458,13 @@ class Pkcs11KeyVault:
         processes on one SoftHSM2 store this process may not see an object
         another made (TokenViewStale), and a reaper that skipped it would leave
         key material behind after reporting the key destroyed.
+
+        A ``WRAPPED`` reference (issue 18) has no object on the token: its cached
+        session object, if any, is destroyed and the answer is False.
         """
+        if self._is_wrapped(material):
+            self._wrapped.release([material.handle])
+            return False
         token_id = self._token_id(material)
         rescanned = False
 
@@ -449,7 +486,11 @@ class Pkcs11KeyVault:
 
     def key_exists(self, material: KeyMaterialRef) -> bool:
         """Search the token for any object with the reference's CKA_ID (recovery and tests only):
-        an AES or HMAC key, or a key pair (issue 23)."""
+        an AES or HMAC key, or a key pair (issue 23). False for a ``WRAPPED`` reference
+        (issue 18), after releasing its cached session object: it has no token object."""
+        if self._is_wrapped(material):
+            self._wrapped.release([material.handle])
+            return False
         token_id = self._token_id(material)
         rescanned = False
 
@@ -576,6 +617,49 @@ class Pkcs11KeyVault:
         """AES-ECB of a zero block under the version's key, on the token (hsm/key_import.py)."""
         return self._import.key_check_value(self._token_id(material))
 
+    # -- WrappedKeys (hsmstore/core/ports/wrapped_keys.py, issue 18; hsm/wrapped_keys.py) --
+
+    @property
+    def wrap_mechanism(self) -> str:
+        """The profile's name of the RFC 5649 key wrap new blobs are made with."""
+        return self._wrapped.wrap_mechanism
+
+    def create_domain_key(self, domain_key_id: str) -> None:
+        """C_GenerateKey of a token AES-256 domain key, WRAP and UNWRAP only; adopts one made
+        by an earlier attempt."""
+        self._wrapped.create_domain_key(domain_key_id)
+
+    def destroy_domain_key(self, domain_key_id: str) -> bool:
+        """Release the session objects unwrapped under it, then destroy it; True if it existed."""
+        return self._wrapped.destroy_domain_key(domain_key_id)
+
+    def domain_key_exists(self, domain_key_id: str) -> bool:
+        """Search the token for the domain key (recovery and tests only)."""
+        return self._wrapped.domain_key_exists(domain_key_id)
+
+    def create_wrapped_key(self, material: KeyMaterialRef, domain_key_id: str) -> WrappedMaterial:
+        """New AES-256 material wrapped under the domain key; nothing stays on the token."""
+        self._own(material)
+        return self._wrapped.create_wrapped_key(material, domain_key_id)
+
+    def rewrap(self, material: KeyMaterialRef, domain_key_id: str) -> WrappedMaterial:
+        """The version's material wrapped under another domain key (``KeyUnavailableException``
+        if its blob does not unwrap)."""
+        self._own(material)
+        return self._wrapped.rewrap(material, domain_key_id)
+
+    def release(self, token_ids: Collection[bytes]) -> None:
+        """Destroy the cached session objects of these versions, if this process holds any."""
+        self._wrapped.release(token_ids)
+
+    def release_domain_key(self, domain_key_id: str) -> None:
+        """Destroy every cached session object unwrapped under the domain key; forget its handle."""
+        self._wrapped.release_domain_key(domain_key_id)
+
+    def cached_material_count(self) -> int:
+        """Session objects of ``WRAPPED`` versions this process holds now."""
+        return self._wrapped.cached_material_count()
+
     # -- AuditSealer (hsmstore/core/ports/audit.py), on the same sessions --
 
     def audit_seal(self, data: bytes) -> bytes:
@@ -640,6 +724,26 @@ class Pkcs11KeyVault:
                 f"key store {self._key_store_id!r} holds only token objects"
             )
         return material.handle
+
+    def _own(self, material: KeyMaterialRef) -> None:
+        if material.key_store_id != self._key_store_id:
+            raise internal(
+                f"the metadata DB names key material of key store {material.key_store_id!r}, "
+                f"not of this one ({self._key_store_id!r})"
+            )
+
+    def _is_wrapped(self, material: KeyMaterialRef) -> bool:
+        """A ``WRAPPED`` reference of this key store (with or without its blob: a PENDING version)."""
+        self._own(material)
+        return material.residency is Residency.WRAPPED
+
+    def _use_id(self, material: KeyMaterialRef) -> bytes:
+        """The token id of material to encrypt or decrypt with: a token object of this key store,
+        or a ``WRAPPED`` version whose blob this token unwraps (issue 18)."""
+        self._own(material)
+        if material.residency is Residency.WRAPPED:
+            return self._wrapped.check_reference(material)
+        return self._token_id(material)
 
     def _cached_or_found(self, ws: WorkingSession, token_id: bytes, imported: bool) -> Object:
         key = ws.keys.get(token_id)
@@ -749,6 +853,10 @@ class Pkcs11KeyVault:
             objects = list(ws.session.get_objects(query))
         for obj in objects:
             token_id = bytes(obj[Attribute.ID])
+            if token_id.startswith(templates.DOMAIN_KEY_ID_PREFIX):  # issue 18: found once, here
+                with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
+                    self._wrapped.admit_domain_key(ws, token_id, obj)
+                continue
             if len(token_id) != templates.TOKEN_ID_BYTES or token_id in self._refused:
                 continue  # not a key version of ours, or refused already
             if token_id in by_id:
@@ -776,6 +884,7 @@ def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
     from hsmstore.core.ports.key_store import ConnectedKeyStore, KeyImport, KeyPairs, MacKeys
+    from hsmstore.core.ports.wrapped_keys import WrappedKeys
 
     def _implements_key_store_port(vault: Pkcs11KeyVault) -> SymmetricKeyStore:
         """mypy checks here that the class matches the ``SymmetricKeyStore`` Protocol."""
@@ -799,4 +908,8 @@ if TYPE_CHECKING:
 
     def _implements_key_import_port(vault: Pkcs11KeyVault) -> KeyImport:
         """mypy checks here that the class matches the ``KeyImport`` Protocol (issue 22)."""
+        return vault
+
+    def _implements_wrapped_keys_port(vault: Pkcs11KeyVault) -> WrappedKeys:
+        """mypy checks here that the class matches the ``WrappedKeys`` Protocol (issue 18)."""
         return vault

@@ -4,10 +4,14 @@ Same contract as ``hsmstore.hsm.vault.Pkcs11KeyVault`` (tests/contract runs
 one suite against both): the ``SymmetricKeyStore`` and ``AuditSealer`` ports,
 AES-256-GCM through ``cryptography``'s AESGCM, random 12-byte IVs,
 ``ciphertext || tag`` output, and the same errors in the same order (a
-reference to another key store or a ``WRAPPED`` one is refused first, then
-lengths are checked before the key is looked up). Key bytes stay in this
-object and are never returned. ``tests.fakes.key_stores.TokenKeyStores``
-needs no token, so unit tests wrap fakes in it when they need ``KeyStores``.
+reference to another key store or a ``WRAPPED`` one without its blob is
+refused first, then lengths are checked before the key is looked up). Key
+bytes stay in this object and are never returned. The ``wrapped`` residency
+(issue 18, ``WrappedKeys``) is tests/fakes/wrapped_keys.py: a ``WRAPPED``
+reference with its blob is used through an LRU of unwrapped keys, and
+``destroy_key``/``key_exists`` on one release it and answer False, as the
+real vault does. ``tests.fakes.key_stores.TokenKeyStores`` needs no token, so
+unit tests wrap fakes in it when they need ``KeyStores``.
 
 ``set_available(False)`` makes every call fail like an unreachable HSM
 (``DependencyUnavailableException``, as the real vault answers while its
@@ -29,6 +33,7 @@ from hsmstore import errors
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from tests.fakes.key_import import FakeKeyImport, key_check_value_of
 from tests.fakes.key_pairs import FakeKeyPairsAndMacs
+from tests.fakes.wrapped_keys import DEFAULT_KEY_CACHE_SIZE, FakeWrappedKeys
 
 IV_BYTES = 12
 TAG_BYTES = 16
@@ -36,11 +41,12 @@ TOKEN_ID_BYTES = 16
 MAX_RANDOM_BYTES = 1024
 
 
-class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
+class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport, FakeWrappedKeys):
     """Keys in a dict by CKA_ID; thread-safe; close() is a no-op kept for symmetry.
 
     Also the ``KeyPairs`` and ``MacKeys`` ports (issue 23, tests/fakes/key_pairs.py);
-    ``offered_algorithms``: the token profile's algorithms (None: all AWS names).
+    ``offered_algorithms``: the token profile's algorithms (None: all AWS names). And
+    ``WrappedKeys`` (issue 18, tests/fakes/wrapped_keys.py), ``key_cache_size`` unwrapped keys.
     """
 
     def __init__(
@@ -49,10 +55,12 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
         key_store_id: str = DEFAULT_KEY_STORE_ID,
         offered_algorithms: frozenset[str] | None = None,
         offered_wrapping_algorithms: frozenset[str] | None = None,
+        key_cache_size: int = DEFAULT_KEY_CACHE_SIZE,
     ) -> None:
         """``offered_wrapping_algorithms``: the token profile's import algorithms (None: all four)."""
         self._init_key_pairs(offered_algorithms)
         self._init_key_import(offered_wrapping_algorithms)
+        self._init_wrapped_keys(key_cache_size)
         self._key_store_id = key_store_id
         self._keys: dict[bytes, AESGCM] = {}
         self._labels: dict[bytes, str] = {}
@@ -69,6 +77,8 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
         return self._key_store_id
 
     def set_available(self, available: bool) -> None:
+        if not available:
+            self._forget_unwrapped()  # a lost token takes its session objects with it
         self._available = available
 
     def close(self) -> None:
@@ -86,28 +96,28 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
             self._check_values[token_id] = key_check_value_of(key)
 
     def encrypt(self, material: KeyMaterialRef, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
-        token_id = self._token_id(material)
+        token_id = self._use_id(material)
         self._check_available()
         if self.max_gcm_payload is not None and len(plaintext) > self.max_gcm_payload:
             raise errors.ValidationException("plaintext is longer than the HSM accepts")
-        key = self._key(token_id)
+        key = self._key_of(material, token_id)
         iv = os.urandom(IV_BYTES)
         return iv, key.encrypt(iv, plaintext, aad)
 
     def generate_data_key(
         self, material: KeyMaterialRef, number_of_bytes: int, aad: bytes
     ) -> tuple[bytes, bytes, bytes]:
-        self._token_id(material)
+        self._use_id(material)
         data_key = self.generate_random(number_of_bytes)
         iv, ciphertext = self.encrypt(material, data_key, aad)
         return data_key, iv, ciphertext
 
     def decrypt(self, material: KeyMaterialRef, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        token_id = self._token_id(material)
+        token_id = self._use_id(material)
         self._check_available()
         if len(iv) != IV_BYTES or len(ciphertext) < TAG_BYTES:
             raise errors.CiphertextAuthenticationFailed("ciphertext did not authenticate")
-        key = self._key(token_id)
+        key = self._key_of(material, token_id)
         try:
             return key.decrypt(iv, ciphertext, aad)
         except InvalidTag:
@@ -120,6 +130,9 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
         return os.urandom(number_of_bytes)
 
     def destroy_key(self, material: KeyMaterialRef) -> bool:
+        if self._is_wrapped(material):  # no object on the token (issue 18): release it
+            self.release([material.handle])
+            return False
         token_id = self._token_id(material)
         self._check_available()
         pair = self._destroy_pair(token_id) | self._destroy_wrapping_key(token_id)
@@ -128,6 +141,9 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
             return self._keys.pop(token_id, None) is not None or pair
 
     def key_exists(self, material: KeyMaterialRef) -> bool:
+        if self._is_wrapped(material):  # no object on the token (issue 18): release it
+            self.release([material.handle])
+            return False
         token_id = self._token_id(material)
         self._check_available()
         with self._lock:
@@ -176,6 +192,18 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
             )
         return material.handle
 
+    def _use_id(self, material: KeyMaterialRef) -> bytes:
+        """The token id of material to encrypt or decrypt with: a token object of this key store,
+        or a ``WRAPPED`` version whose blob this fake can unwrap (issue 18)."""
+        if self._is_wrapped(material):
+            return self._check_wrapped_reference(material)
+        return self._token_id(material)
+
+    def _key_of(self, material: KeyMaterialRef, token_id: bytes) -> AESGCM:
+        if material.residency is Residency.WRAPPED:
+            return self._unwrapped_key(material)
+        return self._key(token_id)
+
     def _key(self, token_id: bytes) -> AESGCM:
         with self._lock:
             key = self._keys.get(token_id)
@@ -191,6 +219,7 @@ class FakeKeyVault(FakeKeyPairsAndMacs, FakeKeyImport):
 if TYPE_CHECKING:
     from hsmstore.core.ports import AuditSealer, SymmetricKeyStore
     from hsmstore.core.ports.key_store import KeyImport, KeyPairs, MacKeys
+    from hsmstore.core.ports.wrapped_keys import WrappedKeys
 
     def _implements_key_store_port(vault: FakeKeyVault) -> SymmetricKeyStore:
         """mypy checks here that the fake matches the ``SymmetricKeyStore`` Protocol."""
@@ -203,6 +232,10 @@ if TYPE_CHECKING:
         return vault
 
     def _implements_key_import_port(vault: FakeKeyVault) -> KeyImport:
+        return vault
+
+    def _implements_wrapped_keys_port(vault: FakeKeyVault) -> WrappedKeys:
+        """mypy checks here that the fake matches the ``WrappedKeys`` Protocol (issue 18)."""
         return vault
 
     def _implements_audit_sealer_port(vault: FakeKeyVault) -> AuditSealer:
