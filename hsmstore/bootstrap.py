@@ -37,6 +37,9 @@ from hsmstore.core.calls import CallObserver
 from hsmstore.core.failpoints import Failpoint
 from hsmstore.core.key_stores.directory import KeyStoreDirectory
 from hsmstore.core.key_stores.management import CustomKeyStorePorts, record_token_serial
+from hsmstore.core.keys.domain_keys import DomainKeyService
+from hsmstore.core.keys.material_follower import MaterialFollower
+from hsmstore.core.model import Residency
 from hsmstore.core.ports import AuditLog, AuditSealer, Clock, SystemClock
 from hsmstore.core.quotas import RateQuotas, RequestQuotas, ResourceQuotas, parse_operation_rates
 from hsmstore.core.scheduler import Job, PeriodicJobs
@@ -69,6 +72,7 @@ AUDIT_INGEST_INTERVAL_SECONDS = 1.0  # one commit (one fsync) per second of reco
 TEST_CLOCK_ENV = "HSMSTORE_TEST_CLOCK_FILE"
 # A moved clock brings deletion dates forward: test hooks need this second opt-in.
 TEST_HOOKS_ENV = "HSMSTORE_ENABLE_TEST_HOOKS"
+DOMAIN_KEY_JOBS_SECONDS = 1.0  # issue 18: domain keys' re-wrap and retirement (core/keys/domain_keys.py)
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,18 @@ class Runtime:
     # the sealer of the secrets kept in the DB (custom key store PINs, issue 19's access keys).
     key_stores: KeyStoreDirectory | None = None
     secret_sealer: TokenSecretSealer | None = None
+    # Issue 18: the domain keys, their jobs (re-wrap, retirement: every second) and the follower
+    # of the material change feed (core/keys/domain_keys.py, core/keys/material_follower.py).
+    domain_keys: DomainKeyService | None = None
+    domain_key_jobs: PeriodicJobs | None = None
+    material_follower: MaterialFollower | None = None
 
     def start_background_work(self) -> None:
         self.jobs.start()
+        if self.material_follower is not None:
+            self.material_follower.start()
+        if self.domain_key_jobs is not None:
+            self.domain_key_jobs.start()
         if self.key_stores is not None:
             self.key_stores.start()
         if self.sampler is not None:
@@ -115,6 +128,12 @@ class Runtime:
         gate), so the token is left to the process exit, which ends its sessions.
         """
         self.jobs.stop()
+        if self.domain_keys is not None:
+            self.domain_keys.stop()  # a running re-wrap ends after its batch
+        if self.domain_key_jobs is not None:
+            self.domain_key_jobs.stop()
+        if self.material_follower is not None:
+            self.material_follower.stop()
         if self.sampler is not None:
             self.sampler.stop()
         log.info("stopped the background jobs")
@@ -313,6 +332,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
     sealer = TokenSecretSealer(vault.token_calls)
     directory, custom_key_store_ports = custom_key_stores_of(settings, token, vault, store, sealer)
     directory.sync()  # connect the stores stored as connected before serving
+    domain_keys = domain_keys_of(settings, store, directory, clock)
     service = build_use_cases(
         directory,
         store,
@@ -324,6 +344,10 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         request_quotas=request_quotas_of(settings),
         resource_quotas=resource_quotas_of(settings),
         custom_key_store_ports=custom_key_store_ports,
+        # Issue 18: the residency of new AES versions and the AES-GCM usage limit (docs/residency.md).
+        key_residency=Residency.WRAPPED if settings.key_residency == "wrapped" else Residency.TOKEN_OBJECT,
+        gcm_usage_limit=settings.gcm_usage_limit,
+        domain_keys=domain_keys,
     )
     audit: AuditWiring | None = None
     sink: SpoolAuditSink | None = None
@@ -334,6 +358,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         audit = AuditWiring(sink, queries, settings.audit_fail_open)
     grace = timedelta(seconds=settings.recovery_grace_seconds)
     service.recovery.recover_interrupted_work(grace)
+    follower = follow_domain_keys(settings, service, store, directory, domain_keys, clock)
     jobs = PeriodicJobs(
         [
             ("recovery", lambda: service.recovery.recover_interrupted_work(grace)),
@@ -343,12 +368,65 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
             # Issue 22: expired imported material, then expired wrapping keys (core/keys/imports.py).
             ("expired-key-material", service.imports.delete_expired_key_material),
             ("expired-import-parameters", service.imports.destroy_expired_import_parameters),
+            ("material-changes-prune", follower.prune),  # issue 18: the feed's old rows
             *(audit_maintenance_jobs(store, vault, clock, settings.audit_retention_days) if audit else []),
         ],
         settings.jobs_interval_seconds,
     )
     observers, sampler = observe_calls(settings, vault, store)
-    return Runtime(service, vault, store, jobs, audit, sink, observers, sampler, directory, sealer)
+    domain_key_jobs = PeriodicJobs([("domain-keys", domain_keys.run_jobs)], DOMAIN_KEY_JOBS_SECONDS)
+    return Runtime(
+        service,
+        vault,
+        store,
+        jobs,
+        audit,
+        sink,
+        observers,
+        sampler,
+        directory,
+        sealer,
+        domain_keys,
+        domain_key_jobs,
+        follower,
+    )
+
+
+def domain_keys_of(
+    settings: Settings, store: SqlMetadataStore, key_stores: KeyStoreDirectory, clock: Clock
+) -> DomainKeyService:
+    """Issue 18: the domain keys of the key stores this process reaches (core/keys/domain_keys.py).
+
+    Made whatever ``key_residency`` is: versions wrapped while it was ``wrapped`` keep their
+    domain keys, which still rotate and retire."""
+    return DomainKeyService(
+        store,
+        key_stores,
+        clock,
+        failpoint_from_env(),
+        rotation_days=settings.domain_key_rotation_days,
+        recovery_grace_seconds=settings.recovery_grace_seconds,
+    )
+
+
+def follow_domain_keys(
+    settings: Settings,
+    service: UseCases,
+    store: SqlMetadataStore,
+    key_stores: KeyStoreDirectory,
+    domain_keys: DomainKeyService,
+    clock: Clock,
+) -> MaterialFollower:
+    """Roll back interrupted domain-key creations, make the default store's ACTIVE domain key when
+    it is ``wrapped`` (before serving), and wire what drops cached material: the follower of the
+    DB's material change feed, and the domain keys' retirement (issue 18, Deliver 2)."""
+    if service.material is not None:
+        domain_keys.on_drop(service.material.drop_domain_key)
+    domain_keys.recover()
+    if settings.key_residency == "wrapped":
+        domain_keys.ensure_active(key_stores.default().key_store_id)
+    domain_keys.poll()
+    return MaterialFollower(store, key_stores, domain_keys, clock)
 
 
 def custom_key_stores_of(
@@ -409,7 +487,11 @@ def open_vault(settings: Settings, token: TokenSettings) -> Pkcs11KeyVault:
     pin = read_pin(token.pin_file, _pin_origin(settings))
     try:
         return Pkcs11KeyVault.open(
-            profile_by_name(settings.hsm_profile), token.module_path, token.token_label, pin
+            profile_by_name(settings.hsm_profile),
+            token.module_path,
+            token.token_label,
+            pin,
+            key_cache_size=settings.key_cache_size,
         )
     except ValueError as error:  # the profile's PIN format: the message never holds the PIN
         raise TokenSetupError(

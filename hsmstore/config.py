@@ -615,6 +615,10 @@ def _coerce(settings: Settings, name: str, value: Any) -> Any:
 
 def _validate_residency(settings: Settings) -> None:
     """Issue 18: the key residency and its bounds (docs/residency.md)."""
+
+    def refuse(name: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(refusal(settings, name, problem, fix))
+
     if settings.key_residency not in KEY_RESIDENCIES:
         raise refuse(
             "key_residency",
@@ -624,9 +628,7 @@ def _validate_residency(settings: Settings) -> None:
     if settings.key_cache_size < 1:
         raise refuse("key_cache_size", "key_cache_size must be at least 1", "raise it")
     if settings.domain_key_rotation_days <= 0:
-        raise refuse(
-            "domain_key_rotation_days", "domain_key_rotation_days must be positive", "give e.g. 7"
-        )
+        raise refuse("domain_key_rotation_days", "domain_key_rotation_days must be positive", "give e.g. 7")
     if not 1 <= settings.gcm_usage_limit <= MAX_GCM_USAGE_LIMIT:
         raise refuse(
             "gcm_usage_limit",

@@ -8,6 +8,7 @@ hsmstore certs --out DIR [--client SPIFFE_ID ...]
 hsmstore status [--target HOST:PORT] [--ca CA --cert CERT --key KEY] [--metrics URL]
 hsmstore --version
 hsmstore backup --output DIR|FILE.tar.gz   /   hsmstore restore --input DIR|FILE [--force]
+hsmstore domain-keys rotate [--wait] | status   (the wrapped residency's domain keys)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SERVER_PARSERS = (  # (module, function, the commands it adds)
     ("hsmstore.cli.audit", "add_audit_parser", ("audit",)),
     ("hsmstore.cli.certs", "add_certs_parser", ("certs",)),
     ("hsmstore.cli.backup", "add_backup_parsers", ("backup", "restore")),
+    ("hsmstore.cli.domain_keys", "add_domain_keys_parser", ("domain-keys",)),  # issue 18
 )
 
 
@@ -314,6 +316,10 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one return per com
             from hsmstore.cli.db import run_db
 
             return startup.run_guarded(lambda: run_db(args), debug=startup.debug_requested(args))
+        if args.command == "domain-keys":
+            from hsmstore.cli.domain_keys import run_domain_keys
+
+            return run_domain_keys(args)
         if args.command == "status":
             from hsmstore.cli.status import run_status
 

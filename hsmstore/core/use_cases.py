@@ -26,6 +26,7 @@ about one. The families and what they own:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,11 +51,16 @@ from hsmstore.core.keys.last_usage import KeyLastUsageQuery
 from hsmstore.core.keys.management import KeyManagement
 from hsmstore.core.keys.material import VersionMaterial
 from hsmstore.core.keys.recovery import Recovery
+from hsmstore.core.keys.residency import ActiveDomainKeys, VersionResidency, WrappedMaterialRecords
 from hsmstore.core.keys.rotation import KeyRotation
 from hsmstore.core.keys.service_managed import ServiceManagedKeys
 from hsmstore.core.keys.tagging import Tagging
+from hsmstore.core.keys.usage_limit import LeaseStore, LocalInvocationLeases, UsageLimit
+from hsmstore.core.model import Residency
 from hsmstore.core.ports import AuditLog, Clock, KeyStores, Store
 from hsmstore.core.quotas import RequestQuotas, ResourceQuotas
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class UseCases:
     quotas: RequestQuotas = field(default_factory=lambda: RequestQuotas(None))
     # Issue 17: None when the server offers no custom key stores.
     custom_key_stores: CustomKeyStores | None = None
+    # Issue 18: the version references, which a domain key's retirement drops (bootstrap.py).
+    material: VersionMaterial | None = None
 
     @property
     def access(self) -> AccessControl:
@@ -100,8 +108,22 @@ def build_use_cases(
     request_quotas: RequestQuotas | None = None,
     resource_quotas: ResourceQuotas | None = None,
     custom_key_store_ports: CustomKeyStorePorts | None = None,
+    key_residency: Residency = Residency.TOKEN_OBJECT,
+    domain_keys: ActiveDomainKeys | None = None,
+    gcm_usage_limit: int = 2**32,
 ) -> UseCases:
+    """``key_residency``: where new versions of the default key store's AES keys live (issue 18,
+    core/keys/residency.py); ``WRAPPED`` needs ``domain_keys`` and a store that keeps blobs.
+    ``gcm_usage_limit``: encryptions per AES-GCM key version (NIST SP 800-38D §8.3), counted in
+    the store's invocation leases (core/keys/usage_limit.py)."""
     limits = resource_quotas or ResourceQuotas()
+    residency = VersionResidency(
+        key_stores,
+        key_residency,
+        domain_keys,
+        store if isinstance(store, WrappedMaterialRecords) else None,
+        failpoint,
+    )
     access = AccessControl(store, region, metadata_ttl_seconds)
     custom_key_stores = (
         None
@@ -117,11 +139,23 @@ def build_use_cases(
             custom_key_store_ports.followed,
         )
     )
-    creation = KeyCreation(key_stores, store, clock, access, region, failpoint, limits, custom_key_stores)
+    creation = KeyCreation(
+        key_stores, store, clock, access, region, failpoint, limits, custom_key_stores, residency
+    )
     service_keys = ServiceManagedKeys(creation, store, clock, key_stores)
     gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds, key_stores, clock)
     material = VersionMaterial(store, key_stores)
-    rotation = KeyRotation(gate, store, key_stores, clock, failpoint)
+    rotation = KeyRotation(gate, store, key_stores, clock, failpoint, residency)
+    if not isinstance(store, LeaseStore):
+        log.warning("the metadata store keeps no invocation leases: the AES-GCM usage limit is per process")
+    usage_limit = UsageLimit(
+        store if isinstance(store, LeaseStore) else LocalInvocationLeases(),
+        store,
+        material,
+        rotation.rotate_for_usage_limit,
+        gcm_usage_limit,
+        gate.forget_key,
+    )
     health = Health(key_stores, store)
     public_keys = PublicKeys(store)
     material.on_forget(public_keys.forget)
@@ -131,6 +165,7 @@ def build_use_cases(
         key_stores,
         None if custom_key_stores is None else custom_key_stores.store_for_random,
         public_keys,
+        usage_limit,
     )
     return UseCases(
         gate=gate,
@@ -151,9 +186,15 @@ def build_use_cases(
         quotas=request_quotas or RequestQuotas(None),
         custom_key_stores=custom_key_stores,
         external=ExternalKeyOperations(
-            gate, material, key_stores, health.check_health, _key_store_owner(custom_key_store_ports)
+            gate,
+            material,
+            key_stores,
+            health.check_health,
+            _key_store_owner(custom_key_store_ports),
+            usage_limit=usage_limit,
         ),
         imports=KeyMaterialImports(gate, store, key_stores, material, clock, failpoint),
+        material=material,
     )
 
 

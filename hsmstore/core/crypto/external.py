@@ -49,6 +49,7 @@ from hsmstore.core.identifiers import ALIAS_PREFIX
 from hsmstore.core.keys.gate import KeyGate
 from hsmstore.core.keys.material import VersionMaterial
 from hsmstore.core.keys.states import Operation, next_state
+from hsmstore.core.keys.usage_limit import UsageLimit
 from hsmstore.core.model import Caller, KeyRecord, KeySpec, KeyState, KeyUsage
 from hsmstore.core.ports import KeyStores
 from hsmstore.errors import (
@@ -198,10 +199,13 @@ class ExternalKeyOperations:
         check_health: Callable[[], None],
         owner_of: Callable[[str], str | None] | None = None,
         token_model: str = "PKCS#11 token",  # noqa: S107 - a model name
+        usage_limit: UsageLimit | None = None,
     ) -> None:
         """``check_health``: raises unless this server can answer (core/health.py ``check_health``).
         ``owner_of(key_store_id)``: the tenant of a custom key store (None if unknown), so a
-        health answer lists only the caller's tenant's tokens besides the default one."""
+        health answer lists only the caller's tenant's tokens besides the default one.
+        ``usage_limit``: the AES-GCM usage limit every Encrypt spends from (issue 18)."""
+        self._usage_limit = usage_limit
         self._gate = gate
         self._material = material
         self._key_stores = key_stores
@@ -236,11 +240,13 @@ class ExternalKeyOperations:
         _check_size(plaintext, "plaintext", MAX_PAYLOAD_BYTES)
         _check_size(aad, "additionalAuthenticatedData", MAX_AAD_BYTES)
         key = self._admit(caller, external_key_id, Operation.ENCRYPT, metadata)
-        version = key.current_version
+        if self._usage_limit is not None:
+            version, material = self._usage_limit.spend(key)  # NIST SP 800-38D §8.3 (issue 18)
+        else:
+            version, material = key.current_version, self._material.current(key)
         capture.note_key(self._gate.arn(key), version)
         ctm = ciphertext_metadata(version)
         bound = hsm_aad(aad, ctm)
-        material = self._material.current(key)
         store = self._material.key_store(material)
         iv, sealed = store.encrypt(material, plaintext, bound)
         if len(iv) != IV_BYTES or len(sealed) != len(plaintext) + TAG_BYTES:

@@ -6,7 +6,9 @@ before anything touches the token; the key comes through the gate
 (``keys/gate.py``); the AES-GCM step runs in the key store that holds the
 version's material, with AAD = the blob header and the canonical encryption
 context (``formats/blob.py``). Plaintext only passes through memory here and
-is never logged or returned in an error.
+is never logged or returned in an error. Every AES-GCM encryption spends one
+invocation of its version first (``keys/usage_limit.py``, NIST SP 800-38D §8.3),
+which may move the key to a new version; decryption spends none.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from hsmstore.core.keys.gate import KeyGate
 from hsmstore.core.keys.material import VersionMaterial
 from hsmstore.core.keys.states import Operation, next_state
 from hsmstore.core.keys.usage import key_pairs_of, require_offered
-from hsmstore.core.model import Caller, EncryptionAlgorithm, KeyRecord, KeySpec
+from hsmstore.core.keys.usage_limit import UsageLimit
+from hsmstore.core.model import Caller, EncryptionAlgorithm, KeyMaterialRef, KeyRecord, KeySpec
 from hsmstore.core.ports import KeyStores
 from hsmstore.core.validation import check_bytes, check_number
 from hsmstore.errors import (
@@ -50,11 +53,14 @@ class EnvelopeEncryption:
         key_stores: KeyStores,
         connected_custom_key_store: Callable[[Caller, str], str] | None = None,
         public_keys: PublicKeys | None = None,
+        usage_limit: UsageLimit | None = None,
     ) -> None:
         """``connected_custom_key_store(caller, id)``: the id of the caller's tenant's custom key
         store if it is connected here, or reconnecting after an outage
         (core/key_stores/management.py ``store_for_random``); None on a server without
-        custom key stores."""
+        custom key stores. ``usage_limit``: the AES-GCM usage limit (issue 18); None counts
+        nothing (unit tests of other rules)."""
+        self._usage_limit = usage_limit
         self._gate = gate
         self._material = material
         self._key_stores = key_stores
@@ -222,10 +228,9 @@ class EnvelopeEncryption:
             caller, key_id, operation, encryption_context=encryption_context, grant_tokens=grant_tokens
         )
         check_encryption_key(key, EncryptionAlgorithm.SYMMETRIC_DEFAULT.value, operation, self._gate.arn(key))
-        version = key.current_version
+        version, material = self.spend(key)
         capture.note_key(self._gate.arn(key), version)
         aad = blob_format.aad_for(key.key_id, version, context)
-        material = self._material.current(key)
         data_key, iv, ciphertext_and_tag = self._material.key_store(material).generate_data_key(
             material, size, aad
         )
@@ -324,11 +329,17 @@ class EnvelopeEncryption:
             raise blob_format.invalid_ciphertext() from None
         return key, plaintext
 
+    def spend(self, key: KeyRecord) -> tuple[int, KeyMaterialRef]:
+        """The version one AES-GCM encryption under the key uses, and its material: the usage
+        limit's choice (it may rotate the key first), or the current version without one."""
+        if self._usage_limit is not None:
+            return self._usage_limit.spend(key)
+        return key.current_version, self._material.current(key)
+
     def _seal(self, key: KeyRecord, plaintext: bytes, canonical_context: bytes) -> bytes:
-        version = key.current_version
+        version, material = self.spend(key)
         aad = blob_format.aad_for(key.key_id, version, canonical_context)
         capture.note_key(self._gate.arn(key), version)
-        material = self._material.current(key)
         iv, ciphertext_and_tag = self._material.key_store(material).encrypt(material, plaintext, aad)
         return blob_format.BlobV1(key.key_id, version, iv, ciphertext_and_tag).to_bytes()
 

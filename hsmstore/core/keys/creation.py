@@ -6,14 +6,16 @@ version; (2) the material is generated in the key store under that version's
 reference; (3) the row becomes ENABLED. A process killed after (1) or (2)
 leaves a CREATING row that recovery (``keys/recovery.py``) rolls back,
 destroying the material if it was made, so there is never an orphan token
-object nor a usable row without key material.
+object nor a usable row without key material. A ``WRAPPED`` version (issue 18,
+``keys/residency.py``) makes nothing on the token: step (2) stores its blob on
+the PENDING row, and rolling it back is deleting the row.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 from hsmstore.core.access.control import AccessControl
 from hsmstore.core.access.default_policies import default_key_policy
@@ -22,6 +24,7 @@ from hsmstore.core.failpoints import Failpoint, no_failpoint
 from hsmstore.core.identifiers import key_arn
 from hsmstore.core.keys import specs
 from hsmstore.core.keys.material import token_label
+from hsmstore.core.keys.residency import VersionResidency, discard_material
 from hsmstore.core.keys.results import KeyDescription
 from hsmstore.core.keys.specs import algorithms_of
 from hsmstore.core.keys.tags import MAX_TAGS_PER_KEY, validate_tags
@@ -50,9 +53,6 @@ from hsmstore.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
-
-if TYPE_CHECKING:
-    from hsmstore.core.ports.key_store import KeyMaterial
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,11 @@ class KeyCreation:
         failpoint: Failpoint = no_failpoint,
         quotas: ResourceQuotas | None = None,
         custom_key_stores: CustomKeyStoreChoice | None = None,
+        residency: VersionResidency | None = None,
     ) -> None:
+        """``residency``: where a new version's material goes (core/keys/residency.py, issue 18);
+        None makes every version a token object."""
+        self._residency = residency or VersionResidency(key_stores, failpoint=failpoint)
         self._quotas = quotas or ResourceQuotas()
         self._custom_key_stores = custom_key_stores
         self._key_stores = key_stores
@@ -176,6 +180,7 @@ class KeyCreation:
             VersionState.PENDING,
             key.creation_date,
             key_store_id=key.key_store_id,
+            residency=self._residency.residency_for(key),
             imported=key.origin is Origin.EXTERNAL,
         )
         arn = key_arn(self._region, key.tenant, key.key_id)
@@ -219,7 +224,8 @@ class KeyCreation:
         )
 
     def _make_material(self, key_store: object, key: KeyRecord, version: KeyVersion) -> None:
-        """The token step: an AES key, an RSA or EC key pair, or an HMAC key (issue 23).
+        """The token step: an AES key (a token object, or wrapped: issue 18), an RSA or EC key
+        pair, or an HMAC key (issue 23).
 
         A key pair's public key is stored with its PENDING version before the key is
         finished, so GetPublicKey, Verify and Encrypt never find an ACTIVE version without it.
@@ -233,8 +239,8 @@ class KeyCreation:
                 raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
         elif key.key_spec in specs.HMAC_SPECS:
             mac_keys_of(key_store).create_mac_key(version.material, label, key.key_spec.value)
-        else:
-            cast("KeyMaterial", key_store).create_key(version.material, label)
+        elif not self._residency.make_symmetric(version, label, "create_key"):
+            raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
 
     def _key_store_for(self, caller: Caller, custom_key_store_id: str, spec: KeySpec) -> str:
         if not custom_key_store_id:
@@ -259,7 +265,7 @@ class KeyCreation:
             if not self._store.claim_failed_creation(key_id):
                 return True
             for version in versions:
-                self._key_stores.key_store(version.key_store_id).destroy_key(version.material)
+                discard_material(self._key_stores, version.material)
             self._store.delete_key(key_id, abandoned_at=self._clock.now())
             return True
         except Exception:

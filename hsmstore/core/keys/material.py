@@ -1,13 +1,22 @@
 """Which material a key version uses, and the key store that holds it.
 
-A version's material never changes once the version is ACTIVE, so its
-reference is cached for the life of the process and forgotten only when the
-key is destroyed. The key store a reference names is the one that is asked:
+A version's material is fixed once the version is ACTIVE, so its reference is
+cached and forgotten only when the key is destroyed -- with one exception
+(issue 18): a ``WRAPPED`` version's blob is re-wrapped when its domain key
+retires. The old blob keeps working until that domain key is destroyed, so the
+references wrapped under it are forgotten (and read again) once it is being
+destroyed (:meth:`VersionMaterial.drop_domain_key`, called by
+``keys/domain_keys.py`` within the staleness bound, before the token destroy).
+
+The cache is a bounded LRU: with a million keys (issue 18) it must not grow
+with the key count. The key store a reference names is the one that is asked:
 a version lives where its key was made, whatever the default store is now.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from hsmstore.core.model import KeyMaterialRef, KeyRecord, VersionState
@@ -29,13 +38,26 @@ def parse_token_label(label: str) -> tuple[str, int] | None:
     return key_id, int(version)
 
 
-class VersionMaterial:
-    """The material reference of each ACTIVE version, read from the store once."""
+DEFAULT_CACHED_REFERENCES = 100_000
+"""References one process keeps (a few hundred bytes each): the working set of a large store."""
 
-    def __init__(self, store: MetadataStore, key_stores: KeyStores) -> None:
+
+class VersionMaterial:
+    """The material reference of each ACTIVE version, read from the store once (bounded LRU).
+
+    Thread-safe: request threads read and fill it, the domain-key follower drops from it.
+    """
+
+    def __init__(
+        self, store: MetadataStore, key_stores: KeyStores, max_entries: int = DEFAULT_CACHED_REFERENCES
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._store = store
         self._key_stores = key_stores
-        self._refs: dict[tuple[str, int], KeyMaterialRef] = {}
+        self._max_entries = max_entries
+        self._refs: OrderedDict[tuple[str, int], KeyMaterialRef] = OrderedDict()
+        self._lock = threading.Lock()
         self._forget_listeners: list[Callable[[str], None]] = []
 
     def on_forget(self, listener: Callable[[str], None]) -> None:
@@ -51,13 +73,20 @@ class VersionMaterial:
 
     def of(self, key_id: str, version: int) -> KeyMaterialRef | None:
         """The material of an ACTIVE version, or None (a ciphertext naming a version that is not)."""
-        cached = self._refs.get((key_id, version))
-        if cached is not None:
-            return cached
+        entry = (key_id, version)
+        with self._lock:
+            cached = self._refs.get(entry)
+            if cached is not None:
+                self._refs.move_to_end(entry)
+                return cached
         record = self._store.get_version(key_id, version)
         if record is None or record.state is not VersionState.ACTIVE:
             return None
-        self._refs[(key_id, version)] = record.material
+        with self._lock:
+            self._refs[entry] = record.material
+            self._refs.move_to_end(entry)
+            while len(self._refs) > self._max_entries:
+                self._refs.popitem(last=False)
         return record.material
 
     def key_store(self, material: KeyMaterialRef) -> SymmetricKeyStore:
@@ -65,7 +94,26 @@ class VersionMaterial:
 
     def forget(self, key_id: str) -> None:
         """The key was destroyed: its references go with it."""
-        for cached in [cached for cached in self._refs if cached[0] == key_id]:
-            self._refs.pop(cached, None)
+        with self._lock:
+            for cached in [cached for cached in self._refs if cached[0] == key_id]:
+                self._refs.pop(cached, None)
         for listener in self._forget_listeners:
             listener(key_id)
+
+    def drop_domain_key(self, domain_key_id: str) -> int:
+        """Forget every reference whose blob is wrapped under this domain key (issue 18): it is
+        being destroyed, the versions were re-wrapped, so their next use reads the new blob.
+        Returns how many references went."""
+        with self._lock:
+            stale = [
+                entry
+                for entry, ref in self._refs.items()
+                if ref.wrapped is not None and ref.wrapped.domain_key_id == domain_key_id
+            ]
+            for entry in stale:
+                del self._refs[entry]
+        return len(stale)
+
+    def cached_count(self) -> int:
+        """References held now (tests, metrics)."""
+        return len(self._refs)

@@ -2,7 +2,11 @@
 
 The caller of an interrupted CreateKey never got a key id, so the key must
 not appear; its material, if it was made, is destroyed before the row goes,
-so a second crash here is also safe (``keys/creation.py``).
+so a second crash here is also safe (``keys/creation.py``). A PENDING or
+ABANDONED ``WRAPPED`` version (issue 18) has nothing on the token -- the wrap
+destroys its session object whatever happens, and a killed process's session
+objects die with it -- so rolling it back only releases what this process may
+have cached and deletes the row, blob included (``keys/residency.py``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ decryption; automatic rotation happens every ``RotationPeriodInDays``
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from hsmstore.core.audit import capture
 from hsmstore.core.failpoints import Failpoint, no_failpoint
 from hsmstore.core.keys.gate import KeyGate
 from hsmstore.core.keys.material import token_label
+from hsmstore.core.keys.residency import VersionResidency, discard_material
 from hsmstore.core.keys.results import RotationEntry, RotationStatus
 from hsmstore.core.keys.states import Operation
 from hsmstore.core.model import (
@@ -54,7 +56,11 @@ class KeyRotation:
         key_stores: KeyStores,
         clock: Clock,
         failpoint: Failpoint = no_failpoint,
+        residency: VersionResidency | None = None,
     ) -> None:
+        """``residency``: where a new version's material goes (core/keys/residency.py, issue 18);
+        None makes every version a token object."""
+        self._residency = residency or VersionResidency(key_stores, failpoint=failpoint)
         self._gate = gate
         self._store = store
         self._key_stores = key_stores
@@ -120,6 +126,17 @@ class KeyRotation:
                 rotated += 1
         return rotated
 
+    def rotate_for_usage_limit(self, key: KeyRecord) -> bool:
+        """A new version because the current one reached the AES-GCM usage limit (issue 18,
+        NIST SP 800-38D §8.3; core/keys/usage_limit.py). False when another rotation took n+1.
+
+        AWS has no such rotation: it is recorded as AUTOMATIC, is not counted against the
+        on-demand quota, and keeps the key's automatic schedule (``next_rotation_date``). It runs
+        outside the encrypting call's audit capture, as the scheduler's rotations do, so that
+        call's record is not committed with it.
+        """
+        return contextvars.Context().run(self._rotate, key, RotationType.AUTOMATIC, None)
+
     def list_key_rotations(
         self, caller: Caller, key_id: str, limit: int | None, marker: str
     ) -> Page[RotationEntry]:
@@ -145,7 +162,7 @@ class KeyRotation:
         try:
             if not self._store.abandon_version(version.key_id, version.version, version.token_id):
                 return
-            self._key_stores.key_store(version.key_store_id).destroy_key(version.material)
+            discard_material(self._key_stores, version.material)
             self._store.delete_version(
                 version.key_id, version.version, version.token_id, abandoned_at=self._clock.now()
             )
@@ -159,7 +176,8 @@ class KeyRotation:
 
         The same order as CreateKey, so a crash leaves a PENDING version that
         start-up recovery rolls back. False when another rotation took n+1.
-        A new version lives in its key's key store.
+        A new version lives in its key's key store, as a token object or wrapped
+        (``keys/residency.py``: decided here, at insert).
         """
         version = KeyVersion(
             key.key_id,
@@ -169,13 +187,16 @@ class KeyRotation:
             self._clock.now(),
             rotation_type,
             key_store_id=key.key_store_id,
+            residency=self._residency.residency_for(key),
         )
         if not self._store.insert_pending_version(version, MAX_ON_DEMAND_ROTATIONS):
             return False
         self._failpoint("rotate.after_db_insert")
         try:
-            key_store = self._key_stores.key_store(version.key_store_id)
-            key_store.create_key(version.material, token_label(key.key_id, version.version))
+            if not self._residency.make_symmetric(
+                version, token_label(key.key_id, version.version), "rotate"
+            ):
+                raise KMSInternalException("The rotation took too long and was rolled back; retry")
             self._failpoint("rotate.after_token_create")
             capture.note_key(self._gate.arn(key), version.version)
             finished = capture.change(
