@@ -26,7 +26,6 @@ about one. The families and what they own:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,12 +54,10 @@ from hsmstore.core.keys.residency import ActiveDomainKeys, VersionResidency, Wra
 from hsmstore.core.keys.rotation import KeyRotation
 from hsmstore.core.keys.service_managed import ServiceManagedKeys
 from hsmstore.core.keys.tagging import Tagging
-from hsmstore.core.keys.usage_limit import LeaseStore, LocalInvocationLeases, UsageLimit
+from hsmstore.core.keys.usage_limit import UsageLimit
 from hsmstore.core.model import Residency
 from hsmstore.core.ports import AuditLog, Clock, KeyStores, Store
 from hsmstore.core.quotas import RequestQuotas, ResourceQuotas
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,10 +143,8 @@ def build_use_cases(
     gate = KeyGate(store, access, region, service_keys, metadata_ttl_seconds, key_stores, clock)
     material = VersionMaterial(store, key_stores)
     rotation = KeyRotation(gate, store, key_stores, clock, failpoint, residency)
-    if not isinstance(store, LeaseStore):
-        log.warning("the metadata store keeps no invocation leases: the AES-GCM usage limit is per process")
     usage_limit = UsageLimit(
-        store if isinstance(store, LeaseStore) else LocalInvocationLeases(),
+        store,
         store,
         material,
         rotation.rotate_for_usage_limit,

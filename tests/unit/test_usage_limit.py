@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hsmstore.core.formats import blob as blob_format
-from hsmstore.core.keys.usage_limit import LocalInvocationLeases, block_size
+from hsmstore.core.keys.usage_limit import block_size
 from hsmstore.core.model import Caller, KeyState, RotationType
 from hsmstore.core.use_cases import UseCases, build_use_cases
 from hsmstore.errors import LimitExceededException
@@ -33,15 +33,11 @@ class LeasingStore(FakeMetadataStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.leases = LocalInvocationLeases()
         self.lease_calls = 0
 
     def lease_invocations(self, key_id: str, version: int, wanted: int, limit: int) -> int:
         self.lease_calls += 1
-        return self.leases.lease_invocations(key_id, version, wanted, limit)
-
-    def leased_invocations(self, key_id: str, version: int) -> int:
-        return self.leases.leased_invocations(key_id, version)
+        return super().lease_invocations(key_id, version, wanted, limit)
 
 
 def process(store: FakeMetadataStore, vault: FakeKeyVault, limit: int) -> UseCases:
@@ -215,11 +211,3 @@ def test_a_disabled_key_at_the_limit_is_not_rotated() -> None:
     with pytest.raises(Exception, match="disabled"):
         encrypt(service, key.key_id)
     assert [v.version for v in store.list_versions(key.key_id)] == [1]
-
-
-def test_local_leases_never_grant_past_the_limit() -> None:
-    """What a store without leases gets: the limit kept within one process."""
-    leases = LocalInvocationLeases()
-    assert [leases.lease_invocations("k", 1, 4, 10) for _ in range(4)] == [4, 4, 2, 0]
-    assert leases.leased_invocations("k", 1) == 10
-    assert leases.lease_invocations("k", 2, 4, 10) == 4

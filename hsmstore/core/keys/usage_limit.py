@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from hsmstore.core.keys.material import VersionMaterial
 from hsmstore.core.keys.states import Operation, next_state
@@ -49,37 +49,10 @@ def block_size(limit: int) -> int:
     return max(1, min(MAX_BLOCK, limit // BLOCKS_PER_LIMIT))
 
 
-@runtime_checkable
-class LeaseStore(InvocationLeases, Protocol):
-    """A metadata store that keeps invocation leases (the SQL store; store/usage_sql.py)."""
-
-
 class KeyReader(Protocol):
     def get_key(self, key_id: str) -> KeyRecord | None:
         """The key as the DB holds it now (no cache)."""
         ...
-
-
-class LocalInvocationLeases:
-    """Leases counted in this process only: for a store that keeps none (unit-test fakes).
-
-    It enforces the limit for one process; the SQL stores enforce it across processes and nodes.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._leased: dict[tuple[str, int], int] = {}
-
-    def lease_invocations(self, key_id: str, version: int, wanted: int, limit: int) -> int:
-        with self._lock:
-            leased = self._leased.get((key_id, version), 0)
-            granted = max(0, min(wanted, limit - leased))
-            self._leased[(key_id, version)] = leased + granted
-            return granted
-
-    def leased_invocations(self, key_id: str, version: int) -> int:
-        with self._lock:
-            return self._leased.get((key_id, version), 0)
 
 
 class UsageLimit:
