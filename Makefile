@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint proto bench soak bench-ceiling bench-half-open fuzz install system-deps clean
+.PHONY: run test lint proto bench bench-scale soak bench-ceiling bench-half-open fuzz install system-deps clean
 
 # The AWS JSON protocol too (issue 19): boto3 / `aws kms --endpoint-url http://127.0.0.1:4599`.
 run: install
@@ -30,7 +30,17 @@ bench: install
 	$(BIN)/python bench/aws_protocol.py
 	$(BIN)/python bench/xks.py
 	$(BIN)/python bench/asymmetric.py
+	$(BIN)/python bench/residency.py
+	$(BIN)/python bench/scale.py --keys 2000 --residency wrapped --seconds 5
+	$(BIN)/python bench/scale.py --keys 2000 --residency token --seconds 5
 	$(MAKE) soak
+
+# Issue 18: N keys (default 1,000,000) made through the service in a wrapped store, resumable (state and
+# data dir in .hsmstore/bench-scale/), then the token residency at the largest N SoftHSM2 can hold (50,000).
+SCALE_N = $(or $(N),1000000)
+bench-scale: install
+	$(BIN)/python bench/scale.py --keys $(SCALE_N) --residency wrapped
+	$(BIN)/python bench/scale.py --keys $(or $(TOKEN_N),$$(( $(SCALE_N) < 50000 ? $(SCALE_N) : 50000 ))) --residency token
 
 # Mixed load for SOAK_MINUTES (30) with --workers 2: memory, descriptors, errors, audit, metrics (issue 16).
 soak: install
