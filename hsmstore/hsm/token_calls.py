@@ -133,6 +133,49 @@ class TokenCalls:
         with self.sessions.object_store_lock:
             return list(ws.session.get_objects(query))
 
+    def objects_exist(self, cka_id: bytes, failure: str) -> bool:
+        """Whether any object carries ``cka_id`` (recovery and tests only).
+
+        "Absent" is concluded only after a rescan: with several processes on one
+        SoftHSM2 store this process may not see an object another made (TokenViewStale).
+        """
+        rescanned = False
+
+        def exists(ws: WorkingSession) -> bool:
+            nonlocal rescanned
+            found = bool(self.search(ws, {Attribute.ID: cka_id}))
+            if not found and not rescanned:
+                rescanned = True
+                raise TokenViewStale()
+            return found
+
+        return self.run(exists, failure, key_id=None)
+
+    def destroy_objects(self, cka_id: bytes, failure: str) -> bool:
+        """C_DestroyObject every object carrying ``cka_id``; True if one existed.
+
+        As :meth:`objects_exist`, "not there" only after a rescan: a reaper that skipped
+        an object another process made would leave key material behind after reporting
+        it destroyed. The handle cached for ``cka_id`` is forgotten whatever happens.
+        """
+        rescanned = False
+
+        def destroy(ws: WorkingSession) -> bool:
+            nonlocal rescanned
+            found = self.search(ws, {Attribute.ID: cka_id})
+            if not found and not rescanned:
+                rescanned = True
+                raise TokenViewStale()
+            with self.sessions.object_store_lock:
+                for obj in found:
+                    obj.destroy()
+            return bool(found)
+
+        try:
+            return self.run(destroy, failure, key_id=None)
+        finally:
+            self.sessions.forget_key(cka_id)
+
 
 def internal(message: str) -> errors.KMSInternalException:
     return errors.KMSInternalException(message)

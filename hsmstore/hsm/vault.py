@@ -465,24 +465,7 @@ class Pkcs11KeyVault:
         if self._is_wrapped(material):
             self._wrapped.release([material.handle])
             return False
-        token_id = self._token_id(material)
-        rescanned = False
-
-        def destroy(ws: WorkingSession) -> bool:
-            nonlocal rescanned
-            found = self._calls.search(ws, {Attribute.ID: token_id})
-            if not found and not rescanned:
-                rescanned = True
-                raise TokenViewStale()
-            with self._sessions.object_store_lock:
-                for obj in found:
-                    obj.destroy()
-            return bool(found)
-
-        try:
-            return self._calls.run(destroy, "the HSM failed to destroy a key", key_id=None)
-        finally:
-            self._sessions.forget_key(token_id)
+        return self._calls.destroy_objects(self._token_id(material), "the HSM failed to destroy a key")
 
     def key_exists(self, material: KeyMaterialRef) -> bool:
         """Search the token for any object with the reference's CKA_ID (recovery and tests only):
@@ -491,18 +474,7 @@ class Pkcs11KeyVault:
         if self._is_wrapped(material):
             self._wrapped.release([material.handle])
             return False
-        token_id = self._token_id(material)
-        rescanned = False
-
-        def exists(ws: WorkingSession) -> bool:
-            nonlocal rescanned
-            found = bool(self._calls.search(ws, {Attribute.ID: token_id}))
-            if not found and not rescanned:
-                rescanned = True
-                raise TokenViewStale()  # rescan before answering "absent" (see destroy_key)
-            return found
-
-        return self._calls.run(exists, "the HSM failed to search for a key", key_id=None)
+        return self._calls.objects_exist(self._token_id(material), "the HSM failed to search for a key")
 
     def ping(self) -> None:
         """Raise if the token does not answer (one C_GenerateRandom).

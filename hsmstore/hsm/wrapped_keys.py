@@ -62,7 +62,7 @@ from hsmstore.hsm.profiles import (
     IvSource,
 )
 from hsmstore.hsm.return_values import CKR_BUFFER_TOO_SMALL, CKR_OK, Fault, error_for
-from hsmstore.hsm.session import TokenViewStale, WorkingSession, fault_kind
+from hsmstore.hsm.session import WorkingSession, fault_kind
 from hsmstore.hsm.token_calls import TokenCalls, as_bytes, internal
 
 if TYPE_CHECKING:
@@ -315,39 +315,15 @@ class TokenWrappedKeys:
         self._calls.run(generate, "the HSM failed to generate a domain key", key_id=cka_id)
 
     def domain_key_exists(self, domain_key_id: str) -> bool:
-        cka_id = _domain_cka_id(domain_key_id)
-        rescanned = False
-
-        def exists(ws: WorkingSession) -> bool:
-            nonlocal rescanned
-            found = bool(self._calls.search(ws, {Attribute.ID: cka_id}))
-            if not found and not rescanned:
-                rescanned = True
-                raise TokenViewStale()  # rescan before answering "absent" (vault.destroy_key)
-            return found
-
-        return self._calls.run(exists, "the HSM failed to search for a domain key", key_id=None)
+        return self._calls.objects_exist(
+            _domain_cka_id(domain_key_id), "the HSM failed to search for a domain key"
+        )
 
     def destroy_domain_key(self, domain_key_id: str) -> bool:
-        cka_id = _domain_cka_id(domain_key_id)
         self.release_domain_key(domain_key_id)
-        rescanned = False
-
-        def destroy(ws: WorkingSession) -> bool:
-            nonlocal rescanned
-            found = self._calls.search(ws, {Attribute.ID: cka_id})
-            if not found and not rescanned:
-                rescanned = True
-                raise TokenViewStale()
-            with self._sessions.object_store_lock:
-                for obj in found:
-                    obj.destroy()
-            return bool(found)
-
-        try:
-            return self._calls.run(destroy, "the HSM failed to destroy a domain key", key_id=None)
-        finally:
-            self._sessions.forget_key(cka_id)
+        return self._calls.destroy_objects(
+            _domain_cka_id(domain_key_id), "the HSM failed to destroy a domain key"
+        )
 
     def create_wrapped_key(self, material: KeyMaterialRef, domain_key_id: str) -> WrappedMaterial:
         token_id = _version_id(material)
