@@ -28,11 +28,11 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import Any
 
 from hsmstore import bootstrap
-from hsmstore.config import ConfigError, Settings, load_settings
+from hsmstore.cli.settings_flags import add_settings_flags, settings_from_flags
+from hsmstore.config import ConfigError, Settings
 from hsmstore.core.access_keys import AccessKeys, AccessKeySummary
 from hsmstore.core.ports.clock import SystemClock
 from hsmstore.core.ports.secrets import SecretSealer
@@ -62,37 +62,24 @@ def add_access_keys_parser(admin: argparse.ArgumentParser) -> None:
         "or arn:hsmstore:iam::<tenant>:<kind>/<name>",
     )
     create.add_argument("--tenant", help="the principal's tenant (default local)")
-    _add_settings_flags(create, token=True)
+    add_settings_flags(create, token=True)
 
     listing = commands.add_parser("list", help="every access key (never a secret)")
     listing.add_argument("--tenant", help="only this tenant's keys")
     listing.add_argument(
         "--principal", help="only this principal's keys (kind/name with --tenant, or its ARN)"
     )
-    _add_settings_flags(listing, token=False)
+    add_settings_flags(listing, token=False)
 
     revoke = commands.add_parser("revoke", help="revoke an access key for good")
     revoke.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
-    _add_settings_flags(revoke, token=False)
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser, *, token: bool) -> None:
-    parser.add_argument("--config", help="TOML settings file")
-    parser.add_argument("--db", help="sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
-    parser.add_argument("--data-dir", dest="data_dir", help="data directory (default ./.hsmstore)")
-    if token:
-        parser.add_argument("--hsm-profile", dest="hsm_profile", choices=["softhsm2", "cloudhsm"])
-        parser.add_argument(
-            "--pkcs11-module", dest="pkcs11_module", help="PKCS#11 library (default: dev SoftHSM2)"
-        )
-        parser.add_argument("--token-label", dest="token_label")
-        parser.add_argument("--pin-file", dest="pin_file", help="file holding the user PIN (never in argv)")
+    add_settings_flags(revoke, token=False)
 
 
 def run_access_keys(args: argparse.Namespace) -> int:
     """Run one ``hsmstore admin access-keys`` command; returns the exit code."""
     try:
-        settings = _settings(args)
+        settings = settings_from_flags(args)
         with _access_keys(settings, token=args.access_keys_command == "create") as keys:
             if args.access_keys_command == "create":
                 created = keys.create(args.principal, args.tenant, operator=_operator())
@@ -127,11 +114,6 @@ def _operator() -> str:
     except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER
         return f"uid-{os.getuid()}"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or f"uid-{os.getuid()}"
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    flags = {field.name: getattr(args, field.name, None) for field in fields(Settings)}
-    return load_settings(flags, config_file=getattr(args, "config", None))
 
 
 @contextmanager

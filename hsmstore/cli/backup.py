@@ -37,7 +37,6 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -54,7 +53,8 @@ from hsmstore.cli.backup_manifest import (
     write_manifest,
 )
 from hsmstore.cli.data_dir_locks import lock_holders
-from hsmstore.config import ConfigError, Settings, load_settings
+from hsmstore.cli.settings_flags import settings_from_flags
+from hsmstore.config import ConfigError, Settings
 from hsmstore.hsm.devtoken import DEFAULT_TOKEN_LABEL
 from hsmstore.hsm.devtoken_backup import (
     PIN_FILE,
@@ -153,7 +153,7 @@ def _run(command: str, action: Callable[[argparse.Namespace], str], args: argpar
 
 
 def _backup(args: argparse.Namespace) -> str:
-    settings = _settings(args)
+    settings = settings_from_flags(args)
     db_file = sqlite_file_for_backup(settings.db_url)
     _require_dev_token(settings)
     data_dir = settings.data_path.resolve()
@@ -194,7 +194,7 @@ def _backup(args: argparse.Namespace) -> str:
 
 
 def _restore(args: argparse.Namespace) -> str:
-    settings = _settings(args)
+    settings = settings_from_flags(args)
     db_file = sqlite_file_for_backup(settings.db_url).resolve()
     _require_dev_token(settings)
     data_dir = settings.data_path.resolve()
@@ -288,11 +288,6 @@ def _dev_token_lock(data_dir: Path) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ shared
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    flags = {field.name: getattr(args, field.name, None) for field in fields(Settings)}
-    return load_settings(flags, config_file=getattr(args, "config", None))
 
 
 def _require_dev_token(settings: Settings) -> None:

@@ -25,12 +25,13 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from hsmstore import bootstrap
-from hsmstore.config import ConfigError, Settings, load_settings
+from hsmstore.cli.settings_flags import add_settings_flags, settings_from_flags
+from hsmstore.config import ConfigError, Settings
 from hsmstore.core.keys.domain_keys import DomainKeyService, domain_key_status
 from hsmstore.core.model import DomainKeyState
 from hsmstore.core.ports import SymmetricKeyStore
@@ -58,28 +59,15 @@ def add_domain_keys_parser(commands: Any) -> None:
         action="store_true",
         help="re-wrap here too and return once the old domain key is destroyed on the token",
     )
-    _add_settings_flags(rotate, token=True)
+    add_settings_flags(rotate, token=True)
     status = actions.add_parser("status", help="the domain keys, and when deleted versions became unusable")
-    _add_settings_flags(status, token=False)
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser, *, token: bool) -> None:
-    parser.add_argument("--config", help="TOML settings file")
-    parser.add_argument("--db", help="sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
-    parser.add_argument("--data-dir", dest="data_dir", help="data directory (default ./.hsmstore)")
-    if token:
-        parser.add_argument("--hsm-profile", dest="hsm_profile", choices=["softhsm2", "cloudhsm"])
-        parser.add_argument(
-            "--pkcs11-module", dest="pkcs11_module", help="PKCS#11 library (default: dev SoftHSM2)"
-        )
-        parser.add_argument("--token-label", dest="token_label")
-        parser.add_argument("--pin-file", dest="pin_file", help="file holding the user PIN (never in argv)")
+    add_settings_flags(status, token=False)
 
 
 def run_domain_keys(args: argparse.Namespace) -> int:
     """Run one ``hsmstore domain-keys`` command; returns the exit code."""
     try:
-        settings = _settings(args)
+        settings = settings_from_flags(args)
         if args.domain_keys_command == "status":
             with _store(settings) as store:
                 _print_status(store)
@@ -92,11 +80,6 @@ def run_domain_keys(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"hsmstore: {error}", file=sys.stderr)
         return error.exit_code
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    flags = {field.name: getattr(args, field.name, None) for field in fields(Settings)}
-    return load_settings(flags, config_file=getattr(args, "config", None))
 
 
 @contextmanager
