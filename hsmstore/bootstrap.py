@@ -33,14 +33,17 @@ from hsmstore.config import (
 from hsmstore.core.access_keys import AccessKeys
 from hsmstore.core.audit.jobs import purge_expired, seal_chain_head
 from hsmstore.core.audit.queries import AuditQueries
+from hsmstore.core.cache import ChangeFeedWatch
 from hsmstore.core.calls import CallObserver
 from hsmstore.core.failpoints import Failpoint
 from hsmstore.core.key_stores.directory import KeyStoreDirectory
 from hsmstore.core.key_stores.management import CustomKeyStorePorts, record_token_serial
 from hsmstore.core.keys.domain_keys import DomainKeyService
 from hsmstore.core.keys.material_follower import MaterialFollower
+from hsmstore.core.metadata_follower import MetadataFollower
 from hsmstore.core.model import Residency
 from hsmstore.core.ports import AuditLog, AuditSealer, Clock, SystemClock
+from hsmstore.core.ports import metadata_changes as changed
 from hsmstore.core.quotas import RateQuotas, RequestQuotas, ResourceQuotas, parse_operation_rates
 from hsmstore.core.scheduler import Job, PeriodicJobs
 from hsmstore.core.use_cases import UseCases, build_use_cases
@@ -103,9 +106,14 @@ class Runtime:
     domain_keys: DomainKeyService | None = None
     domain_key_jobs: PeriodicJobs | None = None
     material_follower: MaterialFollower | None = None
+    # Issue 18: the follower of the metadata change feed, which keeps the metadata caches long
+    # (core/metadata_follower.py); started before serving so the caches are vouched for early.
+    metadata_follower: MetadataFollower | None = None
 
     def start_background_work(self) -> None:
         self.jobs.start()
+        if self.metadata_follower is not None:
+            self.metadata_follower.start()
         if self.material_follower is not None:
             self.material_follower.start()
         if self.domain_key_jobs is not None:
@@ -134,6 +142,8 @@ class Runtime:
             self.domain_key_jobs.stop()
         if self.material_follower is not None:
             self.material_follower.stop()
+        if self.metadata_follower is not None:
+            self.metadata_follower.stop()
         if self.sampler is not None:
             self.sampler.stop()
         log.info("stopped the background jobs")
@@ -358,7 +368,8 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         audit = AuditWiring(sink, queries, settings.audit_fail_open)
     grace = timedelta(seconds=settings.recovery_grace_seconds)
     service.recovery.recover_interrupted_work(grace)
-    follower = follow_domain_keys(settings, service, store, directory, domain_keys, clock)
+    follower = follow_domain_keys(settings, service, store, directory, domain_keys)
+    metadata_follower = follow_metadata_changes(service, store)
     jobs = PeriodicJobs(
         [
             ("recovery", lambda: service.recovery.recover_interrupted_work(grace)),
@@ -369,6 +380,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
             ("expired-key-material", service.imports.delete_expired_key_material),
             ("expired-import-parameters", service.imports.destroy_expired_import_parameters),
             ("material-changes-prune", follower.prune),  # issue 18: the feed's old rows
+            ("metadata-changes-prune", metadata_follower.prune),  # issue 18: the metadata feed's too
             *(audit_maintenance_jobs(store, vault, clock, settings.audit_retention_days) if audit else []),
         ],
         settings.jobs_interval_seconds,
@@ -389,6 +401,7 @@ def open_runtime(settings: Settings, token: TokenSettings) -> Runtime:
         domain_keys,
         domain_key_jobs,
         follower,
+        metadata_follower,
     )
 
 
@@ -415,7 +428,6 @@ def follow_domain_keys(
     store: SqlMetadataStore,
     key_stores: KeyStoreDirectory,
     domain_keys: DomainKeyService,
-    clock: Clock,
 ) -> MaterialFollower:
     """Roll back interrupted domain-key creations, make the default store's ACTIVE domain key when
     it is ``wrapped`` (before serving), and wire what drops cached material: the follower of the
@@ -426,7 +438,29 @@ def follow_domain_keys(
     if settings.key_residency == "wrapped":
         domain_keys.ensure_active(key_stores.default().key_store_id)
     domain_keys.poll()
-    return MaterialFollower(store, key_stores, domain_keys, clock)
+    # The feed's rows are dated by the DB's own clock: prune by the real time, never a test clock.
+    return MaterialFollower(store, key_stores, domain_keys, SystemClock())
+
+
+def follow_metadata_changes(service: UseCases, store: changed.MetadataChanges) -> MetadataFollower:
+    """Issue 18: the follower of the DB's metadata change feed (migration 0013), wired to the
+    drops of this process's caches, which then keep unchanged entries long (core/cache.py).
+
+    Its clock is the real one, never the test clock: the feed's rows are dated by the DB, and a
+    moved clock would prune rows no process has read yet."""
+    follower = MetadataFollower(store, ChangeFeedWatch(), SystemClock())
+    gate, access = service.gate, service.access
+    follower.on(changed.KEY, gate.forget_key)
+    follower.on(changed.ALIAS, lambda name: gate.forget_alias(*changed.split_tenant_name(name)))
+    follower.on(changed.KEY_POLICY, access.forget_key_policy)
+    follower.on(changed.GRANTS, access.forget_grants)
+    follower.on(
+        changed.IDENTITY_POLICIES,
+        lambda name: access.forget_identity_policies(*changed.split_tenant_name(name)),
+    )
+    gate.follow_changes(follower.watch)
+    access.follow_changes(follower.watch)
+    return follower
 
 
 def custom_key_stores_of(
@@ -466,6 +500,9 @@ def aws_authenticator(settings: Settings, runtime: Runtime) -> SigV4Callers:
     access_keys = AccessKeys(
         SqlAccessKeys(runtime.store.database), TokenSecretSealer(runtime.vault.token_calls), SystemClock()
     )
+    if runtime.metadata_follower is not None:  # issue 18: revocations elsewhere arrive by the feed
+        runtime.metadata_follower.on(changed.ACCESS_KEY, access_keys.forget)
+        access_keys.follow_changes(runtime.metadata_follower.watch)
     return SigV4Callers(access_keys, SystemClock(), local_test_key=not settings.tls_enabled)
 
 

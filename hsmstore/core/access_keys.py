@@ -15,7 +15,9 @@ identities are cached in memory, in each process:
 * at most :data:`SECRET_CACHE_ENTRIES` keys (the cache empties when full);
 * each for at most :data:`SECRET_CACHE_SECONDS`, so a key revoked or made
   inactive in another process (the CLI, another worker or node) stops working
-  there within that bound; in this process at once.
+  there within that bound; in this process at once. A serving process that follows the
+  metadata change feed (issue 18, :meth:`AccessKeys.follow_changes`) keeps them longer and
+  drops a changed key when the feed names it, within the feed's staleness (core/cache.py).
 
 Only Active keys are returned; an unknown, Inactive or Revoked key is None,
 never cached, so a key created a moment ago works at once.
@@ -37,7 +39,7 @@ from hsmstore.core.access_keys_model import (
     sealing_context,
 )
 from hsmstore.core.audit.record import CallAudit
-from hsmstore.core.cache import TtlCache
+from hsmstore.core.cache import ChangeFeedWatch, TtlCache
 from hsmstore.core.identifiers import parse_principal_arn
 from hsmstore.core.model import Caller, principal_arn
 from hsmstore.core.ports.access_keys import AccessKeyRecords
@@ -212,6 +214,16 @@ class AccessKeys:
     def signing_identity(self, access_key_id: str) -> SigningIdentity | None:
         """The caller and secret of an Active key, else None (cached, see the module doc)."""
         return self._identities.get(access_key_id, lambda: self._load_identity(access_key_id))
+
+    def forget(self, access_key_id: str) -> None:
+        """The key changed (revoked or made inactive, maybe elsewhere): the next request reads it."""
+        self._identities.invalidate(access_key_id)
+
+    def follow_changes(self, watch: ChangeFeedWatch) -> None:
+        """Issue 18: keep identities long while the process's follower of the metadata change
+        feed calls :meth:`forget` (core/cache.py); a revocation elsewhere then stops a key within
+        the feed's staleness, and within :data:`SECRET_CACHE_SECONDS` when it is not followed."""
+        self._identities.follow(watch)
 
     def note_used(self, access_key_id: str) -> None:
         """Record a verified request's key as used now: at most every :data:`LAST_USED_INTERVAL_SECONDS`."""

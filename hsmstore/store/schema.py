@@ -290,6 +290,24 @@ material_changes = Table(
     sqlite_autoincrement=True,
 )
 
+# The feed of metadata changes (issue 18; migration 0013): ``(kind, name)`` of every change to a
+# key, its policy, its grants, an alias, an identity policy or an access key, written only by the
+# triggers migration 0013 creates (see its docstring), so each process can keep its metadata caches
+# long and drop exactly what changed (core/metadata_follower.py); pruned by age.
+METADATA_CHANGE_KIND_LENGTH = 32
+METADATA_CHANGE_NAME_LENGTH = 1024  # a tenant, a '/' and a principal ARN fit
+metadata_changes = Table(
+    "metadata_changes",
+    metadata,
+    Column("change_id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(METADATA_CHANGE_KIND_LENGTH), nullable=False),
+    Column("name", String(METADATA_CHANGE_NAME_LENGTH), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    # prune_metadata_changes: WHERE changed_at < ?
+    Index(None, "changed_at"),
+    sqlite_autoincrement=True,
+)
+
 # Tombstones (migration 0006): the token ids this DB gave up on, written in the
 # transaction that deleted their version rows. The junk sweep destroys a token
 # object only if its CKA_ID is here (or in an ABANDONED version or a FAILED

@@ -13,7 +13,8 @@ that each own some of the tables:
 * ``authz_sql``: key policies, grants, identity policies;
 * ``custom_key_stores_sql``: custom key stores (issue 17);
 * ``domain_keys_sql``: domain keys and the re-wrap (issue 18);
-* ``usage_sql``: AES-GCM usage leases and the material change feed (issue 18).
+* ``usage_sql``: AES-GCM usage leases and the material change feed (issue 18);
+* ``metadata_changes_sql``: the metadata change feed (issue 18).
 
 Every part is given the same :class:`~hsmstore.store.database.Database` (the
 engine, its write view and its single-statement view; store/engine.py,
@@ -40,6 +41,7 @@ from hsmstore.store.deletion_sql import SqlKeyDeletion
 from hsmstore.store.domain_keys_sql import SqlDomainKeys
 from hsmstore.store.imports_sql import SqlKeyImports
 from hsmstore.store.keys_sql import SqlKeys
+from hsmstore.store.metadata_changes_sql import SqlMetadataChanges
 from hsmstore.store.rotation_sql import SqlKeyRotation
 from hsmstore.store.tags_sql import SqlTags
 from hsmstore.store.tombstones_sql import SqlTokenObjects
@@ -190,6 +192,11 @@ class SqlMetadataStore:
         self.material_changes_after = changes.material_changes_after
         self.latest_material_change_id = changes.latest_material_change_id
         self.prune_material_changes = changes.prune_material_changes
+        # Issue 18: the feed that keeps the metadata caches long (MetadataChanges).
+        metadata_feed = SqlMetadataChanges(database)
+        self.metadata_changes_after = metadata_feed.metadata_changes_after
+        self.latest_metadata_change_id = metadata_feed.latest_metadata_change_id
+        self.prune_metadata_changes = metadata_feed.prune_metadata_changes
 
     def ping(self) -> None:
         with self.database.reader.connect() as connection:

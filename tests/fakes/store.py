@@ -45,9 +45,11 @@ from hsmstore.core.ports import (
     IdentityPolicyRecord,
     KnownTokenIds,
 )
+from hsmstore.core.ports import metadata_changes as changed
 from tests.fakes.custom_key_stores import FakeCustomKeyStoreRecords
 from tests.fakes.key_imports import FakeKeyImportRecords
-from tests.fakes.wrapped_key_records import FakeWrappedKeyRecords, KeyRows, MaterialFeed, VersionRows
+from tests.fakes.metadata_changes import FakeMetadataChanges, FeedRows, KeyFeedRows, MetadataFeed
+from tests.fakes.wrapped_key_records import FakeWrappedKeyRecords, MaterialFeed, VersionRows
 
 ITER_BATCH = 1000
 
@@ -60,15 +62,21 @@ class _Row:
     event: StoredAuditEvent
 
 
-class FakeMetadataStore(FakeCustomKeyStoreRecords, FakeKeyImportRecords, FakeWrappedKeyRecords):
+class FakeMetadataStore(
+    FakeCustomKeyStoreRecords, FakeKeyImportRecords, FakeWrappedKeyRecords, FakeMetadataChanges
+):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Issue 18: the rows record migration 0012's change feed (tests/fakes/wrapped_key_records.py).
         self._feed = MaterialFeed()
         self._versions: VersionRows = VersionRows(self._feed)
-        self._keys: dict[str, KeyRecord] = KeyRows(self._feed, self._versions)
+        # Issue 18: and migration 0013's metadata change feed (tests/fakes/metadata_changes.py).
+        self._metadata_feed = feed = MetadataFeed()
+        self._keys: dict[str, KeyRecord] = KeyFeedRows(self._feed, self._versions, feed)
         self._public_keys: dict[tuple[str, int], bytes] = {}  # issue 23: RSA and EC versions only
-        self._aliases: dict[tuple[str, str], AliasRecord] = {}
+        self._aliases: dict[tuple[str, str], AliasRecord] = FeedRows(
+            feed, changed.ALIAS, lambda alias_id, _: "/".join(alias_id)
+        )
         self._tags: dict[str, dict[str, str]] = {}
         self._destructions: dict[tuple[str, int], DestructionRecord] = {}
         self._tombstones: dict[bytes, AbandonedTokenObject] = {}
@@ -77,9 +85,11 @@ class FakeMetadataStore(FakeCustomKeyStoreRecords, FakeKeyImportRecords, FakeWra
         self._anchor: tuple[int, bytes] = (0, GENESIS_HASH)
         self._seals: dict[int, AuditSeal] = {}
         self._spool_offsets: dict[str, int] = {}
-        self._key_policies: dict[str, str] = {}
-        self._grants: dict[str, GrantRecord] = {}
-        self._identity_policies: dict[tuple[str, str, str], IdentityPolicyRecord] = {}
+        self._key_policies: dict[str, str] = FeedRows(feed, changed.KEY_POLICY, lambda key_id, _: key_id)
+        self._grants: dict[str, GrantRecord] = FeedRows(feed, changed.GRANTS, lambda _, grant: grant.key_id)
+        self._identity_policies: dict[tuple[str, str, str], IdentityPolicyRecord] = FeedRows(
+            feed, changed.IDENTITY_POLICIES, lambda policy_id, _: f"{policy_id[0]}/{policy_id[1]}"
+        )
         self._custom_key_stores: dict[str, CustomKeyStore] = {}  # tests/fakes/custom_key_stores.py
 
     # -- creation -------------------------------------------------------

@@ -31,7 +31,7 @@ from hsmstore.core.access.default_policies import default_admin_identity_policy,
 from hsmstore.core.access.grants import GrantConstraints, GrantRecord, grant_id_from_token
 from hsmstore.core.access.policy import PolicyDocument, parse_policy
 from hsmstore.core.audit import capture
-from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
+from hsmstore.core.cache import DEFAULT_TTL_SECONDS, ChangeFeedWatch, TtlCache
 from hsmstore.core.identifiers import key_arn
 from hsmstore.core.model import Caller, KeyRecord, principal_arn
 from hsmstore.core.ports.authorization import AuthorizationStore
@@ -301,6 +301,13 @@ class AccessControl:
 
     def forget_identity_policies(self, tenant: str, principal: str) -> None:
         self._identity_policies.invalidate((tenant, principal))
+
+    def follow_changes(self, watch: ChangeFeedWatch) -> None:
+        """Issue 18: keep policies and grants long while the process's follower of the metadata
+        change feed calls the ``forget_*`` methods above (core/cache.py)."""
+        self._key_policies.follow(watch)
+        self._identity_policies.follow(watch)
+        self._grants.follow(watch)
 
     def resource_of(self, key: KeyRecord | None) -> str:
         return "*" if key is None else key_arn(self._region, key.tenant, key.key_id)

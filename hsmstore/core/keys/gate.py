@@ -29,7 +29,7 @@ from hsmstore.core.access.control import (
     cross_tenant_not_found,
 )
 from hsmstore.core.audit import capture
-from hsmstore.core.cache import DEFAULT_TTL_SECONDS, TtlCache
+from hsmstore.core.cache import DEFAULT_TTL_SECONDS, ChangeFeedWatch, TtlCache
 from hsmstore.core.identifiers import IdentifierKind, KeyReference, key_arn, parse_key_identifier
 from hsmstore.core.keys.results import KeyDescription
 from hsmstore.core.keys.service_managed import ServiceManagedKeys
@@ -162,6 +162,12 @@ class KeyGate:
 
     def forget_alias(self, tenant: str, alias_name: str) -> None:
         self._alias_targets.invalidate((tenant, alias_name))
+
+    def follow_changes(self, watch: ChangeFeedWatch) -> None:
+        """Issue 18: keep key records and alias targets long while the process's follower of the
+        metadata change feed calls :meth:`forget_key` and :meth:`forget_alias` (core/cache.py)."""
+        self._keys.follow(watch)
+        self._alias_targets.follow(watch)
 
     def arn(self, key: KeyRecord) -> str:
         return key_arn(self._region, key.tenant, key.key_id)

@@ -20,6 +20,7 @@ from hsmstore.core.model import (
     PendingCreation,
 )
 from hsmstore.core.ports.key_imports import KeyImportRecords
+from hsmstore.core.ports.metadata_changes import MetadataChanges
 from hsmstore.core.ports.wrapped_keys import DomainKeyRecords, InvocationLeases, MaterialChanges
 
 
@@ -322,6 +323,7 @@ class MetadataStore(
     DomainKeyRecords,
     InvocationLeases,
     MaterialChanges,
+    MetadataChanges,
     Protocol,
 ):
     """Names, states and versions of keys; aliases and tags. One role per use-case family,
