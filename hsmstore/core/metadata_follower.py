@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
 from hsmstore.core.cache import ChangeFeedWatch
+from hsmstore.core.feed_cursor import FeedCursor
 from hsmstore.core.ports.clock import Clock
 from hsmstore.core.ports.metadata_changes import MetadataChanges
 
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL_SECONDS = 0.25
 """Four reads a second: a change is dropped well within the caches' staleness window."""
-START_WINDOW = 1_000
-"""At start, re-read this many ids below the newest (changes committing while we start)."""
 GAP_SECONDS = 5.0
 """How long a missing id holds the floor: longer than any transaction that writes a change."""
 READ_LIMIT = 5_000
@@ -61,11 +59,8 @@ class MetadataFollower:
         self._watch = watch
         self._clock = clock
         self._interval = interval
-        self._gap_seconds = gap_seconds
         self._drops: dict[str, list[Drop]] = {}
-        self._floor: int | None = None  # every id <= floor was read (or given up on)
-        self._read: set[int] = set()  # ids above the floor already applied
-        self._gaps: dict[int, float] = {}  # missing id above the floor -> monotonic time first missed
+        self._cursor = FeedCursor(gap_seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -89,7 +84,7 @@ class MetadataFollower:
 
     def _begin(self) -> None:
         started = self._watch.clock()
-        self._floor = max(0, self._changes.latest_metadata_change_id() - START_WINDOW)
+        self._cursor.start_at(self._changes.latest_metadata_change_id())
         self._watch.following_since(started)
 
     def _loop(self) -> None:
@@ -101,23 +96,23 @@ class MetadataFollower:
 
     def follow_once(self) -> int:
         """Apply every change not yet applied, then mark the poll. Returns how many were new."""
-        if self._floor is None:
+        if self._cursor.floor is None:
             self._begin()
         started = self._watch.clock()  # before the first read: it sees every commit before this
         applied = 0
-        after = self._floor
+        after = self._cursor.floor
         assert after is not None
         while True:
             rows = self._changes.metadata_changes_after(after, READ_LIMIT)
-            fresh = [row for row in rows if row[0] not in self._read]
-            if fresh:
-                self._apply({(kind, name) for _, kind, name in fresh})
-                self._read.update(change_id for change_id, _, _ in fresh)
-                applied += len(fresh)
+            unread = set(self._cursor.unread(change_id for change_id, _, _ in rows))
+            if unread:
+                self._apply({(kind, name) for change_id, kind, name in rows if change_id in unread})
+                self._cursor.applied(unread)
+                applied += len(unread)
             if len(rows) < READ_LIMIT:
                 break
             after = rows[-1][0]
-        self._advance_floor()
+        self._cursor.advance()
         self._watch.polled(started)
         return applied
 
@@ -127,28 +122,6 @@ class MetadataFollower:
         for kind, name in changes:
             for drop in self._drops.get(kind, ()):
                 drop(name)
-
-    def _advance_floor(self) -> None:
-        assert self._floor is not None
-        if not self._read:
-            self._gaps.clear()
-            return
-        now = time.monotonic()
-        highest = max(self._read)
-        for missing in range(self._floor + 1, highest):
-            if missing not in self._read:
-                self._gaps.setdefault(missing, now)
-        floor = self._floor
-        while floor + 1 <= highest:
-            following = floor + 1
-            if following in self._read:
-                self._read.discard(following)
-            elif now - self._gaps.get(following, now) >= self._gap_seconds:
-                self._gaps.pop(following, None)
-            else:
-                break
-            floor = following
-        self._floor = floor
 
     def prune(self) -> int:
         """The job that deletes changes older than :data:`PRUNE_AFTER`."""

@@ -592,7 +592,7 @@ def test_the_follower_gives_up_on_a_gap_after_its_time_and_polls_domain_keys(
     follower.follow_once()
     changes.rows += [(1, b"a"), (3, b"c")]
     follower.follow_once()
-    assert follower._floor == 3, "the missing id 2 (a rolled-back sequence value) no longer holds it"
+    assert follower._cursor.floor == 3, "the missing id 2 (a rolled-back sequence value) no longer holds it"
     records.insert_domain_key(
         DomainKey("d" * 32, STORE_ID, DomainKeyState.DESTROYING, MECHANISM, clock.now())
     )

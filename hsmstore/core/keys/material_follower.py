@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Collection
 from datetime import timedelta
 
+from hsmstore.core.feed_cursor import FeedCursor
 from hsmstore.core.keys.domain_keys import DomainKeyService
 from hsmstore.core.ports import Clock, KeyStores
 from hsmstore.core.ports.wrapped_keys import MaterialChanges, WrappedKeys
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 FOLLOW_INTERVAL_SECONDS = 0.25
 """Four reads a second: well within the 1 s staleness bound."""
-START_WINDOW = 1_000
-"""At start, re-read this many ids below the newest (changes committing while we start)."""
 GAP_SECONDS = 5.0
 """How long a missing id holds the floor: longer than any transaction that writes a change."""
 READ_LIMIT = 5_000
@@ -59,15 +57,12 @@ class MaterialFollower:
         self._domain_keys = domain_keys
         self._clock = clock
         self._interval = interval
-        self._gap_seconds = gap_seconds
-        self._floor: int | None = None  # every id <= floor was read (or given up on)
-        self._read: set[int] = set()  # ids above the floor already applied
-        self._gaps: dict[int, float] = {}  # missing id above the floor -> monotonic time first missed
+        self._cursor = FeedCursor(gap_seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._floor = max(0, self._changes.latest_material_change_id() - START_WINDOW)
+        self._cursor.start_at(self._changes.latest_material_change_id())
         self._thread = threading.Thread(target=self._loop, name="material-follower", daemon=True)
         self._thread.start()
 
@@ -85,46 +80,25 @@ class MaterialFollower:
 
     def follow_once(self) -> int:
         """Apply every change not yet applied; poll the domain keys. Returns how many were new."""
-        if self._floor is None:
-            self._floor = max(0, self._changes.latest_material_change_id() - START_WINDOW)
+        if self._cursor.floor is None:
+            self._cursor.start_at(self._changes.latest_material_change_id())
         applied = 0
-        after = self._floor
+        after = self._cursor.floor
+        assert after is not None
         while True:
             rows = self._changes.material_changes_after(after, READ_LIMIT)
-            fresh = [(change_id, token_id) for change_id, token_id in rows if change_id not in self._read]
-            if fresh:
-                self.release({token_id for _, token_id in fresh})
-                self._read.update(change_id for change_id, _ in fresh)
-                applied += len(fresh)
+            unread = set(self._cursor.unread(change_id for change_id, _ in rows))
+            if unread:
+                self.release({token_id for change_id, token_id in rows if change_id in unread})
+                self._cursor.applied(unread)
+                applied += len(unread)
             if len(rows) < READ_LIMIT:
                 break
             after = rows[-1][0]
-        self._advance_floor()
+        self._cursor.advance()
         if self._domain_keys is not None:
             self._domain_keys.poll()
         return applied
-
-    def _advance_floor(self) -> None:
-        assert self._floor is not None
-        if not self._read:
-            self._gaps.clear()
-            return
-        now = time.monotonic()
-        highest = max(self._read)
-        for missing in range(self._floor + 1, highest):
-            if missing not in self._read:
-                self._gaps.setdefault(missing, now)
-        floor = self._floor
-        while floor + 1 <= highest:
-            following = floor + 1
-            if following in self._read:
-                self._read.discard(following)
-            elif now - self._gaps.get(following, now) >= self._gap_seconds:
-                self._gaps.pop(following, None)
-            else:
-                break
-            floor = following
-        self._floor = floor
 
     def release(self, token_ids: Collection[bytes]) -> None:
         """Destroy these versions' cached session objects in every key store that keeps any."""
