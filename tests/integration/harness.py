@@ -20,6 +20,7 @@ import grpc
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.errors import error_reason
+from hsmstore.hsm.devtoken import DevToken, softhsm_env
 from tests import servers
 
 TEST_HOOKS = {"HSMSTORE_ENABLE_TEST_HOOKS": "1"}  # lets a server honour the clock file and failpoints
@@ -165,3 +166,16 @@ def seconds_until(predicate: Callable[[], bool], timeout: float) -> float:
 
 def reason_of(error: grpc.RpcError) -> str | None:
     return error_reason(error)
+
+
+def dev_token_pkcs11_tool(token: DevToken, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run OpenSC's pkcs11-tool against a dev token opened outside a server, logged in."""
+    base = ["pkcs11-tool", "--module", token.module_path, "--token-label", token.token_label]
+    return subprocess.run(
+        [*base, "--login", "--pin", token.read_pin(), *args],
+        env=softhsm_env(Path(token.conf_path)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )

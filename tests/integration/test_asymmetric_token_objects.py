@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from hsmstore.core.keys import specs
 from hsmstore.core.model import KeyMaterialRef, KeySpec, KeyUsage
-from hsmstore.hsm.devtoken import DevToken, SoftHsmNotInstalledError, ensure_dev_token, softhsm_env
+from hsmstore.hsm.devtoken import DevToken, SoftHsmNotInstalledError, ensure_dev_token
 from hsmstore.hsm.profiles import SOFTHSM2
 from hsmstore.hsm.vault import Pkcs11KeyVault
+from tests.integration.harness import dev_token_pkcs11_tool
 
 pytestmark = [
     pytest.mark.integration,
@@ -66,21 +65,9 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> DevToken:
     return made
 
 
-def pkcs11_tool(token: DevToken, *args: str) -> subprocess.CompletedProcess[str]:
-    base = ["pkcs11-tool", "--module", token.module_path, "--token-label", token.token_label]
-    return subprocess.run(
-        [*base, "--login", "--pin", token.read_pin(), *args],
-        env=softhsm_env(Path(token.conf_path)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-
-
 def listed(token: DevToken, object_type: str) -> dict[str, dict[str, str]]:
     """pkcs11-tool's ``--list-objects`` of one type, by label: the header and each ``name: value``."""
-    listing = pkcs11_tool(token, "--list-objects", "--type", object_type)
+    listing = dev_token_pkcs11_tool(token, "--list-objects", "--type", object_type)
     assert listing.returncode == 0, listing.stderr
     objects: list[dict[str, str]] = []
     for line in listing.stdout.splitlines():
@@ -124,7 +111,7 @@ def test_every_hmac_key_is_sensitive_never_extractable_and_unreadable(token: Dev
     assert key["header"] == f"Secret Key Object; Generic secret length {specs.HMAC_KEY_BYTES[spec]}"
     assert {"sensitive", "always sensitive", "never extractable", "local"} <= flags(key, "Access")
     assert "extractable" not in flags(key, "Access")
-    read = pkcs11_tool(
+    read = dev_token_pkcs11_tool(
         token, "--read-object", "--type", "secrkey", "--id", token_id_of(spec).hex(), "-o", "/dev/null"
     )
     assert read.returncode != 0
@@ -138,6 +125,8 @@ def test_no_key_the_vault_made_can_be_changed_with_the_user_pin(token: DevToken)
         ("pubkey", token_id_of(KeySpec.RSA_2048, KeyUsage.ENCRYPT_DECRYPT)),
         ("secrkey", token_id_of(KeySpec.HMAC_256)),
     ):
-        changed = pkcs11_tool(token, "--type", object_type, "--id", token_id.hex(), "--set-id", "01")
+        changed = dev_token_pkcs11_tool(
+            token, "--type", object_type, "--id", token_id.hex(), "--set-id", "01"
+        )
         assert changed.returncode != 0, object_type
         assert "0x1b" in changed.stderr, changed.stderr  # CKR_ACTION_PROHIBITED

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,11 @@ from pkcs11.types import Key, WrapMixin
 
 from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyMaterialRef, Residency
 from hsmstore.hsm import templates
-from hsmstore.hsm.devtoken import DevToken, softhsm_env
+from hsmstore.hsm.devtoken import DevToken
 from hsmstore.hsm.session import WorkingSession
 from hsmstore.hsm.vault import Pkcs11KeyVault
 from tests.contract.conftest import module_softhsm_vault
+from tests.integration.harness import dev_token_pkcs11_tool
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,21 +68,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         yield Store(vault, token, domain_key_id, other, versions)
 
 
-def pkcs11_tool(token: DevToken, *args: str) -> subprocess.CompletedProcess[str]:
-    base = ["pkcs11-tool", "--module", token.module_path, "--token-label", token.token_label]
-    return subprocess.run(
-        [*base, "--login", "--pin", token.read_pin(), *args],
-        env=softhsm_env(Path(token.conf_path)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-
-
 def secret_keys(token: DevToken) -> list[dict[str, str]]:
     """pkcs11-tool's ``--list-objects --type secrkey``: the header and each ``name: value``."""
-    listing = pkcs11_tool(token, "--list-objects", "--type", "secrkey")
+    listing = dev_token_pkcs11_tool(token, "--list-objects", "--type", "secrkey")
     assert listing.returncode == 0, listing.stderr
     objects: list[dict[str, str]] = []
     for line in listing.stdout.splitlines():
@@ -120,10 +108,12 @@ def test_domain_keys_are_never_extractable_and_only_wrap(store: Store) -> None:
 
 
 def test_a_domain_key_cannot_be_read_wrapped_out_or_changed(store: Store) -> None:
-    read = pkcs11_tool(store.token, "--read-object", "--type", "secrkey", "--id", dk_id(store.domain_key_id))
+    read = dev_token_pkcs11_tool(
+        store.token, "--read-object", "--type", "secrkey", "--id", dk_id(store.domain_key_id)
+    )
     assert read.returncode != 0
     assert "CKR_ATTRIBUTE_SENSITIVE" in read.stdout + read.stderr
-    wrapped_out = pkcs11_tool(
+    wrapped_out = dev_token_pkcs11_tool(
         store.token,
         "--wrap",
         "-m",
@@ -137,7 +127,7 @@ def test_a_domain_key_cannot_be_read_wrapped_out_or_changed(store: Store) -> Non
     )
     assert wrapped_out.returncode != 0
     assert "CKR_KEY_UNEXTRACTABLE" in wrapped_out.stdout + wrapped_out.stderr
-    changed = pkcs11_tool(
+    changed = dev_token_pkcs11_tool(
         store.token, "--type", "secrkey", "--id", dk_id(store.domain_key_id), "--set-id", "01"
     )
     assert changed.returncode != 0
@@ -150,7 +140,7 @@ def test_a_blob_does_not_unwrap_under_another_key(store: Store, tmp_path: Path) 
     blob = tmp_path / "blob"
     blob.write_bytes(material.wrapped.blob)
     before = secret_keys(store.token)
-    unwrapped = pkcs11_tool(
+    unwrapped = dev_token_pkcs11_tool(
         store.token,
         "--unwrap",
         "-m",
