@@ -156,22 +156,13 @@ class SqlDomainKeys:
         self, key_id: str, version: int, token_id: bytes, wrapped: WrappedMaterial
     ) -> bool:
         with self._writer.begin() as connection:
-            key_store_id = _key_store_wrapping_under(connection, wrapped.domain_key_id)
-            if key_store_id is None:
-                return False
-            changed = connection.execute(
-                key_versions.update()
-                .where(
-                    key_versions.c.key_id == key_id,
-                    key_versions.c.version == version,
-                    key_versions.c.token_id == token_id,
-                    key_versions.c.key_store_id == key_store_id,
-                    key_versions.c.state == VersionState.PENDING.value,
-                    key_versions.c.residency == Residency.WRAPPED.value,
-                )
-                .values(wrapped_values(wrapped))
-            ).rowcount
-        return changed == 1
+            return store_wrapped_material(
+                connection,
+                wrapped,
+                key_versions.c.key_id == key_id,
+                key_versions.c.version == version,
+                key_versions.c.token_id == token_id,
+            )
 
     def claim_rewrap_batch(
         self, domain_key_id: str, claimant: str, now: datetime, claim_until: datetime, limit: int
@@ -232,6 +223,26 @@ class SqlDomainKeys:
     def count_wrapped_under(self, domain_key_id: str) -> int:
         with self._reader.connect() as connection:
             return _count_wrapped_under(connection, domain_key_id)
+
+
+def store_wrapped_material(connection: Connection, wrapped: WrappedMaterial, *which: Any) -> bool:
+    """The blob on the one PENDING ``WRAPPED`` version ``which`` selects, in the caller's
+    transaction: only if its domain key still wraps (ACTIVE or RETIRING) and belongs to the
+    version's key store. False, with nothing changed, otherwise."""
+    key_store_id = _key_store_wrapping_under(connection, wrapped.domain_key_id)
+    if key_store_id is None:
+        return False
+    changed = connection.execute(
+        key_versions.update()
+        .where(
+            *which,
+            key_versions.c.key_store_id == key_store_id,
+            key_versions.c.state == VersionState.PENDING.value,
+            key_versions.c.residency == Residency.WRAPPED.value,
+        )
+        .values(wrapped_values(wrapped))
+    ).rowcount
+    return bool(changed == 1)
 
 
 def _key_store_wrapping_under(connection: Connection, domain_key_id: str) -> str | None:

@@ -14,11 +14,19 @@ from typing import Any
 from sqlalchemy import and_, exc, func, or_, select
 
 from hsmstore import errors
-from hsmstore.core.model import KeyManager, KeyRecord, KeyState, KeyVersion, PendingCreation, VersionState
+from hsmstore.core.model import (
+    KeyRecord,
+    KeyState,
+    KeyVersion,
+    PendingCreation,
+    VersionState,
+    WrappedMaterial,
+)
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.custom_key_stores_sql import lock_custom_key_store_of_new_key
 from hsmstore.store.database import Database
+from hsmstore.store.domain_keys_sql import store_wrapped_material
 from hsmstore.store.key_rows import (
     VERSION_COLUMNS,
     VERSION_PREFIX,
@@ -27,7 +35,7 @@ from hsmstore.store.key_rows import (
     version_from_row,
     version_values,
 )
-from hsmstore.store.schema import aliases, grants, key_policies, key_versions, keys, tags
+from hsmstore.store.schema import aliases, grants, key_policies, key_versions, keys, tags, tenant_key_counts
 from hsmstore.store.tombstones_sql import record_abandoned
 
 
@@ -70,7 +78,12 @@ class SqlKeys:
             ) from None
 
     def finish_creating_key(
-        self, key_id: str, *, audit: Mapping[str, Any] | None = None, state: KeyState = KeyState.ENABLED
+        self,
+        key_id: str,
+        *,
+        audit: Mapping[str, Any] | None = None,
+        state: KeyState = KeyState.ENABLED,
+        wrapped: WrappedMaterial | None = None,
     ) -> bool:
         """CREATING -> ``state`` (ENABLED; PENDING_IMPORT for an EXTERNAL key, issue 22) and the
         key's PENDING versions -> ACTIVE, in one transaction.
@@ -79,6 +92,17 @@ class SqlKeys:
         raises ``NotFoundException`` if the key is gone (recovery deleted it).
         """
         with self._writer.begin() as connection:
+            creating = connection.execute(
+                select(keys.c.key_id)
+                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
+                .with_for_update()
+            ).first()
+            if (
+                creating is not None
+                and wrapped is not None
+                and not store_wrapped_material(connection, wrapped, key_versions.c.key_id == key_id)
+            ):
+                return False
             flipped = connection.execute(
                 keys.update()
                 .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
@@ -231,14 +255,10 @@ class SqlKeys:
             return {KeyState(state): int(count) for state, count in connection.execute(query)}
 
     def count_customer_keys(self, tenant: str) -> int:
-        """The tenant's customer managed keys in every state (index ``tenant, key_id``)."""
-        query = (
-            select(func.count())
-            .select_from(keys)
-            .where(keys.c.tenant == tenant, keys.c.key_manager == KeyManager.CUSTOMER.value)
-        )
+        """The tenant's customer managed keys in every state: one row that migration 0014's triggers keep."""
+        query = select(tenant_key_counts.c.customer_keys).where(tenant_key_counts.c.tenant == tenant)
         with self._reader.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+            return int(connection.execute(query).scalar_one_or_none() or 0)
 
     # -- changing -----------------------------------------------------------
 

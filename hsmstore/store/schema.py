@@ -308,6 +308,16 @@ metadata_changes = Table(
     sqlite_autoincrement=True,
 )
 
+# The count of each tenant's customer managed keys (migration 0014), kept only by triggers on
+# ``keys`` (see its docstring), so CreateKey's quota check reads one row, not the tenant's keys.
+tenant_key_counts = Table(
+    "tenant_key_counts",
+    metadata,
+    Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
+    Column("customer_keys", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("tenant"),
+)
+
 # Tombstones (migration 0006): the token ids this DB gave up on, written in the
 # transaction that deleted their version rows. The junk sweep destroys a token
 # object only if its CKA_ID is here (or in an ABANDONED version or a FAILED

@@ -189,6 +189,31 @@ def test_set_wrapped_material_only_on_a_pending_wrapped_version_under_a_usable_d
     assert stored is not None and stored.wrapped == blob(under)
 
 
+def test_finish_creating_key_stores_the_blob_with_the_enabled_key_in_one_step(store: MetadataStore) -> None:
+    under = add_domain_key(store, 1)
+    key, version = make_key()
+    version = replace(version, residency=Residency.WRAPPED)
+    store.insert_creating_key(key, version)
+    assert store.finish_creating_key(key.key_id, wrapped=blob(under)) is True
+    assert store.get_key(key.key_id) == key.with_state(KeyState.ENABLED)
+    finished = replace(version, state=VersionState.ACTIVE, wrapped=blob(under))
+    assert store.get_version(key.key_id, 1) == finished
+
+
+def test_finish_creating_key_changes_nothing_when_the_blobs_domain_key_no_longer_wraps(
+    store: MetadataStore,
+) -> None:
+    store.insert_domain_key(
+        DomainKey(domain_key_id(2), DEFAULT_KEY_STORE_ID, DomainKeyState.PENDING, MECHANISM, T0)
+    )
+    key, version = make_key()
+    version = replace(version, residency=Residency.WRAPPED)
+    store.insert_creating_key(key, version)
+    assert store.finish_creating_key(key.key_id, wrapped=blob(domain_key_id(2))) is False
+    assert store.get_key(key.key_id) == key  # still CREATING: recovery rolls it back
+    assert store.get_version(key.key_id, 1) == version
+
+
 def test_a_blob_goes_only_to_a_version_of_the_domain_keys_key_store(store: MetadataStore) -> None:
     add_domain_key(store, 1, key_store_id="cks-1234567890abcdef0")
     key, version = make_key()

@@ -6,12 +6,21 @@ from dataclasses import replace
 from typing import Any
 
 from hsmstore.core.model import KeyManager, KeyState
+from hsmstore.store import migrate
+from hsmstore.store.engine import create_engine_for_url
+from hsmstore.store.sql import SqlMetadataStore
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
     store_fixture,
 )
 from tests.contract.test_authorization_store import make_grant
-from tests.contract.test_metadata_store import T0, add_enabled_key, make_alias, make_key
+from tests.contract.test_metadata_store import (
+    T0,
+    add_enabled_key,
+    add_enabled_key_as_an_older_release,
+    make_alias,
+    make_key,
+)
 
 
 def test_customer_keys_are_counted_per_tenant_in_every_state_but_service_keys_are_not(store: Any) -> None:
@@ -54,3 +63,21 @@ def test_grants_are_counted_per_key(store: Any) -> None:
     store.delete_grant(grants[0].grant_id)
     assert store.count_grants(first.key_id) == 2
     assert store.count_grants("00000000-0000-0000-0000-000000000000") == 0
+
+
+# -- migration 0014 (SQL only) ----------------------------------------------------------------
+
+
+def test_upgrading_from_0013_counts_the_keys_that_exist(database_url: str) -> None:
+    migrate.upgrade(database_url, "0013")
+    engine = create_engine_for_url(database_url)
+    try:
+        add_enabled_key_as_an_older_release(engine)
+        add_enabled_key_as_an_older_release(engine)
+        migrate.upgrade(database_url)
+        sql_store = SqlMetadataStore(engine)
+        assert sql_store.count_customer_keys("tenant-a") == 2
+        add_enabled_key(sql_store)  # and the triggers go on from there
+        assert sql_store.count_customer_keys("tenant-a") == 3
+    finally:
+        engine.dispose()

@@ -37,6 +37,7 @@ from hsmstore.core.model import (
     PendingCreation,
     RotationType,
     VersionState,
+    WrappedMaterial,
 )
 from hsmstore.core.ports import (
     AbandonedTokenObject,
@@ -125,13 +126,20 @@ class FakeMetadataStore(
                 self._key_policies[key.key_id] = policy
 
     def finish_creating_key(
-        self, key_id: str, *, audit: Audit = None, state: KeyState = KeyState.ENABLED
+        self,
+        key_id: str,
+        *,
+        audit: Audit = None,
+        state: KeyState = KeyState.ENABLED,
+        wrapped: WrappedMaterial | None = None,
     ) -> bool:
         with self._lock:
             key = self._keys.get(key_id)
             if key is None:
                 raise errors.NotFoundException(f"key {key_id} does not exist")
             if key.state is not KeyState.CREATING:
+                return False
+            if wrapped is not None and not self._store_wrapped_material(key_id, wrapped):
                 return False
             self._keys[key_id] = key.with_state(state)
             for version_id, version in self._versions.items():

@@ -153,19 +153,30 @@ class FakeWrappedKeyRecords:
         self, key_id: str, version: int, token_id: bytes, wrapped: WrappedMaterial
     ) -> bool:
         with self._lock:
-            key_store_id = self._key_store_wrapping_under(wrapped.domain_key_id)
             row = self._versions.get((key_id, version))
-            if (
-                key_store_id is None
-                or row is None
-                or row.token_id != token_id
-                or row.state is not VersionState.PENDING
-                or row.residency is not Residency.WRAPPED
-                or row.key_store_id != key_store_id
-            ):
+            if row is None or row.token_id != token_id:
                 return False
-            self._versions[(key_id, version)] = replace(row, wrapped=wrapped)
-            return True
+            return self._store_wrapped_material(key_id, wrapped, version)
+
+    def _store_wrapped_material(
+        self, key_id: str, wrapped: WrappedMaterial, version: int | None = None
+    ) -> bool:
+        """The blob on the one PENDING WRAPPED version of ``key_id`` (``version``, if given); lock held."""
+        key_store_id = self._key_store_wrapping_under(wrapped.domain_key_id)
+        rows = [
+            (which, row)
+            for which, row in self._versions.items()
+            if which[0] == key_id
+            and (version is None or which[1] == version)
+            and row.state is VersionState.PENDING
+            and row.residency is Residency.WRAPPED
+            and row.key_store_id == key_store_id
+        ]
+        if key_store_id is None or len(rows) != 1:
+            return False
+        [(which, row)] = rows
+        self._versions[which] = replace(row, wrapped=wrapped)
+        return True
 
     def claim_rewrap_batch(
         self, domain_key_id: str, claimant: str, now: datetime, claim_until: datetime, limit: int

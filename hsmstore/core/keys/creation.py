@@ -40,6 +40,7 @@ from hsmstore.core.model import (
     KeyVersion,
     Origin,
     VersionState,
+    WrappedMaterial,
     new_key_id,
     new_token_id,
 )
@@ -196,17 +197,22 @@ class KeyCreation:
             # Issue 22: an EXTERNAL key has no material until ImportKeyMaterial; its version row
             # names the CKA_ID the material will be unwrapped under (core/keys/imports.py).
             external = key.origin is Origin.EXTERNAL
+            wrapped = None
             if not external:
                 key_store = self._key_stores.key_store(key.key_store_id)
-                self._make_material(key_store, key, version)
+                wrapped = self._make_material(key_store, key, version)
             self._failpoint("create_key.after_token_create")
             state = KeyState.PENDING_IMPORT if external else KeyState.ENABLED
             if alias is None:
                 finished = capture.change(
-                    lambda record: self._store.finish_creating_key(key.key_id, audit=record, state=state)
+                    lambda record: self._store.finish_creating_key(
+                        key.key_id, audit=record, state=state, wrapped=wrapped
+                    )
                 )
             else:
-                finished = self._store.finish_creating_key(key.key_id, audit=None, state=state)
+                finished = self._store.finish_creating_key(
+                    key.key_id, audit=None, state=state, wrapped=wrapped
+                )
         except BaseException:
             self.roll_back(key.key_id, [version])
             raise
@@ -223,12 +229,16 @@ class KeyCreation:
             ),
         )
 
-    def _make_material(self, key_store: object, key: KeyRecord, version: KeyVersion) -> None:
+    def _make_material(
+        self, key_store: object, key: KeyRecord, version: KeyVersion
+    ) -> WrappedMaterial | None:
         """The token step: an AES key (a token object, or wrapped: issue 18), an RSA or EC key
         pair, or an HMAC key (issue 23).
 
         A key pair's public key is stored with its PENDING version before the key is
         finished, so GetPublicKey, Verify and Encrypt never find an ACTIVE version without it.
+        A wrapped version's blob is returned, for ``finish_creating_key`` to store in the
+        transaction that makes the key ENABLED.
         """
         label = token_label(key.key_id, version.version)
         if key.key_spec in specs.ASYMMETRIC_SPECS:
@@ -239,8 +249,9 @@ class KeyCreation:
                 raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
         elif key.key_spec in specs.HMAC_SPECS:
             mac_keys_of(key_store).create_mac_key(version.material, label, key.key_spec.value)
-        elif not self._residency.make_symmetric(version, label, "create_key"):
-            raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
+        else:
+            return self._residency.make_unstored(version, label, "create_key")
+        return None
 
     def _key_store_for(self, caller: Caller, custom_key_store_id: str, spec: KeySpec) -> str:
         if not custom_key_store_id:

@@ -102,17 +102,30 @@ class VersionResidency:
         is being destroyed): the caller rolls the version back. ``step`` names the failpoint
         (``<step>.after_wrap``) between the wrap and the DB write.
         """
+        wrapped = self.make_unstored(version, label, step)
+        if wrapped is None:
+            return True
+        assert self._records is not None  # make_unstored wrapped, so __init__ had the records
+        return self._records.set_wrapped_material(version.key_id, version.version, version.token_id, wrapped)
+
+    def make_unstored(self, version: KeyVersion, label: str, step: str) -> WrappedMaterial | None:
+        """The token step alone: a token object (None), or the blob for the caller to store.
+
+        CreateKey stores the blob in the transaction that finishes the key
+        (``MetadataStore.finish_creating_key``), one DB write fewer per key than
+        ``make_symmetric``; until then the row is PENDING without material, which recovery deletes.
+        """
         key_store = self._key_stores.key_store(version.key_store_id)
         if version.residency is Residency.TOKEN_OBJECT:
             cast("KeyMaterial", key_store).create_key(version.material, label)
-            return True
+            return None
         if not isinstance(key_store, WrappedKeys):
             raise KMSInternalException(f"key store {version.key_store_id!r} cannot hold wrapped key material")
         assert self._domain_keys is not None and self._records is not None  # __init__ refused otherwise
         domain_key_id = self._domain_keys.active_domain_key_id(version.key_store_id)
         wrapped = key_store.create_wrapped_key(version.material, domain_key_id)
         self._failpoint(f"{step}.after_wrap")
-        return self._records.set_wrapped_material(version.key_id, version.version, version.token_id, wrapped)
+        return wrapped
 
 
 def discard_material(key_stores: KeyStores, material: KeyMaterialRef) -> None:

@@ -18,6 +18,7 @@ from hsmstore.core.model import (
     KeyState,
     KeyVersion,
     PendingCreation,
+    WrappedMaterial,
 )
 from hsmstore.core.ports.key_imports import KeyImportRecords
 from hsmstore.core.ports.metadata_changes import MetadataChanges
@@ -52,11 +53,21 @@ class KeyRecords(Protocol):
         """
 
     def finish_creating_key(
-        self, key_id: str, *, audit: Mapping[str, Any] | None = None, state: KeyState = KeyState.ENABLED
+        self,
+        key_id: str,
+        *,
+        audit: Mapping[str, Any] | None = None,
+        state: KeyState = KeyState.ENABLED,
+        wrapped: WrappedMaterial | None = None,
     ) -> bool:
         """CREATING -> ``state`` (ENABLED, or PENDING_IMPORT for an EXTERNAL key: issue 22, its
         version row names the CKA_ID the material will be imported under) and its versions
         PENDING -> ACTIVE, atomically.
+
+        ``wrapped`` (issue 18): the blob of the key's one PENDING ``WRAPPED`` version, stored in
+        the same transaction under the rules of ``DomainKeyRecords.set_wrapped_material``; if it
+        cannot be stored (its domain key is being destroyed), nothing changes and the answer is
+        False, so the key is rolled back.
 
         ``audit`` (on every write that completes a management change): the
         call's audit record, appended to the chain in the same transaction as
