@@ -40,6 +40,8 @@ from hsmstore import errors
 SQLITE_BEGIN: Final = "hsmstore_sqlite_begin"
 
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+#: How long a write waits for SQLite's write lock before it fails (``busy_timeout``).
+SQLITE_BUSY_TIMEOUT_SECONDS: Final = _SQLITE_BUSY_TIMEOUT_MS / 1000
 _SQLITE_PRAGMAS: Final = (
     f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}",
     "PRAGMA foreign_keys = ON",
