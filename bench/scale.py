@@ -319,8 +319,9 @@ def warm_up(
 ) -> None:
     """GenerateDataKey on every key ``--warm-up-passes`` times, then on random ones up to ``--start-warm-up``.
 
-    A pass lands each key on one worker, so several passes put most keys in
-    every worker's cache; the padding loads the fresh server past its start-up
+    A pass lands each key on one worker at random, so after n passes a worker has still not seen
+    a key with odds 2^-n (--workers 2), and each such key is a cold use inside the measured
+    seconds (docs/performance.md, "Scale"). The padding loads the fresh server past its start-up
     transient (``bench/run.py``, START_WARM_UP_REQUESTS). ``keep(key index, response)``.
     """
     indices = list(range(len(generate))) * args.warm_up_passes
@@ -459,7 +460,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cold", type=int, default=1000, help="cold keys for the first-use latency")
     parser.add_argument("--marks", type=int, nargs="*", default=[1000, 100_000, 1_000_000])
     parser.add_argument(
-        "--warm-up-passes", type=int, default=3, help="GenerateDataKey on each key, per round"
+        "--warm-up-passes", type=int, default=8, help="GenerateDataKey on each key, per round"
     )
     parser.add_argument(
         "--start-warm-up",

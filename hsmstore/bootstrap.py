@@ -33,7 +33,7 @@ from hsmstore.config import (
 from hsmstore.core.access_keys import AccessKeys
 from hsmstore.core.audit.jobs import purge_expired, seal_chain_head
 from hsmstore.core.audit.queries import AuditQueries
-from hsmstore.core.cache import ChangeFeedWatch
+from hsmstore.core.cache import FEED_TTL_IN_ORDER_SECONDS, FEED_TTL_SECONDS, ChangeFeedWatch
 from hsmstore.core.calls import CallObserver
 from hsmstore.core.failpoints import Failpoint
 from hsmstore.core.key_stores.directory import KeyStoreDirectory
@@ -448,7 +448,9 @@ def follow_metadata_changes(service: UseCases, store: changed.MetadataChanges) -
 
     Its clock is the real one, never the test clock: the feed's rows are dated by the DB, and a
     moved clock would prune rows no process has read yet."""
-    follower = MetadataFollower(store, ChangeFeedWatch(), SystemClock())
+    in_order = store.metadata_change_ids_commit_in_order()
+    watch = ChangeFeedWatch(entry_ttl_seconds=FEED_TTL_IN_ORDER_SECONDS if in_order else FEED_TTL_SECONDS)
+    follower = MetadataFollower(store, watch, SystemClock())
     gate, access = service.gate, service.access
     follower.on(changed.KEY, gate.forget_key)
     follower.on(changed.ALIAS, lambda name: gate.forget_alias(*changed.split_tenant_name(name)))

@@ -19,7 +19,7 @@ rate can afford and the request path's lock-free read cannot.
 
 Following the change feed (issue 18: a working set of 10,000 keys must cost what 10 keys cost,
 and with a 0.5 s life every entry of a large working set expires before its next use): a cache
-given a :class:`ChangeFeedWatch` keeps an entry up to :data:`FEED_TTL_SECONDS`, as long as the
+given a :class:`ChangeFeedWatch` keeps an entry up to its ``entry_ttl_seconds``, as long as the
 follower of the DB's change feed (core/metadata_follower.py) finished a poll that *started* less
 than :data:`FEED_STALENESS_SECONDS` ago. Every change committed before that poll started was in
 it, and the follower dropped the entries it names before it marked the poll, so an entry served
@@ -43,7 +43,12 @@ V = TypeVar("V")
 DEFAULT_TTL_SECONDS = 0.5
 MAX_ENTRIES = 100_000
 FEED_TTL_SECONDS = 60.0
-"""The longest an entry lives while the change feed is followed: a safety net, not the bound."""
+"""The longest an entry lives while the change feed is followed, when feed ids may commit out of
+order (PostgreSQL): a safety net for a change whose transaction stayed open past the follower's
+gap, not the bound."""
+FEED_TTL_IN_ORDER_SECONDS = 3600.0
+"""The same when feed ids commit in order (SQLite): no change can appear below the follower's
+floor later, so nothing needs the net; the hour only bounds how long an unused entry stays."""
 FEED_STALENESS_SECONDS = 0.75
 """How recently the follower's last good poll must have started for the feed to vouch for an entry
 (three polls of 0.25 s; docs/deployment.md promises changes are seen within 1 s)."""
@@ -72,9 +77,13 @@ class ChangeFeedWatch:
     """
 
     def __init__(
-        self, staleness_seconds: float = FEED_STALENESS_SECONDS, clock: Callable[[], float] = time.monotonic
+        self,
+        staleness_seconds: float = FEED_STALENESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        entry_ttl_seconds: float = FEED_TTL_SECONDS,
     ) -> None:
         self.clock = clock
+        self.entry_ttl_seconds = entry_ttl_seconds
         self._staleness = staleness_seconds
         self._covered_since = float("inf")  # entries loaded before the follower began are not vouched for
         self._vouched_until = float("-inf")  # the last good poll's start + staleness
@@ -126,7 +135,7 @@ class TtlCache(Generic[K, V]):
         self._lock = threading.Lock()
 
     def follow(self, watch: ChangeFeedWatch | None) -> None:
-        """Keep entries up to :data:`FEED_TTL_SECONDS` while ``watch`` vouches for them
+        """Keep entries up to ``watch.entry_ttl_seconds`` while ``watch`` vouches for them
         (the process's change-feed follower drops this cache's changed entries)."""
         self._watch = watch
 
@@ -142,7 +151,7 @@ class TtlCache(Generic[K, V]):
                 watch = self._watch
                 if (
                     watch is not None
-                    and now - entry[1] < FEED_TTL_SECONDS
+                    and now - entry[1] < watch.entry_ttl_seconds
                     and watch.vouches_for(entry[1], now)
                 ):
                     self.hits += 1

@@ -16,7 +16,9 @@ below the highest id already read. As in core/keys/material_follower.py, the fol
 floor below which every id was read, re-reads from it, and lets a missing id (a transaction still
 open, or a rolled-back sequence value that never commits) hold the floor for at most
 ``gap_seconds``; a change whose transaction stayed open longer is caught by the caches'
-:data:`~hsmstore.core.cache.FEED_TTL_SECONDS` at the latest.
+:data:`~hsmstore.core.cache.FEED_TTL_SECONDS` at the latest. Where ids commit in order (SQLite,
+``metadata_change_ids_commit_in_order``) a missing id is a rollback and never appears, so the
+entries live :data:`~hsmstore.core.cache.FEED_TTL_IN_ORDER_SECONDS`.
 """
 
 from __future__ import annotations

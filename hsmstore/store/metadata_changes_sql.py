@@ -23,6 +23,7 @@ class SqlMetadataChanges:
     def __init__(self, database: Database) -> None:
         self._writer = database.writer
         self._reader = database.reader
+        self._dialect = database.engine.dialect.name
 
     def metadata_changes_after(self, after_id: int, limit: int) -> Sequence[tuple[int, str, str]]:
         require_positive_limit(limit)
@@ -42,6 +43,11 @@ class SqlMetadataChanges:
         with self._reader.connect() as connection:
             latest = connection.execute(select(func.max(metadata_changes.c.change_id))).scalar()
         return 0 if latest is None else int(latest)
+
+    def metadata_change_ids_commit_in_order(self) -> bool:
+        """SQLite numbers a change inside the one write transaction it allows at a time; a
+        PostgreSQL sequence hands out ids that commit in any order."""
+        return self._dialect == "sqlite"
 
     def prune_metadata_changes(self, before: datetime) -> int:
         require_aware(before, "before")

@@ -197,6 +197,7 @@ class SqlMetadataStore:
         self.metadata_changes_after = metadata_feed.metadata_changes_after
         self.latest_metadata_change_id = metadata_feed.latest_metadata_change_id
         self.prune_metadata_changes = metadata_feed.prune_metadata_changes
+        self.metadata_change_ids_commit_in_order = metadata_feed.metadata_change_ids_commit_in_order
 
     def ping(self) -> None:
         with self.database.reader.connect() as connection:

@@ -145,3 +145,8 @@ def test_an_access_key_status_change_names_it_but_its_use_does_not(sql_engine: E
     assert store.latest_metadata_change_id() == 0
     assert access_keys.set_access_key_status(made.access_key_id, AccessKeyStatus.INACTIVE)
     assert changes_since(store, 0) == [(changed.ACCESS_KEY, made.access_key_id)]
+
+
+def test_only_a_postgresql_feed_may_commit_ids_out_of_order(sql_engine: Engine) -> None:
+    store = SqlMetadataStore(sql_engine)
+    assert store.metadata_change_ids_commit_in_order() is (sql_engine.dialect.name == "sqlite")

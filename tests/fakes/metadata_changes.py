@@ -111,6 +111,9 @@ class FakeMetadataChanges:
         with self._lock:
             return self._metadata_feed.rows[-1][0] if self._metadata_feed.rows else 0
 
+    def metadata_change_ids_commit_in_order(self) -> bool:
+        return True  # one lock: ids are given and applied together
+
     def prune_metadata_changes(self, before: datetime) -> int:
         if before.tzinfo is None or before.utcoffset() is None:
             raise ValueError("the metadata store only takes timezone-aware datetimes")

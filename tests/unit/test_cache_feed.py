@@ -3,7 +3,13 @@ the short TTL as soon as it is late, and no stale write-back either way (core/ca
 
 from __future__ import annotations
 
-from hsmstore.core.cache import FEED_STALENESS_SECONDS, FEED_TTL_SECONDS, ChangeFeedWatch, TtlCache
+from hsmstore.core.cache import (
+    FEED_STALENESS_SECONDS,
+    FEED_TTL_IN_ORDER_SECONDS,
+    FEED_TTL_SECONDS,
+    ChangeFeedWatch,
+    TtlCache,
+)
 
 
 class FakeMonotonic:
@@ -14,8 +20,10 @@ class FakeMonotonic:
         return self.now
 
 
-def followed_cache(clock: FakeMonotonic) -> tuple[TtlCache[str, str], ChangeFeedWatch]:
-    watch = ChangeFeedWatch(clock=clock)
+def followed_cache(
+    clock: FakeMonotonic, entry_ttl_seconds: float = FEED_TTL_SECONDS
+) -> tuple[TtlCache[str, str], ChangeFeedWatch]:
+    watch = ChangeFeedWatch(clock=clock, entry_ttl_seconds=entry_ttl_seconds)
     watch.following_since(clock.now)
     return TtlCache(0.5, clock, watch=watch), watch
 
@@ -45,6 +53,20 @@ def test_the_safety_ttl_ends_an_entry_even_while_the_follower_polls() -> None:
     values = ["v1", "v2"]
     cache.get("k", lambda: counting(values, loads))
     clock.now += FEED_TTL_SECONDS
+    watch.polled(clock.now)
+    assert cache.get("k", lambda: counting(values, loads)) == "v2"
+
+
+def test_a_feed_whose_ids_commit_in_order_keeps_an_entry_for_the_hour() -> None:
+    clock = FakeMonotonic()
+    cache, watch = followed_cache(clock, FEED_TTL_IN_ORDER_SECONDS)
+    loads: list[str] = []
+    values = ["v1", "v2"]
+    cache.get("k", lambda: counting(values, loads))
+    clock.now += FEED_TTL_SECONDS * 10
+    watch.polled(clock.now)
+    assert cache.get("k", lambda: counting(values, loads)) == "v1"
+    clock.now = 100.0 + FEED_TTL_IN_ORDER_SECONDS
     watch.polled(clock.now)
     assert cache.get("k", lambda: counting(values, loads)) == "v2"
 

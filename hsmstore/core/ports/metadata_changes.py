@@ -44,6 +44,11 @@ class MetadataChanges(Protocol):
         """The highest change id now (0 when none): where a process starts following."""
         ...
 
+    def metadata_change_ids_commit_in_order(self) -> bool:
+        """True when no change can commit with an id below one already committed (SQLite: one
+        writer at a time), so an id missing below the follower's floor never appears later."""
+        ...
+
     def prune_metadata_changes(self, before: datetime) -> int:
         """Delete changes recorded before ``before``; how many went."""
         ...
