@@ -61,6 +61,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,7 +85,12 @@ log = logging.getLogger(__name__)
 
 SPOOL_SUFFIX = ".jsonl"
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-RECORDS_PER_TRANSACTION = 4096
+RECORDS_PER_TRANSACTION = 32
+"""Each ingest transaction holds the DB's write lock (SQLite: the only one) for its records, at
+tens of µs each; a short transaction keeps a request's write (a lease, a CreateKey) from waiting
+behind a second's worth of records (issue 18, a cold key's first use)."""
+PAUSE_BETWEEN_TRANSACTIONS_SECONDS = 0.001
+"""Between two ingest transactions the ingester steps aside this long, so waiting writers go first."""
 # The head repeats at most the record's own fields, so no line a writer makes is longer.
 MAX_SPOOL_LINE_BYTES = 2 * MAX_RECORD_BYTES + 1024
 PROBE_BYTES = MAX_RECORD_BYTES  # check_health: room for one more whole record
@@ -319,28 +325,37 @@ class SpoolIngester:
             os.close(fd)
 
     def _ingest(self, path: Path, name: str, *, writer_gone: bool) -> int:
-        """Move lines into the chain, at most ``MAX_BATCH_BYTES`` and ``RECORDS_PER_TRANSACTION``
-        per transaction, until only an unfinished line (or nothing) is left."""
+        """Move lines into the chain: read ``MAX_BATCH_BYTES`` at a time, commit at most
+        ``RECORDS_PER_TRANSACTION`` per transaction, until only an unfinished line (or nothing) is left."""
         moved = 0
         offset = self._offsets[name] = self._log.spool_offset(name)
         with path.open("rb") as spool:
             while True:
                 spool.seek(offset)
                 data = spool.read(MAX_BATCH_BYTES)
-                records, used = self._batch(spool, name, offset, data, writer_gone)
-                if used == 0:
+                start = 0
+                while True:
+                    records, end = self._batch(spool, name, offset, data, writer_gone, start)
+                    if end == start:
+                        break
+                    if moved:
+                        time.sleep(PAUSE_BETWEEN_TRANSACTIONS_SECONDS)
+                    self._log.append_audit_records(records, (name, offset + end))
+                    self._offsets[name] = offset + end
+                    moved += len(records)
+                    start = end
+                if start == 0:
                     return moved
-                offset += used
-                self._log.append_audit_records(records, (name, offset))
-                self._offsets[name] = offset
-                moved += len(records)
+                offset += start
 
     def _batch(
-        self, spool: BinaryIO, name: str, offset: int, data: bytes, writer_gone: bool
+        self, spool: BinaryIO, name: str, offset: int, data: bytes, writer_gone: bool, start: int = 0
     ) -> tuple[list[SerializedRecord | dict[str, Any]], int]:
-        """The records of the whole lines at the start of ``data``, and how many bytes they took."""
+        """The records of the whole lines of ``data`` (read at ``offset``) from ``start``, and where
+        they end in ``data``. Only a read's first line can be judged too long or torn: a later one
+        may just go on past the read."""
         records: list[SerializedRecord | dict[str, Any]] = []
-        position = 0
+        position = start
         while position < len(data) and len(records) < RECORDS_PER_TRANSACTION:
             end = data.find(b"\n", position)
             if end < 0:

@@ -42,7 +42,13 @@ from hsmstore.core.ports import AuditLog, AuditQuery, AuditSeal, MetadataStore
 from hsmstore.store.audit_sql import ITER_BATCH_CHARS
 from hsmstore.store.engine import create_engine_for_url
 from hsmstore.store.migrate import upgrade
-from hsmstore.store.spool import MAX_BATCH_BYTES, SpoolAuditSink, SpoolIngester, spool_line
+from hsmstore.store.spool import (
+    MAX_BATCH_BYTES,
+    RECORDS_PER_TRANSACTION,
+    SpoolAuditSink,
+    SpoolIngester,
+    spool_line,
+)
 from hsmstore.store.sql import SqlMetadataStore
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
@@ -531,6 +537,28 @@ def test_spool_lines_ingest_with_the_same_index_fields_as_the_records(
     assert verify(log_of(store)) == len(records)
     usage = log_of(store).last_key_usage(key_id)
     assert [(version, event.event_name) for version, event in usage] == [(None, "Decrypt"), (3, "Decrypt")]
+
+
+def test_a_backlog_is_ingested_in_short_transactions_in_order(store: MetadataStore, tmp_path: Path) -> None:
+    """Each transaction holds the DB's write lock; a backlog must not hold it for all its records."""
+    records = [record("Decrypt", key_id=make_key()[0].key_id) for _ in range(RECORDS_PER_TRANSACTION * 3 + 5)]
+    sink = SpoolAuditSink(tmp_path / "spool")
+    for item in records:
+        sink.record(item)
+    sink.close()
+    audit_log = log_of(store)
+    batches: list[int] = []
+    append = audit_log.append_audit_records
+
+    def counted(batch: Any, spool_position: Any = None) -> Any:
+        batches.append(len(batch))
+        return append(batch, spool_position)
+
+    audit_log.append_audit_records = counted  # type: ignore[method-assign]
+    assert SpoolIngester(tmp_path / "spool", audit_log).ingest_once() == len(records)
+    assert batches == [RECORDS_PER_TRANSACTION] * 3 + [5]
+    assert [event.record for event in audit_log.iter_audit_events()] == records
+    assert verify(audit_log) == len(records)
 
 
 def test_an_indexed_spool_line_that_cannot_be_read_is_recorded_as_unreadable(
