@@ -204,7 +204,7 @@ class SqlDomainKeys:
         """Also False (no change) if the new blob's domain key can no longer wrap: the row stays
         under the old key and a later pass moves it."""
         with self._writer.begin() as connection:
-            key_store_id = _key_store_wrapping_under(connection, wrapped.domain_key_id)
+            key_store_id = key_store_wrapping_under(connection, wrapped.domain_key_id)
             if key_store_id is None:
                 return False
             changed = connection.execute(
@@ -229,7 +229,7 @@ def store_wrapped_material(connection: Connection, wrapped: WrappedMaterial, *wh
     """The blob on the one PENDING ``WRAPPED`` version ``which`` selects, in the caller's
     transaction: only if its domain key still wraps (ACTIVE or RETIRING) and belongs to the
     version's key store. False, with nothing changed, otherwise."""
-    key_store_id = _key_store_wrapping_under(connection, wrapped.domain_key_id)
+    key_store_id = key_store_wrapping_under(connection, wrapped.domain_key_id)
     if key_store_id is None:
         return False
     changed = connection.execute(
@@ -245,7 +245,7 @@ def store_wrapped_material(connection: Connection, wrapped: WrappedMaterial, *wh
     return bool(changed == 1)
 
 
-def _key_store_wrapping_under(connection: Connection, domain_key_id: str) -> str | None:
+def key_store_wrapping_under(connection: Connection, domain_key_id: str) -> str | None:
     """The key store of the domain key if it is ACTIVE or RETIRING, else None. A blob is stored
     only on a version of that key store. On PostgreSQL the row stays locked (``FOR KEY SHARE``)
     until commit, so ``begin_domain_key_destruction`` (``FOR UPDATE``) waits for this transaction."""

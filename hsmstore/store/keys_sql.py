@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exc, func, or_, select
+from sqlalchemy.engine import Connection
 
 from hsmstore import errors
 from hsmstore.core.model import (
@@ -19,6 +20,7 @@ from hsmstore.core.model import (
     KeyState,
     KeyVersion,
     PendingCreation,
+    Residency,
     VersionState,
     WrappedMaterial,
 )
@@ -26,7 +28,7 @@ from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.custom_key_stores_sql import lock_custom_key_store_of_new_key
 from hsmstore.store.database import Database
-from hsmstore.store.domain_keys_sql import store_wrapped_material
+from hsmstore.store.domain_keys_sql import key_store_wrapping_under, store_wrapped_material
 from hsmstore.store.key_rows import (
     VERSION_COLUMNS,
     VERSION_PREFIX,
@@ -61,21 +63,50 @@ class SqlKeys:
             with self._writer.begin() as connection:
                 # Issue 17: a DeleteCustomKeyStore racing this insert cannot leave the key in a deleted store.
                 lock_custom_key_store_of_new_key(connection, key.key_store_id)
-                connection.execute(keys.insert().values(key_values(key)))
-                connection.execute(key_versions.insert().values(version_values(version)))
-                if policy is not None:
-                    connection.execute(
-                        key_policies.insert().values(
-                            key_id=key.key_id,
-                            policy_name="default",
-                            document=policy,
-                            last_updated=key.creation_date,
-                        )
-                    )
+                self._insert_new_key(connection, key, version, policy)
         except exc.IntegrityError:
             raise errors.AlreadyExistsException(
                 f"key {key.key_id} or its token object id already exists"
             ) from None
+
+    @staticmethod
+    def _insert_new_key(
+        connection: Connection, key: KeyRecord, version: KeyVersion, policy: str | None
+    ) -> None:
+        connection.execute(keys.insert().values(key_values(key)))
+        connection.execute(key_versions.insert().values(version_values(version)))
+        if policy is not None:
+            connection.execute(
+                key_policies.insert().values(
+                    key_id=key.key_id, policy_name="default", document=policy, last_updated=key.creation_date
+                )
+            )
+
+    def insert_wrapped_key(
+        self,
+        key: KeyRecord,
+        version: KeyVersion,
+        policy: str | None = None,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """The port's: an ENABLED key and its ACTIVE wrapped first version in one transaction."""
+        _check_new_key(key, version, KeyState.ENABLED, VersionState.ACTIVE)
+        if version.residency is not Residency.WRAPPED or version.wrapped is None:
+            raise ValueError("insert_wrapped_key takes a WRAPPED version with its blob")
+        try:
+            with self._writer.begin() as connection:
+                wrapping = key_store_wrapping_under(connection, version.wrapped.domain_key_id)
+                if wrapping != version.key_store_id:
+                    return False
+                lock_custom_key_store_of_new_key(connection, key.key_store_id)
+                self._insert_new_key(connection, key, version, policy)
+                self._trail.record_change(connection, audit)
+        except exc.IntegrityError:
+            raise errors.AlreadyExistsException(
+                f"key {key.key_id} or its token object id already exists"
+            ) from None
+        return True
 
     def finish_creating_key(
         self,
@@ -290,16 +321,22 @@ class SqlKeys:
             raise errors.NotFoundException(f"key {key_id} does not exist")
 
 
-def _check_new_key(key: KeyRecord, version: KeyVersion) -> None:
-    """What ``insert_creating_key`` takes: a CREATING key and its PENDING first version.
+def _check_new_key(
+    key: KeyRecord,
+    version: KeyVersion,
+    key_state: KeyState = KeyState.CREATING,
+    version_state: VersionState = VersionState.PENDING,
+) -> None:
+    """What ``insert_creating_key`` takes: a CREATING key and its PENDING first version
+    (``insert_wrapped_key``: an ENABLED key and its ACTIVE first version).
 
     The version lives in its key's key store (core/model.py, ``KeyVersion``):
     a version recorded in another store would send its key's calls to the wrong token.
     """
-    if key.state is not KeyState.CREATING:
-        raise ValueError(f"a new key must be CREATING, not {key.state}")
-    if version.state is not VersionState.PENDING:
-        raise ValueError(f"a new key's first version must be PENDING, not {version.state}")
+    if key.state is not key_state:
+        raise ValueError(f"a new key must be {key_state.value}, not {key.state}")
+    if version.state is not version_state:
+        raise ValueError(f"a new key's first version must be {version_state.value}, not {version.state}")
     if version.key_id != key.key_id:
         raise ValueError("the version belongs to another key")
     if version.key_store_id != key.key_store_id:

@@ -73,6 +73,7 @@ class SqlMetadataStore:
 
         keys = SqlKeys(database, trail)
         self.insert_creating_key = keys.insert_creating_key
+        self.insert_wrapped_key = keys.insert_wrapped_key
         self.finish_creating_key = keys.finish_creating_key
         self.claim_failed_creation = keys.claim_failed_creation
         self.list_pending_creations = keys.list_pending_creations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import traceback
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
@@ -212,6 +212,55 @@ def test_finish_creating_key_changes_nothing_when_the_blobs_domain_key_no_longer
     assert store.finish_creating_key(key.key_id, wrapped=blob(domain_key_id(2))) is False
     assert store.get_key(key.key_id) == key  # still CREATING: recovery rolls it back
     assert store.get_version(key.key_id, 1) == version
+
+
+def whole_wrapped_key(under: str) -> tuple[KeyRecord, KeyVersion]:
+    key, version = make_key()
+    return key.with_state(KeyState.ENABLED), replace(
+        version, state=VersionState.ACTIVE, residency=Residency.WRAPPED, wrapped=blob(under)
+    )
+
+
+def test_insert_wrapped_key_writes_the_enabled_key_with_its_blob_at_once(store: MetadataStore) -> None:
+    under = add_domain_key(store, 1)
+    key, version = whole_wrapped_key(under)
+    assert store.insert_wrapped_key(key, version, '{"policy": 1}') is True
+    assert store.get_key(key.key_id) == key
+    assert store.get_version(key.key_id, 1) == version
+    assert store.list_pending_creations(datetime.max.replace(tzinfo=UTC)) == []
+    assert store.count_customer_keys(key.tenant) == 1
+    assert store.count_wrapped_under(under) == 1
+    with pytest.raises(errors.AlreadyExistsException):
+        store.insert_wrapped_key(key, version)
+
+
+def test_insert_wrapped_key_writes_nothing_under_a_domain_key_that_no_longer_wraps(
+    store: MetadataStore,
+) -> None:
+    store.insert_domain_key(
+        DomainKey(domain_key_id(2), DEFAULT_KEY_STORE_ID, DomainKeyState.PENDING, MECHANISM, T0)
+    )
+    add_domain_key(store, 3, key_store_id="cks-1234567890abcdef0")
+    for under in (domain_key_id(2), domain_key_id(3), domain_key_id(9)):
+        key, version = whole_wrapped_key(under)
+        assert store.insert_wrapped_key(key, version) is False
+        assert store.get_key(key.key_id) is None
+
+
+def test_insert_wrapped_key_takes_only_an_enabled_key_and_its_active_wrapped_version(
+    store: MetadataStore,
+) -> None:
+    under = add_domain_key(store, 1)
+    key, version = whole_wrapped_key(under)
+    for wrong_key, wrong_version in (
+        (key.with_state(KeyState.CREATING), version),
+        (key, replace(version, state=VersionState.PENDING)),
+        (key, replace(version, wrapped=None)),
+        (key, replace(version, residency=Residency.TOKEN_OBJECT)),
+    ):
+        with pytest.raises(ValueError, match=r"ENABLED|ACTIVE|WRAPPED"):
+            store.insert_wrapped_key(wrong_key, wrong_version)
+    assert store.get_key(key.key_id) is None
 
 
 def test_a_blob_goes_only_to_a_version_of_the_domain_keys_key_store(store: MetadataStore) -> None:

@@ -35,6 +35,7 @@ from hsmstore.core.model import (
     KeyVersion,
     Origin,
     PendingCreation,
+    Residency,
     RotationType,
     VersionState,
     WrappedMaterial,
@@ -106,24 +107,42 @@ class FakeMetadataStore(
             raise ValueError(
                 f"the version is in key store {version.key_store_id!r}, its key in {key.key_store_id!r}"
             )
+        with self._lock:
+            self._insert_new_key(key, version, policy)
+
+    def _insert_new_key(self, key: KeyRecord, version: KeyVersion, policy: str | None) -> None:
+        """The lock is held."""
         key = replace(
             key,
             creation_date=_utc(key.creation_date),
             deletion_date=None if key.deletion_date is None else _utc(key.deletion_date),
         )
         version = replace(version, creation_date=_utc(version.creation_date))
+        if key.key_store_id != DEFAULT_KEY_STORE_ID and key.key_store_id not in self._custom_key_stores:
+            raise errors.CustomKeyStoreNotFoundException(
+                f"custom key store {key.key_store_id} does not exist"
+            )
+        token_ids = {existing.token_id for existing in self._versions.values()}
+        if key.key_id in self._keys or version.token_id in token_ids:
+            raise errors.AlreadyExistsException(f"key {key.key_id} or its token object id already exists")
+        self._keys[key.key_id] = key
+        self._versions[(version.key_id, version.version)] = version
+        if policy is not None:
+            self._key_policies[key.key_id] = policy
+
+    def insert_wrapped_key(
+        self, key: KeyRecord, version: KeyVersion, policy: str | None = None, *, audit: Audit = None
+    ) -> bool:
+        if key.state is not KeyState.ENABLED or version.state is not VersionState.ACTIVE:
+            raise ValueError("insert_wrapped_key takes an ENABLED key and its ACTIVE first version")
+        if version.residency is not Residency.WRAPPED or version.wrapped is None:
+            raise ValueError("insert_wrapped_key takes a WRAPPED version with its blob")
         with self._lock:
-            if key.key_store_id != DEFAULT_KEY_STORE_ID and key.key_store_id not in self._custom_key_stores:
-                raise errors.CustomKeyStoreNotFoundException(
-                    f"custom key store {key.key_store_id} does not exist"
-                )
-            token_ids = {existing.token_id for existing in self._versions.values()}
-            if key.key_id in self._keys or version.token_id in token_ids:
-                raise errors.AlreadyExistsException(f"key {key.key_id} or its token object id already exists")
-            self._keys[key.key_id] = key
-            self._versions[(version.key_id, version.version)] = version
-            if policy is not None:
-                self._key_policies[key.key_id] = policy
+            if self._key_store_wrapping_under(version.wrapped.domain_key_id) != version.key_store_id:
+                return False
+            self._insert_new_key(key, version, policy)
+            self._audit_change(audit)
+        return True
 
     def finish_creating_key(
         self,

@@ -2,10 +2,12 @@
 after a restart no key is left without usable material, no version material is left on the
 token (it only ever holds domain keys and the audit seal key), and the key works or is gone.
 
-The steps (core/keys/residency.py): the PENDING row is committed (``*.after_db_insert``); the
-token wraps new material under the domain key and destroys the session object
-(``*.after_wrap``); the blob is stored on the row, then the key or rotation finishes
-(``*.after_token_create``).
+The steps of a rotation, and of a CreateKey with tags (core/keys/residency.py): the PENDING row
+is committed (``*.after_db_insert``); the token wraps new material under the domain key and
+destroys the session object (``*.after_wrap``); the blob is stored on the row, then the key or
+rotation finishes (``*.after_token_create``). A CreateKey without tags or an alias wraps first
+(``create_key.after_wrap``: nothing is written yet) and then commits the whole key at once
+(``create_key.after_db_insert``: the key is whole, only the answer is lost).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ pytestmark = pytest.mark.integration
 WRAPPED = ["--key-residency", "wrapped"]
 IMMEDIATE_RECOVERY = {"HSMSTORE_RECOVERY_GRACE_SECONDS": "0"}
 STEPS = ["after_db_insert", "after_wrap", "after_token_create"]
+ONE_WRITE_STEPS = ["after_wrap", "after_db_insert"]
+TAGS = [pb.Tag(tag_key="team", tag_value="crash")]
 CONTEXT = {"purpose": "crash"}
 
 
@@ -64,7 +68,9 @@ def opens(server: ServerProcess, blob: bytes) -> bytes:
     )
 
 
-def crash_at(data_dir: Path, failpoint: str, call: str, key_id: str = "") -> None:
+def crash_at(
+    data_dir: Path, failpoint: str, call: str, key_id: str = "", tags: list[pb.Tag] | None = None
+) -> None:
     crashing = ServerProcess(
         data_dir,
         extra_args=WRAPPED,
@@ -73,7 +79,7 @@ def crash_at(data_dir: Path, failpoint: str, call: str, key_id: str = "") -> Non
 
     def interrupted() -> object:
         if call == "create":
-            return crashing.stub.CreateKey(pb.CreateKeyRequest(description="interrupted"))
+            return crashing.stub.CreateKey(pb.CreateKeyRequest(description="interrupted", tags=tags or []))
         return crashing.stub.RotateKeyOnDemand(pb.RotateKeyOnDemandRequest(key_id=key_id))
 
     with pytest.raises(grpc.RpcError) as raised:
@@ -95,12 +101,39 @@ def start_survivor(data_dir: Path) -> tuple[str, bytes]:
         first.stop()
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_create_key_killed_midway_leaves_no_keyless_row_and_nothing_on_the_token(
+@pytest.mark.parametrize("step", ONE_WRITE_STEPS)
+def test_create_key_killed_around_its_one_write_leaves_nothing_or_a_whole_key(
     fresh_data_dir: Path, step: str
 ) -> None:
     survivor, blob = start_survivor(fresh_data_dir)
     crash_at(fresh_data_dir, f"create_key.{step}", "create")
+    rows = key_rows(fresh_data_dir / "hsmstore.db")
+    assert "CREATING" not in {state for _, state in rows}
+
+    restarted = ServerProcess(fresh_data_dir, extra_args=WRAPPED, extra_env=IMMEDIATE_RECOVERY).start()
+    try:
+        listed = sorted(k.key_id for k in restarted.stub.ListKeys(pb.ListKeysRequest()).keys)
+        if step == "after_wrap":
+            assert rows == [(survivor, "ENABLED")], "nothing may be written before the token step"
+            assert listed == [survivor]
+        else:
+            assert len(rows) == 2 and {state for _, state in rows} == {"ENABLED"}
+            assert listed == sorted(key_id for key_id, _ in rows)
+        for key_id in listed:
+            assert opens(restarted, seal(restarted, key_id, b"after")) == b"after"
+        assert {row[2:] for row in version_rows(restarted.db_path)} == {("ACTIVE", "WRAPPED", True)}
+        assert version_objects(restarted) == []
+        assert opens(restarted, blob) == b"before"
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_create_key_with_tags_killed_midway_leaves_no_keyless_row_and_nothing_on_the_token(
+    fresh_data_dir: Path, step: str
+) -> None:
+    survivor, blob = start_survivor(fresh_data_dir)
+    crash_at(fresh_data_dir, f"create_key.{step}", "create", tags=TAGS)
     assert "CREATING" in {state for _, state in key_rows(fresh_data_dir / "hsmstore.db")}
 
     restarted = ServerProcess(fresh_data_dir, extra_args=WRAPPED, extra_env=IMMEDIATE_RECOVERY).start()

@@ -235,13 +235,43 @@ def test_a_failing_wrap_rolls_the_creation_back() -> None:
     assert setup.store.list_pending_creations(datetime.max.replace(tzinfo=UTC)) == []
 
 
+def test_a_creation_without_tags_writes_the_whole_key_once() -> None:
+    setup = Setup()
+    key = setup.service.creation.create_key(ALICE).key
+    [version] = setup.versions(key.key_id)
+    assert (key.state, version.state) == (KeyState.ENABLED, VersionState.ACTIVE)
+    assert version.wrapped is not None
+    assert setup.store.list_pending_creations(datetime.max.replace(tzinfo=UTC)) == []
+    round_trip(setup.service, key.key_id)
+
+
+def test_a_creation_interrupted_after_its_wrap_leaves_nothing() -> None:
+    setup = Setup("create_key.after_wrap")
+    with pytest.raises(SystemExit):
+        setup.service.creation.create_key(ALICE)
+    assert list(setup.store.list_keys("acme", 10, None)) == []
+    assert setup.store.list_pending_creations(datetime.max.replace(tzinfo=UTC)) == []
+    assert setup.vault.object_count() == 0 and setup.vault.destroyed == []
+
+
+def test_a_creation_interrupted_after_its_write_leaves_a_whole_key() -> None:
+    setup = Setup("create_key.after_db_insert")
+    with pytest.raises(SystemExit):
+        setup.service.creation.create_key(ALICE)
+    setup.clock.current += GRACE + timedelta(seconds=1)
+    assert setup.service.recovery.recover_interrupted_work(GRACE) == 0
+    [key] = setup.store.list_keys("acme", 10, None)
+    assert key.state is KeyState.ENABLED
+    round_trip(setup.service, key.key_id)
+
+
 @pytest.mark.parametrize(
     "failpoint", ["create_key.after_db_insert", "create_key.after_wrap", "create_key.after_token_create"]
 )
-def test_an_interrupted_creation_leaves_no_key(failpoint: str) -> None:
+def test_an_interrupted_creation_with_tags_leaves_no_key(failpoint: str) -> None:
     setup = Setup(failpoint)
     with pytest.raises(SystemExit):
-        setup.service.creation.create_key(ALICE)
+        setup.service.creation.create_key(ALICE, tags=[("team", "crash")])
     setup.clock.current += GRACE + timedelta(seconds=1)  # what the rollback left, recovery finds
     setup.service.recovery.recover_interrupted_work(GRACE)
     assert list(setup.store.list_keys("acme", 10, None)) == []

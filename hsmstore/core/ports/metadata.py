@@ -52,6 +52,25 @@ class KeyRecords(Protocol):
         ``policy`` None stores none: the service then answers the default key policy.
         """
 
+    def insert_wrapped_key(
+        self,
+        key: KeyRecord,
+        version: KeyVersion,
+        policy: str | None = None,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Insert an ENABLED key, its ACTIVE ``WRAPPED`` first version with its blob, its key policy
+        and ``audit``'s record, in one transaction (issue 18).
+
+        Wrapping leaves nothing on the token, so a wrapped key needs no CREATING row for recovery
+        to roll back: a crash before this commit leaves nothing anywhere, after it a whole key.
+        False, with nothing written, if the blob's domain key no longer wraps (it is being
+        destroyed) or is another key store's. Raises ``AlreadyExistsException`` if the key id
+        or the token id is taken, ``ValueError`` for anything but such a key and version.
+        """
+        ...
+
     def finish_creating_key(
         self,
         key_id: str,
