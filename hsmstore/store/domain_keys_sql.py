@@ -204,21 +204,18 @@ class SqlDomainKeys:
         """Also False (no change) if the new blob's domain key can no longer wrap: the row stays
         under the old key and a later pass moves it."""
         with self._writer.begin() as connection:
-            key_store_id = key_store_wrapping_under(connection, wrapped.domain_key_id)
-            if key_store_id is None:
-                return False
-            changed = connection.execute(
-                key_versions.update()
-                .where(
+            return _set_blob_if_wrapping(
+                connection,
+                wrapped,
+                (
                     key_versions.c.key_id == key_id,
                     key_versions.c.version == version,
-                    key_versions.c.key_store_id == key_store_id,
                     key_versions.c.wrapped_domain_key_id == old_domain_key_id,
                     key_versions.c.rewrap_claim == claimant,
-                )
-                .values(**wrapped_values(wrapped), rewrap_claim=None, rewrap_claim_until=None)
-            ).rowcount
-        return changed == 1
+                ),
+                rewrap_claim=None,
+                rewrap_claim_until=None,
+            )
 
     def count_wrapped_under(self, domain_key_id: str) -> int:
         with self._reader.connect() as connection:
@@ -229,18 +226,25 @@ def store_wrapped_material(connection: Connection, wrapped: WrappedMaterial, *wh
     """The blob on the one PENDING ``WRAPPED`` version ``which`` selects, in the caller's
     transaction: only if its domain key still wraps (ACTIVE or RETIRING) and belongs to the
     version's key store. False, with nothing changed, otherwise."""
+    pending_wrapped = (
+        key_versions.c.state == VersionState.PENDING.value,
+        key_versions.c.residency == Residency.WRAPPED.value,
+    )
+    return _set_blob_if_wrapping(connection, wrapped, (*which, *pending_wrapped))
+
+
+def _set_blob_if_wrapping(
+    connection: Connection, wrapped: WrappedMaterial, which: tuple[Any, ...], **values: Any
+) -> bool:
+    """``wrapped`` (and ``values``) on the one row ``which`` selects in the blob's domain key's key
+    store, if that domain key still wraps; the domain key's row stays locked until commit."""
     key_store_id = key_store_wrapping_under(connection, wrapped.domain_key_id)
     if key_store_id is None:
         return False
     changed = connection.execute(
         key_versions.update()
-        .where(
-            *which,
-            key_versions.c.key_store_id == key_store_id,
-            key_versions.c.state == VersionState.PENDING.value,
-            key_versions.c.residency == Residency.WRAPPED.value,
-        )
-        .values(wrapped_values(wrapped))
+        .where(*which, key_versions.c.key_store_id == key_store_id)
+        .values(**wrapped_values(wrapped), **values)
     ).rowcount
     return bool(changed == 1)
 

@@ -122,35 +122,33 @@ class SqlKeys:
         False for a key that is no longer CREATING (recovery claimed it);
         raises ``NotFoundException`` if the key is gone (recovery deleted it).
         """
-        with self._writer.begin() as connection:
-            creating = connection.execute(
-                select(keys.c.key_id)
-                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
-                .with_for_update()
-            ).first()
-            if (
-                creating is not None
-                and wrapped is not None
-                and not store_wrapped_material(connection, wrapped, key_versions.c.key_id == key_id)
-            ):
-                return False
-            flipped = connection.execute(
-                keys.update()
-                .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
-                .values(key_state=state.value)
-            ).rowcount
-            if flipped:
-                connection.execute(
-                    key_versions.update()
-                    .where(
-                        key_versions.c.key_id == key_id,
-                        key_versions.c.state == VersionState.PENDING.value,
+        try:
+            with self._writer.begin() as connection:
+                flipped = connection.execute(
+                    keys.update()
+                    .where(keys.c.key_id == key_id, keys.c.key_state == KeyState.CREATING.value)
+                    .values(key_state=state.value)
+                ).rowcount
+                if (
+                    flipped
+                    and wrapped is not None
+                    and not store_wrapped_material(connection, wrapped, key_versions.c.key_id == key_id)
+                ):
+                    raise _BlobRefused  # rolls the flip back with the transaction
+                if flipped:
+                    connection.execute(
+                        key_versions.update()
+                        .where(
+                            key_versions.c.key_id == key_id,
+                            key_versions.c.state == VersionState.PENDING.value,
+                        )
+                        .values(state=VersionState.ACTIVE.value)
                     )
-                    .values(state=VersionState.ACTIVE.value)
-                )
-                self._trail.record_change(connection, audit)
-                return True
-            exists = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first()
+                    self._trail.record_change(connection, audit)
+                    return True
+                exists = connection.execute(select(keys.c.key_id).where(keys.c.key_id == key_id)).first()
+        except _BlobRefused:
+            return False
         if exists is None:
             raise errors.NotFoundException(f"key {key_id} does not exist")
         return False
@@ -319,6 +317,10 @@ class SqlKeys:
                 self._trail.record_change(connection, audit)
         if changed == 0:
             raise errors.NotFoundException(f"key {key_id} does not exist")
+
+
+class _BlobRefused(Exception):
+    """``finish_creating_key``: the blob's domain key no longer wraps; undo the whole transaction."""
 
 
 def _check_new_key(
