@@ -225,15 +225,11 @@ class KeyCreation:
         if not finished:
             self.roll_back(key.key_id, [version])
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
-        return KeyDescription(
-            key.with_state(state),
-            arn,
-            algorithms_of(
-                key.key_spec,
-                key.key_usage,
-                offered_for(self._key_stores.key_store(key.key_store_id), key.key_spec),
-            ),
-        )
+        return self._described(key.with_state(state), arn)
+
+    def _described(self, key: KeyRecord, arn: str) -> KeyDescription:
+        offered = offered_for(self._key_stores.key_store(key.key_store_id), key.key_spec)
+        return KeyDescription(key, arn, algorithms_of(key.key_spec, key.key_usage, offered))
 
     def _create_wrapped(
         self, key: KeyRecord, version: KeyVersion, policy_text: str, arn: str
@@ -258,15 +254,7 @@ class KeyCreation:
         if not stored:
             raise KMSInternalException("CreateKey took too long and was rolled back; no key was created")
         self._failpoint("create_key.after_db_insert")
-        return KeyDescription(
-            enabled,
-            arn,
-            algorithms_of(
-                key.key_spec,
-                key.key_usage,
-                offered_for(self._key_stores.key_store(key.key_store_id), key.key_spec),
-            ),
-        )
+        return self._described(enabled, arn)
 
     def _make_material(
         self, key_store: object, key: KeyRecord, version: KeyVersion
