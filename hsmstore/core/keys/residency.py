@@ -111,9 +111,9 @@ class VersionResidency:
     def make_unstored(self, version: KeyVersion, label: str, step: str) -> WrappedMaterial | None:
         """The token step alone: a token object (None), or the blob for the caller to store.
 
-        CreateKey stores the blob in the transaction that finishes the key
-        (``MetadataStore.finish_creating_key``), one DB write fewer per key than
-        ``make_symmetric``; until then the row is PENDING without material, which recovery deletes.
+        CreateKey stores the blob with the key: in its one write (``MetadataStore.insert_wrapped_key``),
+        or, with tags or an alias, in the transaction that finishes it (``finish_creating_key``),
+        where until then the row is PENDING without material and recovery deletes it.
         """
         key_store = self._key_stores.key_store(version.key_store_id)
         if version.residency is Residency.TOKEN_OBJECT:
