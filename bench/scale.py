@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -52,7 +53,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,11 +140,16 @@ def server(args: argparse.Namespace, state: State) -> ServerProcess:
     return bench_server(serve_command(Path(state.server_dir), workers=args.workers, extra_args=flags))
 
 
-def started(process: ServerProcess) -> tuple[ServerProcess, float]:
-    """Start it; the seconds from spawn until Health/Check answers SERVING."""
+@contextlib.contextmanager
+def started(process: ServerProcess) -> Iterator[tuple[ServerProcess, float]]:
+    """Start it, and stop it on leaving; the seconds from spawn until Health/Check answers SERVING.
+
+    One ``start`` only: ``ServerProcess.__enter__`` starts too, so entering an already started
+    process spawned a second server and left the first one running, idle, for the rest of the run.
+    """
     began = time.monotonic()
-    process.start()
-    return process, time.monotonic() - began
+    with process:
+        yield process, time.monotonic() - began
 
 
 def rss_mib(process: ServerProcess) -> float:
@@ -364,8 +370,7 @@ def working_set_round(
 
     Returns the start time, each operation's figures and the server's RSS after.
     """
-    process, start_seconds = started(server(args, state))
-    with process:
+    with started(server(args, state)) as (process, start_seconds):
         generate = ws.generate_requests()
         plaintexts: list[bytes] = [b""] * len(generate)
         blobs: list[bytes] = [b""] * len(generate)
@@ -407,11 +412,15 @@ def working_set_round(
 def cold_round(
     args: argparse.Namespace, state: State, warm: WorkingSet, cold_keys: list[str]
 ) -> tuple[float, list[float]]:
-    """A fresh server warmed up on ``warm`` (other keys), then one GenerateDataKey at a time on
-    each cold key: the start time and the cold calls' latencies."""
-    process, start_seconds = started(server(args, state))
-    with process:
+    """A fresh server warmed up on ``warm`` (other keys) and idle again, then one GenerateDataKey
+    at a time on each cold key: the start time and the cold calls' latencies.
+
+    Idle first (:func:`settle`): else the cold calls share the CPUs with the ingest of the
+    warm-up's audit records, and measure that rather than a first use.
+    """
+    with started(server(args, state)) as (process, start_seconds):
         warm_up(args, process, warm.generate_requests(), check_data_key)
+        settle(process)
         requests = WorkingSet("cold", cold_keys).generate_requests()
         driven = drive(process, "GenerateDataKey", requests, check_data_key, connections=1, depth=1)
     return start_seconds, driven.latencies_ms
