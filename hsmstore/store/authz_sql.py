@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exc, func, select, tuple_
+from sqlalchemy import and_, bindparam, exc, func, select, tuple_
 from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
@@ -26,6 +26,15 @@ from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.database import Database
 from hsmstore.store.locks import lock_existing_key
 from hsmstore.store.schema import grants, identity_policies, key_policies
+
+# The reads of a key's first authorization check, built once (store/keys_sql.py, ``_KEY_BY_ID``).
+_POLICY_OF_KEY = select(key_policies.c.document).where(key_policies.c.key_id == bindparam("key_id"))
+_GRANTS_OF_KEY = (
+    select(grants)
+    .where(grants.c.key_id == bindparam("key_id"))
+    .order_by(grants.c.grant_id)
+    .limit(bindparam("limit"))
+)
 
 
 class SqlAuthorizationStore:
@@ -39,9 +48,8 @@ class SqlAuthorizationStore:
     # -- key policies -----------------------------------------------------
 
     def get_key_policy(self, key_id: str) -> str | None:
-        query = select(key_policies.c.document).where(key_policies.c.key_id == key_id)
         with self._reader.connect() as connection:
-            return connection.execute(query).scalar()
+            return connection.execute(_POLICY_OF_KEY, {"key_id": key_id}).scalar()
 
     def put_key_policy(
         self,
@@ -107,6 +115,11 @@ class SqlAuthorizationStore:
         grant_id: str | None = None,
         grantee_principal: str | None = None,
     ) -> Sequence[GrantRecord]:
+        if after_grant_id is None and grant_id is None and grantee_principal is None:
+            # What every authorization check asks (a key's grants), with a statement built once.
+            with self._reader.connect() as connection:
+                rows = connection.execute(_GRANTS_OF_KEY, {"key_id": key_id, "limit": limit})
+                return [_grant_from_row(row._mapping) for row in rows]
         conditions = [grants.c.key_id == key_id]
         if after_grant_id is not None:
             conditions.append(grants.c.grant_id > after_grant_id)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exc, func, or_, select
+from sqlalchemy import and_, bindparam, exc, func, or_, select
 from sqlalchemy.engine import Connection
 
 from hsmstore import errors
@@ -39,6 +39,14 @@ from hsmstore.store.key_rows import (
 )
 from hsmstore.store.schema import aliases, grants, key_policies, key_versions, keys, tags, tenant_key_counts
 from hsmstore.store.tombstones_sql import record_abandoned
+
+# The point reads of a key's first use, built once: building a ``select`` costs as much as running
+# it on SQLite, and a cold key's first GenerateDataKey makes four such reads (docs/performance.md,
+# "Scale").
+_KEY_BY_ID = select(keys).where(keys.c.key_id == bindparam("key_id"))
+_VERSION_BY_ID = select(key_versions).where(
+    key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
+)
 
 
 class SqlKeys:
@@ -221,14 +229,13 @@ class SqlKeys:
     def get_key(self, key_id: str) -> KeyRecord | None:
         """A primary-key lookup: the hot path of every cryptographic call."""
         with self._reader.connect() as connection:
-            row = connection.execute(select(keys).where(keys.c.key_id == key_id)).first()
+            row = connection.execute(_KEY_BY_ID, {"key_id": key_id}).first()
         return None if row is None else key_from_row(row._mapping)
 
     def get_version(self, key_id: str, version: int) -> KeyVersion | None:
         """A primary-key lookup: the hot path of Decrypt."""
-        query = select(key_versions).where(key_versions.c.key_id == key_id, key_versions.c.version == version)
         with self._reader.connect() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(_VERSION_BY_ID, {"key_id": key_id, "version": version}).first()
         return None if row is None else version_from_row(row._mapping)
 
     def set_public_key(self, key_id: str, version: int, public_key: bytes) -> bool:
