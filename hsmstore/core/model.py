@@ -314,6 +314,9 @@ class KeyVersion:
     residency: Residency = Residency.TOKEN_OBJECT
     imported: bool = False  # the version of an EXTERNAL key: its material comes by ImportKeyMaterial
     wrapped: WrappedMaterial | None = None  # WRAPPED residency (issue 18); None while PENDING
+    # The first-use reservations made before this version existed (issue 18; set by the DB when the
+    # row is inserted): a process whose reservation began later may encrypt under it unleased.
+    reservations_at_creation: int = 0
 
     @property
     def material(self) -> KeyMaterialRef:

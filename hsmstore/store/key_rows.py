@@ -136,6 +136,7 @@ def version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
         residency=Residency(row[prefix + "residency"]),
         imported=bool(row[prefix + "imported"]),
         wrapped=wrapped_from_row(row, prefix),
+        reservations_at_creation=int(row[prefix + "reservations_at_creation"]),
     )
 
 

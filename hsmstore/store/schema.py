@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -186,6 +187,8 @@ key_versions = Table(
     Column("rewrap_claim", String(REWRAP_CLAIM_LENGTH), nullable=True),
     Column("rewrap_claim_until", UtcDateTime(), nullable=True),
     Column("invocations_leased", BigInteger(), nullable=False, server_default=text("0")),
+    # Migration 0015: ``usage_reservations.reserved_total`` when the row was inserted (a trigger).
+    Column("reservations_at_creation", BigInteger(), nullable=False, server_default=text("0")),
     # The primary key also serves get_version and list_versions (key_id first).
     # It is also what makes a rotation happen once: two rotators both try to
     # insert version n+1 and only one can.
@@ -316,6 +319,16 @@ tenant_key_counts = Table(
     Column("tenant", ordered_string(NAME_LENGTH), nullable=False),
     Column("customer_keys", BigInteger(), nullable=False),
     PrimaryKeyConstraint("tenant"),
+)
+
+# Migration 0015 (issue 18): the first uses every serving process reserved, summed; one row.
+usage_reservations = Table(
+    "usage_reservations",
+    metadata,
+    Column("id", Integer(), nullable=False),
+    Column("reserved_total", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("id"),
+    CheckConstraint("id = 1", name="one_row"),
 )
 
 # Tombstones (migration 0006): the token ids this DB gave up on, written in the

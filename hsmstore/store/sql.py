@@ -189,6 +189,7 @@ class SqlMetadataStore:
         leases = SqlUsageLeases(database)
         self.lease_invocations = leases.lease_invocations
         self.leased_invocations = leases.leased_invocations
+        self.reserve_first_uses = leases.reserve_first_uses
         changes = SqlMaterialChanges(database)
         self.material_changes_after = changes.material_changes_after
         self.latest_material_change_id = changes.latest_material_change_id

@@ -7,6 +7,10 @@ IVs. Counting each one would be a DB write per call, so processes lease blocks:
 in one transaction with the row locked (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
 SQLite), so no interleaving of processes or nodes ever grants more than the limit in total.
 
+First-use reservations (migration 0015): a reservation raises ``usage_reservations.reserved_total``
+in one statement and learns the total before it; a version row gets the total at its insert from
+a trigger. What they allow is decided in core/keys/usage_limit.py.
+
 The feed: ``material_changes`` rows are written only by the triggers of migration 0012 (a key's
 state changed, a version's state changed, a version row deleted); here it is only read and pruned.
 """
@@ -20,7 +24,7 @@ from sqlalchemy import func, select
 
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.database import Database
-from hsmstore.store.schema import key_versions, material_changes
+from hsmstore.store.schema import key_versions, material_changes, usage_reservations
 
 
 class SqlUsageLeases:
@@ -47,6 +51,18 @@ class SqlUsageLeases:
                     key_versions.update().where(*where).values(invocations_leased=int(leased) + granted)
                 )
         return granted
+
+    def reserve_first_uses(self, per_version: int) -> int:
+        if per_version < 1:
+            raise ValueError(f"per_version must be at least 1, not {per_version}")
+        with self._writer.begin() as connection:
+            total = connection.execute(
+                usage_reservations.update()
+                .where(usage_reservations.c.id == 1)
+                .values(reserved_total=usage_reservations.c.reserved_total + per_version)
+                .returning(usage_reservations.c.reserved_total)
+            ).scalar_one()
+        return int(total) - per_version
 
     def leased_invocations(self, key_id: str, version: int) -> int:
         query = select(key_versions.c.invocations_leased).where(

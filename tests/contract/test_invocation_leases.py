@@ -1,8 +1,9 @@
-"""The MetadataStore's AES-GCM usage leases (issue 18; NIST SP 800-38D §8.3), on the fake, SQLite
-and PostgreSQL."""
+"""The MetadataStore's AES-GCM usage leases and first-use reservations (issue 18; NIST SP 800-38D
+§8.3; migration 0015), on the fake, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import traceback
@@ -16,7 +17,7 @@ from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by nam
     sqlite_engine_fixture,
     store_fixture,
 )
-from tests.contract.test_metadata_store import add_enabled_key
+from tests.contract.test_metadata_store import add_enabled_key, rotation_version
 
 
 def test_leases_are_granted_up_to_the_limit_and_then_refused(store: MetadataStore) -> None:
@@ -82,3 +83,58 @@ def test_concurrent_leases_never_pass_the_limit_in_total(store: MetadataStore) -
     assert not any(thread.is_alive() for thread in threads)
     assert sum(granted) == limit
     assert store.leased_invocations(key.key_id, 1) == limit
+
+
+def test_reservations_add_up_and_each_learns_the_total_before_it(store: MetadataStore) -> None:
+    first = store.reserve_first_uses(1)
+    assert store.reserve_first_uses(3) == first + 1
+    assert store.reserve_first_uses(1) == first + 4
+    with pytest.raises(ValueError, match="per_version"):
+        store.reserve_first_uses(0)
+
+
+def test_a_version_records_the_reservations_made_before_it_was_made(store: MetadataStore) -> None:
+    """Whatever path inserts the row: a new key's first version and a rotation's."""
+    before = store.reserve_first_uses(2)
+    key = add_enabled_key(store)
+    store.reserve_first_uses(5)
+    first = store.get_version(key.key_id, 1)
+    assert first is not None and first.reservations_at_creation == before + 2
+    second = rotation_version(key, 2)
+    assert store.insert_pending_version(second, 25)
+    assert store.finish_rotation(key.key_id, 2, second.token_id, None)
+    rotated = store.get_version(key.key_id, 2)
+    assert rotated is not None and rotated.reservations_at_creation == before + 7
+    assert store.reserve_first_uses(1) == before + 7
+
+
+def test_concurrent_reservations_get_disjoint_ranges(store: MetadataStore) -> None:
+    """Four threads (as processes or nodes would) reserve 20 times each: the ranges
+    ``[total before, total before + size)`` they learn never overlap and leave no gap."""
+    start_total = store.reserve_first_uses(1) + 1
+    ranges: list[tuple[int, int]] = []
+    failures: list[str] = []
+    record = threading.Lock()
+    start = threading.Barrier(4)
+
+    def reserve(size: int) -> None:
+        try:
+            start.wait()
+            for _ in range(20):
+                before = store.reserve_first_uses(size)
+                with record:
+                    ranges.append((before, before + size))
+        except BaseException:
+            with record:
+                failures.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=reserve, args=(size,)) for size in (1, 2, 3, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+    ranges.sort()
+    assert ranges[0][0] == start_total
+    assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(ranges))
+    assert store.reserve_first_uses(1) == start_total + 20 * (1 + 2 + 3 + 5)

@@ -117,7 +117,11 @@ class FakeMetadataStore(
             creation_date=_utc(key.creation_date),
             deletion_date=None if key.deletion_date is None else _utc(key.deletion_date),
         )
-        version = replace(version, creation_date=_utc(version.creation_date))
+        version = replace(
+            version,
+            creation_date=_utc(version.creation_date),
+            reservations_at_creation=self.reserved_total(),  # migration 0015's trigger
+        )
         if key.key_store_id != DEFAULT_KEY_STORE_ID and key.key_store_id not in self._custom_key_stores:
             raise errors.CustomKeyStoreNotFoundException(
                 f"custom key store {key.key_store_id} does not exist"
@@ -408,7 +412,9 @@ class FakeMetadataStore(
                         f"The key has reached the limit of {max_on_demand_rotations} on-demand rotations"
                     )
             self._versions[(version.key_id, version.version)] = replace(
-                version, creation_date=_utc(version.creation_date)
+                version,
+                creation_date=_utc(version.creation_date),
+                reservations_at_creation=self.reserved_total(),
             )
             return True
 

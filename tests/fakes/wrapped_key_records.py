@@ -277,6 +277,18 @@ class FakeWrappedKeyRecords:
             leases[row.token_id] = leased + granted
             return granted
 
+    def reserve_first_uses(self, per_version: int) -> int:
+        if per_version < 1:
+            raise ValueError(f"per_version must be at least 1, not {per_version}")
+        with self._lock:
+            before = self.reserved_total()
+            self._reserved_first_uses = before + per_version
+            return before
+
+    def reserved_total(self) -> int:
+        """``usage_reservations.reserved_total``: what a new version row is stamped with."""
+        return getattr(self, "_reserved_first_uses", 0)
+
     def leased_invocations(self, key_id: str, version: int) -> int:
         with self._lock:
             _, _, leases = self._wrapped_state()

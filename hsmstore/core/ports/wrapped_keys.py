@@ -146,6 +146,13 @@ class InvocationLeases(Protocol):
         total across every process and node; return how many were granted (0: exhausted)."""
         ...
 
+    def reserve_first_uses(self, per_version: int) -> int:
+        """Add ``per_version`` to the first uses reserved so far, in one write, and return ``T``,
+        the total before. A new version row records the total at its insert
+        (``KeyVersion.reservations_at_creation``); keys/usage_limit.py decides what a reservation
+        allows (migration 0015)."""
+        ...
+
     def leased_invocations(self, key_id: str, version: int) -> int:
         """Encryptions leased so far under the version (tests, status)."""
         ...
