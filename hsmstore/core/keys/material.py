@@ -56,7 +56,8 @@ class VersionMaterial:
         self._store = store
         self._key_stores = key_stores
         self._max_entries = max_entries
-        self._refs: OrderedDict[tuple[str, int], KeyMaterialRef] = OrderedDict()
+        # (key id, version) -> (reference, the version's reservations_at_creation)
+        self._refs: OrderedDict[tuple[str, int], tuple[KeyMaterialRef, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._forget_listeners: list[Callable[[str], None]] = []
 
@@ -73,6 +74,16 @@ class VersionMaterial:
 
     def of(self, key_id: str, version: int) -> KeyMaterialRef | None:
         """The material of an ACTIVE version, or None (a ciphertext naming a version that is not)."""
+        known = self._read(key_id, version)
+        return None if known is None else known[0]
+
+    def reservations_at_creation(self, key_id: str, version: int) -> int | None:
+        """The first-use reservations made before an ACTIVE version existed (``KeyVersion``;
+        keys/usage_limit.py), read with its material; None for a version that is not ACTIVE."""
+        known = self._read(key_id, version)
+        return None if known is None else known[1]
+
+    def _read(self, key_id: str, version: int) -> tuple[KeyMaterialRef, int] | None:
         entry = (key_id, version)
         with self._lock:
             cached = self._refs.get(entry)
@@ -82,12 +93,13 @@ class VersionMaterial:
         record = self._store.get_version(key_id, version)
         if record is None or record.state is not VersionState.ACTIVE:
             return None
+        known = (record.material, record.reservations_at_creation)
         with self._lock:
-            self._refs[entry] = record.material
+            self._refs[entry] = known
             self._refs.move_to_end(entry)
             while len(self._refs) > self._max_entries:
                 self._refs.popitem(last=False)
-        return record.material
+        return known
 
     def key_store(self, material: KeyMaterialRef) -> SymmetricKeyStore:
         return self._key_stores.key_store(material.key_store_id)
@@ -107,7 +119,7 @@ class VersionMaterial:
         with self._lock:
             stale = [
                 entry
-                for entry, ref in self._refs.items()
+                for entry, (ref, _) in self._refs.items()
                 if ref.wrapped is not None and ref.wrapped.domain_key_id == domain_key_id
             ]
             for entry in stale:
