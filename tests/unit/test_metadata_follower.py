@@ -48,7 +48,8 @@ def test_changes_made_elsewhere_drop_exactly_their_entries_here() -> None:
 
     assert store.update_key_state(key.key_id, KeyState.ENABLED, KeyState.DISABLED)
     assert store.update_alias("acme", "alias/app", other.key_id, NOW)
-    store.put_key_policy(key.key_id, "default", policy_text(a, key), NOW)
+    new_policy = policy_text(a, key) + "\n"  # another text: parsed texts are shared, not per key
+    store.put_key_policy(key.key_id, "default", new_policy, NOW)
     store.create_grant(grant_on(key.key_id))
     store.put_identity_policy(IdentityPolicyRecord("acme", ADMIN.principal, "p", IDENTITY_POLICY, NOW))
     assert state_of(b, key.key_id) is KeyState.ENABLED  # still cached
@@ -57,7 +58,7 @@ def test_changes_made_elsewhere_drop_exactly_their_entries_here() -> None:
     assert state_of(b, key.key_id) is KeyState.DISABLED
     assert b.gate.cached_key(other.key_id) is untouched
     assert b.gate.find(ADMIN, "alias/app", "kms:DescribeKey")[0].key_id == other.key_id
-    assert b.access.key_policy(key) is not policy
+    assert policy.text != new_policy and b.access.key_policy(key).text == new_policy
     assert b.access.identity_policies("acme", ADMIN.principal) != identity
     assert len(b.access._grants_for(key, ())) == len(grants) + 1
     assert follower.follow_once() == 0  # nothing is applied twice

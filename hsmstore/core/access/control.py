@@ -23,6 +23,7 @@ the very answer a missing key gets, so no one learns what exists elsewhere.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -113,6 +114,17 @@ def access_denied(
     return AccessDeniedException(
         f"User: {principal} is not authorized to perform: {action} on resource: {resource} {why}"
     )
+
+
+PARSED_KEY_POLICY_TEXTS = 256  # distinct key policy texts one process keeps parsed
+
+
+@functools.lru_cache(maxsize=PARSED_KEY_POLICY_TEXTS)
+def parsed_key_policy(text: str) -> PolicyDocument:
+    """A key policy text, parsed once per process rather than once per key: most keys share a few
+    texts (each tenant's default policy), and parsing was a tenth of a cold key's first use
+    (issue 18). A ``PolicyDocument`` is immutable, so keys may share one."""
+    return parse_policy(text, kind="key")
 
 
 class AccessControl:
@@ -251,9 +263,7 @@ class AccessControl:
         return stored if stored is not None else default_key_policy(key.tenant)
 
     def key_policy(self, key: KeyRecord) -> PolicyDocument:
-        policy = self._key_policies.get(
-            key.key_id, lambda: parse_policy(self.key_policy_text(key), kind="key")
-        )
+        policy = self._key_policies.get(key.key_id, lambda: parsed_key_policy(self.key_policy_text(key)))
         assert policy is not None  # the loader never answers None
         return policy
 
