@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import random
 import threading
@@ -10,14 +11,28 @@ import traceback
 
 import pytest
 
+from hsmstore.core.keys.usage_limit import first_use_headroom
 from hsmstore.core.ports import MetadataStore
+from hsmstore.store import migrate
+from hsmstore.store.engine import create_engine_for_url
+from hsmstore.store.schema import key_versions
+from hsmstore.store.sql import SqlMetadataStore
 from tests.contract.conftest_store import (  # noqa: F401 (fixtures, used by name)
     database_url_fixture,
     sql_engine_fixture,
     sqlite_engine_fixture,
     store_fixture,
 )
-from tests.contract.test_metadata_store import add_enabled_key, rotation_version
+from tests.contract.test_metadata_store import (
+    add_enabled_key,
+    add_enabled_key_as_an_older_release,
+    rotation_version,
+)
+
+# A migration's module name starts with its number.
+NO_FIRST_USES: int = importlib.import_module(
+    "hsmstore.store.migrations.versions.0015_first_use_reservations"
+).NO_FIRST_USES
 
 
 def test_leases_are_granted_up_to_the_limit_and_then_refused(store: MetadataStore) -> None:
@@ -138,3 +153,35 @@ def test_concurrent_reservations_get_disjoint_ranges(store: MetadataStore) -> No
     assert ranges[0][0] == start_total
     assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(ranges))
     assert store.reserve_first_uses(1) == start_total + 20 * (1 + 2 + 3 + 5)
+
+
+# -- migration 0015 (SQL only) ----------------------------------------------------------------
+
+
+def test_upgrading_from_0014_leaves_no_first_uses_to_a_version_leased_past_every_headroom(
+    database_url: str,
+) -> None:
+    """Before 0015 leases went up to the limit itself: a version leased past 2^20 - 2^20/256 may
+    have no headroom left, so it gets a mark no reservation satisfies; the others get 0."""
+    migrate.upgrade(database_url, "0014")
+    engine = create_engine_for_url(database_url)
+    try:
+        fresh, _ = add_enabled_key_as_an_older_release(engine)
+        leased, _ = add_enabled_key_as_an_older_release(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                key_versions.update()
+                .where(key_versions.c.key_id == leased.key_id)
+                .values(invocations_leased=2**32 - 5)
+            )
+        migrate.upgrade(database_url)
+        sql_store = SqlMetadataStore(engine)
+        marks = {
+            key.key_id: version.reservations_at_creation
+            for key in (fresh, leased)
+            if (version := sql_store.get_version(key.key_id, 1)) is not None
+        }
+        assert marks == {fresh.key_id: 0, leased.key_id: NO_FIRST_USES}
+        assert NO_FIRST_USES + first_use_headroom(2**32) < 0 <= sql_store.reserve_first_uses(1)
+    finally:
+        engine.dispose()

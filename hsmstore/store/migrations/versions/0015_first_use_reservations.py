@@ -7,24 +7,25 @@ Create Date: 2026-12-07
 The AES-GCM usage limit (issue 18; NIST SP 800-38D §8.3) is counted in blocks that processes lease
 (``key_versions.invocations_leased``, migration 0012). A process's first encryption under a version
 therefore waited for a write transaction: on the million-key scale bench, a third to a half of a
-cold key's first GenerateDataKey, and the whole of its tail. Now each serving process reserves, in
-one write when it first needs one, a few first uses of *every version that exists then*:
+cold key's first GenerateDataKey, and the whole of its tail. Now leases stop a headroom ``H`` short
+of the limit, and each serving process reserves, in one write, a few first uses that it may spend
+within the headroom of versions made before its reservation (the rule and why it is exact:
+core/keys/usage_limit.py). What the DB keeps:
 
 * ``usage_reservations``, one row: ``reserved_total``, the first uses reserved so far, summed over
   every reservation ever made. A reservation adds its size and learns the total before it.
 * ``key_versions.reservations_at_creation``: ``reserved_total`` when the version row was
   inserted, set by a trigger, so no insert path, node or release can miss it.
 
-A process whose reservation began at total ``T`` may encrypt its reserved number of times, without
-a lease, under any version with ``reservations_at_creation <= T``. Every such reservation was made
-after the version existed, so ``reserved_total - reservations_at_creation`` counts all of them,
-and a lease grants only what ``limit - invocations_leased - (reserved_total -
-reservations_at_creation)`` leaves (store/usage_sql.py). A reservation a process never spends
-counts as spent: a version may rotate a little early, never late.
+Existing versions get 0 and the total starts at 0, except versions already leased past
+NO_HEADROOM_ABOVE: before this migration leases went up to the limit itself, so such a version may
+have no headroom left under any limit that has one (2^20 and up, ``H`` = limit / 256). They get
+NO_FIRST_USES, a mark no reservation can satisfy, and keep leasing every encryption.
 
-Existing versions get 0 and the total starts at 0: they count every reservation from now on.
-Additive only: a node on the previous release leases as before and its versions get their mark
-from the trigger; it never spends a reservation, so it cannot pass the limit either.
+Additive: a node on the previous release keeps working, and its versions get their mark from the
+trigger. It leases up to the limit rather than ``H`` short of it, though, so while such nodes
+still serve, a version that runs out can take up to ``H`` first uses of new nodes past the limit
+(docs/residency.md, "A key's first uses"); replacing the nodes ends it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ revision: str = "0015"
 down_revision: str | Sequence[str] | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# The most a version leased before this migration and still has a headroom under every limit that
+# has one: 2^20 - 2^20 / 256 (core/keys/usage_limit.py, FIRST_USE_MIN_LIMIT, HEADROOM_SHARE).
+NO_HEADROOM_ABOVE = 2**20 - 2**20 // 256
+NO_FIRST_USES = -(2**62)  # ``T + u <= c + H`` never holds
 
 _SQLITE_TRIGGER = (
     "CREATE TRIGGER key_version_reservations_at_creation AFTER INSERT ON key_versions FOR EACH ROW"
@@ -72,6 +78,10 @@ def upgrade() -> None:
     op.add_column(
         "key_versions",
         sa.Column("reservations_at_creation", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+    )
+    op.execute(
+        f"UPDATE key_versions SET reservations_at_creation = {NO_FIRST_USES}"  # noqa: S608 (module constants)
+        f" WHERE invocations_leased > {NO_HEADROOM_ABOVE}"
     )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_POSTGRESQL_FUNCTION)
