@@ -1,7 +1,8 @@
 """The AES-GCM usage limit across processes (issue 18, NIST SP 800-38D §8.3): with
 ``--gcm-usage-limit 1000`` the 1,001st encryption under a version happens under a new version,
 with ``--workers 2`` and with two nodes on one PostgreSQL DB, in both residencies; no version ever
-makes more than 1,000 encryptions and every earlier ciphertext still decrypts.
+makes more than 1,000 encryptions and every earlier ciphertext still decrypts. At the default
+limit, a key's first encryptions in a process write no lease (migration 0015).
 
 The count is read from the ciphertexts themselves: a v1 blob names the version it was made under
 (docs/api.md, the blob v1 layout: ``formats/blob.py``).
@@ -9,10 +10,12 @@ The count is read from the ciphertexts themselves: a v1 blob names the version i
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import grpc
@@ -157,3 +160,48 @@ def test_two_nodes_on_postgresql_rotate_at_the_limit(pg_nodes: tuple[ServerProce
         ]
         key_id = a.stub.CreateKey(pb.CreateKeyRequest(), timeout=CALL_TIMEOUT_SECONDS).key_metadata.key_id
         check_limit_reached_and_passed(stubs, b.stub, key_id)
+
+
+# -- first uses (migration 0015): at the default limit a key's first encryptions take no lease --
+
+
+def read_db(data_dir: Path, query: str, *args: object) -> int:
+    """One number from the server's SQLite file, read beside it (WAL lets it)."""
+    with closing(sqlite3.connect(f"file:{data_dir / 'hsmstore.db'}?mode=ro", uri=True)) as connection:
+        row = connection.execute(query, args).fetchone()
+    return int(row[0]) if row is not None else -1
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
+        time.sleep(0.05)
+
+
+LEASED = "SELECT invocations_leased FROM key_versions WHERE key_id = ? AND version = 1"
+
+
+def test_a_keys_first_encryptions_in_a_process_write_no_lease(tmp_path: Path, residency: str) -> None:
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, extra_args=["--key-residency", residency]).start()
+    try:
+        with ExitStack() as stack:
+            [stub] = open_connections(server.address, stack, 1)
+            warm, cold = (
+                stub.CreateKey(pb.CreateKeyRequest(), timeout=CALL_TIMEOUT_SECONDS).key_metadata.key_id
+                for _ in range(2)
+            )
+            data_key(stub, warm, 0)  # the process's first need: it reserves first uses aside
+            wait_for(
+                lambda: read_db(data_dir, "SELECT reserved_total FROM usage_reservations") > 0,
+                "a reservation of first uses",
+            )
+            made = [data_key(stub, cold, n) for n in range(3)]
+            assert read_db(data_dir, LEASED, cold) == 0, "first uses: no lease was written"
+            made += [data_key(stub, cold, n) for n in range(30)]
+            wait_for(lambda: read_db(data_dir, LEASED, cold) > 0, "the lease taken ahead in the background")
+            assert {version_of(blob) for blob, _ in made} == {1}
+            check_every_blob(stub, made)
+    finally:
+        server.stop()
