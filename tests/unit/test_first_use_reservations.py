@@ -4,16 +4,20 @@ takes no lease on the call, and first uses and leases together never pass the AE
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
 from hsmstore.core.keys.material import VersionMaterial
 from hsmstore.core.keys.usage_limit import (
+    BACKGROUND_QUEUE,
     FIRST_USE_MIN_LIMIT,
     FIRST_USES_PER_VERSION,
     RESERVATION_REFRESH_SECONDS,
     UsageLimit,
+    _BackgroundJobs,
     first_use_headroom,
     first_uses_per_version,
 )
@@ -184,3 +188,27 @@ def test_first_uses_and_leases_of_many_processes_never_pass_the_limit(
     fitted = headroom // first_uses * first_uses
     assert made == 100 - headroom + fitted <= 100
     assert store.leased_invocations(key.key_id, 1) == 100 - headroom
+
+
+def test_background_jobs_run_in_order_on_one_thread_and_a_full_queue_refuses() -> None:
+    jobs = _BackgroundJobs()
+    started, release = threading.Event(), threading.Event()
+    ran: list[tuple[int, str]] = []
+
+    def blocking() -> None:
+        started.set()
+        release.wait(10)
+
+    assert jobs.submit(blocking)
+    assert started.wait(10)
+    accepted = [
+        jobs.submit(lambda n=n: ran.append((n, threading.current_thread().name)))
+        for n in range(BACKGROUND_QUEUE + 1)
+    ]
+    assert accepted == [True] * BACKGROUND_QUEUE + [False], "a full queue refuses; the use leases"
+    release.set()
+    deadline = time.monotonic() + 10
+    while len(ran) < BACKGROUND_QUEUE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [n for n, _ in ran] == list(range(BACKGROUND_QUEUE))
+    assert {name for _, name in ran} == {"usage-leases"}

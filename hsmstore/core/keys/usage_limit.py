@@ -44,6 +44,7 @@ issue 22): at the limit they refuse with LimitExceededException.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -319,11 +320,12 @@ class UsageLimit:
 
 
 class _BackgroundJobs:
-    """One daemon thread running queued jobs; a full queue refuses (the caller does it inline)."""
+    """One daemon thread running queued jobs, started on the first job; a full queue refuses (the
+    caller does without). A forked child starts its own thread: the parent's is not in it."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(BACKGROUND_QUEUE)
-        self._thread: threading.Thread | None = None
+        self._thread_pid: int | None = None
         self._start = threading.Lock()
 
     def submit(self, job: Callable[[], None]) -> bool:
@@ -332,9 +334,9 @@ class _BackgroundJobs:
         except queue.Full:
             return False
         with self._start:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="usage-leases", daemon=True)
-                self._thread.start()
+            if self._thread_pid != os.getpid():
+                threading.Thread(target=self._run, name="usage-leases", daemon=True).start()
+                self._thread_pid = os.getpid()
         return True
 
     def _run(self) -> None:
