@@ -21,7 +21,7 @@ from hsmstore.core.cache import TtlCache, cache_counts
 from hsmstore.core.calls import UNIDENTIFIED, FinishedCall
 from hsmstore.core.model import Caller, KeyState
 from hsmstore.server import metrics
-from hsmstore.server.metrics import MetricsSampler, ServerMetrics, SpoolMetrics
+from hsmstore.server.metrics import MetricsSampler, ServerMetrics, SpoolMetrics, next_key_count
 
 CALLER = Caller("acme", "arn:hsmstore:iam::acme:role/admin")
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -126,6 +126,12 @@ def test_the_sampler_says_once_that_keys_cannot_be_counted_and_once_that_they_ca
     assert len([m for m in messages if "counting keys for the metrics failed" in m]) == 1
     assert len([m for m in messages if "works again" in m]) == 1
     assert sample(registry, "hsmstore_keys", state="ENABLED") == 2
+
+
+def test_a_slow_key_count_is_made_less_often_so_it_takes_at_most_a_hundredth_of_the_time() -> None:
+    assert next_key_count(15.0, 100.0, 100.02) == 100.02 + 15.0  # a small store: every 15 s
+    assert next_key_count(15.0, 100.0, 100.3) == pytest.approx(100.3 + 30.0)  # a million keys
+    assert next_key_count(15.0, 100.0, 103.0) == pytest.approx(103.0 + 300.0)
 
 
 def test_spool_gauges_hold_the_last_measure() -> None:
