@@ -142,6 +142,7 @@ class UsageLimit:
         self._material = material
         self._rotate = rotate
         self._limit = limit
+        self._lease_limit = limit - self._headroom  # what leases may grant in total
         self._block = block_size(limit)
         self._on_new_version = on_new_version
         self._max_tracked = max(1, max_tracked_keys)
@@ -246,15 +247,13 @@ class UsageLimit:
                 entry = self._allowance.get(key_id)
             if entry is not None and (entry[0] > version or (entry[0] == version and entry[1] > 0)):
                 return
-            try:
-                granted = self._leases.lease_invocations(
-                    key_id, version, self._block, self._limit - self._headroom
-                )
-            except Exception:
-                log.warning("could not lease ahead for key %s; its next use leases", key_id, exc_info=True)
-                return
+            granted = self._lease(key_id, version)  # a failure is logged by the background runner
             if granted > 0:
                 self._keep(key_id, version, granted)
+
+    def _lease(self, key_id: str, version: int) -> int:
+        """One block of the version, from what leases may grant (the limit less the headroom)."""
+        return self._leases.lease_invocations(key_id, version, self._block, self._lease_limit)
 
     def _refill(self, key: KeyRecord) -> int:
         """Lease a block under the newest version known; at an exhausted version, move on."""
@@ -267,9 +266,7 @@ class UsageLimit:
             version = max(key.current_version, entry[0] if entry else 0)
             deadline = time.monotonic() + ROTATION_WAIT_SECONDS
             while True:
-                granted = self._leases.lease_invocations(
-                    key.key_id, version, self._block, self._limit - self._headroom
-                )
+                granted = self._lease(key.key_id, version)
                 if granted > 0:
                     self._keep(key.key_id, version, granted - 1)
                     return version
