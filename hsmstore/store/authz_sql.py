@@ -12,11 +12,12 @@ named grant creation idempotent with one equality query.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exc, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exc, func, select, tuple_
 from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
@@ -27,14 +28,23 @@ from hsmstore.store.database import Database
 from hsmstore.store.locks import lock_existing_key
 from hsmstore.store.schema import grants, identity_policies, key_policies
 
-# The reads of a key's first authorization check, built once (store/keys_sql.py, ``_KEY_BY_ID``).
+# The reads of an authorization check, built once (store/keys_sql.py, ``_KEY_BY_ID``).
 _POLICY_OF_KEY = select(key_policies.c.document).where(key_policies.c.key_id == bindparam("key_id"))
-_GRANTS_OF_KEY = (
-    select(grants)
-    .where(grants.c.key_id == bindparam("key_id"))
-    .order_by(grants.c.grant_id)
-    .limit(bindparam("limit"))
-)
+_GRANT_FILTERS: dict[str, Callable[[], ColumnElement[bool]]] = {
+    "after_grant_id": lambda: grants.c.grant_id > bindparam("after_grant_id"),
+    "grant_id": lambda: grants.c.grant_id == bindparam("grant_id"),
+    "grantee_principal": lambda: grants.c.grantee_principal == bindparam("grantee_principal"),
+}
+
+
+@functools.cache
+def _grants_of_key(filters: frozenset[str]) -> Select[Any]:
+    """ListGrants' query for one combination of filters, built once (eight at most)."""
+    conditions = [
+        grants.c.key_id == bindparam("key_id"),
+        *(_GRANT_FILTERS[name]() for name in sorted(filters)),
+    ]
+    return select(grants).where(and_(*conditions)).order_by(grants.c.grant_id).limit(bindparam("limit"))
 
 
 class SqlAuthorizationStore:
@@ -115,21 +125,16 @@ class SqlAuthorizationStore:
         grant_id: str | None = None,
         grantee_principal: str | None = None,
     ) -> Sequence[GrantRecord]:
-        if after_grant_id is None and grant_id is None and grantee_principal is None:
-            # What every authorization check asks (a key's grants), with a statement built once.
-            with self._reader.connect() as connection:
-                rows = connection.execute(_GRANTS_OF_KEY, {"key_id": key_id, "limit": limit})
-                return [_grant_from_row(row._mapping) for row in rows]
-        conditions = [grants.c.key_id == key_id]
-        if after_grant_id is not None:
-            conditions.append(grants.c.grant_id > after_grant_id)
-        if grant_id is not None:
-            conditions.append(grants.c.grant_id == grant_id)
-        if grantee_principal is not None:
-            conditions.append(grants.c.grantee_principal == grantee_principal)
-        query = select(grants).where(and_(*conditions)).order_by(grants.c.grant_id).limit(limit)
+        filters = {
+            "after_grant_id": after_grant_id,
+            "grant_id": grant_id,
+            "grantee_principal": grantee_principal,
+        }
+        given = {name: value for name, value in filters.items() if value is not None}
+        query = _grants_of_key(frozenset(given))
         with self._reader.connect() as connection:
-            return [_grant_from_row(row._mapping) for row in connection.execute(query)]
+            rows = connection.execute(query, {"key_id": key_id, "limit": limit, **given})
+            return [_grant_from_row(row._mapping) for row in rows]
 
     def list_retirable_grants(
         self, retiring_principal: str, limit: int, after_grant_id: str | None
