@@ -83,6 +83,7 @@ from hsmstore import errors
 from hsmstore.core.key_stores.model import ConnectionErrorCode, ConnectionStatus
 from hsmstore.hsm.function_list import FunctionList, FunctionListUnavailable, function_list_of
 from hsmstore.hsm.held_calls import GilHeldCalls
+from hsmstore.hsm.object_store_lock import ObjectStoreLock, softhsm_token_directory
 from hsmstore.hsm.profiles import HsmProfile, ThreadingMode
 from hsmstore.hsm.reconnect import TokenHealth, connection_error_code, credential_error_code
 from hsmstore.hsm.return_values import CKR_BUFFER_TOO_SMALL, CKR_OK, Fault, error_for, fault_of, name_of
@@ -317,7 +318,7 @@ class Pkcs11Module:
         self.initialized = bool(lib.initialized)
         self.gate: _CallGate = _new_gate(mode)
         self._login_lock = threading.Lock()
-        self.object_store_lock = threading.Lock()
+        self.object_store_lock = ObjectStoreLock(softhsm_token_directory(path))
         self._logins: dict[str, _Login] = {}
         self._login_holders: dict[str, int] = {}
         self._cdll: _DirectCalls | None = None
@@ -827,14 +828,17 @@ class TokenSessions:
         return self._module.function_list
 
     @property
-    def object_store_lock(self) -> threading.Lock:
-        """Hold while creating, destroying or searching token objects (inside :meth:`run`).
+    def object_store_lock(self) -> ObjectStoreLock:
+        """Hold while creating, destroying or searching token objects, and while reading the
+        attributes of objects a search found (inside :meth:`run`).
 
         SoftHSM 2.6.1, even re-initialised with CKF_OS_LOCKING_OK, fails some
         C_GenerateKey calls of token objects while other sessions run
-        C_FindObjects (docs/hsm.md, "Threads and the process lock"). Those calls
-        are rare (never on the request path once handles are cached), so one
-        process-wide lock per module costs nothing.
+        C_FindObjects (docs/hsm.md, "Threads and the process lock"), and across
+        processes the same race corrupts the new object, so on SoftHSM2 the lock
+        is shared by every process on the token (``hsm/object_store_lock.py``).
+        Those calls are rare (never on the request path once handles are cached),
+        so the lock costs nothing there.
         """
         return self._module.object_store_lock
 

@@ -511,7 +511,8 @@ class Pkcs11KeyVault:
             chunk = handles[start : start + LIST_CHUNK]
 
             def read(ws: WorkingSession, chunk: list[int] = chunk) -> list[tuple[bytes, str] | None]:
-                return [self._sessions.read_id_and_label(ws, handle) for handle in chunk]
+                with self._sessions.object_store_lock:  # an object another process is writing
+                    return [self._sessions.read_id_and_label(ws, handle) for handle in chunk]
 
             for entry in self._calls.run(read, "the HSM failed to list its keys", key_id=None):
                 if entry is not None and len(entry[0]) == templates.TOKEN_ID_BYTES:
@@ -819,10 +820,13 @@ class Pkcs11KeyVault:
             Attribute.CLASS: ObjectClass.SECRET_KEY,
             Attribute.KEY_TYPE: KeyType.AES,
         }
+        with self._sessions.object_store_lock:  # the reads too: an object another process is writing
+            self._enumerate_into_locked(ws, query)
+
+    def _enumerate_into_locked(self, ws: WorkingSession, query: dict[Attribute, object]) -> None:
+        objects = list(ws.session.get_objects(query))
         by_id: dict[bytes, Object] = {}
         duplicated: set[bytes] = set()
-        with self._sessions.object_store_lock:
-            objects = list(ws.session.get_objects(query))
         for obj in objects:
             token_id = bytes(obj[Attribute.ID])
             if token_id.startswith(templates.DOMAIN_KEY_ID_PREFIX):  # issue 18: found once, here
