@@ -67,22 +67,25 @@ class ObjectStoreLock:
 
     The directory is opened once per process: an ``flock`` belongs to the open
     file description, which a forked child would share with its parent.
+    ``in_process`` is the thread lock alone, for session objects: they live in
+    the process's memory, not in the token's files, so the lock shared with other
+    processes would only make the wrapped residency's unwraps wait on them.
     """
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
-        self._thread_lock = threading.Lock()
+        self.in_process = threading.Lock()
         self._fd: int | None = None
         self._fd_pid = 0
 
     def __enter__(self) -> ObjectStoreLock:
-        self._thread_lock.acquire()
+        self.in_process.acquire()
         try:
             fd = self._directory_fd()
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
-            self._thread_lock.release()
+            self.in_process.release()
             raise
         return self
 
@@ -96,7 +99,7 @@ class ObjectStoreLock:
             if self._fd is not None and self._fd_pid == os.getpid():
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            self._thread_lock.release()
+            self.in_process.release()
 
     def _directory_fd(self) -> int | None:
         if self.directory is None:

@@ -842,6 +842,13 @@ class TokenSessions:
         """
         return self._module.object_store_lock
 
+    @property
+    def session_object_lock(self) -> threading.Lock:
+        """Hold while creating or destroying a session object (inside :meth:`run`): the
+        in-process half of :attr:`object_store_lock`, since session objects are not in the
+        token's files that other processes read (``hsm/object_store_lock.py``)."""
+        return self._module.object_store_lock.in_process
+
     def find_handles(self, ws: WorkingSession, match: dict[int, int]) -> list[int]:
         """See :meth:`Pkcs11Module.find_handles`; inside :meth:`run`, holding :attr:`object_store_lock`."""
         return self._module.find_handles(ws.handle, match)

@@ -337,7 +337,7 @@ class TokenWrappedKeys:
 
         def make(ws: WorkingSession) -> bytes:
             domain_key = self._wrapping_key(ws, cka_id)  # first: no transient object if it is absent
-            with self._sessions.object_store_lock:
+            with self._sessions.session_object_lock:
                 transient = ws.session.generate_key(
                     KeyType.AES,
                     templates.KEY_VERSION_BITS,
@@ -496,7 +496,7 @@ class TokenWrappedKeys:
         if not isinstance(domain_key, UnwrapMixin):
             raise internal("the domain key's HSM object cannot unwrap")
         try:
-            with self._sessions.object_store_lock:
+            with self._sessions.session_object_lock:
                 return domain_key.unwrap_key(
                     ObjectClass.SECRET_KEY,
                     KeyType.AES,
@@ -538,7 +538,7 @@ class TokenWrappedKeys:
     def _destroy_object(self, obj: Any) -> None:
         """Destroy a transient session object; a failure leaves it to die with its session."""
         try:
-            with self._sessions.object_store_lock:
+            with self._sessions.session_object_lock:
                 obj.destroy()
         except pkcs11_errors.PKCS11Error as exc:
             if not _is_fault(exc):
@@ -550,7 +550,7 @@ class TokenWrappedKeys:
         for entry in entries:
             if entry.epoch != ws.epoch:
                 continue  # died with its session at the reset
-            with suppress(pkcs11_errors.PKCS11Error), self._sessions.object_store_lock:
+            with suppress(pkcs11_errors.PKCS11Error), self._sessions.session_object_lock:
                 raw.destroy(ws.handle, entry.handle)
 
     def _destroy_later(self, entries: list[_Entry]) -> None:
