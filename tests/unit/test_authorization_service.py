@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from hsmstore.core.access.default_policies import default_key_policy
 from hsmstore.core.access.grants import GrantConstraints, grant_token_for
 from hsmstore.core.model import Caller, KeyManager
 from hsmstore.core.paging import encode_marker
@@ -47,12 +48,23 @@ def services() -> tuple[UseCases, object, FixedClock]:
     return use_cases, store, clock
 
 
-def test_create_key_stores_the_default_key_policy_naming_the_tenant_root() -> None:
+def test_create_key_gives_the_default_key_policy_naming_the_tenant_root() -> None:
     authz, _store, _ = services()
     key_id = authz.creation.create_key(ADMIN).key.key_id
     text, name = authz.authorization.get_key_policy(ADMIN, key_id, "")
     assert name == "default"
     assert json.loads(text)["Statement"][0]["Principal"] == {"HSM": "arn:hsmstore:iam::acme:root"}
+
+
+def test_the_default_key_policy_is_not_stored_but_a_given_policy_is() -> None:
+    """Issue 18: a million keys need not hold a million copies of the default policy."""
+    authz, store, _ = services()
+    default = authz.creation.create_key(ADMIN).key.key_id
+    assert store.get_key_policy(default) is None  # type: ignore[attr-defined]
+    given = default_key_policy("acme").replace("key-default-1", "key-given-1")
+    explicit = authz.creation.create_key(ADMIN, policy=given).key.key_id
+    assert store.get_key_policy(explicit) == given  # type: ignore[attr-defined]
+    assert authz.authorization.get_key_policy(ADMIN, explicit, "")[0] == given
 
 
 def test_put_key_policy_that_locks_the_caller_out_is_malformed_unless_bypassed() -> None:

@@ -25,6 +25,11 @@ def default_key_policy(tenant: str) -> str:
     key full access to the KMS key [and] enables IAM policies in the account to
     allow access to the KMS key". Nobody is allowed by it alone: it delegates to
     the tenant's identity policies.
+
+    A key created with it stores no policy row (issue 18: ``keys/creation.py``); this text
+    is then its policy (``access/control.key_policy_text``). So this text must never
+    change for existing keys: a new default is a migration that first writes this text
+    to every key without a row.
     """
     return _dump(
         {
