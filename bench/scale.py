@@ -152,31 +152,28 @@ def started(process: ServerProcess) -> Iterator[tuple[ServerProcess, float]]:
         yield process, time.monotonic() - began
 
 
-def rss_mib(process: ServerProcess) -> float:
-    """VmRSS of the server and every process below it, in MiB."""
+def proc_field_total(process: ServerProcess, file: str, field: str) -> int:
+    """``field`` of /proc/<pid>/``file`` summed over the server and every process below it."""
     assert process.process is not None
     total = 0
     for pid in descendants(process.process.pid):
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            text = Path(f"/proc/{pid}/{file}").read_text()
         except OSError:
             continue
-        total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return total / 1024
+        total += sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(f"{field}:"))
+    return total
+
+
+def rss_mib(process: ServerProcess) -> float:
+    """VmRSS of the server and every process below it, in MiB."""
+    return proc_field_total(process, "status", "VmRSS") / 1024
 
 
 def storage_read_bytes(process: ServerProcess) -> int:
     """Bytes the server and every process below it fetched from storage (``read_bytes`` of
     /proc/<pid>/io: reads the page cache did not answer)."""
-    assert process.process is not None
-    total = 0
-    for pid in descendants(process.process.pid):
-        try:
-            io = Path(f"/proc/{pid}/io").read_text()
-        except OSError:
-            continue
-        total += sum(int(line.split()[1]) for line in io.splitlines() if line.startswith("read_bytes:"))
-    return total
+    return proc_field_total(process, "io", "read_bytes")
 
 
 # ------------------------------------------------------------------ load
