@@ -820,29 +820,33 @@ class Pkcs11KeyVault:
             Attribute.CLASS: ObjectClass.SECRET_KEY,
             Attribute.KEY_TYPE: KeyType.AES,
         }
-        with self._sessions.object_store_lock:  # the reads too: an object another process is writing
-            self._enumerate_into_locked(ws, query)
-
-    def _enumerate_into_locked(self, ws: WorkingSession, query: dict[Attribute, object]) -> None:
-        objects = list(ws.session.get_objects(query))
+        # The reads hold the lock too (an object another process is writing), LIST_CHUNK objects at a
+        # time, so that on a large token other processes' creations wait for a chunk, not the walk.
+        with self._sessions.object_store_lock:
+            objects = list(ws.session.get_objects(query))
         by_id: dict[bytes, Object] = {}
         duplicated: set[bytes] = set()
-        for obj in objects:
-            token_id = bytes(obj[Attribute.ID])
-            if token_id.startswith(templates.DOMAIN_KEY_ID_PREFIX):  # issue 18: found once, here
-                with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
-                    self._wrapped.admit_domain_key(ws, token_id, obj)
-                continue
-            if len(token_id) != templates.TOKEN_ID_BYTES or token_id in self._refused:
-                continue  # not a key version of ours, or refused already
-            if token_id in by_id:
-                duplicated.add(token_id)
-            by_id[token_id] = obj
+        for start in range(0, len(objects), LIST_CHUNK):
+            with self._sessions.object_store_lock:
+                for obj in objects[start : start + LIST_CHUNK]:
+                    token_id = bytes(obj[Attribute.ID])
+                    if token_id.startswith(templates.DOMAIN_KEY_ID_PREFIX):  # issue 18: found once, here
+                        with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
+                            self._wrapped.admit_domain_key(ws, token_id, obj)
+                        continue
+                    if len(token_id) != templates.TOKEN_ID_BYTES or token_id in self._refused:
+                        continue  # not a key version of ours, or refused already
+                    if token_id in by_id:
+                        duplicated.add(token_id)
+                    by_id[token_id] = obj
         for token_id in duplicated:  # left to the search path, which fails closed
             del by_id[token_id]
-        for token_id, obj in by_id.items():
-            with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
-                self._admit(ws, token_id, obj, enumerating=True)
+        admitted = list(by_id.items())
+        for start in range(0, len(admitted), LIST_CHUNK):
+            with self._sessions.object_store_lock:
+                for token_id, obj in admitted[start : start + LIST_CHUNK]:
+                    with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
+                        self._admit(ws, token_id, obj, enumerating=True)
 
 
 _KEY_VERSION_CLASSES: tuple[dict[int, int], ...] = (
