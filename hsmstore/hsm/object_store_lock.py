@@ -38,7 +38,7 @@ SOFTHSM2_DEFAULT_CONF = Path("/etc/softhsm/softhsm2.conf")
 _TOKENDIR_LINE = re.compile(r"^\s*directories\.tokendir\s*=\s*(?P<path>.+?)\s*$")
 
 
-def softhsm_token_directory(module_path: str, environ: dict[str, str] | None = None) -> Path | None:
+def softhsm_token_directory(module_path: str) -> Path | None:
     """The token directory a SoftHSM2 module at ``module_path`` will use, or None.
 
     SoftHSM2 reads its configuration from ``SOFTHSM2_CONF`` (else
@@ -48,8 +48,7 @@ def softhsm_token_directory(module_path: str, environ: dict[str, str] | None = N
     """
     if not SOFTHSM2_MODULE_NAME.search(Path(module_path).name):
         return None
-    env = os.environ if environ is None else environ
-    conf = Path(env.get("SOFTHSM2_CONF") or SOFTHSM2_DEFAULT_CONF)
+    conf = Path(os.environ.get("SOFTHSM2_CONF") or SOFTHSM2_DEFAULT_CONF)
     try:
         text = conf.read_text(encoding="utf-8", errors="replace")
     except OSError:

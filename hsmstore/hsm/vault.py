@@ -56,9 +56,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from contextlib import suppress
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as pkcs11_errors
@@ -507,8 +507,7 @@ class Pkcs11KeyVault:
 
         handles = self._calls.run(find, "the HSM failed to list its keys", key_id=None)
         found: list[tuple[bytes, str]] = []
-        for start in range(0, len(handles), LIST_CHUNK):
-            chunk = handles[start : start + LIST_CHUNK]
+        for chunk in _chunks(handles):
 
             def read(ws: WorkingSession, chunk: list[int] = chunk) -> list[tuple[bytes, str] | None]:
                 with self._sessions.object_store_lock:  # an object another process is writing
@@ -826,9 +825,9 @@ class Pkcs11KeyVault:
             objects = list(ws.session.get_objects(query))
         by_id: dict[bytes, Object] = {}
         duplicated: set[bytes] = set()
-        for start in range(0, len(objects), LIST_CHUNK):
+        for chunk in _chunks(objects):
             with self._sessions.object_store_lock:
-                for obj in objects[start : start + LIST_CHUNK]:
+                for obj in chunk:
                     token_id = bytes(obj[Attribute.ID])
                     if token_id.startswith(templates.DOMAIN_KEY_ID_PREFIX):  # issue 18: found once, here
                         with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
@@ -841,10 +840,9 @@ class Pkcs11KeyVault:
                     by_id[token_id] = obj
         for token_id in duplicated:  # left to the search path, which fails closed
             del by_id[token_id]
-        admitted = list(by_id.items())
-        for start in range(0, len(admitted), LIST_CHUNK):
+        for found in _chunks(list(by_id.items())):
             with self._sessions.object_store_lock:
-                for token_id, obj in admitted[start : start + LIST_CHUNK]:
+                for token_id, obj in found:
                     with suppress(errors.KeyUnavailableException):  # refused: logged, never cached
                         self._admit(ws, token_id, obj, enumerating=True)
 
@@ -855,6 +853,15 @@ _KEY_VERSION_CLASSES: tuple[dict[int, int], ...] = (
     {Attribute.CLASS: ObjectClass.PRIVATE_KEY},  # key pairs, by their private half
 )
 """What :meth:`Pkcs11KeyVault.list_key_versions` walks (the audit seal key's CKA_ID is not 16 bytes)."""
+
+
+_Item = TypeVar("_Item")
+
+
+def _chunks(items: list[_Item]) -> Iterator[list[_Item]]:
+    """``items`` :data:`LIST_CHUNK` at a time: one hold of the object store lock each."""
+    for start in range(0, len(items), LIST_CHUNK):
+        yield items[start : start + LIST_CHUNK]
 
 
 def _secret_key_query(token_id: bytes) -> dict[Attribute, object]:
