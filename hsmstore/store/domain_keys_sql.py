@@ -66,10 +66,12 @@ class SqlDomainKeys:
         except exc.IntegrityError:
             raise errors.AlreadyExistsException(f"domain key {key.domain_key_id} already exists") from None
 
-    def activate_domain_key(self, domain_key_id: str, now: datetime) -> bool:
+    def activate_domain_key(self, domain_key_id: str, now: datetime, *, replacing: str | None) -> bool:
         """The previous ACTIVE key is retired first: the partial unique index allows one ACTIVE
         key per key store at every statement. PostgreSQL: the store's rows are locked first
-        (``FOR NO KEY UPDATE``), so two activations in one store run one after the other."""
+        (``FOR NO KEY UPDATE``), so two activations in one store run one after the other, and
+        the second reads the first's commit when it compares the ACTIVE key with ``replacing``
+        (SQLite: ``BEGIN IMMEDIATE`` does the same)."""
         require_aware(now, "now")
         with self._writer.begin() as connection:
             key_store_id = connection.execute(
@@ -87,6 +89,14 @@ class SqlDomainKeys:
                 select(domain_keys.c.state).where(domain_keys.c.domain_key_id == domain_key_id)
             ).scalar()
             if state != DomainKeyState.PENDING.value:
+                return False
+            active = connection.execute(
+                select(domain_keys.c.domain_key_id).where(
+                    domain_keys.c.key_store_id == key_store_id,
+                    domain_keys.c.state == DomainKeyState.ACTIVE.value,
+                )
+            ).scalar()
+            if active != replacing:
                 return False
             connection.execute(
                 domain_keys.update()

@@ -55,10 +55,13 @@ def add_domain_key(
     store: MetadataStore, n: int, key_store_id: str = DEFAULT_KEY_STORE_ID, created_at: datetime = T0
 ) -> str:
     """An ACTIVE domain key (the previous ACTIVE one of its store becomes RETIRING)."""
+    active = [
+        k.domain_key_id for k in store.list_domain_keys(key_store_id) if k.state is DomainKeyState.ACTIVE
+    ]
     store.insert_domain_key(
         DomainKey(domain_key_id(n), key_store_id, DomainKeyState.PENDING, MECHANISM, created_at)
     )
-    assert store.activate_domain_key(domain_key_id(n), created_at)
+    assert store.activate_domain_key(domain_key_id(n), created_at, replacing=active[0] if active else None)
     return domain_key_id(n)
 
 
@@ -92,8 +95,8 @@ def test_a_domain_key_is_pending_then_active_and_retires_the_previous_one(store:
     store.insert_domain_key(pending)
     assert store.list_domain_keys() == [pending]
 
-    assert store.activate_domain_key(domain_key_id(1), T0) is True
-    assert store.activate_domain_key(domain_key_id(1), T0) is False  # not PENDING any more
+    assert store.activate_domain_key(domain_key_id(1), T0, replacing=None) is True
+    assert store.activate_domain_key(domain_key_id(1), T0, replacing=None) is False  # not PENDING any more
     add_domain_key(store, 2, created_at=LATER)
 
     first, second = store.list_domain_keys()
@@ -120,6 +123,32 @@ def test_each_key_store_has_its_own_active_domain_key(store: MetadataStore) -> N
     assert store.list_domain_keys("cks-none") == []
 
 
+def test_an_activation_that_expected_another_active_key_changes_nothing(store: MetadataStore) -> None:
+    """Two processes saw no ACTIVE key and each made one: the second activation must not retire
+    the first's (a compare-and-set on the store's ACTIVE key)."""
+    for n in (1, 2):
+        store.insert_domain_key(
+            DomainKey(domain_key_id(n), DEFAULT_KEY_STORE_ID, DomainKeyState.PENDING, MECHANISM, T0)
+        )
+    assert store.activate_domain_key(domain_key_id(1), T0, replacing=None) is True
+    assert store.activate_domain_key(domain_key_id(2), LATER, replacing=None) is False
+    assert states(store) == {
+        domain_key_id(1): DomainKeyState.ACTIVE,
+        domain_key_id(2): DomainKeyState.PENDING,
+    }
+
+    store.insert_domain_key(
+        DomainKey(domain_key_id(3), DEFAULT_KEY_STORE_ID, DomainKeyState.PENDING, MECHANISM, LATER)
+    )
+    assert store.activate_domain_key(domain_key_id(3), LATER, replacing=domain_key_id(2)) is False
+    assert store.activate_domain_key(domain_key_id(3), LATER, replacing=domain_key_id(1)) is True
+    assert states(store) == {
+        domain_key_id(1): DomainKeyState.RETIRING,
+        domain_key_id(2): DomainKeyState.PENDING,
+        domain_key_id(3): DomainKeyState.ACTIVE,
+    }
+
+
 def test_insert_refuses_a_taken_id_and_a_key_that_is_not_pending(store: MetadataStore) -> None:
     add_domain_key(store, 1)
     with pytest.raises(errors.AlreadyExistsException):
@@ -141,7 +170,7 @@ def test_only_a_pending_domain_key_is_deleted(store: MetadataStore) -> None:
     assert store.delete_pending_domain_key(domain_key_id(1)) is False
     assert store.delete_pending_domain_key(domain_key_id(2)) is True
     assert store.delete_pending_domain_key(domain_key_id(2)) is False
-    assert store.activate_domain_key(domain_key_id(2), LATER) is False
+    assert store.activate_domain_key(domain_key_id(2), LATER, replacing=domain_key_id(1)) is False
     assert states(store) == {domain_key_id(1): DomainKeyState.ACTIVE}
 
 

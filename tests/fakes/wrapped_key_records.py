@@ -117,18 +117,24 @@ class FakeWrappedKeyRecords:
                 raise errors.AlreadyExistsException(f"domain key {key.domain_key_id} already exists")
             domain_keys[key.domain_key_id] = key
 
-    def activate_domain_key(self, domain_key_id: str, now: datetime) -> bool:
+    def activate_domain_key(self, domain_key_id: str, now: datetime, *, replacing: str | None) -> bool:
         now = _utc(now)
         with self._lock:
             domain_keys, _, _ = self._wrapped_state()
             key = domain_keys.get(domain_key_id)
             if key is None or key.state is not DomainKeyState.PENDING:
                 return False
-            for other in list(domain_keys.values()):
-                if other.key_store_id == key.key_store_id and other.state is DomainKeyState.ACTIVE:
-                    domain_keys[other.domain_key_id] = replace(
-                        other, state=DomainKeyState.RETIRING, retiring_since=now
-                    )
+            active = [
+                other
+                for other in domain_keys.values()
+                if other.key_store_id == key.key_store_id and other.state is DomainKeyState.ACTIVE
+            ]
+            if [other.domain_key_id for other in active] != ([] if replacing is None else [replacing]):
+                return False
+            for other in active:
+                domain_keys[other.domain_key_id] = replace(
+                    other, state=DomainKeyState.RETIRING, retiring_since=now
+                )
             domain_keys[domain_key_id] = replace(key, state=DomainKeyState.ACTIVE, activated_at=now)
             return True
 

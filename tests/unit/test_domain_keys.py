@@ -75,16 +75,22 @@ class FakeRecords:
             assert key.domain_key_id not in self.keys
             self.keys[key.domain_key_id] = key
 
-    def activate_domain_key(self, domain_key_id: str, now: datetime) -> bool:
+    def activate_domain_key(self, domain_key_id: str, now: datetime, *, replacing: str | None) -> bool:
         with self.lock:
             key = self.keys.get(domain_key_id)
             if key is None or key.state is not DomainKeyState.PENDING:
                 return False
-            for other in list(self.keys.values()):
-                if other.key_store_id == key.key_store_id and other.state is DomainKeyState.ACTIVE:
-                    self.keys[other.domain_key_id] = replace(
-                        other, state=DomainKeyState.RETIRING, retiring_since=now
-                    )
+            active = [
+                other
+                for other in self.keys.values()
+                if other.key_store_id == key.key_store_id and other.state is DomainKeyState.ACTIVE
+            ]
+            if [other.domain_key_id for other in active] != ([] if replacing is None else [replacing]):
+                return False
+            for other in active:
+                self.keys[other.domain_key_id] = replace(
+                    other, state=DomainKeyState.RETIRING, retiring_since=now
+                )
             self.keys[domain_key_id] = replace(key, state=DomainKeyState.ACTIVE, activated_at=now)
             return True
 
@@ -368,6 +374,26 @@ def test_a_rotation_racing_another_uses_the_winner_and_leaves_nothing(
         (first, "RETIRING"),
         (won[0], "ACTIVE"),
     ]
+
+
+def test_two_processes_starting_at_once_agree_on_one_domain_key(
+    records: FakeRecords, token: FakeWrappedKeys, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both saw no ACTIVE key and both made one; a activates between b's look and b's
+    activation. b's activation is refused (it expected none): b rolls back and uses a's key."""
+    a, b = service(records, token, clock, "a"), service(records, token, clock, "b")
+    activate = records.activate_domain_key
+    won: list[str] = []
+
+    def a_activates_first(domain_key_id: str, now: datetime, *, replacing: str | None) -> bool:
+        monkeypatch.setattr(records, "activate_domain_key", activate)
+        won.append(a.ensure_active(STORE_ID))
+        return activate(domain_key_id, now, replacing=replacing)
+
+    monkeypatch.setattr(records, "activate_domain_key", a_activates_first)
+    assert b.ensure_active(STORE_ID) == won[0]
+    assert token.domain_keys == {won[0]}, "the loser destroyed its object"
+    assert [(k.domain_key_id, k.state.value) for k in records.list_domain_keys()] == [(won[0], "ACTIVE")]
 
 
 def test_rotation_rewraps_every_version_then_destroys_the_old_key_after_the_grace(

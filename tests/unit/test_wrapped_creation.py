@@ -127,7 +127,7 @@ class DomainKeys:
             DomainKey(self.active, DEFAULT_KEY_STORE_ID, DomainKeyState.PENDING, MECHANISM, clock.now())
         )
         vault.create_domain_key(self.active)
-        assert store.activate_domain_key(self.active, clock.now())
+        assert store.activate_domain_key(self.active, clock.now(), replacing=None)
 
     def active_domain_key_id(self, key_store_id: str) -> str:
         assert key_store_id == DEFAULT_KEY_STORE_ID

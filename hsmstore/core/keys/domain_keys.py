@@ -213,9 +213,10 @@ class DomainKeyService:
             self._abandon(wrapped, key.domain_key_id)
             raise
         self._failpoint("domain_key.after_token_create")
-        # Another process activated a key since we looked: use it rather than retire it at once.
-        if self._current_active(key_store_id) != expected_active or not self._store.activate_domain_key(
-            key.domain_key_id, self._clock.now()
+        # A compare-and-set: if another process activated a key since we looked (two workers
+        # starting at once), use it rather than retire it at once.
+        if not self._store.activate_domain_key(
+            key.domain_key_id, self._clock.now(), replacing=expected_active
         ):
             self._abandon(wrapped, key.domain_key_id)
             return None

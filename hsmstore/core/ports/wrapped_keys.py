@@ -86,9 +86,12 @@ class DomainKeyRecords(Protocol):
     def insert_domain_key(self, key: DomainKey) -> None:
         """Insert a PENDING domain key, before its token object is made."""
 
-    def activate_domain_key(self, domain_key_id: str, now: datetime) -> bool:
+    def activate_domain_key(self, domain_key_id: str, now: datetime, *, replacing: str | None) -> bool:
         """PENDING -> ACTIVE, and the key store's previous ACTIVE key (if any) -> RETIRING with
-        ``retiring_since = now``, atomically. False if the row is not PENDING."""
+        ``retiring_since = now``, atomically. A compare-and-set: False, and nothing changed, if the
+        row is not PENDING or the store's ACTIVE key is no longer ``replacing`` (None: no ACTIVE
+        key), so two processes that both saw the same ACTIVE key (or none) and both made a
+        successor cannot retire each other's: one activates, the other rolls back."""
         ...
 
     def delete_pending_domain_key(self, domain_key_id: str) -> bool:
