@@ -219,6 +219,13 @@ class SqlAuditLog:
                 return
             last = upto
 
+    def newest_audit_event(self) -> StoredAuditEvent | None:
+        """One row by the primary key's index, however long the trail."""
+        statement = select(audit_events).order_by(audit_events.c.seq.desc()).limit(1)
+        with self._reader.connect() as connection:
+            row = connection.execute(statement).first()
+        return None if row is None else _event_from_row(row._mapping)
+
     def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
         """The newest successful cryptographic event of the key (None) and of each version.
 

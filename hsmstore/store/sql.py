@@ -129,6 +129,7 @@ class SqlMetadataStore:
         self.spool_offset = trail.spool_offset
         self.lookup_audit_events = trail.lookup_audit_events
         self.iter_audit_events = trail.iter_audit_events
+        self.newest_audit_event = trail.newest_audit_event
         self.last_key_usage = trail.last_key_usage
         self.audit_anchor = trail.audit_anchor
         self.add_audit_seal = trail.add_audit_seal

@@ -112,6 +112,17 @@ def test_an_empty_trail_starts_at_the_genesis(store: MetadataStore) -> None:
     assert log.spool_offset("never-seen.jsonl") == 0
 
 
+def test_the_newest_event_is_the_head_of_the_chain(store: MetadataStore) -> None:
+    log = log_of(store)
+    assert log.newest_audit_event() is None
+    log.append_audit_records([record(when=T0 + timedelta(seconds=i)) for i in range(3)])
+    log.append_audit_records([record("Decrypt", when=T0 + timedelta(seconds=9))])
+    newest = log.newest_audit_event()
+    assert newest is not None
+    assert newest == list(log.iter_audit_events())[-1]
+    assert (newest.seq, newest.record["eventName"]) == (4, "Decrypt")
+
+
 def test_append_assigns_consecutive_seqs_and_chains_the_canonical_bytes(store: MetadataStore) -> None:
     log = log_of(store)
     records = [record(when=T0 + timedelta(seconds=i)) for i in range(3)]

@@ -811,6 +811,10 @@ class FakeMetadataStore(
                 return
             last = batch[-1].seq
 
+    def newest_audit_event(self) -> StoredAuditEvent | None:
+        with self._lock:
+            return self._events[max(self._events)].event if self._events else None
+
     def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
         with self._lock:
             used = [

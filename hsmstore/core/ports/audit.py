@@ -80,6 +80,10 @@ class AuditLog(Protocol):
         """Every event with seq > after_seq in seq order (verify, export); reads in batches."""
         ...
 
+    def newest_audit_event(self) -> StoredAuditEvent | None:
+        """The event with the highest seq (the chain's head); None if the trail is empty."""
+        ...
+
     def last_key_usage(self, key_id: str) -> Sequence[tuple[int | None, StoredAuditEvent]]:
         """The newest successful cryptographic event of the key overall (version None) and per version."""
         ...
