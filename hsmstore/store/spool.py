@@ -85,10 +85,13 @@ log = logging.getLogger(__name__)
 
 SPOOL_SUFFIX = ".jsonl"
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-RECORDS_PER_TRANSACTION = 32
+RECORDS_PER_TRANSACTION = 128
 """Each ingest transaction holds the DB's write lock (SQLite: the only one) for its records, at
 tens of µs each; a short transaction keeps a request's write (a lease, a CreateKey) from waiting
-behind a second's worth of records (issue 18, a cold key's first use)."""
+behind a second's worth of records (issue 18). Not shorter: each commit writes the pages its
+records share (the indexes' leaves, the chain head) to the WAL again, so 32 a transaction cost
+the ingester half as much CPU again per record (docs/performance.md), and a key's first use in a
+process writes nothing since migration 0015."""
 PAUSE_BETWEEN_TRANSACTIONS_SECONDS = 0.001
 """Between two ingest transactions the ingester steps aside this long, so waiting writers go first."""
 # The head repeats at most the record's own fields, so no line a writer makes is longer.
