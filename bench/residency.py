@@ -54,7 +54,7 @@ import ceiling
 import h2load
 import run
 from procs import bench_server, cpu_seconds
-from scale import SETTLE_SECONDS_MAX, SETTLED_CPU_SHARE, count_token_objects, settle
+from scale import count_token_objects, settle
 from token_floor import measure_all
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
@@ -183,16 +183,7 @@ def load_paying_its_audit(
     settle(server)
     began = cpu_seconds(server.pids)
     result, window_cpu_us, _other = run.load(server, call, args.requests, args.clients, args.sample)
-    busy_until = cpu_seconds(server.pids)
-    deadline = time.monotonic() + SETTLE_SECONDS_MAX
-    while True:
-        time.sleep(INGEST_POLL_SECONDS)
-        now = cpu_seconds(server.pids)
-        if now - busy_until < SETTLED_CPU_SHARE * INGEST_POLL_SECONDS:
-            break  # that interval was idle: it is not counted
-        if time.monotonic() > deadline:
-            raise run.BenchFailure(f"the server did not go idle within {SETTLE_SECONDS_MAX:.0f} s of a run")
-        busy_until = now
+    busy_until = settle(server, INGEST_POLL_SECONDS)  # the idle step is not counted
     cpu_us = (busy_until - began) / args.requests * 1e6
     method = call.path.rsplit("/", 1)[-1]
     tail = cpu_us - window_cpu_us

@@ -356,22 +356,23 @@ def warm_up(
     )
 
 
-def settle(process: ServerProcess) -> None:
+def settle(process: ServerProcess, step_seconds: float = 1.0) -> float:
     """Wait until the server is idle: its audit ingester has taken the warm-up's records.
 
     The warm-up of a 10,000-key set makes 80,000 audit records, the 10-key set's a few thousand;
     measured at once, the large set's window would also pay for ingesting its warm-up (issue 18).
-    Idle: the server's processes used less than SETTLED_CPU_SHARE of a CPU over a second.
+    Idle: the server's processes used less than SETTLED_CPU_SHARE of a CPU over ``step_seconds``.
+    Returns their CPU seconds when that idle step began (what a run that ends idle has used).
     """
     deadline = time.monotonic() + SETTLE_SECONDS_MAX
     used = cpu_seconds(process.pids)
     while time.monotonic() < deadline:
-        time.sleep(1.0)
+        time.sleep(step_seconds)
         now = cpu_seconds(process.pids)
-        if now - used < SETTLED_CPU_SHARE:
-            return
+        if now - used < SETTLED_CPU_SHARE * step_seconds:
+            return used
         used = now
-    raise BenchFailure(f"the server did not go idle within {SETTLE_SECONDS_MAX:.0f} s of the warm-up")
+    raise BenchFailure(f"the server did not go idle within {SETTLE_SECONDS_MAX:.0f} s")
 
 
 def working_set_round(
