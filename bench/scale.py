@@ -24,7 +24,8 @@ Measured, printed and written to ``<dir>/result.json`` (and ``--output``):
   ``--rounds`` (target: the 10,000-key figures within 15 % of the 10-key ones);
 * the first use of a cold key: sequential GenerateDataKey on ``--cold`` distinct
   keys no call touched since the server started, p50 and p99 (target: p99 at
-  most 5 ms);
+  most 5 ms), each followed by a call on a warm key, whose latencies are the
+  machine's at that moment;
 * server RSS (VmRSS summed over every server process) after a 10,000-key
   working-set round, at each of ``--marks`` the key count passes while creating,
   and at N.
@@ -56,7 +57,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from tqdm import tqdm
@@ -78,6 +79,7 @@ WORKING_SET_TOLERANCE = 0.15
 OPERATIONS = ("GenerateDataKey", "Decrypt")
 CONTEXT = {"app": "bench-scale"}
 SEED = 18
+T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 60.0
 CREATE_CHUNK = 10_000
 SETTLE_SECONDS_MAX = 300.0
@@ -272,6 +274,14 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
+def latency_figures(values: Sequence[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99), "max_ms": max(values)}
+
+
+def latencies(values: Sequence[float]) -> str:
+    return f"p50 {percentile(values, 0.5):.2f} ms, p99 {percentile(values, 0.99):.2f} ms"
+
+
 # -------------------------------------------------------------- creation
 
 
@@ -440,27 +450,46 @@ def evict_metadata_db(server_dir: Path) -> int:
     return size
 
 
+@dataclass
+class ColdRound:
+    """What :func:`cold_round` measured: ``cold_ms`` the first uses, ``warm_ms`` the calls between them."""
+
+    start_seconds: float
+    cold_ms: list[float]
+    warm_ms: list[float]
+    read_bytes: int
+
+
+def alternate(cold: Sequence[T], warm: Sequence[T]) -> list[T]:
+    """``cold[0], warm[0], cold[1], warm[1], ...``: one warm item after each cold one, cycling ``warm``."""
+    return [item for n, first in enumerate(cold) for item in (first, warm[n % len(warm)])]
+
+
 def cold_round(
     args: argparse.Namespace, state: State, warm: WorkingSet, cold_keys: list[str], *, evict: bool = False
-) -> tuple[float, list[float], int]:
+) -> ColdRound:
     """A fresh server warmed up on ``warm`` (other keys) and idle again, then one GenerateDataKey
-    at a time on each cold key: the start time, the cold calls' latencies and the bytes the
-    server read from storage meanwhile. ``evict``: the metadata DB is dropped from the page
-    cache just before the cold calls (:func:`evict_metadata_db`).
+    at a time on each cold key, each followed by one on a ``warm`` key: the start time, both kinds
+    of calls' latencies and the bytes the server read from storage meanwhile. ``evict``: the
+    metadata DB is dropped from the page cache just before the cold calls
+    (:func:`evict_metadata_db`).
 
     Idle first (:func:`settle`): else the cold calls share the CPUs with the ingest of the
-    warm-up's audit records, and measure that rather than a first use.
+    warm-up's audit records, and measure that rather than a first use. The warm calls between
+    them are what the same server, connection and moment answer without a first use: on a
+    machine whose latency drifts, they tell a slow first use from a slow machine.
     """
     with started(server(args, state)) as (process, start_seconds):
         warm_up(args, process, warm.generate_requests(), check_data_key)
         settle(process)
         if evict:
             evict_metadata_db(Path(state.server_dir))
-        requests = WorkingSet("cold", cold_keys).generate_requests()
+        requests = alternate(WorkingSet("cold", cold_keys).generate_requests(), warm.generate_requests())
         read_before = storage_read_bytes(process)
         driven = drive(process, "GenerateDataKey", requests, check_data_key, connections=1, depth=1)
         read = storage_read_bytes(process) - read_before
-    return start_seconds, driven.latencies_ms, read
+    # One call in flight: the latencies are in the requests' order.
+    return ColdRound(start_seconds, driven.latencies_ms[0::2], driven.latencies_ms[1::2], read)
 
 
 def count_token_objects(server_dir: Path) -> dict[str, int]:
@@ -542,6 +571,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def marks_passed(marks: list[int], made_before: int, keys: int) -> list[int]:
+    """The ``--marks`` this run's creation reaches, in order: from ``made_before`` up to ``keys``.
+
+    A mark the store had already passed when the run began is not one: a round now would
+    measure RSS with ``made_before`` keys and label it with the mark's smaller count.
+    """
+    return sorted(mark for mark in set(marks) if made_before <= mark < keys)
+
+
 def main() -> int:
     args = parse_args()
     if args.count_token_objects:
@@ -568,7 +606,7 @@ def main() -> int:
     )
 
     made_before, seconds_before = len(read_keys(bench_dir)), state.create_seconds
-    marks = sorted(m for m in args.marks if m < args.keys)
+    marks = marks_passed(args.marks, made_before, args.keys)
     with tqdm(total=args.keys, initial=min(made_before, args.keys), unit="key", dynamic_ncols=True) as bar:
         for stop in [*marks, args.keys]:
             create(args, bench_dir, state, stop, bar)
@@ -647,21 +685,22 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
     """The cold first uses, then ``--rounds`` alternated rounds of the two working sets."""
     small, large, cold, evicted = choose(keys, args)
     starts: list[float] = []
-    start_seconds, cold_ms, _read = cold_round(args, state, small, cold)
-    starts.append(start_seconds)
+    cached = cold_round(args, state, small, cold)
+    starts.append(cached.start_seconds)
     print(
-        f"serve start {start_seconds:.2f} s; cold first use of {len(cold)} keys: p50 "
-        f"{percentile(cold_ms, 0.5):.2f} ms, p99 {percentile(cold_ms, 0.99):.2f} ms",
+        f"serve start {cached.start_seconds:.2f} s; cold first use of {len(cold)} keys: "
+        f"{latencies(cached.cold_ms)}; warm calls between them: {latencies(cached.warm_ms)}",
         flush=True,
     )
     db_bytes = evict_metadata_db(Path(state.server_dir))
-    start_seconds, evicted_ms, evicted_read = cold_round(args, state, small, evicted, evict=True)
-    starts.append(start_seconds)
+    evicted_round = cold_round(args, state, small, evicted, evict=True)
+    starts.append(evicted_round.start_seconds)
+    evicted_ms = evicted_round.cold_ms
     print(
-        f"serve start {start_seconds:.2f} s; cold first use of {len(evicted)} keys, the DB "
-        f"({db_bytes / 2**20:.0f} MiB) out of the page cache: p50 {percentile(evicted_ms, 0.5):.2f} ms, "
-        f"p99 {percentile(evicted_ms, 0.99):.2f} ms; {evicted_read / len(evicted) / 1024:.0f} KiB read "
-        "from storage per first use",
+        f"serve start {evicted_round.start_seconds:.2f} s; cold first use of {len(evicted)} keys, the DB "
+        f"({db_bytes / 2**20:.0f} MiB) out of the page cache: {latencies(evicted_ms)}; "
+        f"{evicted_round.read_bytes / len(evicted) / 1024:.0f} KiB read from storage per first use; "
+        f"warm calls between them: {latencies(evicted_round.warm_ms)}",
         flush=True,
     )
     figures: dict[tuple[str, str], list[Driven]] = {
@@ -699,23 +738,33 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
         "start_seconds": starts,
         "cold": {
             "keys": len(cold),
-            "p50_ms": percentile(cold_ms, 0.5),
-            "p99_ms": percentile(cold_ms, 0.99),
-            "max_ms": max(cold_ms),
+            "p50_ms": percentile(cached.cold_ms, 0.5),
+            "p99_ms": percentile(cached.cold_ms, 0.99),
+            "max_ms": max(cached.cold_ms),
+            "warm_between": latency_figures(cached.warm_ms),
         },
         "cold_db_evicted": {
             "keys": len(evicted),
             "db_mib": db_bytes / 2**20,
-            "storage_kib_per_key": evicted_read / len(evicted) / 1024,
+            "storage_kib_per_key": evicted_round.read_bytes / len(evicted) / 1024,
             "p50_ms": percentile(evicted_ms, 0.5),
             "p99_ms": percentile(evicted_ms, 0.99),
             "max_ms": max(evicted_ms),
+            "warm_between": latency_figures(evicted_round.warm_ms),
         },
         "working_sets": working_sets,
         "small": small.name,
         "large": large.name,
         "rss_mib_10k_round": statistics.median(rss),
     }
+
+
+def warm_between(cold: dict[str, Any]) -> str:
+    """The warm calls' figures of a cold round; a result written before 2026-12-07 has none."""
+    warm = cold.get("warm_between")
+    if not warm:
+        return ""
+    return f"; warm calls between them: p50 {warm['p50_ms']:.2f} ms, p99 {warm['p99_ms']:.2f} ms"
 
 
 def summary(result: dict[str, Any]) -> list[str]:
@@ -742,12 +791,13 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"{verdict(max(starts) <= START_TARGET_SECONDS)}",
         f"- first use of a cold key, {result['cold']['keys']} keys: p50 {result['cold']['p50_ms']:.2f} ms, "
         f"p99 {result['cold']['p99_ms']:.2f} ms (target <= {COLD_P99_TARGET_MS:g} ms): "
-        f"{verdict(result['cold']['p99_ms'] <= COLD_P99_TARGET_MS)}",
+        f"{verdict(result['cold']['p99_ms'] <= COLD_P99_TARGET_MS)}{warm_between(result['cold'])}",
         f"- the same with the metadata DB ({evicted['db_mib']:.0f} MiB) dropped from the page cache "
         f"first, {evicted['keys']} other keys: p50 {evicted['p50_ms']:.2f} ms, "
         f"p99 {evicted['p99_ms']:.2f} ms "
         f"({evicted['storage_kib_per_key']:.0f} KiB read from storage each) "
-        f"(target <= {COLD_P99_TARGET_MS:g} ms): {verdict(evicted['p99_ms'] <= COLD_P99_TARGET_MS)}",
+        f"(target <= {COLD_P99_TARGET_MS:g} ms): {verdict(evicted['p99_ms'] <= COLD_P99_TARGET_MS)}"
+        f"{warm_between(evicted)}",
     ]
     for operation in OPERATIONS:
         a, b = small[operation], large[operation]

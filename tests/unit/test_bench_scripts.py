@@ -37,3 +37,27 @@ def test_scale_refuses_more_token_keys_than_softhsm2_can_hold(tmp_path: Path) ->
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "refused" in lines[0] and "50,000" in lines[0]
     assert not any(tmp_path.iterdir())  # refused before anything was made
+
+
+def test_scale_measures_rss_only_at_marks_its_creation_reaches() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    marks = [1_000, 100_000, 1_000_000]
+    assert scale.marks_passed(marks, 0, 1_000_000) == [1_000, 100_000]
+    # A store extended from 100,000 keys: RSS "at 1,000" now would be RSS at 100,000.
+    assert scale.marks_passed(marks, 100_000, 1_000_000) == [100_000]
+    assert scale.marks_passed(marks, 100_001, 2_000_000) == [1_000_000]
+    assert scale.marks_passed([], 0, 1_000) == []
+
+
+def test_scale_puts_one_warm_call_after_each_cold_one() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert scale.alternate(["c1", "c2", "c3"], ["w1", "w2"]) == ["c1", "w1", "c2", "w2", "c3", "w1"]
+    assert scale.alternate([], ["w1"]) == []
