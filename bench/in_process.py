@@ -16,7 +16,16 @@ writing one byte per 64-byte cache line over an N MiB buffer, so the call starts
 with cold CPU caches, as a live server's request thread does after the grpc
 core, the kernel, the other threads and h2load have run on the same two cores.
 
+``--first-uses N --store DIR`` measures instead the first use of keys in a store that
+``bench/scale.py`` made (``DIR``: its ``--dir``, holding ``server/`` and ``keys.txt``; no
+server may run on it): GenerateDataKey on N keys of ``keys.txt`` picked at random (seeded),
+each the first call on its key in this process, then a second call on it. Prints p50 and
+p99 of each kind's wall time and the p50 of its CPU time: what a cold key costs hsmstore's
+own code, without the transport and the other processes ``bench/scale.py``'s cold round
+shares the CPUs with (docs/performance.md, "Scale").
+
     PYTHONPATH=. python bench/in_process.py [--calls 20000] [--top 15] [--evict-mb 16]
+    PYTHONPATH=. python bench/in_process.py --first-uses 400 --store .hsmstore/bench-scale/wrapped-100000
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import random
 import sys
 import tempfile
 import time
@@ -39,6 +49,7 @@ from hsmstore.server.identity import local_admin_caller
 from hsmstore.server.servicer import CallRunner, KeyStoreServicer
 
 CONTEXT = {"app": "bench", "tenant": "t-0001"}  # as bench/run.py's requests
+WARM_UP_KEYS = 50
 
 
 class StandInContext:
@@ -86,6 +97,43 @@ def measure_cold(name: str, call: Callable[[], object], calls: int, evict_mb: in
     print(f"{name:<16} {elapsed / calls * 1e6:7.1f} µs per call after evicting {evict_mb} MiB (wall)")
 
 
+def measure_first_uses(store: Path, count: int, seed: int) -> None:
+    """GenerateDataKey on ``count`` keys of ``store``'s ``keys.txt``, twice each: first use, then warm."""
+    keys = (store / "keys.txt").read_text().split()
+    random.Random(seed).shuffle(keys)  # noqa: S311 - which keys a bench uses, not a secret
+    settings = Settings(data_dir=str(store / "server"), log_level="WARNING", key_residency="wrapped")
+    runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))
+    try:
+        assert runtime.audit is not None  # the default: audit on
+        servicer = KeyStoreServicer(
+            runtime.service, CallRunner(local_admin_caller, runtime.audit.sink, False)
+        )
+        context: Any = StandInContext()
+
+        def generate(key_id: str) -> tuple[float, float]:
+            request = pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256", encryption_context=CONTEXT)
+            wall, cpu = time.perf_counter(), time.process_time()
+            servicer.GenerateDataKey(request, context)
+            return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
+
+        for key_id in keys[:WARM_UP_KEYS]:  # the process's own first calls are not a key's
+            generate(key_id)
+        first: list[tuple[float, float]] = []
+        again: list[tuple[float, float]] = []
+        for key_id in keys[WARM_UP_KEYS : WARM_UP_KEYS + count]:
+            first.append(generate(key_id))
+            again.append(generate(key_id))
+        for name, calls in (("first use", first), ("second use", again)):
+            walls, cpus = sorted(w for w, _ in calls), sorted(c for _, c in calls)
+            print(
+                f"{name:<10} of {len(calls)} keys: wall p50 {walls[len(walls) // 2]:.3f} ms, "
+                f"p99 {walls[min(len(walls) - 1, round(0.99 * len(walls)))]:.3f} ms; "
+                f"CPU p50 {cpus[len(cpus) // 2]:.3f} ms"
+            )
+    finally:
+        runtime.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +141,15 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=0, help="also print the N heaviest functions")
     parser.add_argument("--evict-mb", type=int, default=0, help="also time calls after evicting N MiB")
+    parser.add_argument("--first-uses", type=int, default=0, help="N first uses of keys in --store")
+    parser.add_argument("--store", type=Path, help="a bench/scale.py --dir (server/, keys.txt)")
+    parser.add_argument("--seed", type=int, default=18, help="which keys --first-uses picks")
     args = parser.parse_args()
+    if args.first_uses:
+        if args.store is None:
+            parser.error("--first-uses needs --store: a bench/scale.py --dir")
+        measure_first_uses(args.store, args.first_uses, args.seed)
+        return 0
     with tempfile.TemporaryDirectory(prefix="hsmstore-in-process-") as data_dir:
         settings = Settings(data_dir=str(Path(data_dir)), log_level="WARNING")
         runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))

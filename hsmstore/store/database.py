@@ -12,6 +12,7 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from hsmstore.store.engine import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     single_statement_options,
     sqlite_file_of,
+    unpooled_sqlite_twin,
     write_options,
 )
 
@@ -100,27 +102,128 @@ def _write_lock_timeout() -> errors.DependencyTimeoutException:
     )
 
 
+class _Held:
+    """One thread's own connection and how deep that thread is in ``Reader.connect()``."""
+
+    __slots__ = ("__weakref__", "close_when_done", "connection", "depth")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.depth = 0
+        self.close_when_done = False
+
+
+class Reader:
+    """``connect()``: a connection for reads that are each one statement, run without ``BEGIN``.
+
+    PostgreSQL: a connection from the pool per read (autocommit; ``pool_pre_ping``
+    covers a restarted server, and a round trip outweighs the checkout).
+
+    SQLite: each thread keeps one connection of its own, made by an engine without a pool
+    (store/engine.py ``unpooled_sqlite_twin``), instead of checking one out per read. The
+    checkout, the ``Connection`` made around it and its return cost about as much as the
+    SELECT itself, and a cold key's first use makes four such reads (docs/performance.md,
+    "Scale"). Keeping the connection changes nothing a read sees: without ``BEGIN``, each
+    SELECT is a read transaction of its own and sees every commit made before it starts,
+    as a fresh connection would. That holds because every read here consumes or closes its
+    result inside ``connect()``; an unfinished SELECT would keep its snapshot, pooled or not.
+
+    A thread's connection goes when the thread does (it is garbage then). ``close()``
+    closes every one not in use; one in use is closed when its read ends, as the pool
+    leaves a checked-out connection to its holder.
+    """
+
+    def __init__(self, engine: Engine, held_by_thread: Engine | None) -> None:
+        self._pooled = engine
+        self._unpooled = held_by_thread
+        self._local = threading.local()
+        self._lock = threading.Lock()  # a thread's depth against close()
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine whose connections the reads run on (for its events)."""
+        return self._unpooled or self._pooled
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        if self._unpooled is None:
+            with self._pooled.connect() as connection:
+                yield connection
+            return
+        held = self._thread_connection()
+        try:
+            yield held.connection
+        finally:
+            with self._lock:
+                held.depth -= 1
+                close = held.depth == 0 and held.close_when_done
+            if close:
+                if getattr(self._local, "held", None) is held:
+                    self._local.held = None
+                held.connection.close()
+
+    def _thread_connection(self) -> _Held:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            with self._lock:
+                connection = held.connection
+                if not (held.close_when_done or connection.closed or connection.invalidated):
+                    held.depth += 1
+                    return held
+            if held.depth == 0 and not connection.closed:
+                connection.close()  # invalidated: SQLAlchemy saw the file go (a disconnect)
+        assert self._unpooled is not None
+        held = _Held(self._unpooled.connect())
+        held.depth = 1
+        self._local.held = held
+        with self._lock:
+            self._held.add(held)
+        return held
+
+    def close(self) -> None:
+        """Close the threads' connections: now if idle, else when their read ends."""
+        with self._lock:
+            idle = []
+            for held in list(self._held):
+                held.close_when_done = True
+                if held.depth == 0:
+                    idle.append(held)
+            self._held.clear()
+        for held in idle:
+            held.connection.close()
+
+
 @dataclass(frozen=True)
 class Database:
     """An engine and its two views: ``writer`` and ``reader`` (store/engine.py, "Transactions").
 
     ``writer.begin()`` is one write transaction (``BEGIN IMMEDIATE`` on
-    SQLite); ``reader.connect()`` runs single statements without ``BEGIN``.
-    Both views share the engine's pool, so closing the engine closes them.
+    SQLite); ``reader.connect()`` runs single statements without ``BEGIN``
+    (:class:`Reader`). :meth:`close` closes both.
     """
 
     engine: Engine
     writer: Writer
-    reader: Engine
+    reader: Reader
 
     @classmethod
     def of(cls, engine: Engine) -> Database:
         dialect_name = engine.dialect.name
+        single = single_statement_options(dialect_name)
+        twin = unpooled_sqlite_twin(engine)
         return cls(
             engine=engine,
             writer=Writer(engine.execution_options(**write_options(dialect_name)), _lock_file_of(engine)),
-            reader=engine.execution_options(**single_statement_options(dialect_name)),
+            reader=Reader(
+                engine.execution_options(**single), None if twin is None else twin.execution_options(**single)
+            ),
         )
+
+    def close(self) -> None:
+        """Close the pooled connections and the threads' own (:meth:`Reader.close`)."""
+        self.reader.close()
+        self.engine.dispose()
 
 
 def _lock_file_of(engine: Engine) -> Path | None:

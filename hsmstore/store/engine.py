@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
+from sqlalchemy.pool import NullPool
 
 from hsmstore import errors
 
@@ -216,6 +217,22 @@ def _create_sqlite_engine(url: URL, pool_size: int, max_overflow: int, pool_time
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def unpooled_sqlite_twin(engine: Engine) -> Engine | None:
+    """An engine on ``engine``'s SQLite file, set up as it is, whose connections bypass any pool.
+
+    For connections a thread keeps for itself (store/database.py, ``Reader``): they are
+    not taken from ``engine``'s pool, so however many threads keep one, the pool's bound
+    still holds for everything else. None for any other database.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    twin = create_engine(engine.url, poolclass=NullPool, connect_args={"check_same_thread": False})
+    event.listen(twin, "connect", _configure_sqlite_connection)
+    event.listen(twin, "begin", _begin_sqlite_transaction)
+    event.listen(twin, "handle_error", _unreachable_is_unavailable)
+    return twin
 
 
 _SQLITE_FILE_SUFFIXES: Final = ("", "-wal", "-shm", "-journal")

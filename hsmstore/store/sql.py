@@ -207,8 +207,9 @@ class SqlMetadataStore:
             connection.execute(text("SELECT 1")).one()
 
     def close(self) -> None:
-        """Close the engine's pooled connections (the store is its engine's only user)."""
-        self.database.engine.dispose()
+        """Close the engine's pooled connections and the reading threads' own (the store is its
+        engine's only user)."""
+        self.database.close()
 
 
 if TYPE_CHECKING:

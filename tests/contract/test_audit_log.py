@@ -709,9 +709,9 @@ def test_iterating_the_trail_reads_large_records_in_batches_bounded_by_bytes(sql
         if "record_json" in statement and "length(" not in statement.lower():
             loads.append(statement)
 
-    sqlalchemy.event.listen(store.database.reader, "before_cursor_execute", note)
+    sqlalchemy.event.listen(store.database.reader.engine, "before_cursor_execute", note)
     try:
         assert len(list(log_of(store).iter_audit_events())) == 40
     finally:
-        sqlalchemy.event.remove(store.database.reader, "before_cursor_execute", note)
+        sqlalchemy.event.remove(store.database.reader.engine, "before_cursor_execute", note)
     assert len(loads) >= 40 * 90_000 // ITER_BATCH_CHARS

@@ -476,7 +476,7 @@ def test_hot_path_reads_are_one_indexed_select(sql_engine: Engine) -> None:
     key = add_enabled_key(sql_store)
     sql_store.get_key(key.key_id)  # warm the pool: first-connect queries are not the hot path
 
-    with recorded_statements(sql_engine) as statements:
+    with recorded_statements(sql_store.database.reader.engine) as statements:
         assert sql_store.get_key(key.key_id) == key
         assert sql_store.get_version(key.key_id, 1) is not None
 
@@ -503,13 +503,16 @@ def test_writes_on_sqlite_take_the_write_lock_first(sqlite_engine: Engine) -> No
 
 
 def test_sqlite_connections_get_the_pragmas(sqlite_engine: Engine) -> None:
-    sql_engine = sqlite_engine
-    with sql_engine.connect() as connection:
-        pragmas = {
-            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
-            for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
-        }
-    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000, "synchronous": 2}
+    """The pooled ones, and those the reading threads keep (store/database.py ``Reader``)."""
+    database = SqlMetadataStore(sqlite_engine).database
+    for connect in (sqlite_engine.connect, database.reader.connect):
+        with connect() as connection:
+            pragmas = {
+                name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+            }
+        assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000, "synchronous": 2}
+    database.reader.close()
 
 
 def test_create_engine_for_url_picks_drivers_and_refuses_the_rest(tmp_path: Path) -> None:
