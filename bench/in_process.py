@@ -38,7 +38,8 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -97,17 +98,23 @@ def measure_cold(name: str, call: Callable[[], object], calls: int, evict_mb: in
     print(f"{name:<16} {elapsed / calls * 1e6:7.1f} µs per call after evicting {evict_mb} MiB (wall)")
 
 
+@contextmanager
+def servicer_of(settings: Settings) -> Iterator[KeyStoreServicer]:
+    """The runtime ``hsmstore serve`` opens on ``settings``, its servicer, the local admin calling."""
+    runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))
+    try:
+        assert runtime.audit is not None  # the default: audit on
+        yield KeyStoreServicer(runtime.service, CallRunner(local_admin_caller, runtime.audit.sink, False))
+    finally:
+        runtime.close()
+
+
 def measure_first_uses(store: Path, count: int, seed: int) -> None:
     """GenerateDataKey on ``count`` keys of ``store``'s ``keys.txt``, twice each: first use, then warm."""
     keys = (store / "keys.txt").read_text().split()
     random.Random(seed).shuffle(keys)  # noqa: S311 - which keys a bench uses, not a secret
     settings = Settings(data_dir=str(store / "server"), log_level="WARNING", key_residency="wrapped")
-    runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))
-    try:
-        assert runtime.audit is not None  # the default: audit on
-        servicer = KeyStoreServicer(
-            runtime.service, CallRunner(local_admin_caller, runtime.audit.sink, False)
-        )
+    with servicer_of(settings) as servicer:
         context: Any = StandInContext()
 
         def generate(key_id: str) -> tuple[float, float]:
@@ -130,8 +137,6 @@ def measure_first_uses(store: Path, count: int, seed: int) -> None:
                 f"p99 {walls[min(len(walls) - 1, round(0.99 * len(walls)))]:.3f} ms; "
                 f"CPU p50 {cpus[len(cpus) // 2]:.3f} ms"
             )
-    finally:
-        runtime.close()
 
 
 def main() -> int:
@@ -150,33 +155,25 @@ def main() -> int:
             parser.error("--first-uses needs --store: a bench/scale.py --dir")
         measure_first_uses(args.store, args.first_uses, args.seed)
         return 0
-    with tempfile.TemporaryDirectory(prefix="hsmstore-in-process-") as data_dir:
-        settings = Settings(data_dir=str(Path(data_dir)), log_level="WARNING")
-        runtime = bootstrap.open_runtime(settings, bootstrap.prepare(settings))
-        try:
-            assert runtime.audit is not None  # the default: audit on
-            servicer = KeyStoreServicer(
-                runtime.service, CallRunner(local_admin_caller, runtime.audit.sink, False)
-            )
-            context: Any = StandInContext()
-            key_id = servicer.CreateKey(pb.CreateKeyRequest(), context).key_metadata.key_id
-            generate = pb.GenerateDataKeyRequest(
-                key_id=key_id, key_spec="AES_256", encryption_context=CONTEXT
-            )
-            blob = servicer.GenerateDataKey(generate, context).ciphertext_blob
-            decrypt = pb.DecryptRequest(ciphertext_blob=blob, encryption_context=CONTEXT)
-            describe = pb.DescribeKeyRequest(key_id=key_id)
-            operations: dict[str, Callable[[], object]] = {
-                "GenerateDataKey": lambda: servicer.GenerateDataKey(generate, context),
-                "Decrypt": lambda: servicer.Decrypt(decrypt, context),
-                "DescribeKey": lambda: servicer.DescribeKey(describe, context),
-            }
-            for name, call in operations.items():
-                measure(name, call, args.calls, args.top)
-                if args.evict_mb:
-                    measure_cold(name, call, min(args.calls, 5000), args.evict_mb)
-        finally:
-            runtime.close()
+    with (
+        tempfile.TemporaryDirectory(prefix="hsmstore-in-process-") as data_dir,
+        servicer_of(Settings(data_dir=str(Path(data_dir)), log_level="WARNING")) as servicer,
+    ):
+        context: Any = StandInContext()
+        key_id = servicer.CreateKey(pb.CreateKeyRequest(), context).key_metadata.key_id
+        generate = pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256", encryption_context=CONTEXT)
+        blob = servicer.GenerateDataKey(generate, context).ciphertext_blob
+        decrypt = pb.DecryptRequest(ciphertext_blob=blob, encryption_context=CONTEXT)
+        describe = pb.DescribeKeyRequest(key_id=key_id)
+        operations: dict[str, Callable[[], object]] = {
+            "GenerateDataKey": lambda: servicer.GenerateDataKey(generate, context),
+            "Decrypt": lambda: servicer.Decrypt(decrypt, context),
+            "DescribeKey": lambda: servicer.DescribeKey(describe, context),
+        }
+        for name, call in operations.items():
+            measure(name, call, args.calls, args.top)
+            if args.evict_mb:
+                measure_cold(name, call, min(args.calls, 5000), args.evict_mb)
     return 0
 
 
