@@ -760,7 +760,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
 
 
 def warm_between(cold: dict[str, Any]) -> str:
-    """The warm calls' figures of a cold round; a result written before 2026-12-07 has none."""
+    """The warm calls' figures of a cold round; a result written before 2026-12-07 15:00 UTC has none."""
     warm = cold.get("warm_between")
     if not warm:
         return ""
