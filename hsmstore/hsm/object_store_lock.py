@@ -38,17 +38,20 @@ SOFTHSM2_DEFAULT_CONF = Path("/etc/softhsm/softhsm2.conf")
 _TOKENDIR_LINE = re.compile(r"^\s*directories\.tokendir\s*=\s*(?P<path>.+?)\s*$")
 
 
-def softhsm_token_directory(module_path: str) -> Path | None:
+def softhsm_token_directory(module_path: str, conf: Path | None = None) -> Path | None:
     """The token directory a SoftHSM2 module at ``module_path`` will use, or None.
 
     SoftHSM2 reads its configuration from ``SOFTHSM2_CONF`` (else
     ``/etc/softhsm/softhsm2.conf``) and its objects from ``directories.tokendir``
-    there. None for any other module (CloudHSM, p11-kit's client), or when the
-    configuration cannot be read: then only the in-process lock is held.
+    there; ``conf`` names the configuration for another process's environment
+    (a tool run with its own ``SOFTHSM2_CONF``). None for any other module
+    (CloudHSM, p11-kit's client), or when the configuration cannot be read:
+    then only the in-process lock is held.
     """
     if not SOFTHSM2_MODULE_NAME.search(Path(module_path).name):
         return None
-    conf = Path(os.environ.get("SOFTHSM2_CONF") or SOFTHSM2_DEFAULT_CONF)
+    if conf is None:
+        conf = Path(os.environ.get("SOFTHSM2_CONF") or SOFTHSM2_DEFAULT_CONF)
     try:
         text = conf.read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from hsmstore.core.model import KeyMaterialRef
@@ -95,6 +96,17 @@ def test_the_lock_of_a_softhsm2_module_is_on_its_token_directory(softhsm_token: 
     assert directory is not None
     assert directory.samefile(softhsm_token.conf_path.parent / "tokens")
     assert softhsm_token_directory("/opt/cloudhsm/lib/libcloudhsm_pkcs11.so") is None
+
+
+def test_a_named_configuration_wins_over_this_process_softhsm2_conf(
+    softhsm_token: DevToken, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "other-tokens"
+    tokens.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\n")
+    assert softhsm_token_directory(softhsm_token.module_path, conf) == tokens
+    assert softhsm_token_directory(softhsm_token.module_path, tmp_path / "missing.conf") is None
 
 
 def test_the_object_store_lock_excludes_another_process(softhsm_token: DevToken) -> None:

@@ -9,6 +9,7 @@ only the tests need: a KeyStore stub and access to the server's token.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -21,6 +22,7 @@ import grpc
 from hsmstore._proto.hsmstore.v1 import key_store_pb2_grpc as pb_grpc
 from hsmstore.client.errors import error_reason
 from hsmstore.hsm.devtoken import DevToken, softhsm_env
+from hsmstore.hsm.object_store_lock import softhsm_token_directory
 from tests import servers
 
 TEST_HOOKS = {"HSMSTORE_ENABLE_TEST_HOOKS": "1"}  # lets a server honour the clock file and failpoints
@@ -68,14 +70,23 @@ class ServerProcess(servers.HsmstoreServer):
         return (self.data_dir / "softhsm" / "user.pin").read_text().strip()
 
     def pkcs11_tool(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run OpenSC's pkcs11-tool against this server's token, logged in."""
+        """Run OpenSC's pkcs11-tool against this server's token, logged in.
+
+        It holds the token directory's object store lock while it runs, as every hsmstore
+        process does while it creates, searches or reads what a search found
+        (hsmstore/hsm/object_store_lock.py): pkcs11-tool reads every object file at
+        C_Initialize and walks them again to list, and a walk beside a server's
+        C_GenerateKey can leave the new object without its template (docs/hsm.md,
+        "Several processes on one SoftHSM2 token").
+        """
         from hsmstore.hsm.devtoken import find_softhsm_module
 
+        module = find_softhsm_module()
         env = {**os.environ, "SOFTHSM2_CONF": str(self.softhsm_conf)}
         command = [
             "pkcs11-tool",
             "--module",
-            find_softhsm_module(),
+            module,
             "--token-label",
             DEV_TOKEN_LABEL,
             "--login",
@@ -83,7 +94,8 @@ class ServerProcess(servers.HsmstoreServer):
             self.user_pin,
             *args,
         ]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+        with token_directory_locked(softhsm_token_directory(module, self.softhsm_conf)):
+            return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
 
     @property
     def db_path(self) -> Path:
@@ -91,6 +103,34 @@ class ServerProcess(servers.HsmstoreServer):
 
 
 NodeFactory = Callable[[Path, Sequence[str], Mapping[str, str]], ServerProcess]
+
+TOKEN_LOCK_WAIT_SECONDS = 60.0
+
+
+@contextmanager
+def token_directory_locked(directory: Path | None) -> Iterator[None]:
+    """The ``flock`` hsmstore's object store lock holds on a SoftHSM2 token directory, for a
+    tool run beside the servers (hsmstore/hsm/object_store_lock.py); a test fails, never hangs,
+    if a server keeps it for :data:`TOKEN_LOCK_WAIT_SECONDS`."""
+    if directory is None:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + TOKEN_LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"the token directory {directory} stayed locked for {TOKEN_LOCK_WAIT_SECONDS:g} s"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
 
 
 def plain_node(data_dir: Path, extra_args: Sequence[str], extra_env: Mapping[str, str]) -> ServerProcess:
