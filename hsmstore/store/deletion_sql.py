@@ -20,7 +20,7 @@ from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.database import Database
 from hsmstore.store.key_rows import destruction_from_row, destruction_values, key_from_row, version_from_row
-from hsmstore.store.schema import key_destructions, key_versions, keys
+from hsmstore.store.schema import inline_state, key_destructions, key_versions, keys
 
 
 class SqlKeyDeletion:
@@ -73,10 +73,10 @@ class SqlKeyDeletion:
     def list_keys_to_destroy(self, now: datetime, limit: int) -> Sequence[KeyRecord]:
         require_aware(now, "now")
         require_positive_limit(limit)
-        due = and_(keys.c.key_state == KeyState.PENDING_DELETION.value, keys.c.deletion_date <= now)
+        due = and_(keys.c.key_state == inline_state(KeyState.PENDING_DELETION), keys.c.deletion_date <= now)
         query = (
             select(keys)
-            .where(or_(due, keys.c.key_state == KeyState.DESTROYING.value))
+            .where(or_(due, keys.c.key_state == inline_state(KeyState.DESTROYING)))
             .order_by(keys.c.deletion_date, keys.c.key_id)
             .limit(limit)
         )

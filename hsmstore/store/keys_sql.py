@@ -37,7 +37,16 @@ from hsmstore.store.key_rows import (
     version_from_row,
     version_values,
 )
-from hsmstore.store.schema import aliases, grants, key_policies, key_versions, keys, tags, tenant_key_counts
+from hsmstore.store.schema import (
+    aliases,
+    grants,
+    inline_state,
+    key_policies,
+    key_versions,
+    keys,
+    tags,
+    tenant_key_counts,
+)
 from hsmstore.store.tombstones_sql import record_abandoned
 
 # The point reads of a key's first use, built once: building a ``select`` costs as much as running
@@ -183,8 +192,11 @@ class SqlKeys:
             .select_from(keys.outerjoin(key_versions, key_versions.c.key_id == keys.c.key_id))
             .where(
                 or_(
-                    and_(keys.c.key_state == KeyState.CREATING.value, keys.c.creation_date < created_before),
-                    keys.c.key_state == KeyState.FAILED.value,
+                    and_(
+                        keys.c.key_state == inline_state(KeyState.CREATING),
+                        keys.c.creation_date < created_before,
+                    ),
+                    keys.c.key_state == inline_state(KeyState.FAILED),
                 )
             )
             .order_by(keys.c.creation_date, keys.c.key_id, key_versions.c.version)

@@ -20,7 +20,7 @@ from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.database import Database
 from hsmstore.store.key_rows import key_from_row, version_from_row, version_values
-from hsmstore.store.schema import key_versions, keys
+from hsmstore.store.schema import inline_state, key_versions, keys
 from hsmstore.store.tombstones_sql import record_abandoned
 
 
@@ -166,10 +166,10 @@ class SqlKeyRotation:
             .where(
                 or_(
                     and_(
-                        key_versions.c.state == VersionState.PENDING.value,
+                        key_versions.c.state == inline_state(VersionState.PENDING),
                         key_versions.c.creation_date < created_before,
                     ),
-                    key_versions.c.state == VersionState.ABANDONED.value,
+                    key_versions.c.state == inline_state(VersionState.ABANDONED),
                 ),
                 keys.c.key_state.not_in([KeyState.CREATING.value, KeyState.FAILED.value]),
             )

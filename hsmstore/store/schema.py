@@ -40,9 +40,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import BindParameter, TextClause
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from hsmstore.core.model import DEFAULT_KEY_STORE_ID, Residency
+from hsmstore.core.model import DEFAULT_KEY_STORE_ID, KeyState, Residency, VersionState
 
 # Explicit constraint names keep migrations stable and readable on both engines.
 NAMING_CONVENTION: dict[str, str] = {
@@ -99,6 +100,28 @@ def ordered_string(length: int) -> TypeEngine[str]:
     return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
+# Migration 0016: the periodic jobs (recovery, the deletion reaper) look for keys and versions in
+# a passing state. A partial index holds those rows alone: a job reads a few index entries where it
+# scanned every key, and a settled key costs the index nothing.
+UNSETTLED_KEY_STATES = (KeyState.CREATING, KeyState.FAILED, KeyState.PENDING_DELETION, KeyState.DESTROYING)
+UNSETTLED_VERSION_STATES = (VersionState.PENDING, VersionState.ABANDONED)
+
+
+def any_of(column: str, states: tuple[KeyState, ...] | tuple[VersionState, ...]) -> TextClause:
+    """``column = 'A' OR column = 'B' ...``: a partial index's WHERE, spelt so that SQLite can tell
+    that a query naming one of the states implies it (it reasons about OR terms, not IN lists)."""
+    return text(" OR ".join(f"{column} = '{state.value}'" for state in states))
+
+
+def inline_state(state: KeyState | VersionState) -> BindParameter[str]:
+    """A state written into the SQL text rather than bound. A partial index serves only a query
+    whose WHERE implies the index's. SQLite checks that against the values bound when it prepares
+    the statement, but a PostgreSQL generic plan (psycopg prepares a statement on its fifth run on
+    a connection, and the server may then plan it once for any value) cannot know that ``$1`` is
+    one of the index's states, and would scan every key again (tests/contract/test_job_queries.py)."""
+    return BindParameter(None, state.value, type_=String(), literal_execute=True)
+
+
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 keys = Table(
@@ -135,6 +158,22 @@ keys = Table(
     Index(None, "key_store_id"),
     # Migration 0011: the expired-material job (WHERE valid_to < ?)
     Index(None, "valid_to"),
+    # Migration 0016: recovery (CREATING, FAILED) and the deletion reaper (PENDING_DELETION by
+    # deletion_date, DESTROYING); the rotation scheduler (next_rotation_date <= ?, which implies
+    # NOT NULL). Partial: see UNSETTLED_KEY_STATES.
+    Index(
+        "ix_keys_unsettled_key_state",
+        "key_state",
+        "deletion_date",
+        sqlite_where=any_of("key_state", UNSETTLED_KEY_STATES),
+        postgresql_where=any_of("key_state", UNSETTLED_KEY_STATES),
+    ),
+    Index(
+        "ix_keys_next_rotation_date",
+        "next_rotation_date",
+        sqlite_where=text("next_rotation_date IS NOT NULL"),
+        postgresql_where=text("next_rotation_date IS NOT NULL"),
+    ),
 )
 
 # Import parameters (issue 22; migration 0011): one GetParametersForImport's RSA wrapping key
@@ -197,6 +236,14 @@ key_versions = Table(
     UniqueConstraint("token_id"),
     # Migration 0012: the re-wrap's claims and count_wrapped_under (WHERE wrapped_domain_key_id = ?).
     Index(None, "wrapped_domain_key_id"),
+    # Migration 0016: recovery's interrupted rotations (PENDING by creation_date, ABANDONED).
+    Index(
+        "ix_key_versions_unsettled_state",
+        "state",
+        "creation_date",
+        sqlite_where=any_of("state", UNSETTLED_VERSION_STATES),
+        postgresql_where=any_of("state", UNSETTLED_VERSION_STATES),
+    ),
 )
 
 aliases = Table(
