@@ -113,6 +113,11 @@ def any_of(column: str, states: tuple[KeyState, ...] | tuple[VersionState, ...])
     return text(" OR ".join(f"{column} = '{state.value}'" for state in states))
 
 
+def partial_index(name: str, *columns: str, where: TextClause, unique: bool = False) -> Index:
+    """An index of the rows ``where`` selects, on both engines."""
+    return Index(name, *columns, unique=unique, sqlite_where=where, postgresql_where=where)
+
+
 def inline_state(state: KeyState | VersionState) -> BindParameter[str]:
     """A state written into the SQL text rather than bound. A partial index serves only a query
     whose WHERE implies the index's. SQLite checks that against the values bound when it prepares
@@ -161,18 +166,14 @@ keys = Table(
     # Migration 0016: recovery (CREATING, FAILED) and the deletion reaper (PENDING_DELETION by
     # deletion_date, DESTROYING); the rotation scheduler (next_rotation_date <= ?, which implies
     # NOT NULL). Partial: see UNSETTLED_KEY_STATES.
-    Index(
+    partial_index(
         "ix_keys_unsettled_key_state",
         "key_state",
         "deletion_date",
-        sqlite_where=any_of("key_state", UNSETTLED_KEY_STATES),
-        postgresql_where=any_of("key_state", UNSETTLED_KEY_STATES),
+        where=any_of("key_state", UNSETTLED_KEY_STATES),
     ),
-    Index(
-        "ix_keys_next_rotation_date",
-        "next_rotation_date",
-        sqlite_where=text("next_rotation_date IS NOT NULL"),
-        postgresql_where=text("next_rotation_date IS NOT NULL"),
+    partial_index(
+        "ix_keys_next_rotation_date", "next_rotation_date", where=text("next_rotation_date IS NOT NULL")
     ),
 )
 
@@ -237,12 +238,11 @@ key_versions = Table(
     # Migration 0012: the re-wrap's claims and count_wrapped_under (WHERE wrapped_domain_key_id = ?).
     Index(None, "wrapped_domain_key_id"),
     # Migration 0016: recovery's interrupted rotations (PENDING by creation_date, ABANDONED).
-    Index(
+    partial_index(
         "ix_key_versions_unsettled_state",
         "state",
         "creation_date",
-        sqlite_where=any_of("state", UNSETTLED_VERSION_STATES),
-        postgresql_where=any_of("state", UNSETTLED_VERSION_STATES),
+        where=any_of("state", UNSETTLED_VERSION_STATES),
     ),
 )
 
@@ -316,12 +316,8 @@ domain_keys = Table(
     Column("destroyed_at", UtcDateTime(), nullable=True),
     PrimaryKeyConstraint("domain_key_id"),
     # At most one ACTIVE domain key per key store, whatever the writers do (a partial index).
-    Index(
-        "uq_domain_keys_active_key_store_id",
-        "key_store_id",
-        unique=True,
-        sqlite_where=text("state = 'ACTIVE'"),
-        postgresql_where=text("state = 'ACTIVE'"),
+    partial_index(
+        "uq_domain_keys_active_key_store_id", "key_store_id", where=text("state = 'ACTIVE'"), unique=True
     ),
 )
 
