@@ -33,10 +33,13 @@ def reason(call: Callable[[], object]) -> str | None:
     return reason_of(raised.value)
 
 
+def objects_of(objects: list[dict[str, str]], key_id: str) -> list[dict[str, str]]:
+    """The listed token objects that hold one of the key's versions."""
+    return [o for o in objects if o.get("label", "").startswith(f"hsmstore/{key_id}/")]
+
+
 def labels_of(server: ServerProcess, key_id: str) -> list[str]:
-    return sorted(
-        o["label"] for o in secret_key_objects(server) if o.get("label", "").startswith(f"hsmstore/{key_id}/")
-    )
+    return sorted(o["label"] for o in objects_of(secret_key_objects(server), key_id))
 
 
 def key_exists(stub: pb_grpc.KeyStoreStub, key_id: str) -> bool:
@@ -86,12 +89,11 @@ def test_ciphertext_made_before_three_rotations_still_decrypts(timed_server: Ser
     assert stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id)).key_metadata.key_id == key_id
 
     objects = secret_key_objects(timed_server)
-    labels = sorted(o["label"] for o in objects if o.get("label", "").startswith(f"hsmstore/{key_id}/"))
+    versions = objects_of(objects, key_id)
     # On a mismatch, every secret key on the token: an object without its label shows here.
-    assert labels == [f"hsmstore/{key_id}/v{n}" for n in range(1, 5)], objects
-    for obj in objects:
-        if obj.get("label", "").startswith(f"hsmstore/{key_id}/"):
-            assert "never extractable" in obj["Access"]
+    assert sorted(o["label"] for o in versions) == [f"hsmstore/{key_id}/v{n}" for n in range(1, 5)], objects
+    for obj in versions:
+        assert "never extractable" in obj["Access"]
 
 
 def test_list_key_rotations_pages(timed_server: ServerProcess) -> None:
