@@ -121,9 +121,11 @@ def partial_index(name: str, *columns: str, where: TextClause, unique: bool = Fa
 def inline_state(state: KeyState | VersionState) -> BindParameter[str]:
     """A state written into the SQL text rather than bound. A partial index serves only a query
     whose WHERE implies the index's. SQLite checks that against the values bound when it prepares
-    the statement, but a PostgreSQL generic plan (psycopg prepares a statement on its fifth run on
-    a connection, and the server may then plan it once for any value) cannot know that ``$1`` is
-    one of the index's states, and would scan every key again (tests/contract/test_job_queries.py)."""
+    the statement. PostgreSQL's documentation (11.8, Partial Indexes): "Matching takes place at
+    query planning time, not at run time. As a result, parameterized query clauses do not work
+    with a partial index." psycopg prepares a statement on its fifth run on a connection, and a
+    generic plan of it could not know that ``$1`` is one of the index's states
+    (tests/contract/test_job_queries.py)."""
     return BindParameter(None, state.value, type_=String(), literal_execute=True)
 
 

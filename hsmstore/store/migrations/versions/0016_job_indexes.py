@@ -9,8 +9,8 @@ process serves: recovery looks for CREATING and FAILED keys and for PENDING and 
 the deletion reaper for PENDING_DELETION keys past their date and DESTROYING ones, the rotation
 scheduler for keys whose ``next_rotation_date`` has come. No index named those columns, so each
 query read the whole ``keys`` or ``key_versions`` table: on issue 18's scale store, 25 to 45 ms of
-CPU each at 112,000 keys, and ten times that at a million, where the start-up recovery alone held
-``serve`` back for seconds with a cold page cache (docs/performance.md).
+CPU each at 112,000 keys and 0.2 to 0.33 s at a million, where the start-up recovery, reading from
+storage, held ``serve`` back for seconds (docs/performance.md).
 
 The indexes are partial: they hold only the rows in a passing state (or with a rotation date), which
 are few, so a settled ENABLED key costs no index entry and no write. A query uses one only when its
