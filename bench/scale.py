@@ -65,7 +65,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/servers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import bench_server, cpu_seconds
+from procs import bench_server, cpu_seconds, cpu_seconds_by_role
 from run import START_WARM_UP_REQUESTS, BenchFailure
 
 from hsmstore._proto.hsmstore.v1 import key_store_pb2 as pb
@@ -187,6 +187,8 @@ class Driven:
     seconds: float
     server_cpu_seconds: float
     latencies_ms: list[float]
+    cpu_by_role: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """User and system seconds per server role over the window (``procs.cpu_seconds_by_role``)."""
 
     @property
     def rps(self) -> float:
@@ -195,6 +197,30 @@ class Driven:
     @property
     def cpu_us(self) -> float:
         return self.server_cpu_seconds / self.calls * 1e6
+
+    def role_cpu_us(self) -> dict[str, dict[str, float]]:
+        """µs of user and system CPU per request, by role (workers, audit ingester...)."""
+        return {
+            role: {"user": user / self.calls * 1e6, "system": system / self.calls * 1e6}
+            for role, (user, system) in sorted(self.cpu_by_role.items())
+            if user or system
+        }
+
+    def roles_line(self) -> str:
+        """``workers 1,100+120, audit ingester 110+80 µs`` (user+system per request)."""
+        parts = [f"{role} {us['user']:.0f}+{us['system']:.0f}" for role, us in self.role_cpu_us().items()]
+        return ", ".join(parts) + " µs user+sys"
+
+
+def role_change(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """What each role spent between two ``cpu_seconds_by_role`` readings."""
+    zero = (0.0, 0.0)
+    return {
+        role: (after[role][0] - before.get(role, zero)[0], after[role][1] - before.get(role, zero)[1])
+        for role in after
+    }
 
 
 def drive(
@@ -240,6 +266,7 @@ async def _drive(
         began = time.perf_counter()
         deadline = began + (seconds or 0.0)
         cpu0 = cpu_seconds(process.pids)
+        roles0 = cpu_seconds_by_role(process.pids)
 
         async def caller(stub: Any) -> None:
             while True:
@@ -262,10 +289,11 @@ async def _drive(
         await asyncio.gather(*(caller(stubs[n % connections]) for n in range(connections * depth)))
         elapsed = time.perf_counter() - began
         cpu = cpu_seconds(process.pids) - cpu0
+        roles = role_change(roles0, cpu_seconds_by_role(process.pids))
     finally:
         for channel in channels:
             await channel.close()
-    return Driven(len(latencies), elapsed, cpu, latencies)
+    return Driven(len(latencies), elapsed, cpu, latencies, roles)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -719,7 +747,8 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
                 print(
                     f"round {round_number + 1} {len(ws.keys):>6} keys {operation:<16} {driven.rps:7.0f} req/s"
                     f"  CPU {driven.cpu_us:6.0f} µs/req  p99 {percentile(driven.latencies_ms, 0.99):6.2f} ms"
-                    f"  (start {start_seconds:.2f} s, RSS {memory:.0f} MiB)",
+                    f"  (start {start_seconds:.2f} s, RSS {memory:.0f} MiB)\n"
+                    f"{'':>22}{driven.roles_line()}",
                     flush=True,
                 )
     working_sets: dict[str, Any] = {}
@@ -730,6 +759,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
             working_sets[ws.name][operation] = {
                 "rps": [d.rps for d in runs],
                 "cpu_us": [d.cpu_us for d in runs],
+                "cpu_us_by_role": [d.role_cpu_us() for d in runs],
                 "p99_ms": [percentile(d.latencies_ms, 0.99) for d in runs],
                 "median_rps": statistics.median(d.rps for d in runs),
                 "median_cpu_us": statistics.median(d.cpu_us for d in runs),

@@ -9,6 +9,7 @@ cannot hold (one file per key version) with one line saying why.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,48 @@ def test_scale_puts_one_warm_call_after_each_cold_one() -> None:
         sys.path.remove(str(ROOT / "bench"))
     assert scale.alternate(["c1", "c2", "c3"], ["w1", "w2"]) == ["c1", "w1", "c2", "w2", "c3", "w1"]
     assert scale.alternate([], ["w1"]) == []
+
+
+def test_scale_charges_each_server_process_to_its_role() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT))
+    try:
+        import procs
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+        sys.path.remove(str(ROOT))
+    titled = "import setproctitle, sys, time; setproctitle.setproctitle(sys.argv[1]); print(flush=True); time.sleep(30)"
+    children = [
+        subprocess.Popen([sys.executable, "-c", titled, title], stdout=subprocess.PIPE, text=True)
+        for title in ("hsmstore: worker 1", "hsmstore: worker 2", "hsmstore: audit ingester")
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            child.stdout.readline()  # titled
+        assert [procs.role_of(c.pid) for c in children] == ["workers", "workers", "audit ingester"]
+        assert procs.role_of(os.getpid()) == "other"
+        roles = procs.cpu_seconds_by_role([c.pid for c in children])
+        assert set(roles) == {"workers", "audit ingester"}
+        assert all(user >= 0 and system >= 0 for user, system in roles.values())
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert procs.role_of(children[0].pid) == "gone"
+
+
+def test_scale_splits_cpu_per_request_by_role() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    before = {"workers": (1.0, 0.5)}
+    after = {"workers": (3.0, 1.0), "audit ingester": (0.2, 0.1)}
+    driven = scale.Driven(1000, 1.0, 2.8, [], scale.role_change(before, after))
+    assert driven.role_cpu_us() == {
+        "audit ingester": {"user": 200.0, "system": 100.0},
+        "workers": {"user": 2000.0, "system": 500.0},
+    }
+    assert driven.roles_line() == "audit ingester 200+100, workers 2000+500 µs user+sys"
