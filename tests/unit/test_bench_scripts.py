@@ -72,7 +72,10 @@ def test_scale_charges_each_server_process_to_its_role() -> None:
     finally:
         sys.path.remove(str(ROOT / "bench"))
         sys.path.remove(str(ROOT))
-    titled = "import setproctitle, sys, time; setproctitle.setproctitle(sys.argv[1]); print(flush=True); time.sleep(30)"
+    titled = (
+        "import setproctitle, sys, time; setproctitle.setproctitle(sys.argv[1]); "
+        "print(flush=True); time.sleep(30)"
+    )
     children = [
         subprocess.Popen([sys.executable, "-c", titled, title], stdout=subprocess.PIPE, text=True)
         for title in ("hsmstore: worker 1", "hsmstore: worker 2", "hsmstore: audit ingester")
