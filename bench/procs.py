@@ -55,16 +55,17 @@ def role_of(pid: int) -> str:
 
 def cpu_seconds_by_role(pids: Sequence[int]) -> dict[str, tuple[float, float]]:
     """User and system seconds of these processes, summed by :func:`role_of`: which part of a
-    server pays for a figure (issue 18: a large working set made the audit ingester's system
-    time three times the small set's, in writes scattered over its key indexes)."""
+    server pays for a figure (issue 18: the audit ingester's system time grows with the number of
+    distinct keys a load uses, docs/performance.md)."""
     totals: dict[str, tuple[float, float]] = {}
     for pid in pids:
         try:
             fields = proc_stat(pid)
         except OSError:
             continue
-        user, system = totals.get(role_of(pid), (0.0, 0.0))
-        totals[role_of(pid)] = (user + int(fields[11]) / CLOCK_TICKS, system + int(fields[12]) / CLOCK_TICKS)
+        role = role_of(pid)
+        user, system = totals.get(role, (0.0, 0.0))
+        totals[role] = (user + int(fields[11]) / CLOCK_TICKS, system + int(fields[12]) / CLOCK_TICKS)
     return totals
 
 
