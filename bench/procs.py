@@ -30,16 +30,18 @@ def bench_server(command: Sequence[str], *, health_check: bool = True) -> Server
     )
 
 
+def user_system_seconds(pid: int) -> tuple[float, float] | None:
+    """utime and stime of one process (fields 14 and 15 of /proc/<pid>/stat); None once it is gone."""
+    try:
+        fields = proc_stat(pid)
+    except OSError:
+        return None
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of these processes (fields 14 and 15 of /proc/<pid>/stat)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = proc_stat(pid)
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLOCK_TICKS
+    """utime + stime of these processes."""
+    return sum(sum(seconds) for pid in pids if (seconds := user_system_seconds(pid)) is not None)
 
 
 def role_of(pid: int) -> str:
@@ -59,13 +61,12 @@ def cpu_seconds_by_role(pids: Sequence[int]) -> dict[str, tuple[float, float]]:
     distinct keys a load uses, docs/performance.md)."""
     totals: dict[str, tuple[float, float]] = {}
     for pid in pids:
-        try:
-            fields = proc_stat(pid)
-        except OSError:
+        seconds = user_system_seconds(pid)
+        if seconds is None:
             continue
         role = role_of(pid)
         user, system = totals.get(role, (0.0, 0.0))
-        totals[role] = (user + int(fields[11]) / CLOCK_TICKS, system + int(fields[12]) / CLOCK_TICKS)
+        totals[role] = (user + seconds[0], system + seconds[1])
     return totals
 
 

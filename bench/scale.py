@@ -185,10 +185,14 @@ def storage_read_bytes(process: ServerProcess) -> int:
 class Driven:
     calls: int
     seconds: float
-    server_cpu_seconds: float
     latencies_ms: list[float]
-    cpu_by_role: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cpu_by_role: dict[str, tuple[float, float]]
     """User and system seconds per server role over the window (``procs.cpu_seconds_by_role``)."""
+
+    @property
+    def server_cpu_seconds(self) -> float:
+        """Every process of the server together."""
+        return sum(user + system for user, system in self.cpu_by_role.values())
 
     @property
     def rps(self) -> float:
@@ -288,11 +292,10 @@ async def _drive(
         await asyncio.gather(*(caller(stubs[n % connections]) for n in range(connections * depth)))
         elapsed = time.perf_counter() - began
         roles = role_change(roles0, cpu_seconds_by_role(process.pids))
-        cpu = sum(user + system for user, system in roles.values())
     finally:
         for channel in channels:
             await channel.close()
-    return Driven(len(latencies), elapsed, cpu, latencies, roles)
+    return Driven(len(latencies), elapsed, latencies, roles)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -103,7 +103,8 @@ def test_scale_splits_cpu_per_request_by_role() -> None:
         sys.path.remove(str(ROOT / "bench"))
     before = {"workers": (1.0, 0.5)}
     after = {"workers": (3.0, 1.0), "audit ingester": (0.2, 0.1)}
-    driven = scale.Driven(1000, 1.0, 2.8, [], scale.role_change(before, after))
+    driven = scale.Driven(1000, 1.0, [], scale.role_change(before, after))
+    assert driven.server_cpu_seconds == pytest.approx(2.8)
     assert driven.role_cpu_us() == {
         "audit ingester": {"user": 200.0, "system": 100.0},
         "workers": {"user": 2000.0, "system": 500.0},
