@@ -17,19 +17,21 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, exc, func, select, tuple_
+from sqlalchemy import ColumnElement, and_, bindparam, exc, func, select, tuple_
 from sqlalchemy.engine import RowMapping
 
 from hsmstore import errors
 from hsmstore.core.access.grants import GrantConstraints, GrantRecord
 from hsmstore.core.ports import IdentityPolicyRecord
 from hsmstore.store.audit_sql import SqlAuditLog
-from hsmstore.store.database import Database
+from hsmstore.store.database import Database, PreparedRead
 from hsmstore.store.locks import lock_existing_key
 from hsmstore.store.schema import grants, identity_policies, key_policies
 
 # The reads of an authorization check, built once (store/keys_sql.py, ``_KEY_BY_ID``).
-_POLICY_OF_KEY = select(key_policies.c.document).where(key_policies.c.key_id == bindparam("key_id"))
+_POLICY_OF_KEY = PreparedRead(
+    select(key_policies.c.document).where(key_policies.c.key_id == bindparam("key_id"))
+)
 _GRANT_FILTERS: dict[str, Callable[[], ColumnElement[bool]]] = {
     "after_grant_id": lambda: grants.c.grant_id > bindparam("after_grant_id"),
     "grant_id": lambda: grants.c.grant_id == bindparam("grant_id"),
@@ -38,13 +40,15 @@ _GRANT_FILTERS: dict[str, Callable[[], ColumnElement[bool]]] = {
 
 
 @functools.cache
-def _grants_of_key(filters: frozenset[str]) -> Select[Any]:
+def _grants_of_key(filters: frozenset[str]) -> PreparedRead:
     """ListGrants' query for one combination of filters, built once (eight at most)."""
     conditions = [
         grants.c.key_id == bindparam("key_id"),
         *(_GRANT_FILTERS[name]() for name in sorted(filters)),
     ]
-    return select(grants).where(and_(*conditions)).order_by(grants.c.grant_id).limit(bindparam("limit"))
+    return PreparedRead(
+        select(grants).where(and_(*conditions)).order_by(grants.c.grant_id).limit(bindparam("limit"))
+    )
 
 
 class SqlAuthorizationStore:
@@ -58,8 +62,8 @@ class SqlAuthorizationStore:
     # -- key policies -----------------------------------------------------
 
     def get_key_policy(self, key_id: str) -> str | None:
-        with self._reader.connect() as connection:
-            return connection.execute(_POLICY_OF_KEY, {"key_id": key_id}).scalar()
+        row = self._reader.first(_POLICY_OF_KEY, {"key_id": key_id})
+        return None if row is None else row["document"]
 
     def put_key_policy(
         self,
@@ -132,9 +136,8 @@ class SqlAuthorizationStore:
         }
         given = {name: value for name, value in filters.items() if value is not None}
         query = _grants_of_key(frozenset(given))
-        with self._reader.connect() as connection:
-            rows = connection.execute(query, {"key_id": key_id, "limit": limit, **given})
-            return [_grant_from_row(row._mapping) for row in rows]
+        rows = self._reader.all(query, {"key_id": key_id, "limit": limit, **given})
+        return [_grant_from_row(row) for row in rows]
 
     def list_retirable_grants(
         self, retiring_principal: str, limit: int, after_grant_id: str | None
@@ -249,7 +252,7 @@ def _grant_values(grant: GrantRecord) -> dict[str, Any]:
     }
 
 
-def _grant_from_row(row: RowMapping) -> GrantRecord:
+def _grant_from_row(row: Mapping[Any, Any]) -> GrantRecord:
     constraints = row["constraints"]
     return GrantRecord(
         grant_id=row["grant_id"],

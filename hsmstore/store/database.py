@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, Select
+from sqlalchemy.engine import Connection, Dialect
 
 from hsmstore import errors
 from hsmstore.store.engine import (
@@ -102,6 +104,101 @@ def _write_lock_timeout() -> errors.DependencyTimeoutException:
     )
 
 
+class PreparedRead:
+    """A SELECT that a SQLite thread connection runs on its ``sqlite3`` handle, compiled once.
+
+    Why: a cold key's first use makes four reads (its key, version, key policy and grants), and
+    SQLAlchemy's execution path around each cost about twice the SELECT itself: per read, the
+    compiled-cache lookup, an execution context, the ``Result`` and its row (docs/performance.md,
+    "Scale", 2026-12-08). Here the statement is compiled once per dialect and each read is
+    ``cursor.execute`` with the positional parameters, then SQLAlchemy's own bind and result
+    processors (``TypeEngine.bind_processor`` / ``result_processor``), so a value reads back as it
+    does through ``Connection.execute``: a ``UtcDateTime`` as an aware ``datetime``, a ``Boolean``
+    as a ``bool``. The engine's ``before_cursor_execute`` listeners still see each statement.
+
+    Only statements whose parameters are all plain binds (no ``IN`` lists expanded at run time,
+    no literals rendered at run time) qualify: a read needs nothing but the SQL text and the
+    values in order, the caller's and those the statement carries (the ``OFFSET 0`` SQLite's
+    compiler adds after a ``LIMIT``). PostgreSQL runs these through SQLAlchemy
+    (:meth:`Reader.first`): the round trip to the server outweighs the Python around it.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._compiled: dict[str, _CompiledRead] = {}
+
+    def compiled_for(self, dialect: Dialect) -> _CompiledRead:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = _CompiledRead.of(self.statement, dialect)
+        return compiled
+
+
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _Bind:
+    name: str
+    process: Processor | None
+    fixed: bool  # a value the statement carries (``OFFSET 0`` after a ``LIMIT``), not a parameter
+    value: Any
+
+
+@dataclass(frozen=True)
+class _CompiledRead:
+    sql: str
+    binds: tuple[_Bind, ...]  # in the SQL's order
+    columns: tuple[tuple[str, Processor | None], ...]  # in the select list's order
+
+    @classmethod
+    def of(cls, statement: Select[Any], dialect: Dialect) -> _CompiledRead:
+        compiled = statement.compile(dialect=dialect)
+        if compiled.positiontup is None or compiled.literal_execute_params or compiled.post_compile_params:
+            raise ValueError("a PreparedRead takes positional plain binds only (store/database.py)")
+        binds = []
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            binds.append(_Bind(name, process, not bind.required, bind.effective_value))
+        columns: list[tuple[str, Processor | None]] = []
+        for column in statement.selected_columns:
+            if column.key is None:
+                raise ValueError("a PreparedRead selects named columns only (store/database.py)")
+            columns.append((column.key, column.type.dialect_impl(dialect).result_processor(dialect, None)))
+        return cls(str(compiled), tuple(binds), tuple(columns))
+
+    def _value(self, bind: _Bind, parameters: Mapping[str, Any]) -> Any:
+        value = bind.value if bind.fixed and bind.name not in parameters else parameters[bind.name]
+        return value if bind.process is None else bind.process(value)
+
+    def run(self, connection: Connection, parameters: Mapping[str, Any], one: bool) -> list[dict[str, Any]]:
+        values = tuple(self._value(bind, parameters) for bind in self.binds)
+        dbapi_connection = connection.connection.dbapi_connection
+        assert dbapi_connection is not None  # a live thread connection (Reader._thread_connection)
+        cursor = dbapi_connection.cursor()
+        try:
+            if connection.dispatch.before_cursor_execute:
+                connection.dispatch.before_cursor_execute(connection, cursor, self.sql, values, None, False)
+            cursor.execute(self.sql, values)
+            # Then closed, read or not: an unfinished SELECT would keep its read snapshot (Reader).
+            rows: Sequence[Any]
+            if one:
+                first = cursor.fetchone()
+                rows = [] if first is None else [first]
+            else:
+                rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        return [self._mapped(row) for row in rows]
+
+    def _mapped(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            name: value if process is None else process(value)
+            for (name, process), value in zip(self.columns, row, strict=True)
+        }
+
+
 class _Held:
     """One thread's own connection and how deep that thread is in ``Reader.connect()``."""
 
@@ -162,6 +259,32 @@ class Reader:
                 if getattr(self._local, "held", None) is held:
                     self._local.held = None
                 held.connection.close()
+
+    def first(self, read: PreparedRead, parameters: Mapping[str, Any]) -> Mapping[Any, Any] | None:
+        """The first row of ``read``, by column name; None for none."""
+        rows = self._run(read, parameters, one=True)
+        return rows[0] if rows else None
+
+    def all(self, read: PreparedRead, parameters: Mapping[str, Any]) -> list[Mapping[Any, Any]]:
+        """Every row of ``read``, by column name."""
+        return self._run(read, parameters, one=False)
+
+    def _run(self, read: PreparedRead, parameters: Mapping[str, Any], one: bool) -> list[Mapping[Any, Any]]:
+        with self.connect() as connection:
+            if self._unpooled is not None:
+                try:
+                    return list(read.compiled_for(connection.dialect).run(connection, parameters, one))
+                except sqlite3.Error:
+                    # Read again the way every other statement runs: a file that went, a lock or a
+                    # defect then raises what the store raises for it (engine.py, handle_error), and
+                    # the thread's connection is dropped if SQLAlchemy sees a disconnect. A SELECT
+                    # may run twice.
+                    pass
+            result = connection.execute(read.statement, parameters)
+            if one:
+                row = result.first()
+                return [] if row is None else [row._mapping]
+            return [row._mapping for row in result]
 
     def _thread_connection(self) -> _Held:
         held: _Held | None = getattr(self._local, "held", None)

@@ -7,6 +7,7 @@ is written by every insert and read by every select at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy.engine import RowMapping
@@ -100,7 +101,7 @@ def destruction_values(key: KeyRecord, version: KeyVersion) -> dict[str, Any]:
     }
 
 
-def key_from_row(row: RowMapping) -> KeyRecord:
+def key_from_row(row: Mapping[Any, Any]) -> KeyRecord:
     return KeyRecord(
         key_id=row["key_id"],
         tenant=row["tenant"],
@@ -122,7 +123,7 @@ def key_from_row(row: RowMapping) -> KeyRecord:
     )
 
 
-def version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
+def version_from_row(row: Mapping[Any, Any], prefix: str = "") -> KeyVersion:
     """``prefix``: :data:`VERSION_PREFIX` for a row selected with :data:`VERSION_COLUMNS`."""
     rotation_type = row[prefix + "rotation_type"]
     return KeyVersion(
@@ -140,7 +141,7 @@ def version_from_row(row: RowMapping, prefix: str = "") -> KeyVersion:
     )
 
 
-def wrapped_from_row(row: RowMapping, prefix: str = "") -> WrappedMaterial | None:
+def wrapped_from_row(row: Mapping[Any, Any], prefix: str = "") -> WrappedMaterial | None:
     """None for a version with no blob: a token object, or a WRAPPED version not stored yet."""
     blob = row[prefix + "wrapped_material"]
     if blob is None:

@@ -27,7 +27,7 @@ from hsmstore.core.model import (
 from hsmstore.store.audit_sql import SqlAuditLog
 from hsmstore.store.checks import require_aware, require_positive_limit
 from hsmstore.store.custom_key_stores_sql import lock_custom_key_store_of_new_key
-from hsmstore.store.database import Database
+from hsmstore.store.database import Database, PreparedRead
 from hsmstore.store.domain_keys_sql import key_store_wrapping_under, store_wrapped_material
 from hsmstore.store.key_rows import (
     VERSION_COLUMNS,
@@ -52,9 +52,11 @@ from hsmstore.store.tombstones_sql import record_abandoned
 # The point reads of a key's first use, built once: building a ``select`` costs as much as running
 # it on SQLite, and a cold key's first GenerateDataKey makes four such reads (docs/performance.md,
 # "Scale").
-_KEY_BY_ID = select(keys).where(keys.c.key_id == bindparam("key_id"))
-_VERSION_BY_ID = select(key_versions).where(
-    key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
+_KEY_BY_ID = PreparedRead(select(keys).where(keys.c.key_id == bindparam("key_id")))
+_VERSION_BY_ID = PreparedRead(
+    select(key_versions).where(
+        key_versions.c.key_id == bindparam("key_id"), key_versions.c.version == bindparam("version")
+    )
 )
 
 
@@ -240,15 +242,13 @@ class SqlKeys:
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """A primary-key lookup: the hot path of every cryptographic call."""
-        with self._reader.connect() as connection:
-            row = connection.execute(_KEY_BY_ID, {"key_id": key_id}).first()
-        return None if row is None else key_from_row(row._mapping)
+        row = self._reader.first(_KEY_BY_ID, {"key_id": key_id})
+        return None if row is None else key_from_row(row)
 
     def get_version(self, key_id: str, version: int) -> KeyVersion | None:
         """A primary-key lookup: the hot path of Decrypt."""
-        with self._reader.connect() as connection:
-            row = connection.execute(_VERSION_BY_ID, {"key_id": key_id, "version": version}).first()
-        return None if row is None else version_from_row(row._mapping)
+        row = self._reader.first(_VERSION_BY_ID, {"key_id": key_id, "version": version})
+        return None if row is None else version_from_row(row)
 
     def set_public_key(self, key_id: str, version: int, public_key: bytes) -> bool:
         """Record a PENDING version's public key (issue 23); False if no such version is PENDING.
