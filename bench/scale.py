@@ -50,6 +50,7 @@ import contextlib
 import json
 import os
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -480,6 +481,32 @@ def evict_metadata_db(server_dir: Path) -> int:
     return size
 
 
+KEY_TABLE_SCANS = (
+    "SELECT sum(length(description)) FROM keys",
+    "SELECT count(*) FROM keys INDEXED BY sqlite_autoindex_keys_1 WHERE key_id > ''",
+    "SELECT sum(length(token_id)) FROM key_versions",
+    "SELECT count(*) FROM key_versions INDEXED BY sqlite_autoindex_key_versions_1 WHERE key_id > ''",
+)
+"""Every page of the tables a first use reads by primary key: each table, then its key's index."""
+
+
+def cache_key_tables(server_dir: Path) -> list[int]:
+    """Read every page of ``keys`` and ``key_versions`` and of their primary-key indexes, so that
+    the cached cold round finds them in the page cache, as its name says.
+
+    This VM's reclaim (DAMON) drops pages nobody used for a while: on 2026-12-08 the cached round
+    of a million-key store read 8 KiB from storage per first use for these two lookups, and so
+    measured neither case. Read-only, on its own connection, before the cold calls; the audit
+    trail's pages (the ingester's) are left as they are. Returns each scan's answer.
+    """
+    database = server_dir / "hsmstore.db"
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return [int(connection.execute(scan).fetchone()[0] or 0) for scan in KEY_TABLE_SCANS]
+    finally:
+        connection.close()
+
+
 @dataclass
 class ColdRound:
     """What :func:`cold_round` measured: ``cold_ms`` the first uses, ``warm_ms`` the calls between them."""
@@ -502,7 +529,7 @@ def cold_round(
     at a time on each cold key, each followed by one on a ``warm`` key: the start time, both kinds
     of calls' latencies and the bytes the server read from storage meanwhile. ``evict``: the
     metadata DB is dropped from the page cache just before the cold calls
-    (:func:`evict_metadata_db`).
+    (:func:`evict_metadata_db`); otherwise the key tables are read into it (:func:`cache_key_tables`).
 
     Idle first (:func:`settle`): else the cold calls share the CPUs with the ingest of the
     warm-up's audit records, and measure that rather than a first use. The warm calls between
@@ -514,6 +541,8 @@ def cold_round(
         settle(process)
         if evict:
             evict_metadata_db(Path(state.server_dir))
+        else:
+            cache_key_tables(Path(state.server_dir))
         requests = alternate(WorkingSet("cold", cold_keys).generate_requests(), warm.generate_requests())
         read_before = storage_read_bytes(process)
         driven = drive(process, "GenerateDataKey", requests, check_data_key, connections=1, depth=1)
@@ -723,8 +752,10 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
     cached = cold_round(args, state, small, cold)
     starts.append(cached.start_seconds)
     print(
-        f"serve start {cached.start_seconds:.2f} s; cold first use of {len(cold)} keys: "
-        f"{latencies(cached.cold_ms)}; warm calls between them: {latencies(cached.warm_ms)}",
+        f"serve start {cached.start_seconds:.2f} s; cold first use of {len(cold)} keys, the key tables "
+        f"in the page cache: {latencies(cached.cold_ms)}; "
+        f"{cached.read_bytes / len(cold) / 1024:.1f} KiB read from storage per first use; "
+        f"warm calls between them: {latencies(cached.warm_ms)}",
         flush=True,
     )
     db_bytes = evict_metadata_db(Path(state.server_dir))
@@ -775,6 +806,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
         "start_seconds": starts,
         "cold": {
             "keys": len(cold),
+            "storage_kib_per_key": cached.read_bytes / len(cold) / 1024,
             "p50_ms": percentile(cached.cold_ms, 0.5),
             "p99_ms": percentile(cached.cold_ms, 0.99),
             "max_ms": max(cached.cold_ms),
@@ -804,6 +836,12 @@ def warm_between(cold: dict[str, Any]) -> str:
     return f"; warm calls between them: p50 {warm['p50_ms']:.2f} ms, p99 {warm['p99_ms']:.2f} ms"
 
 
+def cached_reads(cold: dict[str, Any]) -> str:
+    """What the cached round read from storage; a result written before 2026-12-08 01:00 UTC has none."""
+    kib = cold.get("storage_kib_per_key")
+    return "" if kib is None else f" ({kib:.1f} KiB read from storage each)"
+
+
 def summary(result: dict[str, Any]) -> list[str]:
     """The figures against issue 18's acceptance."""
 
@@ -827,7 +865,8 @@ def summary(result: dict[str, Any]) -> list[str]:
         f"{statistics.median(starts):.2f} s, max {max(starts):.2f} s (target <= {START_TARGET_SECONDS:g} s): "
         f"{verdict(max(starts) <= START_TARGET_SECONDS)}",
         f"- first use of a cold key, {result['cold']['keys']} keys: p50 {result['cold']['p50_ms']:.2f} ms, "
-        f"p99 {result['cold']['p99_ms']:.2f} ms (target <= {COLD_P99_TARGET_MS:g} ms): "
+        f"p99 {result['cold']['p99_ms']:.2f} ms{cached_reads(result['cold'])} "
+        f"(target <= {COLD_P99_TARGET_MS:g} ms): "
         f"{verdict(result['cold']['p99_ms'] <= COLD_P99_TARGET_MS)}{warm_between(result['cold'])}",
         f"- the same with the metadata DB ({evicted['db_mib']:.0f} MiB) dropped from the page cache "
         f"first, {evicted['keys']} other keys: p50 {evicted['p50_ms']:.2f} ms, "

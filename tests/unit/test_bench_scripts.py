@@ -9,6 +9,7 @@ cannot hold (one file per key version) with one line saying why.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,23 @@ def test_scale_splits_cpu_per_request_by_role() -> None:
         "workers": {"user": 2000.0, "system": 500.0},
     }
     assert driven.roles_line() == "audit ingester 200+100, workers 2000+500 µs user+sys"
+
+
+def test_scale_reads_the_key_tables_of_a_migrated_store(tmp_path: Path) -> None:
+    """The cached cold round's scans name the primary-key indexes SQLite made for the schema:
+    a renamed one fails here, not in an hour-long bench run."""
+    from hsmstore.store.migrate import upgrade
+
+    upgrade(f"sqlite:///{tmp_path / 'hsmstore.db'}")
+    with sqlite3.connect(tmp_path / "hsmstore.db") as connection:
+        connection.execute(
+            "INSERT INTO keys (key_id, tenant, description, key_state, key_usage, key_spec, origin,"
+            " key_manager, creation_date, current_version) VALUES ('k1', 't', 'four', 'Enabled',"
+            " 'ENCRYPT_DECRYPT', 'SYMMETRIC_DEFAULT', 'AWS_KMS', 'CUSTOMER', '2026-12-08 00:00:00', 1)"
+        )
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert scale.cache_key_tables(tmp_path) == [4, 1, 0, 0]
