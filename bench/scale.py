@@ -516,6 +516,11 @@ class ColdRound:
     warm_ms: list[float]
     read_bytes: int
 
+    @property
+    def storage_kib_per_key(self) -> float:
+        """KiB the server read from storage per first use."""
+        return self.read_bytes / len(self.cold_ms) / 1024
+
 
 def alternate(cold: Sequence[T], warm: Sequence[T]) -> list[T]:
     """``cold[0], warm[0], cold[1], warm[1], ...``: one warm item after each cold one, cycling ``warm``."""
@@ -754,7 +759,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
     print(
         f"serve start {cached.start_seconds:.2f} s; cold first use of {len(cold)} keys, the key tables "
         f"in the page cache: {latencies(cached.cold_ms)}; "
-        f"{cached.read_bytes / len(cold) / 1024:.1f} KiB read from storage per first use; "
+        f"{cached.storage_kib_per_key:.1f} KiB read from storage per first use; "
         f"warm calls between them: {latencies(cached.warm_ms)}",
         flush=True,
     )
@@ -765,7 +770,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
     print(
         f"serve start {evicted_round.start_seconds:.2f} s; cold first use of {len(evicted)} keys, the DB "
         f"({db_bytes / 2**20:.0f} MiB) out of the page cache: {latencies(evicted_ms)}; "
-        f"{evicted_round.read_bytes / len(evicted) / 1024:.0f} KiB read from storage per first use; "
+        f"{evicted_round.storage_kib_per_key:.0f} KiB read from storage per first use; "
         f"warm calls between them: {latencies(evicted_round.warm_ms)}",
         flush=True,
     )
@@ -806,7 +811,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
         "start_seconds": starts,
         "cold": {
             "keys": len(cold),
-            "storage_kib_per_key": cached.read_bytes / len(cold) / 1024,
+            "storage_kib_per_key": cached.storage_kib_per_key,
             "p50_ms": percentile(cached.cold_ms, 0.5),
             "p99_ms": percentile(cached.cold_ms, 0.99),
             "max_ms": max(cached.cold_ms),
@@ -815,7 +820,7 @@ def measure(args: argparse.Namespace, state: State, keys: list[str]) -> dict[str
         "cold_db_evicted": {
             "keys": len(evicted),
             "db_mib": db_bytes / 2**20,
-            "storage_kib_per_key": evicted_round.read_bytes / len(evicted) / 1024,
+            "storage_kib_per_key": evicted_round.storage_kib_per_key,
             "p50_ms": percentile(evicted_ms, 0.5),
             "p99_ms": percentile(evicted_ms, 0.99),
             "max_ms": max(evicted_ms),

@@ -172,7 +172,9 @@ class _CompiledRead:
         value = bind.value if bind.fixed and bind.name not in parameters else parameters[bind.name]
         return value if bind.process is None else bind.process(value)
 
-    def run(self, connection: Connection, parameters: Mapping[str, Any], one: bool) -> list[dict[str, Any]]:
+    def run(
+        self, connection: Connection, parameters: Mapping[str, Any], one: bool
+    ) -> list[Mapping[Any, Any]]:
         values = tuple(self._value(bind, parameters) for bind in self.binds)
         dbapi_connection = connection.connection.dbapi_connection
         assert dbapi_connection is not None  # a live thread connection (Reader._thread_connection)
@@ -273,7 +275,7 @@ class Reader:
         with self.connect() as connection:
             if self._unpooled is not None:
                 try:
-                    return list(read.compiled_for(connection.dialect).run(connection, parameters, one))
+                    return read.compiled_for(connection.dialect).run(connection, parameters, one)
                 except sqlite3.Error:
                     # Read again the way every other statement runs: a file that went, a lock or a
                     # defect then raises what the store raises for it (engine.py, handle_error), and

@@ -5,7 +5,7 @@ on PostgreSQL it is ``Connection.execute``. Real SQLite files and a real Postgre
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,7 +123,7 @@ def test_a_read_the_sqlite_driver_fails_is_read_again_through_sqlalchemy(
         )
     failed: list[str] = []
 
-    def fail(self: _CompiledRead, *_args: Any) -> list[dict[str, Any]]:
+    def fail(self: _CompiledRead, *_args: Any) -> list[Mapping[Any, Any]]:
         failed.append(self.sql)
         raise sqlite3.OperationalError("disk I/O error")
 

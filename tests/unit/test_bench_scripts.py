@@ -9,14 +9,27 @@ cannot hold (one file per key version) with one line saying why.
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_module(name: str) -> ModuleType:
+    """A module of bench/, imported as its scripts import each other (bench/ and the root on the path)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+        sys.path.remove(str(ROOT))
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,11 +54,7 @@ def test_scale_refuses_more_token_keys_than_softhsm2_can_hold(tmp_path: Path) ->
 
 
 def test_scale_measures_rss_only_at_marks_its_creation_reaches() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import scale
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    scale = bench_module("scale")
     marks = [1_000, 100_000, 1_000_000]
     assert scale.marks_passed(marks, 0, 1_000_000) == [1_000, 100_000]
     # A store extended from 100,000 keys: RSS "at 1,000" now would be RSS at 100,000.
@@ -55,23 +64,13 @@ def test_scale_measures_rss_only_at_marks_its_creation_reaches() -> None:
 
 
 def test_scale_puts_one_warm_call_after_each_cold_one() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import scale
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    scale = bench_module("scale")
     assert scale.alternate(["c1", "c2", "c3"], ["w1", "w2"]) == ["c1", "w1", "c2", "w2", "c3", "w1"]
     assert scale.alternate([], ["w1"]) == []
 
 
 def test_scale_charges_each_server_process_to_its_role() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    sys.path.insert(0, str(ROOT))
-    try:
-        import procs
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-        sys.path.remove(str(ROOT))
+    procs = bench_module("procs")
     titled = (
         "import setproctitle, sys, time; setproctitle.setproctitle(sys.argv[1]); "
         "print(flush=True); time.sleep(30)"
@@ -97,11 +96,7 @@ def test_scale_charges_each_server_process_to_its_role() -> None:
 
 
 def test_scale_splits_cpu_per_request_by_role() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import scale
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    scale = bench_module("scale")
     before = {"workers": (1.0, 0.5)}
     after = {"workers": (3.0, 1.0), "audit ingester": (0.2, 0.1)}
     driven = scale.Driven(1000, 1.0, [], scale.role_change(before, after))
@@ -125,9 +120,5 @@ def test_scale_reads_the_key_tables_of_a_migrated_store(tmp_path: Path) -> None:
             " key_manager, creation_date, current_version) VALUES ('k1', 't', 'four', 'Enabled',"
             " 'ENCRYPT_DECRYPT', 'SYMMETRIC_DEFAULT', 'AWS_KMS', 'CUSTOMER', '2026-12-08 00:00:00', 1)"
         )
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import scale
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    scale = bench_module("scale")
     assert scale.cache_key_tables(tmp_path) == [4, 1, 0, 0]
